@@ -1,0 +1,30 @@
+"""Error types shared by every stage.
+
+`HmtError` is a *user* error: the CLI prints its message on one line and exits with code 2,
+never a traceback. Library users catch it like any other exception.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HmtError(Exception):
+    """A problem the user can fix (bad argument, bad file, missing input); exit code 2."""
+
+
+class BadImageError(HmtError):
+    """One input image cannot be used; runs skip it and report it at the end."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class BadFileError(HmtError):
+    """A model, template or heatmap file cannot be used (wrong kind, corrupt, incompatible)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
