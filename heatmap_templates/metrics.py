@@ -1,0 +1,214 @@
+"""Quality measures over plain numpy arrays: classification metrics and the papers' binary readings.
+
+Every function here is pure (arrays in, numbers or dicts of numbers out) and never returns NaN:
+a ratio with an empty denominator is 0.0, and an AUC that is undefined (one class absent) is None.
+Other stages add their own measures (localisation, lung-field energy) as further functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+from heatmap_templates.errors import HmtError
+
+__all__ = [
+    "confusion_matrix",
+    "precision_recall_f1",
+    "roc_auc",
+    "one_vs_rest_auc",
+    "binary_metrics",
+    "binary_readings",
+    "classification_report",
+    "is_covid_class",
+    "is_normal_class",
+]
+
+
+def _safe_ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or 0.0 when the denominator is 0 (no NaN ever leaves this module)."""
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def _check_labels(y_true: np.ndarray, num_classes: int, what: str = "labels") -> np.ndarray:
+    labels = np.asarray(y_true)
+    if labels.ndim != 1:
+        raise HmtError(f"{what} must be a 1-D array of class indices, got shape {labels.shape}")
+    labels = labels.astype(np.int64, copy=False)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise HmtError(f"{what} must lie in 0..{num_classes - 1}")
+    return labels
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts; row = true class, column = predicted class."""
+    true = _check_labels(y_true, num_classes, "true labels")
+    pred = _check_labels(y_pred, num_classes, "predicted labels")
+    if true.shape != pred.shape:
+        raise HmtError(f"{true.size} true labels but {pred.size} predictions")
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (true, pred), 1)
+    return matrix
+
+
+def precision_recall_f1(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 from a confusion matrix (0.0 where undefined)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    true_positive = np.diag(matrix)
+    predicted = matrix.sum(axis=0)
+    actual = matrix.sum(axis=1)
+    precision = np.array([_safe_ratio(tp, n) for tp, n in zip(true_positive, predicted)])
+    recall = np.array([_safe_ratio(tp, n) for tp, n in zip(true_positive, actual)])
+    f1 = np.array([_safe_ratio(2 * p * r, p + r) for p, r in zip(precision, recall)])
+    return precision, recall, f1
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve by the Mann-Whitney U statistic; ties count one half.
+
+    AUC = (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg), with tied scores
+    given their average rank. Returns None when either class is absent (the AUC is undefined).
+    """
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    is_positive = np.asarray(positive, dtype=bool).ravel()
+    if values.shape != is_positive.shape:
+        raise HmtError(f"{values.size} scores but {is_positive.size} labels")
+    if not np.all(np.isfinite(values)):
+        raise HmtError("scores for an ROC AUC must be finite numbers")
+    n_positive = int(is_positive.sum())
+    n_negative = int(is_positive.size - n_positive)
+    if n_positive == 0 or n_negative == 0:
+        return None
+    ranks = rankdata(values, method="average")
+    u_statistic = ranks[is_positive].sum() - n_positive * (n_positive + 1) / 2.0
+    return float(u_statistic / (n_positive * n_negative))
+
+
+def one_vs_rest_auc(probabilities: np.ndarray, y_true: np.ndarray) -> list[float | None]:
+    """ROC AUC of each class's probability for separating that class from all others."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    labels = _check_labels(y_true, probs.shape[1])
+    return [roc_auc(probs[:, k], labels == k) for k in range(probs.shape[1])]
+
+
+def binary_metrics(predicted_positive: np.ndarray, actual_positive: np.ndarray) -> dict[str, float | int]:
+    """Accuracy, sensitivity, specificity, precision and F1 of a yes/no decision."""
+    predicted = np.asarray(predicted_positive, dtype=bool).ravel()
+    actual = np.asarray(actual_positive, dtype=bool).ravel()
+    tp = int(np.sum(predicted & actual))
+    tn = int(np.sum(~predicted & ~actual))
+    fp = int(np.sum(predicted & ~actual))
+    fn = int(np.sum(~predicted & actual))
+    sensitivity = _safe_ratio(tp, tp + fn)
+    precision = _safe_ratio(tp, tp + fp)
+    return {
+        "accuracy": _safe_ratio(tp + tn, actual.size),
+        "sensitivity": sensitivity,
+        "specificity": _safe_ratio(tn, tn + fp),
+        "precision": precision,
+        "f1": _safe_ratio(2 * precision * sensitivity, precision + sensitivity),
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+    }
+
+
+def is_covid_class(name: str) -> bool:
+    """True for the usual spellings of the COVID-19 class (covid, COVID-19, covid_19, covid19)."""
+    return name.lower().replace("-", "").replace("_", "") in {"covid", "covid19"}
+
+
+def is_normal_class(name: str) -> bool:
+    """True for the 'normal' (no finding) class."""
+    return name.lower() == "normal"
+
+
+def _reading(probabilities: np.ndarray, labels: np.ndarray, positive_classes: list[int], positive_name: str) -> dict:
+    """One binary reading of a K-class output, by summed probabilities and by the mapped arg-max.
+
+    Summed: the probability of the positive group is the sum of its classes' softmax outputs and
+    the image is called positive when that sum exceeds 0.5 (a tie at exactly 0.5 is negative).
+    Arg-max: the image is positive when the K-class prediction falls in the positive group.
+    """
+    in_group = np.zeros(probabilities.shape[1], dtype=bool)
+    in_group[positive_classes] = True
+    actual = in_group[labels]
+    positive_probability = probabilities[:, in_group].sum(axis=1)
+    summed = binary_metrics(positive_probability > 0.5, actual)
+    summed["auc"] = roc_auc(positive_probability, actual)
+    argmax = binary_metrics(in_group[probabilities.argmax(axis=1)], actual)
+    return {
+        "positive": positive_name,
+        "n_positive": int(actual.sum()),
+        "n_negative": int((~actual).sum()),
+        "summed_probability": summed,
+        "argmax": argmax,
+    }
+
+
+def binary_readings(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str]) -> dict[str, dict]:
+    """The first paper's binary readings of a multi-class output, when the classes allow them.
+
+    ``covid_vs_noncovid`` (positive: covid) when a covid class exists, and ``normal_vs_abnormal``
+    (positive: abnormal, i.e. every class but normal) when a normal class exists; each computed
+    both by summing softmax probabilities and by mapping the arg-max (see ``_reading``).
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise HmtError(f"probabilities must have shape (N, {len(class_names)}), got {probs.shape}")
+    labels = _check_labels(y_true, len(class_names))
+    readings: dict[str, dict] = {}
+    covid = [k for k, name in enumerate(class_names) if is_covid_class(name)]
+    if covid and len(covid) < len(class_names):
+        readings["covid_vs_noncovid"] = _reading(probs, labels, covid, "covid")
+    normal = [k for k, name in enumerate(class_names) if is_normal_class(name)]
+    if normal and len(normal) < len(class_names):
+        abnormal = [k for k in range(len(class_names)) if k not in normal]
+        readings["normal_vs_abnormal"] = _reading(probs, labels, abnormal, "abnormal")
+    return readings
+
+
+def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str]) -> dict:
+    """Everything `hmt evaluate` reports, as a JSON-ready dict.
+
+    Keys: ``n``, ``accuracy``, ``class_names``, ``confusion_matrix`` (rows true, columns predicted),
+    ``per_class`` ({name: precision, recall, f1, support, auc}), ``macro`` (mean precision, recall,
+    F1 over classes present in the data; mean AUC over classes where it is defined) and
+    ``binary_readings``.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise HmtError(f"probabilities must have shape (N, {len(class_names)}), got {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        raise HmtError("the model produced non-finite probabilities")
+    labels = _check_labels(y_true, len(class_names))
+    predictions = probs.argmax(axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    precision, recall, f1 = precision_recall_f1(matrix)
+    aucs = one_vs_rest_auc(probs, labels)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    defined_aucs = [auc for auc in aucs if auc is not None]
+    return {
+        "n": int(labels.size),
+        "accuracy": _safe_ratio(np.trace(matrix), labels.size),
+        "class_names": list(class_names),
+        "confusion_matrix": matrix.tolist(),
+        "per_class": {
+            name: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+                "auc": aucs[k],
+            }
+            for k, name in enumerate(class_names)
+        },
+        "macro": {
+            "precision": float(precision[present].mean()) if present.any() else 0.0,
+            "recall": float(recall[present].mean()) if present.any() else 0.0,
+            "f1": float(f1[present].mean()) if present.any() else 0.0,
+            "auc": float(np.mean(defined_aucs)) if defined_aucs else None,
+        },
+        "binary_readings": binary_readings(probs, labels, class_names),
+    }
