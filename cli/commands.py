@@ -1,1 +1,2 @@
 """Imports every command module so each registers its commands on the shared app."""
+from hmt_cli import check  # noqa: F401

@@ -151,8 +151,7 @@ class SkipLog:
 
 def display_path(path: str | os.PathLike | bytes) -> str:
     """A printable form of any path, including names that are not valid UTF-8 (escaped, never an error)."""
-    text = os.fsdecode(os.fspath(path))
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
