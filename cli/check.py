@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,8 @@ def check(
     """
     class_list = [name for name in classes.split(",")] if classes else None
     dataset = load_dataset(data, classes=class_list, patient_regex=patient_regex, strict=strict)
-    report = check_dataset(dataset, max_pixels=max_pixels, strict=strict, progress=None if as_json else RichProgress())
+    show_bar = sys.stderr.isatty() and not as_json  # a bar left in redirected stderr would bury the one-line error
+    report = check_dataset(dataset, max_pixels=max_pixels, strict=strict, progress=RichProgress() if show_bar else None)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
