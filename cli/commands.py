@@ -1,2 +1,3 @@
 """Imports every command module so each registers its commands on the shared app."""
 from hmt_cli import check  # noqa: F401
+from hmt_cli import synth  # noqa: F401
