@@ -250,7 +250,7 @@ def _declared_size(data: bytes, kind: str, shown: str, max_pixels: int) -> tuple
     else:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: we report problems ourselves
                 with Image.open(io.BytesIO(data)) as header:
                     width, height = header.size
         except Image.DecompressionBombError:
@@ -290,7 +290,7 @@ def _decode_raster(data: bytes, kind: str, shown: str, max_pixels: int) -> Decod
 def _decode_with_pillow(data: bytes, kind: str, shown: str) -> tuple[np.ndarray, int]:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return _pillow_to_gray_unit(image, shown)
