@@ -1,3 +1,4 @@
 """Imports every command module so each registers its commands on the shared app."""
 from hmt_cli import check  # noqa: F401
 from hmt_cli import synth  # noqa: F401
+from hmt_cli import inspect  # noqa: F401

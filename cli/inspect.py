@@ -1,0 +1,106 @@
+"""`hmt inspect` (what is inside an hmt HDF5 file) and `hmt merge-templates`."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from heatmap_templates.errors import HmtError
+from heatmap_templates.store import HEATMAPS_KIND, describe, merge_template_files
+from hmt_cli.main import app
+from hmt_cli.progress import RichProgress
+
+
+def _command_line() -> str:
+    return "hmt " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
+
+
+def _print_settings(summary: dict[str, Any]) -> None:
+    attrs = summary["attrs"]
+    typer.echo(f"{summary['path']}: {summary['kind']} (schema {attrs.get('schema_version')}, hmt {attrs.get('hmt_version')}, created {attrs.get('created')})")
+    if attrs.get("command"):
+        typer.echo(f"command: {attrs['command']}")
+    typer.echo("settings:")
+    for key, value in summary["settings"].items():
+        typer.echo(f"  {key}: {json.dumps(value)}")
+
+
+def _print_heatmaps(summary: dict[str, Any]) -> None:
+    typer.echo(f"images: {summary['images']} ({summary['correct']} correctly classified, {summary['unknown_label']} without a label)")
+    if summary["pending_shards"]:
+        typer.echo(f"not finalised: {summary['pending_shards']} batch shard(s) pending (rerun the heatmaps command to finish)")
+    if summary["shapes"]:
+        typer.echo("shapes per image: " + ", ".join(f"{name} {tuple(shape)}" for name, shape in summary["shapes"].items()))
+    typer.echo("per class (true label / correct / predicted):")
+    for name, counts in summary["classes"].items():
+        typer.echo(f"  {name}: {counts['images']} / {counts['correct']} / {counts['predicted']}")
+
+
+def _print_templates(summary: dict[str, Any]) -> None:
+    if summary["reference"]:
+        typer.echo(f"reference image: {tuple(summary['reference'])}")
+    if not summary["classes"]:
+        typer.echo("no class templates")
+    for name, info in summary["classes"].items():
+        pairwise = info["mean_pairwise_correlation"]
+        typer.echo(f"class {name}: {info['count']} members, template {tuple(info['shape'])}, median {'yes' if info['median'] else 'no'}")
+        typer.echo(f"  eigen-heatmaps: {info['eigen_components']}, explained variance {info['explained_variance']}")
+        typer.echo(f"  mean pairwise correlation: {'n/a' if pairwise is None else f'{pairwise:.3f}'}; bootstrap band mean width {info['band_mean_width']:.4f}")
+        if info["loo_percentiles"]:
+            spread = ", ".join(f"p{q} {v:.3f}" for q, v in info["loo_percentiles"].items())
+            typer.echo(f"  leave-one-out correlation: {spread} ({info['loo_method']})")
+        else:
+            typer.echo(f"  leave-one-out correlation: {info['loo_method']}")
+    similarity = summary["similarity"]
+    if len(similarity["classes"]) > 1:
+        typer.echo("template similarity (Pearson):")
+        width = max(len(name) for name in similarity["classes"])
+        for name, row in zip(similarity["classes"], similarity["matrix"]):
+            typer.echo(f"  {name:<{width}}  " + "  ".join(f"{value:+.3f}" for value in row))
+
+
+@app.command("inspect")
+def inspect_file(
+    path: Path = typer.Argument(..., help="A templates file or a heatmap store (.h5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Show what is inside an hmt HDF5 file: settings, classes, counts, shapes, consistency.
+
+    Example: hmt inspect templates_out/templates.h5
+    """
+    summary = describe(path)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_settings(summary)
+    if summary["kind"] == HEATMAPS_KIND:
+        _print_heatmaps(summary)
+    else:
+        _print_templates(summary)
+
+
+@app.command("merge-templates")
+def merge_templates(
+    inputs: list[Path] = typer.Argument(..., help="Two or more templates files built with the same model and settings over different images."),
+    output: Path = typer.Option(..., "-o", "--output", help="The merged templates file to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print a summary of the merged file as JSON."),
+) -> None:
+    """Merge templates files into one, equal to a single build over all their images.
+
+    Example: hmt merge-templates site_a.h5 site_b.h5 -o templates.h5
+    """
+    if len(inputs) < 2:
+        raise HmtError("merge-templates needs at least two input files")
+    if output.resolve() in {path.resolve() for path in inputs}:
+        raise HmtError(f"{output}: the output must not be one of the inputs")
+    show_bar = sys.stderr.isatty() and not as_json
+    merged = merge_template_files(inputs, output, command=_command_line(), progress=RichProgress(unit="files") if show_bar else None)
+    if as_json:
+        typer.echo(json.dumps(describe(output), indent=2))
+        return
+    counts = ", ".join(f"{name} {template.count}" for name, template in merged.templates.items())
+    typer.echo(f"wrote {output}: {len(merged.templates)} classes ({counts}) from {len(inputs)} files")
