@@ -382,7 +382,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
         raise BadImageError(shown, f"unreadable DICOM ({_short(error)})") from None
     if not has_pixels:
         raise BadImageError(shown, "DICOM has no pixel data")
-    _check_pixel_count(columns, rows, max(1, max_pixels // max(frames, 1)) if frames > 1 else max_pixels, shown)
+    _check_pixel_count(columns, rows * max(frames, 1), max_pixels, shown)  # every frame gets decoded
     if transfer_syntax is not None and transfer_syntax.is_compressed:
         try:
             available = get_decoder(transfer_syntax).is_available
@@ -398,8 +398,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
             pixels, _ = _to_gray_unit(raw, "rgb", shown)
             values = pixels.astype(np.float64)
         else:
-            values = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float64)
-            values = _apply_voi(values, dataset)
+            values = _apply_voi(np.asarray(apply_modality_lut(raw, dataset)), dataset)
     except BadImageError:
         raise
     except Exception as error:  # decoder failures on corrupt pixel data come in many types
@@ -412,8 +411,9 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
     return DecodedImage(values.astype(np.float32), (rows or values.shape[0], columns or values.shape[1]), "dicom", bits_stored, spacing)
 
 
-def _apply_voi(values: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 (pydicom Dataset)
+def _apply_voi(modality: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 (pydicom Dataset)
     """Map modality values to [0, 1]: window centre/width, else a VOI LUT, else the image's min-max."""
+    values = modality.astype(np.float64)
     center, width = _first_value(dataset.get("WindowCenter")), _first_value(dataset.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         function = str(dataset.get("VOILUTFunction", "LINEAR")).strip().upper()
@@ -427,7 +427,7 @@ def _apply_voi(values: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 (pydi
         from pydicom.pixels import apply_voi
 
         lut_item = dataset.VOILUTSequence[0]
-        mapped = np.asarray(apply_voi(values, dataset, index=0), dtype=np.float64)
+        mapped = np.asarray(apply_voi(modality, dataset, index=0), dtype=np.float64)  # LUTs index integer values
         lut_bits = int(lut_item.LUTDescriptor[2])
         return mapped / float(2**lut_bits - 1)
     return _minmax_unless_unit(values.astype(np.float32)).astype(np.float64) if values.size else values
@@ -631,11 +631,11 @@ def _load_csv(manifest: Path, wanted: list[str] | None, patient_pattern: re.Patt
         if wanted is not None and label not in wanted:
             log.add(file, f"unknown label {label!r} (row {row_number}; classes: {', '.join(wanted)})")
             continue
-        key = Path(os.path.normpath(file))
-        if key in first_row_of:
-            log.add(file, f"duplicate path (row {row_number}, first at row {first_row_of[key]})")
+        file = Path(os.path.normpath(file))
+        if file in first_row_of:
+            log.add(file, f"duplicate path (row {row_number}, first at row {first_row_of[file]})")
             continue
-        first_row_of[key] = row_number
+        first_row_of[file] = row_number
         if not os.path.lexists(file):
             log.add(file, f"file does not exist (row {row_number})")
             continue

@@ -370,6 +370,22 @@ def write_dicom_mono1(folder: Path) -> ValidImage:
     return ValidImage("dicom_mono1", path, (1 - scaled).astype(np.float32), "dicom", 12, atol=1e-6, pixel_spacing=(0.2, 0.2))
 
 
+def write_dicom_voi_lut(folder: Path) -> ValidImage:
+    """A VOI LUT sequence (no window): 1024 entries of 16 bits mapping stored value v to 64 v."""
+    from pydicom.dataset import Dataset
+
+    stored = (gradient_u8().astype(np.uint16) * 5).astype(np.uint16)  # up to 1275: beyond the LUT clamps to its last entry
+    dataset = _dicom_dataset(stored, "MONOCHROME2")
+    lut_item = Dataset()
+    lut_item.LUTDescriptor = [1024, 0, 16]
+    lut_item.add_new(0x00283006, "OW", (np.arange(1024) * 64).astype("<u2").tobytes())  # LUTData
+    dataset.VOILUTSequence = [lut_item]
+    path = folder / "voi_lut.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    expected = (np.minimum(stored, 1023) * 64).astype(np.float32) / np.float32(65535)
+    return ValidImage("dicom_voi_lut", path, expected, "dicom", 12, atol=1e-6)
+
+
 VALID_IMAGE_WRITERS: tuple[Callable[[Path], ValidImage], ...] = (
     write_png_gray8,
     write_png_gray16,
@@ -384,6 +400,7 @@ VALID_IMAGE_WRITERS: tuple[Callable[[Path], ValidImage], ...] = (
     write_tiff_float,
     write_dicom_mono2_windowed,
     write_dicom_mono1,
+    write_dicom_voi_lut,
 )
 
 

@@ -200,6 +200,13 @@ def test_csv_missing_path_column(tmp_path: Path) -> None:
         load_dataset(manifest)
 
 
+def test_csv_without_usable_rows(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nmissing_a.png,a\nmissing_b.png,b\n")
+    with pytest.raises(HmtError, match="no usable rows"):
+        load_dataset(manifest)
+
+
 def test_cxr4_manifest_loads(cxr4_dir: Path) -> None:
     dataset = load_dataset(cxr4_dir / "manifest.csv")
     assert dataset.counts() == {"bacteria": 400, "covid": 307, "normal": 418, "virus": 400}
