@@ -60,11 +60,13 @@ class Pose:
 
 @dataclass(frozen=True)
 class Phantom:
-    """One rendered phantom: float32 image in [0, 1], boolean lesion masks (image and canonical frame), pose."""
+    """One rendered phantom: float32 image in [0, 1], boolean lesion masks (image and canonical frame),
+    this image's own lung fields in the image frame (the truth for lung segmentation), and the pose."""
 
     image: np.ndarray
     lesion_mask: np.ndarray
     canonical_lesion_mask: np.ndarray
+    lung_mask: np.ndarray
     pose: Pose
     label: str
 
@@ -134,8 +136,13 @@ def phantom_seed(seed: int, label: str, index: int) -> np.random.SeedSequence:
 
 
 def _streams(seed_sequence: np.random.SeedSequence) -> dict[str, np.random.Generator]:
-    """Separate generators so that anatomy, pose and noise do not depend on the class's lesions."""
-    anatomy, lesions, pose, noise = seed_sequence.spawn(4)
+    """Separate generators so that anatomy, pose and noise do not depend on the class's lesions.
+
+    Spawns from a fresh copy: ``SeedSequence.spawn`` advances its object, so reusing the caller's
+    would give a different image on every call.
+    """
+    fresh = np.random.SeedSequence(seed_sequence.entropy, spawn_key=seed_sequence.spawn_key, pool_size=seed_sequence.pool_size)
+    anatomy, lesions, pose, noise = fresh.spawn(4)
     return {
         "anatomy": np.random.default_rng(anatomy),
         "lesions": np.random.default_rng(lesions),
@@ -164,7 +171,7 @@ def _sample_anatomy(rng: np.random.Generator | None) -> _Anatomy:
     apex_y = 0.15 + jitter(0.015)
     lungs = []
     for side in (-1, 1):
-        lateral = 0.5 + side * 0.37 * lung_width + jitter(0.01)
+        lateral = 0.5 + side * 0.35 * lung_width + jitter(0.01)
         medial = 0.5 + side * (0.065 + jitter(0.01))
         costophrenic = apex_y + 0.60 * lung_height + jitter(0.015)
         # The right hemidiaphragm (image left) usually sits a little higher.
@@ -188,7 +195,7 @@ def _sample_anatomy(rng: np.random.Generator | None) -> _Anatomy:
         heart_center=(0.55 + jitter(0.015), apex_y + 0.48 * lung_height + jitter(0.015)),
         heart_axes=(0.16 * heart_scale, 0.12 * heart_scale),
         heart_angle_deg=-18.0 + jitter(6.0),
-        body_half_width=0.45 + jitter(0.02),
+        body_half_width=0.43 + jitter(0.015),
         soft_tissue=0.58 + jitter(0.04),
         lung_darkening=0.36 + jitter(0.05),
         rib_brightness=0.08 + jitter(0.02),
@@ -312,7 +319,7 @@ def _render_anatomy(anatomy: _Anatomy, lungs: np.ndarray, size: int, rng: np.ran
                       [0.5 - hw + 0.02, 1.05], [0.5 + hw - 0.02, 1.05], [0.5 + hw + 0.01, 0.60], [0.5 + hw, 0.18],
                       [0.5 + hw - 0.06, 0.10], [0.5 + 0.08, 0.06], [0.5 + 0.08, -0.05]])
     body = _blur(_fill(size, torso), 3.0 * px)
-    lateral_falloff = 1.0 - 0.35 * np.clip(np.abs(xs - 0.5) / hw, 0, 1) ** 3  # thinner tissue at the edges
+    lateral_falloff = 1.0 - 0.15 * np.clip(np.abs(xs - 0.5) / hw, 0, 1) ** 4  # thinner tissue at the edges
     image += body * (anatomy.soft_tissue * lateral_falloff + 0.08 * np.clip(ys - 0.6, 0, 1) - _BACKGROUND)
 
     # Spine: a brighter column behind the mediastinum; heart: slightly denser than soft tissue.
@@ -397,9 +404,9 @@ def _covid_lesions(anatomy: _Anatomy, lung_fields: tuple[np.ndarray, np.ndarray]
             lateral_edge = extent[0] if lung.side < 0 else extent[1]
             cx = lateral_edge - lung.side * rng.uniform(0.01, 0.06) * size
             sx, sy = rng.uniform(0.035, 0.06) * size, rng.uniform(0.05, 0.09) * size
-            lesion += rng.uniform(0.12, 0.2) * np.exp(-0.5 * (((xs - cx) / sx) ** 2 + ((ys - row) / sy) ** 2))
+            lesion += rng.uniform(0.1, 0.17) * np.exp(-0.5 * (((xs - cx) / sx) ** 2 + ((ys - row) / sy) ** 2))
     texture = 0.75 + 0.25 * _smooth_noise(rng, size, 24)  # patchy, ground-glass
-    return np.minimum(lesion, 0.26) * texture
+    return np.minimum(lesion, 0.22) * texture
 
 
 def _lobe_mask(lung: _Lung, lobe: str, size: int) -> np.ndarray:
@@ -512,10 +519,17 @@ def pose_matrix(dx: float, dy: float, angle_deg: float, scale: float, size: int)
 
 
 def _sample_pose(rng: np.random.Generator, size: int) -> Pose:
-    dx, dy = rng.uniform(-0.04, 0.04, 2) * size
+    dx, dy = rng.uniform(-0.03, 0.03, 2) * size
     angle = float(rng.uniform(-8.0, 8.0))
     scale = float(rng.uniform(0.9, 1.1))
     return Pose(float(dx), float(dy), angle, scale, pose_matrix(float(dx), float(dy), angle, scale, size))
+
+
+def _warp_mask(canonical: np.ndarray, pose: Pose) -> np.ndarray:
+    """Boolean image-frame mask of a [0, 1] canonical mask (bilinear, then >= 0.5)."""
+    size = canonical.shape[0]
+    return cv2.warpAffine(canonical, pose.matrix, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) >= 0.5
 
 
 def _check_label(label: str) -> None:
@@ -552,8 +566,8 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     pose = _sample_pose(rng["pose"], size)
     image = cv2.warpAffine(canonical, pose.matrix, (size, size), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=_BACKGROUND)
-    mask = cv2.warpAffine(canonical_mask.astype(np.float32), pose.matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) >= 0.5
+    mask = _warp_mask(canonical_mask.astype(np.float32), pose)
+    lungs = _warp_mask(lung_fields[0] + lung_fields[1], pose)
 
     # Acquisition: exposure (contrast, brightness, gamma), detector blur and noise, in the image frame.
     noise_rng = rng["noise"]
@@ -563,7 +577,7 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     image += noise_rng.normal(0.0, noise_rng.uniform(0.008, 0.022), (size, size)).astype(np.float32)
     image += 0.02 * _smooth_noise(noise_rng, size, 6)
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
-    return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, pose=pose, label=label)
+    return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, lung_mask=lungs, pose=pose, label=label)
 
 
 def canonical_lesion_probability(label: str, size: int = 256, n_samples: int = DEFAULT_PROBABILITY_SAMPLES,
@@ -707,8 +721,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256
             relative = f"{label}/{name}"
             patient = f"{label}_{index:04d}"
             pose = phantom.pose
-            pose_rows.append([relative, label, *(f"{value:.6f}" for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
-                              *(f"{value:.9f}" for value in pose.matrix.ravel()), patient])
+            pose_rows.append([relative, label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
+                              *(repr(float(value)) for value in pose.matrix.ravel()), patient])
             manifest_rows.append([relative, label, patient])
             progress.advance()
         lesion_fraction[label] = mask_pixels / (n_per_class * size * size)

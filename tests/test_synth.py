@@ -1,0 +1,269 @@
+"""The synthetic chest phantom: determinism, prefix property, ground-truth consistency, output layout, CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from heatmap_templates.data import load_dataset
+from heatmap_templates.errors import HmtError
+from heatmap_templates.synth import (
+    CLASSES,
+    canonical_lesion_probability,
+    canonical_lung_mask,
+    phantom_seed,
+    pose_matrix,
+    read_poses,
+    render_phantom,
+    synthesize_dataset,
+)
+
+SIZE = 64
+LESION_CLASSES = ("bacteria", "covid", "virus")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, path
+    return image
+
+
+@pytest.fixture(scope="module")
+def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "set"
+    synthesize_dataset(out, n_per_class=3, size=SIZE, seed=7, probability_samples=12)
+    return out
+
+
+def test_layout_and_formats(phantom_set: Path) -> None:
+    truth = phantom_set / "ground_truth"
+    for label in CLASSES:
+        for index in range(3):
+            image = _read_gray(phantom_set / label / f"{label}_{index:04d}.png")
+            mask = _read_gray(truth / "masks" / label / f"{label}_{index:04d}.png")
+            assert image.dtype == np.uint8 and image.shape == (SIZE, SIZE)
+            assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 255}
+        probability = np.load(truth / f"lesion_probability_{label}.npy")
+        assert probability.dtype == np.float32 and probability.shape == (SIZE, SIZE)
+    lungs = _read_gray(truth / "canonical_lungs.png")
+    assert np.array_equal(lungs > 127, canonical_lung_mask(SIZE))
+    assert (truth / "README.md").read_text().startswith("# Phantom ground truth")
+    with open(phantom_set / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and len({row["patient_id"] for row in rows}) == 12
+    dataset = load_dataset(phantom_set)  # the ground_truth folder is not a class
+    assert dataset.counts() == {label: 3 for label in CLASSES}
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        synthesize_dataset(tmp_path / name, n_per_class=2, size=SIZE, seed=seed, probability_samples=4)
+    first, again, other = (_files(tmp_path / name) for name in "abc")
+    assert first == again
+    assert first.keys() == other.keys()
+    for label in CLASSES:
+        key = f"{label}/{label}_0000.png"
+        assert first[key] != other[key]
+
+
+def test_smaller_set_is_a_prefix_and_classes_are_independent(tmp_path: Path) -> None:
+    synthesize_dataset(tmp_path / "small", n_per_class=2, size=SIZE, seed=3, classes=("virus", "covid"), probability_samples=2)
+    synthesize_dataset(tmp_path / "large", n_per_class=4, size=SIZE, seed=3, probability_samples=2)
+    small, large = _files(tmp_path / "small"), _files(tmp_path / "large")
+    images = [key for key in small if key.endswith(".png") and "canonical" not in key]
+    assert len(images) == 8  # 2 classes x 2 images + their masks
+    for key in images:
+        assert small[key] == large[key], key
+    small_poses = read_poses(tmp_path / "small")
+    large_poses = read_poses(tmp_path / "large")
+    for path, pose in small_poses.items():
+        assert np.allclose(pose.matrix, large_poses[path].matrix)
+
+
+@pytest.mark.parametrize("label", CLASSES)
+def test_lesion_pixels_are_where_the_mask_says(label: str) -> None:
+    for index in range(4):
+        seed = phantom_seed(11, label, index)
+        with_lesions = render_phantom(seed, label, 96)
+        without = render_phantom(seed, label, 96, include_lesions=False)
+        mask = with_lesions.lesion_mask
+        assert np.array_equal(without.lesion_mask, mask)
+        if label == "normal":
+            assert not mask.any() and not with_lesions.canonical_lesion_mask.any()
+            assert np.array_equal(with_lesions.image, without.image)
+            continue
+        assert mask.sum() > 20
+        gain_inside = float((with_lesions.image[mask] - without.image[mask]).mean())
+        change_outside = float(np.abs(with_lesions.image[~mask] - without.image[~mask]).mean())
+        assert gain_inside > 0.05
+        assert change_outside < 0.01
+
+
+@pytest.mark.parametrize("label", LESION_CLASSES)
+def test_mask_maps_back_into_the_canonical_lungs(label: str) -> None:
+    lungs = cv2.dilate(canonical_lung_mask(96).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    for index in range(4):
+        phantom = render_phantom(phantom_seed(5, label, index), label, 96)
+        back = cv2.warpAffine(phantom.lesion_mask.astype(np.float32), cv2.invertAffineTransform(phantom.pose.matrix), (96, 96)) >= 0.5
+        assert back.sum() > 0
+        assert (back & lungs).sum() >= 0.97 * back.sum()
+        canonical = phantom.canonical_lesion_mask
+        iou = (back & canonical).sum() / (back | canonical).sum()
+        assert iou > 0.75
+        assert not (canonical & ~canonical_lung_mask(96)).any()
+        own_lungs = cv2.dilate(phantom.lung_mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        assert not (phantom.lesion_mask & ~own_lungs).any()
+
+
+def _canonical_masks(label: str, count: int, size: int = 96) -> list[np.ndarray]:
+    return [render_phantom(phantom_seed(21, label, index), label, size).canonical_lesion_mask for index in range(count)]
+
+
+def _lung_geometry(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: how far down the lungs (0 apex .. 1 base) and how lateral (0 medial .. 1 chest wall)."""
+    lungs = canonical_lung_mask(size)
+    rows = np.flatnonzero(lungs.any(axis=1))
+    ys, xs = np.mgrid[0:size, 0:size]
+    height = (ys - rows[0]) / (rows[-1] - rows[0])
+    lateral = np.zeros((size, size))
+    half = size // 2
+    for row in rows:
+        for side, columns in ((-1, np.flatnonzero(lungs[row, :half])), (1, half + np.flatnonzero(lungs[row, half:]))):
+            if columns.size:
+                outer, inner = (columns[0], columns[-1]) if side < 0 else (columns[-1], columns[0])
+                span = max(abs(outer - inner), 1)
+                lateral[row, columns] = np.abs(columns - inner) / span
+    return height, lateral
+
+
+def test_lesion_locations_follow_each_class_pattern() -> None:
+    size = 96
+    height, lateral = _lung_geometry(size)
+    half = size // 2
+    for mask in _canonical_masks("covid", 6):
+        assert mask[:, :half].any() and mask[:, half:].any()  # bilateral
+        assert height[mask].mean() > 0.55  # lower zones
+        assert lateral[mask].mean() > 0.6  # peripheral
+    for mask in _canonical_masks("virus", 6):
+        assert mask[:, :half].any() and mask[:, half:].any()
+        assert lateral[mask].mean() < 0.5  # perihilar
+        assert 0.25 < height[mask].mean() < 0.7
+    for mask in _canonical_masks("bacteria", 8):
+        assert mask.sum() > 0
+        assert mask[:, :half].any() != mask[:, half:].any()  # one lung only
+
+
+def test_poses_csv_matches_the_applied_warp(phantom_set: Path) -> None:
+    poses = read_poses(phantom_set)
+    assert len(poses) == 12
+    for path, pose in poses.items():
+        label, name = path.split("/")
+        index = int(name.removesuffix(".png").split("_")[1])
+        assert np.allclose(pose.matrix, pose_matrix(pose.dx, pose.dy, pose.angle_deg, pose.scale, SIZE), atol=1e-6)
+        assert abs(pose.angle_deg) <= 8 and 0.9 <= pose.scale <= 1.1 and max(abs(pose.dx), abs(pose.dy)) <= 0.03 * SIZE
+        phantom = render_phantom(phantom_seed(7, label, index), label, SIZE)
+        warped = cv2.warpAffine(phantom.canonical_lesion_mask.astype(np.float32), pose.matrix, (SIZE, SIZE)) >= 0.5
+        written = _read_gray(phantom_set / "ground_truth" / "masks" / path) > 127
+        assert np.array_equal(warped, written)
+        written_image = _read_gray(phantom_set / path)
+        assert np.array_equal(written_image, np.round(phantom.image * 255).astype(np.uint8))
+
+
+def test_lesion_probability_maps() -> None:
+    lungs = canonical_lung_mask(64)
+    assert not canonical_lesion_probability("normal", 64, 5, 0).any()
+    for label in LESION_CLASSES:
+        probability = canonical_lesion_probability(label, 64, 16, 0)
+        assert probability.dtype == np.float32 and probability.min() >= 0 and probability.max() <= 1
+        assert probability.max() > 0.2
+        assert not probability[~lungs].any()
+    assert np.array_equal(canonical_lesion_probability("virus", 64, 8, 1), canonical_lesion_probability("virus", 64, 8, 1))
+
+
+def test_classical_lung_segmentation_finds_the_lungs() -> None:
+    """Threshold + morphology + two largest components must recover the posed lung fields (registration relies on it)."""
+    size = 128
+    for index in range(6):
+        phantom = render_phantom(phantom_seed(2, "normal", index), "normal", size)
+        image = np.round(phantom.image * 255).astype(np.uint8)
+        blurred = cv2.GaussianBlur(image, (0, 0), 1.5)
+        threshold = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
+        dark = cv2.morphologyEx((blurred <= threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(dark)
+        touches_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        areas = {component: stats[component, cv2.CC_STAT_AREA] for component in range(1, count) if component not in touches_border}
+        largest = sorted(areas, key=areas.get, reverse=True)[:2]
+        found = cv2.morphologyEx(np.isin(labels, largest).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8)) > 0
+        iou = (found & phantom.lung_mask).sum() / (found | phantom.lung_mask).sum()
+        assert len(largest) == 2 and iou > 0.7, iou
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"n_per_class": 0}, {"size": 16}, {"seed": -1}, {"classes": ("covid", "flu")}, {"classes": ()}, {"classes": ("covid", "covid")}],
+)
+def test_bad_arguments_raise_user_errors(tmp_path: Path, kwargs: dict) -> None:
+    arguments = {"n_per_class": 1, "size": SIZE, "seed": 0, **kwargs}
+    with pytest.raises(HmtError):
+        synthesize_dataset(tmp_path / "out", probability_samples=1, **arguments)
+
+
+def test_refuses_a_foreign_folder_and_replaces_a_previous_output(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(HmtError, match="not a previous `hmt synth` output"):
+        synthesize_dataset(foreign, n_per_class=1, size=SIZE, probability_samples=1)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+    out = tmp_path / "out"
+    synthesize_dataset(out, n_per_class=3, size=SIZE, probability_samples=1)
+    (out / "covid" / "keep_me.txt").write_text("user file")
+    synthesize_dataset(out, n_per_class=1, size=SIZE, classes=("covid",), probability_samples=1)
+    assert sorted(path.name for path in (out / "covid").iterdir()) == ["covid_0000.png", "keep_me.txt"]
+    assert not (out / "virus").exists()
+    assert sorted(path.name for path in (out / "ground_truth").glob("*.npy")) == ["lesion_probability_covid.npy"]
+
+
+def _hmt(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from hmt_cli.main import run; run()", *arguments],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_writes_the_set_preview_and_json(tmp_path: Path) -> None:
+    out, grid = tmp_path / "set", tmp_path / "grid.png"
+    result = _hmt("synth", str(out), "--n-per-class", "2", "--size", "64", "--seed", "4",
+                  "--classes", "covid,normal", "--preview", str(grid), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["counts"] == {"covid": 2, "normal": 2} and summary["preview"] == str(grid)
+    assert (out / "covid" / "covid_0001.png").is_file() and (out / "ground_truth" / "poses.csv").is_file()
+    preview = cv2.imread(str(grid))
+    assert preview is not None and preview.shape[0] > 200
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--n-per-class", "0"], ["--classes", "covid,flu"], ["--size", "8"], ["--n-per-class", "two"]],
+)
+def test_cli_bad_arguments_exit_2(tmp_path: Path, arguments: list[str]) -> None:
+    result = _hmt("synth", str(tmp_path / "out"), *arguments)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_refuses_a_non_empty_folder_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    result = _hmt("synth", str(tmp_path), "--n-per-class", "1", "--size", "64")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "not a previous `hmt synth` output" in result.stderr
