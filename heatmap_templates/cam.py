@@ -1,0 +1,389 @@
+"""The CAM family as one batched engine.
+
+One ``tf.function`` runs the model's forward pass once per batch, records the target layer's
+output ``A`` and the gradient ``dS/dA`` of each image's target score ``S``, and hands both to a
+*method*. A method is only the small part that differs: how channel weights (or an elementwise
+combination) turn ``A`` and ``dS/dA`` into a map. Every reduction runs over the spatial axes of
+one image, never over the batch, so a batched result equals the per-image result.
+
+The inner layer is captured by wrapping its ``call`` while the function is traced (the trick
+xplique uses) instead of building a sub-model, so Sequential, Functional and Functional models
+with a nested base (a VGG19 used as a layer) all work, with nested names such as
+``vgg19/block5_conv4``. Nothing is recorded globally: the wrappers live only during tracing.
+
+Example::
+
+    engine = CamEngine(model, method="gradcam", score="logit")
+    result = engine(batch, "predicted")      # or an int array of class indices
+    result.raw.shape, result.upsampled.shape  # (N, h, w), (N, H, W)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from heatmap_templates.errors import HmtError
+
+SCORES = ("logit", "probability")
+PREDICTED = "predicted"
+_POOLING_LAYERS = (
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+)
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """One batch of maps: ``raw`` is unnormalised at the layer's resolution (after ReLU),
+    ``upsampled`` is ``raw`` resized bilinearly to the input size; ``targets`` are the
+    class indices explained (useful when they were ``"predicted"``)."""
+
+    probabilities: np.ndarray  # (N, K) float32
+    raw: np.ndarray  # (N, h, w) float32
+    upsampled: np.ndarray  # (N, H, W) float32
+    targets: np.ndarray  # (N,) int32
+
+
+# --- methods: (activations (N, h, w, C), gradients (N, h, w, C)) -> map (N, h, w), before ReLU ---
+
+_SPATIAL = (1, 2)
+
+
+def _weighted_sum(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Sum over channels of per-image channel weights (N, C) times activations."""
+    return tf.einsum("nhwc,nc->nhw", activations, weights)
+
+
+def _gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM (Selvaraju et al.): channel weight = spatial mean of the gradient."""
+    return _weighted_sum(activations, tf.reduce_mean(gradients, axis=_SPATIAL))
+
+
+def _gradcampp(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al.), the closed form used by pytorch-grad-cam."""
+    grads_2 = tf.square(gradients)
+    grads_3 = grads_2 * gradients
+    activation_sums = tf.reduce_sum(activations, axis=_SPATIAL, keepdims=True)
+    alphas = tf.math.divide_no_nan(grads_2, 2.0 * grads_2 + activation_sums * grads_3 + 1e-6)
+    alphas = tf.where(gradients != 0.0, alphas, tf.zeros_like(alphas))
+    weights = tf.reduce_sum(tf.nn.relu(gradients) * alphas, axis=_SPATIAL)
+    return _weighted_sum(activations, weights)
+
+
+def _hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """HiResCAM (Draelos & Carin): elementwise gradient x activation, summed over channels."""
+    return tf.reduce_sum(gradients * activations, axis=-1)
+
+
+def _xgradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """XGrad-CAM (Fu et al.): weight = sum(g * A) / (sum(A) + eps) over space."""
+    numerator = tf.reduce_sum(gradients * activations, axis=_SPATIAL)
+    denominator = tf.reduce_sum(activations, axis=_SPATIAL) + 1e-7
+    return _weighted_sum(activations, tf.math.divide_no_nan(numerator, denominator))
+
+
+def _layercam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """LayerCAM (Jiang et al.): elementwise positive gradient x activation."""
+    return tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1)
+
+
+METHODS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None] = {
+    "gradcam": _gradcam,
+    "gradcampp": _gradcampp,
+    "hirescam": _hirescam,
+    "xgradcam": _xgradcam,
+    "layercam": _layercam,
+    # Score-CAM needs forward passes instead of a gradient; the engine runs it (_scorecam_weights).
+    "scorecam": None,
+}
+
+
+# --- layer lookup ---
+
+
+def _is_model(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.Model)
+
+
+def _output_rank(layer: keras.layers.Layer) -> int | None:
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _cam_candidates(model: keras.Model, prefix: str = "") -> list[str]:
+    """Paths of layers with a 4-D output that are not pooling or input layers, in model order."""
+    paths: list[str] = []
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if _is_model(layer):
+            paths.extend(_cam_candidates(layer, f"{path}/"))
+        elif (
+            not isinstance(layer, (keras.layers.InputLayer, *_POOLING_LAYERS))
+            and _output_rank(layer) == 4
+        ):
+            paths.append(path)
+    return paths
+
+
+def find_cam_layer(model: keras.Model) -> str:
+    """The last layer with a 4-D output (pooling excluded), searching inside nested models.
+
+    Nested names are joined by '/', e.g. ``vgg19/block5_conv4``.
+    """
+    candidates = _cam_candidates(model)
+    if not candidates:
+        raise HmtError("model has no convolutional layer with a 4-D output; pass --layer")
+    return candidates[-1]
+
+
+def _all_layer_paths(model: keras.Model, prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    for layer in model.layers:
+        paths.append(f"{prefix}{layer.name}")
+        if _is_model(layer):
+            paths.extend(_all_layer_paths(layer, f"{prefix}{layer.name}/"))
+    return paths
+
+
+def resolve_layer(model: keras.Model, name: str) -> tuple[str, keras.layers.Layer]:
+    """Find a layer by path ('vgg19/block5_conv4') or by a unique plain name inside nested models."""
+    paths = _all_layer_paths(model)
+    if name not in paths:
+        matches = [path for path in paths if path.rsplit("/", 1)[-1] == name]
+        if len(matches) != 1:
+            candidates = _cam_candidates(model)[-5:] or paths[-5:]
+            reason = "is ambiguous" if matches else "not found"
+            raise HmtError(
+                f"layer '{name}' {reason} in model '{model.name}'; candidates: {', '.join(candidates)}"
+            )
+        name = matches[0]
+    layer: keras.layers.Layer = model
+    for part in name.split("/"):
+        layer = layer.get_layer(part)
+    return name, layer
+
+
+def _output_layer(model: keras.Model) -> keras.layers.Layer:
+    """The layer that produces the model's (single) output, looking inside nested models."""
+    outputs = model.outputs
+    if outputs is None or len(outputs) != 1:
+        raise HmtError(f"model '{model.name}' must have exactly one output (a class-score vector)")
+    layer = outputs[0]._keras_history[0]
+    return _output_layer(layer) if _is_model(layer) else layer
+
+
+def _activation_name(layer: keras.layers.Layer) -> str | None:
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return None if activation is None else getattr(activation, "__name__", str(activation))
+
+
+@contextmanager
+def _wrapped_call(layer: keras.layers.Layer, wrapper_factory: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Temporarily replace ``layer.call`` by ``wrapper_factory(original_call)``; always restore it."""
+    had_instance_call = "call" in layer.__dict__
+    original = layer.call
+    layer.call = wrapper_factory(original)
+    try:
+        yield
+    finally:
+        if had_instance_call:
+            layer.call = original
+        else:
+            del layer.call
+
+
+@contextmanager
+def _linear_activation(layer: keras.layers.Layer) -> Iterator[Callable]:
+    """Temporarily make a layer's activation linear; yields the real activation."""
+    activation = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield activation
+    finally:
+        layer.activation = activation
+
+
+class CamEngine:
+    """Batched class activation maps for one model, layer, method and score.
+
+    ``engine(x, targets)`` takes x as (N, H, W, C) float32 (numpy or tf) and targets as an int
+    array of class indices, a single int, or ``"predicted"`` (argmax of the same forward pass);
+    it returns a :class:`CamResult`. ``score="logit"`` explains the pre-softmax logit (taken
+    from the final layer's pre-activation), ``score="probability"`` the softmax output.
+    Score-CAM weights channels by the target's softmax probability on each masked input (the
+    paper's definition) and evaluates ``scorecam_chunk`` masked images per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layer: str | None = None,
+        method: str = "gradcam",
+        score: str = "logit",
+        *,
+        scorecam_chunk: int = 32,
+    ) -> None:
+        if method not in METHODS:
+            raise HmtError(f"unknown CAM method '{method}'; choose one of: {', '.join(METHODS)}")
+        if score not in SCORES:
+            raise HmtError(f"unknown score '{score}'; choose one of: {', '.join(SCORES)}")
+        if scorecam_chunk < 1:
+            raise HmtError(f"scorecam_chunk must be at least 1, got {scorecam_chunk}")
+        self.model = model
+        self.method = method
+        self.score = score
+        self.layer, self._layer = resolve_layer(model, layer) if layer else resolve_layer(model, find_cam_layer(model))
+        if _output_rank(self._layer) != 4:
+            raise HmtError(f"layer '{self.layer}' does not have a 4-D (N, h, w, C) output; pick a convolutional layer")
+        self._head = _output_layer(model)
+        self._head_activation = _activation_name(self._head)
+        self.num_classes = int(model.outputs[0].shape[-1])
+        self._scorecam_chunk = scorecam_chunk
+        self.trace_count = 0
+        input_shape = tuple(model.inputs[0].shape)
+        if len(input_shape) != 4:
+            raise HmtError(f"model '{model.name}' input must be (N, H, W, C), got {input_shape}")
+        image_spec = tf.TensorSpec((None, *input_shape[1:]), tf.float32)
+        self._cam_fn = tf.function(
+            self._cam_graph, input_signature=[image_spec, tf.TensorSpec((None,), tf.int32)]
+        )
+        self._predict_fn = tf.function(self._predict_graph, input_signature=[image_spec])
+
+    # --- public API ---
+
+    def __call__(self, x: np.ndarray | tf.Tensor, targets: Any = PREDICTED) -> CamResult:
+        images = tf.convert_to_tensor(x, dtype=tf.float32)
+        if images.shape.rank != 4:
+            raise HmtError(f"CAM input must be a (N, H, W, C) batch, got shape {tuple(images.shape)}")
+        target_tensor = self._target_tensor(targets, int(images.shape[0]))
+        probabilities, raw, upsampled, used_targets = self._cam_fn(images, target_tensor)
+        return CamResult(probabilities.numpy(), raw.numpy(), upsampled.numpy(), used_targets.numpy())
+
+    def predict(self, x: np.ndarray | tf.Tensor) -> np.ndarray:
+        """Class probabilities (N, K) from one forward pass, without CAM work."""
+        return self._predict_fn(tf.convert_to_tensor(x, dtype=tf.float32)).numpy()
+
+    # --- helpers ---
+
+    def _target_tensor(self, targets: Any, batch_size: int) -> tf.Tensor:
+        """Validate targets on the host; -1 marks 'use the predicted class' for the graph."""
+        if isinstance(targets, str):
+            if targets != PREDICTED:
+                raise HmtError(f"unknown target '{targets}'; use class indices or '{PREDICTED}'")
+            return tf.fill((batch_size,), -1)
+        values = np.asarray(targets.numpy() if isinstance(targets, tf.Tensor) else targets)
+        if values.ndim == 0:
+            values = np.full(batch_size, values)
+        if values.shape != (batch_size,) or not np.issubdtype(values.dtype, np.integer):
+            raise HmtError(f"targets must be {batch_size} integer class indices, got shape {values.shape} of {values.dtype}")
+        bad = values[(values < 0) | (values >= self.num_classes)]
+        if bad.size:
+            raise HmtError(f"target class index {int(bad[0])} is out of range for a model with {self.num_classes} classes")
+        return tf.constant(values, dtype=tf.int32)
+
+    def _probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
+        """Model outputs as probabilities: a linear head's outputs are passed through softmax."""
+        outputs = tf.cast(outputs, tf.float32)
+        return tf.nn.softmax(outputs) if self._head_activation in (None, "linear") else outputs
+
+    def _predict_graph(self, images: tf.Tensor) -> tf.Tensor:
+        return self._probabilities(self.model(images, training=False))
+
+    @contextmanager
+    def _capture(self, tape: tf.GradientTape, record: dict[str, list[tf.Tensor]]) -> Iterator[None]:
+        """While tracing, record (and watch) the CAM layer's output and the head's logits."""
+
+        def capture_activations(original: Callable) -> Callable:
+            def call(*args: Any, **kwargs: Any) -> tf.Tensor:
+                output = original(*args, **kwargs)
+                tape.watch(output)
+                record["activations"].append(output)
+                return output
+
+            return call
+
+        def capture_logits(original: Callable) -> Callable:
+            def call(inputs: Any, *args: Any, **kwargs: Any) -> tf.Tensor:
+                if isinstance(self._head, (keras.layers.Activation, keras.layers.Softmax)):
+                    record["logits"].append(inputs)
+                    return original(inputs, *args, **kwargs)
+                with _linear_activation(self._head) as activation:
+                    logits = original(inputs, *args, **kwargs)
+                record["logits"].append(logits)
+                return activation(logits)
+
+            return call
+
+        with _wrapped_call(self._layer, capture_activations):
+            if self._head_activation in (None, "linear"):
+                yield
+            else:
+                with _wrapped_call(self._head, capture_logits):
+                    yield
+
+    def _cam_graph(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        self.trace_count += 1  # Python side effect: runs once per trace, never per batch
+        record: dict[str, list[tf.Tensor]] = {"activations": [], "logits": []}
+        needs_gradient = METHODS[self.method] is not None
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            with self._capture(tape, record):
+                outputs = self.model(images, training=False)
+            if len(record["activations"]) != 1:
+                raise HmtError(f"layer '{self.layer}' ran {len(record['activations'])} times in one forward pass; pick a layer used once")
+            probabilities = self._probabilities(outputs)
+            logits = record["logits"][0] if record["logits"] else outputs
+            targets = tf.where(targets < 0, tf.argmax(probabilities, axis=-1, output_type=tf.int32), targets)
+            chosen = probabilities if self.score == "probability" else tf.cast(logits, tf.float32)
+            scores = tf.gather(chosen, targets, axis=1, batch_dims=1)
+            total_score = tf.reduce_sum(scores)  # images are independent: d(sum)/dA_i = dS_i/dA_i
+        activations = tf.cast(record["activations"][0], tf.float32)
+        if needs_gradient:
+            gradients = tape.gradient(
+                total_score, record["activations"][0], unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            cam = METHODS[self.method](activations, tf.cast(gradients, tf.float32))
+        else:
+            cam = _weighted_sum(activations, self._scorecam_weights(images, activations, targets))
+        raw = tf.nn.relu(cam)
+        upsampled = tf.image.resize(raw[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")[..., 0]
+        return probabilities, raw, upsampled, targets
+
+    def _scorecam_weights(self, images: tf.Tensor, activations: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+        """Score-CAM channel weights (N, C): the target's softmax probability on the input masked
+        by each channel's upsampled, min-max scaled activation; masked images run in chunks."""
+        batch = tf.shape(activations)[0]
+        channels = tf.shape(activations)[3]
+        chunk = self._scorecam_chunk
+        total = batch * channels
+        num_chunks = (total + chunk - 1) // chunk
+        channel_maps = tf.transpose(activations, (0, 3, 1, 2))  # (N, C, h, w)
+
+        def chunk_scores(chunk_index: tf.Tensor) -> tf.Tensor:
+            flat = tf.minimum(chunk_index * chunk + tf.range(chunk), total - 1)
+            image_index, channel_index = flat // channels, flat % channels
+            maps = tf.gather_nd(channel_maps, tf.stack([image_index, channel_index], axis=1))
+            masks = tf.image.resize(maps[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")
+            low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
+            high = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True)
+            masks = tf.math.divide_no_nan(masks - low, high - low)
+            masked = tf.gather(images, image_index) * masks
+            probabilities = self._probabilities(self.model(masked, training=False))
+            return tf.gather(probabilities, tf.gather(targets, image_index), axis=1, batch_dims=1)
+
+        scores = tf.map_fn(
+            chunk_scores, tf.range(num_chunks), fn_output_signature=tf.TensorSpec((chunk,), tf.float32)
+        )
+        return tf.reshape(tf.reshape(scores, (-1,))[:total], (batch, channels))
+
