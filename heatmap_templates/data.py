@@ -14,6 +14,7 @@ Choices worth knowing:
 * RGB(A) becomes luma (ITU-R BT.601 weights, as OpenCV and Pillow use); alpha is composited on black.
 * Integer pixels are scaled by their type's range (a 16-bit image by 65535). Float pixels already in
   [0, 1] are kept, other float images are min-max scaled; non-finite pixels are refused.
+* DICOM without a window or VOI LUT is min-max scaled over the image (what viewers' auto-window does).
 """
 from __future__ import annotations
 
@@ -255,8 +256,10 @@ def _declared_size(data: bytes, kind: str, shown: str, max_pixels: int) -> tuple
                     width, height = header.size
         except Image.DecompressionBombError:
             raise BadImageError(shown, f"declared size is over the pixel limit of {max_pixels} (decompression bomb?)") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
-            raise BadImageError(shown, f"corrupt {kind.upper()} header ({_short(error)})") from None
+        except UnidentifiedImageError:
+            raise BadImageError(shown, f"corrupt or truncated {kind.upper()} (unreadable header)") from None
+        except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
+            raise BadImageError(shown, f"corrupt or truncated {kind.upper()} ({_short(error)})") from None
     _check_pixel_count(width, height, max_pixels, shown)
     return height, width
 
@@ -375,7 +378,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
         rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
         photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        bits_stored = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 0)) or 0)
+        bits_stored = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)) or 8)
         spacing = _dicom_pixel_spacing(dataset)
         transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     except Exception as error:  # pydicom raises many types on corrupt headers; each means "unreadable"
@@ -437,7 +440,7 @@ def _first_value(value) -> float | None:  # noqa: ANN001 (pydicom DS or MultiVal
     if value is None:
         return None
     try:
-        if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (str, bytes)):
+        if not isinstance(value, (int, float, str, bytes)):  # pydicom MultiValue: several windows, use the first
             value = value[0]
         number = float(value)
     except (TypeError, ValueError, IndexError):

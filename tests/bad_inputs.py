@@ -106,6 +106,14 @@ def write_truncated_bmp(folder: Path) -> BadImage:
     return BadImage("truncated_bmp", path, "truncated BMP")
 
 
+def write_truncated_tiff(folder: Path) -> BadImage:
+    path = folder / "truncated.tiff"
+    ok, encoded = cv2.imencode(".tiff", gradient_u8(64, 64))
+    assert ok
+    path.write_bytes(encoded.tobytes()[: len(encoded) * 6 // 10])
+    return BadImage("truncated_tiff", path, "corrupt or truncated TIFF")
+
+
 def write_text_as_png(folder: Path) -> BadImage:
     path = folder / "notes.png"
     path.write_text("this is a text file, not an image\n")
@@ -226,6 +234,7 @@ BAD_IMAGE_WRITERS: tuple[Callable[[Path], BadImage], ...] = (
     write_truncated_png,
     write_truncated_jpeg,
     write_truncated_bmp,
+    write_truncated_tiff,
     write_text_as_png,
     write_corrupt_png_data,
     write_one_pixel,
