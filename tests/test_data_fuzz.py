@@ -1,4 +1,4 @@
-"""Property tests for decode_image: random bytes and damaged valid images give only BadImageError, never a crash."""
+"""Property tests for decode_image (and preprocessing of what it returns): only BadImageError, never a crash or NaN."""
 from __future__ import annotations
 
 import itertools
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from heatmap_templates.data import MIN_IMAGE_SIDE, decode_image
 from heatmap_templates.errors import BadImageError
+from heatmap_templates.preprocess import PREPROCESSING_MODES, prepare_batch
 
 FUZZ_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _counter = itertools.count()
@@ -77,8 +78,15 @@ def encoded_images(draw: st.DrawFn) -> tuple[str, bytes, np.ndarray]:
 
 
 @FUZZ_SETTINGS
-@given(image=encoded_images())
-def test_valid_images_decode_into_unit_range(tmp_path: Path, image: tuple[str, bytes, np.ndarray]) -> None:
+@given(
+    image=encoded_images(),
+    input_size=st.tuples(st.integers(8, 48), st.integers(8, 48)),
+    channels=st.sampled_from([1, 3]),
+    mode=st.sampled_from(PREPROCESSING_MODES),
+)
+def test_valid_images_decode_and_preprocess(
+    tmp_path: Path, image: tuple[str, bytes, np.ndarray], input_size: tuple[int, int], channels: int, mode: str
+) -> None:
     suffix, content, array = image
     path = _write(tmp_path, suffix, content)
     if min(array.shape[:2]) < MIN_IMAGE_SIDE:
@@ -91,6 +99,9 @@ def test_valid_images_decode_into_unit_range(tmp_path: Path, image: tuple[str, b
     if array.ndim == 2 and array.dtype != np.float32 and suffix != ".jpg":  # lossless gray: exact values
         expected = array.astype(np.float64) / np.iinfo(array.dtype).max
         np.testing.assert_allclose(decoded.pixels, expected, atol=1e-6)
+    batch = prepare_batch([decoded.pixels], input_size, channels, mode)
+    assert batch.shape == (1, *input_size, channels) and batch.dtype == np.float32
+    assert np.isfinite(batch).all()
 
 
 @FUZZ_SETTINGS
