@@ -60,4 +60,7 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run()
+    # Run through the package module so commands register on the same `app` object as `hmt`.
+    from hmt_cli.main import run as package_run
+
+    package_run()

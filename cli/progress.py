@@ -1,6 +1,8 @@
 """Rich progress bar that implements heatmap_templates.progress.Progress for the CLI."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TimeElapsedColumn, TimeRemainingColumn, TextColumn
 from rich.progress import Progress as RichProgressBar
@@ -20,7 +22,10 @@ class _RateColumn(ProgressColumn):
 
 
 class RichProgress:
-    """Progress bar on stderr: count, rate, elapsed and remaining time."""
+    """Progress bar on stderr: count, rate, elapsed and remaining time.
+
+    Shown only when stderr is a terminal, so redirected output and error messages stay clean.
+    """
 
     def __init__(self, unit: str = "images") -> None:
         self._unit = unit
@@ -29,6 +34,8 @@ class RichProgress:
 
     def start(self, total: int | None, description: str) -> None:
         self.finish()
+        if not sys.stderr.isatty():
+            return
         self._bar = RichProgressBar(
             TextColumn("{task.description}"),
             BarColumn(),
