@@ -704,13 +704,24 @@ def _write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTem
             source.close()
 
 
+def _read_class_state(path: Path, class_name: str) -> AccumulatorState:
+    with _open_h5(path) as handle:
+        _read_root(handle, path, TEMPLATES_KIND)
+        classes = list(handle["templates"]) if "templates" in handle else []
+        if class_name not in classes:
+            raise BadFileError(path, f"has no template for class {class_name!r} (it has {', '.join(classes) or 'none'})")
+        group = handle["templates"][class_name]
+        return _read_state(group, _read_members(group["members"]))
+
+
 def load_accumulator(path: str | Path, class_name: str) -> ClassAccumulator:
     """The exact accumulator stored for one class (to add images to it or merge it)."""
-    data = read_templates(path, load_state=True)
-    if class_name not in data.templates:
-        raise BadFileError(path, f"has no template for class {class_name!r} (it has {', '.join(data.templates) or 'none'})")
-    template = data.templates[class_name]
-    return ClassAccumulator.from_state(template.state)
+    path = Path(path)
+    state = _read_class_state(path, class_name)
+    try:
+        return ClassAccumulator.from_state(state)
+    except (KeyError, ValueError) as error:
+        raise BadFileError(path, f"damaged accumulator state of class {class_name!r}: {error}") from None
 
 
 def merge_template_files(inputs: Sequence[str | Path], output: str | Path, *, command: str = "", progress: Progress | None = None) -> TemplateFile:
@@ -724,36 +735,37 @@ def merge_template_files(inputs: Sequence[str | Path], output: str | Path, *, co
     if len(inputs) < 2:
         raise HmtError("merge-templates needs at least two input files")
     progress = progress or NullProgress()
-    files = []
-    progress.start(len(inputs), "reading templates")
-    for path in inputs:
-        files.append(read_templates(path, load_state=True))
-        progress.advance()
-    progress.finish()
+    files = [read_templates(path) for path in inputs]
     first = files[0]
     for other in files[1:]:
         _check_identity(other.path, other.settings, first.settings, TEMPLATE_IDENTITY_KEYS)
         _same_reference(other.path, (other.reference_image, other.lung_mask), (first.reference_image, first.lung_mask))
     merged: dict[str, ClassTemplate] = {}
-    for name in _ordered({n for f in files for n in f.templates}, first.settings):
+    names = _ordered({n for f in files for n in f.templates}, first.settings)
+    progress.start(sum(name in f.templates for f in files for name in names), "merging class templates")
+    for name in names:  # one class at a time, so only its accumulator states are in memory
         holders = [f for f in files if name in f.templates]
-        accumulator = ClassAccumulator.from_state(holders[0].templates[name].state)
+        accumulator = load_accumulator(holders[0].path, name)
+        progress.advance()
         owner = {member.key: holders[0].path for member in holders[0].templates[name].members}
         for holder in holders[1:]:
             for member in holder.templates[name].members:
                 if member.key in owner:
                     raise BadFileError(holder.path, f"shares image {member.path} of class {name!r} with {owner[member.key]}; merging would count it twice")
                 owner[member.key] = holder.path
+            other = load_accumulator(holder.path, name)
             try:
-                accumulator.merge(ClassAccumulator.from_state(holder.templates[name].state))
+                accumulator.merge(other)
             except HmtError as error:
                 raise BadFileError(holder.path, str(error)) from None
+            progress.advance()
         template = accumulator.finalize()
         parts = [holder.templates[name] for holder in holders]
         if all(part.loo_method != LOO_NOT_COMPUTED for part in parts):
             template.loo_correlations = np.concatenate([part.loo_correlations for part in parts])
             template.loo_method = parts[0].loo_method if len(parts) == 1 else LOO_MERGED
         merged[name] = template
+    progress.finish()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_templates_file(output, first.settings, merged, (first.reference_image, first.lung_mask), command, None)
