@@ -1,0 +1,324 @@
+"""Tests of the CAM engine: hand-computed numbers, an independent reference (tf-keras-vis),
+batched == per-image, model shapes (Sequential, Functional, nested base), and error paths."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from heatmap_templates.cam import METHODS, CamEngine, find_cam_layer, resolve_layer
+from heatmap_templates.errors import HmtError
+
+GRADIENT_METHODS = [name for name, weights in METHODS.items() if weights is not None]
+
+
+# --- hand-computed model: input (6, 6, 2) -> Conv2D 3x3 valid ReLU (3 ch) -> Flatten -> Dense(2) ---
+
+CONV_KERNEL = np.random.default_rng(1).normal(size=(3, 3, 2, 3)).astype(np.float32)
+CONV_BIAS = np.array([0.1, -0.2, 0.05], dtype=np.float32)
+DENSE_KERNEL = np.random.default_rng(2).normal(size=(4 * 4 * 3, 2)).astype(np.float32)
+DENSE_BIAS = np.array([0.3, -0.1], dtype=np.float32)
+
+
+def hand_model(activation: str | None) -> keras.Model:
+    inputs = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(3, 3, activation="relu", name="conv")
+    dense = keras.layers.Dense(2, activation=activation, name="head")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(conv(inputs))))
+    conv.set_weights([CONV_KERNEL, CONV_BIAS])
+    dense.set_weights([DENSE_KERNEL, DENSE_BIAS])
+    return model
+
+
+def hand_activations(x: np.ndarray) -> np.ndarray:
+    """The conv layer's output, by explicit loops: (N, 4, 4, 3)."""
+    out = np.zeros((x.shape[0], 4, 4, 3), dtype=np.float64)
+    for i in range(4):
+        for j in range(4):
+            patch = x[:, i : i + 3, j : j + 3, :]
+            out[:, i, j, :] = np.einsum("nabc,abck->nk", patch, CONV_KERNEL) + CONV_BIAS
+    return np.maximum(out, 0.0)
+
+
+def hand_gradients(activations: np.ndarray, targets: np.ndarray, score: str) -> np.ndarray:
+    """dS/dA for the Flatten -> Dense head: the target's kernel column (logit), or softmax chain rule."""
+    kernel = DENSE_KERNEL.reshape(4, 4, 3, 2)
+    logits = activations.reshape(len(activations), -1) @ DENSE_KERNEL + DENSE_BIAS
+    grads = np.stack([kernel[..., t] for t in targets])
+    if score == "logit":
+        return grads
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    expected_kernel = np.einsum("hwkc,nc->nhwk", kernel, probs)
+    p_target = probs[np.arange(len(targets)), targets][:, None, None, None]
+    return p_target * (grads - expected_kernel)
+
+
+def numpy_cam(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Closed forms as written in the papers / pytorch-grad-cam, per image, in float64."""
+    spatial = (1, 2)
+    if method == "gradcam":
+        cam = np.einsum("nhwc,nc->nhw", a, g.mean(spatial))
+    elif method == "gradcampp":
+        g2, g3 = g**2, g**3
+        alphas = g2 / (2 * g2 + a.sum(spatial, keepdims=True) * g3 + 1e-6)
+        alphas = np.where(g != 0, alphas, 0)
+        cam = np.einsum("nhwc,nc->nhw", a, (np.maximum(g, 0) * alphas).sum(spatial))
+    elif method == "hirescam":
+        cam = (g * a).sum(-1)
+    elif method == "xgradcam":
+        cam = np.einsum("nhwc,nc->nhw", a, (g * a).sum(spatial) / (a.sum(spatial) + 1e-7))
+    elif method == "layercam":
+        cam = (np.maximum(g, 0) * a).sum(-1)
+    return np.maximum(cam, 0.0)
+
+
+@pytest.fixture(scope="module")
+def hand_input() -> np.ndarray:
+    return np.random.default_rng(3).uniform(-1, 1, size=(3, 6, 6, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_hand_model_matches_closed_form(method: str, hand_input: np.ndarray) -> None:
+    targets = np.array([0, 1, 1])
+    result = CamEngine(hand_model(None), "conv", method)(hand_input, targets)
+    a = hand_activations(hand_input.astype(np.float64))
+    expected = numpy_cam(method, a, hand_gradients(a, targets, "logit"))
+    assert expected.max() > 0
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-5)
+    assert result.upsampled.shape == (3, 6, 6)
+
+
+def test_logit_and_probability_scores_are_each_right(hand_input: np.ndarray) -> None:
+    targets = np.array([1, 0, 1])
+    softmax_model = hand_model("softmax")
+    a = hand_activations(hand_input.astype(np.float64))
+    by_logit = CamEngine(softmax_model, "conv", "hirescam", score="logit")(hand_input, targets)
+    by_probability = CamEngine(softmax_model, "conv", "hirescam", score="probability")(hand_input, targets)
+    np.testing.assert_allclose(by_logit.raw, numpy_cam("hirescam", a, hand_gradients(a, targets, "logit")), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        by_probability.raw, numpy_cam("hirescam", a, hand_gradients(a, targets, "probability")), rtol=1e-4, atol=1e-6
+    )
+    assert not np.allclose(by_logit.raw, by_probability.raw)
+    np.testing.assert_allclose(by_logit.probabilities, softmax_model(hand_input).numpy(), rtol=1e-5, atol=1e-6)
+    # The softmax head is left untouched after the trace.
+    assert softmax_model.get_layer("head").activation is keras.activations.softmax
+    assert "call" not in softmax_model.get_layer("head").__dict__
+
+
+def test_linear_head_probabilities_are_softmaxed(hand_input: np.ndarray) -> None:
+    model = hand_model(None)
+    engine = CamEngine(model, "conv")
+    np.testing.assert_allclose(engine.predict(hand_input), tf.nn.softmax(model(hand_input)).numpy(), rtol=1e-5)
+
+
+def test_scorecam_matches_per_channel_loop(hand_input: np.ndarray) -> None:
+    model = hand_model("softmax")
+    targets = np.array([0, 1, 0])
+    result = CamEngine(model, "conv", "scorecam", scorecam_chunk=5)(hand_input, targets)
+    activations = hand_activations(hand_input.astype(np.float64)).astype(np.float32)
+    expected = []
+    for image, maps, target in zip(hand_input, activations, targets):
+        weights = []
+        for channel in range(maps.shape[-1]):
+            mask = tf.image.resize(maps[..., channel : channel + 1], (6, 6), method="bilinear").numpy()
+            span = mask.max() - mask.min()
+            mask = (mask - mask.min()) / span if span > 0 else np.zeros_like(mask)
+            weights.append(model(image[None] * mask[None]).numpy()[0, target])
+        expected.append(np.maximum((maps * np.array(weights)).sum(-1), 0))
+    np.testing.assert_allclose(result.raw, np.array(expected), rtol=1e-4, atol=1e-6)
+
+
+# --- small random models ---
+
+
+def conv_layers(prefix: str) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Conv2D(6, 3, activation="relu", name=f"{prefix}conv_a"),
+        keras.layers.MaxPooling2D(name=f"{prefix}pool"),
+        keras.layers.Conv2D(8, 3, activation="relu", name=f"{prefix}conv_b"),
+    ]
+
+
+def functional_model(size: int = 32) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    features = inputs
+    for layer in conv_layers(""):
+        features = layer(features)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(pooled))
+
+
+def nested_model(size: int = 32) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    base_in = keras.Input((size, size, 3))
+    features = base_in
+    for layer in conv_layers(""):
+        features = layer(features)
+    base = keras.Model(base_in, keras.layers.MaxPooling2D(name="base_pool")(features), name="base")
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(base(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 1, size=(4, 32, 32, 3)).astype(np.float32)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("score", ["logit", "probability"])
+def test_gradcam_matches_tf_keras_vis(score: str, images: np.ndarray) -> None:
+    gradcam_module = pytest.importorskip("tf_keras_vis.gradcam")
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    model = functional_model()
+    targets = [0, 1, 2, 0]
+    modifier = ReplaceToLinear() if score == "logit" else None
+    reference = gradcam_module.Gradcam(model, model_modifier=modifier, clone=True)(
+        CategoricalScore(targets), images, penultimate_layer="conv_b", normalize_cam=False, expand_cam=False
+    )
+    ours = CamEngine(model, "conv_b", "gradcam", score=score)(images, np.array(targets)).raw
+    informative = [(r, o) for r, o in zip(np.asarray(reference), ours) if r.max() > 0]
+    assert len(informative) >= 2  # random weights leave some targets with an all-zero (ReLU'd) map
+    for reference_map, our_map in informative:
+        assert correlation(reference_map, our_map) >= 0.999
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-6 * float(np.max(ours)))
+
+
+def test_gradcampp_against_tf_keras_vis(images: np.ndarray) -> None:
+    """tf-keras-vis additionally divides each alpha by its spatial sum (pytorch-grad-cam, the form
+    hmt follows, does not), so the maps agree in shape but not exactly: correlation, not equality."""
+    plus_module = pytest.importorskip("tf_keras_vis.gradcam_plus_plus")
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    model = functional_model()
+    targets = [0, 1, 2, 1]
+    reference = plus_module.GradcamPlusPlus(model, model_modifier=ReplaceToLinear(), clone=True)(
+        CategoricalScore(targets), images, penultimate_layer="conv_b", normalize_cam=False, expand_cam=False
+    )
+    ours = CamEngine(model, "conv_b", "gradcampp")(images, np.array(targets)).raw
+    assert np.mean([correlation(r, o) for r, o in zip(np.asarray(reference), ours)]) >= 0.8
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_batched_equals_per_image(method: str, images: np.ndarray) -> None:
+    engine = CamEngine(functional_model(), method=method, scorecam_chunk=5)
+    batched = engine(images, "predicted")
+    assert batched.raw.max() > 0
+    for index in range(len(images)):
+        single = engine(images[index : index + 1], batched.targets[index : index + 1])
+        np.testing.assert_allclose(single.raw[0], batched.raw[index], rtol=1e-4, atol=1e-6 * batched.raw.max())
+        np.testing.assert_allclose(single.upsampled[0], batched.upsampled[index], rtol=1e-4, atol=1e-6 * batched.raw.max())
+    assert engine.trace_count == 1
+
+
+def test_no_retracing_across_batches_and_input_types(images: np.ndarray) -> None:
+    engine = CamEngine(functional_model(), method="gradcam")
+    engine(images, "predicted")
+    engine(tf.constant(images[:3]), np.array([0, 1, 2]))
+    engine(images[:1].astype(np.float64), 2)
+    assert engine.trace_count == 1
+
+
+def test_predicted_targets_are_argmax(images: np.ndarray) -> None:
+    model = functional_model()
+    engine = CamEngine(model)
+    result = engine(images, "predicted")
+    np.testing.assert_array_equal(result.targets, np.argmax(model(images).numpy(), axis=1))
+    np.testing.assert_allclose(engine.predict(images), result.probabilities, rtol=1e-5)
+    explicit = engine(images, result.targets)
+    np.testing.assert_allclose(explicit.raw, result.raw, rtol=1e-5)
+
+
+def test_sequential_model_matches_functional(images: np.ndarray) -> None:
+    functional = functional_model()
+    sequential = keras.Sequential([keras.Input((32, 32, 3)), *conv_layers(""), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    sequential.set_weights(functional.get_weights())
+    assert find_cam_layer(sequential) == "conv_b"
+    targets = np.array([0, 1, 2, 0])
+    np.testing.assert_allclose(
+        CamEngine(sequential)(images, targets).raw, CamEngine(functional)(images, targets).raw, rtol=1e-5, atol=1e-7
+    )
+
+
+def test_nested_base_matches_explicit_composition(images: np.ndarray) -> None:
+    """Reference: split the model by hand at base/conv_b and differentiate the remainder."""
+    model = nested_model()
+    assert find_cam_layer(model) == "base/conv_b"
+    targets = np.array([2, 0, 1, 2])
+    result = CamEngine(model, method="gradcam")(images, targets)
+    base = model.get_layer("base")
+    below = keras.Model(base.input, base.get_layer("conv_b").output)
+    activations = below(images)
+    with tf.GradientTape() as tape:
+        tape.watch(activations)
+        logits_input = model.layers[2](base.get_layer("base_pool")(activations))
+        head = model.layers[-1]
+        logits = logits_input @ head.kernel + head.bias
+        score = tf.reduce_sum(tf.gather(logits, targets, axis=1, batch_dims=1))
+    gradients = tape.gradient(score, activations).numpy()
+    expected = numpy_cam("gradcam", activations.numpy().astype(np.float64), gradients.astype(np.float64))
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_nested_layer_names_resolve() -> None:
+    model = nested_model()
+    assert resolve_layer(model, "base/conv_a")[0] == "base/conv_a"
+    assert resolve_layer(model, "conv_a")[0] == "base/conv_a"
+    assert CamEngine(model, layer="base/conv_a").layer == "base/conv_a"
+    with pytest.raises(HmtError, match=r"layer 'nope' not found .*candidates: base/conv_a, base/conv_b"):
+        CamEngine(model, layer="nope")
+
+
+def test_keras_vgg19_nested_base_runs() -> None:
+    base = keras.applications.VGG19(weights=None, include_top=False, input_shape=(32, 32, 3))
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(base(inputs)))
+    model = keras.Model(inputs, outputs)
+    engine = CamEngine(model, method="gradcam")
+    assert engine.layer == f"{base.name}/block5_conv4"
+    result = engine(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32), "predicted")
+    assert result.raw.shape == (2, 2, 2) and result.upsampled.shape == (2, 32, 32)
+    assert np.isfinite(result.upsampled).all()
+    assert "call" not in base.get_layer("block5_conv4").__dict__
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_dead_relu_gives_zero_map_not_nan(method: str) -> None:
+    inputs = keras.Input((16, 16, 1))
+    conv = keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(-1.0))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(conv(inputs))))
+    result = CamEngine(model, method=method, scorecam_chunk=3)(np.ones((2, 16, 16, 1), np.float32), [0, 1])
+    assert np.array_equal(result.raw, np.zeros((2, 14, 14))) and np.array_equal(result.upsampled, np.zeros((2, 16, 16)))
+
+
+def test_error_paths(images: np.ndarray) -> None:
+    dense_only = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(HmtError, match="model has no convolutional layer with a 4-D output; pass --layer"):
+        CamEngine(dense_only)
+    model = functional_model()
+    with pytest.raises(HmtError, match="unknown CAM method 'gradcam2'"):
+        CamEngine(model, method="gradcam2")
+    with pytest.raises(HmtError, match="unknown score"):
+        CamEngine(model, score="prob")
+    with pytest.raises(HmtError, match="does not have a 4-D"):
+        CamEngine(model, layer="head")
+    engine = CamEngine(model)
+    with pytest.raises(HmtError, match="target class index 3 is out of range for a model with 3 classes"):
+        engine(images, [0, 1, 3, 0])
+    with pytest.raises(HmtError, match="target class index -1"):
+        engine(images, -1)
+    with pytest.raises(HmtError, match="4 integer class indices"):
+        engine(images, [0, 1])
+    with pytest.raises(HmtError, match="unknown target 'true'"):
+        engine(images, "true")
+    with pytest.raises(HmtError, match=r"\(N, H, W, C\) batch"):
+        engine(images[0], 0)
