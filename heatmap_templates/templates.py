@@ -505,6 +505,9 @@ class ClassAccumulator:
             raise ValueError(f"expected maps of shape (N, {self.shape[0]}, {self.shape[1]}), got {values.shape}")
         if len(values) != len(members):
             raise ValueError(f"{len(values)} maps but {len(members)} member records")
+        for member in members:
+            if not (np.isfinite(member.probability) and np.isfinite(member.registration_quality)):
+                raise ValueError(f"member {member.path} has a non-finite probability or registration quality")
         normalised = normalise(values, self.normalisation).astype(np.float64)
         self.stats.update(normalised)
         self.covariance.update(downsample(normalised, self.reduced_shape).reshape(len(normalised), -1))

@@ -94,12 +94,22 @@ def test_heatmap_store_round_trip_resume_and_selection(tmp_path: Path) -> None:
     for row, number in enumerate(picked):
         _assert_rows_match(batch_row(batch, row), make_batch(number, 1))
     assert sum(len(b) for b in reader.iter_batches(5)) == 12
+    np.testing.assert_array_equal(batch.maps_for(1), everything.upsampled[picked, 1].astype(np.float32))
     labels, correct, predicted = everything.labels, everything.correct, everything.predicted
     np.testing.assert_array_equal(reader.indices_for(0), np.flatnonzero((labels == 0) & correct))
     np.testing.assert_array_equal(reader.indices_for(0, "all"), np.flatnonzero(labels == 0))
     np.testing.assert_array_equal(reader.indices_for(1, "predicted"), np.flatnonzero(predicted == 1))
     with pytest.raises(HmtError, match="--include"):
         reader.indices_for(0, "wrong")
+
+
+def test_two_writers_never_overwrite_each_others_shards(tmp_path: Path) -> None:
+    path = tmp_path / "heatmaps.h5"
+    first, second = HeatmapWriter(path, HEATMAP_SETTINGS), HeatmapWriter(path, HEATMAP_SETTINGS)
+    first.append(make_batch(0, 3))
+    second.append(make_batch(3, 3))
+    second.finalize()
+    assert open_heatmaps(path).paths == make_batch(0, 6).paths
 
 
 def test_heatmap_store_refuses_other_settings_naming_the_setting(tmp_path: Path) -> None:

@@ -222,6 +222,8 @@ def test_accumulator_rejects_bad_input_and_incompatible_merges() -> None:
         accumulator.add(np.zeros((2, 5, 5)), _members(2))
     with pytest.raises(ValueError, match="member records"):
         accumulator.add(np.zeros((2, *SHAPE)), _members(1))
+    with pytest.raises(ValueError, match="non-finite"):
+        accumulator.add(np.zeros((1, *SHAPE)), [Member("a.png", "", float("nan"), 0.5, "none")])
     with pytest.raises(HmtError, match="median needs a known value range"):
         ClassAccumulator("covid", SHAPE, normalisation="sum")
     with pytest.raises(HmtError, match="normalisation"):
