@@ -127,8 +127,9 @@ def _write_root(handle: h5py.File, kind: str, settings: Mapping[str, Any], comma
     attrs["created"] = _now()
     attrs["command"] = command
     attrs["settings"] = json.dumps(_jsonable(dict(settings)), sort_keys=True)
+    reserved = {"kind", "schema_version", "hmt_version", "created", "command", "settings", *(extra or {})}
     for key, value in _jsonable(dict(settings)).items():
-        if _simple_attribute(value):
+        if key not in reserved and _simple_attribute(value):
             attrs[key] = value
     for key, value in (extra or {}).items():
         attrs[key] = value
@@ -283,7 +284,8 @@ def _write_batch_datasets(handle: h5py.File, batch: HeatmapBatch) -> None:
             handle.create_dataset(name, data=np.array(list(value), dtype=object), dtype=string)
         else:
             array = np.asarray(value)
-            handle.create_dataset(name, data=array.astype(dtype if dtype is not None else (np.float16 if array.dtype == np.float16 else np.float32)))
+            stored = dtype or (np.float16 if array.dtype == np.float16 else np.float32)  # upsampled maps keep float16
+            handle.create_dataset(name, data=array.astype(stored))
 
 
 class HeatmapWriter:
