@@ -21,6 +21,7 @@ def synth(
     classes: str = typer.Option(",".join(CLASSES), "--classes", help="Comma-separated subset of the phantom classes."),
     preview: Path | None = typer.Option(None, "--preview", help="Also write a grid PNG of examples and probability maps."),
     preview_examples: int = typer.Option(4, "--preview-examples", help="Examples per class in the preview grid."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: CPU count, at most 8); output is identical for any number."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a class-per-folder synthetic chest X-ray phantom set with lesion masks, poses and lesion-probability maps.
@@ -33,7 +34,7 @@ def synth(
     if preview_examples < 1:
         raise HmtError(f"--preview-examples must be at least 1, got {preview_examples}")
     summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
-                                 progress=RichProgress(unit="images"))
+                                 progress=RichProgress(unit="images"), workers=workers)
     preview_path = write_preview_grid(out_dir, preview, preview_examples) if preview is not None else None
     if as_json:
         result = summary.to_json()

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
 import re
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -687,63 +690,106 @@ A pixel is lesion where the added lesion intensity is at least {threshold} (on t
 """
 
 
+@dataclass(frozen=True)
+class _Written:
+    """What one worker wrote for one image: its poses.csv row and lesion pixel count."""
+
+    label: str
+    index: int
+    pose_row: list[str]
+    mask_pixels: int
+
+
+def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int) -> list[_Written]:
+    """Render images ``indices`` of class ``label`` and write each image and its lesion mask."""
+    written = []
+    for index in indices:
+        name = f"{label}_{index:04d}.png"
+        phantom = render_phantom(phantom_seed(seed, label, index), label, size)
+        _write_png(out / label / name, _to_uint8(phantom.image))
+        _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
+        pose = phantom.pose
+        row = [f"{label}/{name}", label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
+               *(repr(float(value)) for value in pose.matrix.ravel()), f"{label}_{index:04d}"]
+        written.append(_Written(label, index, row, int(phantom.lesion_mask.sum())))
+    return written
+
+
+def _write_probability(path: Path, label: str, size: int, samples: int, seed: int) -> None:
+    np.save(path, canonical_lesion_probability(label, size, samples, seed))
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
 def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256, seed: int = 0,
                        classes: Sequence[str] = CLASSES, progress: Progress | None = None,
-                       probability_samples: int = DEFAULT_PROBABILITY_SAMPLES) -> SynthSummary:
+                       probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None) -> SynthSummary:
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
-    ``out_dir`` must be new, empty, or a previous synth output (which is replaced).
+    ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``
+    processes share the work (default: the CPU count, at most 8); every image has its own seed,
+    so the files are identical for any number of workers.
     """
     started = time.perf_counter()
     chosen = _validate(n_per_class, size, seed, classes)
     if probability_samples < 1:
         raise HmtError(f"probability_samples must be at least 1, got {probability_samples}")
+    workers = _default_workers() if workers is None else workers
+    if workers < 1:
+        raise HmtError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
     _prepare_out_dir(out)
     truth = out / GROUND_TRUTH_DIR
-    truth.mkdir(exist_ok=True)
-    progress = progress or NullProgress()
-    progress.start(len(chosen) * n_per_class, "synthesising phantoms")
-
-    pose_rows: list[list[str]] = []
-    manifest_rows: list[list[str]] = []
-    lesion_fraction: dict[str, float] = {}
     for label in chosen:
         (out / label).mkdir(exist_ok=True)
         (truth / "masks" / label).mkdir(parents=True, exist_ok=True)
-        mask_pixels = 0
-        for index in range(n_per_class):
-            name = f"{label}_{index:04d}.png"
-            phantom = render_phantom(phantom_seed(seed, label, index), label, size)
-            _write_png(out / label / name, _to_uint8(phantom.image))
-            _write_png(truth / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
-            mask_pixels += int(phantom.lesion_mask.sum())
-            relative = f"{label}/{name}"
-            patient = f"{label}_{index:04d}"
-            pose = phantom.pose
-            pose_rows.append([relative, label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
-                              *(repr(float(value)) for value in pose.matrix.ravel()), patient])
-            manifest_rows.append([relative, label, patient])
-            progress.advance()
-        lesion_fraction[label] = mask_pixels / (n_per_class * size * size)
-        probability = canonical_lesion_probability(label, size, probability_samples, seed)
-        np.save(truth / f"lesion_probability_{label}.npy", probability)
+    progress = progress or NullProgress()
+    progress.start(len(chosen) * n_per_class, "synthesising phantoms")
+
+    chunk = 16
+    image_jobs = [(label, range(first, min(first + chunk, n_per_class))) for label in chosen for first in range(0, n_per_class, chunk)]
+    probability_jobs = [(truth / f"lesion_probability_{label}.npy", label) for label in chosen]
+    written: list[_Written] = []
+    if workers == 1:
+        for label, indices in image_jobs:
+            written += _render_and_write(out, label, indices, seed, size)
+            progress.advance(len(indices))
+        for path, label in probability_jobs:
+            _write_probability(path, label, size, probability_samples, seed)
+    else:
+        # Spawned (not forked) workers: the caller may hold threads, e.g. TensorFlow's.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            probability_futures = [pool.submit(_write_probability, path, label, size, probability_samples, seed)
+                                   for path, label in probability_jobs]
+            image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size) for label, indices in image_jobs]
+            for future in as_completed(image_futures):
+                batch = future.result()
+                written += batch
+                progress.advance(len(batch))
+            for future in probability_futures:
+                future.result()
     progress.finish()
 
+    order = {label: position for position, label in enumerate(chosen)}
+    written.sort(key=lambda item: (order[item.label], item.index))
     with open(out / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "label", "patient_id"])
-        writer.writerows(manifest_rows)
+        writer.writerows([item.pose_row[0], item.label, item.pose_row[-1]] for item in written)
     with open(truth / "poses.csv", "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "label", *_POSE_COLUMNS, "patient_id"])
-        writer.writerows(pose_rows)
+        writer.writerows(item.pose_row for item in written)
     _write_png(truth / "canonical_lungs.png", canonical_lung_mask(size).astype(np.uint8) * 255)
     (truth / "README.md").write_text(_README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
                                                     samples=probability_samples, threshold=LESION_THRESHOLD))
     record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
               "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD}
     (truth / MARKER_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
+                       for label in chosen}
     return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,
                         time.perf_counter() - started)
 
@@ -779,7 +825,7 @@ def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = 
     shown = max(1, min(n_examples, record["n_per_class"]))
     lungs = cv2.imread(str(out / GROUND_TRUTH_DIR / "canonical_lungs.png"), cv2.IMREAD_GRAYSCALE)
 
-    figure = Figure(figsize=(2.0 * (shown + 1), 2.1 * len(classes)), dpi=110)
+    figure = Figure(figsize=(2.0 * (shown + 1), 2.1 * len(classes)), dpi=90)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(classes), shown + 1, squeeze=False)
     for row, label in enumerate(classes):

@@ -13,6 +13,7 @@ import pytest
 
 from heatmap_templates.data import load_dataset
 from heatmap_templates.errors import HmtError
+from hmt_cli.main import run
 from heatmap_templates.synth import (
     CLASSES,
     canonical_lesion_probability,
@@ -41,7 +42,7 @@ def _read_gray(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "set"
-    synthesize_dataset(out, n_per_class=3, size=SIZE, seed=7, probability_samples=12)
+    synthesize_dataset(out, n_per_class=3, size=SIZE, seed=7, probability_samples=12, workers=1)
     return out
 
 
@@ -65,9 +66,9 @@ def test_layout_and_formats(phantom_set: Path) -> None:
     assert dataset.counts() == {label: 3 for label in CLASSES}
 
 
-def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        synthesize_dataset(tmp_path / name, n_per_class=2, size=SIZE, seed=seed, probability_samples=4)
+def test_same_seed_gives_identical_bytes_for_any_workers_and_other_seed_differs(tmp_path: Path) -> None:
+    for name, seed, workers in (("a", 1, 1), ("b", 1, 2), ("c", 2, 1)):
+        synthesize_dataset(tmp_path / name, n_per_class=2, size=SIZE, seed=seed, probability_samples=4, workers=workers)
     first, again, other = (_files(tmp_path / name) for name in "abc")
     assert first == again
     assert first.keys() == other.keys()
@@ -77,8 +78,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
 
 
 def test_smaller_set_is_a_prefix_and_classes_are_independent(tmp_path: Path) -> None:
-    synthesize_dataset(tmp_path / "small", n_per_class=2, size=SIZE, seed=3, classes=("virus", "covid"), probability_samples=2)
-    synthesize_dataset(tmp_path / "large", n_per_class=4, size=SIZE, seed=3, probability_samples=2)
+    synthesize_dataset(tmp_path / "small", n_per_class=2, size=SIZE, seed=3, classes=("virus", "covid"), probability_samples=2, workers=1)
+    synthesize_dataset(tmp_path / "large", n_per_class=4, size=SIZE, seed=3, probability_samples=2, workers=1)
     small, large = _files(tmp_path / "small"), _files(tmp_path / "large")
     images = [key for key in small if key.endswith(".png") and "canonical" not in key]
     assert len(images) == 8  # 2 classes x 2 images + their masks
@@ -210,12 +211,13 @@ def test_classical_lung_segmentation_finds_the_lungs() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"n_per_class": 0}, {"size": 16}, {"seed": -1}, {"classes": ("covid", "flu")}, {"classes": ()}, {"classes": ("covid", "covid")}],
+    [{"n_per_class": 0}, {"size": 16}, {"seed": -1}, {"classes": ("covid", "flu")}, {"classes": ()}, {"classes": ("covid", "covid")},
+     {"probability_samples": 0}],
 )
 def test_bad_arguments_raise_user_errors(tmp_path: Path, kwargs: dict) -> None:
-    arguments = {"n_per_class": 1, "size": SIZE, "seed": 0, **kwargs}
+    arguments = {"n_per_class": 1, "size": SIZE, "seed": 0, "probability_samples": 1, **kwargs}
     with pytest.raises(HmtError):
-        synthesize_dataset(tmp_path / "out", probability_samples=1, **arguments)
+        synthesize_dataset(tmp_path / "out", workers=1, **arguments)
 
 
 def test_refuses_a_foreign_folder_and_replaces_a_previous_output(tmp_path: Path) -> None:
@@ -223,29 +225,33 @@ def test_refuses_a_foreign_folder_and_replaces_a_previous_output(tmp_path: Path)
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(HmtError, match="not a previous `hmt synth` output"):
-        synthesize_dataset(foreign, n_per_class=1, size=SIZE, probability_samples=1)
+        synthesize_dataset(foreign, n_per_class=1, size=SIZE, probability_samples=1, workers=1)
     assert (foreign / "notes.txt").read_text() == "mine"
 
     out = tmp_path / "out"
-    synthesize_dataset(out, n_per_class=3, size=SIZE, probability_samples=1)
+    synthesize_dataset(out, n_per_class=3, size=SIZE, probability_samples=1, workers=1)
     (out / "covid" / "keep_me.txt").write_text("user file")
-    synthesize_dataset(out, n_per_class=1, size=SIZE, classes=("covid",), probability_samples=1)
+    synthesize_dataset(out, n_per_class=1, size=SIZE, classes=("covid",), probability_samples=1, workers=1)
     assert sorted(path.name for path in (out / "covid").iterdir()) == ["covid_0000.png", "keep_me.txt"]
     assert not (out / "virus").exists()
     assert sorted(path.name for path in (out / "ground_truth").glob("*.npy")) == ["lesion_probability_covid.npy"]
 
 
-def _hmt(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from hmt_cli.main import run; run()", *arguments],
-                          capture_output=True, text=True, timeout=120)
+def _hmt_in_process(arguments: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run the `hmt` entry point in this process (fast); returns exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["hmt", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
 
 
-def test_cli_writes_the_set_preview_and_json(tmp_path: Path) -> None:
+def test_cli_writes_the_set_preview_and_json(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     out, grid = tmp_path / "set", tmp_path / "grid.png"
-    result = _hmt("synth", str(out), "--n-per-class", "2", "--size", "64", "--seed", "4",
-                  "--classes", "covid,normal", "--preview", str(grid), "--json")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    code, stdout, stderr = _hmt_in_process(["synth", str(out), "--n-per-class", "2", "--size", "64", "--seed", "4", "--workers", "1",
+                                            "--classes", "covid,normal", "--preview", str(grid), "--json"], capsys, monkeypatch)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
     assert summary["counts"] == {"covid": 2, "normal": 2} and summary["preview"] == str(grid)
     assert (out / "covid" / "covid_0001.png").is_file() and (out / "ground_truth" / "poses.csv").is_file()
     preview = cv2.imread(str(grid))
@@ -254,16 +260,21 @@ def test_cli_writes_the_set_preview_and_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--n-per-class", "0"], ["--classes", "covid,flu"], ["--size", "8"], ["--n-per-class", "two"]],
+    [["--n-per-class", "0"], ["--classes", "covid,flu"], ["--size", "8"], ["--n-per-class", "two"], ["--workers", "0"]],
 )
-def test_cli_bad_arguments_exit_2(tmp_path: Path, arguments: list[str]) -> None:
-    result = _hmt("synth", str(tmp_path / "out"), *arguments)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+def test_cli_bad_arguments_exit_2(tmp_path: Path, arguments: list[str], capsys: pytest.CaptureFixture,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, stderr = _hmt_in_process(["synth", str(tmp_path / "out"), *arguments], capsys, monkeypatch)
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out" / "ground_truth").exists()
 
 
 def test_cli_refuses_a_non_empty_folder_with_one_line(tmp_path: Path) -> None:
+    """As a real process: exit code 2 and one line on stderr, the folder untouched."""
     (tmp_path / "photo.jpg").write_bytes(b"x")
-    result = _hmt("synth", str(tmp_path), "--n-per-class", "1", "--size", "64")
+    result = subprocess.run([sys.executable, "-c", "from hmt_cli.main import run; run()", "synth", str(tmp_path), "--size", "64"],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a previous `hmt synth` output" in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["photo.jpg"]
