@@ -56,7 +56,7 @@ def normalise(maps: np.ndarray, method: str = DEFAULT_NORMALISATION) -> np.ndarr
 
     `minmax` scales to [0, 1]; `sum` divides by the total absolute mass (unit mass for
     non-negative maps); `zscore` gives zero mean and unit standard deviation; `none` only
-    converts. Non-finite pixels count as 0, and a constant or all-zero map (no localisation)
+    converts (clipped to the float32 range). Non-finite pixels count as 0, and a constant or all-zero map (no localisation)
     becomes all zeros in every method but `none`, so NaN never comes out.
     """
     if method not in NORMALISATIONS:
@@ -65,8 +65,13 @@ def normalise(maps: np.ndarray, method: str = DEFAULT_NORMALISATION) -> np.ndarr
     if array.ndim not in (2, 3):
         raise ValueError(f"normalise expects (H, W) or (N, H, W) maps, got shape {array.shape}")
     flat = np.where(np.isfinite(array), array, 0.0).reshape(1 if array.ndim == 2 else array.shape[0], -1)
-    if flat.size == 0:
-        return flat.reshape(array.shape).astype(np.float32)
+    if flat.size == 0 or method == "none":
+        largest = np.finfo(np.float32).max
+        return np.clip(flat, -largest, largest).reshape(array.shape).astype(np.float32)
+    # Every method but `none` is scale-invariant: scaling by the largest magnitude first keeps
+    # squares and differences of huge values finite.
+    magnitude = np.abs(flat).max(axis=1, keepdims=True)
+    flat = np.divide(flat, magnitude, out=np.zeros_like(flat), where=magnitude > 0)
     low = flat.min(axis=1, keepdims=True)
     spread = flat.max(axis=1, keepdims=True) - low
     if method == "minmax":
@@ -78,8 +83,6 @@ def normalise(maps: np.ndarray, method: str = DEFAULT_NORMALISATION) -> np.ndarr
         centred = flat - flat.mean(axis=1, keepdims=True)
         spread = np.sqrt((centred**2).mean(axis=1, keepdims=True))
         out = np.divide(centred, spread, out=np.zeros_like(flat), where=spread > 0)
-    else:
-        out = flat
     return out.reshape(array.shape).astype(np.float32)
 
 

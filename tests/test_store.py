@@ -335,12 +335,17 @@ def test_cli_merge_and_inspect(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["kind"] == "hmt-templates" and summary["classes"]["covid"]["count"] == 14
     assert summary["attrs"]["command"].startswith("hmt merge-templates")
+    result = _hmt("inspect", str(merged))
+    assert result.returncode == 0, result.stderr
+    assert "class covid: 14 members" in result.stdout and "leave-one-out correlation: p5" in result.stdout
     heatmaps = tmp_path / "heatmaps.h5"
     with HeatmapWriter(heatmaps, HEATMAP_SETTINGS) as writer:
         writer.append(make_batch(0, 6))
     result = _hmt("inspect", str(heatmaps))
     assert result.returncode == 0, result.stderr
     assert "images: 6" in result.stdout and "covid:" in result.stdout
+    result = _hmt("merge-templates", str(first), "-o", str(merged))
+    assert result.returncode == 2 and result.stderr.strip() == "hmt: error: merge-templates needs at least two input files"
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"garbage")
     result = _hmt("inspect", str(bad))

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from heatmap_templates.errors import HmtError
 from heatmap_templates.templates import (
@@ -48,6 +51,15 @@ def test_normalise_zero_and_constant_maps_give_zeros_not_nan(method: str) -> Non
     assert out.dtype == np.float32 and out.shape == maps.shape
     expected = maps if method == "none" else np.zeros_like(maps)
     np.testing.assert_array_equal(out, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float64, (2, 5, 4), elements=st.floats(allow_nan=True, allow_infinity=True, width=64)),
+    st.sampled_from(["minmax", "sum", "zscore", "none"]),
+)
+def test_normalise_never_returns_nan_or_inf(maps: np.ndarray, method: str) -> None:
+    assert np.isfinite(normalise(maps, method)).all()
 
 
 def test_normalise_methods_on_negative_and_nonfinite_values() -> None:
