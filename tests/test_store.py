@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py  # only to craft damaged files; the library itself touches HDF5 through store.py alone
 import numpy as np
 import pytest
+from typer.testing import CliRunner, Result
 
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.store import (
@@ -320,7 +321,16 @@ def test_merge_templates_equals_one_build_over_the_union(tmp_path: Path) -> None
 
 
 def _hmt(*args: str) -> subprocess.CompletedProcess:
+    """The real console entry point in a child process (exit codes, one-line errors)."""
     return subprocess.run([sys.executable, "-c", "from hmt_cli.main import run; run()", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def _hmt_in_process(*args: str) -> Result:
+    """Successful commands in this process (a child costs seconds of imports on a busy CI machine)."""
+    from hmt_cli.main import _register_commands, app
+
+    _register_commands()
+    return CliRunner().invoke(app, list(args))
 
 
 def test_cli_merge_and_inspect(tmp_path: Path) -> None:
@@ -330,27 +340,35 @@ def test_cli_merge_and_inspect(tmp_path: Path) -> None:
     result = _hmt("merge-templates", str(first), str(second), "-o", str(merged))
     assert result.returncode == 0, result.stderr
     assert "covid 14" in result.stdout
-    result = _hmt("inspect", str(merged), "--json")
-    assert result.returncode == 0, result.stderr
+    result = _hmt_in_process("inspect", str(merged), "--json")
+    assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["kind"] == "hmt-templates" and summary["classes"]["covid"]["count"] == 14
     assert summary["attrs"]["command"].startswith("hmt merge-templates")
-    result = _hmt("inspect", str(merged))
-    assert result.returncode == 0, result.stderr
+    result = _hmt_in_process("inspect", str(merged))
     assert "class covid: 14 members" in result.stdout and "leave-one-out correlation: p5" in result.stdout
     heatmaps = tmp_path / "heatmaps.h5"
     with HeatmapWriter(heatmaps, HEATMAP_SETTINGS) as writer:
         writer.append(make_batch(0, 6))
-    result = _hmt("inspect", str(heatmaps))
-    assert result.returncode == 0, result.stderr
+    result = _hmt_in_process("inspect", str(heatmaps))
+    assert result.exit_code == 0, result.output
     assert "images: 6" in result.stdout and "covid:" in result.stdout
-    result = _hmt("merge-templates", str(first), "-o", str(merged))
-    assert result.returncode == 2 and result.stderr.strip() == "hmt: error: merge-templates needs at least two input files"
+
+
+def test_cli_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from hmt_cli.main import run
+
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"garbage")
-    result = _hmt("inspect", str(bad))
-    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "bad.h5: not a readable HDF5 file" in result.stderr
+    for arguments, message in [
+        (["inspect", str(bad)], f"hmt: error: {bad}: not a readable HDF5 file"),
+        (["merge-templates", str(bad), "-o", str(tmp_path / "out.h5")], "hmt: error: merge-templates needs at least two input files"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["hmt", *arguments])
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == message
 
 
 def test_describe_heatmap_store_counts(tmp_path: Path) -> None:
