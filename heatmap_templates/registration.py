@@ -71,8 +71,9 @@ _MAX_SCALE = 3.0
 _MAX_ANISOTROPY = 1.5  # ratio of the largest to the smallest axis scale
 _ECC_MIN_SIDE = 32
 _ECC_MAX_SIDE = 128
-_ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 60, 1e-5)
+_ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-4)
 _ECC_GAUSS = 3
+_SEGMENT_SIDE = 128  # lungs are segmented at most at this size (short side): enough detail, bounded cost
 _LUNG_AREA_TOLERANCE = 1.3  # mapped lung areas may differ from the reference's by this factor
 _OUTSIDE_BAND = 0.06  # border band (fraction of the image side) where dark regions count as outside air
 
@@ -168,6 +169,17 @@ def _ellipse(size: int) -> np.ndarray:
 
 
 def _lung_pair(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the left-hand and right-hand (in the image) lung, segmented at most at _SEGMENT_SIDE px."""
+    side = min(image.shape)
+    if side <= _SEGMENT_SIDE:
+        return _segment_pair(image)
+    small_shape = (round(image.shape[0] * _SEGMENT_SIDE / side), round(image.shape[1] * _SEGMENT_SIDE / side))
+    pair = _segment_pair(resize_gray(image, small_shape))
+    size = (image.shape[1], image.shape[0])
+    return tuple(cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) > 0.5 for mask in pair)  # type: ignore[return-value]
+
+
+def _segment_pair(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Segment the lung fields; return the masks of the left-hand and right-hand (in the image) lung.
 
     Dark regions are thresholded (Otsu on the central chest, so that air and labels outside the
@@ -181,12 +193,12 @@ def _lung_pair(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     side = min(height, width)
     smooth = cv2.GaussianBlur(image, (0, 0), sigmaX=side / 80)
     top, bottom, left, right = int(0.15 * height), int(0.85 * height), int(0.15 * width), int(0.85 * width)
-    low, high = np.percentile(smooth[top:bottom, left:right], [1, 99])
+    low, high = np.percentile(smooth[top:bottom:2, left:right:2], [1, 99])
     if high - low < 1e-3:
         raise RegistrationError(NO_LUNGS, "the image has no contrast")
     scaled = np.clip((smooth - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
     threshold, _ = cv2.threshold(scaled[top:bottom, left:right], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    dark = cv2.morphologyEx((scaled <= threshold).astype(np.uint8), cv2.MORPH_OPEN, _ellipse(int(0.03 * side)))
+    dark = cv2.morphologyEx((scaled <= threshold).astype(np.uint8), cv2.MORPH_OPEN, _ellipse(int(0.05 * side)))
 
     markers = np.zeros((height, width), dtype=np.int32)
     count, labels = cv2.connectedComponents(dark, connectivity=8)
@@ -197,6 +209,9 @@ def _lung_pair(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     markers[edge & np.isin(labels, border_labels[border_labels > 0])] = 1
     markers[[0, -1], :] = 1
     markers[:, [0, -1]] = 1
+    # Clearly bright tissue (mediastinum, abdomen, soft tissue; not the fainter rib shadows) floods its
+    # own basin, so that a lung's basin cannot run around the body into the air outside it.
+    markers[scaled > (int(threshold) + 255) // 2] = 4
 
     framed = dark.copy()
     framed[[0, -1], :] = 0
@@ -353,6 +368,9 @@ class Registrar:
         self._levels = self._pyramid(reference.image)
         self._methods_used: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()
+        # The lungs similarity of the image being estimated (or why there is none), computed once and
+        # shared by the ``lungs`` method and the ``affine`` initialisation.
+        self._lungs_guess: np.ndarray | RegistrationError | None = None
 
     @staticmethod
     def _reference_lung_frame(reference: Reference, *, required: bool) -> _LungFrame | None:
@@ -402,6 +420,7 @@ class Registrar:
         to_reference_size = _resize_matrix(pixels.shape, self.reference.shape)
         resized = resize_gray(pixels, self.reference.shape)
         failures: list[str] = []
+        self._lungs_guess = None
         for method in self._chain:
             try:
                 matrix = self._estimate_with(method, resized)
@@ -426,11 +445,18 @@ class Registrar:
         return self._estimate_affine(image)
 
     def _estimate_lungs(self, image: np.ndarray) -> np.ndarray:
-        if self._reference_lungs is None:
-            raise RegistrationError(NO_LUNGS, "in the reference")
-        matrix = _similarity_to(_LungFrame.from_pair(*_lung_pair(image)), self._reference_lungs)
-        _check_plausible(matrix, image.shape, self.reference.shape)  # type: ignore[arg-type]
-        return matrix
+        if self._lungs_guess is None:
+            try:
+                if self._reference_lungs is None:
+                    raise RegistrationError(NO_LUNGS, "in the reference")
+                matrix = _similarity_to(_LungFrame.from_pair(*_lung_pair(image)), self._reference_lungs)
+                _check_plausible(matrix, image.shape, self.reference.shape)  # type: ignore[arg-type]
+                self._lungs_guess = matrix
+            except RegistrationError as error:
+                self._lungs_guess = error
+        if isinstance(self._lungs_guess, RegistrationError):
+            raise self._lungs_guess
+        return self._lungs_guess
 
     def _estimate_affine(self, image: np.ndarray) -> np.ndarray:
         try:
