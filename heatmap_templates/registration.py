@@ -33,8 +33,9 @@ Methods and fallback chain
 --------------------------
 - ``none``: the identity (only rescaled to the reference size).
 - ``affine``: intensity-based alignment: OpenCV ECC (``MOTION_AFFINE``) coarse to fine on a
-  downsampled pyramid (32 px up to at most 128 px), initialised from the ``lungs`` similarity
-  when the lungs are found (else the identity).
+  downsampled pyramid (32 px up to at most 128 px), started from the identity (images at the
+  model's input size are roughly framed, and the pyramid absorbs shifts of several pixels); when
+  that fails, ECC is run again from the ``lungs`` similarity as initial guess (if the lungs are found).
 - ``lungs``: the image's two lung fields are mapped to the reference's by a similarity transform:
   rotation from the line joining the two lung centroids, scale and translation from the bounding
   box of both lungs in that rotated frame.
@@ -295,22 +296,27 @@ def segment_lungs(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _LungFrame:
-    """What the ``lungs`` method compares: lung centroids and areas, and the lung pixels' coordinates."""
+    """What the ``lungs`` method compares: lung centroids and areas, and the convex hull of the lung pixels."""
 
     left_centroid: np.ndarray
     right_centroid: np.ndarray
     areas: np.ndarray  # (2,) pixels, left and right lung
-    points: np.ndarray  # (N, 2) x, y
+    points: np.ndarray  # (N, 2) x, y: hull vertices, which have the same bounding box as all pixels in any rotation
 
     @classmethod
     def from_pair(cls, left: np.ndarray, right: np.ndarray) -> _LungFrame:
-        def centroid(mask: np.ndarray) -> np.ndarray:
-            ys, xs = np.nonzero(mask)
-            return np.array([xs.mean(), ys.mean()])
-
-        ys, xs = np.nonzero(left | right)
-        areas = np.array([left.sum(), right.sum()], dtype=np.float64)
-        return cls(centroid(left), centroid(right), areas, np.column_stack([xs, ys]).astype(np.float64))
+        centroids, areas, outlines = [], [], []
+        for mask in (left, right):
+            pixels = mask.astype(np.uint8)
+            moments = cv2.moments(pixels, binaryImage=True)
+            if moments["m00"] == 0:
+                raise RegistrationError(NO_LUNGS)
+            centroids.append(np.array([moments["m10"], moments["m01"]]) / moments["m00"])
+            areas.append(moments["m00"])
+            contours, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            outlines.extend(contour.reshape(-1, 2) for contour in contours)
+        hull = cv2.convexHull(np.concatenate(outlines).astype(np.float32)).reshape(-1, 2)
+        return cls(centroids[0], centroids[1], np.array(areas, dtype=np.float64), hull.astype(np.float64))
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> _LungFrame:
@@ -366,6 +372,7 @@ class Registrar:
             self._reference_lungs = self._reference_lung_frame(reference, required=method == "lungs")
         self._quality_region = self._lung_region(reference)
         self._levels = self._pyramid(reference.image)
+        self._ones = np.ones(reference.shape, np.float32)  # warped to find which pixels come from inside an image
         self._methods_used: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()
         # The lungs similarity of the image being estimated (or why there is none), computed once and
@@ -459,10 +466,18 @@ class Registrar:
         return self._lungs_guess
 
     def _estimate_affine(self, image: np.ndarray) -> np.ndarray:
+        """ECC from the identity (images at model input size are roughly framed); if that fails, from the lungs similarity."""
         try:
-            initial = self._estimate_lungs(image)
-        except RegistrationError:
-            initial = np.eye(3)
+            return self._ecc(image, np.eye(3))
+        except RegistrationError as first_failure:
+            try:
+                initial = self._estimate_lungs(image)
+            except RegistrationError:
+                raise first_failure from None
+            return self._ecc(image, initial)
+
+    def _ecc(self, image: np.ndarray, initial: np.ndarray) -> np.ndarray:
+        """Coarse-to-fine ECC (MOTION_AFFINE) from an initial (3, 3) image -> reference map."""
         warp = np.linalg.inv(initial)  # ECC's warp maps reference coordinates to image coordinates
         for level_reference, to_level in self._levels:
             level_image = resize_gray(image, level_reference.shape)
@@ -490,7 +505,7 @@ class Registrar:
         """Normalised cross-correlation of the warped image with the reference in the lung region (0 if undefined)."""
         height, width = self.reference.shape
         warped = cv2.warpAffine(resized, matrix[:2], (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
-        inside = cv2.warpAffine(np.ones_like(resized), matrix[:2], (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
+        inside = cv2.warpAffine(self._ones, matrix[:2], (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
         region = self._quality_region & (inside > 0.999)  # only pixels that come from inside the image
         return _ncc(warped[region], self.reference.image[region])
 
