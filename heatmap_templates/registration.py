@@ -41,7 +41,7 @@ Methods and fallback chain
   box of both lungs in that rotated frame.
 - Fallbacks: ``lungs -> affine -> none`` and ``affine -> none``. A method fails when no plausible
   lungs are found, when ECC does not converge (``cv2.error``) or when the transform is implausible
-  (scale outside [1/3, 3], one axis scaled 1.5 times more than the other, a reflection, or the
+  (scale outside [1/3, 3], one axis scaled twice as much as the other, a reflection, or the
   reference centre mapping outside the image). Each
   fallback is recorded in ``Alignment.fallback_reason`` and counted in ``Registrar.summary()``.
 """
@@ -69,7 +69,7 @@ IMPLAUSIBLE = "implausible transform"
 LUNGS_MISMATCH = "lung fields do not match the reference"
 
 _MAX_SCALE = 3.0
-_MAX_ANISOTROPY = 1.5  # ratio of the largest to the smallest axis scale
+_MAX_ANISOTROPY = 2.0  # ratio of the largest to the smallest axis scale
 _ECC_MIN_SIDE = 32
 _ECC_MAX_SIDE = 128
 _ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-4)
@@ -605,7 +605,10 @@ def build_reference(
     Starts from the mean of the images shifted so that their lung box is centred; each iteration
     registers every image to the current mean and re-averages. The frame is kept at the images'
     average pose: the mean of the successful transforms is divided out before averaging, so the
-    reference does not drift. ``method="none"`` gives the plain mean.
+    reference does not drift. ``method="none"`` gives the plain mean. The lung mask is where at
+    least half of the images whose lungs were found have lung after warping (a blurred mean image
+    is a poor thing to segment); when that is not two lung fields, the mean image is segmented.
+    Raises RegistrationError when neither gives lungs.
     """
     if len(images) == 0:
         raise HmtError("cannot build a registration reference from no images")
@@ -616,11 +619,10 @@ def build_reference(
     progress = progress or NullProgress()
     shape: tuple[int, int] = _as_image(images[0]).shape  # type: ignore[assignment]
     rounds = 0 if method == "none" else iterations
-    progress.start(len(images) * (rounds + 1), "building the registration reference")
-    mean = _mean_image(images, shape, [_centring(image, shape) if method != "none" else np.eye(3) for image in images])
-    progress.advance(len(images))
+    progress.start(len(images) * (2 * rounds + 1), "building the registration reference")
+    reference = _average(images, shape, None, centre=method != "none", progress=progress)
     for _ in range(rounds):
-        registrar = Registrar(method, _reference_or_error(mean))
+        registrar = Registrar(method, reference)
         matrices = []
         for image in images:
             alignment = registrar.estimate(image)
@@ -629,36 +631,66 @@ def build_reference(
             progress.advance()
         successful = [matrix for matrix, ok in matrices if ok]
         correction = np.linalg.inv(np.mean(successful, axis=0)) if successful else np.eye(3)
-        mean = _mean_image(images, shape, [correction @ matrix if ok else matrix for matrix, ok in matrices])
+        corrected = [correction @ matrix if ok else matrix for matrix, ok in matrices]
+        reference = _average(images, shape, corrected, centre=False, progress=progress)
     progress.finish()
-    return _reference_or_error(mean)
+    return reference
 
 
-def _reference_or_error(mean: np.ndarray) -> Reference:
+def _average(
+    images: Sequence[np.ndarray],
+    shape: tuple[int, int],
+    matrices: Sequence[np.ndarray] | None,
+    *,
+    centre: bool,
+    progress: Progress,
+) -> Reference:
+    """Mean image and lung mask of the images resized to ``shape`` and warped by their (3, 3) maps.
+
+    Without maps, each image is shifted so that its lung box is centred (``centre``) or left as is.
+    Streams over the images: memory does not grow with their number.
+    """
+    total = np.zeros(shape, dtype=np.float64)
+    lung_total = np.zeros(shape, dtype=np.float64)
+    with_lungs = 0
+    for index, image in enumerate(images):
+        resized = resize_gray(_as_image(image), shape)
+        try:
+            lungs: np.ndarray | None = segment_lungs(resized)
+        except RegistrationError:
+            lungs = None
+        if matrices is not None:
+            matrix = matrices[index]
+        else:
+            matrix = _centring(lungs, shape) if centre and lungs is not None else np.eye(3)
+        size = (shape[1], shape[0])
+        total += cv2.warpAffine(resized, matrix[:2], size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+        if lungs is not None:
+            lung_total += cv2.warpAffine(lungs.astype(np.float32), matrix[:2], size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+            with_lungs += 1
+        progress.advance()
+    mean = (total / len(images)).astype(np.float32)
+    if with_lungs:
+        try:
+            frame = _LungFrame.from_mask(lung_total >= 0.5 * with_lungs)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats((lung_total >= 0.5 * with_lungs).astype(np.uint8))
+            largest = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2]
+            if frame.areas.min() >= 0.2 * frame.areas.max():
+                return Reference(mean, np.isin(labels, largest))
+        except HmtError:
+            pass
     try:
         return Reference(mean, segment_lungs(mean))
     except RegistrationError as error:
-        raise RegistrationError(error.reason, "in the mean image the reference is built from") from error
+        raise RegistrationError(
+            NO_LUNGS, f"neither the images ({with_lungs} of {len(images)} with lungs) nor their mean show two lung fields"
+        ) from error
 
 
-def _centring(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(3, 3) shift that centres the image's lung box (identity when no lungs are found)."""
-    resized = resize_gray(_as_image(image), shape)
-    try:
-        mask = segment_lungs(resized)
-    except RegistrationError:
-        return np.eye(3)
-    ys, xs = np.nonzero(mask)
+def _centring(lungs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(3, 3) shift that centres a lung mask's bounding box."""
+    ys, xs = np.nonzero(lungs)
     shift = np.eye(3)
     shift[0, 2] = (shape[1] - 1) / 2 - (xs.min() + xs.max()) / 2
     shift[1, 2] = (shape[0] - 1) / 2 - (ys.min() + ys.max()) / 2
     return shift
-
-
-def _mean_image(images: Sequence[np.ndarray], shape: tuple[int, int], matrices: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean of the images resized to ``shape`` and warped by the (3, 3) maps, streaming (no stack)."""
-    total = np.zeros(shape, dtype=np.float64)
-    for image, matrix in zip(images, matrices):
-        resized = resize_gray(_as_image(image), shape)
-        total += cv2.warpAffine(resized, matrix[:2], (shape[1], shape[0]), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    return (total / len(images)).astype(np.float32)
