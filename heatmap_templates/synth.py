@@ -10,6 +10,10 @@ Classes differ only in their lesions: anatomy, pose, contrast and noise are draw
 random streams with the same distribution for every class, so a correct classifier must look at
 the lesions. Each image's randomness derives from (seed, class name, index), which makes a data
 set deterministic for a seed and a smaller ``n_per_class`` a prefix of a larger one.
+
+Public API: `synthesize_dataset` (the data set on disk), `render_phantom` + `phantom_seed` (one
+image in memory, optionally without its lesions), `canonical_lesion_probability`,
+`canonical_lung_mask`, `pose_matrix`, `read_poses`, `write_preview_grid`.
 """
 from __future__ import annotations
 
