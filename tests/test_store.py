@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,23 @@ def test_sigkill_during_finalize_loses_nothing(tmp_path: Path) -> None:
     with HeatmapWriter(path, HEATMAP_SETTINGS) as writer:
         assert len([p for p in writer.done if p.startswith("data/")]) == appended
     assert len(open_heatmaps(path)) == appended and open_heatmaps(path).pending_shards == 0
+
+
+def test_kill_between_final_rename_and_shard_removal_counts_each_image_once(tmp_path: Path) -> None:
+    path = tmp_path / "heatmaps.h5"
+    writer = HeatmapWriter(path, HEATMAP_SETTINGS)
+    writer.append(make_batch(0, 4))
+    writer.append(make_batch(4, 4))
+    parts = tmp_path / "heatmaps.h5.parts"
+    shutil.copytree(parts, tmp_path / "saved_parts")
+    writer.finalize()
+    shutil.copytree(tmp_path / "saved_parts", parts)  # the state a SIGKILL right after the rename leaves
+    (parts / ".000002.h5.tmp-99999").write_bytes(b"half-written")  # and a half-written temporary shard
+    reader = open_heatmaps(path)
+    assert len(reader) == 8 and reader.pending_shards == 2
+    _assert_rows_match(next(reader.iter_batches(100)), make_batch(0, 8))
+    HeatmapWriter(path, HEATMAP_SETTINGS).finalize()
+    assert len(open_heatmaps(path)) == 8 and not parts.exists()
 
 
 def test_open_heatmaps_refuses_missing_corrupt_and_other_kind_files(tmp_path: Path) -> None:
