@@ -411,7 +411,8 @@ class HeatmapReader:
     """Read access to a heatmap store: the final file plus any shards not yet finalised.
 
     Small per-image fields are loaded at open (`paths`, `sha256`, `labels`, `predicted`,
-    `probabilities`, `correct`); images and maps are read batch by batch.
+    `probabilities`, `correct`); images and maps are read batch by batch, each read opening
+    the file it needs, so no HDF5 handle stays open between calls.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -432,10 +433,13 @@ class HeatmapReader:
                     _check_identity(source, settings, self.settings, HEATMAP_IDENTITY_KEYS)
                 if "path" not in handle:
                     continue
-                keep = [i for i, p in enumerate(_strings(handle["path"])) if p not in seen]
                 source_paths = _strings(handle["path"])
                 source_hashes = _strings(handle["image_sha256"])
-                seen.update(source_paths)
+                keep = []
+                for index, image_path in enumerate(source_paths):  # the first row for each image path wins, as in finalize()
+                    if image_path not in seen:
+                        seen.add(image_path)
+                        keep.append(index)
                 for name in columns:
                     columns[name].append(handle[name][...][keep])
                 paths.extend(source_paths[i] for i in keep)
@@ -456,12 +460,6 @@ class HeatmapReader:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def __enter__(self) -> HeatmapReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
     def indices_for(self, class_index: int, include: str = "correct") -> np.ndarray:
         """Images whose map for `class_index` joins its template: true label and correct (default),
