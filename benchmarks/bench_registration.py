@@ -18,7 +18,11 @@ it reports:
   process CPU time, which is steadier than wall time on a shared machine, and wall time), and the
   time to build the data reference.
 
-Usage: ``.venv/bin/python benchmarks/bench_registration.py [--n-per-class 50 --size 128 --seed 0]``
+With ``--real DIR`` (e.g. ../shared/data/cxr4) it also registers ``--real-count`` real chest X-rays
+(a seeded random choice, resized to ``--size``) to a reference built from the first half of them:
+no true poses there, so only correlation with the reference and fallbacks are reported.
+
+Usage: ``.venv/bin/python benchmarks/bench_registration.py [--n-per-class 50 --size 128 --seed 0] [--real DIR]``
 (phantoms are rendered in memory with the same seeds ``hmt synth`` uses; nothing is written).
 """
 from __future__ import annotations
@@ -26,11 +30,14 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from heatmap_templates import synth
+from heatmap_templates.data import decode_image
+from heatmap_templates.preprocess import resize_gray
 from heatmap_templates.registration import METHODS, Reference, Registrar, build_reference
 
 
@@ -80,11 +87,37 @@ def evaluate(method: str, reference: Reference, phantoms: list[synth.Phantom], *
     }
 
 
+def real_images(root: Path, count: int, size: int, seed: int) -> list[np.ndarray]:
+    paths = sorted(path for path in root.rglob("*.png"))
+    chosen = np.random.default_rng(seed).choice(len(paths), size=min(count, len(paths)), replace=False)
+    return [resize_gray(decode_image(paths[index]).pixels, (size, size)) for index in chosen]
+
+
+def evaluate_real(images: list[np.ndarray]) -> None:
+    half = images[: len(images) // 2]
+    print()
+    print(f"Real chest X-rays: {len(images)} images; reference built (3 iterations, same method) from the first {len(half)}.")
+    print()
+    print("| method | correlation with reference | methods used | fallbacks | CPU ms / image |")
+    print("|---|---|---|---|---|")
+    for method in METHODS:
+        registrar = Registrar(method, build_reference(half, iterations=3, method=method))
+        start = time.process_time()
+        alignments = [registrar.estimate(image) for image in images]
+        cpu_ms = 1000 * (time.process_time() - start) / len(images)
+        summary = registrar.summary()
+        used = ", ".join(f"{name} {count}" for name, count in summary["methods"].items())
+        fallbacks = "; ".join(f"{count} x {reason}" for reason, count in summary["fallbacks"].items()) or "0"
+        print(f"| {method} | {np.mean([a.quality for a in alignments]):.3f} | {used} | {fallbacks} | {cpu_ms:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-per-class", type=int, default=50)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real", type=Path, default=None, help="folder of real chest X-ray PNGs (optional)")
+    parser.add_argument("--real-count", type=int, default=200)
     args = parser.parse_args()
 
     phantoms = render(args.n_per_class, args.size, args.seed)
@@ -120,6 +153,8 @@ def main() -> None:
         + ", ".join(f"{method}: {seconds:.1f} s" for method, seconds in build_seconds.items())
         + f") for {len(images)} images"
     )
+    if args.real is not None:
+        evaluate_real(real_images(args.real, args.real_count, args.size, args.seed))
 
 
 if __name__ == "__main__":
