@@ -1,0 +1,197 @@
+"""`hmt train` and `hmt evaluate`: fit a classifier on a labelled data set, and measure one."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from heatmap_templates import classifier, figures
+from heatmap_templates.data import display_path, load_dataset
+from heatmap_templates.errors import HmtError
+from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
+from hmt_cli.main import app
+from hmt_cli.progress import RichProgress
+
+
+def _progress(as_json: bool) -> RichProgress | None:
+    """A bar only on an interactive terminal: a bar left in redirected stderr would bury a one-line error."""
+    return RichProgress() if sys.stderr.isatty() and not as_json else None
+
+
+def _epoch_line(entry: classifier.EpochLog) -> None:
+    validation = ""
+    if entry.val_loss is not None:
+        validation = f"  val_loss {entry.val_loss:.4f}  val_acc {entry.val_accuracy:.3f}"
+    typer.echo(f"{entry.phase} epoch {entry.epoch}/{entry.epochs}  loss {entry.loss:.4f}  acc {entry.accuracy:.3f}"
+               f"{validation}  ({entry.seconds:.1f} s)", err=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "  -  " if value is None else f"{value:.3f}"
+
+
+def report_lines(report: dict) -> list[str]:
+    """A readable table of a metrics.classification_report: per-class scores, confusion matrix, binary readings."""
+    names = report["class_names"]
+    width = max(10, *(len(name) for name in names))
+    lines = [f"accuracy {report['accuracy']:.3f} on {report['n']} images (macro F1 {report['macro']['f1']:.3f}, "
+             f"macro AUC {_fmt(report['macro']['auc'])})",
+             f"{'class':<{width}}  precision  recall  f1     auc    support"]
+    for name in names:
+        row = report["per_class"][name]
+        lines.append(f"{name:<{width}}  {row['precision']:.3f}      {row['recall']:.3f}   {row['f1']:.3f}  "
+                     f"{_fmt(row['auc'])}  {row['support']}")
+    cell = max(7, *(len(name) for name in names)) + 1
+    lines.append("confusion matrix (rows true, columns predicted):")
+    lines.append(" " * width + "".join(f"{name:>{cell}}" for name in names))
+    for name, counts in zip(names, report["confusion_matrix"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{count:>{cell}}" for count in counts))
+    for key, reading in report["binary_readings"].items():
+        summed, argmax = reading["summed_probability"], reading["argmax"]
+        lines.append(f"{key.replace('_', ' ')} (positive: {reading['positive']}, {reading['n_positive']} vs {reading['n_negative']}):")
+        lines.append(f"  summed probabilities  acc {summed['accuracy']:.3f}  sens {summed['sensitivity']:.3f}  "
+                     f"spec {summed['specificity']:.3f}  F1 {summed['f1']:.3f}  AUC {_fmt(summed['auc'])}")
+        lines.append(f"  mapped arg-max        acc {argmax['accuracy']:.3f}  sens {argmax['sensitivity']:.3f}  "
+                     f"spec {argmax['specificity']:.3f}  F1 {argmax['f1']:.3f}")
+    return lines
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Argument(..., help="Class-per-folder data set or CSV manifest (path,label[,split][,patient_id])."),
+    out: Path = typer.Option(DEFAULT_PROJECT_FOLDER / "model.keras", "--out", "-o", help="Model file to write (.keras)."),
+    backbone: str = typer.Option("vgg19", "--backbone", help="vgg19, vgg16, resnet50, xception, or small (compact CNN from scratch, CPU-friendly)."),
+    weights: str = typer.Option("auto", "--weights", help="imagenet (Keras download), none (random), a local weights file, or auto (imagenet; none for small)."),
+    epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation loss)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input side in px (default: 224 VGG/ResNet, 299 Xception, 128 small)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split, weights, shuffling and augmentation."),
+    augment: bool = typer.Option(False, "--augment", help="Random small rotation, shift, zoom and brightness of training images."),
+    fine_tune_blocks: int = typer.Option(0, "--fine-tune-blocks", help="After the head converged, also train the base's last N blocks."),
+    fine_tune_epochs: int = typer.Option(10, "--fine-tune-epochs", help="Epochs of fine-tuning."),
+    fine_tune_lr: float = typer.Option(1e-5, "--fine-tune-lr", help="Learning rate for fine-tuning."),
+    patience: int = typer.Option(5, "--patience", help="Epochs without validation-loss improvement before stopping."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of images (by patient) for validation."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of images (by patient) for the test split."),
+    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
+    strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
+    project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (epoch lines stay on stderr)."),
+) -> None:
+    """Train a classifier (frozen base + new head, or `small` from scratch) with a patient-grouped split.
+
+    Writes MODEL.keras (metadata inside), MODEL.history.csv, MODEL.curves.png, MODEL.evaluation.json and
+    MODEL.confusion.png beside it, and records MODEL and DATA in templates_out/project.json.
+
+    Example: hmt train data/phantom --backbone small --epochs 15 --out templates_out/model.keras
+    """
+    config = classifier.TrainConfig(
+        backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, learning_rate=lr, input_size=input_size,
+        seed=seed, augment=augment, fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_lr, patience=patience, val_fraction=val_fraction, test_fraction=test_fraction,
+        patient_regex=patient_regex, strict=strict,
+    )
+    config.validate()
+    if out.suffix != ".keras":
+        raise HmtError(f"{display_path(out)}: the model file must end in .keras")
+    dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
+    result = classifier.train(dataset, config, progress=_progress(as_json), on_epoch=_epoch_line)
+    model_path = classifier.save_model(result.model, result.info, out)
+    written = {
+        "model": model_path,
+        "history": classifier.write_history_csv(result.history, classifier.companion_path(out, "history.csv")),
+        "curves": figures.training_curves(result.history, classifier.companion_path(out, "curves.png")),
+    }
+    if result.test_report is not None:
+        evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
+        evaluation_path = classifier.companion_path(out, "evaluation.json")
+        evaluation_path.write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+        written["evaluation"] = evaluation_path
+        written["confusion"] = figures.confusion_matrix_figure(
+            result.test_report["confusion_matrix"], result.info.class_names, classifier.companion_path(out, "confusion.png"),
+            title=f"{backbone}, test split ({result.test_report['n']} images)")
+    written["project"] = record_project(model=model_path, data=data, folder=project_dir)
+    if as_json:
+        summary = {
+            "files": {key: str(path) for key, path in written.items()},
+            "class_names": result.info.class_names,
+            "split_counts": result.split_counts,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 2),
+            "test_accuracy": None if result.test_report is None else result.test_report["accuracy"],
+            "test_report": result.test_report,
+            "skipped": [{"path": p.path, "reason": p.reason} for p in result.problems],
+        }
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    counts = ", ".join(f"{name} {sum(c.values())}" for name, c in result.split_counts.items())
+    typer.echo(f"trained {backbone} on {display_path(dataset.root)} ({counts} images) in {result.seconds:.1f} s")
+    for key, path in written.items():
+        typer.echo(f"  {key:<10} {display_path(path)}")
+    if result.problems:
+        typer.echo(f"skipped {len(result.problems)} file{'s' if len(result.problems) != 1 else ''}:")
+        for problem in result.problems:
+            typer.echo(f"  {problem}")
+    if result.test_report is None:
+        typer.echo("no test split (--test-fraction 0): no test accuracy")
+    else:
+        typer.echo(f"test accuracy: {result.test_report['accuracy']:.3f}")
+        for line in report_lines(result.test_report):
+            typer.echo(line)
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Optional[Path] = typer.Argument(None, help="Model file (.keras; default: the one the last `hmt train` recorded)."),
+    data: Optional[Path] = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
+    split: str = typer.Option("test", "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
+    preprocessing: Optional[str] = typer.Option(None, "--preprocessing", help="Input mode for a model without hmt metadata: unit (default), tf, caffe, torch."),
+    unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
+    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
+    strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and confusion_matrix.png."),
+    project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded MODEL and DATA."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Accuracy, per-class precision/recall/F1, confusion matrix, one-vs-rest ROC AUC and covid / normal binary readings.
+
+    Works for any Keras classifier given its class names (--classes) when it has no hmt metadata.
+
+    Example: hmt evaluate templates_out/model.keras data/phantom --split test --out templates_out/eval
+    """
+    if model is None or data is None:
+        project = load_project(project_dir)
+        model = model or Path(project["model"])
+        data = data or Path(project["data"])
+    class_list = classes.split(",") if classes else None
+    keras_model, info = classifier.load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing)
+    dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
+    result = classifier.evaluate(keras_model, info, dataset, split=split, batch_size=batch_size, strict=strict,
+                                 progress=_progress(as_json))
+    output = {"model": str(model), "data": str(data), **result.to_dict()}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
+        figures.confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",
+                                        title=f"{display_path(model)}, {result.split} ({result.report['n']} images)")
+    if as_json:
+        typer.echo(json.dumps(output, indent=2))
+        return
+    typer.echo(f"model {display_path(model)} ({info.backbone}, classes {', '.join(info.class_names)}); "
+               f"data {display_path(dataset.root)}; split {result.split}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for line in report_lines(result.report):
+        typer.echo(line)
+    if result.problems:
+        typer.echo(f"skipped {len(result.problems)} file{'s' if len(result.problems) != 1 else ''}:")
+        for problem in result.problems:
+            typer.echo(f"  {problem}")
+    if out is not None:
+        typer.echo(f"wrote {display_path(out / 'evaluation.json')} and {display_path(out / 'confusion_matrix.png')}")
