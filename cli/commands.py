@@ -2,3 +2,4 @@
 from hmt_cli import check  # noqa: F401
 from hmt_cli import synth  # noqa: F401
 from hmt_cli import inspect  # noqa: F401
+from hmt_cli import train  # noqa: F401
