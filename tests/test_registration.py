@@ -243,3 +243,13 @@ def test_user_errors() -> None:
         Registrar("none", Reference(image, lungs)).estimate(np.full((64, 64), np.nan, np.float32))
     with pytest.raises(HmtError, match="two lung fields"):
         Registrar("lungs", Reference(np.full((64, 64), 0.5, np.float32), np.zeros((64, 64), bool)))
+
+
+def test_build_reference_without_lungs_fails_clearly_and_none_is_the_plain_mean(phantom) -> None:
+    flat = [np.full((64, 64), value, np.float32) for value in (0.2, 0.4)]
+    with pytest.raises(RegistrationError, match="neither the images .0 of 2 with lungs. nor their mean"):
+        build_reference(flat, method="affine")
+    images = [phantom.image, cv2.flip(phantom.image, 1)]
+    reference = build_reference(images, method="none")
+    np.testing.assert_allclose(reference.image, (images[0] + images[1]) / 2, atol=1e-6)
+    assert reference.lung_mask.any()
