@@ -530,7 +530,7 @@ class Registrar:
         data = np.asarray(array)
         if data.ndim < 2:
             raise HmtError(f"cannot warp an array of shape {data.shape}; expected (H, W) or (..., H, W)")
-        if not np.issubdtype(data.dtype, np.floating):
+        if data.dtype not in (np.float32, np.float64):  # OpenCV warps float32/float64; bool, ints, float16 -> float32
             data = data.astype(np.float32)
         plane_shape = data.shape[-2:]
         matrix = _homogeneous(alignment.matrix)
