@@ -244,7 +244,7 @@ class CamEngine:
         self.model = model
         self.method = method
         self.score = score
-        self.layer, self._layer = resolve_layer(model, layer) if layer else resolve_layer(model, find_cam_layer(model))
+        self.layer, self._layer = resolve_layer(model, layer or find_cam_layer(model))
         if _output_rank(self._layer) != 4:
             raise HmtError(f"layer '{self.layer}' does not have a 4-D (N, h, w, C) output; pick a convolutional layer")
         self._head = _output_layer(model)
@@ -287,10 +287,14 @@ class CamEngine:
         if values.ndim == 0:
             values = np.full(batch_size, values)
         if values.shape != (batch_size,) or not np.issubdtype(values.dtype, np.integer):
-            raise HmtError(f"targets must be {batch_size} integer class indices, got shape {values.shape} of {values.dtype}")
+            raise HmtError(
+                f"targets must be {batch_size} integer class indices, got shape {values.shape} of {values.dtype}"
+            )
         bad = values[(values < 0) | (values >= self.num_classes)]
         if bad.size:
-            raise HmtError(f"target class index {int(bad[0])} is out of range for a model with {self.num_classes} classes")
+            raise HmtError(
+                f"target class index {int(bad[0])} is out of range for a model with {self.num_classes} classes"
+            )
         return tf.constant(values, dtype=tf.int32)
 
     def _probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
@@ -341,7 +345,8 @@ class CamEngine:
             with self._capture(tape, record):
                 outputs = self.model(images, training=False)
             if len(record["activations"]) != 1:
-                raise HmtError(f"layer '{self.layer}' ran {len(record['activations'])} times in one forward pass; pick a layer used once")
+                runs = len(record["activations"])
+                raise HmtError(f"layer '{self.layer}' ran {runs} times in one forward pass; pick a layer used once")
             probabilities = self._probabilities(outputs)
             logits = record["logits"][0] if record["logits"] else outputs
             targets = tf.where(targets < 0, tf.argmax(probabilities, axis=-1, output_type=tf.int32), targets)

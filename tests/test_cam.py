@@ -96,7 +96,9 @@ def test_logit_and_probability_scores_are_each_right(hand_input: np.ndarray) -> 
     a = hand_activations(hand_input.astype(np.float64))
     by_logit = CamEngine(softmax_model, "conv", "hirescam", score="logit")(hand_input, targets)
     by_probability = CamEngine(softmax_model, "conv", "hirescam", score="probability")(hand_input, targets)
-    np.testing.assert_allclose(by_logit.raw, numpy_cam("hirescam", a, hand_gradients(a, targets, "logit")), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        by_logit.raw, numpy_cam("hirescam", a, hand_gradients(a, targets, "logit")), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(
         by_probability.raw, numpy_cam("hirescam", a, hand_gradients(a, targets, "probability")), rtol=1e-4, atol=1e-6
     )
@@ -105,6 +107,18 @@ def test_logit_and_probability_scores_are_each_right(hand_input: np.ndarray) -> 
     # The softmax head is left untouched after the trace.
     assert softmax_model.get_layer("head").activation is keras.activations.softmax
     assert "call" not in softmax_model.get_layer("head").__dict__
+
+
+def test_separate_softmax_activation_layer_head(hand_input: np.ndarray) -> None:
+    """A Dense(linear) -> Activation('softmax') head: the logit is the Activation layer's input."""
+    linear = hand_model(None)
+    split_head = keras.Model(linear.input, keras.layers.Activation("softmax")(linear.output))
+    targets = np.array([0, 1, 0])
+    np.testing.assert_allclose(
+        CamEngine(split_head, "conv", "gradcam")(hand_input, targets).raw,
+        CamEngine(linear, "conv", "gradcam")(hand_input, targets).raw,
+        rtol=1e-6,
+    )
 
 
 def test_linear_head_probabilities_are_softmaxed(hand_input: np.ndarray) -> None:
@@ -216,7 +230,9 @@ def test_batched_equals_per_image(method: str, images: np.ndarray) -> None:
     for index in range(len(images)):
         single = engine(images[index : index + 1], batched.targets[index : index + 1])
         np.testing.assert_allclose(single.raw[0], batched.raw[index], rtol=1e-4, atol=1e-6 * batched.raw.max())
-        np.testing.assert_allclose(single.upsampled[0], batched.upsampled[index], rtol=1e-4, atol=1e-6 * batched.raw.max())
+        np.testing.assert_allclose(
+            single.upsampled[0], batched.upsampled[index], rtol=1e-4, atol=1e-6 * batched.raw.max()
+        )
     assert engine.trace_count == 1
 
 
@@ -240,7 +256,9 @@ def test_predicted_targets_are_argmax(images: np.ndarray) -> None:
 
 def test_sequential_model_matches_functional(images: np.ndarray) -> None:
     functional = functional_model()
-    sequential = keras.Sequential([keras.Input((32, 32, 3)), *conv_layers(""), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    sequential = keras.Sequential(
+        [keras.Input((32, 32, 3)), *conv_layers(""), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, "softmax")]
+    )
     sequential.set_weights(functional.get_weights())
     assert find_cam_layer(sequential) == "conv_b"
     targets = np.array([0, 1, 2, 0])
@@ -294,10 +312,14 @@ def test_keras_vgg19_nested_base_runs() -> None:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_dead_relu_gives_zero_map_not_nan(method: str) -> None:
     inputs = keras.Input((16, 16, 1))
-    conv = keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(-1.0))
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(conv(inputs))))
+    # A zero kernel with bias -1 under ReLU: every unit is dead, activations and gradients are all zero.
+    dead_bias = keras.initializers.Constant(-1.0)
+    conv = keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer="zeros", bias_initializer=dead_bias)
+    pooled = keras.layers.GlobalAveragePooling2D()(conv(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
     result = CamEngine(model, method=method, scorecam_chunk=3)(np.ones((2, 16, 16, 1), np.float32), [0, 1])
-    assert np.array_equal(result.raw, np.zeros((2, 14, 14))) and np.array_equal(result.upsampled, np.zeros((2, 16, 16)))
+    assert np.array_equal(result.raw, np.zeros((2, 14, 14)))
+    assert np.array_equal(result.upsampled, np.zeros((2, 16, 16)))
 
 
 def test_error_paths(images: np.ndarray) -> None:
