@@ -47,8 +47,8 @@ class CamResult:
     class indices explained (useful when they were ``"predicted"``)."""
 
     probabilities: np.ndarray  # (N, K) float32
-    raw: np.ndarray  # (N, h, w) float32
-    upsampled: np.ndarray  # (N, H, W) float32
+    raw: np.ndarray  # (N, h, w) float32; (N, K, h, w) from all_classes
+    upsampled: np.ndarray  # (N, H, W) float32; (N, K, H, W) from all_classes
     targets: np.ndarray  # (N,) int32
 
 
@@ -259,6 +259,7 @@ class CamEngine:
         self._cam_fn = tf.function(
             self._cam_graph, input_signature=[image_spec, tf.TensorSpec((None,), tf.int32)]
         )
+        self._all_classes_fn = tf.function(self._all_classes_graph, input_signature=[image_spec])
         self._predict_fn = tf.function(self._predict_graph, input_signature=[image_spec])
 
     # --- public API ---
@@ -270,6 +271,19 @@ class CamEngine:
         target_tensor = self._target_tensor(targets, int(images.shape[0]))
         probabilities, raw, upsampled, used_targets = self._cam_fn(images, target_tensor)
         return CamResult(probabilities.numpy(), raw.numpy(), upsampled.numpy(), used_targets.numpy())
+
+    def all_classes(self, x: np.ndarray | tf.Tensor) -> CamResult:
+        """Maps of every class from one forward pass: ``raw`` (N, K, h, w), ``upsampled`` (N, K, H, W).
+
+        What the heatmap store keeps, so that templates (any ``include`` rule) and comparisons
+        can use any class's map without recomputation. ``targets`` holds the predicted classes.
+        """
+        images = tf.convert_to_tensor(x, dtype=tf.float32)
+        if images.shape.rank != 4:
+            raise HmtError(f"CAM input must be a (N, H, W, C) batch, got shape {tuple(images.shape)}")
+        probabilities, raw, upsampled = self._all_classes_fn(images)
+        probabilities = probabilities.numpy()
+        return CamResult(probabilities, raw.numpy(), upsampled.numpy(), probabilities.argmax(axis=1).astype(np.int32))
 
     def predict(self, x: np.ndarray | tf.Tensor) -> np.ndarray:
         """Class probabilities (N, K) from one forward pass, without CAM work."""
@@ -337,37 +351,65 @@ class CamEngine:
                 with _wrapped_call(self._head, capture_logits):
                     yield
 
+    def _forward(self, images: tf.Tensor, tape: tf.GradientTape) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One recorded forward pass: (layer activations A, probabilities (N, K), explained scores (N, K))."""
+        record: dict[str, list[tf.Tensor]] = {"activations": [], "logits": []}
+        with self._capture(tape, record):
+            outputs = self.model(images, training=False)
+        if len(record["activations"]) != 1:
+            runs = len(record["activations"])
+            raise HmtError(f"layer '{self.layer}' ran {runs} times in one forward pass; pick a layer used once")
+        probabilities = self._probabilities(outputs)
+        logits = record["logits"][0] if record["logits"] else outputs
+        chosen = probabilities if self.score == "probability" else tf.cast(logits, tf.float32)
+        return record["activations"][0], probabilities, chosen
+
+    def _gradient_cam(self, tape: tf.GradientTape, score: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:
+        """The method's map (before ReLU) from the gradient of a summed score; images are independent,
+        so d(sum)/dA_i = dS_i/dA_i."""
+        gradients = tape.gradient(score, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return METHODS[self.method](tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
+
+    def _upsample(self, raw: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """Bilinear resize of (..., h, w) maps to the input's (H, W), on the device."""
+        flat = tf.reshape(raw, tf.concat([[-1], tf.shape(raw)[-2:]], axis=0))
+        resized = tf.image.resize(flat[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")[..., 0]
+        return tf.reshape(resized, tf.concat([tf.shape(raw)[:-2], tf.shape(images)[1:3]], axis=0))
+
     def _cam_graph(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, ...]:
         self.trace_count += 1  # Python side effect: runs once per trace, never per batch
-        record: dict[str, list[tf.Tensor]] = {"activations": [], "logits": []}
-        needs_gradient = METHODS[self.method] is not None
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            with self._capture(tape, record):
-                outputs = self.model(images, training=False)
-            if len(record["activations"]) != 1:
-                runs = len(record["activations"])
-                raise HmtError(f"layer '{self.layer}' ran {runs} times in one forward pass; pick a layer used once")
-            probabilities = self._probabilities(outputs)
-            logits = record["logits"][0] if record["logits"] else outputs
+            activations, probabilities, chosen = self._forward(images, tape)
             targets = tf.where(targets < 0, tf.argmax(probabilities, axis=-1, output_type=tf.int32), targets)
-            chosen = probabilities if self.score == "probability" else tf.cast(logits, tf.float32)
-            scores = tf.gather(chosen, targets, axis=1, batch_dims=1)
-            total_score = tf.reduce_sum(scores)  # images are independent: d(sum)/dA_i = dS_i/dA_i
-        activations = tf.cast(record["activations"][0], tf.float32)
-        if needs_gradient:
-            gradients = tape.gradient(
-                total_score, record["activations"][0], unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            cam = METHODS[self.method](activations, tf.cast(gradients, tf.float32))
+            total_score = tf.reduce_sum(tf.gather(chosen, targets, axis=1, batch_dims=1))
+        if METHODS[self.method] is not None:
+            cam = self._gradient_cam(tape, total_score, activations)
         else:
-            cam = _weighted_sum(activations, self._scorecam_weights(images, activations, targets))
+            activations = tf.cast(activations, tf.float32)
+            weights = tf.gather(self._scorecam_scores(images, activations), targets, axis=2, batch_dims=1)
+            cam = _weighted_sum(activations, weights)
         raw = tf.nn.relu(cam)
-        upsampled = tf.image.resize(raw[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")[..., 0]
-        return probabilities, raw, upsampled, targets
+        return probabilities, raw, self._upsample(raw, images), targets
 
-    def _scorecam_weights(self, images: tf.Tensor, activations: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-        """Score-CAM channel weights (N, C): the target's softmax probability on the input masked
-        by each channel's upsampled, min-max scaled activation; masked images run in chunks."""
+    def _all_classes_graph(self, images: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """Maps of every class from ONE forward pass: one backward pass per class (only from the
+        score down to the CAM layer), or, for Score-CAM, the same masked forwards for all classes."""
+        self.trace_count += 1
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+            activations, probabilities, chosen = self._forward(images, tape)
+            class_scores = [tf.reduce_sum(chosen[:, k]) for k in range(self.num_classes)]
+        if METHODS[self.method] is not None:
+            cams = tf.stack([self._gradient_cam(tape, score, activations) for score in class_scores], axis=1)
+        else:
+            activations = tf.cast(activations, tf.float32)
+            cams = tf.einsum("nhwc,nck->nkhw", activations, self._scorecam_scores(images, activations))
+        del tape
+        raw = tf.nn.relu(cams)
+        return probabilities, raw, self._upsample(raw, images)
+
+    def _scorecam_scores(self, images: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:
+        """Score-CAM channel weights for every class (N, C, K): the softmax probabilities of the input
+        masked by each channel's upsampled, min-max scaled activation; masked images run in chunks."""
         batch = tf.shape(activations)[0]
         channels = tf.shape(activations)[3]
         chunk = self._scorecam_chunk
@@ -384,11 +426,11 @@ class CamEngine:
             high = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True)
             masks = tf.math.divide_no_nan(masks - low, high - low)
             masked = tf.gather(images, image_index) * masks
-            probabilities = self._probabilities(self.model(masked, training=False))
-            return tf.gather(probabilities, tf.gather(targets, image_index), axis=1, batch_dims=1)
+            return self._probabilities(self.model(masked, training=False))
 
         scores = tf.map_fn(
-            chunk_scores, tf.range(num_chunks), fn_output_signature=tf.TensorSpec((chunk,), tf.float32)
+            chunk_scores, tf.range(num_chunks),
+            fn_output_signature=tf.TensorSpec((chunk, self.num_classes), tf.float32),
         )
-        return tf.reshape(tf.reshape(scores, (-1,))[:total], (batch, channels))
+        return tf.reshape(tf.reshape(scores, (-1, self.num_classes))[:total], (batch, channels, self.num_classes))
 

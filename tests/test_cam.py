@@ -236,6 +236,22 @@ def test_batched_equals_per_image(method: str, images: np.ndarray) -> None:
     assert engine.trace_count == 1
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+def test_all_classes_equals_one_target_at_a_time(method: str, images: np.ndarray) -> None:
+    """One forward pass for every class gives exactly the per-class maps (what the heatmap store keeps)."""
+    engine = CamEngine(functional_model(), method=method, scorecam_chunk=7)
+    every = engine.all_classes(images)
+    assert every.raw.shape[:2] == (len(images), engine.num_classes)
+    assert every.upsampled.shape == (len(images), engine.num_classes, *images.shape[1:3])
+    for k in range(engine.num_classes):
+        one = engine(images, np.full(len(images), k))
+        scale = max(float(one.raw.max()), 1e-12)
+        np.testing.assert_allclose(every.raw[:, k], one.raw, rtol=1e-4, atol=1e-6 * scale)
+        np.testing.assert_allclose(every.upsampled[:, k], one.upsampled, rtol=1e-4, atol=1e-6 * scale)
+    np.testing.assert_allclose(every.probabilities, one.probabilities, rtol=1e-5)
+    np.testing.assert_array_equal(every.targets, every.probabilities.argmax(axis=1))
+
+
 def test_no_retracing_across_batches_and_input_types(images: np.ndarray) -> None:
     engine = CamEngine(functional_model(), method="gradcam")
     engine(images, "predicted")
