@@ -520,7 +520,7 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_s
 # --------------------------------------------------------------------------- training
 
 
-def _image_pipeline(images: np.ndarray, onehot: np.ndarray, info: ModelInfo, batch_size: int, *,
+def image_pipeline(images: np.ndarray, onehot: np.ndarray, info: ModelInfo, batch_size: int, *,
                     shuffle_seed: int | None = None, augment_seed: int | None = None):
     """tf.data over in-memory images: shuffle, batch, augment (optional, training only), preprocess."""
     import tensorflow as tf
@@ -627,7 +627,8 @@ def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, pati
     if val_data is not None:
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         callbacks.append(stopper)
-    model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=class_weight, callbacks=callbacks, shuffle=False, verbose=0)
+    model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=class_weight or None,
+              callbacks=callbacks, shuffle=False, verbose=0)
     return {
         "phase": phase,
         "epochs_run": sum(1 for row in history if row["phase"] == phase),
@@ -815,11 +816,11 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
 def _fit_full(model, info: ModelInfo, images: dict, onehot: dict, config: TrainConfig, epochs: int,
               learning_rate: float, phase: str, class_weight: dict, history: list[dict], on_epoch) -> dict:
     """Fit the whole model on images through tf.data (augmenting the training batches when asked)."""
-    train_data = _image_pipeline(images["train"], onehot["train"], info, config.batch_size, shuffle_seed=config.seed,
+    train_data = image_pipeline(images["train"], onehot["train"], info, config.batch_size, shuffle_seed=config.seed,
                                  augment_seed=config.seed if config.augment else None)
     val_data = None
     if len(images["val"]):
-        val_data = _image_pipeline(images["val"], onehot["val"], info, config.batch_size)
+        val_data = image_pipeline(images["val"], onehot["val"], info, config.batch_size)
     return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, patience=config.patience,
                 class_weight=class_weight, phase=phase, history=history, on_epoch=on_epoch)
 
