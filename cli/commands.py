@@ -3,3 +3,5 @@ from hmt_cli import check  # noqa: F401
 from hmt_cli import synth  # noqa: F401
 from hmt_cli import inspect  # noqa: F401
 from hmt_cli import train  # noqa: F401
+from hmt_cli import heatmaps  # noqa: F401
+from hmt_cli import build  # noqa: F401

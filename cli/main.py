@@ -13,7 +13,10 @@ import typer
 from heatmap_templates import __version__
 from heatmap_templates.errors import HmtError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter off the terminal
+
+# Commands whose work runs a Keras model; TensorFlow is imported (quietly) only for these.
+TENSORFLOW_COMMANDS = frozenset({"train", "evaluate", "heatmaps", "build-templates", "compare", "evaluate-templates", "demo"})
 
 app = typer.Typer(
     name="hmt",
@@ -45,6 +48,22 @@ def _register_commands() -> None:
     from hmt_cli import commands  # noqa: F401  (import registers the commands)
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 muted: its C++ runtime prints CUDA-probe lines
+    before any log level applies, which would bury hmt's own one-line messages."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+
+            tensorflow.config.list_logical_devices()  # device initialisation logs here too
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run() -> None:
     """Console-script entry point: run the app, mapping user errors to one line and exit code 2.
 
@@ -52,6 +71,8 @@ def run() -> None:
     (`HmtError`) pass through it and are caught here.
     """
     _register_commands()
+    if TENSORFLOW_COMMANDS.intersection(sys.argv[1:2]) and "--help" not in sys.argv:
+        _import_tensorflow_quietly()
     try:
         app()
     except HmtError as error:

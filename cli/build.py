@@ -1,0 +1,89 @@
+"""`hmt build-templates`: registered, normalised per-class template heatmaps in templates.h5."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from heatmap_templates.build import DEFAULT_OUT, DEFAULT_REGISTRATION, BuildConfig, build_templates
+from heatmap_templates.errors import HmtError
+from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
+from hmt_cli.main import app
+from hmt_cli.progress import RichProgress
+
+
+@app.command("build-templates")
+def build_templates_command(
+    model: Optional[Path] = typer.Argument(None, help="Model (.keras); default: the one the last `hmt train` recorded."),
+    data: Optional[Path] = typer.Argument(None, help="Data set (class folders or CSV); default: the last `hmt train`'s."),
+    class_names: list[str] = typer.Option([], "--class", "-c", help="Class to build a template for (repeatable)."),
+    all_classes: bool = typer.Option(False, "--all-classes", help="Build a template for every class."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store to build from (computed or resumed first when MODEL/DATA are known)."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Templates file; another class is added to an existing one."),
+    registration: str = typer.Option(DEFAULT_REGISTRATION, "--registration", help="Registration: none, affine or lungs (falls back lungs -> affine -> none)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Image to use as the reference frame (default: built from the data)."),
+    normalisation: str = typer.Option("minmax", "--normalisation", help="Per-map normalisation: minmax, sum, zscore or none."),
+    include: str = typer.Option("correct", "--include", help="Members: correct (true class, correctly classified), all (true class) or predicted."),
+    method: str = typer.Option("gradcam", "--method", help="CAM method when heatmaps must be computed."),
+    score: str = typer.Option("logit", "--score", help="CAM score when heatmaps must be computed: logit or probability."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
+    components: int = typer.Option(8, "--components", min=1, help="Eigen-heatmaps kept per class."),
+    bootstrap: int = typer.Option(100, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
+    median: bool = typer.Option(True, "--median/--no-median", help="Also store the per-pixel median."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+    project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded the project."),
+    unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON on stdout."),
+) -> None:
+    """Average the registered heatmaps of each class's (correctly classified) images into a template.
+
+    MODEL and DATA default to what the last `hmt train` recorded; heatmaps are computed (or
+    resumed) into a store beside the output first, so nothing is computed twice.
+
+    Example: hmt build-templates --class covid
+    """
+    if not class_names and not all_classes:
+        raise HmtError("name a class with --class NAME (repeatable) or use --all-classes")
+    if class_names and all_classes:
+        raise HmtError("use either --class or --all-classes, not both")
+    show_bar = sys.stderr.isatty() and not as_json
+    if model is None and heatmaps is None or model is not None and data is None:
+        project = load_project(project_dir)
+        model = model or Path(project["model"])
+        data = data or Path(project["data"])
+    if model is not None:
+        from heatmap_templates.heatmaps import default_store_path, extract_heatmaps
+
+        heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
+        extraction = extract_heatmaps(
+            model, data, heatmaps, method=method, score=score, layer=layer, batch_size=batch_size,
+            unsafe_load=unsafe_load, command=" ".join(["hmt", *sys.argv[1:]]), progress=RichProgress() if show_bar else None,
+        )
+        if not as_json:
+            typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
+            for problem in extraction.skipped:
+                typer.echo(f"  skipped {problem.path}: {problem.reason}")
+    config = BuildConfig(
+        registration=registration, normalisation=normalisation, include=include,
+        reference=str(reference) if reference else None, n_components=components,
+        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size,
+    )
+    summary = build_templates(
+        heatmaps, None if all_classes else class_names, out, config=config,
+        command=" ".join(["hmt", *sys.argv[1:]]), progress=RichProgress() if show_bar else None,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    typer.echo(f"templates: {summary.out}")
+    for name, count in summary.members.items():
+        consistency = summary.mean_pairwise_correlation.get(name)
+        shown = f"{consistency:.3f}" if consistency is not None else "n/a"
+        typer.echo(f"  {name}: {count} members, mean pairwise correlation {shown}")
+    for name in summary.empty_classes:
+        typer.echo(f"  {name}: no {include} images, no template")
+    fallbacks = summary.registration.get("fallbacks", {})
+    typer.echo(f"registration ({registration}): {summary.registration.get('methods', {})}" + (f", fallbacks {fallbacks}" if fallbacks else ""))

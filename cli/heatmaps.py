@@ -1,0 +1,59 @@
+"""`hmt heatmaps`: classify every image and store its class activation maps in an HDF5 heatmap store."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from heatmap_templates.data import DEFAULT_MAX_PIXELS
+from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, extract_heatmaps
+from hmt_cli.main import app
+from hmt_cli.progress import RichProgress
+
+
+@app.command("heatmaps")
+def heatmaps(
+    model: Path = typer.Argument(..., help="Model file (.keras) from `hmt train`, or your own with --classes."),
+    data: Path = typer.Argument(..., help="Class-per-folder data set or CSV manifest."),
+    out: Path = typer.Option(Path("templates_out/heatmaps.h5"), "--out", "-o", help="Heatmap store to write (resumed if it exists)."),
+    method: str = typer.Option("gradcam", "--method", help="CAM method: gradcam, gradcampp, hirescam, xgradcam, layercam or scorecam."),
+    score: str = typer.Option("logit", "--score", help="Score explained: logit or probability (changes the maps; recorded)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),
+    unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images whose declared size is larger."),
+    strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+) -> None:
+    """Run classifier + CAM over every image; store probabilities and every class's map.
+
+    A rerun on the same --out skips images already stored (resume after a crash or Ctrl-C);
+    a store made with another model or settings is refused.
+
+    Example: hmt heatmaps templates_out/model.keras data/ --out templates_out/heatmaps.h5
+    """
+    show_bar = sys.stderr.isatty() and not as_json
+    summary = extract_heatmaps(
+        model, data, out,
+        method=method, score=score, layer=layer, batch_size=batch_size,
+        classes=[c.strip() for c in classes.split(",")] if classes else None,
+        unsafe_load=unsafe_load, max_pixels=max_pixels, strict=strict,
+        command=" ".join(["hmt", *sys.argv[1:]]),
+        progress=RichProgress() if show_bar else None,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    typer.echo(f"heatmaps: {summary.out}")
+    typer.echo(f"  computed {summary.computed} images ({summary.images_per_second:.1f} images/s), {summary.resumed} already stored")
+    typer.echo(f"  correct {summary.correct}, incorrect {summary.incorrect}, unlabelled {summary.unlabelled}")
+    for name, count in summary.per_class.items():
+        typer.echo(f"  {name}: {count}")
+    if summary.skipped:
+        typer.echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) != 1 else ''}:")
+        for problem in summary.skipped:
+            typer.echo(f"  {problem.path}: {problem.reason}")

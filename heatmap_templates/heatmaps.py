@@ -1,0 +1,277 @@
+"""Extraction stage: every image of a data set through classifier + CAM, into a heatmap store.
+
+Images are decoded and preprocessed in parallel by a ``tf.data`` pipeline (``numpy_function`` over
+hmt's own decoder, ``AUTOTUNE`` parallelism, prefetch) so that the model never waits for input.
+Each batch runs once through :class:`~heatmap_templates.cam.CamEngine`, which returns the
+probabilities and the maps of *every* class from one forward pass; the batch is then appended to
+the crash-safe, resumable heatmap store (:class:`~heatmap_templates.store.HeatmapWriter`).
+A rerun on the same output skips images already stored.
+
+Example::
+
+    summary = extract_heatmaps("templates_out/model.keras", "data/", "templates_out/heatmaps.h5")
+    print(summary.computed, summary.correct, summary.skipped)
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from heatmap_templates.data import DEFAULT_MAX_PIXELS, Dataset, Problem, SkipLog, decode_image, display_path, file_sha256, load_dataset
+from heatmap_templates.errors import BadImageError, HmtError
+from heatmap_templates.preprocess import resize_gray, to_model_input
+from heatmap_templates.progress import NullProgress, Progress
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass
+class ExtractionSummary:
+    """What one ``hmt heatmaps`` run did."""
+
+    out: Path
+    total: int  # usable samples in the data set
+    computed: int  # images processed in this run
+    resumed: int  # images already in the store from an earlier run
+    correct: int
+    incorrect: int
+    unlabelled: int
+    per_class: dict[str, int]
+    images_per_second: float
+    skipped: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.out),
+            "total": self.total,
+            "computed": self.computed,
+            "resumed": self.resumed,
+            "correct": self.correct,
+            "incorrect": self.incorrect,
+            "unlabelled": self.unlabelled,
+            "per_class": dict(self.per_class),
+            "images_per_second": round(self.images_per_second, 2),
+            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+        }
+
+
+@dataclass
+class ModelBatch:
+    """One batch of decoded images ready for the model: positions in the caller's list, model
+    input (N, H, W, C) float32 and the grayscale image at input size (N, H, W) uint8."""
+
+    positions: np.ndarray
+    inputs: np.ndarray
+    images: np.ndarray
+
+
+def load_for_model(path: str | os.PathLike, input_size: tuple[int, int], channels: int, mode: str,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one file and return (model input (H, W, C) float32, grayscale (H, W) uint8).
+
+    The uint8 image is what the model saw (before its preprocessing mode); it is stored so that
+    registration can later run from the heatmap store alone.
+    """
+    gray = resize_gray(decode_image(path, max_pixels=max_pixels).pixels, input_size)
+    image_u8 = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
+    model_input = to_model_input((image_u8.astype(np.float32) / 255.0)[None], channels, mode)[0]
+    return model_input, image_u8
+
+
+def iter_model_batches(paths: Sequence[str | os.PathLike], input_size: tuple[int, int], channels: int, mode: str, *,
+                       batch_size: int = DEFAULT_BATCH_SIZE, skip_log: SkipLog,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[ModelBatch]:
+    """Decode and preprocess ``paths`` in parallel through tf.data, yielding batches in order.
+
+    Bad files are logged in ``skip_log`` (the run goes on) and left out of their batch; a batch in
+    which every file was bad is still yielded (empty) so callers can count progress.
+    """
+    import tensorflow as tf
+
+    height, width = input_size
+    reasons: dict[int, str] = {}
+    lock = threading.Lock()
+    path_list = [os.fsencode(os.fspath(p)) for p in paths]
+
+    def load(position: np.int64) -> tuple[np.ndarray, np.ndarray, np.bool_]:
+        index = int(position)
+        try:
+            model_input, image_u8 = load_for_model(path_list[index], input_size, channels, mode, max_pixels)
+            return model_input, image_u8, np.bool_(True)
+        except BadImageError as error:
+            with lock:
+                reasons[index] = error.reason
+        except Exception as error:  # a decoder bug must not kill a long run: report it as this file's problem
+            with lock:
+                reasons[index] = f"could not be decoded ({type(error).__name__}: {error})"
+        return np.zeros((height, width, channels), np.float32), np.zeros((height, width), np.uint8), np.bool_(False)
+
+    def load_graph(position: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        model_input, image_u8, ok = tf.numpy_function(load, [position], (tf.float32, tf.uint8, tf.bool), stateful=False)
+        model_input.set_shape((height, width, channels))
+        image_u8.set_shape((height, width))
+        ok.set_shape(())
+        return position, model_input, image_u8, ok
+
+    pipeline = (
+        tf.data.Dataset.range(len(path_list))
+        .map(load_graph, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    for positions, inputs, images, ok in pipeline.as_numpy_iterator():
+        for position in positions[~ok]:
+            with lock:
+                reason = reasons.pop(int(position), "could not be decoded")
+            skip_log.add(path_list[int(position)], reason)
+        yield ModelBatch(positions[ok], inputs[ok], images[ok])
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a model file: the identity recorded in heatmap stores and template files."""
+    return file_sha256(path)
+
+
+def default_store_path(model_path: str | os.PathLike, method: str, score: str, folder: str | os.PathLike = "templates_out") -> Path:
+    """The heatmap store that ``build-templates`` reuses for a model and CAM settings.
+
+    Named by the model's content hash, so a retrained model never collides with an old store.
+    """
+    return Path(folder) / f"heatmaps_{model_sha256(model_path)[:12]}_{method}_{score}.h5"
+
+
+def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # noqa: ANN001 (ModelInfo, CamEngine)
+    """The settings that identify a heatmap store: a store made with other settings is refused."""
+    return {
+        "model_sha256": model_sha256(model_path),
+        "model_path": str(Path(model_path).resolve()),
+        "class_names": list(info.class_names),
+        "layer": engine.layer,
+        "cam_method": engine.method,
+        "score": engine.score,
+        "input_size": [int(v) for v in info.input_size],
+        "channels": int(info.channels),
+        "preprocessing": info.preprocessing,
+        "backbone": info.backbone,
+    }
+
+
+def _hash_samples(dataset: Dataset, skip_log: SkipLog) -> list[tuple[int, str]]:
+    """(sample index, sha256) for every readable sample, hashed on a thread pool; unreadable ones are logged."""
+
+    def digest(index: int) -> tuple[int, str | None, str | None]:
+        try:
+            return index, file_sha256(dataset.samples[index].path), None
+        except OSError as error:
+            return index, None, f"cannot be read ({error.strerror or type(error).__name__})"
+
+    hashed = []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for index, sha, reason in pool.map(digest, range(len(dataset.samples))):
+            if sha is None:
+                skip_log.add(dataset.samples[index].path, reason or "cannot be read")
+            else:
+                hashed.append((index, sha))
+    return hashed
+
+
+def extract_heatmaps(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike | Dataset,
+    out: str | os.PathLike,
+    *,
+    method: str = "gradcam",
+    score: str = "logit",
+    layer: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    classes: Sequence[str] | None = None,
+    unsafe_load: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
+    command: str = "",
+    progress: Progress | None = None,
+) -> ExtractionSummary:
+    """Classify every image of ``data`` and store probabilities and all-class CAM maps in ``out``.
+
+    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; labels that are
+    not among the model's classes are stored as -1 (unlabelled). Images already in ``out`` (same
+    path or content hash, same model and settings) are not recomputed.
+    """
+    import time
+
+    from heatmap_templates.cam import CamEngine
+    from heatmap_templates.classifier import load_model
+    from heatmap_templates.store import HeatmapBatch, HeatmapWriter
+
+    if batch_size < 1:
+        raise HmtError(f"batch size must be at least 1, got {batch_size}")
+    progress = progress or NullProgress()
+    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes)
+    engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, strict=strict)
+    skip_log = SkipLog(strict)
+    for problem in dataset.problems:
+        skip_log.add(problem.path, problem.reason)
+    class_index = {name: i for i, name in enumerate(info.class_names)}
+
+    hashed = _hash_samples(dataset, skip_log)
+    writer = HeatmapWriter(out, heatmap_settings(model_path, info, engine), command=command)
+    todo = [(i, sha) for i, sha in hashed if sha not in writer.done and display_path(dataset.samples[i].path) not in writer.done]
+    resumed = len(hashed) - len(todo)
+    per_class: Counter[str] = Counter()
+    correct = incorrect = unlabelled = 0
+    started = time.perf_counter()
+    progress.start(len(todo), "heatmaps")
+    try:
+        batches = iter_model_batches(
+            [dataset.samples[i].path for i, _ in todo], info.input_size, info.channels, info.preprocessing,
+            batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels,
+        )
+        for batch_number, batch in enumerate(batches):
+            batch_len = min(batch_size, len(todo) - batch_number * batch_size)
+            if len(batch.positions):
+                result = engine.all_classes(batch.inputs)
+                samples = [dataset.samples[todo[p][0]] for p in batch.positions]
+                labels = np.array([class_index.get(s.label, -1) for s in samples], dtype=np.int32)
+                predicted = result.probabilities.argmax(axis=1).astype(np.int32)
+                is_correct = (labels >= 0) & (labels == predicted)
+                writer.append(HeatmapBatch(
+                    paths=[display_path(s.path) for s in samples],
+                    sha256=[todo[p][1] for p in batch.positions],
+                    labels=labels,
+                    predicted=predicted,
+                    probabilities=result.probabilities.astype(np.float32),
+                    correct=is_correct,
+                    images=batch.images,
+                    raw=result.raw.astype(np.float32),
+                    upsampled=result.upsampled.astype(np.float16),
+                ))
+                per_class.update(s.label for s in samples)
+                correct += int(is_correct.sum())
+                unlabelled += int((labels < 0).sum())
+                incorrect += int(((labels >= 0) & ~is_correct).sum())
+            progress.advance(batch_len)
+    finally:
+        progress.finish()
+    elapsed = time.perf_counter() - started
+    computed = correct + incorrect + unlabelled
+    writer.finalize()
+    return ExtractionSummary(
+        out=Path(out),
+        total=len(dataset.samples),
+        computed=computed,
+        resumed=resumed,
+        correct=correct,
+        incorrect=incorrect,
+        unlabelled=unlabelled,
+        per_class={name: per_class.get(name, 0) for name in dataset.class_names},
+        images_per_second=computed / elapsed if elapsed > 0 and computed else 0.0,
+        skipped=skip_log.problems,
+    )
