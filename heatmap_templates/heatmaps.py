@@ -163,6 +163,16 @@ def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # no
     }
 
 
+def _unreadable_reason(path: str | os.PathLike, error: OSError) -> str:
+    """The decoder's reason for a file that cannot be read (symlink loop, directory, permission...),
+    so a file that fails while hashing is reported exactly as one that fails while decoding."""
+    try:
+        decode_image(path)
+    except BadImageError as bad:
+        return bad.reason
+    return f"cannot be read ({error.strerror or type(error).__name__})"
+
+
 def _hash_samples(dataset: Dataset, skip_log: SkipLog) -> list[tuple[int, str]]:
     """(sample index, sha256) for every readable sample, hashed on a thread pool; unreadable ones are logged."""
 
@@ -170,7 +180,7 @@ def _hash_samples(dataset: Dataset, skip_log: SkipLog) -> list[tuple[int, str]]:
         try:
             return index, file_sha256(dataset.samples[index].path), None
         except OSError as error:
-            return index, None, f"cannot be read ({error.strerror or type(error).__name__})"
+            return index, None, _unreadable_reason(dataset.samples[index].path, error)
 
     hashed = []
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
