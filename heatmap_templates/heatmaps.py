@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_templates.data import DEFAULT_MAX_PIXELS, Dataset, Problem, SkipLog, decode_image, display_path, file_sha256, load_dataset
-from heatmap_templates.errors import BadImageError, HmtError
+from heatmap_templates.errors import BadFileError, BadImageError, HmtError
 from heatmap_templates.preprocess import resize_gray, to_model_input
 from heatmap_templates.progress import NullProgress, Progress
 
@@ -224,6 +224,8 @@ def extract_heatmaps(
         raise HmtError(f"batch size must be at least 1, got {batch_size}")
     progress = progress or NullProgress()
     model, info = load_model(model_path, unsafe=unsafe_load, classes=classes)
+    if layer is None and info.cam_layer is None:
+        raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
     engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, strict=strict)
     skip_log = SkipLog(strict)
