@@ -16,6 +16,7 @@ Strings read back are data only: bytes are decoded and JSON is parsed, nothing i
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -98,6 +99,25 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _remove_dead_writers_temporaries(path)
+
+
+def _remove_dead_writers_temporaries(path: Path) -> None:
+    """Delete `.<name>.tmp-<pid>` files of `path` left by writers that were killed (their process is gone)."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 @contextmanager
