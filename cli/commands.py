@@ -5,3 +5,4 @@ from hmt_cli import inspect  # noqa: F401
 from hmt_cli import train  # noqa: F401
 from hmt_cli import heatmaps  # noqa: F401
 from hmt_cli import build  # noqa: F401
+from hmt_cli import compare  # noqa: F401

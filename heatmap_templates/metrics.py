@@ -212,3 +212,54 @@ def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_n
         },
         "binary_readings": binary_readings(probs, labels, class_names),
     }
+
+
+# --------------------------------------------------------------------------- heatmaps against masks (compare stage)
+
+
+def lung_field_energy(maps: np.ndarray, lung_mask: np.ndarray) -> np.ndarray | float:
+    """Share of each map's mass that lies inside ``lung_mask``: (H, W) -> float, (N, H, W) -> (N,).
+
+    Mass is the positive part of the map (negative values, e.g. of z-scored maps, carry no
+    attention). A map without positive mass (all zero: no localisation) gets the mask's area
+    fraction, the share a uniform map would have, so it neither helps nor hurts a class's average
+    and no NaN comes out. Compare the result with that area fraction: a model that looks at the
+    lungs scores well above it, one that looks at borders, markers or body habitus scores below.
+    """
+    array = np.asarray(maps, dtype=np.float64)
+    mask = np.asarray(lung_mask, dtype=bool)
+    if array.ndim not in (2, 3) or array.shape[-2:] != mask.shape:
+        raise HmtError(f"maps of shape {array.shape} do not match a lung mask of shape {mask.shape}")
+    flat = np.clip(np.where(np.isfinite(array), array, 0.0), 0.0, None).reshape(-1, mask.size)
+    total = flat.sum(axis=1)
+    inside = flat[:, mask.ravel()].sum(axis=1)
+    area_share = float(mask.mean()) if mask.size else 0.0
+    energy = np.where(total > 0, inside / np.where(total > 0, total, 1.0), area_share)
+    return float(energy[0]) if array.ndim == 2 else energy
+
+
+def pixel_auc(score_map: np.ndarray, truth_map: np.ndarray, threshold: float = 0.5) -> float | None:
+    """ROC AUC of ``score_map`` used as a per-pixel classifier of ``truth_map > threshold``.
+
+    E.g. a class template against a ground-truth lesion map: 1.0 when every lesion pixel scores
+    above every other pixel, 0.5 for no localisation. None when the truth has no positive or no
+    negative pixel (undefined); non-finite scores count as 0.
+    """
+    scores = np.asarray(score_map, dtype=np.float64)
+    truth = np.asarray(truth_map, dtype=np.float64)
+    if scores.shape != truth.shape:
+        raise HmtError(f"score map of shape {scores.shape} does not match a truth map of shape {truth.shape}")
+    return roc_auc(np.where(np.isfinite(scores), scores, 0.0), truth > threshold)
+
+
+def percentile_rank(value: float, distribution: np.ndarray) -> float:
+    """Percentage (0-100) of ``distribution`` below ``value``, ties counting one half.
+
+    Where a similarity falls within a class's leave-one-out correlations.
+    """
+    values = np.asarray(distribution, dtype=np.float64).ravel()
+    if not values.size:
+        raise HmtError("a percentile rank needs a non-empty distribution")
+    below = np.count_nonzero(values < value)
+    equal = np.count_nonzero(values == value)
+    return float(100.0 * (below + 0.5 * equal) / values.size)

@@ -1,0 +1,185 @@
+"""`hmt compare` and `hmt evaluate-templates`: new images against class templates."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from heatmap_templates.compare import (
+    DEFAULT_ATYPICAL_PERCENTILE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SIMILARITY,
+    Comparer,
+    ComparisonRun,
+    ImageComparison,
+    collect_images,
+    evaluate_templates,
+)
+from heatmap_templates.build import DEFAULT_OUT
+from heatmap_templates.data import SkipLog
+from heatmap_templates.errors import HmtError
+from hmt_cli.main import app
+from hmt_cli.progress import RichProgress
+
+SIMILARITY_HELP = "Similarity with each template: pearson, pearson-lungs (Pearson inside the lung mask), cosine or ssim."
+
+
+def _format(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _flag(result: ImageComparison) -> str:
+    if result.atypical is None:
+        return "n/a"
+    return "ATYPICAL" if result.atypical else "typical"
+
+
+def _table(run: ComparisonRun) -> list[str]:
+    """The readable per-image table."""
+    rows = [("image", "predicted", "p", "best match", f"{run.similarity}", "LOO pct", "heatmap")]
+    for r in run.results:
+        rows.append((r.path, r.predicted, _format(r.probabilities[r.predicted]), r.best_match or "-",
+                     _format(r.predicted_similarity), _format(r.percentile_rank, ".1f"), _flag(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _write_csv(run: ComparisonRun, path: Path) -> None:
+    """One row per image: the summary columns, then p_<class> and sim_<class> columns."""
+    fixed = ["path", "predicted", "best_match", "predicted_similarity", "predicted_correlation", "percentile_rank",
+             "atypical_threshold", "atypical", "registration_method", "registration_quality", "lung_field_energy"]
+    columns = fixed + [f"p_{name}" for name in run.class_names] + [f"sim_{name}" for name in run.template_classes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for result in run.results:
+            record = result.to_dict()
+            writer.writerow([("" if record[key] is None else record[key]) for key in fixed]
+                            + [record["probabilities"][name] for name in run.class_names]
+                            + [record["similarities"][name] for name in run.template_classes])
+
+
+def _figure_target(figure: Path, many: bool) -> tuple[Path, bool]:
+    """(target, is_folder): a folder (no suffix, or an existing folder) gets one figure per image when there are several."""
+    is_folder = figure.is_dir() or (many and figure.suffix == "")
+    return figure, is_folder
+
+
+def _draw(result: ImageComparison, out: Path, reference_image) -> Path:  # noqa: ANN001 (ndarray)
+    try:
+        from heatmap_templates.figures import comparison_figure
+    except ImportError:
+        raise HmtError("--figure needs heatmap_templates.figures.comparison_figure, which this installation lacks") from None
+    maps = result.maps
+    assert maps is not None  # keep_maps was set and the predicted class has a template
+    return comparison_figure(
+        maps.image, maps.heatmap, maps.template, title=Path(result.path).name, out=out, class_name=result.predicted,
+        similarity=float(result.predicted_similarity or 0.0), reference_image=reference_image,
+    )
+
+
+@app.command("compare")
+def compare_command(
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
+    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP),
+    atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
+                                              help="Flag a heatmap whose correlation lies below this percentile of its class's leave-one-out correlations."),
+    as_json: bool = typer.Option(False, "--json", help="Print every result as JSON on stdout."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write one CSV row per image here."),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Figure of image, heatmap, template and difference: a .png for one image (the first), or a folder for one per image."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
+    unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
+) -> None:
+    """Score images against the class templates: predicted class, similarity with each template,
+    best-matching template, and whether the predicted class's heatmap is atypical.
+
+    Example: hmt compare new_xray.png more_xrays/ --templates templates_out/templates.h5 --csv scores.csv
+    """
+    comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, unsafe_load=unsafe_load)
+    skip_log = SkipLog()
+    paths = collect_images(images, skip_log)
+    target, one_per_image = _figure_target(figure, len(paths) > 1) if figure is not None else (None, False)
+    show_bar = sys.stderr.isatty() and not as_json
+    results: list[ImageComparison] = []
+    figures: list[Path] = []
+    for result in comparer.iter_results(paths, skip_log=skip_log, batch_size=batch_size, keep_maps=target is not None,
+                                        progress=RichProgress() if show_bar else None):
+        if target is not None and result.maps is not None and (one_per_image or not figures):
+            out = target / f"{result.position:05d}_{Path(result.path).stem}.png" if one_per_image else target
+            figures.append(_draw(result, out, comparer.file.reference_image))
+        result.maps = None  # drawn (or not wanted): do not keep every map of a large folder
+        results.append(result)
+    run = comparer.run_record(results, skip_log.problems)
+    if not results:
+        first = f"; first: {skip_log.problems[0]}" if len(skip_log) else ""
+        raise HmtError(f"no image could be scored ({len(skip_log)} skipped{first})")
+    if csv_out is not None:
+        _write_csv(run, csv_out)
+    if as_json:
+        typer.echo(json.dumps(run.to_dict(), indent=2))
+        return
+    for line in _table(run):
+        typer.echo(line)
+    typer.echo(f"templates: {run.templates} ({', '.join(run.template_classes)}); model: {run.model}; "
+               f"atypical: Pearson below the {atypical_percentile:g}th percentile of the class's leave-one-out correlations")
+    if csv_out is not None:
+        typer.echo(f"csv: {csv_out}")
+    for path in figures:
+        typer.echo(f"figure: {path}")
+    for line in skip_log.summary_lines():
+        typer.echo(line)
+
+
+@app.command("evaluate-templates")
+def evaluate_templates_command(
+    templates: Path = typer.Argument(..., help="Templates file from hmt build-templates."),
+    data: Path = typer.Argument(..., help="Labelled images: class folders or a CSV manifest."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
+    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP),
+    atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
+                                              help="Percentile of the leave-one-out correlations below which a heatmap is atypical."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split of a CSV manifest (train, val or test)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
+    unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
+) -> None:
+    """Measure what templates are worth on a labelled set: template-match accuracy, whether an
+    atypical heatmap predicts a wrong answer (ROC AUC), and lung-field energy per class.
+
+    Example: hmt evaluate-templates templates_out/templates.h5 data/test/ --json
+    """
+    show_bar = sys.stderr.isatty() and not as_json
+    report = evaluate_templates(templates, data, model=model, similarity=similarity, atypical_percentile=atypical_percentile,
+                                split=split, batch_size=batch_size, unsafe_load=unsafe_load,
+                                progress=RichProgress() if show_bar else None)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    match = report.template_match
+    typer.echo(f"{report.n_images} images, templates for {', '.join(report.template_classes)} ({report.similarity})")
+    typer.echo(f"classification accuracy: {report.classification['accuracy']:.3f}")
+    typer.echo(f"template-match accuracy: {_format(match['accuracy'])} ({match['correct']}/{match['n']})")
+    for name, row in match["per_class"].items():
+        typer.echo(f"  {name}: {_format(row['accuracy'])} ({row['correct']}/{row['n']})")
+    separation = report.correct_vs_misclassified
+    auc = _format(separation["auc"]) if separation["auc"] is not None else f"undefined ({separation['auc_undefined_reason']})"
+    typer.echo(f"similarity AUC, correct vs misclassified: {auc} "
+               f"({separation['n_correct']} correct, {separation['n_misclassified']} misclassified)")
+    typer.echo(f"  flagged atypical: {_format(separation['atypical_share_correct'])} of correct, "
+               f"{_format(separation['atypical_share_misclassified'])} of misclassified")
+    energy = report.lung_field_energy
+    typer.echo(f"lung-field energy (lung area = {energy['lung_area_fraction']:.3f} of the frame):")
+    for name, row in energy["by_true_class"].items():
+        template_value = energy["templates"].get(name)
+        typer.echo(f"  {name}: images {_format(row['mean'])} (n={row['n']}), template {_format(template_value)}")
+    if report.skipped:
+        typer.echo(f"skipped {len(report.skipped)} file{'s' if len(report.skipped) > 1 else ''}:")
+        for problem in report.skipped:
+            typer.echo(f"  {problem}")

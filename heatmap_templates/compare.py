@@ -1,0 +1,547 @@
+"""Scoring stage: new images against class templates, and what templates are worth on a labelled set.
+
+A :class:`Comparer` is made from a templates file. It loads the model recorded there (or one
+given, which must be the same file by content hash) and a CAM engine with the recorded layer,
+method and score, once. Images then stream through the same tf.data pipeline as extraction
+(:func:`~heatmap_templates.heatmaps.iter_model_batches`) in batches; for each image:
+
+1. the model's probabilities and every class's upsampled CAM map (one forward pass);
+2. registration of the model-input-size grayscale image (uint8 / 255) to the stored reference
+   with the stored method, and the same transform applied to each class's map, exactly as
+   :mod:`heatmap_templates.build` prepared the template members (maps pass through float16, the
+   heatmap store's precision);
+3. normalisation with the stored method, then a similarity with each class's template mean:
+   ``pearson`` (default), ``pearson-lungs`` (Pearson over the stored lung mask only),
+   ``cosine`` or ``ssim`` (scikit-image, data range from the two maps);
+4. the atypical flag: the Pearson correlation of the predicted class's map with its template,
+   placed within that class's stored leave-one-out correlations (which are Pearson values, so
+   the flag always uses Pearson whatever ``similarity`` ranks the templates); below the
+   ``atypical_percentile``-th percentile of that distribution is atypical.
+
+Bad images are skipped and logged (:class:`~heatmap_templates.data.SkipLog`), never a crash.
+:func:`evaluate_templates` runs the same scoring over a labelled set and reports template-match
+accuracy, how well the similarity separates correct from misclassified images (ROC AUC),
+lung-field energy per class and the classification metrics for context.
+
+Example::
+
+    comparer = Comparer("templates_out/templates.h5")
+    run = comparer.compare(["new.png", "folder_of_images/"])
+    for result in run.results:
+        print(result.path, result.predicted, result.best_match, result.atypical)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from heatmap_templates.build import registrar_for
+from heatmap_templates.data import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Problem, SkipLog, display_path, load_dataset
+from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.metrics import classification_report, lung_field_energy, percentile_rank, roc_auc
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store import TemplateFile, read_templates
+from heatmap_templates.templates import normalise, pearson
+
+SIMILARITIES = ("pearson", "pearson-lungs", "cosine", "ssim")
+DEFAULT_SIMILARITY = "pearson"
+DEFAULT_ATYPICAL_PERCENTILE = 5.0
+DEFAULT_BATCH_SIZE = 32
+ATYPICAL_MEASURE = "pearson"  # the measure of the stored leave-one-out distribution
+
+
+# --------------------------------------------------------------------------- similarities
+
+
+def masked_pearson(maps: np.ndarray, template: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each (H, W) map in ``maps`` (N, H, W) with ``template`` over ``mask`` pixels only."""
+    inside = np.asarray(mask, dtype=bool).ravel()
+    values = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)[:, inside]
+    reference = np.asarray(template, dtype=np.float64).ravel()[inside]
+    return pearson(values, np.broadcast_to(reference, values.shape))
+
+
+def cosine_similarity(maps: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Cosine of the angle between each map and the template (0 when either is all zero)."""
+    values = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    reference = np.asarray(template, dtype=np.float64).ravel()
+    norms = np.linalg.norm(values, axis=1) * np.linalg.norm(reference)
+    dots = values @ reference
+    return np.clip(np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0), -1.0, 1.0)
+
+
+def ssim_similarity(maps: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Structural similarity (scikit-image, 7 x 7 windows, smaller for tiny maps) of each map with the template.
+
+    The data range is that of the map and template together (1.0 when both are constant and equal).
+    """
+    from skimage.metrics import structural_similarity
+
+    reference = np.asarray(template, dtype=np.float64)
+    side = min(reference.shape)
+    window = min(7, side if side % 2 else side - 1)
+    if window < 3:
+        raise HmtError(f"ssim needs maps of at least 3 x 3 pixels, got {reference.shape}")
+    out = np.empty(len(maps))
+    for index, plane in enumerate(np.asarray(maps, dtype=np.float64)):
+        data_range = float(max(plane.max(), reference.max()) - min(plane.min(), reference.min()))
+        out[index] = structural_similarity(plane, reference, win_size=window, data_range=data_range if data_range > 0 else 1.0)
+    return out
+
+
+def similarity_scores(maps: np.ndarray, template: np.ndarray, method: str = DEFAULT_SIMILARITY,
+               lung_mask: np.ndarray | None = None) -> np.ndarray:
+    """Similarity of each normalised, registered map (N, H, W) with one template (H, W); returns (N,)."""
+    if method == "pearson":
+        return pearson(maps, np.broadcast_to(np.asarray(template), np.shape(maps)))
+    if method == "pearson-lungs":
+        if lung_mask is None or not np.any(lung_mask):
+            raise HmtError("similarity 'pearson-lungs' needs a non-empty lung mask")
+        return masked_pearson(maps, template, lung_mask)
+    if method == "cosine":
+        return cosine_similarity(maps, template)
+    if method == "ssim":
+        return ssim_similarity(maps, template)
+    raise HmtError(f"unknown similarity {method!r}; choose one of {', '.join(SIMILARITIES)}")
+
+
+# --------------------------------------------------------------------------- atypical flag
+
+
+@dataclass(frozen=True)
+class AtypicalReading:
+    """Where one correlation falls within a class's leave-one-out distribution."""
+
+    threshold: float  # the distribution's `percentile`-th percentile
+    percentile_rank: float  # 0-100, share of the distribution below the value
+    atypical: bool  # value < threshold
+
+
+def atypical_reading(value: float, loo_correlations: np.ndarray, percentile: float = DEFAULT_ATYPICAL_PERCENTILE) -> AtypicalReading | None:
+    """Flag ``value`` as atypical when it lies below the ``percentile``-th percentile of the
+    leave-one-out correlations (linear interpolation); None with fewer than two values."""
+    values = np.asarray(loo_correlations, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return None
+    threshold = float(np.percentile(values, percentile))
+    return AtypicalReading(threshold, percentile_rank(value, values), bool(value < threshold))
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ComparisonMaps:
+    """What a comparison figure shows, all in the reference frame: the registered image, the
+    image's normalised map for the predicted class and that class's template."""
+
+    image: np.ndarray
+    heatmap: np.ndarray
+    template: np.ndarray
+
+
+@dataclass
+class ImageComparison:
+    """One image scored against the templates."""
+
+    path: str
+    position: int  # index of the image in the list that was compared
+    predicted: str
+    probabilities: dict[str, float]
+    similarities: dict[str, float]  # one per class with a template
+    best_match: str | None  # class whose template is most similar (None without templates)
+    predicted_similarity: float | None  # None when the predicted class has no template
+    predicted_correlation: float | None  # Pearson, what the atypical flag uses
+    atypical: bool | None  # None: no template or no leave-one-out distribution for the predicted class
+    percentile_rank: float | None
+    atypical_threshold: float | None
+    registration_method: str
+    registration_quality: float
+    lung_field_energy: float | None  # share of the predicted class's normalised map inside the lung mask
+    maps: ComparisonMaps | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "predicted": self.predicted,
+            "probabilities": {name: round(value, 6) for name, value in self.probabilities.items()},
+            "similarities": {name: round(value, 6) for name, value in self.similarities.items()},
+            "best_match": self.best_match,
+            "predicted_similarity": _rounded(self.predicted_similarity),
+            "predicted_correlation": _rounded(self.predicted_correlation),
+            "atypical": self.atypical,
+            "percentile_rank": _rounded(self.percentile_rank, 2),
+            "atypical_threshold": _rounded(self.atypical_threshold),
+            "registration_method": self.registration_method,
+            "registration_quality": round(self.registration_quality, 4),
+            "lung_field_energy": _rounded(self.lung_field_energy),
+        }
+
+
+def _rounded(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+@dataclass
+class ComparisonRun:
+    """Every image of one ``compare`` call, the files skipped, and the settings used."""
+
+    templates: str
+    model: str
+    similarity: str
+    atypical_percentile: float
+    class_names: list[str]
+    template_classes: list[str]
+    results: list[ImageComparison]
+    skipped: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "templates": self.templates,
+            "model": self.model,
+            "similarity": self.similarity,
+            "atypical_measure": ATYPICAL_MEASURE,
+            "atypical_percentile": self.atypical_percentile,
+            "class_names": list(self.class_names),
+            "template_classes": list(self.template_classes),
+            "results": [result.to_dict() for result in self.results],
+            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+        }
+
+
+# --------------------------------------------------------------------------- image discovery
+
+
+def collect_images(inputs: Sequence[str | os.PathLike], skip_log: SkipLog) -> list[Path]:
+    """Files given and image files under folders given (recursive, sorted, hidden entries skipped).
+
+    A path that does not exist is logged as skipped; a folder without images is an error.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = []
+            for directory, subdirs, names in os.walk(path):
+                subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
+                files += [Path(directory) / name for name in sorted(names)
+                          if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise HmtError(f"{display_path(path)}: no image files in this folder")
+            found += files
+        elif path.is_file():
+            found.append(path)
+        else:
+            skip_log.add(path, "no such file or folder")
+    return found
+
+
+# --------------------------------------------------------------------------- comparer
+
+
+class Comparer:
+    """Scores images against the templates of one file with the model that built them (see the module docstring)."""
+
+    def __init__(self, templates: str | os.PathLike | TemplateFile, *, model: str | os.PathLike | None = None,
+                 similarity: str = DEFAULT_SIMILARITY, atypical_percentile: float = DEFAULT_ATYPICAL_PERCENTILE,
+                 unsafe_load: bool = False) -> None:
+        from heatmap_templates.cam import CamEngine
+        from heatmap_templates.classifier import load_model
+        from heatmap_templates.heatmaps import model_sha256
+
+        if similarity not in SIMILARITIES:
+            raise HmtError(f"unknown similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        if not 0.0 <= atypical_percentile <= 100.0:
+            raise HmtError(f"the atypical percentile must lie in 0..100, got {atypical_percentile}")
+        self.file = templates if isinstance(templates, TemplateFile) else _read_templates_file(templates)
+        settings = self.file.settings
+        if self.file.reference_image is None or self.file.lung_mask is None:
+            raise BadFileError(self.file.path, "has no registration reference; rebuild it with hmt build-templates")
+        if not self.file.templates:
+            raise BadFileError(self.file.path, "holds no class templates")
+        model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
+        if model is None and not model_path.is_file():
+            raise HmtError(f"{display_path(self.file.path)}: the model it was built with ({display_path(model_path)}) "
+                           "is not there; give it with --model")
+        if not model_path.is_file():
+            raise BadFileError(model_path, "no such model file")
+        sha = model_sha256(model_path)
+        if sha != settings.get("model_sha256"):
+            raise BadFileError(model_path, f"is not the model that {display_path(self.file.path)} was built with "
+                                           f"(sha256 {sha[:12]} vs {str(settings.get('model_sha256'))[:12]})")
+        class_names = [str(name) for name in settings.get("class_names", [])]
+        self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=None if _has_info(model_path) else class_names,
+                                           preprocessing=settings.get("preprocessing"))
+        if list(self.info.class_names) != class_names:
+            raise BadFileError(model_path, f"its classes ({', '.join(self.info.class_names)}) differ from those of "
+                                           f"{display_path(self.file.path)} ({', '.join(class_names)})")
+        self.model_path = model_path
+        self.class_names = class_names
+        self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", "gradcam"),
+                                score=settings.get("score", "logit"))
+        self.similarity = similarity
+        self.atypical_percentile = float(atypical_percentile)
+        self.normalisation = str(settings.get("normalisation", "minmax"))
+        self.registrar = registrar_for(str(settings.get("registration", "affine")), self.file.reference_image, self.file.lung_mask)
+        self.lung_mask = np.asarray(self.file.lung_mask, dtype=bool)
+        self.template_classes = [name for name in class_names if name in self.file.templates]
+        self._template_indices = [class_names.index(name) for name in self.template_classes]
+        self._means = {name: np.asarray(self.file.templates[name].mean, dtype=np.float64) for name in self.template_classes}
+
+    def iter_results(self, paths: Sequence[str | os.PathLike], *, skip_log: SkipLog, batch_size: int = DEFAULT_BATCH_SIZE,
+                     keep_maps: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     progress: Progress | None = None) -> Iterator[ImageComparison]:
+        """Score image files batch by batch, in order; bad files go to ``skip_log``.
+
+        ``keep_maps`` attaches the :class:`ComparisonMaps` a figure needs (memory grows with the
+        images kept, so callers drawing many figures should consume results as they come).
+        """
+        from heatmap_templates.heatmaps import iter_model_batches
+
+        if batch_size < 1:
+            raise HmtError(f"batch size must be at least 1, got {batch_size}")
+        progress = progress or NullProgress()
+        progress.start(len(paths), "comparing")
+        try:
+            batches = iter_model_batches(paths, tuple(self.info.input_size), self.info.channels, self.info.preprocessing,
+                                         batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels)
+            for batch_number, batch in enumerate(batches):
+                if len(batch.positions):
+                    yield from self._score_batch(paths, batch.positions, batch.inputs, batch.images, keep_maps)
+                progress.advance(min(batch_size, len(paths) - batch_number * batch_size))
+        finally:
+            progress.finish()
+
+    def compare(self, inputs: Sequence[str | os.PathLike], *, batch_size: int = DEFAULT_BATCH_SIZE, keep_maps: bool = False,
+                strict: bool = False, progress: Progress | None = None) -> ComparisonRun:
+        """Score files and folders (searched recursively); see :meth:`iter_results`."""
+        skip_log = SkipLog(strict)
+        paths = collect_images(inputs, skip_log)
+        results = list(self.iter_results(paths, skip_log=skip_log, batch_size=batch_size, keep_maps=keep_maps, progress=progress))
+        return self.run_record(results, skip_log.problems)
+
+    def run_record(self, results: list[ImageComparison], skipped: list[Problem]) -> ComparisonRun:
+        """Wrap results with this comparer's settings."""
+        return ComparisonRun(
+            templates=display_path(self.file.path), model=display_path(self.model_path), similarity=self.similarity,
+            atypical_percentile=self.atypical_percentile, class_names=list(self.class_names),
+            template_classes=list(self.template_classes), results=results, skipped=skipped,
+        )
+
+    def prepare_maps(self, images_u8: np.ndarray, upsampled: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+        """Register images (N, H, W) uint8 and their all-class maps (N, K, H, W) as build did.
+
+        Returns the alignments, the registered images (N, H, W) and the registered, normalised
+        maps of the template classes (N, T, H, W) in ``template_classes`` order.
+        """
+        images = [image.astype(np.float32) / 255.0 for image in images_u8]
+        maps = np.asarray(upsampled)[:, self._template_indices].astype(np.float16)  # the heatmap store's precision
+        alignments, warped_images, warped_maps = self.registrar.register_batch(images, list(maps))
+        normalised = normalise(warped_maps.reshape(-1, *warped_maps.shape[-2:]), self.normalisation).reshape(warped_maps.shape)
+        return alignments, warped_images, normalised
+
+    def _score_batch(self, paths: Sequence[str | os.PathLike], positions: np.ndarray, inputs: np.ndarray,
+                     images_u8: np.ndarray, keep_maps: bool) -> Iterator[ImageComparison]:
+        result = self.engine.all_classes(inputs)
+        probabilities = np.asarray(result.probabilities, dtype=np.float64)
+        if not np.all(np.isfinite(probabilities)):
+            raise HmtError(f"{display_path(self.model_path)}: the model produced non-finite probabilities")
+        alignments, warped_images, normalised = self.prepare_maps(images_u8, result.upsampled)
+        scores = np.stack([similarity_scores(normalised[:, t], self._means[name], self.similarity, self.lung_mask)
+                           for t, name in enumerate(self.template_classes)], axis=1)
+        correlations = scores if self.similarity == ATYPICAL_MEASURE else np.stack(
+            [similarity_scores(normalised[:, t], self._means[name]) for t, name in enumerate(self.template_classes)], axis=1)
+        energies = lung_field_energy(normalised.reshape(-1, *normalised.shape[-2:]), self.lung_mask).reshape(normalised.shape[:2])
+        for row, position in enumerate(positions):
+            predicted = self.class_names[int(probabilities[row].argmax())]
+            t = self.template_classes.index(predicted) if predicted in self.template_classes else None
+            reading = None
+            if t is not None:
+                reading = atypical_reading(float(correlations[row, t]), self.file.templates[predicted].loo_correlations,
+                                           self.atypical_percentile)
+            yield ImageComparison(
+                path=display_path(paths[int(position)]),
+                position=int(position),
+                predicted=predicted,
+                probabilities={name: float(p) for name, p in zip(self.class_names, probabilities[row])},
+                similarities={name: float(scores[row, i]) for i, name in enumerate(self.template_classes)},
+                best_match=self.template_classes[int(np.argmax(scores[row]))] if self.template_classes else None,
+                predicted_similarity=None if t is None else float(scores[row, t]),
+                predicted_correlation=None if t is None else float(correlations[row, t]),
+                atypical=None if reading is None else reading.atypical,
+                percentile_rank=None if reading is None else reading.percentile_rank,
+                atypical_threshold=None if reading is None else reading.threshold,
+                registration_method=alignments[row].method,
+                registration_quality=float(alignments[row].quality),
+                lung_field_energy=None if t is None else float(energies[row, t]),
+                maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted].astype(np.float32))
+                if keep_maps and t is not None else None,
+            )
+
+
+def _has_info(model_path: Path) -> bool:
+    from heatmap_templates.classifier import read_model_info
+
+    return read_model_info(model_path) is not None
+
+
+def _read_templates_file(path: str | os.PathLike) -> TemplateFile:
+    path = Path(path)
+    if not path.is_file():
+        raise BadFileError(path, "no such templates file")
+    return read_templates(path)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class TemplateEvaluation:
+    """How well templates describe a labelled set (see :func:`evaluate_templates`)."""
+
+    templates: str
+    data: str
+    similarity: str
+    n_images: int
+    class_names: list[str]
+    template_classes: list[str]
+    template_match: dict  # overall and per-class accuracy of best-matching template == true class
+    correct_vs_misclassified: dict  # ROC AUC of the predicted class's similarity, with counts
+    lung_field_energy: dict  # per true class (images' predicted-class maps) and per template
+    classification: dict  # metrics.classification_report over the same images
+    skipped: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "templates": self.templates,
+            "data": self.data,
+            "similarity": self.similarity,
+            "n_images": self.n_images,
+            "class_names": list(self.class_names),
+            "template_classes": list(self.template_classes),
+            "template_match": self.template_match,
+            "correct_vs_misclassified": self.correct_vs_misclassified,
+            "lung_field_energy": self.lung_field_energy,
+            "classification": self.classification,
+            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+        }
+
+
+def _summary(values: list[float]) -> dict:
+    """n, mean and median of a list of numbers (None when empty)."""
+    if not values:
+        return {"n": 0, "mean": None, "median": None}
+    return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values))}
+
+
+def template_match_report(true_labels: Sequence[str], best_matches: Sequence[str | None], template_classes: Sequence[str]) -> dict:
+    """Accuracy of the best-matching template as a classifier, overall and per true class.
+
+    Only images whose true class has a template count (another image can never match).
+    """
+    per_class: dict[str, dict] = {}
+    hits = total = 0
+    for name in template_classes:
+        matches = [best == name for truth, best in zip(true_labels, best_matches) if truth == name]
+        per_class[name] = {"n": len(matches), "correct": int(sum(matches)),
+                           "accuracy": float(np.mean(matches)) if matches else None}
+        hits += int(sum(matches))
+        total += len(matches)
+    return {"n": total, "correct": hits, "accuracy": hits / total if total else None, "per_class": per_class}
+
+
+def separation_report(scores: Sequence[float], correct: Sequence[bool], atypical: Sequence[bool | None]) -> dict:
+    """ROC AUC of ``scores`` for telling correct (positive) from misclassified images, with counts,
+    and how often each group was flagged atypical. The AUC is None with a reason when a group is empty."""
+    correct_array = np.asarray(correct, dtype=bool)
+    n_correct = int(correct_array.sum())
+    n_wrong = int(correct_array.size - n_correct)
+    auc = roc_auc(np.asarray(scores, dtype=np.float64), correct_array) if correct_array.size else None
+    reason = None
+    if auc is None:
+        reason = "no misclassified images" if n_wrong == 0 else "no correctly classified images"
+    flags = np.asarray([bool(flag) for flag in atypical], dtype=bool)
+    known = np.asarray([flag is not None for flag in atypical], dtype=bool)
+
+    def flagged_share(group: np.ndarray) -> float | None:
+        considered = group & known
+        return float(flags[considered].mean()) if considered.any() else None
+
+    return {
+        "auc": auc,
+        "auc_undefined_reason": reason,
+        "n_correct": n_correct,
+        "n_misclassified": n_wrong,
+        "atypical_share_correct": flagged_share(correct_array),
+        "atypical_share_misclassified": flagged_share(~correct_array),
+    }
+
+
+def evaluate_templates(
+    templates: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    similarity: str = DEFAULT_SIMILARITY,
+    atypical_percentile: float = DEFAULT_ATYPICAL_PERCENTILE,
+    split: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    unsafe_load: bool = False,
+    progress: Progress | None = None,
+) -> TemplateEvaluation:
+    """Score a labelled set (class folders or CSV; ``split`` keeps one split of a CSV) against the templates.
+
+    Reports template-match accuracy (best-matching template == true class), the ROC AUC of the
+    predicted class's similarity for separating correct from misclassified images, lung-field
+    energy (the share of the predicted class's registered, normalised map inside the reference
+    lung mask) per true class and of each template, and the classification metrics.
+    """
+    comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, unsafe_load=unsafe_load)
+    dataset = load_dataset(data)
+    samples = dataset.samples
+    if split is not None:
+        samples = [sample for sample in samples if sample.split == split]
+        if not samples:
+            raise HmtError(f"{display_path(data)}: no images in split {split!r}")
+    unknown = sorted({sample.label for sample in samples} - set(comparer.class_names))
+    if unknown:
+        raise HmtError(f"{display_path(data)}: class {unknown[0]!r} is not one of the model's classes ({', '.join(comparer.class_names)})")
+    skip_log = SkipLog()
+    for problem in dataset.problems:
+        skip_log.add(problem.path, problem.reason)
+    results = list(comparer.iter_results([s.path for s in samples], skip_log=skip_log, batch_size=batch_size, progress=progress))
+    if not results:
+        raise HmtError(f"{display_path(data)}: no image could be scored")
+    truths = [samples[r.position].label for r in results]
+    probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
+    label_indices = np.array([comparer.class_names.index(label) for label in truths])
+    scored = [(r, truth) for r, truth in zip(results, truths) if r.predicted_similarity is not None]
+    energy_by_class = {
+        name: _summary([r.lung_field_energy for r, truth in zip(results, truths) if truth == name and r.lung_field_energy is not None])
+        for name in comparer.class_names
+    }
+    template_energy = {name: float(lung_field_energy(comparer.file.templates[name].mean, comparer.lung_mask))
+                       for name in comparer.template_classes}
+    return TemplateEvaluation(
+        templates=display_path(comparer.file.path),
+        data=display_path(data),
+        similarity=similarity,
+        n_images=len(results),
+        class_names=list(comparer.class_names),
+        template_classes=list(comparer.template_classes),
+        template_match=template_match_report(truths, [r.best_match for r in results], comparer.template_classes),
+        correct_vs_misclassified=separation_report(
+            [r.predicted_similarity for r, _ in scored], [r.predicted == truth for r, truth in scored], [r.atypical for r, _ in scored]),
+        lung_field_energy={
+            "lung_area_fraction": float(comparer.lung_mask.mean()),
+            "by_true_class": energy_by_class,
+            "templates": template_energy,
+        },
+        classification=classification_report(probabilities, label_indices, comparer.class_names),
+        skipped=skip_log.problems,
+    )
