@@ -74,7 +74,7 @@ def train(
     fine_tune_blocks: int = typer.Option(0, "--fine-tune-blocks", help="After the head converged, also train the base's last N blocks."),
     fine_tune_epochs: int = typer.Option(10, "--fine-tune-epochs", help="Epochs of fine-tuning."),
     fine_tune_lr: float = typer.Option(1e-5, "--fine-tune-lr", help="Learning rate for fine-tuning."),
-    patience: int = typer.Option(5, "--patience", help="Epochs without validation-loss improvement before stopping."),
+    patience: int = typer.Option(8, "--patience", help="Epochs without validation-loss improvement before stopping."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of images (by patient) for validation."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of images (by patient) for the test split."),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
