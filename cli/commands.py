@@ -6,3 +6,4 @@ from hmt_cli import train  # noqa: F401
 from hmt_cli import heatmaps  # noqa: F401
 from hmt_cli import build  # noqa: F401
 from hmt_cli import compare  # noqa: F401
+from hmt_cli import figures  # noqa: F401
