@@ -78,6 +78,14 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
+def _ensure_folder(folder: Path, target: Path) -> None:
+    """Create the folder an output goes into; a place that cannot hold it is a BadFileError naming the output."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadFileError(target, f"cannot create the folder {folder} ({error.strerror or type(error).__name__})") from None
+
+
 def _fsync_path(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -352,7 +360,7 @@ class HeatmapWriter:
             return
         batch.check(len(self.settings["class_names"]), self.settings["input_size"])
         parts = _parts_dir(self.path)
-        parts.mkdir(parents=True, exist_ok=True)
+        _ensure_folder(parts, self.path)
         while (parts / f"{self._next_shard:06d}.h5").exists():  # never replace a shard another writer made
             self._next_shard += 1
         with _atomic_h5(parts / f"{self._next_shard:06d}.h5") as handle:
@@ -690,7 +698,7 @@ def save_templates(
     new = {template.class_name: template for template in templates}
     for name in new:
         _check_class_name(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_folder(path.parent, path)
     reference = (None if reference_image is None else np.asarray(reference_image), None if lung_mask is None else np.asarray(lung_mask))
     existing_file = path if path.exists() else None
     if existing_file is not None:
@@ -795,7 +803,7 @@ def merge_template_files(inputs: Sequence[str | Path], output: str | Path, *, co
         merged[name] = template
     progress.finish()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_folder(output.parent, output)
     _write_templates_file(output, first.settings, merged, (first.reference_image, first.lung_mask), command, None)
     return read_templates(output)
 
