@@ -234,6 +234,26 @@ def test_build_templates_will_not_add_to_a_damaged_or_future_templates_file(name
     assert out.read_bytes() == before
 
 
+def test_outputs_where_a_file_is_in_the_way_are_user_errors(world: dict[str, Path], tmp_path: Path, hmt) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file, where the output folder should be\n")
+    out = blocker / "heatmaps.h5"
+    assert_user_error(*hmt("heatmaps", world["model"], world["data"], "--out", out)[::2], str(out), "cannot create the folder")
+    out = blocker / "templates.h5"
+    code, _, err = hmt("build-templates", "--heatmaps", world["store"], "--class", "covid", "--out", out, "--registration", "none", "--include", "all")
+    assert_user_error(code, err, str(out), "cannot create the folder")
+
+
+def test_a_damaged_shard_in_a_heatmap_store_is_named(world: dict[str, Path], tmp_path: Path, hmt) -> None:
+    """Crashes leave only complete shards (test_crash_safety.py); a shard damaged on disk later is reported, not used."""
+    out = tmp_path / "heatmaps.h5"
+    (tmp_path / "heatmaps.h5.parts").mkdir()
+    shard = tmp_path / "heatmaps.h5.parts" / "000000.h5"
+    shard.write_bytes(np.random.default_rng(1).bytes(3000))
+    assert_user_error(*hmt("heatmaps", world["model"], world["data"], "--out", out)[::2], str(shard), "HDF5")
+    assert_user_error(*hmt("inspect", out)[::2], str(shard), "HDF5")
+
+
 def test_templates_from_another_model_are_not_mixed(world: dict[str, Path], tmp_path: Path, hmt) -> None:
     other_model = save_tiny_model(tmp_path / "other.keras", classes=("effusion", "normal"), seed=1)
     other_store = tmp_path / "other_heatmaps.h5"
