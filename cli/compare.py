@@ -133,6 +133,8 @@ def compare_command(
         typer.echo(f"csv: {csv_out}")
     for path in figures:
         typer.echo(f"figure: {path}")
+    if figure is not None and not figures:
+        typer.echo("no figure: no scored image was predicted as a class that has a template")
     for line in skip_log.summary_lines():
         typer.echo(line)
 
