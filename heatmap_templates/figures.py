@@ -188,10 +188,14 @@ def _symmetric_limit(*arrays: np.ndarray) -> float:
     return limit if limit > 0 else 1.0
 
 
-def _grayscale(axis: Axes, image: np.ndarray, extent: tuple[float, float, float, float]) -> None:
-    """Chest image in gray with a 1-99 percentile window (robust to a few extreme pixels)."""
+def _grayscale(axis: Axes, image: np.ndarray, extent: tuple[float, float, float, float], *, dim: bool = False) -> None:
+    """Chest image in gray with a 1-99 percentile window (robust to a few extreme pixels).
+
+    `dim` darkens the brightest tissue to about 75 % gray, so a heatmap drawn over it keeps its contrast.
+    """
     low, high = np.percentile(image, [1, 99])
-    axis.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1.0, extent=extent, interpolation="bilinear")
+    spread = high - low if high > low else 1.0
+    axis.imshow(image, cmap="gray", vmin=low, vmax=low + spread * (1.35 if dim else 1.0), extent=extent, interpolation="bilinear")
 
 
 def _overlay(axis: Axes, values: np.ndarray, background: np.ndarray | None, *, cmap: str, vmin: float, vmax: float) -> ScalarMappable:
@@ -204,7 +208,7 @@ def _overlay(axis: Axes, values: np.ndarray, background: np.ndarray | None, *, c
     extent = (0.0, float(width), float(height), 0.0)
     alpha = None
     if background is not None:
-        _grayscale(axis, _finite(background), extent)
+        _grayscale(axis, _finite(background), extent, dim=True)
         share = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
         alpha = OVERLAY_ALPHA[0] + (OVERLAY_ALPHA[1] - OVERLAY_ALPHA[0]) * share
     axis.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, extent=extent, interpolation="bilinear", alpha=alpha)
@@ -303,7 +307,8 @@ def _grid(count: int, width: str) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
-def _panel_figure(rows: int, columns: int, width_inches: float, aspect: float, *, title_inches: float = _TITLE_INCHES) -> tuple[Figure, np.ndarray]:
+def _panel_figure(rows: int, columns: int, width_inches: float, aspect: float, *, title_inches: float = _TITLE_INCHES,
+                  extra_height: float = 0.0) -> tuple[Figure, np.ndarray]:
     """A constrained-layout figure of rows x columns image panels plus room for one colour bar on the right.
 
     Panels fill the column width, but are never wider than _LARGEST_PANEL_INCHES nor so tall that
@@ -311,7 +316,7 @@ def _panel_figure(rows: int, columns: int, width_inches: float, aspect: float, *
     """
     panel = min((width_inches - _COLOUR_BAR_INCHES) / columns, _LARGEST_PANEL_INCHES,
                 ((_TALLEST_FIGURE_INCHES - 0.1) / rows - title_inches) / aspect)
-    height = rows * (panel * aspect + title_inches) + 0.1
+    height = rows * (panel * aspect + title_inches) + 0.1 + extra_height
     figure = Figure(figsize=(columns * panel + _COLOUR_BAR_INCHES, height), layout="constrained")
     figure.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
     return figure, np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
@@ -388,29 +393,37 @@ def _template_std(file, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[
 
 
 def _eigen_heatmaps(file, width: str, components: int) -> tuple[Figure, dict[str, tuple[float, float]]]:
-    """Rows: classes; columns: the top components, on one symmetric diverging scale centred at 0."""
+    """The top components of each class on one symmetric diverging scale centred at 0.
+
+    One column wide, classes are rows (components across); a page wide, classes run across so
+    the figure uses the width instead of growing tall.
+    """
     shown = {name: _finite(t.components[:components]) for name, t in file.templates.items() if len(t.components)}
-    columns = max(len(stack) for stack in shown.values())
+    depth = max(len(stack) for stack in shown.values())
+    classes_across = width == "double" and len(shown) >= depth
+    rows, columns = (depth, len(shown)) if classes_across else (len(shown), depth)
     shape = next(iter(shown.values())).shape[1:]
-    figure, axes = _panel_figure(len(shown), columns, COLUMN_WIDTHS[width], shape[0] / shape[1], title_inches=0.2)
+    figure, axes = _panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1], title_inches=0.2,
+                                 extra_height=0.16 if classes_across else 0.0)
     limit = _symmetric_limit(*shown.values())
     drawn: dict[str, tuple[float, float]] = {}
     image = None
-    for row, (name, stack) in enumerate(shown.items()):
+    for class_index, (name, stack) in enumerate(shown.items()):
         ratios = file.templates[name].explained_variance_ratio
-        for column in range(columns):
-            axis = axes[row, column]
-            if column >= len(stack):
+        for component in range(depth):
+            axis = axes[component, class_index] if classes_across else axes[class_index, component]
+            if component >= len(stack):
                 axis.set_axis_off()
                 continue
-            image = axis.imshow(stack[column], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="bilinear")
-            _lung_outline(axis, file.lung_mask, stack[column].shape)
+            image = axis.imshow(stack[component], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="bilinear")
+            _lung_outline(axis, file.lung_mask, stack[component].shape)
             _hide_frame(axis)
-            share = float(ratios[column]) if column < len(ratios) and math.isfinite(float(ratios[column])) else 0.0
-            axis.set_title(f"PC{column + 1} ({100 * share:.1f}%)")
-            drawn[f"{name}/PC{column + 1}"] = tuple(float(v) for v in image.get_clim())
-            if column == 0:
+            share = float(ratios[component]) if component < len(ratios) and math.isfinite(float(ratios[component])) else 0.0
+            title = f"PC{component + 1} ({100 * share:.1f}%)"
+            axis.set_title(f"{name}\n{title}" if classes_across and component == 0 else title)
+            if not classes_across and component == 0:
                 axis.set_ylabel(name)
+            drawn[f"{name}/PC{component + 1}"] = tuple(float(v) for v in axis.images[-1].get_clim())
     figure.colorbar(image, ax=list(axes.ravel()), shrink=0.85, aspect=25, label="component loading")
     return figure, drawn
 
@@ -605,6 +618,13 @@ def _confusion(evaluation: dict) -> Figure:
 
 
 def _training(history: list[dict], width: str) -> Figure:
-    figure = Figure(figsize=(COLUMN_WIDTHS[width], 2.0 if width == "double" else 1.8), layout="constrained")
+    """Loss and accuracy side by side with one legend above them (a legend inside a small panel hides curves)."""
+    figure = Figure(figsize=(COLUMN_WIDTHS[width], 2.2 if width == "double" else 2.0), layout="constrained")
     _draw_training_curves(figure, history, fontsize=7)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    for axis in figure.axes:
+        axis.get_legend().remove()
+        for line in axis.lines:
+            line.set_markersize(3 if len(history) <= 15 else 1.5)
+    figure.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
     return figure
