@@ -141,7 +141,9 @@ def _open_h5(path: Path) -> Iterator[h5py.File]:
         with handle:
             yield handle
     except KeyError as error:
-        raise BadFileError(path, f"incomplete or damaged file: missing {error.args[0] if error.args else 'data'}") from None
+        text = str(error.args[0]) if error.args else "data"
+        named = re.search(r"object '([^']+)' doesn't exist", text)  # h5py's wording for a missing group or dataset
+        raise BadFileError(path, f"incomplete or damaged file: missing {named.group(1) if named else text}") from None
     except OSError:
         raise BadFileError(path, "not a readable HDF5 file (damaged data)") from None
 
