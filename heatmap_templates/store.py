@@ -664,7 +664,17 @@ def read_templates(path: str | Path, *, expected_model_sha256: str | None = None
         similarity_classes = _strings(handle["consistency/similarity_classes"]) if "consistency/similarity_classes" in handle else []
         reference = handle["reference/image"][...] if "reference/image" in handle else None
         lung_mask = handle["reference/lung_mask"][...] if "reference/lung_mask" in handle else None
+    for template in templates.values():
+        _check_finite(path, template)
     return TemplateFile(path, attrs, settings, reference, lung_mask, templates, similarity, similarity_classes)
+
+
+def _check_finite(path: Path, template: ClassTemplate) -> None:
+    """hmt never writes NaN or infinity into a template: a file that holds them is damaged (or tampered with)."""
+    for field in ("mean", "std", "median", "components", "band_low", "band_high", "loo_correlations"):
+        values = getattr(template, field)
+        if values is not None and not np.isfinite(values).all():
+            raise BadFileError(path, f"damaged file: non-finite values in the {field} of class {template.class_name!r}")
 
 
 def _ordered(names: Iterable[str], settings: Mapping[str, Any]) -> list[str]:
