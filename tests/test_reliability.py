@@ -201,20 +201,30 @@ def damaged(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
             handle.attrs["schema_version"] = 99
     files["random_bytes"] = folder / "random_bytes.h5"
     files["random_bytes"].write_bytes(np.random.default_rng(0).bytes(20_000))
+    files["nan_templates"] = folder / "nan_templates.h5"
+    shutil.copy(world["templates"], files["nan_templates"])
+    with h5py.File(files["nan_templates"], "a") as handle:
+        mean = handle["templates/covid/mean"]
+        mean[0, 0] = np.nan
+    files["store_without_maps"] = folder / "store_without_maps.h5"
+    shutil.copy(world["store"], files["store_without_maps"])
+    with h5py.File(files["store_without_maps"], "a") as handle:
+        del handle["upsampled"]
     return files
 
 
 CORRUPT = ["truncated_templates", "truncated_store", "random_bytes"]
+REASONS = {"nan_templates": "non-finite values in the mean of class 'covid'", "store_without_maps": "missing upsampled"}
 FUTURE = ["future_templates", "future_store"]
 
 
-@pytest.mark.parametrize("name", CORRUPT + FUTURE)
+@pytest.mark.parametrize("name", CORRUPT + FUTURE + list(REASONS))
 def test_inspect_refuses_damaged_and_future_files(name: str, damaged: dict[str, Path], hmt) -> None:
-    reason = "unknown schema version 99" if name in FUTURE else "HDF5"
+    reason = "unknown schema version 99" if name in FUTURE else REASONS.get(name, "HDF5")
     assert_user_error(*hmt("inspect", damaged[name])[::2], str(damaged[name]), reason)
 
 
-@pytest.mark.parametrize("name", CORRUPT + ["future_store"])
+@pytest.mark.parametrize("name", CORRUPT + ["future_store", "store_without_maps"])
 def test_build_templates_refuses_a_damaged_or_future_heatmap_store(name: str, damaged: dict[str, Path], tmp_path: Path, hmt) -> None:
     out = tmp_path / "templates.h5"
     code, _, err = hmt("build-templates", "--heatmaps", damaged[name], "--class", "covid", "--out", out, "--registration", "none")
@@ -267,7 +277,7 @@ def test_templates_from_another_model_are_not_mixed(world: dict[str, Path], tmp_
 
 
 @pytest.mark.skipif(not _has_command("compare"), reason="hmt compare has not landed")
-@pytest.mark.parametrize("name", ["truncated_templates", "random_bytes", "future_templates"])
+@pytest.mark.parametrize("name", ["truncated_templates", "random_bytes", "future_templates", "nan_templates"])
 def test_compare_refuses_damaged_and_future_templates(name: str, damaged: dict[str, Path], world: dict[str, Path], hmt) -> None:
     image = next((world["data"] / "covid").iterdir())
     code, _, err = hmt("compare", image, "--templates", damaged[name], "--model", world["model"])
