@@ -167,6 +167,9 @@ class TrainConfig:
             raise HmtError("`small` trains every layer from scratch; --fine-tune-blocks applies to pretrained backbones only")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise HmtError("validation and test fractions must be in [0, 1) and leave images for training")
+        weights = resolve_weights(self.backbone, self.weights)
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
         if not 0 <= self.dropout < 1 or self.dense_units < 1:
             raise HmtError("dropout must be in [0, 1) and dense units at least 1")
 
@@ -538,12 +541,14 @@ def image_pipeline(images: np.ndarray, onehot: np.ndarray, info: ModelInfo, batc
         dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if augment_seed is not None:
-        randoms = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip((dataset, randoms)).map(
-            lambda batch, random: (_augment(tf.cast(batch[0], tf.float32), tf.stack([random, augment_seed])), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
+        def augment_batch(batch, random):
+            return _augment(tf.cast(batch[0], tf.float32), tf.stack([random, augment_seed])), batch[1]
 
+        randoms = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip((dataset, randoms)).map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+    @tf.autograph.experimental.do_not_convert
     def to_input(x, y):
         x = tf.cast(x, tf.float32)[..., None]
         if info.channels == 3:
@@ -748,7 +753,9 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Prog
 def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, class_names: list[str],
                   size: tuple[int, int], progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None,
                   started: float) -> TrainResult:
-    """The body of :func:`train`, run with seeds set."""
+    """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early."""
+    model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
+                        dropout=config.dropout)
     fractions = (1.0 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
     splits = split_dataset(dataset, fractions=fractions, seed=config.seed)
     skip_log = SkipLog(config.strict)
@@ -766,8 +773,6 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     if missing:
         raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
 
-    model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
-                        dropout=config.dropout)
     info = ModelInfo(
         class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
         preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model),

@@ -356,6 +356,9 @@ def test_cli_error_paths(toy_dir: Path, tmp_path: Path, capsys, monkeypatch) -> 
     code, _, err = run_hmt(["train", str(toy_dir), "--backbone", "alexnet"], capsys, monkeypatch)
     _assert_one_line_error(code, err, "unknown backbone")
 
+    code, _, err = run_hmt(["train", str(toy_dir), "--weights", str(tmp_path / "vgg19_notop.h5")], capsys, monkeypatch)
+    _assert_one_line_error(code, err, "vgg19_notop.h5", "weights file not found")
+
     monkeypatch.chdir(tmp_path)
     code, _, err = run_hmt(["evaluate"], capsys, monkeypatch)
     _assert_one_line_error(code, err, "no previous `hmt train` recorded")
