@@ -62,8 +62,9 @@ CLASSES = ("covid", "normal", "pneumonia")
 SHAPE = (32, 32)
 
 
-def _templates_file(folder: Path, *, classes: tuple[str, ...] = CLASSES, with_record: bool = True) -> Path:
-    """A real templates file from random blob maps (one blob position per class), with or without a model record."""
+def _templates_file(folder: Path, *, classes: tuple[str, ...] = CLASSES, with_record: bool = True, with_reference: bool = True) -> Path:
+    """A real templates file from random blob maps (one blob position per class), with or without a model record
+    and reference chest image."""
     from heatmap_templates.store import save_templates
     from heatmap_templates.templates import ClassAccumulator, Member
 
@@ -93,6 +94,8 @@ def _templates_file(folder: Path, *, classes: tuple[str, ...] = CLASSES, with_re
         (folder / "model.evaluation.json").write_text(json.dumps(
             {"split": "test", "n": 12, "class_names": list(classes), "confusion_matrix": [row[:len(classes)] for row in confusion]}),
             encoding="utf-8")
+    if not with_reference:
+        reference = lungs = None
     return save_templates(folder / "templates.h5", settings, templates, reference_image=reference, lung_mask=lungs)
 
 
@@ -168,9 +171,30 @@ def test_class_panels_share_one_colour_scale(paper_set, templates_path: Path) ->
     assert low == -high > -np.inf and high > 0  # diverging scale centred at 0
 
 
+class _RecordingProgress:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def start(self, total: int | None, description: str) -> None:
+        self.events.append(f"start {total}")
+
+    def advance(self, n: int = 1) -> None:
+        self.events.append("advance")
+
+    def finish(self) -> None:
+        self.events.append("finish")
+
+
 def test_missing_model_record_and_single_class_are_skipped_with_notes(tmp_path: Path) -> None:
-    path = _templates_file(tmp_path, classes=("covid",), with_record=False)
-    summary = figures.template_figures(path, tmp_path / "out", formats="png", dpi=30, width="double", components=2, cmap="jet")
+    import matplotlib
+
+    path = _templates_file(tmp_path, classes=("covid",), with_record=False, with_reference=False)
+    style_before = dict(matplotlib.rcParams)
+    progress = _RecordingProgress()
+    summary = figures.template_figures(path, tmp_path / "out", formats="png", dpi=30, width="double", components=2, cmap="jet",
+                                       progress=progress)
+    assert dict(matplotlib.rcParams) == style_before  # publication style does not leak into the caller's matplotlib
+    assert progress.events == ["start 7", *["advance"] * 7, "finish"]
     assert tuple(summary.figures) == ("template_means", "template_std", "eigen_heatmaps", "loo_correlations")
     assert [path.name for path in summary.files] == [f"{name}.png" for name in summary.figures]
     assert len(summary.colour_scales["eigen_heatmaps"]) == 2
