@@ -1,11 +1,19 @@
 """Every matplotlib figure hmt draws. Object-oriented matplotlib only (no pyplot state), so any backend works.
 
-Each function takes plain data, writes one file and returns its path.
+Each function takes plain data, writes one file and returns its path (`template_figures` writes a set).
 
-Publication figures (`comparison_figure`, ...) are drawn inside `publication_style()`:
-TrueType fonts embedded in PDF (Type 42, never Type 3), text as paths in SVG, 7-9 pt text sized
-for single- (3.5 in) and double-column (7.2 in) widths, and byte-identical files for identical
-input (no creation dates, no software stamps, a fixed SVG hash salt).
+- `training_curves(history, path)`, `confusion_matrix_figure(matrix, class_names, path)`: the
+  classifier's record (`hmt train`, `hmt evaluate`).
+- `comparison_figure(image, heatmap, template, *, title, out, class_name, similarity, ...)`: one
+  image against a class template (`hmt compare --figure`).
+- `template_figures(templates, out_dir, *, formats, dpi, cmap, width, components) -> FiguresSummary`:
+  the paper figures of a templates file (`hmt figures`); the summary lists the files, the colour
+  limits every panel was drawn with (class panels share one scale) and what was skipped and why.
+
+Publication figures are drawn inside `publication_style()`: TrueType fonts embedded in PDF
+(Type 42, never Type 3), text as paths in SVG, 7-9 pt text sized for single- (3.5 in) and
+double-column (7.2 in) widths, and byte-identical files for identical input
+(`save_deterministic`: no creation dates, no software stamps, a fixed SVG hash salt).
 """
 from __future__ import annotations
 
