@@ -22,7 +22,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -374,7 +374,7 @@ def _draw_class_maps(figure: Figure, axes: np.ndarray, maps: dict[str, np.ndarra
     return drawn
 
 
-def _template_means(file, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
+def _template_means(file: TemplateFile, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
     names = list(file.templates)
     maps = {name: _finite(file.templates[name].mean) for name in names}
     titles = {name: f"{name}\nn = {t.count}, $\\bar{{r}}$ = {_pairwise_text(t.mean_pairwise_correlation)}"
@@ -388,7 +388,7 @@ def _template_means(file, width: str, cmap: str) -> tuple[Figure, dict[str, tupl
     return figure, drawn
 
 
-def _template_std(file, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
+def _template_std(file: TemplateFile, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
     names = list(file.templates)
     maps = {name: _finite(file.templates[name].std) for name in names}
     titles = {name: f"{name}\nn = {t.count}" for name, t in file.templates.items()}
@@ -400,7 +400,7 @@ def _template_std(file, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[
     return figure, drawn
 
 
-def _eigen_heatmaps(file, width: str, components: int) -> tuple[Figure, dict[str, tuple[float, float]]]:
+def _eigen_heatmaps(file: TemplateFile, width: str, components: int) -> tuple[Figure, dict[str, tuple[float, float]]]:
     """The top components of each class on one symmetric diverging scale centred at 0.
 
     One column wide, classes are rows (components across); a page wide, classes run across so
@@ -446,7 +446,7 @@ def _matrix_text_colour(value: float, limit: float) -> str:
     return "white" if abs(value) > 0.6 * limit else "black"
 
 
-def _similarity(file) -> Figure:
+def _similarity(file: TemplateFile) -> Figure:
     """Pearson correlation between class templates, annotated, on a fixed -1..1 diverging scale."""
     names = list(file.similarity_classes)
     values = _finite(file.similarity)
@@ -464,11 +464,9 @@ def _similarity(file) -> Figure:
     return figure
 
 
-def _loo_correlations(file) -> Figure | None:
+def _loo_correlations(file: TemplateFile) -> Figure:
     """Violin + points of each class's leave-one-out correlations (member vs template without it)."""
     values = {name: _finite(t.loo_correlations) for name, t in file.templates.items() if len(t.loo_correlations)}
-    if not values:
-        return None
     figure = Figure(figsize=(_MATRIX_WIDTH, 2.4), layout="constrained")
     axis = figure.subplots()
     positions = np.arange(1, len(values) + 1)
@@ -491,7 +489,7 @@ def _loo_correlations(file) -> Figure | None:
     return figure
 
 
-def _model_record(file, notes: list[str]) -> tuple[list[dict] | None, dict | None]:
+def _model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | None, dict | None]:
     """Training history and test evaluation stored beside the model the templates were built with (None when absent)."""
     model_path = file.settings.get("model_path")
     if not model_path:
@@ -570,16 +568,16 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     progress = progress or NullProgress()
     progress.start(7, "drawing figures")
 
-    def write(name: str, draw) -> None:  # noqa: ANN001 (a function returning Figure, or (Figure, limits), or None)
+    def write(name: str, draw: Callable[[], Figure | tuple[Figure, dict[str, tuple[float, float]]]]) -> None:
+        """Draw one figure in the publication style and save it in every format (limits recorded if returned)."""
         with publication_style():
             result = draw()
             figure, drawn = result if isinstance(result, tuple) else (result, None)
-            if figure is not None:
-                paths = [save_deterministic(figure, out_dir / f"{name}.{kind}", dpi) for kind in formats]
-                summary.figures[name] = paths
-                summary.files.extend(paths)
-                if drawn is not None:
-                    summary.colour_scales[name] = drawn
+            paths = [save_deterministic(figure, out_dir / f"{name}.{kind}", dpi) for kind in formats]
+        summary.figures[name] = paths
+        summary.files.extend(paths)
+        if drawn is not None:
+            summary.colour_scales[name] = drawn
         progress.advance()
 
     try:
