@@ -274,12 +274,11 @@ class Comparer:
         if sha != settings.get("model_sha256"):
             raise BadFileError(model_path, f"is not the model that {display_path(self.file.path)} was built with "
                                            f"(sha256 {sha[:12]} vs {str(settings.get('model_sha256'))[:12]})")
+        # The same file (by content hash) has the same classes; a model without hmt metadata gets the
+        # recorded class names, which load_model checks against its output size.
         class_names = [str(name) for name in settings.get("class_names", [])]
         self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=None if _has_info(model_path) else class_names,
                                            preprocessing=settings.get("preprocessing"))
-        if list(self.info.class_names) != class_names:
-            raise BadFileError(model_path, f"its classes ({', '.join(self.info.class_names)}) differ from those of "
-                                           f"{display_path(self.file.path)} ({', '.join(class_names)})")
         self.model_path = model_path
         self.class_names = class_names
         self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", "gradcam"),

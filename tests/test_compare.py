@@ -242,6 +242,18 @@ def test_model_of_another_sha_is_refused(setup: dict, tmp_path: Path) -> None:
     assert "other.keras" in str(error.value) and "templates.h5" in str(error.value)
 
 
+def test_moved_model_needs_model_option(setup: dict) -> None:
+    moved = setup["model"].with_name("moved.keras")
+    setup["model"].rename(moved)
+    try:
+        with pytest.raises(HmtError, match="give it with --model"):
+            Comparer(setup["templates"])
+        [result] = Comparer(setup["templates"], model=moved).compare([setup["data"] / "covid" / "covid_0001.png"]).results
+        assert set(result.similarities) == set(CLASSES)
+    finally:
+        moved.rename(setup["model"])
+
+
 def test_folder_with_a_bad_image_skips_and_reports(setup: dict, comparer: Comparer, tmp_path: Path) -> None:
     folder = tmp_path / "mixed" / "nested"
     folder.mkdir(parents=True)
