@@ -127,6 +127,17 @@ def test_every_figure_is_written_in_every_format(paper_set) -> None:
     assert summary.notes == []
 
 
+def _png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # IHDR width
+
+
+def test_figures_are_one_journal_column_wide(paper_set) -> None:
+    summary, _ = paper_set  # drawn at --width single and 40 dpi: 3.5 in = 140 px
+    for name in ("template_means", "template_std", "similarity", "confusion_matrix", "training_curves"):
+        assert _png_width(summary.figures[name][2]) == 140, name
+    assert _png_width(summary.figures["eigen_heatmaps"][2]) <= 140
+
+
 def test_identical_input_gives_identical_bytes(paper_set) -> None:
     first, second = paper_set
     assert first.out_dir != second.out_dir
