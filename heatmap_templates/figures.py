@@ -411,9 +411,12 @@ def _eigen_heatmaps(file: TemplateFile, width: str, components: int) -> tuple[Fi
     classes_across = width == "double" and len(shown) >= depth
     rows, columns = (depth, len(shown)) if classes_across else (len(shown), depth)
     shape = next(iter(shown.values())).shape[1:]
-    figure, axes = _panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1], title_inches=0.2,
+    # "PC1 (42.4%)" needs about an inch at 8 pt; narrower panels put the share on a second line.
+    narrow = (COLUMN_WIDTHS[width] - _COLOUR_BAR_INCHES) / columns < 1.0
+    figure, axes = _panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1], title_inches=0.36 if narrow else 0.2,
                                  extra_height=0.16 if classes_across else 0.0)
     limit = _symmetric_limit(*shown.values())
+    separator = "\n" if narrow else " "
     drawn: dict[str, tuple[float, float]] = {}
     image = None
     for class_index, (name, stack) in enumerate(shown.items()):
@@ -427,7 +430,7 @@ def _eigen_heatmaps(file: TemplateFile, width: str, components: int) -> tuple[Fi
             _lung_outline(axis, file.lung_mask, stack[component].shape)
             _hide_frame(axis)
             share = float(ratios[component]) if component < len(ratios) and math.isfinite(float(ratios[component])) else 0.0
-            title = f"PC{component + 1} ({100 * share:.1f}%)"
+            title = f"PC{component + 1}{separator}({100 * share:.1f}%)"
             axis.set_title(f"{name}\n{title}" if classes_across and component == 0 else title)
             if not classes_across and component == 0:
                 axis.set_ylabel(name)
