@@ -279,3 +279,15 @@ def test_cli_user_errors_exit_2_with_one_line(templates_path: Path, tmp_path: Pa
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and error.startswith("hmt: error: ") and expected in error, error
     assert not (tmp_path / "figs").exists()
+
+
+def test_classifier_record_figures_still_write_png(tmp_path: Path) -> None:
+    history = [{"phase": "head", "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4},
+               {"phase": "fine-tune", "loss": 0.8, "accuracy": 0.7, "val_loss": None, "val_accuracy": None}]
+    curves = figures.training_curves(history, tmp_path / "curves.png", dpi=30)
+    confusion = figures.confusion_matrix_figure([[2, 1], [0, 3]], ["a", "b"], tmp_path / "confusion.png", title="test", dpi=30)
+    assert curves.read_bytes().startswith(b"\x89PNG") and confusion.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(HmtError, match="does not fit 3 classes"):
+        figures.confusion_matrix_figure([[1, 0], [0, 1]], ["a", "b", "c"], tmp_path / "bad.png")
+    with pytest.raises(HmtError, match="no training history"):
+        figures.training_curves([], tmp_path / "empty.png")
