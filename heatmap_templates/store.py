@@ -337,6 +337,7 @@ class HeatmapWriter:
         self.command = command
         self.compression = compression
         self.chunk_images = max(1, chunk_images)
+        _ensure_folder(self.path.parent, self.path)  # fail before the caller computes a batch it cannot store
         self.done: set[str] = set()
         self._next_shard = 0
         for source in _heatmap_sources(self.path):
