@@ -70,7 +70,8 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("crash")
-    return {"root": root, "data": write_phantom_set(root / "data", 10), "model": save_tiny_model(root / "model.keras")}
+    return {"data": write_phantom_set(root / "data", 6), "small_data": write_phantom_set(root / "small_data", 3),
+            "model": save_tiny_model(root / "model.keras")}
 
 
 def _contents(path: Path) -> dict[str, tuple]:
@@ -93,14 +94,14 @@ def test_heatmaps_killed_mid_run_resumes_to_the_same_store(setup: dict[str, Path
 
     assert not out.exists()  # never finalised: no final file at all, let alone a corrupt one
     pending = open_heatmaps(out)  # the finished batches are complete shards, readable as they are
-    assert 0 < len(pending) < 20 and pending.pending_shards >= 1
+    assert 0 < len(pending) < 12 and pending.pending_shards >= 1
 
     code, stdout, err = run_hmt([*arguments, "--json"], capsys, monkeypatch)
     assert code == 0, err
 
     summary = json.loads(stdout)
-    assert summary["total"] == 20
-    assert summary["resumed"] >= len(pending) and summary["computed"] + summary["resumed"] == 20
+    assert summary["total"] == 12
+    assert summary["resumed"] >= len(pending) and summary["computed"] + summary["resumed"] == 12
     assert summary["computed"] < summary["total"]  # finished batches were not recomputed
     assert not parts.exists()
 
@@ -116,7 +117,7 @@ def test_build_templates_killed_while_writing_keeps_the_earlier_file(setup: dict
                                                                      capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "heatmaps.h5"
-    extract_heatmaps(setup["model"], setup["data"], store, batch_size=8)
+    extract_heatmaps(setup["model"], setup["small_data"], store, batch_size=8)
     out = tmp_path / "templates.h5"
     build_templates(store, ["covid"], out, config=BuildConfig(registration="none", include="all", bootstrap_replicates=4))
     earlier = out.read_bytes()

@@ -52,13 +52,13 @@ def h5_contents(path: Path) -> dict[str, bytes | str]:
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The output folders of two identical heatmaps + build-templates runs (the library calls the CLI makes)."""
     root = tmp_path_factory.mktemp("determinism")
-    data = write_phantom_set(root / "data", 5)
+    data = write_phantom_set(root / "data", 4)
     model = save_tiny_model(root / "model.keras", seed=3)
     folders = []
     for run in ("first", "second"):
         folder = root / run
         extract_heatmaps(model, data, folder / "heatmaps.h5", batch_size=4)
-        build_templates(folder / "heatmaps.h5", None, folder / "templates.h5", config=BuildConfig(include="all", bootstrap_replicates=8))
+        build_templates(folder / "heatmaps.h5", None, folder / "templates.h5", config=BuildConfig(include="all", reference_iterations=1, bootstrap_replicates=8))
         folders.append(folder)
     return folders
 

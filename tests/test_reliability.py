@@ -305,13 +305,13 @@ def test_compare_refuses_templates_of_another_model(world: dict[str, Path], tmp_
 def test_all_zero_gradients_give_finite_templates(world: dict[str, Path], tmp_path: Path, hmt) -> None:
     dead = save_tiny_model(tmp_path / "dead.keras", dead_cam_layer=True)
     out = tmp_path / "templates.h5"
-    code, _, err = hmt("build-templates", dead, world["data"], "--all-classes", "--include", "all", "--out", out,
+    code, _, err = hmt("build-templates", dead, world["data"], "--class", "normal", "--include", "all", "--out", out,
                        "--registration", "none", "--bootstrap", "4")
     assert code == 0, err
     store = next(tmp_path.glob("heatmaps_*.h5"))
     assert not h5_datasets(store)["upsampled"].astype(np.float32).any()  # the maps really are all zero
     templates = h5_datasets(out)
-    assert {"templates/covid/mean", "templates/normal/mean"} <= set(templates)
+    assert "templates/normal/mean" in templates
     for name, values in templates.items():
         if np.issubdtype(np.asarray(values).dtype, np.number):
             assert np.isfinite(values).all(), name
