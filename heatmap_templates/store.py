@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import re
+import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def _fsync_path(path: Path) -> None:
 @contextmanager
 def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name, fsync it, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
     try:
         with h5py.File(temporary, "w") as handle:
             yield handle
@@ -110,10 +111,17 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     _remove_dead_writers_temporaries(path)
 
 
+def _temporary_prefix(path: Path) -> str:
+    """`.<name>.tmp-<host>-`: with the writer's PID appended, the temporary name of an atomic write."""
+    return f".{path.name}.tmp-{socket.gethostname()}-"
+
+
 def _remove_dead_writers_temporaries(path: Path) -> None:
-    """Delete `.<name>.tmp-<pid>` files of `path` left by writers that were killed (their process is gone)."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = leftover.name.rsplit("-", 1)[1]
+    """Delete temporaries of `path` left by killed writers: this host's, whose process is gone (a
+    writer on another host sharing the folder is never touched)."""
+    prefix = _temporary_prefix(path)
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name[len(prefix):]
         if pid.isdigit() and not _process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
 
