@@ -29,7 +29,7 @@ from heatmap_templates import store
 append = store.HeatmapWriter.append
 def slow_append(self, batch):
     append(self, batch)
-    time.sleep(0.5)
+    time.sleep(1.0)
 store.HeatmapWriter.append = slow_append
 """
 STALL_TEMPLATES_WRITE = """
@@ -46,24 +46,26 @@ store._write_template = stalled_write_template
 
 
 def start_hmt(prelude: str, args: list, cwd: Path) -> subprocess.Popen:
+    """`hmt ARGS` in a new process after `prelude`; its stderr goes to cwd/stderr.txt (a pipe nobody reads could fill up)."""
     code = prelude + "\nfrom hmt_cli.main import run\nrun()\n"
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(cwd / "stderr.txt", "w") as stderr:
+        return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
-    """SIGKILL `process` as soon as `ready()` is true; fail if it exits first or never gets there."""
+    """SIGKILL `process` as soon as `ready()` is true; fail if it exits first or never gets there.
+    The tests run in the child's working folder, where start_hmt puts its stderr."""
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None:
-            pytest.fail(f"hmt exited ({process.returncode}) before the kill point: {process.stderr.read()}")
+            pytest.fail(f"hmt exited ({process.returncode}) before the kill point: {(Path.cwd() / 'stderr.txt').read_text()}")
         if time.monotonic() > deadline:
             process.kill()
+            process.wait(timeout=30)
             pytest.fail("hmt did not reach the kill point in time")
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)  # reaped: its PID is no longer alive
-    process.stderr.close()
     assert process.returncode == -signal.SIGKILL
 
 
