@@ -84,10 +84,10 @@ def train(
 ) -> None:
     """Train a classifier (frozen base + new head, or `small` from scratch) with a patient-grouped split.
 
-    Writes MODEL.keras (metadata inside), MODEL.history.csv, MODEL.curves.png, MODEL.evaluation.json and
-    MODEL.confusion.png beside it, and records MODEL and DATA in templates_out/project.json.
+    Writes MODEL.keras (metadata inside) and, beside it, MODEL.history.csv, MODEL.curves.png,
+    MODEL.evaluation.json and MODEL.confusion.png; records MODEL and DATA in templates_out/project.json.
 
-    Example: hmt train data/phantom --backbone small --epochs 15 --out templates_out/model.keras
+    Example: hmt train data/phantom --backbone small --batch-size 16 --epochs 40 --out templates_out/model.keras
     """
     config = classifier.TrainConfig(
         backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, learning_rate=lr, input_size=input_size,
