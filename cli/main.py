@@ -71,7 +71,8 @@ def run() -> None:
     (`HmtError`) pass through it and are caught here.
     """
     _register_commands()
-    if TENSORFLOW_COMMANDS.intersection(sys.argv[1:2]) and "--help" not in sys.argv:
+    builds_from_store_only = sys.argv[1:2] == ["build-templates"] and "--heatmaps" in sys.argv
+    if TENSORFLOW_COMMANDS.intersection(sys.argv[1:2]) and "--help" not in sys.argv and not builds_from_store_only:
         _import_tensorflow_quietly()
     try:
         app()

@@ -27,6 +27,7 @@ import re
 import stat
 import struct
 import warnings
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,38 @@ def _check_complete(data: bytes, kind: str, shown: str) -> None:
             raise BadImageError(shown, f"truncated BMP ({len(data)} of {declared_size} bytes)")
 
 
+def _check_png_stream(data: bytes, shown: str) -> None:
+    """Verify chunk checksums and that the pixel stream inflates, before OpenCV sees the file.
+
+    libpng reports damage by printing to the process's stderr, which would break hmt's one-line
+    errors; checking here turns every such file into a clean BadImageError. Inflating costs about
+    as much as the decode itself and is bounded by the declared size (checked before this runs).
+    """
+    position = len(_PNG_MAGIC)
+    inflater = zlib.decompressobj()
+    while position + 12 <= len(data):
+        length, = struct.unpack_from(">I", data, position)
+        kind = data[position + 4:position + 8]
+        end = position + 12 + length
+        if end > len(data):
+            raise BadImageError(shown, "cannot decode PNG (truncated chunk)")
+        body = data[position + 8:end - 4]
+        if zlib.crc32(kind + body) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise BadImageError(shown, f"cannot decode PNG (bad checksum in {kind.decode('latin-1')} chunk)")
+        if kind == b"IDAT":
+            try:
+                while body:
+                    inflater.decompress(body, 1 << 20)
+                    body = inflater.unconsumed_tail
+            except zlib.error:
+                raise BadImageError(shown, "cannot decode PNG (corrupt compressed pixel data)") from None
+        if kind == b"IEND":
+            break
+        position = end
+    if not inflater.eof:
+        raise BadImageError(shown, "cannot decode PNG (incomplete compressed pixel data)")
+
+
 def _declared_size(data: bytes, kind: str, shown: str, max_pixels: int) -> tuple[int, int]:
     """Read (H, W) from the header without decoding and refuse sizes over ``max_pixels``."""
     if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
@@ -277,6 +310,8 @@ def _decode_raster(data: bytes, kind: str, shown: str, max_pixels: int) -> Decod
     """PNG/JPEG/BMP/TIFF: OpenCV for speed, Pillow for what OpenCV cannot read."""
     _check_complete(data, kind, shown)
     original_size = _declared_size(data, kind, shown, max_pixels)
+    if kind == "png":
+        _check_png_stream(data, shown)
     # JPEG: keep depth and colour but apply the EXIF orientation (IMREAD_UNCHANGED would ignore it).
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if kind == "jpeg" else cv2.IMREAD_UNCHANGED
     try:

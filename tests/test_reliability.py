@@ -363,7 +363,6 @@ def test_build_templates_skips_bad_images_and_templates_hold_only_good_ones(mixe
         assert np.isfinite(template.mean).all() and np.isfinite(template.std).all()
 
 
-@pytest.mark.xfail(strict=True, reason="cv2.imdecode lets libpng print 'libpng error: ...' on file descriptor 2 (data.py decoder)")
 def test_strict_run_stops_at_a_corrupt_png_with_one_stderr_line(world: dict[str, Path], tmp_path: Path,
                                                                   capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Checked at the file-descriptor level (capfd): C libraries write there, not to sys.stderr."""
