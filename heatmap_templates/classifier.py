@@ -682,7 +682,7 @@ def head_model(model):
 
 def fit_head_on_features(model, train_features: np.ndarray, train_onehot: np.ndarray,
                          val_features: np.ndarray | None, val_onehot: np.ndarray | None, *, epochs: int,
-                         learning_rate: float, batch_size: int, seed: int, patience: int = 5,
+                         learning_rate: float, batch_size: int, seed: int, patience: int = 8,
                          class_weight: dict | None = None, history: list[dict] | None = None,
                          on_epoch: Callable[[EpochLog], None] | None = None) -> dict:
     """Train ``model``'s head on cached pooled features; the full model's head weights change with it."""
