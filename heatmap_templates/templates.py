@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
 
 from heatmap_templates.errors import HmtError
 
@@ -227,8 +228,13 @@ def principal_components(covariance: np.ndarray, k: int) -> tuple[np.ndarray, np
     deterministic. Rounding-level negative eigenvalues are clipped to 0.
     """
     symmetric = (covariance + covariance.T) / 2.0
-    values, vectors = np.linalg.eigh(symmetric)
-    order = np.argsort(values)[::-1][:k]
+    dim = symmetric.shape[0]
+    k = min(k, dim)
+    if k == 0:
+        return np.zeros(0), np.zeros((0, dim)), np.zeros(0)
+    # Only the top k eigenpairs: several times cheaper than a full decomposition of a 1024 x 1024 matrix.
+    values, vectors = scipy.linalg.eigh(symmetric, subset_by_index=(dim - k, dim - 1))
+    order = np.argsort(values)[::-1]
     values = np.clip(values[order], 0.0, None)
     components = vectors[:, order].T
     largest = components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)]

@@ -4,7 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# One BLAS thread: the suite runs beside TensorFlow's own thread pools on a 2-core machine, where
+# OpenBLAS threads oversubscribe the cores (a 1024 x 1024 eigh took 8 s with 2 threads, 0.25 s with 1).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
