@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates import classifier, figures
+from heatmap_templates import classifier
 from heatmap_templates.data import display_path, load_dataset
 from heatmap_templates.errors import HmtError
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
@@ -101,19 +101,7 @@ def train(
     dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
     result = classifier.train(dataset, config, progress=_progress(as_json), on_epoch=_epoch_line)
     model_path = classifier.save_model(result.model, result.info, out)
-    written = {
-        "model": model_path,
-        "history": classifier.write_history_csv(result.history, classifier.companion_path(out, "history.csv")),
-        "curves": figures.training_curves(result.history, classifier.companion_path(out, "curves.png")),
-    }
-    if result.test_report is not None:
-        evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
-        evaluation_path = classifier.companion_path(out, "evaluation.json")
-        evaluation_path.write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-        written["evaluation"] = evaluation_path
-        written["confusion"] = figures.confusion_matrix_figure(
-            result.test_report["confusion_matrix"], result.info.class_names, classifier.companion_path(out, "confusion.png"),
-            title=f"{backbone}, test split ({result.test_report['n']} images)")
+    written = {"model": model_path, **classifier.save_training_outputs(result, model_path)}
     written["project"] = record_project(model=model_path, data=data, folder=project_dir)
     if as_json:
         summary = {
@@ -176,6 +164,8 @@ def evaluate(
                                  progress=_progress(as_json))
     output = {"model": str(model), "data": str(data), **result.to_dict()}
     if out is not None:
+        from heatmap_templates import figures
+
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
         figures.confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",

@@ -1007,6 +1007,26 @@ def write_history_csv(history: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
+def save_training_outputs(result: TrainResult, model_path: str | os.PathLike) -> dict[str, Path]:
+    """Write what `hmt train` leaves beside the model: history CSV, curves figure and, when there is a
+    test split, its evaluation JSON and confusion-matrix figure. Returns the paths by kind."""
+    from heatmap_templates import figures
+
+    written = {
+        "history": write_history_csv(result.history, companion_path(model_path, "history.csv")),
+        "curves": figures.training_curves(result.history, companion_path(model_path, "curves.png")),
+    }
+    if result.test_report is not None:
+        evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
+        evaluation_path = companion_path(model_path, "evaluation.json")
+        evaluation_path.write_text(json.dumps(_finite_or_none(evaluation), indent=2) + "\n", encoding="utf-8")
+        written["evaluation"] = evaluation_path
+        written["confusion"] = figures.confusion_matrix_figure(
+            result.test_report["confusion_matrix"], result.info.class_names, companion_path(model_path, "confusion.png"),
+            title=f"{result.info.backbone}, test split ({result.test_report['n']} images)")
+    return written
+
+
 def companion_path(model_path: str | os.PathLike, suffix: str) -> Path:
     """A file beside the model: ``model.keras`` -> ``model.<suffix>`` (history.csv, curves.png, evaluation.json)."""
     model_path = Path(model_path)

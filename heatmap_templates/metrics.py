@@ -7,7 +7,6 @@ Other stages add their own measures (localisation, lung-field energy) as further
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from heatmap_templates.errors import HmtError
 
@@ -78,6 +77,8 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     n_negative = int(is_positive.size - n_positive)
     if n_positive == 0 or n_negative == 0:
         return None
+    from scipy.stats import rankdata  # scipy.stats costs ~1 s to import; only AUCs need it
+
     ranks = rankdata(values, method="average")
     u_statistic = ranks[is_positive].sum() - n_positive * (n_positive + 1) / 2.0
     return float(u_statistic / (n_positive * n_negative))
