@@ -21,6 +21,7 @@ def synth(
     classes: str = typer.Option(",".join(CLASSES), "--classes", help="Comma-separated subset of the phantom classes."),
     preview: Path | None = typer.Option(None, "--preview", help="Also write a grid PNG of examples and probability maps."),
     preview_examples: int = typer.Option(4, "--preview-examples", help="Examples per class in the preview grid."),
+    pose_spread: float = typer.Option(1.0, "--pose-spread", help="Multiplies the random pose's shift, rotation and log-scale ranges (0 to 4; 1 = default, larger gives registration more to correct)."),
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: CPU count, at most 8); output is identical for any number."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -28,13 +29,13 @@ def synth(
 
     Classes: covid (peripheral lower-zone ground glass), bacteria (one lobar consolidation), virus (perihilar streaks), normal (none). Ground truth goes to OUT/ground_truth/ (see its README.md).
 
-    Example: hmt synth data/phantom --n-per-class 200 --size 256 --seed 0 --preview grid.png
+    Example: hmt synth data/phantom --n-per-class 200 --size 256 --seed 0 --preview grid.png  (add --pose-spread 2.5 for harder poses)
     """
     chosen = [label.strip() for label in classes.split(",") if label.strip()]
     if preview_examples < 1:
         raise HmtError(f"--preview-examples must be at least 1, got {preview_examples}")
     summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
-                                 progress=RichProgress(unit="images"), workers=workers)
+                                 progress=RichProgress(unit="images"), workers=workers, pose_spread=pose_spread)
     preview_path = write_preview_grid(out_dir, preview, preview_examples) if preview is not None else None
     if as_json:
         result = summary.to_json()

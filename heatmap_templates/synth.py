@@ -13,7 +13,9 @@ set deterministic for a seed and a smaller ``n_per_class`` a prefix of a larger 
 
 Public API: `synthesize_dataset` (the data set on disk), `render_phantom` + `phantom_seed` (one
 image in memory, optionally without its lesions), `canonical_lesion_probability`,
-`canonical_lung_mask`, `pose_matrix`, `read_poses`, `write_preview_grid`.
+`canonical_lung_mask`, `pose_matrix`, `read_poses`, `write_preview_grid`. ``pose_spread``
+scales the random pose (2.0: twice the shift, rotation and log-scale range) for experiments in
+which registration has more to correct.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ _BACKGROUND = 0.04  # air outside the body
 _IMAGE_STREAM, _PROBABILITY_STREAM = 0, 1
 _POSE_COLUMNS = ("dx", "dy", "angle_deg", "scale", "a00", "a01", "a02", "a10", "a11", "a12")
 _SUBPIXEL_BITS = 4  # cv2 drawing precision: coordinates in 1/16 pixel
+CANONICAL_CHEST_FILE = "canonical_chest.png"
+MAX_POSE_SPREAD = 4.0  # at 4x the shift reaches 12 % of the side and rotation 32 degrees
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,12 @@ class Pose:
 @dataclass(frozen=True)
 class Phantom:
     """One rendered phantom: float32 image in [0, 1], boolean lesion masks (image and canonical frame),
-    this image's own lung fields in the image frame (the truth for lung segmentation), and the pose."""
+    this image's own lung fields in the image frame (the truth for lung segmentation), and the pose.
+
+    ``canonical_image`` is the same drawing before the pose warp, with the image's exposure
+    (contrast, brightness, gamma) but without detector blur and noise: what the image looks like
+    in the canonical frame.
+    """
 
     image: np.ndarray
     lesion_mask: np.ndarray
@@ -76,6 +85,7 @@ class Phantom:
     lung_mask: np.ndarray
     pose: Pose
     label: str
+    canonical_image: np.ndarray = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -536,10 +546,12 @@ def pose_matrix(dx: float, dy: float, angle_deg: float, scale: float, size: int)
     return matrix
 
 
-def _sample_pose(rng: np.random.Generator, size: int) -> Pose:
-    dx, dy = rng.uniform(-0.03, 0.03, 2) * size
-    angle = float(rng.uniform(-8.0, 8.0))
-    scale = float(rng.uniform(0.9, 1.1))
+def _sample_pose(rng: np.random.Generator, size: int, spread: float = 1.0) -> Pose:
+    """Random pose; ``spread`` multiplies the shift and rotation ranges and the exponent of the scale
+    (so its log range), and 1.0 gives exactly the same numbers as an unscaled draw."""
+    dx, dy = rng.uniform(-0.03, 0.03, 2) * size * spread
+    angle = float(rng.uniform(-8.0, 8.0) * spread)
+    scale = float(rng.uniform(0.9, 1.1) ** spread)
     return Pose(float(dx), float(dy), angle, scale, pose_matrix(float(dx), float(dy), angle, scale, size))
 
 
@@ -560,15 +572,22 @@ def _check_size(size: int) -> None:
         raise HmtError(f"phantom size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
 
 
+def _check_pose_spread(pose_spread: float) -> None:
+    if not 0.0 <= pose_spread <= MAX_POSE_SPREAD:
+        raise HmtError(f"pose spread must be between 0 and {MAX_POSE_SPREAD:g}, got {pose_spread}")
+
+
 def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: str, size: int = 256, *,
-                   include_lesions: bool = True) -> Phantom:
+                   include_lesions: bool = True, pose_spread: float = 1.0) -> Phantom:
     """Render one phantom of class ``label``.
 
     ``include_lesions=False`` renders the identical image without its lesions (same anatomy, pose
-    and noise), which is what makes the lesion ground truth checkable.
+    and noise), which is what makes the lesion ground truth checkable. ``pose_spread`` scales the
+    random pose (see `synthesize_dataset`).
     """
     _check_label(label)
     _check_size(size)
+    _check_pose_spread(pose_spread)
     seed_sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     rng = _streams(seed_sequence)
     px = size / 256.0
@@ -581,7 +600,7 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     if include_lesions:
         canonical = canonical + lesion
 
-    pose = _sample_pose(rng["pose"], size)
+    pose = _sample_pose(rng["pose"], size, pose_spread)
     image = cv2.warpAffine(canonical, pose.matrix, (size, size), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=_BACKGROUND)
     mask = _warp_mask(canonical_mask.astype(np.float32), pose)
@@ -591,11 +610,13 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     noise_rng = rng["noise"]
     contrast, brightness, gamma = noise_rng.uniform(0.85, 1.15), noise_rng.uniform(-0.05, 0.05), noise_rng.uniform(0.85, 1.15)
     image = np.clip((image - 0.4) * contrast + 0.4 + brightness, 0.0, 1.0) ** gamma
+    canonical_image = (np.clip((canonical - 0.4) * contrast + 0.4 + brightness, 0.0, 1.0) ** gamma).astype(np.float32)
     image = _blur(image.astype(np.float32), noise_rng.uniform(0.5, 1.0) * px)
     image += noise_rng.normal(0.0, noise_rng.uniform(0.008, 0.022), (size, size)).astype(np.float32)
     image += 0.02 * _smooth_noise(noise_rng, size, 6)
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
-    return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, lung_mask=lungs, pose=pose, label=label)
+    return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, lung_mask=lungs, pose=pose, label=label,
+                   canonical_image=canonical_image)
 
 
 def canonical_lesion_probability(label: str, size: int = 256, n_samples: int = DEFAULT_PROBABILITY_SAMPLES,
@@ -624,10 +645,11 @@ def canonical_lesion_probability(label: str, size: int = 256, n_samples: int = D
 # data set
 
 
-def _validate(n_per_class: int, size: int, seed: int, classes: Sequence[str]) -> tuple[str, ...]:
+def _validate(n_per_class: int, size: int, seed: int, classes: Sequence[str], pose_spread: float) -> tuple[str, ...]:
     if n_per_class < 1:
         raise HmtError(f"n_per_class must be at least 1, got {n_per_class}")
     _check_size(size)
+    _check_pose_spread(pose_spread)
     if seed < 0:
         raise HmtError(f"seed must be a non-negative integer, got {seed}")
     chosen = tuple(classes)
@@ -685,7 +707,9 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 _README = """# Phantom ground truth
 
 Written by `hmt synth` (heatmap_templates.synth): {n} images per class, {size} x {size} px, seed {seed},
-classes {classes}. Re-running with the same arguments reproduces every file bit for bit.
+classes {classes}, pose spread {pose_spread:g} (1 = shifts up to 3 % of the side, rotations up to 8 degrees,
+scales 0.9 to 1.1; the spread multiplies the shift and rotation ranges and the exponent of the scale).
+Re-running with the same arguments reproduces every file bit for bit.
 
 - `../<class>/<class>_NNNN.png`: the 8-bit grayscale images (x-ray polarity: bone and tissue bright, air dark).
 - `../manifest.csv`: `path,label,patient_id` for every image (each image is its own patient).
@@ -697,6 +721,9 @@ classes {classes}. Re-running with the same arguments reproduces every file bit 
 - `lesion_probability_<class>.npy`: float32 (size, size) in [0, 1], the probability that a canonical-frame pixel is
   lesion, a Monte Carlo estimate over {samples} draws of the class's lesion process (all zeros for `normal`).
 - `canonical_lungs.png`: the lung fields of the mean anatomy in the canonical frame (255 = lung).
+- `canonical_chest.png`: 8-bit mean of all images in the canonical frame, i.e. before the pose warp (with each
+  image's exposure, without detector blur and noise). The natural registration reference for templates that are
+  compared with `lesion_probability_<class>.npy`: registered to it, heatmaps land in the canonical frame.
 - `synth.json`: the arguments of the run; it also marks the folder as a synth output that `hmt synth` may replace.
 
 Lesions: `covid` bilateral peripheral lower-zone ground-glass opacities; `bacteria` one dense lobar consolidation
@@ -707,26 +734,33 @@ A pixel is lesion where the added lesion intensity is at least {threshold} (on t
 
 @dataclass(frozen=True)
 class _Written:
-    """What one worker wrote for one image: its poses.csv row and lesion pixel count."""
+    """What one worker wrote for one image: its poses.csv row and lesion pixel count, and (on the
+    first image of a chunk only) the sum of the chunk's canonical-frame images."""
 
     label: str
     index: int
     pose_row: list[str]
     mask_pixels: int
+    canonical_sum: np.ndarray | None = None
 
 
-def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int) -> list[_Written]:
+def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int,
+                      pose_spread: float = 1.0) -> list[_Written]:
     """Render images ``indices`` of class ``label`` and write each image and its lesion mask."""
     written = []
+    canonical_sum = np.zeros((size, size), np.float64)
     for index in indices:
         name = f"{label}_{index:04d}.png"
-        phantom = render_phantom(phantom_seed(seed, label, index), label, size)
+        phantom = render_phantom(phantom_seed(seed, label, index), label, size, pose_spread=pose_spread)
+        canonical_sum += phantom.canonical_image
         _write_png(out / label / name, _to_uint8(phantom.image))
         _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
         pose = phantom.pose
         row = [f"{label}/{name}", label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
                *(repr(float(value)) for value in pose.matrix.ravel()), f"{label}_{index:04d}"]
         written.append(_Written(label, index, row, int(phantom.lesion_mask.sum())))
+    if written:
+        written[0] = _Written(written[0].label, written[0].index, written[0].pose_row, written[0].mask_pixels, canonical_sum)
     return written
 
 
@@ -740,15 +774,19 @@ def _default_workers() -> int:
 
 def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256, seed: int = 0,
                        classes: Sequence[str] = CLASSES, progress: Progress | None = None,
-                       probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None) -> SynthSummary:
+                       probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None,
+                       pose_spread: float = 1.0) -> SynthSummary:
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
     ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``
     processes share the work (default: the CPU count, at most 8); every image has its own seed,
-    so the files are identical for any number of workers.
+    so the files are identical for any number of workers. ``pose_spread`` (0 to 4) multiplies
+    the random pose's shift and rotation ranges and its log-scale range: 1.0 is the default pose
+    distribution, larger values give registration more to correct, 0 puts every chest in the
+    canonical frame.
     """
     started = time.perf_counter()
-    chosen = _validate(n_per_class, size, seed, classes)
+    chosen = _validate(n_per_class, size, seed, classes, pose_spread)
     if probability_samples < 1:
         raise HmtError(f"probability_samples must be at least 1, got {probability_samples}")
     workers = _default_workers() if workers is None else workers
@@ -769,7 +807,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256
     written: list[_Written] = []
     if workers == 1:
         for label, indices in image_jobs:
-            written += _render_and_write(out, label, indices, seed, size)
+            written += _render_and_write(out, label, indices, seed, size, pose_spread)
             progress.advance(len(indices))
         for path, label in probability_jobs:
             _write_probability(path, label, size, probability_samples, seed)
@@ -778,7 +816,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             probability_futures = [pool.submit(_write_probability, path, label, size, probability_samples, seed)
                                    for path, label in probability_jobs]
-            image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size) for label, indices in image_jobs]
+            image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size, pose_spread)
+                             for label, indices in image_jobs]
             for future in as_completed(image_futures):
                 batch = future.result()
                 written += batch
@@ -798,10 +837,17 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256
         writer.writerow(["path", "label", *_POSE_COLUMNS, "patient_id"])
         writer.writerows(item.pose_row for item in written)
     _write_png(truth / "canonical_lungs.png", canonical_lung_mask(size).astype(np.uint8) * 255)
+    # Summed in a fixed order (class, then index), so the mean is the same for any number of workers.
+    canonical_total = np.zeros((size, size), np.float64)
+    for item in written:
+        if item.canonical_sum is not None:
+            canonical_total += item.canonical_sum
+    _write_png(truth / CANONICAL_CHEST_FILE, _to_uint8(canonical_total / len(written)))
     (truth / "README.md").write_text(_README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
-                                                    samples=probability_samples, threshold=LESION_THRESHOLD))
+                                                    samples=probability_samples, threshold=LESION_THRESHOLD,
+                                                    pose_spread=pose_spread))
     record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
-              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD}
+              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread}
     (truth / MARKER_FILE).write_text(json.dumps(record, indent=2) + "\n")
     lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
                        for label in chosen}

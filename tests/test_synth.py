@@ -278,3 +278,118 @@ def test_cli_refuses_a_non_empty_folder_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a previous `hmt synth` output" in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["photo.jpg"]
+
+
+# ----------------------------------------------------------------------------- canonical chest, pose spread
+
+
+def test_canonical_chest_is_the_mean_image_in_the_canonical_frame(phantom_set: Path) -> None:
+    truth = phantom_set / "ground_truth"
+    chest = _read_gray(truth / "canonical_chest.png")
+    assert chest.dtype == np.uint8 and chest.shape == (SIZE, SIZE)
+    warped_back = np.zeros((SIZE, SIZE), np.float64)
+    poses = read_poses(phantom_set)
+    for path, pose in poses.items():
+        image = _read_gray(phantom_set / path).astype(np.float32)
+        warped_back += cv2.warpAffine(image, pose.matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderValue=10.0)
+    warped_back /= len(poses)
+    inside = canonical_lung_mask(SIZE) | (chest > 40)  # the body, where no image border reaches after the inverse warp
+    assert np.corrcoef(chest[inside].astype(np.float64), warped_back[inside])[0, 1] > 0.95
+    assert np.corrcoef(chest.ravel().astype(np.float64), warped_back.ravel())[0, 1] > 0.95
+    assert "canonical_chest.png" in (truth / "README.md").read_text()
+
+
+def test_pose_spread_scales_the_poses_and_is_recorded(tmp_path: Path) -> None:
+    default, wide = tmp_path / "default", tmp_path / "wide"
+    for out, spread in ((default, 1.0), (wide, 2.0)):
+        synthesize_dataset(out, n_per_class=4, size=SIZE, seed=5, classes=("covid", "normal"), probability_samples=1, workers=1,
+                           pose_spread=spread)
+        assert json.loads((out / "ground_truth" / "synth.json").read_text())["pose_spread"] == spread
+    narrow_poses, wide_poses = read_poses(default), read_poses(wide)
+    assert narrow_poses.keys() == wide_poses.keys()
+    for path, narrow in narrow_poses.items():
+        broad = wide_poses[path]
+        assert np.allclose([broad.dx, broad.dy, broad.angle_deg], [2 * narrow.dx, 2 * narrow.dy, 2 * narrow.angle_deg])
+        assert np.isclose(np.log(broad.scale), 2 * np.log(narrow.scale))
+        assert np.allclose(broad.matrix, pose_matrix(broad.dx, broad.dy, broad.angle_deg, broad.scale, SIZE))
+    spread_of = {name: np.std([[p.dx, p.dy, p.angle_deg] for p in poses.values()], axis=0)
+                 for name, poses in (("narrow", narrow_poses), ("wide", wide_poses))}
+    assert np.allclose(spread_of["wide"], 2 * spread_of["narrow"])
+    # The default is the explicit spread 1: same bytes, and the images differ once the poses do.
+    assert (default / "covid" / "covid_0000.png").read_bytes() != (wide / "covid" / "covid_0000.png").read_bytes()
+    rendered = render_phantom(phantom_seed(5, "covid", 0), "covid", SIZE)
+    assert np.array_equal(_read_gray(default / "covid" / "covid_0000.png"), np.round(rendered.image * 255).astype(np.uint8))
+
+
+def test_pose_spread_zero_leaves_every_chest_in_the_canonical_frame_and_bad_spreads_are_refused(tmp_path: Path) -> None:
+    phantom = render_phantom(phantom_seed(1, "virus", 0), "virus", SIZE, pose_spread=0.0)
+    assert phantom.pose.dx == 0 and phantom.pose.dy == 0 and phantom.pose.angle_deg == 0 and phantom.pose.scale == 1
+    assert np.array_equal(phantom.lesion_mask, phantom.canonical_lesion_mask)
+    for spread in (-0.5, 4.5, float("nan")):
+        with pytest.raises(HmtError, match="pose spread"):
+            synthesize_dataset(tmp_path / "out", n_per_class=1, size=SIZE, probability_samples=1, workers=1, pose_spread=spread)
+
+
+def test_cli_pose_spread(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "set"
+    code, _, stderr = _hmt_in_process(["synth", str(out), "-n", "1", "--size", "64", "--classes", "covid", "--workers", "1",
+                                       "--pose-spread", "2.5"], capsys, monkeypatch)
+    assert code == 0, stderr
+    assert json.loads((out / "ground_truth" / "synth.json").read_text())["pose_spread"] == 2.5
+    code, _, stderr = _hmt_in_process(["synth", str(tmp_path / "bad"), "--pose-spread", "-1"], capsys, monkeypatch)
+    assert code == 2 and "pose spread" in stderr and "Traceback" not in stderr
+
+
+# ----------------------------------------------------------------------------- templates against the ground truth
+
+
+def _templates_file(path: Path, maps: dict[str, np.ndarray]) -> Path:
+    """A templates file whose class templates are built from copies of the given maps."""
+    from heatmap_templates.store import save_templates
+    from heatmap_templates.templates import ClassAccumulator, Member
+
+    shape = next(iter(maps.values())).shape
+    settings = {"model_sha256": "cd" * 32, "class_names": list(CLASSES), "layer": "block4_relu", "cam_method": "gradcam",
+                "score": "logit", "input_size": list(shape), "registration": "affine", "normalisation": "minmax"}
+    templates = []
+    for name, values in maps.items():
+        accumulator = ClassAccumulator(name, shape, pca_size=8, n_components=2, bootstrap_replicates=4)
+        accumulator.add(np.stack([values, values]), [Member(f"{name}/{name}_{i:04d}.png", "", 0.9, 1.0, "affine") for i in range(2)])
+        templates.append(accumulator.finalize())
+    return save_templates(path, settings, templates)
+
+
+def test_ground_truth_localisation_scores_perfect_and_inverted_templates(phantom_set: Path, tmp_path: Path) -> None:
+    from heatmap_templates.metrics import ground_truth_localisation
+
+    truth = phantom_set / "ground_truth"
+    covid = np.load(truth / "lesion_probability_covid.npy")
+    virus = np.load(truth / "lesion_probability_virus.npy")
+    noise = np.random.default_rng(0).uniform(0, 1, covid.shape)
+    path = _templates_file(tmp_path / "templates.h5", {"covid": covid, "virus": -virus, "normal": noise})
+    scores = ground_truth_localisation(path, phantom_set)
+    assert set(scores) == set(CLASSES)
+    assert scores["covid"]["members"] == 2 and scores["covid"]["auc_frame"] == 1.0 and scores["covid"]["auc_lungs"] == 1.0
+    assert scores["virus"]["auc_frame"] == 0.0 and scores["virus"]["auc_lungs"] == 0.0
+    assert scores["bacteria"] == {"members": 0, "auc_frame": None, "auc_lungs": None}  # no template
+    assert scores["normal"]["members"] == 2 and scores["normal"]["auc_frame"] is None  # no lesion pixels
+    # A higher threshold keeps fewer positives; the perfect template stays perfect.
+    assert ground_truth_localisation(path, phantom_set, threshold_fraction=0.9)["covid"]["auc_frame"] == 1.0
+
+    # Templates at half the resolution: the lesion maps are shrunk to them (INTER_AREA), still near perfect.
+    half = (SIZE // 2, SIZE // 2)
+    small = _templates_file(tmp_path / "small.h5", {"covid": cv2.resize(covid, half, interpolation=cv2.INTER_AREA)})
+    assert ground_truth_localisation(small, phantom_set)["covid"]["auc_frame"] == 1.0
+
+
+def test_ground_truth_localisation_refuses_other_proportions_and_foreign_folders(phantom_set: Path, tmp_path: Path) -> None:
+    from heatmap_templates.metrics import ground_truth_localisation
+
+    oblong = _templates_file(tmp_path / "oblong.h5", {"covid": np.ones((SIZE // 2, SIZE // 4)) * np.arange(SIZE // 4)})
+    with pytest.raises(HmtError, match="aspect ratio"):
+        ground_truth_localisation(oblong, phantom_set)
+    with pytest.raises(HmtError, match="not a `hmt synth` output"):
+        ground_truth_localisation(oblong, tmp_path)
+    with pytest.raises(HmtError, match="threshold_fraction"):
+        ground_truth_localisation(oblong, phantom_set, threshold_fraction=0.0)
