@@ -16,6 +16,9 @@ Example::
     engine = CamEngine(model, method="gradcam", score="logit")
     result = engine(batch, "predicted")      # or an int array of class indices
     result.raw.shape, result.upsampled.shape  # (N, h, w), (N, H, W)
+
+``CamEngine(model, mixed_precision=True)`` runs the engine on :func:`mixed_precision_copy` of the
+model: float16 compute with float32 weights, which speeds up GPUs with tensor cores.
 """
 from __future__ import annotations
 
@@ -215,6 +218,37 @@ def _linear_activation(layer: keras.layers.Layer) -> Iterator[Callable]:
         layer.activation = activation
 
 
+MIXED_POLICY = "mixed_float16"
+
+
+def mixed_precision_copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` that computes in float16 and keeps its weights in float32 (Keras ``mixed_float16``).
+
+    A model loaded from a ``.keras`` file keeps each layer's stored float32 policy, so setting the
+    global policy before loading changes nothing; instead every float32 layer is rebuilt with the
+    mixed policy, recursing into nested Sequential/Functional models (a VGG19 base keeps its layer
+    names, so ``vgg19/block5_conv4`` still resolves). The layer producing the model's output stays
+    float32, so the softmax and the logits it returns keep full precision. Weights are copied over.
+    """
+    if getattr(model, "outputs", None) is None:
+        raise HmtError(f"model '{model.name}' is subclassed; mixed precision needs a Sequential or Functional model")
+    head = _output_layer(model)
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if layer is not head and layer.dtype_policy.name == "float32":
+            config["dtype"] = MIXED_POLICY
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+        copy.set_weights(model.get_weights())
+    except (ValueError, TypeError, NotImplementedError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HmtError(f"model '{model.name}' cannot be rebuilt for mixed precision ({reason})") from error
+    return copy
+
+
 class CamEngine:
     """Batched class activation maps for one model, layer, method and score.
 
@@ -224,6 +258,8 @@ class CamEngine:
     from the final layer's pre-activation), ``score="probability"`` the softmax output.
     Score-CAM weights channels by the target's softmax probability on each masked input (the
     paper's definition) and evaluates ``scorecam_chunk`` masked images per forward pass.
+    ``mixed_precision=True`` runs on :func:`mixed_precision_copy` of the model (``self.model``);
+    activations and gradients are combined in float32, so only the network runs in float16.
     """
 
     def __init__(
@@ -234,6 +270,7 @@ class CamEngine:
         score: str = "logit",
         *,
         scorecam_chunk: int = 32,
+        mixed_precision: bool = False,
     ) -> None:
         if method not in METHODS:
             raise HmtError(f"unknown CAM method '{method}'; choose one of: {', '.join(METHODS)}")
@@ -241,6 +278,9 @@ class CamEngine:
             raise HmtError(f"unknown score '{score}'; choose one of: {', '.join(SCORES)}")
         if scorecam_chunk < 1:
             raise HmtError(f"scorecam_chunk must be at least 1, got {scorecam_chunk}")
+        if mixed_precision:
+            model = mixed_precision_copy(model)
+        self.mixed_precision = mixed_precision
         self.model = model
         self.method = method
         self.score = score

