@@ -37,8 +37,9 @@ def heatmaps(
     """Run classifier + CAM over every image; store probabilities and every class's map.
 
     A rerun on the same --out skips images already stored (resume after a crash or Ctrl-C);
-    a store made with another model or settings is refused. A GPU is used automatically where
-    present; add --mixed-precision there to use its tensor cores (on a CPU it only slows things down).
+    a store made with another model or settings is refused.
+
+    A GPU is used automatically; --mixed-precision uses its tensor cores (slower on CPUs).
 
     Example: hmt heatmaps templates_out/model.keras data/ --out templates_out/heatmaps.h5
     """
