@@ -7,3 +7,4 @@ from hmt_cli import heatmaps  # noqa: F401
 from hmt_cli import build  # noqa: F401
 from hmt_cli import compare  # noqa: F401
 from hmt_cli import figures  # noqa: F401
+from hmt_cli import demo  # noqa: F401

@@ -1,0 +1,62 @@
+"""`hmt demo`: the whole pipeline offline on the built-in phantom (or on your class-folder data)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from heatmap_templates.demo import DEFAULT_DEMO_DIR, DemoSettings, run_demo
+from hmt_cli.main import app
+from hmt_cli.progress import RichProgress
+
+
+def _show_auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@app.command("demo")
+def demo(
+    data: Optional[Path] = typer.Option(None, "--data", help="Run on your own class-folder data instead of the phantom."),
+    out: Path = typer.Option(DEFAULT_DEMO_DIR, "--out", "-o", help="Folder for everything the demo writes."),
+    n_per_class: int = typer.Option(DemoSettings.n_per_class, "--n-per-class", min=10, help="Phantoms per class."),
+    size: int = typer.Option(DemoSettings.size, "--size", min=64, help="Phantom size in px (the model uses at most 128)."),
+    epochs: int = typer.Option(DemoSettings.epochs, "--epochs", min=1, help="Maximum training epochs (early stopping)."),
+    seed: int = typer.Option(DemoSettings.seed, "--seed", help="Seed for the phantom, the split and training."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Synthesise phantoms, train the small CNN, extract heatmaps, build every class's template,
+    compare held-out images, draw the figures and score the templates against the ground truth.
+
+    Example: hmt demo            (or: hmt demo --data my_xrays/ --out templates_out/my_demo)
+    """
+    settings = DemoSettings(n_per_class=n_per_class, size=size, epochs=epochs, seed=seed)
+    show_steps = not as_json
+    summary = run_demo(out, data=data, settings=settings,
+                       on_step=(lambda message: typer.echo(f"[hmt demo] {message}", err=True)) if show_steps else None,
+                       progress=RichProgress() if sys.stderr.isatty() and not as_json else None)
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    typer.echo(f"demo finished in {sum(summary.seconds.values()):.0f} s; everything is in {summary.out_dir}")
+    typer.echo(f"  data       {summary.data}")
+    accuracy = "n/a" if summary.test_accuracy is None else f"{summary.test_accuracy:.3f}"
+    typer.echo(f"  model      {summary.model} (test accuracy {accuracy})")
+    typer.echo(f"  heatmaps   {summary.heatmaps}")
+    members = ", ".join(f"{name} {count}" for name, count in summary.template_members.items())
+    typer.echo(f"  templates  {summary.templates} (members: {members})")
+    typer.echo(f"  figures    {summary.out_dir / 'figures'} ({len(summary.figures)} files)")
+    if summary.ground_truth_auc is not None:
+        typer.echo("ground-truth check (template as a pixel classifier of the phantom's lesion map, ROC AUC):")
+        for name, scores in summary.ground_truth_auc.items():
+            typer.echo(f"  {name:<9} whole frame {_show_auc(scores.get('auc_frame'))}, inside lungs {_show_auc(scores.get('auc_lungs'))}")
+    typer.echo("held-out images compared with the templates:")
+    for item in summary.comparisons:
+        flag = "  ATYPICAL" if item.get("atypical") else ""
+        best = item.get("best_match")
+        typer.echo(f"  {Path(item['path']).name:<18} true {item.get('true')!s:<9} predicted {item['predicted']:<9} "
+                   f"best template {best!s:<9} r={item.get('predicted_correlation') or 0:.2f}{flag}")
+    for problem in summary.skipped:
+        typer.echo(f"skipped {problem.path}: {problem.reason}")

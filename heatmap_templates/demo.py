@@ -1,0 +1,189 @@
+"""The whole pipeline in one call, offline: the `hmt demo` command.
+
+On the built-in phantom (default) it synthesises a data set, trains the compact ``small`` CNN,
+extracts heatmaps of the images the model was trained on, builds a template for every class,
+compares the held-out test images with the templates, draws the figures and, because the
+phantom's lesions are known, scores each disease template against the ground-truth lesion map.
+With ``data=`` it runs the same stages on a user's class-folder data (no ground-truth check).
+
+Example::
+
+    summary = run_demo(Path("templates_out/demo"))
+    print(summary.ground_truth_auc)
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heatmap_templates.data import Dataset, Problem, display_path, load_dataset
+from heatmap_templates.errors import HmtError
+from heatmap_templates.progress import Progress
+
+DEFAULT_DEMO_DIR = Path("templates_out/demo")
+COMPARED_IMAGES = 8
+
+
+@dataclass
+class DemoSettings:
+    """Sizes chosen so the whole demo runs in a few minutes on a 2-core CPU."""
+
+    n_per_class: int = 100
+    size: int = 96
+    epochs: int = 15
+    seed: int = 0
+    batch_size: int = 32
+
+
+@dataclass
+class DemoSummary:
+    """Where everything went and what the checks scored."""
+
+    out_dir: Path
+    data: Path
+    model: Path
+    heatmaps: Path
+    templates: Path
+    figures: list[Path]
+    test_accuracy: float | None
+    template_members: dict[str, int]
+    comparisons: list[dict]
+    ground_truth_auc: dict[str, dict[str, float | None]] | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "data": str(self.data),
+            "model": str(self.model),
+            "heatmaps": str(self.heatmaps),
+            "templates": str(self.templates),
+            "figures": [str(path) for path in self.figures],
+            "test_accuracy": self.test_accuracy,
+            "template_members": dict(self.template_members),
+            "comparisons": self.comparisons,
+            "ground_truth_auc": self.ground_truth_auc,
+            "seconds": {step: round(value, 1) for step, value in self.seconds.items()},
+            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+        }
+
+
+def _write_manifest(dataset: Dataset, relative_paths: set[str], path: Path) -> Path:
+    """A CSV manifest (path,label) of the samples whose root-relative path is in ``relative_paths``."""
+    from heatmap_templates.classifier import relative_path
+
+    rows = [(os.fspath(sample.path), sample.label) for sample in dataset.samples if relative_path(sample, dataset.root) in relative_paths]
+    if not rows:
+        raise HmtError(f"{display_path(path)}: no images to write into the manifest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def run_demo(
+    out_dir: str | os.PathLike = DEFAULT_DEMO_DIR,
+    *,
+    data: str | os.PathLike | None = None,
+    settings: DemoSettings | None = None,
+    on_step: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+) -> DemoSummary:
+    """Run every stage of hmt (see the module docstring) and return where the outputs are."""
+    from heatmap_templates import classifier
+    from heatmap_templates.build import BuildConfig, build_templates
+    from heatmap_templates.compare import Comparer
+    from heatmap_templates.figures import template_figures
+    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.synth import synthesize_dataset
+
+    settings = settings or DemoSettings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    step = on_step or (lambda message: None)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+
+    if data is None:
+        data_dir = out_dir / "data"
+        step(f"synthesising {4 * settings.n_per_class} phantoms at {settings.size} px into {data_dir}")
+        synthesize_dataset(data_dir, n_per_class=settings.n_per_class, size=settings.size, seed=settings.seed, progress=progress)
+        lap("synth")
+    else:
+        data_dir = Path(data)
+    dataset = load_dataset(data_dir)
+
+    step(f"training the small CNN on {len(dataset.samples)} images ({', '.join(dataset.class_names)})")
+    config = classifier.TrainConfig(backbone="small", input_size=min(settings.size, 128), epochs=settings.epochs,
+                                    seed=settings.seed, batch_size=settings.batch_size)
+    result = classifier.train(dataset, config, progress=progress)
+    model_path = out_dir / "model.keras"
+    classifier.save_model(result.model, result.info, model_path)
+    classifier.save_training_outputs(result, model_path)
+    lap("train")
+
+    step("extracting Grad-CAM heatmaps of the training images")
+    held_in = set(result.info.split.get("train", [])) | set(result.info.split.get("val", []))
+    manifest = _write_manifest(dataset, held_in, out_dir / "templates_manifest.csv")
+    heatmaps_path = out_dir / "heatmaps.h5"
+    extraction = extract_heatmaps(model_path, manifest, heatmaps_path, batch_size=settings.batch_size, progress=progress)
+    lap("heatmaps")
+
+    step("registering heatmaps and building a template for every class")
+    templates_path = out_dir / "templates.h5"
+    if templates_path.exists():
+        templates_path.unlink()  # a fresh demo run rebuilds its templates rather than adding to them
+    # On the phantom, templates are built in its canonical frame so they can be scored against the
+    # ground-truth lesion maps; on user data the reference is built from the data.
+    reference = None if data is not None else str(data_dir / "ground_truth" / "canonical_chest.png")
+    build = build_templates(heatmaps_path, None, templates_path,
+                            config=BuildConfig(batch_size=settings.batch_size, reference=reference), progress=progress)
+    lap("templates")
+
+    ground_truth = None
+    if data is None:
+        from heatmap_templates.metrics import ground_truth_localisation
+
+        step("scoring the templates against the phantom's ground-truth lesion maps")
+        ground_truth = ground_truth_localisation(templates_path, data_dir)
+        lap("ground truth")
+
+    labels = {classifier.relative_path(sample, dataset.root): sample.label for sample in dataset.samples}
+    test_split = sorted(result.info.split.get("test", []))
+    chosen = test_split[:: max(1, len(test_split) // COMPARED_IMAGES)][:COMPARED_IMAGES]
+    step(f"comparing {len(chosen)} held-out test images with the templates")
+    comparison = Comparer(templates_path, model=model_path).compare([dataset.root / path for path in chosen], batch_size=settings.batch_size)
+    comparisons = [{"true": labels.get(chosen[item.position]), **item.to_dict()} for item in comparison.results]
+    lap("compare")
+
+    step("drawing the figures")
+    figures = template_figures(templates_path, out_dir / "figures", formats=("png", "pdf"), dpi=200)
+    lap("figures")
+
+    return DemoSummary(
+        out_dir=out_dir,
+        data=data_dir,
+        model=model_path,
+        heatmaps=heatmaps_path,
+        templates=templates_path,
+        figures=figures.files,
+        test_accuracy=None if result.test_report is None else float(result.test_report["accuracy"]),
+        template_members=build.members,
+        comparisons=comparisons,
+        ground_truth_auc=ground_truth,
+        seconds=seconds,
+        skipped=[*result.problems, *extraction.skipped, *comparison.skipped],
+    )

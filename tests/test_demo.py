@@ -1,0 +1,28 @@
+"""`hmt demo` runs every stage end to end (toy sizes here; `make demo` runs the real one)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", "from hmt_cli.main import run; run()", "demo", "--out", str(tmp_path / "demo"),
+         "--n-per-class", "12", "--size", "64", "--epochs", "2", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    for key in ("data", "model", "heatmaps", "templates"):
+        assert Path(summary[key]).exists(), key
+    assert summary["figures"] and all(Path(path).is_file() for path in summary["figures"])
+    assert summary["template_members"], "at least one class template was built"
+    assert set(summary["ground_truth_auc"]) <= {"bacteria", "covid", "virus"}
+    assert summary["comparisons"] and all(item["true"] is not None for item in summary["comparisons"])
