@@ -12,6 +12,7 @@ from heatmap_templates.build import DEFAULT_OUT, DEFAULT_REGISTRATION, BuildConf
 from heatmap_templates.errors import HmtError
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.main import app
+from hmt_cli.output import echo_skipped
 from hmt_cli.progress import RichProgress
 
 
@@ -64,8 +65,7 @@ def build_templates_command(
         )
         if not as_json:
             typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
-            for problem in extraction.skipped:
-                typer.echo(f"  skipped {problem.path}: {problem.reason}")
+            echo_skipped(extraction.skipped)
     config = BuildConfig(
         registration=registration, normalisation=normalisation, include=include,
         reference=str(reference) if reference else None, n_components=components,

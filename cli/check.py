@@ -10,6 +10,7 @@ import typer
 
 from heatmap_templates.data import DEFAULT_MAX_PIXELS, check_dataset, display_path, load_dataset
 from hmt_cli.main import app
+from hmt_cli.output import echo_skipped
 from hmt_cli.progress import RichProgress
 
 
@@ -43,8 +44,6 @@ def check(
     for name, count in report.images_by_format.items():
         typer.echo(f"  {name:<{width}}  {count}")
     if report.problems:
-        typer.echo(f"skipped {len(report.problems)} file{'s' if len(report.problems) != 1 else ''}:")
-        for problem in report.problems:
-            typer.echo(f"  {problem.path}: {problem.reason}")
+        echo_skipped(report.problems)
     else:
         typer.echo("skipped 0 files")

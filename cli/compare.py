@@ -23,6 +23,7 @@ from heatmap_templates.build import DEFAULT_OUT
 from heatmap_templates.data import SkipLog
 from heatmap_templates.errors import HmtError
 from hmt_cli.main import app
+from hmt_cli.output import echo_skipped
 from hmt_cli.progress import RichProgress
 
 SIMILARITY_HELP = "Similarity with each template: pearson, pearson-lungs (Pearson inside the lung mask), cosine or ssim."
@@ -181,7 +182,4 @@ def evaluate_templates_command(
     for name, row in energy["by_true_class"].items():
         template_value = energy["templates"].get(name)
         typer.echo(f"  {name}: images {_format(row['mean'])} (n={row['n']}), template {_format(template_value)}")
-    if report.skipped:
-        typer.echo(f"skipped {len(report.skipped)} file{'s' if len(report.skipped) > 1 else ''}:")
-        for problem in report.skipped:
-            typer.echo(f"  {problem}")
+    echo_skipped(report.skipped)

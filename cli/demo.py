@@ -10,6 +10,7 @@ import typer
 
 from heatmap_templates.demo import DEFAULT_DEMO_DIR, DemoSettings, run_demo
 from hmt_cli.main import app
+from hmt_cli.output import echo_skipped
 from hmt_cli.progress import RichProgress
 
 
@@ -51,12 +52,14 @@ def demo(
     if summary.ground_truth_auc is not None:
         typer.echo("ground-truth check (template as a pixel classifier of the phantom's lesion map, ROC AUC):")
         for name, scores in summary.ground_truth_auc.items():
-            typer.echo(f"  {name:<9} whole frame {_show_auc(scores.get('auc_frame'))}, inside lungs {_show_auc(scores.get('auc_lungs'))}")
+            if scores.get("auc_frame") is None:
+                typer.echo(f"  {name:<9} n/a ({'no template' if not scores.get('members') else 'no lesions to find'})")
+            else:
+                typer.echo(f"  {name:<9} whole frame {_show_auc(scores['auc_frame'])}, inside lungs {_show_auc(scores.get('auc_lungs'))}")
     typer.echo("held-out images compared with the templates:")
     for item in summary.comparisons:
         flag = "  ATYPICAL" if item.get("atypical") else ""
         best = item.get("best_match")
         typer.echo(f"  {Path(item['path']).name:<18} true {item.get('true')!s:<9} predicted {item['predicted']:<9} "
                    f"best template {best!s:<9} r={item.get('predicted_correlation') or 0:.2f}{flag}")
-    for problem in summary.skipped:
-        typer.echo(f"skipped {problem.path}: {problem.reason}")
+    echo_skipped(summary.skipped)

@@ -11,6 +11,7 @@ import typer
 from heatmap_templates.data import DEFAULT_MAX_PIXELS
 from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, extract_heatmaps
 from hmt_cli.main import app
+from hmt_cli.output import echo_skipped
 from hmt_cli.progress import RichProgress
 
 
@@ -60,7 +61,4 @@ def heatmaps(
     typer.echo(f"  correct {summary.correct}, incorrect {summary.incorrect}, unlabelled {summary.unlabelled}")
     for name, count in summary.per_class.items():
         typer.echo(f"  {name}: {count}")
-    if summary.skipped:
-        typer.echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) != 1 else ''}:")
-        for problem in summary.skipped:
-            typer.echo(f"  {problem.path}: {problem.reason}")
+    echo_skipped(summary.skipped)

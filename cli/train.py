@@ -13,6 +13,7 @@ from heatmap_templates.data import display_path, load_dataset
 from heatmap_templates.errors import HmtError
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from hmt_cli.main import app
+from hmt_cli.output import echo_skipped
 from hmt_cli.progress import RichProgress
 
 
@@ -120,10 +121,7 @@ def train(
     typer.echo(f"trained {backbone} on {display_path(dataset.root)} ({counts} images) in {result.seconds:.1f} s")
     for key, path in written.items():
         typer.echo(f"  {key:<10} {display_path(path)}")
-    if result.problems:
-        typer.echo(f"skipped {len(result.problems)} file{'s' if len(result.problems) != 1 else ''}:")
-        for problem in result.problems:
-            typer.echo(f"  {problem}")
+    echo_skipped(result.problems)
     if result.test_report is None:
         typer.echo("no test split (--test-fraction 0): no test accuracy")
     else:
@@ -179,9 +177,6 @@ def evaluate(
         typer.echo(f"note: {note}")
     for line in report_lines(result.report):
         typer.echo(line)
-    if result.problems:
-        typer.echo(f"skipped {len(result.problems)} file{'s' if len(result.problems) != 1 else ''}:")
-        for problem in result.problems:
-            typer.echo(f"  {problem}")
+    echo_skipped(result.problems)
     if out is not None:
         typer.echo(f"wrote {display_path(out / 'evaluation.json')} and {display_path(out / 'confusion_matrix.png')}")

@@ -24,5 +24,8 @@ def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> N
         assert Path(summary[key]).exists(), key
     assert summary["figures"] and all(Path(path).is_file() for path in summary["figures"])
     assert summary["template_members"], "at least one class template was built"
-    assert set(summary["ground_truth_auc"]) <= {"bacteria", "covid", "virus"}
+    truth = summary["ground_truth_auc"]
+    assert set(truth) == {"bacteria", "covid", "normal", "virus"}
+    assert truth["normal"]["auc_frame"] is None, "normal phantoms have no lesions to find"
+    assert all(scores["auc_frame"] is None or 0.0 <= scores["auc_frame"] <= 1.0 for scores in truth.values())
     assert summary["comparisons"] and all(item["true"] is not None for item in summary["comparisons"])

@@ -1,0 +1,17 @@
+"""Output pieces shared by several commands."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import typer
+
+from heatmap_templates.data import Problem
+
+
+def echo_skipped(problems: Sequence[Problem]) -> None:
+    """The end-of-run report of skipped files: a count, then one `path: reason` line each."""
+    if not problems:
+        return
+    typer.echo(f"skipped {len(problems)} file{'s' if len(problems) != 1 else ''}:")
+    for problem in problems:
+        typer.echo(f"  {problem.path}: {problem.reason}")
