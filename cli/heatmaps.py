@@ -58,7 +58,7 @@ def heatmaps(
         return
     typer.echo(f"heatmaps: {summary.out}")
     typer.echo(f"  computed {summary.computed} images ({summary.images_per_second:.1f} images/s), {summary.resumed} already stored")
-    typer.echo(f"  correct {summary.correct}, incorrect {summary.incorrect}, unlabelled {summary.unlabelled}")
+    typer.echo(f"  of those computed: correct {summary.correct}, incorrect {summary.incorrect}, unlabelled {summary.unlabelled}; per class:")
     for name, count in summary.per_class.items():
         typer.echo(f"  {name}: {count}")
     echo_skipped(summary.skipped)

@@ -34,7 +34,8 @@ DEFAULT_BATCH_SIZE = 32
 
 @dataclass
 class ExtractionSummary:
-    """What one ``hmt heatmaps`` run did."""
+    """What one ``hmt heatmaps`` run did: counts cover the images computed in this run (a resumed
+    run leaves the earlier ones out; ``hmt inspect`` shows the whole store)."""
 
     out: Path
     total: int  # usable samples in the data set
