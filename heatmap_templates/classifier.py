@@ -501,22 +501,29 @@ def model_input(images: np.ndarray, info: ModelInfo) -> np.ndarray:
     return to_model_input(np.asarray(images, dtype=np.float32), info.channels, info.preprocessing)
 
 
-def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = 32,
-                          progress: Progress | None = None) -> np.ndarray:
-    """Class probabilities (N, K) for in-memory images; a model that outputs logits gets a softmax."""
+def _predict_in_batches(model, images: np.ndarray, info: ModelInfo, batch_size: int, progress: Progress | None,
+                        description: str) -> list[np.ndarray]:
+    """``model.predict_on_batch`` over in-memory images, batch by batch, with progress."""
     progress = progress or NullProgress()
-    progress.start(len(images), "classifying")
+    progress.start(len(images), description)
     outputs = []
     try:
         for start in range(0, len(images), batch_size):
             batch = model_input(images[start:start + batch_size], info)
-            outputs.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))
+            outputs.append(np.asarray(model.predict_on_batch(batch)))
             progress.advance(len(batch))
     finally:
         progress.finish()
+    return outputs
+
+
+def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = 32,
+                          progress: Progress | None = None) -> np.ndarray:
+    """Class probabilities (N, K) for in-memory images; a model that outputs logits gets a softmax."""
+    outputs = _predict_in_batches(model, images, info, batch_size, progress, "classifying")
     if not outputs:
         return np.zeros((0, len(info.class_names)))
-    probabilities = np.concatenate(outputs)
+    probabilities = np.concatenate(outputs).astype(np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(info.class_names):
         raise HmtError(f"the model outputs shape {probabilities.shape[1:]}, expected ({len(info.class_names)},) class scores")
     if not np.all(np.isfinite(probabilities)):
@@ -655,18 +662,9 @@ def pooled_features(model, images: np.ndarray, info: ModelInfo, *, batch_size: i
     import keras
 
     extractor = keras.Model(model.inputs, model.get_layer("avg_pool").output)
-    progress = progress or NullProgress()
-    progress.start(len(images), "computing base features")
-    chunks = []
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = model_input(images[start:start + batch_size], info)
-            chunks.append(np.asarray(extractor.predict_on_batch(batch), dtype=np.float32))
-            progress.advance(len(batch))
-    finally:
-        progress.finish()
+    chunks = _predict_in_batches(extractor, images, info, batch_size, progress, "computing base features")
     width = extractor.output_shape[-1]
-    return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, width), np.float32)
 
 
 def head_model(model):

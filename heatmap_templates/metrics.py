@@ -6,6 +6,8 @@ Other stages add their own measures (localisation, lung-field energy) as further
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from heatmap_templates.errors import HmtError
@@ -20,6 +22,10 @@ __all__ = [
     "classification_report",
     "is_covid_class",
     "is_normal_class",
+    "lung_field_energy",
+    "pixel_auc",
+    "percentile_rank",
+    "ground_truth_localisation",
 ]
 
 
@@ -285,8 +291,6 @@ def ground_truth_localisation(templates_path: str | Path, data_dir: str | Path, 
     meaningless numbers. A lesion map of another size is resized to the template's (INTER_AREA);
     a different aspect ratio is refused with HmtError.
     """
-    from pathlib import Path
-
     import cv2
 
     from heatmap_templates.store import read_templates

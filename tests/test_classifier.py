@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from heatmap_templates.data import load_dataset
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.preprocess import to_model_input
 from heatmap_templates.project import load_project, record_project
+from cli_helpers import assert_user_error, run_hmt
 
 TOY_CLASSES = ("covid", "normal", "virus")
 
@@ -52,26 +52,6 @@ def trained_small(toy_dir: Path, toy_config: TrainConfig, tmp_path_factory: pyte
     result = classifier.train(load_dataset(toy_dir), toy_config)
     path = classifier.save_model(result.model, result.info, tmp_path_factory.mktemp("model") / "small.keras")
     return path, result
-
-
-def run_hmt(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run the `hmt` entry point in this process (as the console script does): (exit code, stdout, stderr)."""
-    from hmt_cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["hmt", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        run()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hmt: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 # --------------------------------------------------------------------------- backbones
@@ -163,7 +143,7 @@ def test_cli_imagenet_failure_is_one_line(toy_dir: Path, tmp_path: Path, capsys,
     monkeypatch.setattr(file_utils, "get_file", _fail_download)
     code, _, err = run_hmt(["train", str(toy_dir), "--backbone", "vgg16", "--input-size", "32", "--epochs", "1",
                             "--out", str(tmp_path / "m.keras"), "--project-dir", str(tmp_path)], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "ImageNet weights", "--weights PATH")
+    assert_user_error(code, err, "ImageNet weights", "--weights PATH")
 
 
 # --------------------------------------------------------------------------- metadata and files
@@ -327,7 +307,7 @@ def test_cli_evaluate_user_model(toy_dir: Path, tmp_path: Path, capsys, monkeypa
     path = tmp_path / "user.keras"
     user.save(path)
     code, _, err = run_hmt(["evaluate", str(path), str(toy_dir)], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "user.keras", "--classes")
+    assert_user_error(code, err, "user.keras", "--classes")
     code, out, err = run_hmt(["evaluate", str(path), str(toy_dir), "--classes", ",".join(TOY_CLASSES)], capsys, monkeypatch)
     assert code == 0, err
     assert "split all" in out and "covid vs noncovid" in out and "summed probabilities" in out and "mapped arg-max" in out
@@ -337,31 +317,31 @@ def test_cli_error_paths(toy_dir: Path, tmp_path: Path, capsys, monkeypatch) -> 
     not_a_model = tmp_path / "notes.keras"
     not_a_model.write_text("hello")
     code, _, err = run_hmt(["evaluate", str(not_a_model), str(toy_dir)], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "notes.keras", "not a Keras model")
+    assert_user_error(code, err, "notes.keras", "not a Keras model")
 
     fake_zip = tmp_path / "fake.keras"
     with zipfile.ZipFile(fake_zip, "w") as archive:
         archive.writestr("readme.txt", "not a model")
     code, _, err = run_hmt(["evaluate", str(fake_zip), str(toy_dir), "--classes", "a,b"], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "fake.keras", "cannot load the model")
+    assert_user_error(code, err, "fake.keras", "cannot load the model")
 
     one_class = tmp_path / "one"
     shutil.copytree(toy_dir / "covid", one_class / "covid")
     code, _, err = run_hmt(["train", str(one_class), "--backbone", "small", "--out", str(tmp_path / "m.keras")], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "at least 2 class")
+    assert_user_error(code, err, "at least 2 class")
     (one_class / "normal").mkdir()
     code, _, err = run_hmt(["train", str(one_class), "--backbone", "small", "--out", str(tmp_path / "m.keras")], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "normal", "no images")
+    assert_user_error(code, err, "normal", "no images")
 
     code, _, err = run_hmt(["train", str(toy_dir), "--backbone", "alexnet"], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "unknown backbone")
+    assert_user_error(code, err, "unknown backbone")
 
     code, _, err = run_hmt(["train", str(toy_dir), "--weights", str(tmp_path / "vgg19_notop.h5")], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "vgg19_notop.h5", "weights file not found")
+    assert_user_error(code, err, "vgg19_notop.h5", "weights file not found")
 
     monkeypatch.chdir(tmp_path)
     code, _, err = run_hmt(["evaluate"], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "no previous `hmt train` recorded")
+    assert_user_error(code, err, "no previous `hmt train` recorded")
 
 
 def test_project_record_keeps_other_keys(tmp_path: Path) -> None:

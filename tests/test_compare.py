@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from heatmap_templates.compare import (
 )
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.templates import normalise, pearson
+from cli_helpers import assert_user_error, run_hmt
 
 SIZE = 64
 CLASSES = ("covid", "normal")
@@ -77,25 +77,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def comparer(setup: dict) -> Comparer:
     return Comparer(setup["templates"])
-
-
-def run_hmt(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run the `hmt` entry point in this process: (exit code, stdout, stderr)."""
-    from hmt_cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["hmt", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        run()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hmt: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 # --------------------------------------------------------------------------- metrics additions
@@ -333,12 +314,12 @@ def test_cli_evaluate_templates_json(setup: dict, capsys, monkeypatch) -> None:
 def test_cli_user_errors_are_one_line(setup: dict, tmp_path: Path, capsys, monkeypatch) -> None:
     image = str(setup["data"] / "covid" / "covid_0000.png")
     code, _, err = run_hmt(["compare", image, "--templates", str(tmp_path / "none.h5")], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "none.h5")
+    assert_user_error(code, err, "none.h5")
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"this is not HDF5" * 10)
     code, _, err = run_hmt(["compare", image, "--templates", str(corrupt)], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "corrupt.h5")
+    assert_user_error(code, err, "corrupt.h5")
     code, _, err = run_hmt(["compare", str(tmp_path / "missing.png"), "--templates", str(setup["templates"])], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "no image could be scored", "missing.png")
+    assert_user_error(code, err, "no image could be scored", "missing.png")
     code, _, err = run_hmt(["compare", image, "--templates", str(setup["templates"]), "--similarity", "euclid"], capsys, monkeypatch)
-    _assert_one_line_error(code, err, "euclid")
+    assert_user_error(code, err, "euclid")

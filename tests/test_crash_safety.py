@@ -21,7 +21,8 @@ import pytest
 from heatmap_templates.build import BuildConfig, build_templates
 from heatmap_templates.heatmaps import extract_heatmaps
 from heatmap_templates.store import open_heatmaps, read_templates
-from test_reliability import run_hmt, save_tiny_model, write_phantom_set
+from cli_helpers import run_hmt
+from test_reliability import save_tiny_model, write_phantom_set
 
 SLOW_APPEND = """
 import time

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import bad_inputs
+from cli_helpers import assert_user_error, run_hmt
 from heatmap_templates import classifier, synth
 from heatmap_templates.classifier import ModelInfo
 from heatmap_templates.data import display_path
@@ -62,29 +63,6 @@ def save_tiny_model(path: Path, classes: tuple[str, ...] = CLASSES, size: int = 
     info = ModelInfo(class_names=list(classes), backbone="small", input_size=(size, size), channels=1, preprocessing="unit",
                      cam_layer=classifier.default_cam_layer(model))
     return classifier.save_model(model, info, path)
-
-
-def run_hmt(args: list, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run the `hmt` entry point in this process: (exit code, stdout, stderr)."""
-    from hmt_cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["hmt", *map(str, args)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-def assert_user_error(code: int, err: str, *fragments: str) -> str:
-    """Exit code 2, one non-blank stderr line starting `hmt: error:`, no traceback, containing every fragment."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(lines) == 1 and lines[0].startswith("hmt: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def h5_datasets(path: Path) -> dict[str, np.ndarray]:
