@@ -151,8 +151,9 @@ def default_store_path(model_path: str | os.PathLike, method: str, score: str, f
 def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # noqa: ANN001 (ModelInfo, CamEngine)
     """The settings that identify a heatmap store: a store made with other settings is refused.
 
-    ``mixed_precision`` is recorded but not part of the identity (``store.HEATMAP_IDENTITY_KEYS``):
-    float16 maps agree with float32 ones to a correlation of 0.99 or more, so a resume may switch.
+    ``mixed_precision`` is not part of the identity that templates check (``store.HEATMAP_IDENTITY_KEYS``:
+    float16 maps agree with float32 ones to a correlation of 0.99 or more), but a resume may not switch it
+    (``store.RESUME_KEYS``), so the store's record is true of every image in it.
     """
     return {
         "model_sha256": model_sha256(model_path),

@@ -48,6 +48,9 @@ SCHEMA_VERSION = 1
 HEATMAPS_KIND = "hmt-heatmaps"
 TEMPLATES_KIND = "hmt-templates"
 HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size")
+# A resume must also keep these when the store records them (hmt heatmaps always does), so that the
+# settings a finished store records are true of every image in it.
+RESUME_KEYS = HEATMAP_IDENTITY_KEYS + ("mixed_precision",)
 TEMPLATE_IDENTITY_KEYS = HEATMAP_IDENTITY_KEYS + ("registration", "normalisation")
 INCLUDE_CHOICES = ("correct", "all", "predicted")
 _SHARD_NAME = re.compile(r"^(\d+)\.h5$")
@@ -351,7 +354,7 @@ class HeatmapWriter:
         for source in _heatmap_sources(self.path):
             with _open_h5(source) as handle:
                 _, stored = _read_root(handle, source, HEATMAPS_KIND)
-                _check_identity(source, stored, self.settings, HEATMAP_IDENTITY_KEYS)
+                _check_identity(source, stored, self.settings, RESUME_KEYS)
                 if "path" in handle:
                     self.done.update(_strings(handle["path"]))
                     self.done.update(_strings(handle["image_sha256"]))

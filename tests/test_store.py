@@ -127,6 +127,10 @@ def test_heatmap_store_refuses_other_settings_naming_the_setting(tmp_path: Path)
         HeatmapWriter(shards_only, HEATMAP_SETTINGS | {"score": "probability"})
     with pytest.raises(ValueError, match="upsampled"):
         HeatmapWriter(tmp_path / "x.h5", HEATMAP_SETTINGS).append(_wrong_size_batch())
+    float32_run = tmp_path / "float32.h5"
+    HeatmapWriter(float32_run, HEATMAP_SETTINGS | {"mixed_precision": False}).append(make_batch(0, 2))
+    with pytest.raises(BadFileError, match="made with mixed_precision=false"):
+        HeatmapWriter(float32_run, HEATMAP_SETTINGS | {"mixed_precision": True})
 
 
 def _wrong_size_batch() -> HeatmapBatch:
