@@ -37,7 +37,7 @@ import numpy as np
 
 from heatmap_templates import __version__
 from heatmap_templates.data import Dataset, Problem, Sample, SkipLog, decode_image, display_path, file_sha256, split_dataset
-from heatmap_templates.errors import BadFileError, BadImageError, HmtError
+from heatmap_templates.errors import BadFileError, BadImageError, HmtError, one_line
 from heatmap_templates.metrics import classification_report
 from heatmap_templates.preprocess import PREPROCESSING_MODES, resize_gray, to_model_input
 from heatmap_templates.progress import NullProgress, Progress
@@ -324,7 +324,7 @@ def _application_base(spec: BackboneSpec, input_shape: tuple[int, int, int], wei
             return constructor(include_top=False, weights="imagenet", input_shape=input_shape, name=spec.name)
         except Exception as error:  # noqa: BLE001 (Keras wraps every download failure in a bare Exception)
             raise HmtError(
-                f"could not download the ImageNet weights for {spec.name} (no network?): {_one_line(error)}; "
+                f"could not download the ImageNet weights for {spec.name} (no network?): {one_line(error, 200)}; "
                 f"pass --weights PATH to a local {spec.name}_weights_tf_dim_ordering_tf_kernels_notop.h5 file, or --weights none"
             ) from None
     base = constructor(include_top=False, weights=None, input_shape=input_shape, name=spec.name)
@@ -340,12 +340,7 @@ def _load_weights_file(model, path: str) -> None:
     try:
         model.load_weights(path)
     except Exception as error:  # noqa: BLE001 (Keras raises ValueError, OSError, KeyError... for a wrong file)
-        raise BadFileError(path, f"cannot load these weights into {model.name}: {_one_line(error)}") from None
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        raise BadFileError(path, f"cannot load these weights into {model.name}: {one_line(error, 200)}") from None
 
 
 def _iter_layers(model, prefix: str = ""):
@@ -924,7 +919,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
                 return None
             data = json.loads(archive.read(INFO_MEMBER).decode("utf-8"))
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadFileError(path, f"cannot read {INFO_MEMBER}: {_one_line(error)}") from None
+        raise BadFileError(path, f"cannot read {INFO_MEMBER}: {one_line(error, 200)}") from None
     return ModelInfo.from_dict(data, source=path)
 
 
@@ -953,7 +948,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
         if "safe_mode" in text or "unsafe" in text.lower():
             reason = "contains code (a Lambda layer or custom object) that safe mode will not run; pass --unsafe-load only if you trust the file"
         else:
-            reason = f"cannot load the model: {_one_line(error)}"
+            reason = f"cannot load the model: {one_line(error, 200)}"
         raise BadFileError(path, reason) from None
     if not isinstance(model, keras.Model):
         raise BadFileError(path, "the file does not hold a Keras model")

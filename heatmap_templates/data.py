@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from heatmap_templates.errors import BadImageError, HmtError
+from heatmap_templates.errors import BadImageError, HmtError, one_line
 from heatmap_templates.progress import NullProgress, Progress
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -292,7 +292,7 @@ def _declared_size(data: bytes, kind: str, shown: str, max_pixels: int) -> tuple
         except UnidentifiedImageError:
             raise BadImageError(shown, f"corrupt or truncated {kind.upper()} (unreadable header)") from None
         except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
-            raise BadImageError(shown, f"corrupt or truncated {kind.upper()} ({_short(error)})") from None
+            raise BadImageError(shown, f"corrupt or truncated {kind.upper()} ({one_line(error)})") from None
     _check_pixel_count(width, height, max_pixels, shown)
     return height, width
 
@@ -335,7 +335,7 @@ def _decode_with_pillow(data: bytes, kind: str, shown: str) -> tuple[np.ndarray,
     except BadImageError:
         raise
     except Exception as error:  # Pillow raises many types on corrupt data; each means "cannot decode"
-        raise BadImageError(shown, f"cannot decode {kind.upper()} ({_short(error)})") from None
+        raise BadImageError(shown, f"cannot decode {kind.upper()} ({one_line(error)})") from None
 
 
 def _pillow_to_gray_unit(image: Image.Image, shown: str) -> tuple[np.ndarray, int]:
@@ -417,7 +417,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
         spacing = _dicom_pixel_spacing(dataset)
         transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     except Exception as error:  # pydicom raises many types on corrupt headers; each means "unreadable"
-        raise BadImageError(shown, f"unreadable DICOM ({_short(error)})") from None
+        raise BadImageError(shown, f"unreadable DICOM ({one_line(error)})") from None
     if not has_pixels:
         raise BadImageError(shown, "DICOM has no pixel data")
     _check_pixel_count(columns, rows * max(frames, 1), max_pixels, shown)  # every frame gets decoded
@@ -440,7 +440,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
     except BadImageError:
         raise
     except Exception as error:  # decoder failures on corrupt pixel data come in many types
-        raise BadImageError(shown, f"cannot decode DICOM pixel data ({_short(error)})") from None
+        raise BadImageError(shown, f"cannot decode DICOM pixel data ({one_line(error)})") from None
     if not np.isfinite(values).all():
         raise BadImageError(shown, "DICOM has non-finite pixel values")
     values = np.clip(values, 0.0, 1.0)
@@ -494,12 +494,6 @@ def _dicom_pixel_spacing(dataset) -> tuple[float, float] | None:  # noqa: ANN001
             if row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col):
                 return row, col
     return None
-
-
-def _short(error: BaseException, limit: int = 120) -> str:
-    """One line of an exception message for a reason string."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- data sets
@@ -643,7 +637,7 @@ def _load_csv(manifest: Path, wanted: list[str] | None, patient_pattern: re.Patt
             header = [name.strip().lower() for name in (reader.fieldnames or [])]
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise HmtError(f"{shown}: cannot read CSV manifest ({_short(error)})") from None
+        raise HmtError(f"{shown}: cannot read CSV manifest ({one_line(error)})") from None
     raw_names = reader.fieldnames or []
     column = {name.strip().lower(): raw for name, raw in zip(header, raw_names)}
     path_column = column.get("path", column.get("file"))

@@ -28,3 +28,9 @@ class BadFileError(HmtError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def one_line(error: BaseException, limit: int = 120) -> str:
+    """An exception's message collapsed to one line of at most ``limit`` characters, for reasons and errors."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
