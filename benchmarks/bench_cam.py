@@ -112,7 +112,7 @@ def main() -> None:
         f"{args.batches} batches x {args.batch_size} images, {args.rounds} interleaved rounds; "
         f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
     )
-    print(f"| contender | images/s | vs forward pass | hmt speed-up over it | per-round ratio to forward (median) |")
+    print("| contender | images/s | vs forward pass | hmt speed-up over it | per-round ratio to forward (median) |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
         rate = images_per_round * args.rounds / sum(seconds[name])

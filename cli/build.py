@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,8 +11,8 @@ from heatmap_templates.build import DEFAULT_OUT, DEFAULT_REGISTRATION, BuildConf
 from heatmap_templates.errors import HmtError
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.main import app
-from hmt_cli.output import echo_skipped
-from hmt_cli.progress import RichProgress
+from hmt_cli.output import command_line, echo_skipped
+from hmt_cli.progress import progress_bar
 
 
 @app.command("build-templates")
@@ -50,7 +49,6 @@ def build_templates_command(
         raise HmtError("name a class with --class NAME (repeatable) or use --all-classes")
     if class_names and all_classes:
         raise HmtError("use either --class or --all-classes, not both")
-    show_bar = sys.stderr.isatty() and not as_json
     if model is None and heatmaps is None or model is not None and data is None:
         project = load_project(project_dir)
         model = model or Path(project["model"])
@@ -61,7 +59,7 @@ def build_templates_command(
         heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
         extraction = extract_heatmaps(
             model, data, heatmaps, method=method, score=score, layer=layer, batch_size=batch_size,
-            unsafe_load=unsafe_load, command=" ".join(["hmt", *sys.argv[1:]]), progress=RichProgress() if show_bar else None,
+            unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json),
         )
         if not as_json:
             typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
@@ -73,7 +71,7 @@ def build_templates_command(
     )
     summary = build_templates(
         heatmaps, None if all_classes else class_names, out, config=config,
-        command=" ".join(["hmt", *sys.argv[1:]]), progress=RichProgress() if show_bar else None,
+        command=command_line(), progress=progress_bar(as_json),
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import typer
 from heatmap_templates.data import DEFAULT_MAX_PIXELS, check_dataset, display_path, load_dataset
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
-from hmt_cli.progress import RichProgress
+from hmt_cli.progress import progress_bar
 
 
 @app.command("check")
@@ -29,8 +28,7 @@ def check(
     """
     class_list = [name for name in classes.split(",")] if classes else None
     dataset = load_dataset(data, classes=class_list, patient_regex=patient_regex, strict=strict)
-    show_bar = sys.stderr.isatty() and not as_json  # a bar left in redirected stderr would bury the one-line error
-    report = check_dataset(dataset, max_pixels=max_pixels, strict=strict, progress=RichProgress() if show_bar else None)
+    report = check_dataset(dataset, max_pixels=max_pixels, strict=strict, progress=progress_bar(as_json))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return

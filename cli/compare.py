@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +23,7 @@ from heatmap_templates.data import SkipLog
 from heatmap_templates.errors import HmtError
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
-from hmt_cli.progress import RichProgress
+from hmt_cli.progress import progress_bar
 
 SIMILARITY_HELP = "Similarity with each template: pearson, pearson-lungs (Pearson inside the lung mask), cosine or ssim."
 
@@ -107,11 +106,10 @@ def compare_command(
     skip_log = SkipLog()
     paths = collect_images(images, skip_log)
     target, one_per_image = _figure_target(figure, len(paths) > 1) if figure is not None else (None, False)
-    show_bar = sys.stderr.isatty() and not as_json
     results: list[ImageComparison] = []
     figures: list[Path] = []
     for result in comparer.iter_results(paths, skip_log=skip_log, batch_size=batch_size, keep_maps=target is not None,
-                                        progress=RichProgress() if show_bar else None):
+                                        progress=progress_bar(as_json)):
         if target is not None and result.maps is not None and (one_per_image or not figures):
             out = target / f"{result.position:05d}_{Path(result.path).stem}.png" if one_per_image else target
             figures.append(_draw(result, out, comparer.file.reference_image))
@@ -158,10 +156,9 @@ def evaluate_templates_command(
 
     Example: hmt evaluate-templates templates_out/templates.h5 data/test/ --json
     """
-    show_bar = sys.stderr.isatty() and not as_json
     report = evaluate_templates(templates, data, model=model, similarity=similarity, atypical_percentile=atypical_percentile,
                                 split=split, batch_size=batch_size, unsafe_load=unsafe_load,
-                                progress=RichProgress() if show_bar else None)
+                                progress=progress_bar(as_json))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return

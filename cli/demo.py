@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import typer
 from heatmap_templates.demo import DEFAULT_DEMO_DIR, DemoSettings, run_demo
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
-from hmt_cli.progress import RichProgress
+from hmt_cli.progress import progress_bar
 
 
 def _show_auc(value: float | None) -> str:
@@ -37,7 +36,7 @@ def demo(
     show_steps = not as_json
     summary = run_demo(out, data=data, settings=settings,
                        on_step=(lambda message: typer.echo(f"[hmt demo] {message}", err=True)) if show_steps else None,
-                       progress=RichProgress() if sys.stderr.isatty() and not as_json else None)
+                       progress=progress_bar(as_json))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

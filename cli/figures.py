@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -10,7 +9,7 @@ import typer
 from heatmap_templates.build import DEFAULT_OUT
 from heatmap_templates.figures import DEFAULT_CMAP, DEFAULT_EIGEN_COMPONENTS, FIGURE_FORMATS, parse_formats, template_figures
 from hmt_cli.main import app
-from hmt_cli.progress import RichProgress
+from hmt_cli.progress import progress_bar
 
 
 @app.command("figures")
@@ -30,7 +29,7 @@ def figures_command(
 
     Example: hmt figures templates_out/templates.h5 --out figures/ --format pdf,png --width single
     """
-    progress = RichProgress(unit="figures") if sys.stderr.isatty() and not as_json else None
+    progress = progress_bar(as_json, unit="figures")
     summary = template_figures(templates, out, formats=parse_formats(formats), dpi=dpi, cmap=cmap, width=width,
                                components=components, progress=progress)
     if as_json:

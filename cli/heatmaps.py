@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,8 +10,8 @@ import typer
 from heatmap_templates.data import DEFAULT_MAX_PIXELS
 from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, extract_heatmaps
 from hmt_cli.main import app
-from hmt_cli.output import echo_skipped
-from hmt_cli.progress import RichProgress
+from hmt_cli.output import command_line, echo_skipped
+from hmt_cli.progress import progress_bar
 
 
 @app.command("heatmaps")
@@ -44,14 +43,13 @@ def heatmaps(
 
     Example: hmt heatmaps templates_out/model.keras data/ --out templates_out/heatmaps.h5
     """
-    show_bar = sys.stderr.isatty() and not as_json
     summary = extract_heatmaps(
         model, data, out,
         method=method, score=score, layer=layer, batch_size=batch_size,
         classes=[c.strip() for c in classes.split(",")] if classes else None,
         unsafe_load=unsafe_load, max_pixels=max_pixels, strict=strict, mixed_precision=mixed_precision,
-        command=" ".join(["hmt", *sys.argv[1:]]),
-        progress=RichProgress() if show_bar else None,
+        command=command_line(),
+        progress=progress_bar(as_json),
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))

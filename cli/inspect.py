@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +10,8 @@ import typer
 from heatmap_templates.errors import HmtError
 from heatmap_templates.store import HEATMAPS_KIND, describe, merge_template_files
 from hmt_cli.main import app
-from hmt_cli.progress import RichProgress
-
-
-def _command_line() -> str:
-    return "hmt " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
+from hmt_cli.output import command_line
+from hmt_cli.progress import progress_bar
 
 
 def _print_settings(summary: dict[str, Any]) -> None:
@@ -97,8 +92,7 @@ def merge_templates(
         raise HmtError("merge-templates needs at least two input files")
     if output.resolve() in {path.resolve() for path in inputs}:
         raise HmtError(f"{output}: the output must not be one of the inputs")
-    show_bar = sys.stderr.isatty() and not as_json
-    merged = merge_template_files(inputs, output, command=_command_line(), progress=RichProgress(unit="files") if show_bar else None)
+    merged = merge_template_files(inputs, output, command=command_line(), progress=progress_bar(as_json, unit="files"))
     if as_json:
         typer.echo(json.dumps(describe(output), indent=2))
         return

@@ -1,6 +1,8 @@
 """Output pieces shared by several commands."""
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Sequence
 
 import typer
@@ -15,3 +17,8 @@ def echo_skipped(problems: Sequence[Problem]) -> None:
     typer.echo(f"skipped {len(problems)} file{'s' if len(problems) != 1 else ''}:")
     for problem in problems:
         typer.echo(f"  {problem.path}: {problem.reason}")
+
+
+def command_line() -> str:
+    """The command as the user typed it (shell-quoted), recorded in the files hmt writes."""
+    return "hmt " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])

@@ -56,3 +56,9 @@ class RichProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def progress_bar(as_json: bool = False, unit: str = "images") -> RichProgress | None:
+    """The bar a command shows: none when its output is JSON for a script (RichProgress itself stays
+    silent when stderr is not a terminal, so a redirected error stays one line)."""
+    return None if as_json else RichProgress(unit)

@@ -9,7 +9,7 @@ import typer
 from heatmap_templates.errors import HmtError
 from heatmap_templates.synth import CLASSES, synthesize_dataset, write_preview_grid
 from hmt_cli.main import app
-from hmt_cli.progress import RichProgress
+from hmt_cli.progress import progress_bar
 
 
 @app.command("synth")
@@ -35,7 +35,7 @@ def synth(
     if preview_examples < 1:
         raise HmtError(f"--preview-examples must be at least 1, got {preview_examples}")
     summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
-                                 progress=RichProgress(unit="images"), workers=workers, pose_spread=pose_spread)
+                                 progress=progress_bar(), workers=workers, pose_spread=pose_spread)
     preview_path = write_preview_grid(out_dir, preview, preview_examples) if preview is not None else None
     if as_json:
         result = summary.to_json()

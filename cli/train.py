@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,12 +13,7 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
-from hmt_cli.progress import RichProgress
-
-
-def _progress(as_json: bool) -> RichProgress | None:
-    """A bar only on an interactive terminal: a bar left in redirected stderr would bury a one-line error."""
-    return RichProgress() if sys.stderr.isatty() and not as_json else None
+from hmt_cli.progress import progress_bar
 
 
 def _epoch_line(entry: classifier.EpochLog) -> None:
@@ -100,7 +94,7 @@ def train(
     if out.suffix != ".keras":
         raise HmtError(f"{display_path(out)}: the model file must end in .keras")
     dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
-    result = classifier.train(dataset, config, progress=_progress(as_json), on_epoch=_epoch_line)
+    result = classifier.train(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
     model_path = classifier.save_model(result.model, result.info, out)
     written = {"model": model_path, **classifier.save_training_outputs(result, model_path)}
     written["project"] = record_project(model=model_path, data=data, folder=project_dir)
@@ -159,7 +153,7 @@ def evaluate(
     keras_model, info = classifier.load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing)
     dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
     result = classifier.evaluate(keras_model, info, dataset, split=split, batch_size=batch_size, strict=strict,
-                                 progress=_progress(as_json))
+                                 progress=progress_bar(as_json))
     output = {"model": str(model), "data": str(data), **result.to_dict()}
     if out is not None:
         from heatmap_templates import figures
