@@ -4,7 +4,7 @@ One command, one run per pose spread: phantoms (seeded, ``--pose-spread`` x the 
 range) -> `small` classifier trained on them -> heatmap store -> templates of every class built
 twice, with registration ``affine`` and ``none``, both into the CANONICAL frame -> each disease
 template scored as a pixel classifier of the canonical ground-truth lesion map
-(`heatmap_templates.metrics.ground_truth_localisation`, ROC AUC).
+(`heatmap_templates.synth.ground_truth_localisation`, ROC AUC).
 
 The canonical frame: the reference given to build is ``ground_truth/canonical_chest.png``, the mean
 of the phantoms before their pose warp, so an ``affine``-registered template lives in the frame of
@@ -43,11 +43,20 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.data import decode_image, load_dataset  # noqa: E402
-from heatmap_templates.metrics import ground_truth_localisation, roc_auc  # noqa: E402
+from heatmap_templates.data import load_dataset  # noqa: E402
+from heatmap_templates.decode import decode_image  # noqa: E402
+from heatmap_templates.members import member_indices  # noqa: E402
+from heatmap_templates.metrics import roc_auc  # noqa: E402
 from heatmap_templates.preprocess import resize_gray  # noqa: E402
 from heatmap_templates.registration import Registrar, reference_from_image  # noqa: E402
-from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR, canonical_lung_mask, read_poses, synthesize_dataset  # noqa: E402
+from heatmap_templates.synth import (  # noqa: E402
+    CANONICAL_CHEST_FILE,
+    GROUND_TRUTH_DIR,
+    canonical_lung_mask,
+    ground_truth_localisation,
+    read_poses,
+    synthesize_dataset,
+)
 
 DISEASES = ("bacteria", "covid", "virus")
 
@@ -90,7 +99,7 @@ def true_pose_templates(store: Path, data: Path, out: Path, include: str) -> Pat
     templates = []
     for class_index, name in enumerate(reader.class_names):
         accumulator = ClassAccumulator(name, size, n_components=8, bootstrap_replicates=20)
-        for batch in reader.iter_batches(32, reader.indices_for(class_index, include)):
+        for batch in reader.iter_batches(32, member_indices(reader, class_index, include)):
             maps = batch.maps_for(class_index)
             warped = np.stack([cv2.warpAffine(m, poses[Path(p).resolve()].matrix, (size[1], size[0]),
                                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0.0)
@@ -129,7 +138,8 @@ def pose_ceiling(data: Path, threshold: float) -> dict[str, dict[str, float | No
 
 def run_spread(args: argparse.Namespace, spread: float, work: Path) -> dict:
     """Synthesise, train, extract, build (affine and none) and score at one pose spread."""
-    from heatmap_templates.classifier import TrainConfig, save_model, train
+    from heatmap_templates.training import TrainConfig, train
+    from heatmap_templates.model_file import save_model
     from heatmap_templates.heatmaps import extract_heatmaps
 
     work.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ One run, same images, same batch size, contenders interleaved round by round (or
   preprocessing in the tf.data pipeline, classifier + Grad-CAM of *every* class, float16
   conversion and one crash-safe shard file per batch, then ``finalize`` (merge into the store).
 
-Model: hmt's VGG19 (``classifier.build_model("vgg19", 3, 224)``, random weights, nested base,
-GAP + dense head) saved with ``classifier.save_model``; CAM layer ``vgg19/block5_conv4``.
+Model: hmt's VGG19 (``backbones.build_model("vgg19", 3, 224)``, random weights, nested base,
+GAP + dense head) saved with ``model_file.save_model``; CAM layer ``vgg19/block5_conv4``.
 Images: phantoms at 256 px written as PNG files to a temporary folder (resized to 224 by the pipeline).
 
 Throughput is measured after the first batch for both (tracing and pipeline start-up excluded):
@@ -37,7 +37,9 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heatmap_templates.classifier import ModelInfo, build_model, default_cam_layer, load_model, save_model  # noqa: E402
+from heatmap_templates.model_file import ModelInfo, load_model, save_model  # noqa: E402
+from heatmap_templates.backbones import build_model  # noqa: E402
+from heatmap_templates.model_layers import default_cam_layer  # noqa: E402
 from heatmap_templates.data import load_dataset  # noqa: E402
 from heatmap_templates.heatmaps import extract_heatmaps, load_for_model  # noqa: E402
 from heatmap_templates.synth import synthesize_dataset  # noqa: E402

@@ -36,9 +36,9 @@ import cv2
 import numpy as np
 
 from heatmap_templates import synth
-from heatmap_templates.data import decode_image
+from heatmap_templates.decode import decode_image
 from heatmap_templates.preprocess import resize_gray
-from heatmap_templates.registration import METHODS, Reference, Registrar, build_reference
+from heatmap_templates.registration import REGISTRATIONS, Reference, Registrar, build_reference
 
 
 def render(n_per_class: int, size: int, seed: int) -> list[synth.Phantom]:
@@ -100,7 +100,7 @@ def evaluate_real(images: list[np.ndarray]) -> None:
     print()
     print("| method | correlation with reference | methods used | fallbacks | CPU ms / image |")
     print("|---|---|---|---|---|")
-    for method in METHODS:
+    for method in REGISTRATIONS:
         registrar = Registrar(method, build_reference(half, iterations=3, method=method))
         start = time.process_time()
         alignments = [registrar.estimate(image) for image in images]
@@ -124,7 +124,7 @@ def main() -> None:
     images = [phantom.image for phantom in phantoms]
     references = {"canonical": canonical_reference(phantoms, args.size)}
     build_seconds = {}
-    for method in METHODS:
+    for method in REGISTRATIONS:
         start = time.perf_counter()
         references[f"data:{method}"] = build_reference(images, iterations=3, method=method)
         build_seconds[method] = time.perf_counter() - start
@@ -138,7 +138,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for kind in ("canonical", "data"):
         rows = {}
-        for method in METHODS:
+        for method in REGISTRATIONS:
             reference = references["canonical"] if kind == "canonical" else references[f"data:{method}"]
             rows[method] = evaluate(method, reference, phantoms, canonical=kind == "canonical")
         for method, row in rows.items():

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_templates.store import HeatmapBatch, HeatmapWriter
-from heatmap_templates.templates import ClassAccumulator, Member, downsample, normalise
+from heatmap_templates.templates import ClassAccumulator, Member
+from heatmap_templates.resample import downsample
+from heatmap_templates.normalisation import normalise
 
 BATCH = 32
 

@@ -22,8 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from heatmap_templates import classifier  # noqa: E402
-from heatmap_templates.classifier import ModelInfo  # noqa: E402
+from heatmap_templates import backbones, model_layers, training  # noqa: E402
+from heatmap_templates.model_file import ModelInfo  # noqa: E402
 
 
 def _timed(function) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def _timed(function) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="vgg19", choices=[name for name, spec in classifier.BACKBONES.items() if spec.application])
+    parser.add_argument("--backbone", default="vgg19", choices=[name for name, spec in backbones.BACKBONES.items() if spec.application])
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10)
@@ -47,30 +47,30 @@ def main() -> None:
     images = rng.random((args.images, args.size, args.size)).astype(np.float16)
     labels = np.arange(args.images) % args.classes
     onehot = np.eye(args.classes, dtype=np.float32)[labels]
-    spec = classifier.BACKBONES[args.backbone]
+    spec = backbones.BACKBONES[args.backbone]
 
     def fresh_model():
         keras.utils.set_random_seed(0)
-        model = classifier.build_model(args.backbone, args.classes, args.size, "none")
+        model = backbones.build_model(args.backbone, args.classes, args.size, "none")
         info = ModelInfo(class_names=[f"c{k}" for k in range(args.classes)], backbone=args.backbone,
                          input_size=(args.size, args.size), channels=spec.channels, preprocessing=spec.preprocessing,
-                         cam_layer=classifier.default_cam_layer(model))
+                         cam_layer=model_layers.default_cam_layer(model))
         return model, info
 
     # Warm-up on a separate model so that both paths start with TensorFlow's one-off costs paid.
     model, info = fresh_model()
-    classifier.pooled_features(model, images[: args.batch_size], info, batch_size=args.batch_size)
+    training.pooled_features(model, images[: args.batch_size], info, batch_size=args.batch_size)
 
     cached_model, info = fresh_model()
     features: dict[str, np.ndarray] = {}
     extract_wall, extract_cpu = _timed(lambda: features.setdefault(
-        "train", classifier.pooled_features(cached_model, images, info, batch_size=args.batch_size)))
-    head_wall, head_cpu = _timed(lambda: classifier.fit_head_on_features(
+        "train", training.pooled_features(cached_model, images, info, batch_size=args.batch_size)))
+    head_wall, head_cpu = _timed(lambda: training.fit_head_on_features(
         cached_model, features["train"], onehot, None, None, epochs=args.epochs, learning_rate=1e-3,
         batch_size=args.batch_size, seed=0))
 
     full_model, info = fresh_model()
-    pipeline = classifier.image_pipeline(images, onehot, info, args.batch_size, shuffle_seed=0)
+    pipeline = training.image_pipeline(images, onehot, info, args.batch_size, shuffle_seed=0)
     full_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
     full_wall, full_cpu = _timed(lambda: full_model.fit(pipeline, epochs=args.epochs, shuffle=False, verbose=0))
 

@@ -49,12 +49,12 @@ def write_manifest(paths: list[str], data: Path, out: Path) -> int:
 
 
 def train_model(data: Path, out: Path, epochs: int, input_size: int) -> Path:
-    from heatmap_templates import classifier
+    from heatmap_templates import model_file, training
     from heatmap_templates.data import load_dataset
 
-    config = classifier.TrainConfig(backbone="small", epochs=epochs, input_size=input_size, batch_size=16)
-    result = classifier.train(load_dataset(data), config)
-    return classifier.save_model(result.model, result.info, out / "model.keras")
+    config = training.TrainConfig(backbone="small", epochs=epochs, input_size=input_size, batch_size=16)
+    result = training.train(load_dataset(data), config)
+    return model_file.save_model(result.model, result.info, out / "model.keras")
 
 
 def template_panel(templates_path: Path, energies: dict[str, float], out: Path) -> Path:
@@ -134,7 +134,7 @@ def main() -> None:
         return
 
     from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.classifier import read_model_info
+    from heatmap_templates.model_file import read_model_info
     from heatmap_templates.compare import evaluate_templates
     from heatmap_templates.heatmaps import extract_heatmaps
 

@@ -7,8 +7,13 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT, DEFAULT_REGISTRATION, BuildConfig, build_templates
+from heatmap_templates.build import DEFAULT_OUT, BuildConfig, build_templates
+from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.errors import HmtError
+from heatmap_templates.members import INCLUDES
+from heatmap_templates.normalisation import NORMALISATIONS
+from heatmap_templates.registration import REGISTRATIONS
+from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
@@ -23,17 +28,21 @@ def build_templates_command(
     all_classes: bool = typer.Option(False, "--all-classes", help="Build a template for every class."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store to build from (computed or resumed first when MODEL/DATA are known)."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Templates file; another class is added to an existing one."),
-    registration: str = typer.Option(DEFAULT_REGISTRATION, "--registration", help="Registration: none, affine or lungs (falls back lungs -> affine -> none)."),
+    registration: str = typer.Option(BuildConfig.registration, "--registration", help=REGISTRATIONS.help_text("Registration"),
+                                     autocompletion=REGISTRATIONS.names),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Image to use as the reference frame (default: built from the data)."),
-    normalisation: str = typer.Option("minmax", "--normalisation", help="Per-map normalisation: minmax, sum, zscore or none."),
-    include: str = typer.Option("correct", "--include", help="Members: correct (true class, correctly classified), all (true class) or predicted."),
-    method: str = typer.Option("gradcam", "--method", help="CAM method when heatmaps must be computed."),
-    score: str = typer.Option("logit", "--score", help="CAM score when heatmaps must be computed: logit or probability."),
+    normalisation: str = typer.Option(BuildConfig.normalisation, "--normalisation", help=NORMALISATIONS.help_text("Per-map normalisation"),
+                                      autocompletion=NORMALISATIONS.names),
+    include: str = typer.Option(BuildConfig.include, "--include", help=INCLUDES.help_text("Members"), autocompletion=INCLUDES.names),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help=METHODS.help_text("CAM method when heatmaps must be computed"),
+                               autocompletion=METHODS.names),
+    score: str = typer.Option(DEFAULT_SCORE, "--score", help=SCORES.help_text("CAM score when heatmaps must be computed"),
+                              autocompletion=SCORES.names),
     layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
-    components: int = typer.Option(8, "--components", min=1, help="Eigen-heatmaps kept per class."),
-    bootstrap: int = typer.Option(100, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
-    median: bool = typer.Option(True, "--median/--no-median", help="Also store the per-pixel median."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+    components: int = typer.Option(BuildConfig.n_components, "--components", min=1, help="Eigen-heatmaps kept per class."),
+    bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
+    median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),
+    batch_size: int = typer.Option(BuildConfig.batch_size, "--batch-size", min=1, help="Images per batch."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded the project."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON on stdout."),
@@ -49,6 +58,12 @@ def build_templates_command(
         raise HmtError("name a class with --class NAME (repeatable) or use --all-classes")
     if class_names and all_classes:
         raise HmtError("use either --class or --all-classes, not both")
+    config = BuildConfig(
+        registration=registration, normalisation=normalisation, include=include,
+        reference=str(reference) if reference else None, n_components=components,
+        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size,
+    )
+    config.validate()  # before any heatmap is computed
     if model is None and heatmaps is None or model is not None and data is None:
         project = load_project(project_dir)
         model = model or Path(project["model"])
@@ -64,11 +79,6 @@ def build_templates_command(
         if not as_json:
             typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
             echo_skipped(extraction.skipped)
-    config = BuildConfig(
-        registration=registration, normalisation=normalisation, include=include,
-        reference=str(reference) if reference else None, n_components=components,
-        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size,
-    )
     summary = build_templates(
         heatmaps, None if all_classes else class_names, out, config=config,
         command=command_line(), progress=progress_bar(as_json),

@@ -2,30 +2,31 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from heatmap_templates.build import DEFAULT_OUT
 from heatmap_templates.compare import (
     DEFAULT_ATYPICAL_PERCENTILE,
     DEFAULT_BATCH_SIZE,
-    DEFAULT_SIMILARITY,
     Comparer,
     ComparisonRun,
     ImageComparison,
     collect_images,
     evaluate_templates,
 )
-from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.data import SkipLog
-from heatmap_templates.errors import HmtError
+from heatmap_templates.errors import HmtError, SkipLog
+from heatmap_templates.files import write_text
+from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
 from hmt_cli.progress import progress_bar
 
-SIMILARITY_HELP = "Similarity with each template: pearson, pearson-lungs (Pearson inside the lung mask), cosine or ssim."
+SIMILARITY_HELP = SIMILARITIES.help_text("Similarity with each template")
 
 
 def _format(value: float | None, spec: str = ".3f") -> str:
@@ -53,15 +54,15 @@ def _write_csv(run: ComparisonRun, path: Path) -> None:
     fixed = ["path", "predicted", "best_match", "predicted_similarity", "predicted_correlation", "percentile_rank",
              "atypical_threshold", "atypical", "registration_method", "registration_quality", "lung_field_energy"]
     columns = fixed + [f"p_{name}" for name in run.class_names] + [f"sim_{name}" for name in run.template_classes]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for result in run.results:
-            record = result.to_dict()
-            writer.writerow([("" if record[key] is None else record[key]) for key in fixed]
-                            + [record["probabilities"][name] for name in run.class_names]
-                            + [record["similarities"][name] for name in run.template_classes])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for result in run.results:
+        record = result.to_dict()
+        writer.writerow([("" if record[key] is None else record[key]) for key in fixed]
+                        + [record["probabilities"][name] for name in run.class_names]
+                        + [record["similarities"][name] for name in run.template_classes])
+    write_text(path, buffer.getvalue())
 
 
 def _figure_target(figure: Path, many: bool) -> tuple[Path, bool]:
@@ -88,7 +89,7 @@ def compare_command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
-    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP),
+    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP, autocompletion=SIMILARITIES.names),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Flag a heatmap whose correlation lies below this percentile of its class's leave-one-out correlations."),
     as_json: bool = typer.Option(False, "--json", help="Print every result as JSON on stdout."),
@@ -143,7 +144,7 @@ def evaluate_templates_command(
     templates: Path = typer.Argument(..., help="Templates file from hmt build-templates."),
     data: Path = typer.Argument(..., help="Labelled images: class folders or a CSV manifest."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
-    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP),
+    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP, autocompletion=SIMILARITIES.names),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Percentile of the leave-one-out correlations below which a heatmap is atypical."),
     split: Optional[str] = typer.Option(None, "--split", help="Only this split of a CSV manifest (train, val or test)."),

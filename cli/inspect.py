@@ -2,16 +2,67 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
+from heatmap_templates.build import merge_template_files
 from heatmap_templates.errors import HmtError
-from heatmap_templates.store import HEATMAPS_KIND, describe, merge_template_files
+from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps, read_templates
+from heatmap_templates.store.hdf5 import jsonable
 from hmt_cli.main import app
 from hmt_cli.output import command_line
 from hmt_cli.progress import progress_bar
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """A JSON-serialisable summary of an hmt file (what `hmt inspect` prints)."""
+    path = Path(path)
+    kind = file_kind(path)
+    if kind == HEATMAPS:
+        reader = open_heatmaps(path)
+        names = reader.class_names
+        per_class = {
+            name: {"images": int((reader.labels == i).sum()), "correct": int(((reader.labels == i) & reader.correct).sum()), "predicted": int((reader.predicted == i).sum())}
+            for i, name in enumerate(names)
+        }
+        shapes = {}
+        if len(reader):
+            sample = next(reader.iter_batches(1))
+            shapes = {"image": list(sample.images.shape[1:]), "raw": list(sample.raw.shape[1:]), "upsampled": list(sample.upsampled.shape[1:])}
+        return {
+            "path": str(path), "kind": kind.name, "attrs": _public_attrs(reader.attrs), "settings": reader.settings, "images": len(reader),
+            "correct": int(reader.correct.sum()), "unknown_label": int((reader.labels < 0).sum()), "classes": per_class,
+            "shapes": shapes, "pending_shards": reader.pending_shards,
+        }
+    data = read_templates(path)
+    classes = {}
+    for name, template in data.templates.items():
+        loo = template.loo_correlations
+        classes[name] = {
+            "count": template.count,
+            "shape": list(np.shape(template.mean)),
+            "median": template.median is not None,
+            "eigen_components": int(len(template.components)),
+            "explained_variance": [round(float(v), 4) for v in template.explained_variance_ratio],
+            "band_mean_width": float(np.mean(template.band_high - template.band_low)),
+            "mean_pairwise_correlation": template.mean_pairwise_correlation,
+            "loo_method": template.loo_method,
+            "loo_percentiles": {str(q): float(np.percentile(loo, q)) for q in (5, 25, 50, 75, 95)} if len(loo) else None,
+        }
+    return {
+        "path": str(path), "kind": kind.name, "attrs": _public_attrs(data.attrs), "settings": data.settings, "classes": classes,
+        "reference": list(data.reference_image.shape) if data.reference_image is not None else None,
+        "similarity": {"classes": data.similarity_classes, "matrix": np.round(data.similarity, 4).tolist()},
+    }
+
+
+def _public_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Root attributes except the settings JSON (shown parsed instead)."""
+    return {key: jsonable(value) for key, value in attrs.items() if key != "settings"}
 
 
 def _print_settings(summary: dict[str, Any]) -> None:
@@ -72,7 +123,7 @@ def inspect_file(
         typer.echo(json.dumps(summary, indent=2))
         return
     _print_settings(summary)
-    if summary["kind"] == HEATMAPS_KIND:
+    if summary["kind"] == HEATMAPS.name:
         _print_heatmaps(summary)
     else:
         _print_templates(summary)

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from heatmap_templates import __version__
-from heatmap_templates.errors import HmtError
+from heatmap_templates.errors import HmtError, OptionError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -76,9 +76,20 @@ def run() -> None:
         _import_tensorflow_quietly()
     try:
         app()
+    except OptionError as error:
+        flag = "--" + error.parameter.replace("_", "-")
+        typer.echo(f"hmt: error: {error.for_flag(flag) if flag in _command_flags(sys.argv[1:2]) else error}", err=True)
+        sys.exit(2)
     except HmtError as error:
         typer.echo(f"hmt: error: {error}", err=True)
         sys.exit(2)
+
+
+def _command_flags(command: list[str]) -> set[str]:
+    """The option flags of the command being run, so a library parameter is named by its flag only where it has one."""
+    group = typer.main.get_command(app)
+    found = group.commands.get(command[0]) if command and hasattr(group, "commands") else None
+    return {flag for parameter in getattr(found, "params", []) for flag in getattr(parameter, "opts", [])}
 
 
 if __name__ == "__main__":

@@ -7,16 +7,21 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates import classifier
-from heatmap_templates.data import display_path, load_dataset
-from heatmap_templates.errors import HmtError
+from heatmap_templates.backbones import BACKBONES
+from heatmap_templates.data import load_dataset
+from heatmap_templates.errors import HmtError, display_path, problems_json
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, evaluate as evaluate_model, write_predictions
+from heatmap_templates.files import write_text
+from heatmap_templates.model_file import load_model, save_model
+from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
+from heatmap_templates.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
 from hmt_cli.progress import progress_bar
 
 
-def _epoch_line(entry: classifier.EpochLog) -> None:
+def _epoch_line(entry: EpochLog) -> None:
     validation = ""
     if entry.val_loss is not None:
         validation = f"  val_loss {entry.val_loss:.4f}  val_acc {entry.val_accuracy:.3f}"
@@ -58,20 +63,20 @@ def report_lines(report: dict) -> list[str]:
 def train(
     data: Path = typer.Argument(..., help="Class-per-folder data set or CSV manifest (path,label[,split][,patient_id])."),
     out: Path = typer.Option(DEFAULT_PROJECT_FOLDER / "model.keras", "--out", "-o", help="Model file to write (.keras)."),
-    backbone: str = typer.Option("vgg19", "--backbone", help="vgg19, vgg16, resnet50, xception, or small (compact CNN from scratch, CPU-friendly)."),
-    weights: str = typer.Option("auto", "--weights", help="imagenet (Keras download), none (random), a local weights file, or auto (imagenet; none for small)."),
-    epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation loss)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    backbone: str = typer.Option(TrainConfig.backbone, "--backbone", help=BACKBONES.help_text("Backbone"), autocompletion=BACKBONES.names),
+    weights: str = typer.Option(TrainConfig.weights, "--weights", help="imagenet (Keras download), none (random), a local weights file, or auto (imagenet; none for small)."),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Maximum epochs (early stopping on validation loss)."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Images per batch."),
+    lr: float = typer.Option(TrainConfig.learning_rate, "--lr", help="Adam learning rate."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input side in px (default: 224 VGG/ResNet, 299 Xception, 128 small)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the split, weights, shuffling and augmentation."),
-    augment: bool = typer.Option(False, "--augment", help="Random small rotation, shift, zoom and brightness of training images."),
-    fine_tune_blocks: int = typer.Option(0, "--fine-tune-blocks", help="After the head converged, also train the base's last N blocks."),
-    fine_tune_epochs: int = typer.Option(10, "--fine-tune-epochs", help="Epochs of fine-tuning."),
-    fine_tune_lr: float = typer.Option(1e-5, "--fine-tune-lr", help="Learning rate for fine-tuning."),
-    patience: int = typer.Option(8, "--patience", help="Epochs without validation-loss improvement before stopping."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of images (by patient) for validation."),
-    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of images (by patient) for the test split."),
+    seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seed for the split, weights, shuffling and augmentation."),
+    augment: bool = typer.Option(TrainConfig.augment, "--augment", help="Random small rotation, shift, zoom and brightness of training images."),
+    fine_tune_blocks: int = typer.Option(TrainConfig.fine_tune_blocks, "--fine-tune-blocks", help="After the head converged, also train the base's last N blocks."),
+    fine_tune_epochs: int = typer.Option(TrainConfig.fine_tune_epochs, "--fine-tune-epochs", help="Epochs of fine-tuning."),
+    fine_tune_lr: float = typer.Option(TrainConfig.fine_tune_learning_rate, "--fine-tune-lr", help="Learning rate for fine-tuning."),
+    patience: int = typer.Option(TrainConfig.patience, "--patience", help="Epochs without validation-loss improvement before stopping."),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of images (by patient) for validation."),
+    test_fraction: float = typer.Option(TrainConfig.test_fraction, "--test-fraction", help="Share of images (by patient) for the test split."),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
@@ -84,7 +89,7 @@ def train(
 
     Example: hmt train data/phantom --backbone small --batch-size 16 --epochs 40 --out templates_out/model.keras
     """
-    config = classifier.TrainConfig(
+    config = TrainConfig(
         backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, learning_rate=lr, input_size=input_size,
         seed=seed, augment=augment, fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_lr, patience=patience, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -94,9 +99,9 @@ def train(
     if out.suffix != ".keras":
         raise HmtError(f"{display_path(out)}: the model file must end in .keras")
     dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
-    result = classifier.train(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
-    model_path = classifier.save_model(result.model, result.info, out)
-    written = {"model": model_path, **classifier.save_training_outputs(result, model_path)}
+    result = train_model(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
+    model_path = save_model(result.model, result.info, out)
+    written = {"model": model_path, **save_training_outputs(result, model_path)}
     written["project"] = record_project(model=model_path, data=data, folder=project_dir)
     if as_json:
         summary = {
@@ -107,7 +112,7 @@ def train(
             "seconds": round(result.seconds, 2),
             "test_accuracy": None if result.test_report is None else result.test_report["accuracy"],
             "test_report": result.test_report,
-            "skipped": [{"path": p.path, "reason": p.reason} for p in result.problems],
+            "skipped": problems_json(result.problems),
         }
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -130,12 +135,14 @@ def evaluate(
     data: Optional[Path] = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
     split: str = typer.Option("test", "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
-    preprocessing: Optional[str] = typer.Option(None, "--preprocessing", help="Input mode for a model without hmt metadata: unit (default), tf, caffe, torch."),
+    preprocessing: Optional[str] = typer.Option(None, "--preprocessing", help=PREPROCESSING.help_text("Input mode for a model without hmt metadata (default unit)"),
+                                                autocompletion=PREPROCESSING.names),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per batch."),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and confusion_matrix.png."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write one CSV row per image: path, label, predicted, p_<class>..."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded MODEL and DATA."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -150,16 +157,17 @@ def evaluate(
         model = model or Path(project["model"])
         data = data or Path(project["data"])
     class_list = classes.split(",") if classes else None
-    keras_model, info = classifier.load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing)
+    keras_model, info = load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing)
     dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
-    result = classifier.evaluate(keras_model, info, dataset, split=split, batch_size=batch_size, strict=strict,
-                                 progress=progress_bar(as_json))
+    result = evaluate_model(keras_model, info, dataset, split=split, batch_size=batch_size, strict=strict,
+                            progress=progress_bar(as_json))
     output = {"model": str(model), "data": str(data), **result.to_dict()}
+    if predictions is not None:
+        write_predictions(result, info.class_names, predictions)
     if out is not None:
         from heatmap_templates import figures
 
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
+        write_text(out / "evaluation.json", json.dumps(output, indent=2) + "\n")
         figures.confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",
                                         title=f"{display_path(model)}, {result.split} ({result.report['n']} images)")
     if as_json:
@@ -174,3 +182,5 @@ def evaluate(
     echo_skipped(result.problems)
     if out is not None:
         typer.echo(f"wrote {display_path(out / 'evaluation.json')} and {display_path(out / 'confusion_matrix.png')}")
+    if predictions is not None:
+        typer.echo(f"predictions: {display_path(predictions)}")

@@ -1,8 +1,11 @@
 """hmt: heatmap-template biomarker analysis for chest X-rays.
 
-Pipeline stages, one module each: data (input), synth (phantom), preprocess, classifier,
-cam (saliency), heatmaps (extraction), registration, templates, store (HDF5), compare,
-metrics, figures. See docs/architecture.md.
+One module per idea, data flowing forward: decode and data (input), synth (phantom), preprocess
+(image -> model input), backbones, model_file, training, evaluation, heads and scores, cam and
+cam_methods (saliency), heatmaps (extraction), registration and lungs (geometry), prepare,
+normalisation, statistics and templates, members and build, store (HDF5), similarity and compare
+(scoring), metrics, figures, demo. Every option that grows is a registry (registry.py).
+See docs/architecture.md.
 """
 from heatmap_templates.errors import BadFileError, BadImageError, HmtError
 

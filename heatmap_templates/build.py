@@ -1,16 +1,16 @@
-"""Template building: heatmap store -> registration -> normalisation -> class templates file.
+"""Template building: heatmap store -> registration -> normalisation -> class templates, and merging them.
 
 The templates stage of the pipeline, wired together: for each requested class the member
-images are chosen from the heatmap store (``include``: correct by default), each image is
-registered to the reference frame, the *same* transform moves its heatmap for that class, and
-the registered maps stream into a :class:`~heatmap_templates.templates.ClassAccumulator`
-(which normalises them). A second pass re-warps the members with the stored alignments to get
-each member's leave-one-out correlation, the distribution that ``compare`` uses to flag an
-atypical heatmap. Memory does not grow with the number of images.
+images are chosen from the heatmap store (:mod:`heatmap_templates.members`; ``correct`` by
+default), each image is registered to the reference frame and its map prepared exactly as
+:func:`heatmap_templates.prepare.prepare_maps` prepares every map, and the prepared maps stream
+into a :class:`~heatmap_templates.templates.ClassAccumulator`. A second pass re-warps the members
+with the stored alignments to get each member's leave-one-out correlation, the distribution that
+``compare`` uses to flag an atypical heatmap. Memory does not grow with the number of images.
 
 The reference frame is, in order: an image given by the user, the one already stored in the
 output file (so classes added later share it), or an iterative mean of member images from the
-store. ``compare`` must prepare a new image's maps exactly like this: see :func:`registrar_for`.
+store.
 
 Example::
 
@@ -25,17 +25,30 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.data import decode_image
-from heatmap_templates.errors import HmtError
+from heatmap_templates.decode import decode_image
+from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
+from heatmap_templates.files import ensure_folder
+from heatmap_templates.members import DEFAULT_INCLUDE, INCLUDES, member_indices
+from heatmap_templates.normalisation import DEFAULT_NORMALISATION, NORMALISATIONS, median_range
+from heatmap_templates.prepare import prepare_maps
 from heatmap_templates.preprocess import resize_gray
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.registration import METHODS as REGISTRATIONS
-from heatmap_templates.registration import Reference, Registrar, build_reference, reference_from_image
-from heatmap_templates.store import INCLUDE_CHOICES, HeatmapReader, open_heatmaps, read_templates, save_templates
-from heatmap_templates.templates import NORMALISATIONS, ClassAccumulator, Member, default_median_range
+from heatmap_templates.registration import DEFAULT_REGISTRATION, REGISTRATIONS, Reference, Registrar, build_reference, reference_from_image
+from heatmap_templates.store import TEMPLATE_IDENTITY_KEYS, HeatmapReader, TemplateFile, load_accumulator, open_heatmaps, read_templates, save_templates
+from heatmap_templates.store.hdf5 import check_identity
+from heatmap_templates.store.templates_file import check_same_reference, ordered_classes, write_templates_file
+from heatmap_templates.templates import (
+    DEFAULT_BOOTSTRAP_REPLICATES,
+    DEFAULT_COMPONENTS,
+    LOO_MERGED,
+    LOO_NOT_COMPUTED,
+    ClassAccumulator,
+    ClassTemplate,
+    Member,
+)
 
 DEFAULT_OUT = Path("templates_out/templates.h5")
-DEFAULT_REGISTRATION = "affine"
 REFERENCE_SAMPLE = 200  # images averaged into a data-built reference: plenty for a stable mean, bounded cost
 
 
@@ -44,22 +57,19 @@ class BuildConfig:
     """How templates are built; every field is recorded in the templates file."""
 
     registration: str = DEFAULT_REGISTRATION
-    normalisation: str = "minmax"
-    include: str = "correct"
+    normalisation: str = DEFAULT_NORMALISATION
+    include: str = DEFAULT_INCLUDE
     reference: str | None = None  # an image file to use as the reference frame
     reference_iterations: int = 3
-    n_components: int = 8
-    bootstrap_replicates: int = 100
+    n_components: int = DEFAULT_COMPONENTS
+    bootstrap_replicates: int = DEFAULT_BOOTSTRAP_REPLICATES
     median: bool = True
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def validate(self) -> None:
-        if self.registration not in REGISTRATIONS:
-            raise HmtError(f"unknown registration {self.registration!r}; choose one of {', '.join(REGISTRATIONS)}")
-        if self.normalisation not in NORMALISATIONS:
-            raise HmtError(f"unknown normalisation {self.normalisation!r}; choose one of {', '.join(NORMALISATIONS)}")
-        if self.include not in INCLUDE_CHOICES:
-            raise HmtError(f"--include must be one of {', '.join(INCLUDE_CHOICES)}, not {self.include!r}")
+        REGISTRATIONS.check(self.registration)
+        NORMALISATIONS.check(self.normalisation)
+        INCLUDES.check(self.include)
 
 
 @dataclass
@@ -82,6 +92,17 @@ class BuildSummary:
         }
 
 
+@dataclass
+class BuiltTemplates:
+    """The result of :func:`build`: the class templates, their frame, and what registration did."""
+
+    templates: list[ClassTemplate]
+    reference: Reference
+    settings: dict
+    empty_classes: list[str]
+    registration: dict
+
+
 def templates_settings(heatmap_settings: dict, config: BuildConfig) -> dict:
     """Settings recorded in a templates file: the heatmap store's plus how the templates were built."""
     return {
@@ -92,21 +113,14 @@ def templates_settings(heatmap_settings: dict, config: BuildConfig) -> dict:
     }
 
 
-def registrar_for(method: str, reference_image: np.ndarray, lung_mask: np.ndarray) -> Registrar:
-    """The registrar that a templates file's stored reference and method describe (used by compare)."""
-    return Registrar(method, Reference(np.asarray(reference_image, np.float32), np.asarray(lung_mask, bool)))
-
-
-def _choose_reference(reader: HeatmapReader, out: Path, config: BuildConfig, member_indices: np.ndarray,
+def _choose_reference(reader: HeatmapReader, existing: TemplateFile | None, config: BuildConfig, member_indices: np.ndarray,
                       progress: Progress) -> Reference:
     """The user's image, else the reference stored in an existing output file, else a data-built mean."""
     if config.reference is not None:
         input_size = tuple(int(v) for v in reader.settings["input_size"])
         return reference_from_image(resize_gray(decode_image(config.reference).pixels, input_size))  # type: ignore[arg-type]
-    if out.exists():
-        existing = read_templates(out)
-        if existing.reference_image is not None and existing.lung_mask is not None:
-            return Reference(existing.reference_image, existing.lung_mask)
+    if existing is not None and existing.reference_image is not None and existing.lung_mask is not None:
+        return Reference(existing.reference_image, existing.lung_mask)
     if not len(member_indices):
         raise HmtError("no member images to build a registration reference from")
     # An evenly spaced, deterministic sample of the members keeps the reference cost bounded.
@@ -114,6 +128,35 @@ def _choose_reference(reader: HeatmapReader, out: Path, config: BuildConfig, mem
     images = [image.astype(np.float32) / 255.0 for batch in reader.iter_batches(config.batch_size, np.unique(chosen)) for image in batch.images]
     method = "affine" if config.registration == "lungs" else config.registration
     return build_reference(images, iterations=config.reference_iterations, method=method, progress=progress)
+
+
+def build(reader: HeatmapReader, classes: Sequence[str] | None, *, config: BuildConfig | None = None,
+          existing: TemplateFile | None = None, progress: Progress | None = None) -> BuiltTemplates:
+    """Templates for ``classes`` (None: every class with members) from an open heatmap store.
+
+    ``existing`` is the templates file the result will join (its reference frame is reused). A
+    requested class without member images is an error; with ``classes=None`` such classes are left
+    out and listed in the result.
+    """
+    config = config or BuildConfig()
+    config.validate()
+    progress = progress or NullProgress()
+    class_names = list(reader.class_names)
+    wanted = class_names if classes is None else list(classes)
+    unknown = [name for name in wanted if name not in class_names]
+    if unknown:
+        raise HmtError(f"class {unknown[0]!r} is not one of the model's classes ({', '.join(class_names)})")
+    members = {name: member_indices(reader, class_names.index(name), config.include) for name in wanted}
+    empty = [name for name, indices in members.items() if not len(indices)]
+    if classes is not None and empty:
+        raise HmtError(f"{reader.path}: class {empty[0]!r} has no {config.include} images to build a template from")
+    wanted = [name for name in wanted if name not in empty]
+    all_members = np.unique(np.concatenate([members[name] for name in wanted])) if wanted else np.zeros(0, np.int64)
+    reference = _choose_reference(reader, existing, config, all_members, progress)
+    registrar = Registrar(config.registration, reference)
+    templates = [_build_class(reader, class_names.index(name), name, members[name], registrar, config, progress)
+                 for name in wanted]
+    return BuiltTemplates(templates, reference, templates_settings(dict(reader.settings), config), empty, registrar.summary())
 
 
 def build_templates(
@@ -125,75 +168,101 @@ def build_templates(
     command: str = "",
     progress: Progress | None = None,
 ) -> BuildSummary:
-    """Build (or add) templates for ``classes`` (None: every class) from a heatmap store into ``out``.
-
-    A requested class without member images is an error; with ``classes=None`` such classes are
-    left out and listed in the summary.
-    """
-    config = config or BuildConfig()
-    config.validate()
-    progress = progress or NullProgress()
+    """Path-based :func:`build`: build (or add) templates for ``classes`` from a heatmap store into ``out``."""
     out = Path(out)
-    reader = open_heatmaps(heatmaps)
-    class_names = list(reader.class_names)
-    wanted = class_names if classes is None else list(classes)
-    unknown = [name for name in wanted if name not in class_names]
-    if unknown:
-        raise HmtError(f"class {unknown[0]!r} is not one of the model's classes ({', '.join(class_names)})")
-    members = {name: reader.indices_for(class_names.index(name), config.include) for name in wanted}
-    empty = [name for name, indices in members.items() if not len(indices)]
-    if classes is not None and empty:
-        raise HmtError(f"{heatmaps}: class {empty[0]!r} has no {config.include} images to build a template from")
-    wanted = [name for name in wanted if name not in empty]
-    all_members = np.unique(np.concatenate([members[name] for name in wanted])) if wanted else np.zeros(0, np.int64)
-    reference = _choose_reference(reader, out, config, all_members, progress)
-    registrar = Registrar(config.registration, reference)
-    input_size = reference.shape
-    templates = []
-    for name in wanted:
-        templates.append(_build_class(reader, class_names.index(name), name, members[name], registrar, input_size, config, progress))
-    settings = templates_settings(dict(reader.settings), config)
-    save_templates(out, settings, templates, reference_image=reference.image, lung_mask=reference.lung_mask, command=command)
+    built = build(open_heatmaps(heatmaps), classes, config=config, existing=read_templates(out) if out.exists() else None,
+                  progress=progress)
+    save_templates(out, built.settings, built.templates, reference_image=built.reference.image,
+                   lung_mask=built.reference.lung_mask, command=command)
     return BuildSummary(
         out=out,
-        members={t.class_name: t.count for t in templates},
-        empty_classes=empty,
-        registration=registrar.summary(),
-        mean_pairwise_correlation={t.class_name: t.mean_pairwise_correlation for t in templates},
+        members={t.class_name: t.count for t in built.templates},
+        empty_classes=built.empty_classes,
+        registration=built.registration,
+        mean_pairwise_correlation={t.class_name: t.mean_pairwise_correlation for t in built.templates},
     )
 
 
 def _build_class(reader: HeatmapReader, class_index: int, name: str, indices: np.ndarray, registrar: Registrar,
-                 input_size: tuple[int, int], config: BuildConfig, progress: Progress):  # noqa: ANN202 (ClassTemplate)
+                 config: BuildConfig, progress: Progress) -> ClassTemplate:
     """Two streaming passes over one class's members: accumulate, then leave-one-out correlations."""
-    median = config.median and default_median_range(config.normalisation) is not None
+    median = config.median and median_range(config.normalisation) is not None
     accumulator = ClassAccumulator(
-        name, input_size, normalisation=config.normalisation, n_components=config.n_components,
+        name, registrar.reference.shape, normalisation=config.normalisation, n_components=config.n_components,
         bootstrap_replicates=config.bootstrap_replicates, median=median,
     )
     alignments = []
     progress.start(2 * len(indices), f"template {name}")
     try:
         for batch in reader.iter_batches(config.batch_size, indices):
-            images = [image.astype(np.float32) / 255.0 for image in batch.images]
-            batch_alignments, _, warped = registrar.register_batch(images, batch.maps_for(class_index))
-            alignments.extend(batch_alignments)
-            accumulator.add(warped, [
+            prepared = prepare_maps(batch.images, batch.upsampled[:, class_index], registrar, config.normalisation)
+            alignments.extend(prepared.alignments)
+            accumulator.add(prepared.maps, [
                 Member(path, sha, float(probabilities[class_index]), float(alignment.quality), alignment.method)
-                for path, sha, probabilities, alignment in zip(batch.paths, batch.sha256, batch.probabilities, batch_alignments)
-            ])
+                for path, sha, probabilities, alignment in zip(batch.paths, batch.sha256, batch.probabilities, prepared.alignments)
+            ], normalised=True)
             progress.advance(len(batch))
         template = accumulator.finalize()
 
-        def registered_again():
+        def prepared_again():
             position = 0
             for batch in reader.iter_batches(config.batch_size, indices):
-                maps = batch.maps_for(class_index)
-                yield np.stack([registrar.warp(m, a) for m, a in zip(maps, alignments[position:position + len(maps)])])
-                position += len(maps)
-                progress.advance(len(maps))
+                batch_alignments = alignments[position:position + len(batch)]
+                yield prepare_maps(batch.images, batch.upsampled[:, class_index], registrar, config.normalisation,
+                                   alignments=batch_alignments).maps
+                position += len(batch)
+                progress.advance(len(batch))
 
-        template.compute_leave_one_out(registered_again())
+        template.compute_leave_one_out(prepared_again(), normalised=True)
     finally:
         progress.finish()
     return template
+
+
+def merge_template_files(inputs: Sequence[str | Path], output: str | Path, *, command: str = "",
+                         progress: Progress | None = None) -> TemplateFile:
+    """Merge templates files built over disjoint images with the same model and settings.
+
+    Per class the accumulators are merged exactly (count, mean, std, median histogram,
+    eigen-heatmaps, bootstrap band, mean pairwise correlation equal a build over the union).
+    An image in two inputs is refused (it would count twice). Leave-one-out correlations need the
+    member maps, so a class present in several inputs keeps the union of the per-file values,
+    marked by ``loo_method``.
+    """
+    if len(inputs) < 2:
+        raise HmtError("merge-templates needs at least two input files")
+    progress = progress or NullProgress()
+    files = [read_templates(path) for path in inputs]
+    first = files[0]
+    for other in files[1:]:
+        check_identity(other.path, other.settings, first.settings, TEMPLATE_IDENTITY_KEYS)
+        check_same_reference(other.path, (other.reference_image, other.lung_mask), (first.reference_image, first.lung_mask))
+    merged: dict[str, ClassTemplate] = {}
+    names = ordered_classes({n for f in files for n in f.templates}, first.settings)
+    progress.start(sum(name in f.templates for f in files for name in names), "merging class templates")
+    for name in names:  # one class at a time, so only its accumulator states are in memory
+        holders = [f for f in files if name in f.templates]
+        accumulator = load_accumulator(holders[0].path, name)
+        progress.advance()
+        owner = {member.key: holders[0].path for member in holders[0].templates[name].members}
+        for holder in holders[1:]:
+            for member in holder.templates[name].members:
+                if member.key in owner:
+                    raise BadFileError(holder.path, f"shares image {member.path} of class {name!r} with {owner[member.key]}; merging would count it twice")
+                owner[member.key] = holder.path
+            try:
+                accumulator.merge(load_accumulator(holder.path, name))
+            except HmtError as error:
+                raise BadFileError(holder.path, str(error)) from None
+            progress.advance()
+        template = accumulator.finalize()
+        parts = [holder.templates[name] for holder in holders]
+        if all(part.loo_method != LOO_NOT_COMPUTED for part in parts):
+            template.loo_correlations = np.concatenate([part.loo_correlations for part in parts])
+            template.loo_method = parts[0].loo_method if len(parts) == 1 else LOO_MERGED
+        merged[name] = template
+    progress.finish()
+    output = Path(output)
+    ensure_folder(output.parent, output)
+    write_templates_file(output, first.settings, merged, (first.reference_image, first.lung_mask), command, None)
+    return read_templates(output)

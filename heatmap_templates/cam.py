@@ -31,16 +31,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.errors import HmtError
+from heatmap_templates.heads import HEADS, detect_head
+from heatmap_templates.model_layers import default_cam_layer, output_layer, output_rank, resolve_layer
+from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 
-SCORES = ("logit", "probability")
 PREDICTED = "predicted"
-_POOLING_LAYERS = (
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-)
 
 
 @dataclass(frozen=True)
@@ -53,143 +50,6 @@ class CamResult:
     raw: np.ndarray  # (N, h, w) float32; (N, K, h, w) from all_classes
     upsampled: np.ndarray  # (N, H, W) float32; (N, K, H, W) from all_classes
     targets: np.ndarray  # (N,) int32
-
-
-# --- methods: (activations (N, h, w, C), gradients (N, h, w, C)) -> map (N, h, w), before ReLU ---
-
-_SPATIAL = (1, 2)
-
-
-def _weighted_sum(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """Sum over channels of per-image channel weights (N, C) times activations."""
-    return tf.einsum("nhwc,nc->nhw", activations, weights)
-
-
-def _gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    """Grad-CAM (Selvaraju et al.): channel weight = spatial mean of the gradient."""
-    return _weighted_sum(activations, tf.reduce_mean(gradients, axis=_SPATIAL))
-
-
-def _gradcampp(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    """Grad-CAM++ (Chattopadhyay et al.), the closed form used by pytorch-grad-cam."""
-    grads_2 = tf.square(gradients)
-    grads_3 = grads_2 * gradients
-    activation_sums = tf.reduce_sum(activations, axis=_SPATIAL, keepdims=True)
-    alphas = tf.math.divide_no_nan(grads_2, 2.0 * grads_2 + activation_sums * grads_3 + 1e-6)
-    alphas = tf.where(gradients != 0.0, alphas, tf.zeros_like(alphas))
-    weights = tf.reduce_sum(tf.nn.relu(gradients) * alphas, axis=_SPATIAL)
-    return _weighted_sum(activations, weights)
-
-
-def _hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    """HiResCAM (Draelos & Carin): elementwise gradient x activation, summed over channels."""
-    return tf.reduce_sum(gradients * activations, axis=-1)
-
-
-def _xgradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    """XGrad-CAM (Fu et al.): weight = sum(g * A) / (sum(A) + eps) over space."""
-    numerator = tf.reduce_sum(gradients * activations, axis=_SPATIAL)
-    denominator = tf.reduce_sum(activations, axis=_SPATIAL) + 1e-7
-    return _weighted_sum(activations, tf.math.divide_no_nan(numerator, denominator))
-
-
-def _layercam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    """LayerCAM (Jiang et al.): elementwise positive gradient x activation."""
-    return tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1)
-
-
-METHODS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None] = {
-    "gradcam": _gradcam,
-    "gradcampp": _gradcampp,
-    "hirescam": _hirescam,
-    "xgradcam": _xgradcam,
-    "layercam": _layercam,
-    # Score-CAM needs forward passes instead of a gradient; the engine runs it (_scorecam_weights).
-    "scorecam": None,
-}
-
-
-# --- layer lookup ---
-
-
-def _is_model(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, keras.Model)
-
-
-def _output_rank(layer: keras.layers.Layer) -> int | None:
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError):
-        return None
-
-
-def _cam_candidates(model: keras.Model, prefix: str = "") -> list[str]:
-    """Paths of layers with a 4-D output that are not pooling or input layers, in model order."""
-    paths: list[str] = []
-    for layer in model.layers:
-        path = f"{prefix}{layer.name}"
-        if _is_model(layer):
-            paths.extend(_cam_candidates(layer, f"{path}/"))
-        elif (
-            not isinstance(layer, (keras.layers.InputLayer, *_POOLING_LAYERS))
-            and _output_rank(layer) == 4
-        ):
-            paths.append(path)
-    return paths
-
-
-def find_cam_layer(model: keras.Model) -> str:
-    """The last layer with a 4-D output (pooling excluded), searching inside nested models.
-
-    Nested names are joined by '/', e.g. ``vgg19/block5_conv4``.
-    """
-    candidates = _cam_candidates(model)
-    if not candidates:
-        raise HmtError("model has no convolutional layer with a 4-D output; pass --layer")
-    return candidates[-1]
-
-
-def _all_layer_paths(model: keras.Model, prefix: str = "") -> list[str]:
-    paths: list[str] = []
-    for layer in model.layers:
-        paths.append(f"{prefix}{layer.name}")
-        if _is_model(layer):
-            paths.extend(_all_layer_paths(layer, f"{prefix}{layer.name}/"))
-    return paths
-
-
-def resolve_layer(model: keras.Model, name: str) -> tuple[str, keras.layers.Layer]:
-    """Find a layer by path ('vgg19/block5_conv4') or by a unique plain name inside nested models."""
-    paths = _all_layer_paths(model)
-    if name not in paths:
-        matches = [path for path in paths if path.rsplit("/", 1)[-1] == name]
-        if len(matches) != 1:
-            candidates = _cam_candidates(model)[-5:] or paths[-5:]
-            reason = "is ambiguous" if matches else "not found"
-            raise HmtError(
-                f"layer '{name}' {reason} in model '{model.name}'; candidates: {', '.join(candidates)}"
-            )
-        name = matches[0]
-    layer: keras.layers.Layer = model
-    for part in name.split("/"):
-        layer = layer.get_layer(part)
-    return name, layer
-
-
-def _output_layer(model: keras.Model) -> keras.layers.Layer:
-    """The layer that produces the model's (single) output, looking inside nested models."""
-    outputs = model.outputs
-    if outputs is None or len(outputs) != 1:
-        raise HmtError(f"model '{model.name}' must have exactly one output (a class-score vector)")
-    layer = outputs[0]._keras_history[0]
-    return _output_layer(layer) if _is_model(layer) else layer
-
-
-def _activation_name(layer: keras.layers.Layer) -> str | None:
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    return None if activation is None else getattr(activation, "__name__", str(activation))
 
 
 @contextmanager
@@ -232,7 +92,7 @@ def mixed_precision_copy(model: keras.Model) -> keras.Model:
     """
     if getattr(model, "outputs", None) is None:
         raise HmtError(f"model '{model.name}' is subclassed; mixed precision needs a Sequential or Functional model")
-    head = _output_layer(model)
+    head = output_layer(model)
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
@@ -254,10 +114,12 @@ class CamEngine:
 
     ``engine(x, targets)`` takes x as (N, H, W, C) float32 (numpy or tf) and targets as an int
     array of class indices, a single int, or ``"predicted"`` (argmax of the same forward pass);
-    it returns a :class:`CamResult`. ``score="logit"`` explains the pre-softmax logit (taken
-    from the final layer's pre-activation), ``score="probability"`` the softmax output.
-    Score-CAM weights channels by the target's softmax probability on each masked input (the
-    paper's definition) and evaluates ``scorecam_chunk`` masked images per forward pass.
+    it returns a :class:`CamResult`. The explained score is an entry of
+    :data:`~heatmap_templates.scores.SCORES` (``logit``: the class logit taken from the final
+    layer's pre-activation; ``probability``), applied through the model's head kind
+    (:mod:`heatmap_templates.heads`, read from its output layer unless ``head`` is given).
+    Score-CAM weights channels by the target's probability on each masked input (the paper's
+    definition) and evaluates ``scorecam_chunk`` masked images per forward pass.
     ``mixed_precision=True`` runs on :func:`mixed_precision_copy` of the model (``self.model``);
     activations and gradients are combined in float32, so only the network runs in float16.
     """
@@ -266,16 +128,15 @@ class CamEngine:
         self,
         model: keras.Model,
         layer: str | None = None,
-        method: str = "gradcam",
-        score: str = "logit",
+        method: str = DEFAULT_METHOD,
+        score: str = DEFAULT_SCORE,
         *,
+        head: str | None = None,
         scorecam_chunk: int = 32,
         mixed_precision: bool = False,
     ) -> None:
-        if method not in METHODS:
-            raise HmtError(f"unknown CAM method '{method}'; choose one of: {', '.join(METHODS)}")
-        if score not in SCORES:
-            raise HmtError(f"unknown score '{score}'; choose one of: {', '.join(SCORES)}")
+        self._method = METHODS[method]
+        self._score = SCORES[score]
         if scorecam_chunk < 1:
             raise HmtError(f"scorecam_chunk must be at least 1, got {scorecam_chunk}")
         if mixed_precision:
@@ -284,12 +145,17 @@ class CamEngine:
         self.model = model
         self.method = method
         self.score = score
-        self.layer, self._layer = resolve_layer(model, layer or find_cam_layer(model))
-        if _output_rank(self._layer) != 4:
+        self.head = HEADS.check(head) if head is not None else detect_head(model)
+        if layer is None:
+            layer = default_cam_layer(model)
+            if layer is None:
+                raise HmtError("model has no convolutional layer with a 4-D output; pass --layer")
+        self.layer, self._layer = resolve_layer(model, layer)
+        if output_rank(self._layer) != 4:
             raise HmtError(f"layer '{self.layer}' does not have a 4-D (N, h, w, C) output; pick a convolutional layer")
-        self._head = _output_layer(model)
-        self._head_activation = _activation_name(self._head)
-        self.num_classes = int(model.outputs[0].shape[-1])
+        self._output_layer = output_layer(model)
+        self._captures_logits = self.head != "linear"  # a linear head's outputs are its logits
+        self.num_classes = HEADS[self.head].class_count(int(model.outputs[0].shape[-1]))
         self._scorecam_chunk = scorecam_chunk
         self.trace_count = 0
         input_shape = tuple(model.inputs[0].shape)
@@ -352,9 +218,8 @@ class CamEngine:
         return tf.constant(values, dtype=tf.int32)
 
     def _probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
-        """Model outputs as probabilities: a linear head's outputs are passed through softmax."""
-        outputs = tf.cast(outputs, tf.float32)
-        return tf.nn.softmax(outputs) if self._head_activation in (None, "linear") else outputs
+        """Model outputs as class probabilities (N, K), as the head kind says."""
+        return HEADS[self.head].probabilities(tf.cast(outputs, tf.float32))
 
     def _predict_graph(self, images: tf.Tensor) -> tf.Tensor:
         return self._probabilities(self.model(images, training=False))
@@ -374,10 +239,10 @@ class CamEngine:
 
         def capture_logits(original: Callable) -> Callable:
             def call(inputs: Any, *args: Any, **kwargs: Any) -> tf.Tensor:
-                if isinstance(self._head, (keras.layers.Activation, keras.layers.Softmax)):
+                if isinstance(self._output_layer, (keras.layers.Activation, keras.layers.Softmax)):
                     record["logits"].append(inputs)
                     return original(inputs, *args, **kwargs)
-                with _linear_activation(self._head) as activation:
+                with _linear_activation(self._output_layer) as activation:
                     logits = original(inputs, *args, **kwargs)
                 record["logits"].append(logits)
                 return activation(logits)
@@ -385,11 +250,11 @@ class CamEngine:
             return call
 
         with _wrapped_call(self._layer, capture_activations):
-            if self._head_activation in (None, "linear"):
-                yield
-            else:
-                with _wrapped_call(self._head, capture_logits):
+            if self._captures_logits:
+                with _wrapped_call(self._output_layer, capture_logits):
                     yield
+            else:
+                yield
 
     def _forward(self, images: tf.Tensor, tape: tf.GradientTape) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One recorded forward pass: (layer activations A, probabilities (N, K), explained scores (N, K))."""
@@ -399,16 +264,16 @@ class CamEngine:
         if len(record["activations"]) != 1:
             runs = len(record["activations"])
             raise HmtError(f"layer '{self.layer}' ran {runs} times in one forward pass; pick a layer used once")
-        probabilities = self._probabilities(outputs)
-        logits = record["logits"][0] if record["logits"] else outputs
-        chosen = probabilities if self.score == "probability" else tf.cast(logits, tf.float32)
-        return record["activations"][0], probabilities, chosen
+        outputs = tf.cast(outputs, tf.float32)
+        logits = tf.cast(record["logits"][0], tf.float32) if record["logits"] else outputs
+        chosen = self._score(logits, outputs, self.head)
+        return record["activations"][0], self._probabilities(outputs), chosen
 
     def _gradient_cam(self, tape: tf.GradientTape, score: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:
         """The method's map (before ReLU) from the gradient of a summed score; images are independent,
         so d(sum)/dA_i = dS_i/dA_i."""
         gradients = tape.gradient(score, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return METHODS[self.method](tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
+        return self._method.combine(tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
 
     def _upsample(self, raw: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
         """Bilinear resize of (..., h, w) maps to the input's (H, W), on the device."""
@@ -422,12 +287,12 @@ class CamEngine:
             activations, probabilities, chosen = self._forward(images, tape)
             targets = tf.where(targets < 0, tf.argmax(probabilities, axis=-1, output_type=tf.int32), targets)
             total_score = tf.reduce_sum(tf.gather(chosen, targets, axis=1, batch_dims=1))
-        if METHODS[self.method] is not None:
+        if self._method.uses_gradients:
             cam = self._gradient_cam(tape, total_score, activations)
         else:
             activations = tf.cast(activations, tf.float32)
             weights = tf.gather(self._scorecam_scores(images, activations), targets, axis=2, batch_dims=1)
-            cam = _weighted_sum(activations, weights)
+            cam = self._method.combine(activations, weights)
         raw = tf.nn.relu(cam)
         return probabilities, raw, self._upsample(raw, images), targets
 
@@ -438,17 +303,18 @@ class CamEngine:
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             activations, probabilities, chosen = self._forward(images, tape)
             class_scores = [tf.reduce_sum(chosen[:, k]) for k in range(self.num_classes)]
-        if METHODS[self.method] is not None:
+        if self._method.uses_gradients:
             cams = tf.stack([self._gradient_cam(tape, score, activations) for score in class_scores], axis=1)
         else:
             activations = tf.cast(activations, tf.float32)
-            cams = tf.einsum("nhwc,nck->nkhw", activations, self._scorecam_scores(images, activations))
+            weights = self._scorecam_scores(images, activations)
+            cams = tf.stack([self._method.combine(activations, weights[:, :, k]) for k in range(self.num_classes)], axis=1)
         del tape
         raw = tf.nn.relu(cams)
         return probabilities, raw, self._upsample(raw, images)
 
     def _scorecam_scores(self, images: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:
-        """Score-CAM channel weights for every class (N, C, K): the softmax probabilities of the input
+        """Score-CAM channel weights for every class (N, C, K): the class probabilities of the input
         masked by each channel's upsampled, min-max scaled activation; masked images run in chunks."""
         batch = tf.shape(activations)[0]
         channels = tf.shape(activations)[3]

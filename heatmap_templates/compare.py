@@ -39,74 +39,20 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.build import registrar_for
-from heatmap_templates.data import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Problem, SkipLog, display_path, load_dataset
-from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.data import load_dataset
+from heatmap_templates.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path, problems_json
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
 from heatmap_templates.metrics import classification_report, lung_field_energy, percentile_rank, roc_auc
+from heatmap_templates.normalisation import DEFAULT_NORMALISATION
+from heatmap_templates.prepare import PreparedMaps, prepare_maps, registrar_for
 from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.registration import DEFAULT_REGISTRATION
+from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
 from heatmap_templates.store import TemplateFile, read_templates
-from heatmap_templates.templates import normalise, pearson
 
-SIMILARITIES = ("pearson", "pearson-lungs", "cosine", "ssim")
-DEFAULT_SIMILARITY = "pearson"
 DEFAULT_ATYPICAL_PERCENTILE = 5.0
-DEFAULT_BATCH_SIZE = 32
 ATYPICAL_MEASURE = "pearson"  # the measure of the stored leave-one-out distribution
-
-
-# --------------------------------------------------------------------------- similarities
-
-
-def masked_pearson(maps: np.ndarray, template: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each (H, W) map in ``maps`` (N, H, W) with ``template`` over ``mask`` pixels only."""
-    inside = np.asarray(mask, dtype=bool).ravel()
-    values = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)[:, inside]
-    reference = np.asarray(template, dtype=np.float64).ravel()[inside]
-    return pearson(values, np.broadcast_to(reference, values.shape))
-
-
-def cosine_similarity(maps: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """Cosine of the angle between each map and the template (0 when either is all zero)."""
-    values = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
-    reference = np.asarray(template, dtype=np.float64).ravel()
-    norms = np.linalg.norm(values, axis=1) * np.linalg.norm(reference)
-    dots = values @ reference
-    return np.clip(np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0), -1.0, 1.0)
-
-
-def ssim_similarity(maps: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """Structural similarity (scikit-image, 7 x 7 windows, smaller for tiny maps) of each map with the template.
-
-    The data range is that of the map and template together (1.0 when both are constant and equal).
-    """
-    from skimage.metrics import structural_similarity
-
-    reference = np.asarray(template, dtype=np.float64)
-    side = min(reference.shape)
-    window = min(7, side if side % 2 else side - 1)
-    if window < 3:
-        raise HmtError(f"ssim needs maps of at least 3 x 3 pixels, got {reference.shape}")
-    out = np.empty(len(maps))
-    for index, plane in enumerate(np.asarray(maps, dtype=np.float64)):
-        data_range = float(max(plane.max(), reference.max()) - min(plane.min(), reference.min()))
-        out[index] = structural_similarity(plane, reference, win_size=window, data_range=data_range if data_range > 0 else 1.0)
-    return out
-
-
-def similarity_scores(maps: np.ndarray, template: np.ndarray, method: str = DEFAULT_SIMILARITY,
-               lung_mask: np.ndarray | None = None) -> np.ndarray:
-    """Similarity of each normalised, registered map (N, H, W) with one template (H, W); returns (N,)."""
-    if method == "pearson":
-        return pearson(maps, np.broadcast_to(np.asarray(template), np.shape(maps)))
-    if method == "pearson-lungs":
-        if lung_mask is None or not np.any(lung_mask):
-            raise HmtError("similarity 'pearson-lungs' needs a non-empty lung mask")
-        return masked_pearson(maps, template, lung_mask)
-    if method == "cosine":
-        return cosine_similarity(maps, template)
-    if method == "ssim":
-        return ssim_similarity(maps, template)
-    raise HmtError(f"unknown similarity {method!r}; choose one of {', '.join(SIMILARITIES)}")
 
 
 # --------------------------------------------------------------------------- atypical flag
@@ -210,7 +156,7 @@ class ComparisonRun:
             "class_names": list(self.class_names),
             "template_classes": list(self.template_classes),
             "results": [result.to_dict() for result in self.results],
-            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+            "skipped": problems_json(self.skipped),
         }
 
 
@@ -250,12 +196,12 @@ class Comparer:
     def __init__(self, templates: str | os.PathLike | TemplateFile, *, model: str | os.PathLike | None = None,
                  similarity: str = DEFAULT_SIMILARITY, atypical_percentile: float = DEFAULT_ATYPICAL_PERCENTILE,
                  unsafe_load: bool = False) -> None:
-        from heatmap_templates.cam import CamEngine
-        from heatmap_templates.classifier import load_model
+        from heatmap_templates.cam import DEFAULT_METHOD, CamEngine
         from heatmap_templates.heatmaps import model_sha256
+        from heatmap_templates.model_file import load_model
+        from heatmap_templates.scores import DEFAULT_SCORE
 
-        if similarity not in SIMILARITIES:
-            raise HmtError(f"unknown similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        SIMILARITIES.check(similarity)
         if not 0.0 <= atypical_percentile <= 100.0:
             raise HmtError(f"the atypical percentile must lie in 0..100, got {atypical_percentile}")
         self.file = templates if isinstance(templates, TemplateFile) else _read_templates_file(templates)
@@ -281,12 +227,12 @@ class Comparer:
                                            preprocessing=settings.get("preprocessing"))
         self.model_path = model_path
         self.class_names = class_names
-        self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", "gradcam"),
-                                score=settings.get("score", "logit"))
+        self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", DEFAULT_METHOD),
+                                score=settings.get("score", DEFAULT_SCORE), head=self.info.head)
         self.similarity = similarity
         self.atypical_percentile = float(atypical_percentile)
-        self.normalisation = str(settings.get("normalisation", "minmax"))
-        self.registrar = registrar_for(str(settings.get("registration", "affine")), self.file.reference_image, self.file.lung_mask)
+        self.normalisation = str(settings.get("normalisation", DEFAULT_NORMALISATION))
+        self.registrar = registrar_for(str(settings.get("registration", DEFAULT_REGISTRATION)), self.file.reference_image, self.file.lung_mask)
         self.lung_mask = np.asarray(self.file.lung_mask, dtype=bool)
         self.template_classes = [name for name in class_names if name in self.file.templates]
         self._template_indices = [class_names.index(name) for name in self.template_classes]
@@ -332,17 +278,10 @@ class Comparer:
             template_classes=list(self.template_classes), results=results, skipped=skipped,
         )
 
-    def prepare_maps(self, images_u8: np.ndarray, upsampled: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
-        """Register images (N, H, W) uint8 and their all-class maps (N, K, H, W) as build did.
-
-        Returns the alignments, the registered images (N, H, W) and the registered, normalised
-        maps of the template classes (N, T, H, W) in ``template_classes`` order.
-        """
-        images = [image.astype(np.float32) / 255.0 for image in images_u8]
-        maps = np.asarray(upsampled)[:, self._template_indices].astype(np.float16)  # the heatmap store's precision
-        alignments, warped_images, warped_maps = self.registrar.register_batch(images, list(maps))
-        normalised = normalise(warped_maps.reshape(-1, *warped_maps.shape[-2:]), self.normalisation).reshape(warped_maps.shape)
-        return alignments, warped_images, normalised
+    def prepare_maps(self, images_u8: np.ndarray, upsampled: np.ndarray) -> PreparedMaps:
+        """Register images (N, H, W) uint8 and their all-class maps (N, K, H, W) exactly as build did;
+        ``maps`` of the result are the template classes' (N, T, H, W), in ``template_classes`` order."""
+        return prepare_maps(images_u8, np.asarray(upsampled)[:, self._template_indices], self.registrar, self.normalisation)
 
     def _score_batch(self, paths: Sequence[str | os.PathLike], positions: np.ndarray, inputs: np.ndarray,
                      images_u8: np.ndarray, keep_maps: bool) -> Iterator[ImageComparison]:
@@ -350,7 +289,8 @@ class Comparer:
         probabilities = np.asarray(result.probabilities, dtype=np.float64)
         if not np.all(np.isfinite(probabilities)):
             raise HmtError(f"{display_path(self.model_path)}: the model produced non-finite probabilities")
-        alignments, warped_images, normalised = self.prepare_maps(images_u8, result.upsampled)
+        prepared = self.prepare_maps(images_u8, result.upsampled)
+        alignments, warped_images, normalised = prepared.alignments, prepared.images, prepared.maps
         scores = np.stack([similarity_scores(normalised[:, t], self._means[name], self.similarity, self.lung_mask)
                            for t, name in enumerate(self.template_classes)], axis=1)
         correlations = scores if self.similarity == ATYPICAL_MEASURE else np.stack(
@@ -384,7 +324,7 @@ class Comparer:
 
 
 def _has_info(model_path: Path) -> bool:
-    from heatmap_templates.classifier import read_model_info
+    from heatmap_templates.model_file import read_model_info
 
     return read_model_info(model_path) is not None
 
@@ -427,7 +367,7 @@ class TemplateEvaluation:
             "correct_vs_misclassified": self.correct_vs_misclassified,
             "lung_field_energy": self.lung_field_energy,
             "classification": self.classification,
-            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+            "skipped": problems_json(self.skipped),
         }
 
 
@@ -510,9 +450,7 @@ def evaluate_templates(
     unknown = sorted({sample.label for sample in samples} - set(comparer.class_names))
     if unknown:
         raise HmtError(f"{display_path(data)}: class {unknown[0]!r} is not one of the model's classes ({', '.join(comparer.class_names)})")
-    skip_log = SkipLog()
-    for problem in dataset.problems:
-        skip_log.add(problem.path, problem.reason)
+    skip_log = SkipLog(False, dataset.problems)
     results = list(comparer.iter_results([s.path for s in samples], skip_log=skip_log, batch_size=batch_size, progress=progress))
     if not results:
         raise HmtError(f"{display_path(data)}: no image could be scored")

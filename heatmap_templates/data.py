@@ -1,57 +1,35 @@
-"""Input stage: discover samples, decode every image format to one form, report bad files, split by patient.
+"""Data sets: discover samples (class folders or a CSV manifest), split them by patient, check them.
 
-Every later stage sees images only as :class:`DecodedImage` (float32 grayscale in [0, 1] plus
-metadata), so format quirks (16-bit, alpha, palettes, DICOM windowing, MONOCHROME1) are handled
-here once. Bad files never crash a run: :func:`decode_image` raises :class:`BadImageError` with a
-short reason, and runs collect those in a :class:`SkipLog` to report at the end.
-
-Choices worth knowing:
-
-* Images smaller than :data:`MIN_IMAGE_SIDE` pixels on a side (a 1 x 1 image, for instance) are
-  rejected as "too small": nothing useful can be classified or registered at that size.
-* The declared size is read from the header *before* decoding, so a decompression bomb is refused
-  without allocating its pixels.
-* RGB(A) becomes luma (ITU-R BT.601 weights, as OpenCV and Pillow use); alpha is composited on black.
-* Integer pixels are scaled by their type's range (a 16-bit image by 65535). Float pixels already in
-  [0, 1] are kept, other float images are min-max scaled; non-finite pixels are refused.
-* DICOM without a window or VOI LUT is min-max scaled over the image (what viewers' auto-window does).
+Decoding single files is :mod:`heatmap_templates.decode`; this module knows about collections:
+which files form a data set and with which labels, patient groups and splits, and which rows or
+files had to be skipped (``Dataset.problems``, reported at the end of a run).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import math
 import os
 import re
-import stat
-import struct
-import warnings
-import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
-import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from heatmap_templates.errors import BadImageError, HmtError, one_line
+from heatmap_templates.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DecodedImage, decode_image
+from heatmap_templates.errors import BadImageError, HmtError, Problem, SkipLog, display_path, one_line, problems_json
+from heatmap_templates.files import file_sha256
 from heatmap_templates.progress import NullProgress, Progress
 
-DEFAULT_MAX_PIXELS = 50_000_000
-MIN_IMAGE_SIDE = 8
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 SPLIT_NAMES = ("train", "val", "test")
-# The phantom generator (synth.py) writes its ground truth beside the class folders.
+# The phantom generator (synth) writes its ground truth beside the class folders.
 IGNORED_TOP_LEVEL_FOLDERS = frozenset({"ground_truth"})
 
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
-_LUMA_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_TAIL_SEARCH_BYTES = 4096
+
 
 # Default patient-id rules over file names, tried in order (cxr4's naming; see its README).
 # Each maps a match to a patient id; names matching none (e.g. twitter_<id>) are their own group.
@@ -75,17 +53,6 @@ class Sample:
     split: str | None = None
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A file (or CSV row) that was skipped, with a short reason."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
 @dataclass
 class Dataset:
     """Discovered samples. ``root`` is the class-folder root or the CSV manifest's folder."""
@@ -102,398 +69,25 @@ class Dataset:
         return {name: counter.get(name, 0) for name in self.class_names}
 
 
-@dataclass(frozen=True)
-class DecodedImage:
-    """An image in hmt's single internal form plus what was known about its source."""
-
-    pixels: np.ndarray  # float32 (H, W) in [0, 1]
-    original_size: tuple[int, int]  # (H, W)
-    source_format: str  # png, jpeg, bmp, tiff, dicom
-    bit_depth: int
-    pixel_spacing: tuple[float, float] | None = None  # (row, col) in mm, DICOM only
+def relative_path(sample: Sample, root: Path) -> str:
+    """A sample's path relative to its data set's root (POSIX form), or its absolute path if outside it."""
+    try:
+        return Path(sample.path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(sample.path).resolve().as_posix()
 
 
-class SkipLog:
-    """Collects skipped files during a run for the end-of-run report; ``strict`` raises on the first."""
-
-    def __init__(self, strict: bool = False) -> None:
-        self.strict = strict
-        self._problems: list[Problem] = []
-
-    def add(self, path: str | os.PathLike | bytes, reason: str) -> None:
-        """Record one skipped file, or raise :class:`BadImageError` for it in strict mode."""
-        shown = display_path(path)
-        if self.strict:
-            raise BadImageError(shown, reason)
-        self._problems.append(Problem(shown, reason))
-
-    def add_error(self, error: BadImageError) -> None:
-        """Record a decoding failure (the error already names its file)."""
-        self.add(error.path, error.reason)
-
-    @property
-    def problems(self) -> list[Problem]:
-        return list(self._problems)
-
-    def __len__(self) -> int:
-        return len(self._problems)
-
-    def summary_lines(self, limit: int | None = None) -> list[str]:
-        """Lines for the end-of-run report: a count, then one ``path: reason`` line per file."""
-        if not self._problems:
-            return []
-        noun = "file" if len(self._problems) == 1 else "files"
-        lines = [f"skipped {len(self._problems)} {noun}:"]
-        shown = self._problems if limit is None else self._problems[:limit]
-        lines += [f"  {problem}" for problem in shown]
-        if len(shown) < len(self._problems):
-            lines.append(f"  ... and {len(self._problems) - len(shown)} more")
-        return lines
-
-
-def display_path(path: str | os.PathLike | bytes) -> str:
-    """A printable form of any path, including names that are not valid UTF-8 (escaped, never an error)."""
-    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (data-set fingerprints, cache keys)."""
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 over (relative path, label, file hash) of every sample: identifies a data set wherever it lies."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    rows = sorted((relative_path(sample, dataset.root), sample.label, str(sample.path)) for sample in dataset.samples)
+    for rel, label, path in rows:
+        try:
+            content = file_sha256(path)
+        except OSError:
+            content = "unreadable"
+        digest.update(f"{rel}\t{label}\t{content}\n".encode("utf-8", "backslashreplace"))
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode one image file (PNG, JPEG, BMP, TIFF or DICOM) to float32 grayscale in [0, 1].
-
-    Raises :class:`BadImageError` (naming the file, with a short reason) for every file that cannot
-    be used; no other exception escapes for bad file contents.
-    """
-    shown = display_path(path)
-    data = _read_file(path, shown)
-    suffix = os.path.splitext(os.fsdecode(os.fspath(path)))[1].lower()
-    kind = _sniff_format(data, suffix)
-    if kind is None:
-        raise BadImageError(shown, "not an image (unrecognised file content)")
-    if kind == "dicom":
-        decoded = _decode_dicom(data, shown, max_pixels)
-    else:
-        decoded = _decode_raster(data, kind, shown, max_pixels)
-    height, width = decoded.pixels.shape
-    if min(height, width) < MIN_IMAGE_SIDE:
-        raise BadImageError(shown, f"image too small ({width}x{height} px; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
-    return decoded
-
-
-def _read_file(path: str | os.PathLike | bytes, shown: str) -> bytes:
-    """Read the whole file, turning every OS-level failure into a one-line reason."""
-    try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            raise BadImageError(shown, "is a directory, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise BadImageError(shown, "not a regular file")
-        if info.st_size == 0:
-            raise BadImageError(shown, "empty file (0 bytes)")
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except PermissionError:
-        raise BadImageError(shown, "permission denied (unreadable file)") from None
-    except FileNotFoundError:
-        raise BadImageError(shown, "file not found (or a broken symlink)") from None
-    except OSError as error:
-        if error.errno == getattr(os, "ELOOP", None) or "symbolic links" in str(error):
-            raise BadImageError(shown, "symlink loop") from None
-        raise BadImageError(shown, f"cannot read file: {error.strerror or error}") from None
-    if not data:
-        raise BadImageError(shown, "empty file (0 bytes)")
-    return data
-
-
-def _sniff_format(data: bytes, suffix: str) -> str | None:
-    """Identify the format from the file's magic bytes (DICOM by its 'DICM' preamble or its suffix)."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
-    if data.startswith(_PNG_MAGIC):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"BM"):
-        return "bmp"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if suffix in DICOM_SUFFIXES:  # DICOM without the preamble (old ACR-NEMA style files)
-        return "dicom"
-    return None
-
-
-def _check_complete(data: bytes, kind: str, shown: str) -> None:
-    """Refuse truncated files instead of letting a decoder return a half-filled image."""
-    tail = data[-_TAIL_SEARCH_BYTES:]
-    if kind == "png" and b"IEND" not in tail:
-        raise BadImageError(shown, "truncated PNG (no IEND chunk)")
-    if kind == "jpeg" and b"\xff\xd9" not in tail:
-        raise BadImageError(shown, "truncated JPEG (no end-of-image marker)")
-    if kind == "bmp" and len(data) >= 34:
-        declared_size = struct.unpack_from("<I", data, 2)[0]
-        if declared_size > len(data):
-            raise BadImageError(shown, f"truncated BMP ({len(data)} of {declared_size} bytes)")
-
-
-def _check_png_stream(data: bytes, shown: str) -> None:
-    """Verify chunk checksums and that the pixel stream inflates, before OpenCV sees the file.
-
-    libpng reports damage by printing to the process's stderr, which would break hmt's one-line
-    errors; checking here turns every such file into a clean BadImageError. Inflating costs about
-    as much as the decode itself and is bounded by the declared size (checked before this runs).
-    """
-    position = len(_PNG_MAGIC)
-    inflater = zlib.decompressobj()
-    while position + 12 <= len(data):
-        length, = struct.unpack_from(">I", data, position)
-        kind = data[position + 4:position + 8]
-        end = position + 12 + length
-        if end > len(data):
-            raise BadImageError(shown, "cannot decode PNG (truncated chunk)")
-        body = data[position + 8:end - 4]
-        if zlib.crc32(kind + body) != struct.unpack_from(">I", data, end - 4)[0]:
-            raise BadImageError(shown, f"cannot decode PNG (bad checksum in {kind.decode('latin-1')} chunk)")
-        if kind == b"IDAT":
-            try:
-                while body:
-                    inflater.decompress(body, 1 << 20)
-                    body = inflater.unconsumed_tail
-            except zlib.error:
-                raise BadImageError(shown, "cannot decode PNG (corrupt compressed pixel data)") from None
-        if kind == b"IEND":
-            break
-        position = end
-    if not inflater.eof:
-        raise BadImageError(shown, "cannot decode PNG (incomplete compressed pixel data)")
-
-
-def _declared_size(data: bytes, kind: str, shown: str, max_pixels: int) -> tuple[int, int]:
-    """Read (H, W) from the header without decoding and refuse sizes over ``max_pixels``."""
-    if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
-        width, height = struct.unpack_from(">II", data, 16)
-    else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: we report problems ourselves
-                with Image.open(io.BytesIO(data)) as header:
-                    width, height = header.size
-        except Image.DecompressionBombError:
-            raise BadImageError(shown, f"declared size is over the pixel limit of {max_pixels} (decompression bomb?)") from None
-        except UnidentifiedImageError:
-            raise BadImageError(shown, f"corrupt or truncated {kind.upper()} (unreadable header)") from None
-        except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
-            raise BadImageError(shown, f"corrupt or truncated {kind.upper()} ({one_line(error)})") from None
-    _check_pixel_count(width, height, max_pixels, shown)
-    return height, width
-
-
-def _check_pixel_count(width: int, height: int, max_pixels: int, shown: str) -> None:
-    if width <= 0 or height <= 0:
-        raise BadImageError(shown, f"invalid declared size {width}x{height}")
-    if width * height > max_pixels:
-        raise BadImageError(
-            shown, f"declared size {width}x{height} = {width * height} pixels is over the limit of {max_pixels} (decompression bomb?)"
-        )
-
-
-def _decode_raster(data: bytes, kind: str, shown: str, max_pixels: int) -> DecodedImage:
-    """PNG/JPEG/BMP/TIFF: OpenCV for speed, Pillow for what OpenCV cannot read."""
-    _check_complete(data, kind, shown)
-    original_size = _declared_size(data, kind, shown, max_pixels)
-    if kind == "png":
-        _check_png_stream(data, shown)
-    # JPEG: keep depth and colour but apply the EXIF orientation (IMREAD_UNCHANGED would ignore it).
-    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if kind == "jpeg" else cv2.IMREAD_UNCHANGED
-    try:
-        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-    except cv2.error:
-        array = None
-    if array is not None and array.size > 0:
-        pixels, bit_depth = _to_gray_unit(array, channel_order="bgr", shown=shown)
-    else:
-        pixels, bit_depth = _decode_with_pillow(data, kind, shown)
-    return DecodedImage(pixels, original_size, kind, bit_depth, None)
-
-
-def _decode_with_pillow(data: bytes, kind: str, shown: str) -> tuple[np.ndarray, int]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return _pillow_to_gray_unit(image, shown)
-    except BadImageError:
-        raise
-    except Exception as error:  # Pillow raises many types on corrupt data; each means "cannot decode"
-        raise BadImageError(shown, f"cannot decode {kind.upper()} ({one_line(error)})") from None
-
-
-def _pillow_to_gray_unit(image: Image.Image, shown: str) -> tuple[np.ndarray, int]:
-    mode = image.mode
-    if mode.startswith("I;16"):
-        return _to_gray_unit(np.asarray(image).astype(np.uint16), "rgb", shown)
-    if mode == "I":
-        values = np.asarray(image)
-        if values.size and values.min() >= 0 and values.max() <= 65535:
-            return _to_gray_unit(values.astype(np.uint16), "rgb", shown)
-        return _to_gray_unit(values, "rgb", shown)
-    if mode == "F":
-        return _to_gray_unit(np.asarray(image), "rgb", shown)
-    if mode in ("1", "L"):
-        return _to_gray_unit(np.asarray(image.convert("L")), "rgb", shown)
-    has_alpha = "A" in mode or "transparency" in image.info
-    return _to_gray_unit(np.asarray(image.convert("RGBA" if has_alpha else "RGB")), "rgb", shown)
-
-
-def _to_gray_unit(array: np.ndarray, channel_order: str, shown: str) -> tuple[np.ndarray, int]:
-    """Any decoded array (H, W[, C]) of any numeric type -> float32 (H, W) in [0, 1] and its bit depth."""
-    unit, bit_depth = _scale_to_unit(array, shown)
-    if unit.ndim == 2:
-        gray = unit
-    elif unit.ndim == 3 and unit.shape[2] in (1, 2, 3, 4):
-        channels = unit.shape[2]
-        if channels <= 2:
-            gray = unit[..., 0]
-        else:
-            color = unit[..., :3] if channel_order == "rgb" else unit[..., 2::-1]
-            gray = color @ _LUMA_WEIGHTS_RGB
-        if channels in (2, 4):
-            gray = gray * unit[..., -1]  # composite on black
-    else:
-        raise BadImageError(shown, f"unsupported pixel layout {array.shape}")
-    gray = np.clip(gray, 0.0, 1.0).astype(np.float32, copy=False)
-    return np.ascontiguousarray(gray), bit_depth
-
-
-def _scale_to_unit(array: np.ndarray, shown: str) -> tuple[np.ndarray, int]:
-    if array.dtype == np.bool_:
-        return array.astype(np.float32), 1
-    if np.issubdtype(array.dtype, np.unsignedinteger):
-        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max), array.dtype.itemsize * 8
-    if np.issubdtype(array.dtype, np.signedinteger):
-        info = np.iinfo(array.dtype)
-        scaled = (array.astype(np.float64) - info.min) / (float(info.max) - info.min)
-        return scaled.astype(np.float32), array.dtype.itemsize * 8
-    if np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise BadImageError(shown, "image has non-finite (NaN or infinite) pixel values")
-        return _minmax_unless_unit(values), array.dtype.itemsize * 8
-    raise BadImageError(shown, f"unsupported pixel type {array.dtype}")
-
-
-def _minmax_unless_unit(values: np.ndarray) -> np.ndarray:
-    """Keep values already in [0, 1]; min-max scale others (a constant image becomes zeros)."""
-    low, high = float(values.min()), float(values.max())
-    if low >= 0.0 and high <= 1.0:
-        return values
-    if high - low <= 0.0 or not math.isfinite(high - low):
-        return np.zeros_like(values, dtype=np.float32)
-    return ((values.astype(np.float64) - low) / (high - low)).astype(np.float32)
-
-
-def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
-    """DICOM via pydicom: Modality LUT, then VOI LUT or windowing, MONOCHROME1 inverted."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, get_decoder
-
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-        has_pixels = "PixelData" in dataset or "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset
-        rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        bits_stored = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)) or 8)
-        spacing = _dicom_pixel_spacing(dataset)
-        transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    except Exception as error:  # pydicom raises many types on corrupt headers; each means "unreadable"
-        raise BadImageError(shown, f"unreadable DICOM ({one_line(error)})") from None
-    if not has_pixels:
-        raise BadImageError(shown, "DICOM has no pixel data")
-    _check_pixel_count(columns, rows * max(frames, 1), max_pixels, shown)  # every frame gets decoded
-    if transfer_syntax is not None and transfer_syntax.is_compressed:
-        try:
-            available = get_decoder(transfer_syntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            raise BadImageError(shown, f"unsupported DICOM transfer syntax {transfer_syntax.name} (no decoder installed)")
-    try:
-        raw = dataset.pixel_array
-        if frames > 1 and raw.ndim >= 3:
-            raw = raw[0]
-        if raw.ndim == 3:  # colour DICOM: pydicom returns RGB
-            pixels, _ = _to_gray_unit(raw, "rgb", shown)
-            values = pixels.astype(np.float64)
-        else:
-            values = _apply_voi(np.asarray(apply_modality_lut(raw, dataset)), dataset)
-    except BadImageError:
-        raise
-    except Exception as error:  # decoder failures on corrupt pixel data come in many types
-        raise BadImageError(shown, f"cannot decode DICOM pixel data ({one_line(error)})") from None
-    if not np.isfinite(values).all():
-        raise BadImageError(shown, "DICOM has non-finite pixel values")
-    values = np.clip(values, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        values = 1.0 - values
-    return DecodedImage(values.astype(np.float32), (rows or values.shape[0], columns or values.shape[1]), "dicom", bits_stored, spacing)
-
-
-def _apply_voi(modality: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 (pydicom Dataset)
-    """Map modality values to [0, 1]: window centre/width, else a VOI LUT, else the image's min-max."""
-    values = modality.astype(np.float64)
-    center, width = _first_value(dataset.get("WindowCenter")), _first_value(dataset.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        function = str(dataset.get("VOILUTFunction", "LINEAR")).strip().upper()
-        if function == "SIGMOID":
-            return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-        if function == "LINEAR_EXACT":
-            return np.clip((values - center) / width + 0.5, 0.0, 1.0)
-        if width >= 1:  # DICOM PS3.3 C.11.2.1.2.1 linear window
-            return np.clip((values - (center - 0.5)) / max(width - 1.0, 1e-12) + 0.5, 0.0, 1.0)
-    if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence) > 0:
-        from pydicom.pixels import apply_voi
-
-        lut_item = dataset.VOILUTSequence[0]
-        mapped = np.asarray(apply_voi(modality, dataset, index=0), dtype=np.float64)  # LUTs index integer values
-        lut_bits = int(lut_item.LUTDescriptor[2])
-        return mapped / float(2**lut_bits - 1)
-    return _minmax_unless_unit(values.astype(np.float32)).astype(np.float64) if values.size else values
-
-
-def _first_value(value) -> float | None:  # noqa: ANN001 (pydicom DS or MultiValue)
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, (int, float, str, bytes)):  # pydicom MultiValue: several windows, use the first
-            value = value[0]
-        number = float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _dicom_pixel_spacing(dataset) -> tuple[float, float] | None:  # noqa: ANN001 (pydicom Dataset)
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = dataset.get(keyword)
-        if value is not None:
-            try:
-                row, col = float(value[0]), float(value[1])
-            except (TypeError, ValueError, IndexError):
-                continue
-            if row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col):
-                return row, col
-    return None
 
 
 # --------------------------------------------------------------------------- data sets
@@ -812,7 +406,7 @@ class CheckReport:
             "images_by_class": dict(self.images_by_class),
             "images_by_format": dict(self.images_by_format),
             "usable": sum(self.images_by_class.values()),
-            "skipped": [{"path": problem.path, "reason": problem.reason} for problem in self.problems],
+            "skipped": problems_json(self.problems),
         }
 
 
@@ -820,9 +414,7 @@ def check_dataset(
     dataset: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, progress: Progress | None = None
 ) -> CheckReport:
     """Decode every image of a data set and count what is usable (``strict`` raises on the first bad file)."""
-    log = SkipLog(strict)
-    for problem in dataset.problems:
-        log.add(problem.path, problem.reason)
+    log = SkipLog(strict, dataset.problems)
     by_class: Counter[str] = Counter()
     by_format: Counter[str] = Counter()
     for sample, decoded in decode_samples(

@@ -14,14 +14,16 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heatmap_templates.data import Dataset, Problem, display_path, load_dataset
-from heatmap_templates.errors import HmtError
+from heatmap_templates.data import Dataset, load_dataset, relative_path
+from heatmap_templates.errors import HmtError, Problem, display_path, problems_json
+from heatmap_templates.files import write_text
 from heatmap_templates.progress import Progress
 
 DEFAULT_DEMO_DIR = Path("templates_out/demo")
@@ -69,23 +71,20 @@ class DemoSummary:
             "comparisons": self.comparisons,
             "ground_truth_auc": self.ground_truth_auc,
             "seconds": {step: round(value, 1) for step, value in self.seconds.items()},
-            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+            "skipped": problems_json(self.skipped),
         }
 
 
 def _write_manifest(dataset: Dataset, relative_paths: set[str], path: Path) -> Path:
     """A CSV manifest (path,label) of the samples whose root-relative path is in ``relative_paths``."""
-    from heatmap_templates.classifier import relative_path
-
     rows = [(os.fspath(sample.path), sample.label) for sample in dataset.samples if relative_path(sample, dataset.root) in relative_paths]
     if not rows:
         raise HmtError(f"{display_path(path)}: no images to write into the manifest")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        writer.writerows(rows)
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label"])
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
 
 
 def run_demo(
@@ -97,12 +96,13 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoSummary:
     """Run every stage of hmt (see the module docstring) and return where the outputs are."""
-    from heatmap_templates import classifier
     from heatmap_templates.build import BuildConfig, build_templates
     from heatmap_templates.compare import Comparer
     from heatmap_templates.figures import template_figures
     from heatmap_templates.heatmaps import extract_heatmaps
-    from heatmap_templates.synth import synthesize_dataset
+    from heatmap_templates.model_file import save_model
+    from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR, ground_truth_localisation, synthesize_dataset
+    from heatmap_templates.training import TrainConfig, save_training_outputs, train
 
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)
@@ -127,12 +127,12 @@ def run_demo(
     dataset = load_dataset(data_dir)
 
     step(f"training the small CNN on {len(dataset.samples)} images ({', '.join(dataset.class_names)})")
-    config = classifier.TrainConfig(backbone="small", input_size=min(settings.size, 128), epochs=settings.epochs,
-                                    seed=settings.seed, batch_size=settings.batch_size)
-    result = classifier.train(dataset, config, progress=progress)
+    config = TrainConfig(backbone="small", input_size=min(settings.size, 128), epochs=settings.epochs,
+                         seed=settings.seed, batch_size=settings.batch_size)
+    result = train(dataset, config, progress=progress)
     model_path = out_dir / "model.keras"
-    classifier.save_model(result.model, result.info, model_path)
-    classifier.save_training_outputs(result, model_path)
+    save_model(result.model, result.info, model_path)
+    save_training_outputs(result, model_path)
     lap("train")
 
     step("extracting Grad-CAM heatmaps of the training images")
@@ -148,20 +148,18 @@ def run_demo(
         templates_path.unlink()  # a fresh demo run rebuilds its templates rather than adding to them
     # On the phantom, templates are built in its canonical frame so they can be scored against the
     # ground-truth lesion maps; on user data the reference is built from the data.
-    reference = None if data is not None else str(data_dir / "ground_truth" / "canonical_chest.png")
+    reference = None if data is not None else str(data_dir / GROUND_TRUTH_DIR / CANONICAL_CHEST_FILE)
     build = build_templates(heatmaps_path, None, templates_path,
                             config=BuildConfig(batch_size=settings.batch_size, reference=reference), progress=progress)
     lap("templates")
 
     ground_truth = None
     if data is None:
-        from heatmap_templates.metrics import ground_truth_localisation
-
         step("scoring the templates against the phantom's ground-truth lesion maps")
         ground_truth = ground_truth_localisation(templates_path, data_dir)
         lap("ground truth")
 
-    labels = {classifier.relative_path(sample, dataset.root): sample.label for sample in dataset.samples}
+    labels = {relative_path(sample, dataset.root): sample.label for sample in dataset.samples}
     test_split = sorted(result.info.split.get("test", []))
     chosen = test_split[:: max(1, len(test_split) // COMPARED_IMAGES)][:COMPARED_IMAGES]
     step(f"comparing {len(chosen)} held-out test images with the templates")

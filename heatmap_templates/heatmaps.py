@@ -24,12 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.data import DEFAULT_MAX_PIXELS, Dataset, Problem, SkipLog, decode_image, display_path, file_sha256, load_dataset
-from heatmap_templates.errors import BadFileError, BadImageError, HmtError
-from heatmap_templates.preprocess import resize_gray, to_model_input
+from heatmap_templates.cam_methods import DEFAULT_METHOD
+from heatmap_templates.data import Dataset, load_dataset
+from heatmap_templates.decode import DEFAULT_MAX_PIXELS, decode_image
+from heatmap_templates.errors import BadFileError, BadImageError, HmtError, Problem, SkipLog, display_path, problems_json
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
+from heatmap_templates.files import file_sha256
+from heatmap_templates.preprocess import load_model_image, to_model_input
 from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.scores import DEFAULT_SCORE
 
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_STORE = Path("templates_out/heatmaps.h5")
 
 
 @dataclass
@@ -59,7 +64,7 @@ class ExtractionSummary:
             "unlabelled": self.unlabelled,
             "per_class": dict(self.per_class),
             "images_per_second": round(self.images_per_second, 2),
-            "skipped": [{"path": p.path, "reason": p.reason} for p in self.skipped],
+            "skipped": problems_json(self.skipped),
         }
 
 
@@ -75,15 +80,13 @@ class ModelBatch:
 
 def load_for_model(path: str | os.PathLike, input_size: tuple[int, int], channels: int, mode: str,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one file and return (model input (H, W, C) float32, grayscale (H, W) uint8).
+    """Load one file: (model input (H, W, C) float32, grayscale (H, W) uint8), as every command does.
 
     The uint8 image is what the model saw (before its preprocessing mode); it is stored so that
     registration can later run from the heatmap store alone.
     """
-    gray = resize_gray(decode_image(path, max_pixels=max_pixels).pixels, input_size)
-    image_u8 = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
-    model_input = to_model_input((image_u8.astype(np.float32) / 255.0)[None], channels, mode)[0]
-    return model_input, image_u8
+    image_u8 = load_model_image(path, input_size, max_pixels=max_pixels)
+    return to_model_input(image_u8[None], channels, mode)[0], image_u8
 
 
 def iter_model_batches(paths: Sequence[str | os.PathLike], input_size: tuple[int, int], channels: int, mode: str, *,
@@ -140,7 +143,7 @@ def model_sha256(path: str | os.PathLike) -> str:
     return file_sha256(path)
 
 
-def default_store_path(model_path: str | os.PathLike, method: str, score: str, folder: str | os.PathLike = "templates_out") -> Path:
+def default_store_path(model_path: str | os.PathLike, method: str, score: str, folder: str | os.PathLike = DEFAULT_STORE.parent) -> Path:
     """The heatmap store that ``build-templates`` reuses for a model and CAM settings.
 
     Named by the model's content hash, so a retrained model never collides with an old store.
@@ -166,6 +169,7 @@ def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # no
         "channels": int(info.channels),
         "preprocessing": info.preprocessing,
         "backbone": info.backbone,
+        "head": engine.head,
         "mixed_precision": bool(engine.mixed_precision),
     }
 
@@ -199,51 +203,25 @@ def _hash_samples(dataset: Dataset, skip_log: SkipLog) -> list[tuple[int, str]]:
     return hashed
 
 
-def extract_heatmaps(
-    model_path: str | os.PathLike,
-    data: str | os.PathLike | Dataset,
-    out: str | os.PathLike,
-    *,
-    method: str = "gradcam",
-    score: str = "logit",
-    layer: str | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    classes: Sequence[str] | None = None,
-    unsafe_load: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    strict: bool = False,
-    mixed_precision: bool = False,
-    command: str = "",
-    progress: Progress | None = None,
-) -> ExtractionSummary:
-    """Classify every image of ``data`` and store probabilities and all-class CAM maps in ``out``.
+def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+            max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, progress: Progress | None = None) -> ExtractionSummary:
+    """Classify every image of ``dataset`` with ``engine`` and append probabilities and all-class maps to ``writer``.
 
-    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; labels that are
-    not among the model's classes are stored as -1 (unlabelled). Images already in ``out`` (same
-    path or content hash, same model and settings) are not recomputed. ``mixed_precision`` runs the
-    network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded in the store.
+    ``engine`` is a :class:`~heatmap_templates.cam.CamEngine` over the model ``info`` describes and
+    ``writer`` a :class:`~heatmap_templates.store.HeatmapWriter` (finalised here). Labels that are
+    not among the model's classes are stored as -1 (unlabelled); images the writer already holds
+    (same path or content hash) are not recomputed.
     """
     import time
 
-    from heatmap_templates.cam import CamEngine
-    from heatmap_templates.classifier import load_model
-    from heatmap_templates.store import HeatmapBatch, HeatmapWriter
+    from heatmap_templates.store import HeatmapBatch
 
     if batch_size < 1:
         raise HmtError(f"batch size must be at least 1, got {batch_size}")
     progress = progress or NullProgress()
-    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes)
-    if layer is None and info.cam_layer is None:
-        raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
-    engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, mixed_precision=mixed_precision)
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, strict=strict)
-    skip_log = SkipLog(strict)
-    for problem in dataset.problems:
-        skip_log.add(problem.path, problem.reason)
+    skip_log = SkipLog(strict, dataset.problems)
     class_index = {name: i for i, name in enumerate(info.class_names)}
-
     hashed = _hash_samples(dataset, skip_log)
-    writer = HeatmapWriter(out, heatmap_settings(model_path, info, engine), command=command)
     todo = [(i, sha) for i, sha in hashed if sha not in writer.done and display_path(dataset.samples[i].path) not in writer.done]
     resumed = len(hashed) - len(todo)
     per_class: Counter[str] = Counter()
@@ -261,7 +239,7 @@ def extract_heatmaps(
                 result = engine.all_classes(batch.inputs)
                 samples = [dataset.samples[todo[p][0]] for p in batch.positions]
                 labels = np.array([class_index.get(s.label, -1) for s in samples], dtype=np.int32)
-                predicted = result.probabilities.argmax(axis=1).astype(np.int32)
+                predicted = result.targets.astype(np.int32)
                 is_correct = (labels >= 0) & (labels == predicted)
                 writer.append(HeatmapBatch(
                     paths=[display_path(s.path) for s in samples],
@@ -285,7 +263,7 @@ def extract_heatmaps(
     computed = correct + incorrect + unlabelled
     writer.finalize()
     return ExtractionSummary(
-        out=Path(out),
+        out=writer.path,
         total=len(dataset.samples),
         computed=computed,
         resumed=resumed,
@@ -296,3 +274,42 @@ def extract_heatmaps(
         images_per_second=computed / elapsed if elapsed > 0 and computed else 0.0,
         skipped=skip_log.problems,
     )
+
+
+def extract_heatmaps(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike | Dataset,
+    out: str | os.PathLike = DEFAULT_STORE,
+    *,
+    method: str = DEFAULT_METHOD,
+    score: str = DEFAULT_SCORE,
+    layer: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    classes: Sequence[str] | None = None,
+    unsafe_load: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
+    mixed_precision: bool = False,
+    command: str = "",
+    progress: Progress | None = None,
+) -> ExtractionSummary:
+    """Path-based :func:`extract`: load the model, build the engine and the store writer, run.
+
+    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`. ``mixed_precision``
+    runs the network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded.
+    """
+    from heatmap_templates.cam import CamEngine
+    from heatmap_templates.model_file import load_model
+    from heatmap_templates.store import HeatmapWriter
+
+    if batch_size < 1:
+        raise HmtError(f"batch size must be at least 1, got {batch_size}")
+    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes)
+    if layer is None and info.cam_layer is None:
+        raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
+    engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, head=info.head,
+                       mixed_precision=mixed_precision)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, strict=strict)
+    writer = HeatmapWriter(out, heatmap_settings(model_path, info, engine), command=command)
+    return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
+                   progress=progress)

@@ -6,8 +6,6 @@ Other stages add their own measures (localisation, lung-field energy) as further
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from heatmap_templates.errors import HmtError
@@ -25,7 +23,7 @@ __all__ = [
     "lung_field_energy",
     "pixel_auc",
     "percentile_rank",
-    "ground_truth_localisation",
+    "localisation_auc",
 ]
 
 
@@ -272,67 +270,26 @@ def percentile_rank(value: float, distribution: np.ndarray) -> float:
     return float(100.0 * (below + 0.5 * equal) / values.size)
 
 
-# --------------------------------------------------------------------------- templates against phantom ground truth
+# --------------------------------------------------------------------------- templates against ground truth
 
 
-def ground_truth_localisation(templates_path: str | Path, data_dir: str | Path, *,
-                              threshold_fraction: float = 0.25) -> dict[str, dict]:
-    """Do a templates file's class templates find the phantom lesions? Pixel ROC AUC per class.
+def localisation_auc(score_map: np.ndarray, truth_probability: np.ndarray, lung_mask: np.ndarray, *,
+                     threshold_fraction: float = 0.25) -> dict[str, float | None]:
+    """Does a map (a class template) find the lesions of a truth map? Pixel ROC AUC over the frame and inside the lungs.
 
-    ``data_dir`` is an `hmt synth` output. Per class of the phantom set: ``members`` (0 without a
-    template), ``auc_frame`` (the template mean as a pixel classifier over the whole frame) and
-    ``auc_lungs`` (inside the canonical lungs only). Positives are pixels whose canonical lesion
-    probability is >= ``threshold_fraction`` x that class's largest probability (relative, since a
-    one-lobe-of-several class like bacteria never reaches high absolute probabilities). AUCs are
-    None for a class without a template or without positive pixels (normal).
-
-    Assumes the templates were built with ``ground_truth/canonical_chest.png`` as registration
-    reference, so registered maps lie in the frame of the lesion maps; other references give
-    meaningless numbers. A lesion map of another size is resized to the template's (INTER_AREA);
-    a different aspect ratio is refused with HmtError.
+    All three arrays share one shape. Positives are pixels whose truth probability is at least
+    ``threshold_fraction`` x the truth's largest value (relative, since a one-lobe-of-several
+    class like bacteria never reaches high absolute probabilities). Returns ``auc_frame`` and
+    ``auc_lungs`` (None when the truth has no positive pixel, or no negative one).
     """
-    import cv2
-
-    from heatmap_templates.store import read_templates
-    from heatmap_templates.synth import GROUND_TRUTH_DIR
-
     if not 0.0 < threshold_fraction <= 1.0:
         raise HmtError(f"threshold_fraction must be in (0, 1], got {threshold_fraction}")
-    truth_dir = Path(data_dir) / GROUND_TRUTH_DIR
-    maps = {path.name[len("lesion_probability_"):-len(".npy")]: path for path in sorted(truth_dir.glob("lesion_probability_*.npy"))}
-    lungs_path = truth_dir / "canonical_lungs.png"
-    lungs = cv2.imread(str(lungs_path), cv2.IMREAD_GRAYSCALE) if lungs_path.is_file() else None
-    if not maps or lungs is None:
-        raise HmtError(f"{truth_dir}: no lesion_probability_<class>.npy or canonical_lungs.png; not a `hmt synth` output")
-    built = read_templates(templates_path)
-
-    def to_shape(array: np.ndarray, shape: tuple[int, int], source: Path) -> np.ndarray:
-        if array.shape == shape:
-            return array
-        if array.shape[0] * shape[1] != array.shape[1] * shape[0]:
-            raise HmtError(f"{source}: ground truth of shape {array.shape} cannot be resized to the templates' "
-                           f"{shape} (other aspect ratio); build templates of the phantoms' proportions")
-        return cv2.resize(array, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-
-    results: dict[str, dict] = {}
-    for name, path in maps.items():
-        template = built.templates.get(name)
-        if template is None:
-            results[name] = {"members": 0, "auc_frame": None, "auc_lungs": None}
-            continue
-        mean = np.asarray(template.mean, dtype=np.float64)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        try:
-            truth = np.load(path).astype(np.float32)
-        except (OSError, ValueError) as error:
-            raise HmtError(f"{path}: cannot read the lesion probability map ({error})") from error
-        truth = to_shape(truth, mean.shape, path)
-        lungs_here = to_shape(lungs.astype(np.float32) / 255.0, mean.shape, lungs_path) >= 0.5
-        peak = float(truth.max())
-        positive = truth >= threshold_fraction * peak if peak > 0 else np.zeros(truth.shape, bool)
-        results[name] = {
-            "members": template.count,
-            "auc_frame": roc_auc(mean, positive),
-            "auc_lungs": roc_auc(mean[lungs_here], positive[lungs_here]),
-        }
-    return results
+    scores = np.asarray(score_map, dtype=np.float64)
+    truth = np.asarray(truth_probability, dtype=np.float64)
+    lungs = np.asarray(lung_mask, dtype=bool)
+    if not scores.shape == truth.shape == lungs.shape:
+        raise HmtError(f"map {scores.shape}, truth {truth.shape} and lung mask {lungs.shape} must have one shape")
+    scores = np.where(np.isfinite(scores), scores, 0.0)
+    peak = float(truth.max()) if truth.size else 0.0
+    positive = truth >= threshold_fraction * peak if peak > 0 else np.zeros(truth.shape, bool)
+    return {"auc_frame": roc_auc(scores, positive), "auc_lungs": roc_auc(scores[lungs], positive[lungs])}

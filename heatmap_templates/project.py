@@ -13,6 +13,7 @@ from pathlib import Path
 
 from heatmap_templates import __version__
 from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.files import write_text
 
 DEFAULT_PROJECT_FOLDER = Path("templates_out")
 PROJECT_FILE = "project.json"
@@ -37,7 +38,6 @@ def record_project(*, model: str | os.PathLike, data: str | os.PathLike,
                    folder: str | os.PathLike = DEFAULT_PROJECT_FOLDER, **extra: object) -> Path:
     """Record the model and data paths (absolute) in ``folder/project.json``, keeping other keys; atomic write."""
     path = project_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = _read(path) if path.is_file() else {}
     record.update(extra)
     record.update({
@@ -46,13 +46,7 @@ def record_project(*, model: str | os.PathLike, data: str | os.PathLike,
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hmt_version": __version__,
     })
-    temporary = path.with_name(f".{PROJECT_FILE}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def load_project(folder: str | os.PathLike = DEFAULT_PROJECT_FOLDER) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from heatmap_templates.build import BuildConfig, build_templates
-from heatmap_templates.data import decode_image
+from heatmap_templates.decode import decode_image
 from heatmap_templates.errors import HmtError
 from heatmap_templates.heatmaps import default_store_path, extract_heatmaps
 from heatmap_templates.project import record_project

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from heatmap_templates.cam import METHODS, CamEngine, find_cam_layer, resolve_layer
+from heatmap_templates.cam import METHODS, CamEngine
+from heatmap_templates.model_layers import default_cam_layer, resolve_layer
 from heatmap_templates.errors import HmtError
 
-GRADIENT_METHODS = [name for name, weights in METHODS.items() if weights is not None]
+GRADIENT_METHODS = [name for name, method in METHODS.items() if method.uses_gradients]
 
 
 # --- hand-computed model: input (6, 6, 2) -> Conv2D 3x3 valid ReLU (3 ch) -> Flatten -> Dense(2) ---
@@ -276,7 +277,7 @@ def test_sequential_model_matches_functional(images: np.ndarray) -> None:
         [keras.Input((32, 32, 3)), *conv_layers(""), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, "softmax")]
     )
     sequential.set_weights(functional.get_weights())
-    assert find_cam_layer(sequential) == "conv_b"
+    assert default_cam_layer(sequential) == "conv_b"
     targets = np.array([0, 1, 2, 0])
     np.testing.assert_allclose(
         CamEngine(sequential)(images, targets).raw, CamEngine(functional)(images, targets).raw, rtol=1e-5, atol=1e-7
@@ -286,7 +287,7 @@ def test_sequential_model_matches_functional(images: np.ndarray) -> None:
 def test_nested_base_matches_explicit_composition(images: np.ndarray) -> None:
     """Reference: split the model by hand at base/conv_b and differentiate the remainder."""
     model = nested_model()
-    assert find_cam_layer(model) == "base/conv_b"
+    assert default_cam_layer(model) == "base/conv_b"
     targets = np.array([2, 0, 1, 2])
     result = CamEngine(model, method="gradcam")(images, targets)
     base = model.get_layer("base")

@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from heatmap_templates import classifier, metrics
-from heatmap_templates.classifier import ModelInfo, TrainConfig
+from heatmap_templates import backbones, errors, metrics, model_file, model_layers, preprocess, training
+from heatmap_templates import evaluation as evaluation_module
+from heatmap_templates.model_file import ModelInfo
+from heatmap_templates.training import TrainConfig
 from heatmap_templates.data import load_dataset
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.preprocess import to_model_input
@@ -47,10 +49,10 @@ def toy_config() -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def trained_small(toy_dir: Path, toy_config: TrainConfig, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, classifier.TrainResult]:
+def trained_small(toy_dir: Path, toy_config: TrainConfig, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, training.TrainResult]:
     """A `small` model trained once on the toy set and saved; shared by the evaluation and metadata tests."""
-    result = classifier.train(load_dataset(toy_dir), toy_config)
-    path = classifier.save_model(result.model, result.info, tmp_path_factory.mktemp("model") / "small.keras")
+    result = training.train(load_dataset(toy_dir), toy_config)
+    path = model_file.save_model(result.model, result.info, tmp_path_factory.mktemp("model") / "small.keras")
     return path, result
 
 
@@ -73,13 +75,13 @@ def test_each_backbone_builds_and_trains_one_epoch(toy_dir: Path, backbone: str,
     dataset = load_dataset(toy_dir)
     before = None
     if fine_tune:
-        with classifier.seeded(config.seed):  # train() builds its model right after seeding the same way
-            untrained = classifier.build_model(backbone, 3, size, "none")
-        before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in classifier.find_base(untrained).layers}
-    result = classifier.train(dataset, config)
+        with training.seeded(config.seed):  # train() builds its model right after seeding the same way
+            untrained = backbones.build_model(backbone, 3, size, "none")
+        before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in model_layers.find_base(untrained).layers}
+    result = training.train(dataset, config)
     model, info = result.model, result.info
 
-    assert model.input_shape == (None, size, size, classifier.BACKBONES[backbone].channels)
+    assert model.input_shape == (None, size, size, backbones.BACKBONES[backbone].channels)
     assert model.layers[-1].name == "predictions" and model.layers[-1].get_config()["activation"] == "softmax"
     assert model.output_shape == (None, 3)
     assert info.cam_layer == cam_layer
@@ -93,14 +95,14 @@ def test_each_backbone_builds_and_trains_one_epoch(toy_dir: Path, backbone: str,
 
     if backbone != "small":
         # the cached-feature head is the full model's head: same probabilities either way
-        images, _ = classifier.load_images(dataset.samples[:6], info.input_size, classifier.SkipLog())
-        features = classifier.pooled_features(model, images, info)
-        via_head = classifier.head_model(model).predict_on_batch(features)
-        via_model = model.predict_on_batch(classifier.model_input(images, info))
+        images, _ = preprocess.load_images(dataset.samples[:6], info.input_size, errors.SkipLog())
+        features = training.pooled_features(model, images, info)
+        via_head = training.head_model(model).predict_on_batch(features)
+        via_model = model.predict_on_batch(evaluation_module.model_input(images, info))
         np.testing.assert_allclose(via_head, via_model, rtol=1e-4, atol=1e-6)
     if fine_tune:
         # the starting weights of every run are the same (seed 0): block5 moved, block4 did not
-        base = classifier.find_base(model)
+        base = model_layers.find_base(model)
         assert [row["phase"] for row in result.history] == ["head", "fine-tune"]
         assert not np.array_equal(base.get_layer("block5_conv1").get_weights()[0], before["block5_conv1"][0])
         np.testing.assert_array_equal(base.get_layer("block4_conv1").get_weights()[0], before["block4_conv1"][0])
@@ -108,19 +110,19 @@ def test_each_backbone_builds_and_trains_one_epoch(toy_dir: Path, backbone: str,
 
 
 def test_local_weights_file_round_trip(tmp_path: Path) -> None:
-    first = classifier.build_model("vgg16", 2, 32, "none")
+    first = backbones.build_model("vgg16", 2, 32, "none")
     path = tmp_path / "vgg16_notop.weights.h5"
-    classifier.find_base(first).save_weights(path)
-    loaded = classifier.build_model("vgg16", 2, 32, str(path))
-    fresh = classifier.build_model("vgg16", 2, 32, "none")
-    for saved, restored, random in zip(classifier.find_base(first).get_weights(), classifier.find_base(loaded).get_weights(),
-                                       classifier.find_base(fresh).get_weights()):
+    model_layers.find_base(first).save_weights(path)
+    loaded = backbones.build_model("vgg16", 2, 32, str(path))
+    fresh = backbones.build_model("vgg16", 2, 32, "none")
+    for saved, restored, random in zip(model_layers.find_base(first).get_weights(), model_layers.find_base(loaded).get_weights(),
+                                       model_layers.find_base(fresh).get_weights()):
         np.testing.assert_array_equal(saved, restored)
-    assert not all(np.array_equal(a, b) for a, b in zip(classifier.find_base(first).get_weights(), classifier.find_base(fresh).get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(model_layers.find_base(first).get_weights(), model_layers.find_base(fresh).get_weights()))
     with pytest.raises(BadFileError, match="cannot load these weights"):
-        classifier.build_model("vgg19", 2, 32, str(path))
+        backbones.build_model("vgg19", 2, 32, str(path))
     with pytest.raises(BadFileError, match="weights file not found"):
-        classifier.build_model("vgg16", 2, 32, str(tmp_path / "missing.h5"))
+        backbones.build_model("vgg16", 2, 32, str(tmp_path / "missing.h5"))
 
 
 def _fail_download(*args: object, **kwargs: object) -> None:
@@ -132,9 +134,9 @@ def test_imagenet_download_failure_suggests_a_local_file(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(file_utils, "get_file", _fail_download)  # no network is touched
     with pytest.raises(HmtError, match=r"could not download the ImageNet weights for vgg16.*--weights PATH"):
-        classifier.build_model("vgg16", 2, 32, "imagenet")
+        backbones.build_model("vgg16", 2, 32, "imagenet")
     with pytest.raises(HmtError, match="no ImageNet weights"):
-        classifier.build_model("small", 2, 32, "imagenet")
+        backbones.build_model("small", 2, 32, "imagenet")
 
 
 def test_cli_imagenet_failure_is_one_line(toy_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -150,36 +152,36 @@ def test_cli_imagenet_failure_is_one_line(toy_dir: Path, tmp_path: Path, capsys,
 
 
 def test_metadata_round_trip_all_fields(tmp_path: Path) -> None:
-    model = classifier.build_model("small", 3, 32, "none")
+    model = backbones.build_model("small", 3, 32, "none")
     info = ModelInfo(
         class_names=["a", "b", "c"], backbone="small", input_size=(32, 32), channels=1, preprocessing="unit",
         cam_layer="block4_relu", training={"config": {"epochs": 3}, "history": [{"loss": 0.5, "val_loss": None}]},
         dataset_fingerprint="f" * 64, split={"train": ["a/1.png"], "val": ["b/2.png"], "test": ["c/3.png"]}, hmt_version="9.9",
     )
-    path = classifier.save_model(model, info, tmp_path / "out" / "model.keras")
+    path = model_file.save_model(model, info, tmp_path / "out" / "model.keras")
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.keras"]  # no temporary file left behind
     with zipfile.ZipFile(path) as archive:
-        assert classifier.INFO_MEMBER in archive.namelist()
+        assert model_file.INFO_MEMBER in archive.namelist()
     import keras
 
     plain = keras.models.load_model(path, safe_mode=True)  # still an ordinary Keras file
     assert plain.output_shape == (None, 3)
-    loaded, loaded_info = classifier.load_model(path)
+    loaded, loaded_info = model_file.load_model(path)
     assert loaded_info == info
-    assert classifier.read_model_info(path) == info
+    assert model_file.read_model_info(path) == info
     x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(HmtError, match="must end in .keras"):
-        classifier.save_model(model, info, tmp_path / "model.h5")
+        model_file.save_model(model, info, tmp_path / "model.h5")
 
 
 def test_malformed_metadata_is_a_bad_file(tmp_path: Path) -> None:
     path = tmp_path / "m.keras"
-    classifier.build_model("small", 2, 32, "none").save(path)
+    backbones.build_model("small", 2, 32, "none").save(path)
     with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(classifier.INFO_MEMBER, json.dumps({"class_names": ["a", "b"]}))
+        archive.writestr(model_file.INFO_MEMBER, json.dumps({"class_names": ["a", "b"]}))
     with pytest.raises(BadFileError, match="lacks backbone"):
-        classifier.load_model(path)
+        model_file.load_model(path)
 
 
 def test_user_model_needs_class_names(tmp_path: Path) -> None:
@@ -190,11 +192,11 @@ def test_user_model_needs_class_names(tmp_path: Path) -> None:
     path = tmp_path / "user.keras"
     user.save(path)
     with pytest.raises(HmtError, match="--classes"):
-        classifier.load_model(path)
-    _, info = classifier.load_model(path, classes=["cat", "dog"], preprocessing="tf")
+        model_file.load_model(path)
+    _, info = model_file.load_model(path, classes=["cat", "dog"], preprocessing="tf")
     assert (info.input_size, info.channels, info.preprocessing, info.cam_layer) == ((24, 24), 3, "tf", "conv")
     with pytest.raises(BadFileError, match="does not match"):
-        classifier.load_model(path, classes=["a", "b", "c"])
+        model_file.load_model(path, classes=["a", "b", "c"])
 
 
 def test_lambda_layer_refused_in_safe_mode(tmp_path: Path) -> None:
@@ -205,8 +207,8 @@ def test_lambda_layer_refused_in_safe_mode(tmp_path: Path) -> None:
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(BadFileError, match="--unsafe-load"):
-        classifier.load_model(path, classes=["a", "b"])
-    model, _ = classifier.load_model(path, classes=["a", "b"], unsafe=True)
+        model_file.load_model(path, classes=["a", "b"])
+    model, _ = model_file.load_model(path, classes=["a", "b"], unsafe=True)
     assert model.output_shape == (None, 2)
 
 
@@ -216,10 +218,10 @@ def test_lambda_layer_refused_in_safe_mode(tmp_path: Path) -> None:
 def test_fixed_seed_gives_identical_weights(toy_dir: Path) -> None:
     config = TrainConfig(backbone="small", epochs=2, input_size=32, batch_size=8, augment=True, val_fraction=0.25, test_fraction=0.25)
     dataset = load_dataset(toy_dir)
-    first = classifier.train(dataset, config).model.get_weights()
-    second = classifier.train(dataset, config).model.get_weights()
+    first = training.train(dataset, config).model.get_weights()
+    second = training.train(dataset, config).model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    other = classifier.train(dataset, TrainConfig(**{**config.__dict__, "seed": 1})).model.get_weights()
+    other = training.train(dataset, TrainConfig(**{**config.__dict__, "seed": 1})).model.get_weights()
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
@@ -232,7 +234,7 @@ def test_split_is_recorded_patient_free_and_class_weights_balanced(trained_small
     weights = result.info.training["class_weights"]
     assert set(weights) == set(TOY_CLASSES)
     labels = np.array([0] * 6 + [1] * 2)
-    assert classifier.balanced_class_weights(labels, 2) == pytest.approx({0: 8 / (2 * 6), 1: 8 / (2 * 2)})
+    assert training.balanced_class_weights(labels, 2) == pytest.approx({0: 8 / (2 * 6), 1: 8 / (2 * 2)})
 
 
 def test_augmentation_stays_in_range_and_varies() -> None:
@@ -240,7 +242,7 @@ def test_augmentation_stays_in_range_and_varies() -> None:
 
     batch = np.zeros((4, 32, 32), np.float32)
     batch[:, 12:20, 12:20] = 1.0
-    out = classifier._augment(tf.constant(batch), tf.constant([3, 0], tf.int64)).numpy()
+    out = training._augment(tf.constant(batch), tf.constant([3, 0], tf.int64)).numpy()
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert not np.allclose(out[0], out[1])
     square_mass = (out - np.median(out, axis=(1, 2), keepdims=True)).clip(0).sum(axis=(1, 2))
@@ -250,7 +252,7 @@ def test_augmentation_stays_in_range_and_varies() -> None:
 @pytest.mark.parametrize("mode", ["unit", "tf", "caffe", "torch"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_pipeline_preprocessing_equals_preprocess_module(mode: str, channels: int) -> None:
-    scale, offset = classifier._affine_preprocessing(channels, mode)
+    scale, offset = preprocess.affine_preprocessing(channels, mode)
     batch = np.random.default_rng(1).random((2, 5, 5)).astype(np.float32)
     expected = to_model_input(batch, channels, mode)
     np.testing.assert_allclose(np.repeat(batch[..., None], channels, axis=-1) * scale + offset, expected, rtol=1e-5, atol=1e-4)
@@ -261,21 +263,21 @@ def test_pipeline_preprocessing_equals_preprocess_module(mode: str, channels: in
 
 def test_evaluate_uses_the_stored_split_only_for_the_training_data(trained_small, toy_dir: Path, tmp_path: Path) -> None:
     path, result = trained_small
-    model, info = classifier.load_model(path)
-    evaluation = classifier.evaluate(model, info, load_dataset(toy_dir), split="test")
+    model, info = model_file.load_model(path)
+    evaluation = evaluation_module.evaluate(model, info, load_dataset(toy_dir), split="test")
     assert evaluation.split == "test" and evaluation.report["n"] == len(info.split["test"])
     assert evaluation.report["confusion_matrix"] == result.test_report["confusion_matrix"]
     assert set(evaluation.report["binary_readings"]) == {"covid_vs_noncovid", "normal_vs_abnormal"}
 
     changed = shutil.copytree(toy_dir, tmp_path / "copy")
     cv2.imwrite(str(changed / "normal" / "normal_000.png"), np.zeros((40, 40), np.uint8))
-    evaluation = classifier.evaluate(model, info, load_dataset(changed), split="test")
+    evaluation = evaluation_module.evaluate(model, info, load_dataset(changed), split="test")
     assert evaluation.split == "all" and evaluation.report["n"] == 24 and evaluation.notes
 
-    images, kept = classifier.load_images(load_dataset(toy_dir).samples, info.input_size, classifier.SkipLog())
+    images, kept = preprocess.load_images(load_dataset(toy_dir).samples, info.input_size, errors.SkipLog())
     labels = np.array([info.class_names.index(s.label) for s in kept])
-    expected = metrics.classification_report(classifier.predict_probabilities(model, info, images), labels, info.class_names)
-    assert classifier.evaluate(model, info, load_dataset(toy_dir), split="all").report == expected
+    expected = metrics.classification_report(evaluation_module.predict_probabilities(model, info, images), labels, info.class_names)
+    assert evaluation_module.evaluate(model, info, load_dataset(toy_dir), split="all").report == expected
 
 
 def test_cli_train_then_evaluate_from_the_project_record(toy_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -14,15 +14,14 @@ from heatmap_templates import metrics
 from heatmap_templates.compare import (
     Comparer,
     atypical_reading,
-    cosine_similarity,
     evaluate_templates,
-    masked_pearson,
     separation_report,
-    similarity_scores,
     template_match_report,
 )
+from heatmap_templates.similarity import cosine_similarity, masked_pearson, similarity_scores
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.templates import normalise, pearson
+from heatmap_templates.normalisation import normalise
+from heatmap_templates.similarity import pearson
 from cli_helpers import assert_user_error, run_hmt
 
 SIZE = 64
@@ -38,21 +37,22 @@ def _tiny_model(seed: int, path: Path, data: Path | None = None) -> Path:
     when given, so that every class's Grad-CAM maps are alive (a random net leaves some all zero)."""
     import keras
 
-    from heatmap_templates import classifier
-    from heatmap_templates.data import decode_image, load_dataset
+    from heatmap_templates import backbones, model_file, model_layers
+    from heatmap_templates.decode import decode_image
+    from heatmap_templates.data import load_dataset
     from heatmap_templates.preprocess import resize_gray
 
     keras.utils.set_random_seed(seed)
-    model = classifier.build_model("small", len(CLASSES), SIZE, "none", dense_units=8, dropout=0.0)
+    model = backbones.build_model("small", len(CLASSES), SIZE, "none", dense_units=8, dropout=0.0)
     if data is not None:
         samples = load_dataset(data).samples
         images = np.stack([resize_gray(decode_image(s.path).pixels, (SIZE, SIZE)) for s in samples])[..., None]
         labels = np.array([CLASSES.index(s.label) for s in samples])
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
         model.fit(images, labels, epochs=4, batch_size=4, verbose=0)
-    info = classifier.ModelInfo(class_names=list(CLASSES), backbone="small", input_size=(SIZE, SIZE), channels=1,
-                                preprocessing="unit", cam_layer=classifier.default_cam_layer(model))
-    return classifier.save_model(model, info, path)
+    info = model_file.ModelInfo(class_names=list(CLASSES), backbone="small", input_size=(SIZE, SIZE), channels=1,
+                                preprocessing="unit", cam_layer=model_layers.default_cam_layer(model))
+    return model_file.save_model(model, info, path)
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +156,9 @@ def test_template_match_and_separation_reports_by_hand() -> None:
 
 def test_similarities_equal_a_recomputation_by_hand(setup: dict, comparer: Comparer) -> None:
     """Decode, classify, register to the stored reference, normalise and correlate, step by step."""
-    from heatmap_templates.build import registrar_for
+    from heatmap_templates.prepare import registrar_for
     from heatmap_templates.cam import CamEngine
-    from heatmap_templates.classifier import load_model
+    from heatmap_templates.model_file import load_model
     from heatmap_templates.heatmaps import load_for_model
     from heatmap_templates.store import read_templates
 

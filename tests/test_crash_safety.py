@@ -35,14 +35,14 @@ store.HeatmapWriter.append = slow_append
 """
 STALL_TEMPLATES_WRITE = """
 import time
-from heatmap_templates import store
+from heatmap_templates.store import templates_file
 from hmt_cli import main
 main.TENSORFLOW_COMMANDS = frozenset()  # a build from a heatmap store runs no model: skip TensorFlow's start-up
-write_template = store._write_template
+write_template = templates_file._write_template
 def stalled_write_template(root, template):
     write_template(root, template)
     time.sleep(60)
-store._write_template = stalled_write_template
+templates_file._write_template = stalled_write_template
 """
 
 

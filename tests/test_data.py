@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 
 import bad_inputs
-from heatmap_templates import data as data_module
 from heatmap_templates.data import (
     Dataset,
-    Problem,
     Sample,
-    SkipLog,
     check_dataset,
-    decode_image,
     decode_samples,
-    file_sha256,
     load_dataset,
     patient_id_from_name,
     split_dataset,
 )
-from heatmap_templates.errors import BadImageError, HmtError
+from heatmap_templates.decode import decode_image
+from heatmap_templates.errors import BadImageError, HmtError, Problem, SkipLog, display_path
+from heatmap_templates.files import file_sha256
 
 # --------------------------------------------------------------------------- decoding
 
@@ -53,7 +50,7 @@ def test_bad_images_raise_bad_image_error_naming_file(writer, tmp_path: Path, mo
         decode_image(case.path)
     error = caught.value
     assert case.reason in error.reason
-    assert error.path == data_module.display_path(case.path)
+    assert error.path == display_path(case.path)
     message = str(error)
     assert "\n" not in message and message.startswith(error.path)
     message.encode("utf-8")  # printable even for file names that are not valid UTF-8

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heatmap_templates.data import MIN_IMAGE_SIDE, decode_image
+from heatmap_templates.decode import MIN_IMAGE_SIDE, decode_image
 from heatmap_templates.errors import BadImageError
-from heatmap_templates.preprocess import PREPROCESSING_MODES, prepare_batch
+from heatmap_templates.preprocess import PREPROCESSING, prepare_batch
 
 FUZZ_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _counter = itertools.count()
@@ -82,7 +82,7 @@ def encoded_images(draw: st.DrawFn) -> tuple[str, bytes, np.ndarray]:
     image=encoded_images(),
     input_size=st.tuples(st.integers(8, 48), st.integers(8, 48)),
     channels=st.sampled_from([1, 3]),
-    mode=st.sampled_from(PREPROCESSING_MODES),
+    mode=st.sampled_from(PREPROCESSING.names()),
 )
 def test_valid_images_decode_and_preprocess(
     tmp_path: Path, image: tuple[str, bytes, np.ndarray], input_size: tuple[int, int], channels: int, mode: str

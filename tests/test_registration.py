@@ -5,12 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from heatmap_templates import registration, synth
+from heatmap_templates import geometry, lungs, registration, synth
 from heatmap_templates.errors import HmtError
 from heatmap_templates.registration import (
     ECC_FAILED,
     LUNGS_MISMATCH,
-    METHODS,
+    REGISTRATIONS,
     NO_LUNGS,
     Alignment,
     Reference,
@@ -104,7 +104,7 @@ def test_images_of_another_size_are_registered_by_scaling(phantom, phantom_refer
     registrar = Registrar("affine", phantom_reference)
     alignment = registrar.estimate(large)
     assert alignment.image_shape == (2 * SIZE, 2 * SIZE)
-    to_large = registration._resize_matrix((SIZE, SIZE), (2 * SIZE, 2 * SIZE))
+    to_large = geometry.resize_matrix((SIZE, SIZE), (2 * SIZE, 2 * SIZE))
     composed = _homogeneous(alignment.matrix) @ to_large @ _homogeneous(warp)
     assert _mean_displacement(composed, _lung_points(phantom_reference.lung_mask)) < 1.5
     assert registrar.warp(large, alignment).shape == (SIZE, SIZE)
@@ -198,7 +198,7 @@ def test_ecc_non_convergence_falls_back_to_none(monkeypatch, phantom, phantom_re
 
 def test_lungs_hidden_by_consolidation_fall_back_to_affine(phantom, phantom_reference) -> None:
     image = phantom.image.copy()
-    left = registration._lung_pair(image)[0]
+    left = lungs.lung_pair(image)[0]
     ys, _ = np.nonzero(left)
     lower = left.copy()
     lower[: int(ys.min() + 0.45 * (ys.max() - ys.min()))] = False
@@ -220,7 +220,7 @@ def test_register_batch_and_build_reference() -> None:
     assert count - 1 == 2
     heatmaps = [np.stack([sample.lesion_mask, sample.lesion_mask]).astype(np.float32) for sample in samples]
     results = {}
-    for method in METHODS:
+    for method in REGISTRATIONS:
         registrar = Registrar(method, reference)
         alignments, registered, warped_heatmaps = registrar.register_batch(images, heatmaps)
         assert registered.shape == (len(images), 64, 64) and warped_heatmaps.shape == (len(images), 2, 64, 64)

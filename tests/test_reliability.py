@@ -24,9 +24,9 @@ import pytest
 
 import bad_inputs
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates import classifier, synth
-from heatmap_templates.classifier import ModelInfo
-from heatmap_templates.data import display_path
+from heatmap_templates import backbones, model_file, model_layers, synth
+from heatmap_templates.model_file import ModelInfo
+from heatmap_templates.errors import display_path
 from heatmap_templates.heatmaps import extract_heatmaps
 from heatmap_templates.store import open_heatmaps, read_templates
 
@@ -55,14 +55,14 @@ def save_tiny_model(path: Path, classes: tuple[str, ...] = CLASSES, size: int = 
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = classifier.build_model("small", len(classes), size, "none")
+    model = backbones.build_model("small", len(classes), size, "none")
     if dead_cam_layer:
         for layer in model.layers:
             if isinstance(layer, keras.layers.Conv2D):
                 layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
     info = ModelInfo(class_names=list(classes), backbone="small", input_size=(size, size), channels=1, preprocessing="unit",
-                     cam_layer=classifier.default_cam_layer(model))
-    return classifier.save_model(model, info, path)
+                     cam_layer=model_layers.default_cam_layer(model))
+    return model_file.save_model(model, info, path)
 
 
 def h5_datasets(path: Path) -> dict[str, np.ndarray]:
@@ -134,7 +134,7 @@ def test_model_without_convolutional_layer_is_refused_by_heatmaps(saved_with: st
     extra: list[str] = []
     if saved_with == "save_model":
         info = ModelInfo(class_names=list(CLASSES), backbone="user", input_size=(SIZE, SIZE), channels=1, preprocessing="unit", cam_layer=None)
-        classifier.save_model(dense, info, path)
+        model_file.save_model(dense, info, path)
     else:
         dense.save(path)
         extra = ["--classes", ",".join(CLASSES)]

@@ -19,13 +19,14 @@ from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.store import (
     HeatmapBatch,
     HeatmapWriter,
-    describe,
     load_accumulator,
-    merge_template_files,
     open_heatmaps,
     read_templates,
     save_templates,
 )
+from hmt_cli.inspect import describe
+from heatmap_templates.build import merge_template_files
+from heatmap_templates.members import member_indices
 from heatmap_templates.templates import LOO_EXACT, LOO_MERGED, ClassAccumulator, Member
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +99,11 @@ def test_heatmap_store_round_trip_resume_and_selection(tmp_path: Path) -> None:
     assert sum(len(b) for b in reader.iter_batches(5)) == 12
     np.testing.assert_array_equal(batch.maps_for(1), everything.upsampled[picked, 1].astype(np.float32))
     labels, correct, predicted = everything.labels, everything.correct, everything.predicted
-    np.testing.assert_array_equal(reader.indices_for(0), np.flatnonzero((labels == 0) & correct))
-    np.testing.assert_array_equal(reader.indices_for(0, "all"), np.flatnonzero(labels == 0))
-    np.testing.assert_array_equal(reader.indices_for(1, "predicted"), np.flatnonzero(predicted == 1))
-    with pytest.raises(HmtError, match="--include"):
-        reader.indices_for(0, "wrong")
+    np.testing.assert_array_equal(member_indices(reader, 0), np.flatnonzero((labels == 0) & correct))
+    np.testing.assert_array_equal(member_indices(reader, 0, "all"), np.flatnonzero(labels == 0))
+    np.testing.assert_array_equal(member_indices(reader, 1, "predicted"), np.flatnonzero(predicted == 1))
+    with pytest.raises(HmtError, match="unknown include rule 'wrong'"):
+        member_indices(reader, 0, "wrong")
 
 
 def test_two_writers_never_overwrite_each_others_shards(tmp_path: Path) -> None:
@@ -286,7 +287,7 @@ def test_templates_round_trip_and_adding_a_class(tmp_path: Path) -> None:
     assert data.similarity_classes == ["covid", "normal"] and data.similarity.shape == (2, 2)
     np.testing.assert_allclose(np.diag(data.similarity), 1.0)
     restored = load_accumulator(path, "covid")
-    assert restored.count == 12 and np.array_equal(restored.bootstrap.sums, _accumulator("covid", 0, 12).bootstrap.sums)
+    assert restored.count == 12 and np.array_equal(restored.statistics["band"].bootstrap.sums, _accumulator("covid", 0, 12).statistics["band"].bootstrap.sums)
 
 
 def test_templates_file_refusals(tmp_path: Path) -> None:

@@ -361,7 +361,7 @@ def _templates_file(path: Path, maps: dict[str, np.ndarray]) -> Path:
 
 
 def test_ground_truth_localisation_scores_perfect_and_inverted_templates(phantom_set: Path, tmp_path: Path) -> None:
-    from heatmap_templates.metrics import ground_truth_localisation
+    from heatmap_templates.synth import ground_truth_localisation
 
     truth = phantom_set / "ground_truth"
     covid = np.load(truth / "lesion_probability_covid.npy")
@@ -384,7 +384,7 @@ def test_ground_truth_localisation_scores_perfect_and_inverted_templates(phantom
 
 
 def test_ground_truth_localisation_refuses_other_proportions_and_foreign_folders(phantom_set: Path, tmp_path: Path) -> None:
-    from heatmap_templates.metrics import ground_truth_localisation
+    from heatmap_templates.synth import ground_truth_localisation
 
     oblong = _templates_file(tmp_path / "oblong.h5", {"covid": np.ones((SIZE // 2, SIZE // 4)) * np.arange(SIZE // 4)})
     with pytest.raises(HmtError, match="aspect ratio"):

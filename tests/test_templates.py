@@ -8,22 +8,18 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.templates import (
-    LOO_EXACT,
+from heatmap_templates.templates import LOO_EXACT, ClassAccumulator, Member, leave_one_out_correlations
+from heatmap_templates.statistics import (
     BootstrapBand,
-    ClassAccumulator,
-    Member,
     PairwiseCorrelation,
     PixelHistogram,
     RunningCovariance,
     RunningStats,
-    downsample,
-    leave_one_out_correlations,
-    normalise,
     principal_components,
-    similarity_matrix,
-    upsample,
 )
+from heatmap_templates.resample import downsample, upsample
+from heatmap_templates.normalisation import normalise
+from heatmap_templates.similarity import similarity_matrix
 
 SHAPE = (24, 20)
 

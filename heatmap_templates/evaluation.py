@@ -1,0 +1,135 @@
+"""Classifying in-memory images and measuring a classifier on a labelled data set (`hmt evaluate`).
+
+Images reach the model through :mod:`heatmap_templates.preprocess` (uint8 at input size, then the
+model's preprocessing), and outputs become class probabilities through the model's head kind, so
+the predictions here equal those ``hmt heatmaps`` stores for the same model and images.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from heatmap_templates.data import SPLIT_NAMES, Dataset, dataset_fingerprint, relative_path
+from heatmap_templates.errors import HmtError, Problem, SkipLog, display_path, problems_json
+from heatmap_templates.files import write_text
+from heatmap_templates.heads import probabilities_of
+from heatmap_templates.metrics import classification_report
+from heatmap_templates.model_file import ModelInfo
+from heatmap_templates.preprocess import load_images, to_model_input
+from heatmap_templates.progress import NullProgress, Progress
+
+DEFAULT_BATCH_SIZE = 32
+EVALUATION_SPLITS = (*SPLIT_NAMES, "all")
+
+
+@dataclass
+class EvaluationResult:
+    """The metrics of one evaluation run, what it ran on, and every image's prediction."""
+
+    report: dict
+    split: str  # the split actually evaluated (``all`` when DATA is not the training set)
+    requested_split: str
+    problems: list[Problem]
+    notes: list[str]
+    paths: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) class indices
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (N, K)
+
+    def to_dict(self) -> dict:
+        return {
+            "split": self.split,
+            "requested_split": self.requested_split,
+            "notes": list(self.notes),
+            "skipped": problems_json(self.problems),
+            **self.report,
+        }
+
+
+def model_input(images: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(N, h, w) uint8 images at the model's input size -> float32 model input."""
+    return to_model_input(images, info.channels, info.preprocessing)
+
+
+def predict_in_batches(model, images: np.ndarray, info: ModelInfo, batch_size: int, progress: Progress | None,  # noqa: ANN001
+                       description: str) -> list[np.ndarray]:
+    """``model.predict_on_batch`` over in-memory images, batch by batch, with progress."""
+    progress = progress or NullProgress()
+    progress.start(len(images), description)
+    outputs = []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = model_input(images[start:start + batch_size], info)
+            outputs.append(np.asarray(model.predict_on_batch(batch)))
+            progress.advance(len(batch))
+    finally:
+        progress.finish()
+    return outputs
+
+
+def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+                          progress: Progress | None = None) -> np.ndarray:
+    """Class probabilities (N, K) for in-memory uint8 images, through the model's head kind."""
+    outputs = predict_in_batches(model, images, info, batch_size, progress, "classifying")
+    if not outputs:
+        return np.zeros((0, len(info.class_names)))
+    values = np.concatenate(outputs)
+    if not np.all(np.isfinite(values)):
+        raise HmtError("the model produced non-finite outputs (NaN or infinity)")
+    probabilities = probabilities_of(values, info.head or "softmax")
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(info.class_names):
+        raise HmtError(f"the model outputs shape {values.shape[1:]}, expected scores of {len(info.class_names)} classes")
+    return probabilities
+
+
+def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = "test", batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+             strict: bool = False, progress: Progress | None = None) -> EvaluationResult:
+    """Classification report of ``model`` on ``dataset``.
+
+    ``split`` (test, val, train) selects the images of that split recorded in the model's metadata,
+    but only when ``dataset`` is the data set the model was trained on (same fingerprint);
+    otherwise, and for ``all``, every image is evaluated and a note says so.
+    """
+    if split not in EVALUATION_SPLITS:
+        raise HmtError(f"unknown split {split!r}; choose test, val, train or all")
+    unknown = sorted({s.label for s in dataset.samples} - set(info.class_names))
+    if unknown:
+        raise HmtError(f"{display_path(dataset.root)}: class {', '.join(unknown)} is not one of the model's classes "
+                       f"({', '.join(info.class_names)})")
+    notes: list[str] = []
+    samples = list(dataset.samples)
+    used = "all"
+    if split != "all":
+        if info.split.get(split) is not None and info.dataset_fingerprint == dataset_fingerprint(dataset):
+            wanted = set(info.split[split])
+            samples = [s for s in samples if relative_path(s, dataset.root) in wanted]
+            used = split
+        else:
+            notes.append(f"DATA is not the data set this model was trained on (or the model records no split): "
+                         f"evaluating all {len(samples)} images instead of the {split} split")
+    if not samples:
+        raise HmtError(f"{display_path(dataset.root)}: the {split} split has no images")
+    skip_log = SkipLog(strict, dataset.problems)
+    images, kept = load_images(samples, info.input_size, skip_log, progress=progress)
+    if not kept:
+        raise HmtError(f"{display_path(dataset.root)}: none of the {len(samples)} images could be decoded")
+    index = {name: k for k, name in enumerate(info.class_names)}
+    labels = np.array([index[s.label] for s in kept], dtype=np.int64)
+    probabilities = predict_probabilities(model, info, images, batch_size=batch_size, progress=progress)
+    report = classification_report(probabilities, labels, info.class_names)
+    return EvaluationResult(report=report, split=used, requested_split=split, problems=skip_log.problems, notes=notes,
+                            paths=[display_path(s.path) for s in kept], labels=labels, probabilities=probabilities)
+
+
+def write_predictions(result: EvaluationResult, class_names: list[str], path: str | os.PathLike) -> Path:
+    """One CSV row per evaluated image: path, label, predicted, then p_<class> for every class (atomic write)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "predicted", *(f"p_{name}" for name in class_names)])
+    for image_path, label, row in zip(result.paths, result.labels, result.probabilities):
+        writer.writerow([image_path, class_names[int(label)], class_names[int(np.argmax(row))], *(repr(float(p)) for p in row)])
+    return write_text(path, buffer.getvalue())

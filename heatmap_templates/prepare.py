@@ -1,0 +1,59 @@
+"""Map preparation: the exact steps from a class activation map to a template-frame, normalised map.
+
+Template members (``hmt build-templates``) and new images (``hmt compare``, and every later check)
+go through :func:`prepare_maps`, so a new image's map is prepared exactly as the members' were:
+
+1. the heatmap store's precision: maps pass through float16 (a no-op for maps read from a store);
+2. registration: each image (uint8 at the model's input size) is aligned to the reference, or an
+   alignment found earlier is reused, and the *same* transform moves the image's maps;
+3. normalisation of each map with the templates' method.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from heatmap_templates.normalisation import normalise
+from heatmap_templates.registration import Alignment, Reference, Registrar
+
+STORE_MAP_DTYPE = np.float16  # the precision the heatmap store keeps upsampled maps in
+
+
+@dataclass
+class PreparedMaps:
+    """Registered images (N, H, W) float32 in [0, 1], their alignments, and registered, normalised maps
+    (N, ..., H, W) float32 in the reference frame."""
+
+    alignments: list[Alignment]
+    images: np.ndarray
+    maps: np.ndarray
+
+
+def registrar_for(method: str, reference_image: np.ndarray, lung_mask: np.ndarray) -> Registrar:
+    """The registrar that a templates file's stored reference and method describe."""
+    return Registrar(method, Reference(np.asarray(reference_image, np.float32), np.asarray(lung_mask, bool)))
+
+
+def prepare_maps(images_u8: np.ndarray, maps: np.ndarray, registrar: Registrar, normalisation: str, *,
+                 alignments: Sequence[Alignment] | None = None) -> PreparedMaps:
+    """Register images (N, H, W) uint8 and move their maps (N, ..., H, W) with them, then normalise each map.
+
+    ``alignments`` (one per image) skips the estimation: a second pass over the same members
+    warps with the transforms of the first.
+    """
+    images = [np.asarray(image, dtype=np.float32) / 255.0 for image in images_u8]
+    stored = np.asarray(maps).astype(STORE_MAP_DTYPE).astype(np.float32)
+    if alignments is None:
+        found, warped_images, warped = registrar.register_batch(images, list(stored))
+    else:
+        found = list(alignments)
+        warped_images = np.stack([registrar.warp(image, a) for image, a in zip(images, found)]) if images else \
+            np.zeros((0, *registrar.reference.shape), np.float32)
+        warped = np.stack([registrar.warp(m, a) for m, a in zip(stored, found)]) if len(stored) else \
+            np.zeros((0, *stored.shape[1:-2], *registrar.reference.shape), np.float32)
+    assert warped is not None
+    planes = warped.reshape(-1, *warped.shape[-2:])
+    normalised = normalise(planes, normalisation).reshape(warped.shape) if len(planes) else warped.astype(np.float32)
+    return PreparedMaps(found, warped_images, normalised)

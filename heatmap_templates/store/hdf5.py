@@ -1,0 +1,187 @@
+"""HDF5 plumbing shared by hmt's file kinds: atomic writes, safe reads, root attributes, identity checks.
+
+Each file kind (:data:`HEATMAPS`, :data:`TEMPLATES`) has its own schema version; a writer writes
+the current one and a reader reads every version in ``readable`` (docs/hdf5_schema.md has the
+changelog). Root attributes make every file self-describing: ``kind``, ``schema_version``,
+``hmt_version``, ``created``, ``command`` and the settings that produced it (as JSON, and one
+attribute per simple setting). Strings read back are data only: bytes are decoded and JSON is
+parsed, nothing is evaluated.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from heatmap_templates import __version__
+from heatmap_templates.errors import BadFileError
+from heatmap_templates.files import atomic_path
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """One kind of hmt file: its ``kind`` attribute, the schema version written, and the versions read."""
+
+    name: str
+    version: int
+    readable: tuple[int, ...]
+
+
+HEATMAPS = FileKind("hmt-heatmaps", 1, (1,))
+TEMPLATES = FileKind("hmt-templates", 1, (1,))
+KINDS = {kind.name: kind for kind in (HEATMAPS, TEMPLATES)}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def decode(value: Any) -> Any:
+    """HDF5 attribute or element as plain Python data (bytes decoded, numpy scalars unwrapped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [decode(item) for item in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """Settings value in its canonical JSON form (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+@contextmanager
+def atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """Write an HDF5 file under a temporary name, flush it to disk, then rename it over ``path``."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+        yield handle
+
+
+@contextmanager
+def open_h5(path: Path) -> Iterator[h5py.File]:
+    """Open for reading; unreadable files and missing datasets become BadFileError."""
+    if not path.exists():
+        raise BadFileError(path, "no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError:
+        raise BadFileError(path, "not a readable HDF5 file") from None
+    try:
+        with handle:
+            yield handle
+    except KeyError as error:
+        text = str(error.args[0]) if error.args else "data"
+        named = re.search(r"object '([^']+)' doesn't exist", text)  # h5py's wording for a missing group or dataset
+        raise BadFileError(path, f"incomplete or damaged file: missing {named.group(1) if named else text}") from None
+    except OSError:
+        raise BadFileError(path, "not a readable HDF5 file (damaged data)") from None
+
+
+def write_root(handle: h5py.File, kind: FileKind, settings: Mapping[str, Any], command: str, extra: Mapping[str, Any] | None = None) -> None:
+    """Root attributes: kind, versions, time, command, settings as JSON and one attribute per simple setting."""
+    attrs = handle.attrs
+    attrs["kind"] = kind.name
+    attrs["schema_version"] = kind.version
+    attrs["hmt_version"] = __version__
+    attrs["created"] = now()
+    attrs["command"] = command
+    attrs["settings"] = json.dumps(jsonable(dict(settings)), sort_keys=True)
+    reserved = {"kind", "schema_version", "hmt_version", "created", "command", "settings", *(extra or {})}
+    for key, value in jsonable(dict(settings)).items():
+        if key not in reserved and _simple_attribute(value):
+            attrs[key] = value
+    for key, value in (extra or {}).items():
+        attrs[key] = value
+
+
+def _simple_attribute(value: Any) -> bool:
+    """Whether a setting can be its own HDF5 attribute: a scalar or a non-empty list of strings or of numbers."""
+    if isinstance(value, (str, int, float, bool)):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    return all(isinstance(v, str) for v in value) or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def read_root(handle: h5py.File, path: Path, kind: FileKind) -> tuple[dict, dict]:
+    """(root attributes, settings) after checking kind and schema version (any of ``kind.readable``)."""
+    attrs = {key: decode(handle.attrs[key]) for key in handle.attrs}
+    found = attrs.get("kind")
+    if found is None:
+        raise BadFileError(path, f"not an hmt file (no 'kind' attribute; expected {kind.name!r})")
+    if found != kind.name:
+        raise BadFileError(path, f"is a {found!r} file, not {kind.name!r}")
+    version = attrs.get("schema_version")
+    if version not in kind.readable:
+        readable = ", ".join(str(v) for v in kind.readable)
+        raise BadFileError(path, f"unknown schema version {version!r} (this hmt {__version__} reads {kind.name} versions {readable})")
+    try:
+        settings = json.loads(attrs.get("settings", "{}"))
+    except json.JSONDecodeError:
+        raise BadFileError(path, "damaged 'settings' attribute (not JSON)") from None
+    if not isinstance(settings, dict):
+        raise BadFileError(path, "damaged 'settings' attribute (not a JSON object)")
+    return attrs, settings
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_identity(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """BadFileError naming the first identity setting that differs."""
+    for key in keys:
+        if jsonable(stored.get(key)) != jsonable(wanted.get(key)):
+            raise BadFileError(path, f"made with {key}={_show(stored.get(key))}, not {_show(wanted.get(key))}; use another output file or the same settings")
+
+
+def require_keys(settings: Mapping[str, Any], keys: Sequence[str], what: str) -> None:
+    missing = [key for key in keys if key not in settings]
+    if missing:
+        raise ValueError(f"{what} settings lack {', '.join(missing)}")
+
+
+def strings(dataset: h5py.Dataset) -> list[str]:
+    """A string dataset as a list of str."""
+    return [str(value) for value in dataset.asstr()[...]] if len(dataset) else []
+
+
+def compressed(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """A dataset, gzip-compressed when large enough to gain from it."""
+    array = np.asarray(data)
+    if array.size >= 4096:
+        group.create_dataset(name, data=array, compression="gzip", compression_opts=4, shuffle=True)
+    else:
+        group.create_dataset(name, data=array)
+
+
+def string_dataset(group: h5py.Group, name: str, values: Sequence[str]) -> None:
+    """A UTF-8 string dataset."""
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=h5py.string_dtype("utf-8"))
+
+
+def file_kind(path: str | Path) -> FileKind:
+    """The kind of an hmt file (an unfinalised heatmap store, a folder of shards, counts as a heatmap store)."""
+    path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".parts").is_dir():
+        return HEATMAPS
+    with open_h5(path) as handle:
+        name = decode(handle.attrs.get("kind"))
+    if name not in KINDS:
+        raise BadFileError(path, "not an hmt heatmap store or templates file (no known 'kind' attribute)")
+    return KINDS[name]
+
+

@@ -1,0 +1,329 @@
+"""The heatmap store: per image its hash, labels, probabilities, model-input image and every class's maps.
+
+It is written crash-safely: each appended batch is a small shard file ``<path>.parts/<n>.h5``
+(temp file, fsync, rename), and ``finalize()`` merges the final file and the shards into a new
+temp file that is renamed into place, so a SIGKILL at any moment leaves complete shards and an
+intact final file, and a rerun resumes from ``HeatmapWriter.done``. Schema: docs/hdf5_schema.md.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from heatmap_templates.errors import BadFileError
+from heatmap_templates.files import ensure_folder
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store.hdf5 import HEATMAPS, atomic_h5, check_identity, jsonable, open_h5, read_root, require_keys, strings, write_root
+
+HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size")
+# A resume must also keep these when the store records them (hmt heatmaps always does), so that the
+# settings a finished store records are true of every image in it.
+RESUME_KEYS = HEATMAP_IDENTITY_KEYS + ("mixed_precision",)
+_SHARD_NAME = re.compile(r"^(\d+)\.h5$")
+_COPY_ROWS = 64
+
+
+@dataclass
+class HeatmapBatch:
+    """Per-image results of the heatmap pipeline for N images and K classes."""
+
+    paths: list[str]
+    sha256: list[str]
+    labels: np.ndarray  # (N,) true class index, -1 unknown
+    predicted: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, K)
+    correct: np.ndarray  # (N,) bool
+    images: np.ndarray  # (N, H, W) uint8, the model-input-size grayscale image
+    raw: np.ndarray  # (N, K, h, w) float32, layer resolution
+    upsampled: np.ndarray  # (N, K, H, W) float16 or float32
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def maps_for(self, class_index: int) -> np.ndarray:
+        """(N, H, W) float32 upsampled maps of one class: what registration and templates take."""
+        return np.asarray(self.upsampled[:, class_index], dtype=np.float32)
+
+    def check(self, class_count: int, input_size: Sequence[int]) -> None:
+        """ValueError when arrays disagree with each other or with the store's settings."""
+        n = len(self.paths)
+        expected = {
+            "sha256": (len(self.sha256),),
+            "labels": np.shape(self.labels)[:1],
+            "predicted": np.shape(self.predicted)[:1],
+            "probabilities": np.shape(self.probabilities),
+            "correct": np.shape(self.correct)[:1],
+            "images": np.shape(self.images),
+            "raw": np.shape(self.raw)[:2],
+            "upsampled": np.shape(self.upsampled),
+        }
+        wanted = {
+            "sha256": (n,), "labels": (n,), "predicted": (n,), "probabilities": (n, class_count), "correct": (n,),
+            "images": (n, *input_size), "raw": (n, class_count), "upsampled": (n, class_count, *input_size),
+        }
+        for name, shape in expected.items():
+            if tuple(shape) != tuple(wanted[name]):
+                raise ValueError(f"heatmap batch field {name} has shape {tuple(shape)}, expected {tuple(wanted[name])}")
+        if np.ndim(self.raw) != 4:
+            raise ValueError(f"heatmap batch field raw must be (N, K, h, w), got {np.shape(self.raw)}")
+
+
+_BATCH_FIELDS = {  # dataset name -> (HeatmapBatch attribute, stored dtype)
+    "path": ("paths", None),
+    "image_sha256": ("sha256", None),
+    "label": ("labels", np.int32),
+    "predicted": ("predicted", np.int32),
+    "probabilities": ("probabilities", np.float32),
+    "correct": ("correct", np.bool_),
+    "image": ("images", np.uint8),
+    "raw": ("raw", np.float32),
+    "upsampled": ("upsampled", None),
+}
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def _shard_paths(path: Path) -> list[Path]:
+    """Complete shard files in numeric order (temporary files are ignored)."""
+    parts = _parts_dir(path)
+    if not parts.is_dir():
+        return []
+    shards = [(int(m.group(1)), entry) for entry in parts.iterdir() if (m := _SHARD_NAME.match(entry.name))]
+    return [entry for _, entry in sorted(shards)]
+
+
+def _heatmap_sources(path: Path) -> list[Path]:
+    return ([path] if path.exists() else []) + _shard_paths(path)
+
+
+def _write_batch_datasets(handle: h5py.File, batch: HeatmapBatch) -> None:
+    string = h5py.string_dtype("utf-8")
+    for name, (attribute, dtype) in _BATCH_FIELDS.items():
+        value = getattr(batch, attribute)
+        if attribute in ("paths", "sha256"):
+            handle.create_dataset(name, data=np.array(list(value), dtype=object), dtype=string)
+        else:
+            array = np.asarray(value)
+            stored = dtype or (np.float16 if array.dtype == np.float16 else np.float32)  # upsampled maps keep float16
+            handle.create_dataset(name, data=array.astype(stored))
+
+
+class HeatmapWriter:
+    """Crash-safe, resumable writer of a heatmap store (see the module docstring).
+
+    Use as a context manager: a clean exit finalises; an exception (Ctrl-C included) leaves the
+    shards, which the next writer on the same path picks up. `done` holds the paths and content
+    hashes already stored, so the caller can skip them. The final file is compressed with lzf by
+    default (about twice as fast as gzip on CAM maps for a similar size; gzip is portable to
+    non-h5py readers).
+    """
+
+    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, command: str = "", compression: str = "lzf", chunk_images: int = 4) -> None:
+        require_keys(settings, HEATMAP_IDENTITY_KEYS, "heatmap store")
+        if compression not in ("gzip", "lzf"):
+            raise ValueError(f"compression must be gzip or lzf, not {compression!r}")
+        self.path = Path(path)
+        self.settings = jsonable(dict(settings))
+        self.command = command
+        self.compression = compression
+        self.chunk_images = max(1, chunk_images)
+        ensure_folder(self.path.parent, self.path)  # fail before the caller computes a batch it cannot store
+        self.done: set[str] = set()
+        self._next_shard = 0
+        for source in _heatmap_sources(self.path):
+            with open_h5(source) as handle:
+                _, stored = read_root(handle, source, HEATMAPS)
+                check_identity(source, stored, self.settings, RESUME_KEYS)
+                if "path" in handle:
+                    self.done.update(strings(handle["path"]))
+                    self.done.update(strings(handle["image_sha256"]))
+            if match := _SHARD_NAME.match(source.name):
+                self._next_shard = max(self._next_shard, int(match.group(1)) + 1)
+
+    def __enter__(self) -> HeatmapWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+
+    def append(self, batch: HeatmapBatch) -> None:
+        """Store one batch durably as its own shard file."""
+        if not len(batch):
+            return
+        batch.check(len(self.settings["class_names"]), self.settings["input_size"])
+        parts = _parts_dir(self.path)
+        ensure_folder(parts, self.path)
+        while (parts / f"{self._next_shard:06d}.h5").exists():  # never replace a shard another writer made
+            self._next_shard += 1
+        with atomic_h5(parts / f"{self._next_shard:06d}.h5") as handle:
+            write_root(handle, HEATMAPS, self.settings, self.command, {"count": len(batch), "shard": True})
+            _write_batch_datasets(handle, batch)
+        self._next_shard += 1
+        self.done.update(batch.paths)
+        self.done.update(batch.sha256)
+
+    def finalize(self, progress: Progress | None = None) -> Path:
+        """Merge the final file and all shards into a new final file (atomic rename), then drop the shards."""
+        progress = progress or NullProgress()
+        shards = _shard_paths(self.path)
+        if self.path.exists() and not shards:
+            return self.path
+        sources = _heatmap_sources(self.path)
+        selections, total, seen = [], 0, set()
+        for source in sources:  # the first row for each image path wins
+            with open_h5(source) as handle:
+                keep = []
+                for index, image_path in enumerate(strings(handle["path"]) if "path" in handle else []):
+                    if image_path not in seen:
+                        seen.add(image_path)
+                        keep.append(index)
+            selections.append(np.asarray(keep, dtype=np.int64))
+            total += len(keep)
+        progress.start(total, "merging heatmap store")
+        with atomic_h5(self.path) as out:
+            write_root(out, HEATMAPS, self.settings, self.command, {"count": total})
+            written = 0
+            for source, keep in zip(sources, selections):
+                if not len(keep):
+                    continue
+                with open_h5(source) as handle:
+                    if written == 0:
+                        self._create_datasets(out, handle, total)
+                    for start in range(0, len(keep), _COPY_ROWS):
+                        rows = keep[start : start + _COPY_ROWS]
+                        for name in _BATCH_FIELDS:
+                            out[name][written : written + len(rows)] = _read_rows(handle[name], rows)
+                        written += len(rows)
+                        progress.advance(len(rows))
+        progress.finish()
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+        parts = _parts_dir(self.path)
+        for leftover in parts.glob(".*.tmp-*") if parts.is_dir() else []:
+            leftover.unlink(missing_ok=True)
+        if parts.is_dir() and not any(parts.iterdir()):
+            parts.rmdir()
+        return self.path
+
+    def _create_datasets(self, out: h5py.File, template: h5py.File, total: int) -> None:
+        options = {"compression": self.compression, "shuffle": True}
+        if self.compression == "gzip":
+            options["compression_opts"] = 4
+        for name in _BATCH_FIELDS:
+            source = template[name]
+            shape = (total, *source.shape[1:])
+            chunks = (min(self.chunk_images, total), *source.shape[1:]) if source.ndim > 1 else (min(1024, total),)
+            out.create_dataset(name, shape=shape, dtype=source.dtype, chunks=chunks, **options)
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows of a dataset by sorted local indices (a slice when contiguous, which is much faster)."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        values = dataset[int(rows[0]) : int(rows[-1]) + 1]
+    else:
+        values = dataset[rows.tolist()] if len(rows) else dataset[0:0]
+    if dataset.dtype.kind == "O":
+        return np.array([v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+    return values
+
+
+class HeatmapReader:
+    """Read access to a heatmap store: the final file plus any shards not yet finalised.
+
+    Small per-image fields are loaded at open (`paths`, `sha256`, `labels`, `predicted`,
+    `probabilities`, `correct`); images and maps are read batch by batch, each read opening
+    the file it needs, so no HDF5 handle stays open between calls.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.sources = _heatmap_sources(self.path)
+        if not self.sources:
+            raise BadFileError(self.path, "no such heatmap store (neither the file nor its .parts folder exists)")
+        self.pending_shards = len(_shard_paths(self.path))
+        self.settings: dict = {}
+        self.attrs: dict = {}
+        locations, paths, sha256, columns, seen = [], [], [], {"label": [], "predicted": [], "probabilities": [], "correct": []}, set()
+        for number, source in enumerate(self.sources):
+            with open_h5(source) as handle:
+                attrs, settings = read_root(handle, source, HEATMAPS)
+                if number == 0:
+                    self.settings, self.attrs = settings, attrs
+                else:
+                    check_identity(source, settings, self.settings, HEATMAP_IDENTITY_KEYS)
+                if "path" not in handle:
+                    continue
+                source_paths = strings(handle["path"])
+                source_hashes = strings(handle["image_sha256"])
+                keep = []
+                for index, image_path in enumerate(source_paths):  # the first row for each image path wins, as in finalize()
+                    if image_path not in seen:
+                        seen.add(image_path)
+                        keep.append(index)
+                for name in columns:
+                    columns[name].append(handle[name][...][keep])
+                paths.extend(source_paths[i] for i in keep)
+                sha256.extend(source_hashes[i] for i in keep)
+                locations.extend((number, i) for i in keep)
+        class_count = len(self.settings.get("class_names", []))
+        self.paths: list[str] = paths
+        self.sha256: list[str] = sha256
+        self.labels = np.concatenate(columns["label"]) if paths else np.zeros(0, np.int32)
+        self.predicted = np.concatenate(columns["predicted"]) if paths else np.zeros(0, np.int32)
+        self.probabilities = np.concatenate(columns["probabilities"]) if paths else np.zeros((0, class_count), np.float32)
+        self.correct = np.concatenate(columns["correct"]) if paths else np.zeros(0, bool)
+        self._locations = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.settings.get("class_names", []))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def iter_batches(self, batch_size: int = 32, indices: Sequence[int] | np.ndarray | None = None) -> Iterator[HeatmapBatch]:
+        """HeatmapBatch objects over `indices` (default: all images), in the order given."""
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(order) and (order.min() < 0 or order.max() >= len(self)):
+            raise IndexError(f"heatmap store {self.path} has {len(self)} images; index out of range")
+        for start in range(0, len(order), max(1, batch_size)):
+            yield self._read(order[start : start + batch_size])
+
+    def _read(self, indices: np.ndarray) -> HeatmapBatch:
+        fields: dict[str, list] = {name: [None] * len(indices) for name in _BATCH_FIELDS}
+        locations = self._locations[indices]
+        for source_number in np.unique(locations[:, 0]):
+            positions = np.flatnonzero(locations[:, 0] == source_number)
+            local = locations[positions, 1]
+            unique_rows, inverse = np.unique(local, return_inverse=True)
+            with open_h5(self.sources[source_number]) as handle:
+                for name in _BATCH_FIELDS:
+                    values = _read_rows(handle[name], unique_rows)
+                    for position, row in zip(positions, inverse):
+                        fields[name][position] = values[row]
+        return HeatmapBatch(
+            paths=[str(p) for p in fields["path"]],
+            sha256=[str(s) for s in fields["image_sha256"]],
+            labels=np.array(fields["label"], dtype=np.int32),
+            predicted=np.array(fields["predicted"], dtype=np.int32),
+            probabilities=np.stack(fields["probabilities"]) if len(indices) else np.zeros((0, len(self.class_names)), np.float32),
+            correct=np.array(fields["correct"], dtype=bool),
+            images=np.stack(fields["image"]) if len(indices) else np.zeros((0, 0, 0), np.uint8),
+            raw=np.stack(fields["raw"]) if len(indices) else np.zeros((0, 0, 0, 0), np.float32),
+            upsampled=np.stack(fields["upsampled"]) if len(indices) else np.zeros((0, 0, 0, 0), np.float32),
+        )
+
+
+def open_heatmaps(path: str | Path) -> HeatmapReader:
+    """Open a heatmap store for reading (BadFileError for a missing, foreign or damaged file)."""
+    return HeatmapReader(path)
+

@@ -1,0 +1,253 @@
+"""The templates file: per-class templates, their consistency statistics, the registration frame and
+the exact accumulator state that merging needs. Schema: docs/hdf5_schema.md.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.files import ensure_folder
+from heatmap_templates.similarity import similarity_matrix
+from heatmap_templates.store.heatmap_store import HEATMAP_IDENTITY_KEYS
+from heatmap_templates.store.hdf5 import (
+    TEMPLATES,
+    atomic_h5,
+    check_identity,
+    compressed,
+    decode,
+    jsonable,
+    open_h5,
+    read_root,
+    require_keys,
+    string_dataset,
+    strings,
+    write_root,
+)
+from heatmap_templates.templates import LOO_NOT_COMPUTED, AccumulatorState, ClassAccumulator, ClassTemplate, Member
+
+TEMPLATE_IDENTITY_KEYS = HEATMAP_IDENTITY_KEYS + ("registration", "normalisation")
+
+
+@dataclass
+class TemplateFile:
+    """Contents of a templates file (accumulator states only when asked for)."""
+
+    path: Path
+    attrs: dict
+    settings: dict
+    reference_image: np.ndarray | None
+    lung_mask: np.ndarray | None
+    templates: dict[str, ClassTemplate]
+    similarity: np.ndarray
+    similarity_classes: list[str]
+
+
+def _check_class_name(name: str) -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise HmtError(f"class name {name!r} cannot be stored in HDF5 (no '/' and not empty)")
+
+
+def _write_template(root: h5py.File, template: ClassTemplate) -> None:
+    """/templates/<class>/... and /consistency/<class>/... for one class."""
+    if template.state is None:
+        raise ValueError(f"template of class {template.class_name!r} has no accumulator state; build it with ClassAccumulator.finalize()")
+    group = root.require_group("templates").create_group(template.class_name)
+    group.attrs["normalisation"] = template.normalisation
+    group.create_dataset("count", data=np.int64(template.count))
+    for name in ("mean", "std"):
+        compressed(group, name, np.asarray(getattr(template, name), dtype=np.float32))
+    if template.median is not None:
+        compressed(group, "median", np.asarray(template.median, dtype=np.float32))
+    eigen = group.create_group("eigen")
+    compressed(eigen, "components", np.asarray(template.components, dtype=np.float32))
+    compressed(eigen, "components_reduced", np.asarray(template.components_reduced, dtype=np.float64))
+    eigen.create_dataset("explained_variance", data=np.asarray(template.explained_variance_ratio, dtype=np.float64))
+    eigen.create_dataset("eigenvalues", data=np.asarray(template.eigenvalues, dtype=np.float64))
+    band = group.create_group("band")
+    band.attrs["percentiles"] = [2.5, 97.5]
+    band.attrs["replicates"] = int(template.state.config["bootstrap_replicates"])
+    compressed(band, "lo", np.asarray(template.band_low, dtype=np.float32))
+    compressed(band, "hi", np.asarray(template.band_high, dtype=np.float32))
+    members = group.create_group("members")
+    for column in ("path", "image_sha256", "registration_method"):
+        string_dataset(members, column, [getattr(m, column) for m in template.members])
+    for column in ("probability", "registration_quality"):
+        members.create_dataset(column, data=np.array([getattr(m, column) for m in template.members], dtype=np.float64))
+    state = group.create_group("state")
+    state.attrs["config"] = json.dumps(jsonable(template.state.config), sort_keys=True)
+    for name, array in template.state.arrays.items():
+        compressed(state, name, array)
+    consistency = root.require_group("consistency").create_group(template.class_name)
+    if template.mean_pairwise_correlation is not None:
+        consistency.create_dataset("mean_pairwise_correlation", data=np.float64(template.mean_pairwise_correlation))
+    consistency.create_dataset("loo_correlations", data=np.asarray(template.loo_correlations, dtype=np.float64))
+    consistency.attrs["loo_method"] = template.loo_method
+
+
+def _read_members(group: h5py.Group) -> list[Member]:
+    columns = {name: strings(group[name]) for name in ("path", "image_sha256", "registration_method")}
+    numbers = {name: group[name][...].tolist() for name in ("probability", "registration_quality")}
+    return [
+        Member(columns["path"][i], columns["image_sha256"][i], float(numbers["probability"][i]), float(numbers["registration_quality"][i]), columns["registration_method"][i])
+        for i in range(len(columns["path"]))
+    ]
+
+
+def _read_state(group: h5py.Group, members: list[Member]) -> AccumulatorState:
+    config = json.loads(decode(group["state"].attrs["config"]))
+    arrays = {name: group["state"][name][...] for name in group["state"]}
+    return AccumulatorState(config=config, arrays=arrays, members=members)
+
+
+def _read_template(root: h5py.File, name: str, load_state: bool) -> ClassTemplate:
+    group = root["templates"][name]
+    consistency = root["consistency"][name]
+    members = _read_members(group["members"])
+    pairwise = consistency.get("mean_pairwise_correlation")
+    return ClassTemplate(
+        class_name=name,
+        normalisation=str(decode(group.attrs["normalisation"])),
+        count=int(group["count"][()]),
+        mean=group["mean"][...].astype(np.float64),
+        std=group["std"][...].astype(np.float64),
+        median=group["median"][...].astype(np.float64) if "median" in group else None,
+        components=group["eigen/components"][...],
+        components_reduced=group["eigen/components_reduced"][...],
+        eigenvalues=group["eigen/eigenvalues"][...],
+        explained_variance_ratio=group["eigen/explained_variance"][...],
+        band_low=group["band/lo"][...],
+        band_high=group["band/hi"][...],
+        mean_pairwise_correlation=float(pairwise[()]) if pairwise is not None else None,
+        members=members,
+        loo_correlations=consistency["loo_correlations"][...],
+        loo_method=str(decode(consistency.attrs.get("loo_method", LOO_NOT_COMPUTED))),
+        state=_read_state(group, members) if load_state else None,
+    )
+
+
+def read_templates(path: str | Path, *, expected_model_sha256: str | None = None, load_state: bool = False) -> TemplateFile:
+    """Read a templates file; BadFileError for a foreign, damaged, newer or other-model file."""
+    path = Path(path)
+    with open_h5(path) as handle:
+        attrs, settings = read_root(handle, path, TEMPLATES)
+        if expected_model_sha256 is not None and settings.get("model_sha256") != expected_model_sha256:
+            raise BadFileError(path, f"templates were built with model {str(settings.get('model_sha256'))[:12]}, not {expected_model_sha256[:12]}; rebuild them for this model")
+        names = list(handle["templates"]) if "templates" in handle else []
+        templates = {name: _read_template(handle, name, load_state) for name in ordered_classes(names, settings)}
+        similarity = handle["consistency/similarity"][...] if "consistency/similarity" in handle else np.zeros((0, 0))
+        similarity_classes = strings(handle["consistency/similarity_classes"]) if "consistency/similarity_classes" in handle else []
+        reference = handle["reference/image"][...] if "reference/image" in handle else None
+        lung_mask = handle["reference/lung_mask"][...] if "reference/lung_mask" in handle else None
+    for template in templates.values():
+        _check_finite(path, template)
+    return TemplateFile(path, attrs, settings, reference, lung_mask, templates, similarity, similarity_classes)
+
+
+def _check_finite(path: Path, template: ClassTemplate) -> None:
+    """hmt never writes NaN or infinity into a template: a file that holds them is damaged (or tampered with)."""
+    for field in ("mean", "std", "median", "components", "band_low", "band_high", "loo_correlations"):
+        values = getattr(template, field)
+        if values is not None and not np.isfinite(values).all():
+            raise BadFileError(path, f"damaged file: non-finite values in the {field} of class {template.class_name!r}")
+
+
+def ordered_classes(names: Iterable[str], settings: Mapping[str, Any]) -> list[str]:
+    """Class names in the model's class order, unknown ones after them alphabetically."""
+    order = {name: i for i, name in enumerate(settings.get("class_names", []))}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
+
+
+def check_same_reference(path: Path, stored: tuple[np.ndarray | None, np.ndarray | None], wanted: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+    for what, old, new in zip(("reference image", "lung mask"), stored, wanted):
+        if (old is None) != (new is None) or (old is not None and (old.shape != new.shape or not np.allclose(old, new, atol=1e-6))):
+            raise BadFileError(path, f"its templates use another {what}; templates in one file must share the registration frame (reuse the stored reference)")
+
+
+def save_templates(
+    path: str | Path,
+    settings: Mapping[str, Any],
+    templates: Iterable[ClassTemplate],
+    *,
+    reference_image: np.ndarray | None = None,
+    lung_mask: np.ndarray | None = None,
+    command: str = "",
+) -> Path:
+    """Write templates (atomically), adding to or replacing classes of an existing compatible file.
+
+    `settings` must hold TEMPLATE_IDENTITY_KEYS; anything else JSON-serialisable (e.g. what
+    compare needs to rerun the pipeline: preprocessing, channels) is stored too. An existing
+    file must have the same identity settings and reference, else BadFileError.
+    """
+    require_keys(settings, TEMPLATE_IDENTITY_KEYS, "templates file")
+    path = Path(path)
+    settings = jsonable(dict(settings))
+    new = {template.class_name: template for template in templates}
+    for name in new:
+        _check_class_name(name)
+    ensure_folder(path.parent, path)
+    reference = (None if reference_image is None else np.asarray(reference_image), None if lung_mask is None else np.asarray(lung_mask))
+    existing_file = path if path.exists() else None
+    if existing_file is not None:
+        with open_h5(path) as handle:
+            _, stored = read_root(handle, path, TEMPLATES)
+            check_identity(path, stored, settings, TEMPLATE_IDENTITY_KEYS)
+            stored_reference = tuple(handle[f"reference/{n}"][...] if f"reference/{n}" in handle else None for n in ("image", "lung_mask"))
+        check_same_reference(path, stored_reference, reference)
+    write_templates_file(path, settings, new, reference, command, existing_file)
+    return path
+
+
+def write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTemplate], reference: tuple, command: str, existing_file: Path | None) -> None:
+    """New file: kept classes copied from `existing_file`, `new` classes written, similarity recomputed."""
+    means: dict[str, np.ndarray] = {name: np.asarray(t.mean) for name, t in new.items()}
+    source = h5py.File(existing_file, "r") if existing_file is not None else None
+    try:
+        with atomic_h5(path) as out:
+            write_root(out, TEMPLATES, settings, command)
+            reference_group = out.create_group("reference")
+            for name, array in zip(("image", "lung_mask"), reference):
+                if array is not None:
+                    compressed(reference_group, name, array)
+            out.create_group("templates")
+            out.create_group("consistency")
+            if source is not None:
+                for name in source["templates"]:
+                    if name not in new:
+                        source.copy(source[f"templates/{name}"], out["templates"], name=name)
+                        source.copy(source[f"consistency/{name}"], out["consistency"], name=name)
+                        means[name] = source[f"templates/{name}/mean"][...]
+            for template in new.values():
+                _write_template(out, template)
+            order = ordered_classes(means, settings)
+            out["consistency"].create_dataset("similarity", data=similarity_matrix([means[name] for name in order]))
+            string_dataset(out["consistency"], "similarity_classes", order)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _read_class_state(path: Path, class_name: str) -> AccumulatorState:
+    with open_h5(path) as handle:
+        read_root(handle, path, TEMPLATES)
+        classes = list(handle["templates"]) if "templates" in handle else []
+        if class_name not in classes:
+            raise BadFileError(path, f"has no template for class {class_name!r} (it has {', '.join(classes) or 'none'})")
+        group = handle["templates"][class_name]
+        return _read_state(group, _read_members(group["members"]))
+
+
+def load_accumulator(path: str | Path, class_name: str) -> ClassAccumulator:
+    """The exact accumulator stored for one class (to add images to it or merge it)."""
+    path = Path(path)
+    state = _read_class_state(path, class_name)
+    try:
+        return ClassAccumulator.from_state(state)
+    except (KeyError, ValueError) as error:
+        raise BadFileError(path, f"damaged accumulator state of class {class_name!r}: {error}") from None

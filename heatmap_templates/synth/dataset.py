@@ -1,0 +1,292 @@
+"""Writing a phantom data set to disk: class folders, a manifest, and the ground truth beside them.
+
+Layout (also written as ``ground_truth/README.md``): ``<class>/<class>_NNNN.png`` images,
+``manifest.csv``, and ``ground_truth/`` with lesion masks, poses, canonical lesion-probability
+maps, the canonical lung mask and chest, and ``synth.json`` (the arguments, and the mark that
+lets a later ``hmt synth`` replace the folder). Every image has its own seed, so the files are
+identical for any number of worker processes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from heatmap_templates.errors import HmtError
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.synth.anatomy import canonical_lung_mask, check_size
+from heatmap_templates.synth.lesions import CLASSES, LESIONS
+from heatmap_templates.synth.render import (
+    DEFAULT_PROBABILITY_SAMPLES,
+    LESION_THRESHOLD,
+    Pose,
+    canonical_lesion_probability,
+    check_pose_spread,
+    phantom_seed,
+    render_phantom,
+)
+
+GROUND_TRUTH_DIR = "ground_truth"
+MARKER_FILE = "synth.json"
+CANONICAL_CHEST_FILE = "canonical_chest.png"
+CANONICAL_LUNGS_FILE = "canonical_lungs.png"
+_POSE_COLUMNS = ("dx", "dy", "angle_deg", "scale", "a00", "a01", "a02", "a10", "a11", "a12")
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What `synthesize_dataset` wrote."""
+
+    out_dir: Path
+    classes: tuple[str, ...]
+    n_per_class: int
+    size: int
+    seed: int
+    counts: dict[str, int]
+    lesion_pixel_fraction: dict[str, float]  # mean fraction of image pixels inside the lesion mask
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "classes": list(self.classes),
+            "n_per_class": self.n_per_class,
+            "size": self.size,
+            "seed": self.seed,
+            "counts": self.counts,
+            "lesion_pixel_fraction": self.lesion_pixel_fraction,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _validate(n_per_class: int, size: int, seed: int, classes: Sequence[str], pose_spread: float) -> tuple[str, ...]:
+    if n_per_class < 1:
+        raise HmtError(f"n_per_class must be at least 1, got {n_per_class}")
+    check_size(size)
+    check_pose_spread(pose_spread)
+    if seed < 0:
+        raise HmtError(f"seed must be a non-negative integer, got {seed}")
+    chosen = tuple(classes)
+    if not chosen:
+        raise HmtError("no phantom classes chosen")
+    for label in chosen:
+        LESIONS.check(label)
+    if len(set(chosen)) != len(chosen):
+        raise HmtError(f"phantom classes repeat: {', '.join(chosen)}")
+    return chosen
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``, or clear a previous synth output there; refuse anything else non-empty."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HmtError(f"{out_dir}: exists and is not a folder")
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True)
+        return
+    if not any(out_dir.iterdir()):
+        return
+    marker = out_dir / GROUND_TRUTH_DIR / MARKER_FILE
+    if not marker.is_file():
+        raise HmtError(f"{out_dir}: folder is not empty and is not a previous `hmt synth` output; choose a new or empty folder")
+    try:
+        previous = json.loads(marker.read_text())
+        previous_classes = [label for label in previous["classes"] if label in CLASSES]
+    except (ValueError, KeyError, TypeError) as error:
+        raise HmtError(f"{marker}: cannot read the previous synth record ({error}); remove the folder by hand") from error
+    # Remove only what a previous run wrote, so a stale larger set does not survive a smaller one.
+    for label in previous_classes:
+        for folder in (out_dir / label, out_dir / GROUND_TRUTH_DIR / "masks" / label):
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    if re.fullmatch(rf"{re.escape(label)}_\d+\.png", path.name):
+                        path.unlink()
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+    masks = out_dir / GROUND_TRUTH_DIR / "masks"
+    if masks.is_dir() and not any(masks.iterdir()):
+        masks.rmdir()
+    for path in (out_dir / GROUND_TRUTH_DIR).glob("lesion_probability_*.npy"):
+        path.unlink()
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise HmtError(f"{path}: could not write the PNG file")
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+_README = """# Phantom ground truth
+
+Written by `hmt synth` (heatmap_templates.synth): {n} images per class, {size} x {size} px, seed {seed},
+classes {classes}, pose spread {pose_spread:g} (1 = shifts up to 3 % of the side, rotations up to 8 degrees,
+scales 0.9 to 1.1; the spread multiplies the shift and rotation ranges and the exponent of the scale).
+Re-running with the same arguments reproduces every file bit for bit.
+
+- `../<class>/<class>_NNNN.png`: the 8-bit grayscale images (x-ray polarity: bone and tissue bright, air dark).
+- `../manifest.csv`: `path,label,patient_id` for every image (each image is its own patient).
+- `masks/<class>/<class>_NNNN.png`: each image's lesion mask in the image frame (255 = lesion; all 0 for `normal`).
+- `poses.csv`: `path,label,dx,dy,angle_deg,scale,a00,a01,a02,a10,a11,a12,patient_id`. The image is the canonical
+  drawing warped by `cv2.warpAffine(canonical, [[a00, a01, a02], [a10, a11, a12]], (size, size))`: rotation by
+  `angle_deg` (counter-clockwise on screen) and `scale` about the image centre ((size - 1) / 2), then a shift of
+  (`dx`, `dy`) pixels (x right, y down). Invert the matrix (`cv2.invertAffineTransform`) to map an image back.
+- `lesion_probability_<class>.npy`: float32 (size, size) in [0, 1], the probability that a canonical-frame pixel is
+  lesion, a Monte Carlo estimate over {samples} draws of the class's lesion process (all zeros for `normal`).
+- `canonical_lungs.png`: the lung fields of the mean anatomy in the canonical frame (255 = lung).
+- `canonical_chest.png`: 8-bit mean of all images in the canonical frame, i.e. before the pose warp (with each
+  image's exposure, without detector blur and noise). The natural registration reference for templates that are
+  compared with `lesion_probability_<class>.npy`: registered to it, heatmaps land in the canonical frame.
+- `synth.json`: the arguments of the run; it also marks the folder as a synth output that `hmt synth` may replace.
+
+Lesions: `covid` bilateral peripheral lower-zone ground-glass opacities; `bacteria` one dense lobar consolidation
+(random lobe, air bronchograms); `virus` bilateral perihilar streaky interstitial opacities; `normal` none.
+A pixel is lesion where the added lesion intensity is at least {threshold} (on the [0, 1] image scale).
+"""
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What one worker wrote for one image: its poses.csv row and lesion pixel count, and (on the
+    first image of a chunk only) the sum of the chunk's canonical-frame images."""
+
+    label: str
+    index: int
+    pose_row: list[str]
+    mask_pixels: int
+    canonical_sum: np.ndarray | None = None
+
+
+def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int,
+                      pose_spread: float = 1.0) -> list[_Written]:
+    """Render images ``indices`` of class ``label`` and write each image and its lesion mask."""
+    written = []
+    canonical_sum = np.zeros((size, size), np.float64)
+    for index in indices:
+        name = f"{label}_{index:04d}.png"
+        phantom = render_phantom(phantom_seed(seed, label, index), label, size, pose_spread=pose_spread)
+        canonical_sum += phantom.canonical_image
+        _write_png(out / label / name, _to_uint8(phantom.image))
+        _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
+        pose = phantom.pose
+        row = [f"{label}/{name}", label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
+               *(repr(float(value)) for value in pose.matrix.ravel()), f"{label}_{index:04d}"]
+        written.append(_Written(label, index, row, int(phantom.lesion_mask.sum())))
+    if written:
+        written[0] = _Written(written[0].label, written[0].index, written[0].pose_row, written[0].mask_pixels, canonical_sum)
+    return written
+
+
+def _write_probability(path: Path, label: str, size: int, samples: int, seed: int) -> None:
+    np.save(path, canonical_lesion_probability(label, size, samples, seed))
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256, seed: int = 0,
+                       classes: Sequence[str] = CLASSES, progress: Progress | None = None,
+                       probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None,
+                       pose_spread: float = 1.0) -> SynthSummary:
+    """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
+
+    ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``
+    processes share the work (default: the CPU count, at most 8); every image has its own seed,
+    so the files are identical for any number of workers. ``pose_spread`` (0 to 4) multiplies
+    the random pose's shift and rotation ranges and its log-scale range: 1.0 is the default pose
+    distribution, larger values give registration more to correct, 0 puts every chest in the
+    canonical frame.
+    """
+    started = time.perf_counter()
+    chosen = _validate(n_per_class, size, seed, classes, pose_spread)
+    if probability_samples < 1:
+        raise HmtError(f"probability_samples must be at least 1, got {probability_samples}")
+    workers = _default_workers() if workers is None else workers
+    if workers < 1:
+        raise HmtError(f"workers must be at least 1, got {workers}")
+    out = Path(out_dir)
+    _prepare_out_dir(out)
+    truth = out / GROUND_TRUTH_DIR
+    for label in chosen:
+        (out / label).mkdir(exist_ok=True)
+        (truth / "masks" / label).mkdir(parents=True, exist_ok=True)
+    progress = progress or NullProgress()
+    progress.start(len(chosen) * n_per_class, "synthesising phantoms")
+
+    chunk = 16
+    image_jobs = [(label, range(first, min(first + chunk, n_per_class))) for label in chosen for first in range(0, n_per_class, chunk)]
+    probability_jobs = [(truth / f"lesion_probability_{label}.npy", label) for label in chosen]
+    written: list[_Written] = []
+    if workers == 1:
+        for label, indices in image_jobs:
+            written += _render_and_write(out, label, indices, seed, size, pose_spread)
+            progress.advance(len(indices))
+        for path, label in probability_jobs:
+            _write_probability(path, label, size, probability_samples, seed)
+    else:
+        # Spawned (not forked) workers: the caller may hold threads, e.g. TensorFlow's.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            probability_futures = [pool.submit(_write_probability, path, label, size, probability_samples, seed)
+                                   for path, label in probability_jobs]
+            image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size, pose_spread)
+                             for label, indices in image_jobs]
+            for future in as_completed(image_futures):
+                batch = future.result()
+                written += batch
+                progress.advance(len(batch))
+            for future in probability_futures:
+                future.result()
+    progress.finish()
+
+    order = {label: position for position, label in enumerate(chosen)}
+    written.sort(key=lambda item: (order[item.label], item.index))
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "label", "patient_id"])
+        writer.writerows([item.pose_row[0], item.label, item.pose_row[-1]] for item in written)
+    with open(truth / "poses.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "label", *_POSE_COLUMNS, "patient_id"])
+        writer.writerows(item.pose_row for item in written)
+    _write_png(truth / CANONICAL_LUNGS_FILE, canonical_lung_mask(size).astype(np.uint8) * 255)
+    # Summed in a fixed order (class, then index), so the mean is the same for any number of workers.
+    canonical_total = np.zeros((size, size), np.float64)
+    for item in written:
+        if item.canonical_sum is not None:
+            canonical_total += item.canonical_sum
+    _write_png(truth / CANONICAL_CHEST_FILE, _to_uint8(canonical_total / len(written)))
+    (truth / "README.md").write_text(_README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
+                                                    samples=probability_samples, threshold=LESION_THRESHOLD,
+                                                    pose_spread=pose_spread))
+    record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
+              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread}
+    (truth / MARKER_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
+                       for label in chosen}
+    return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,
+                        time.perf_counter() - started)
+
+
+def read_poses(out_dir: str | Path) -> dict[str, Pose]:
+    """Poses of a synth output keyed by relative image path (``<class>/<class>_NNNN.png``)."""
+    path = Path(out_dir) / GROUND_TRUTH_DIR / "poses.csv"
+    if not path.is_file():
+        raise HmtError(f"{path}: missing; not a `hmt synth` output")
+    poses = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            matrix = np.array([float(row[key]) for key in _POSE_COLUMNS[4:]]).reshape(2, 3)
+            poses[row["path"]] = Pose(float(row["dx"]), float(row["dy"]), float(row["angle_deg"]), float(row["scale"]), matrix)
+    return poses

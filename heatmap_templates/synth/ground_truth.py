@@ -1,0 +1,87 @@
+"""Reading a phantom data set's ground truth, and scoring templates against it.
+
+The phantom's lesion-probability maps and canonical lungs live in the canonical frame; templates
+built with ``ground_truth/canonical_chest.png`` as their registration reference lie in the same
+frame, so each class template can be scored as a pixel classifier of its class's lesion map
+(:func:`heatmap_templates.metrics.localisation_auc`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from heatmap_templates.errors import HmtError
+from heatmap_templates.metrics import localisation_auc
+from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR
+
+_PROBABILITY_PREFIX = "lesion_probability_"
+
+
+@dataclass
+class LesionTruth:
+    """A phantom set's canonical-frame truth: per class the lesion probability (H, W), and the lung mask."""
+
+    probabilities: dict[str, np.ndarray]
+    lungs: np.ndarray
+    folder: Path
+
+    def resized(self, shape: tuple[int, int]) -> LesionTruth:
+        """The truth at another size of the same proportions (INTER_AREA); other proportions are refused."""
+        if self.lungs.shape == tuple(shape):
+            return self
+        if self.lungs.shape[0] * shape[1] != self.lungs.shape[1] * shape[0]:
+            raise HmtError(f"{self.folder}: ground truth of shape {self.lungs.shape} cannot be resized to the templates' "
+                           f"{tuple(shape)} (other aspect ratio); build templates of the phantoms' proportions")
+        size = (shape[1], shape[0])
+        probabilities = {name: cv2.resize(values, size, interpolation=cv2.INTER_AREA) for name, values in self.probabilities.items()}
+        lungs = cv2.resize(self.lungs.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
+        return LesionTruth(probabilities, lungs, self.folder)
+
+
+def read_lesion_truth(data_dir: str | os.PathLike) -> LesionTruth:
+    """The lesion-probability maps and canonical lungs of an `hmt synth` output (HmtError for another folder)."""
+    folder = Path(data_dir) / GROUND_TRUTH_DIR
+    paths = {path.name[len(_PROBABILITY_PREFIX):-len(".npy")]: path for path in sorted(folder.glob(f"{_PROBABILITY_PREFIX}*.npy"))}
+    lungs_path = folder / CANONICAL_LUNGS_FILE
+    lungs = cv2.imread(str(lungs_path), cv2.IMREAD_GRAYSCALE) if lungs_path.is_file() else None
+    if not paths or lungs is None:
+        raise HmtError(f"{folder}: no {_PROBABILITY_PREFIX}<class>.npy or {CANONICAL_LUNGS_FILE}; not a `hmt synth` output")
+    probabilities = {}
+    for name, path in paths.items():
+        try:
+            probabilities[name] = np.load(path).astype(np.float32)
+        except (OSError, ValueError) as error:
+            raise HmtError(f"{path}: cannot read the lesion probability map ({error})") from error
+    return LesionTruth(probabilities, lungs >= 128, folder)
+
+
+def ground_truth_localisation(templates_path: str | os.PathLike, data_dir: str | os.PathLike, *,
+                              threshold_fraction: float = 0.25) -> dict[str, dict]:
+    """Do a templates file's class templates find the phantom lesions? Pixel ROC AUC per class.
+
+    Per class of the phantom set: ``members`` (0 without a template), ``auc_frame`` and
+    ``auc_lungs`` (see :func:`heatmap_templates.metrics.localisation_auc`). AUCs are None for a
+    class without a template or without lesion pixels (normal). Assumes the templates were built
+    with ``ground_truth/canonical_chest.png`` as registration reference; other references give
+    meaningless numbers. A truth map of another size is resized to the template's.
+    """
+    from heatmap_templates.store import read_templates
+
+    if not 0.0 < threshold_fraction <= 1.0:
+        raise HmtError(f"threshold_fraction must be in (0, 1], got {threshold_fraction}")
+    truth = read_lesion_truth(data_dir)
+    built = read_templates(templates_path)
+    results: dict[str, dict] = {}
+    for name in truth.probabilities:
+        template = built.templates.get(name)
+        if template is None:
+            results[name] = {"members": 0, "auc_frame": None, "auc_lungs": None}
+            continue
+        here = truth.resized(np.shape(template.mean))
+        scores = localisation_auc(template.mean, here.probabilities[name], here.lungs, threshold_fraction=threshold_fraction)
+        results[name] = {"members": template.count, **scores}
+    return results

@@ -1,0 +1,448 @@
+"""Training: a classifier on a labelled data set, with a patient-grouped split, as the papers do.
+
+With a frozen base, training computes the base's pooled features once and fits the head on them:
+global average pooling has no weights, so the head sees exactly what it would see through the
+full model, and an epoch costs a head pass instead of a VGG pass. Augmentation and fine-tuning
+need the full model and train through it.
+
+Images are held in memory as uint8 at the model's input size (what every other command feeds the
+model too, :mod:`heatmap_templates.preprocess`); the model's preprocessing runs inside tf.data.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from heatmap_templates.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, as_size, build_model, resolve_weights
+from heatmap_templates.data import SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
+from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
+from heatmap_templates.files import write_text
+from heatmap_templates.metrics import classification_report
+from heatmap_templates.model_file import ModelInfo, companion_path, json_ready
+from heatmap_templates.model_layers import default_cam_layer, find_base, unfreeze_last_blocks
+from heatmap_templates.preprocess import affine_preprocessing, load_images
+from heatmap_templates.progress import Progress
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults follow the first paper (Adam, lr 1e-3, categorical cross-entropy, frozen base)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = DEFAULT_WEIGHTS  # auto | imagenet | none | path to a weights file; auto = imagenet, or none for `small`
+    epochs: int = 20
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float = 1e-3
+    input_size: int | None = None  # square side in pixels; None = the backbone's default
+    seed: int = 0
+    augment: bool = False
+    fine_tune_blocks: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-5
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    patience: int = 8
+    dense_units: int = 256
+    dropout: float = 0.5
+    cache_features: bool = True
+    deterministic: bool = True
+    patient_regex: str | None = None
+    strict: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`HmtError` for settings that cannot work."""
+        spec = BACKBONES[self.backbone]
+        if self.epochs < 1 or self.batch_size < 1:
+            raise HmtError("epochs and batch size must be at least 1")
+        if not (self.learning_rate > 0 and self.fine_tune_learning_rate > 0):
+            raise HmtError("learning rates must be positive")
+        if self.input_size is not None and self.input_size < spec.min_input_side:
+            raise HmtError(f"{self.backbone} needs an input size of at least {spec.min_input_side} px, got {self.input_size}")
+        if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 0:
+            raise HmtError("--fine-tune-blocks and fine-tune epochs must not be negative")
+        if self.fine_tune_blocks and spec.application is None:
+            raise HmtError("`small` trains every layer from scratch; --fine-tune-blocks applies to pretrained backbones only")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise HmtError("validation and test fractions must be in [0, 1) and leave images for training")
+        weights = resolve_weights(self.backbone, self.weights)
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
+        if not 0 <= self.dropout < 1 or self.dense_units < 1:
+            raise HmtError("dropout must be in [0, 1) and dense units at least 1")
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One finished epoch, for per-epoch progress lines."""
+
+    phase: str  # "head" (cached features), "train" (full model) or "fine-tune"
+    epoch: int  # 1-based within the phase
+    epochs: int
+    loss: float
+    accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """A trained model with its metadata, history, test-split report and skipped files."""
+
+    model: object  # keras.Model
+    info: ModelInfo
+    history: list[dict]
+    test_report: dict | None
+    problems: list[Problem]
+    split_counts: dict[str, dict[str, int]]
+    seconds: float
+
+
+# --------------------------------------------------------------------------- training
+
+
+def image_pipeline(images: np.ndarray, onehot: np.ndarray, info: ModelInfo, batch_size: int, *,
+                    shuffle_seed: int | None = None, augment_seed: int | None = None):
+    """tf.data over in-memory uint8 images: shuffle, batch, to [0, 1], augment (optional, training only), preprocess."""
+    import tensorflow as tf
+
+    scale, offset = affine_preprocessing(info.channels, info.preprocessing)
+    dataset = tf.data.Dataset.from_tensor_slices((images, onehot.astype(np.float32)))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
+    def to_unit(x, y):
+        return tf.cast(x, tf.float32) / 255.0, y
+
+    dataset = dataset.batch(batch_size).map(to_unit, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment_seed is not None:
+        @tf.autograph.experimental.do_not_convert
+        def augment_batch(batch, random):
+            return _augment(batch[0], tf.stack([random, augment_seed])), batch[1]
+
+        randoms = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip((dataset, randoms)).map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+    @tf.autograph.experimental.do_not_convert
+    def to_input(x, y):
+        x = x[..., None]
+        if info.channels == 3:
+            x = tf.repeat(x, 3, axis=-1)
+        return x * scale + offset, y
+
+    return dataset.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+AUGMENT_MAX_ROTATION_DEG = 7.0
+AUGMENT_MAX_SHIFT = 0.05  # fraction of the image side
+AUGMENT_MAX_ZOOM = 0.08  # scale in [1 - z, 1 + z]
+AUGMENT_MAX_BRIGHTNESS = 0.08  # added to [0, 1] pixels
+
+
+def _augment(batch, seed):
+    """Random small rotation, shift, zoom and brightness for a (B, h, w) batch in [0, 1].
+
+    Stateless random ops keyed by ``seed`` (one per batch, drawn from a seeded stream), so the
+    augmentation is reproducible; one affine map per image, edges replicated.
+    """
+    import tensorflow as tf
+
+    size = tf.shape(batch)[0]
+    height = tf.cast(tf.shape(batch)[1], tf.float32)
+    width = tf.cast(tf.shape(batch)[2], tf.float32)
+    params = tf.random.stateless_uniform((size, 5), seed=seed, minval=-1.0, maxval=1.0)
+    angle = params[:, 0] * (AUGMENT_MAX_ROTATION_DEG * math.pi / 180.0)
+    shift_x = params[:, 1] * AUGMENT_MAX_SHIFT * width
+    shift_y = params[:, 2] * AUGMENT_MAX_SHIFT * height
+    inverse_zoom = 1.0 / (1.0 + params[:, 3] * AUGMENT_MAX_ZOOM)
+    brightness = params[:, 4] * AUGMENT_MAX_BRIGHTNESS
+    center_x, center_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    cos, sin = tf.cos(angle) * inverse_zoom, tf.sin(angle) * inverse_zoom
+    # Output pixel (x, y) samples input center + R(-angle) / zoom * ((x, y) - center - shift).
+    source_x, source_y = center_x + shift_x, center_y + shift_y
+    transforms = tf.stack(
+        [cos, sin, center_x - cos * source_x - sin * source_y,
+         -sin, cos, center_y + sin * source_x - cos * source_y,
+         tf.zeros_like(cos), tf.zeros_like(cos)],
+        axis=1,
+    )
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=batch[..., None], transforms=transforms, output_shape=tf.shape(batch)[1:3],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST",
+    )[..., 0]
+    return tf.clip_by_value(warped + brightness[:, None, None], 0.0, 1.0)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """n / (K * n_k) for each class present (scikit-learn's 'balanced'), so rare classes weigh more."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    return {int(k): float(labels.size / (present.sum() * counts[k])) for k in range(num_classes) if present[k]}
+
+
+def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Callable[[EpochLog], None] | None):
+    import keras
+
+    class _Recorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            entry = EpochLog(
+                phase=phase, epoch=epoch + 1, epochs=epochs,
+                loss=float(logs.get("loss", math.nan)), accuracy=float(logs.get("accuracy", math.nan)),
+                val_loss=float(logs["val_loss"]) if "val_loss" in logs else None,
+                val_accuracy=float(logs["val_accuracy"]) if "val_accuracy" in logs else None,
+                seconds=time.perf_counter() - self._started,
+            )
+            history.append(asdict(entry))
+            if on_epoch is not None:
+                on_epoch(entry)
+
+    return _Recorder()
+
+
+def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, patience: int, class_weight: dict,
+         phase: str, history: list[dict], on_epoch) -> dict:
+    """Compile and fit with Adam + categorical cross-entropy, early stopping on validation loss (best weights restored)."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [_epoch_callback(phase, epochs, history, on_epoch)]
+    stopper = None
+    if val_data is not None:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+        callbacks.append(stopper)
+    model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=class_weight or None,
+              callbacks=callbacks, shuffle=False, verbose=0)
+    return {
+        "phase": phase,
+        "epochs_run": sum(1 for row in history if row["phase"] == phase),
+        "best_epoch": (stopper.best_epoch + 1) if stopper is not None else epochs,
+        "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
+    }
+
+
+def pooled_features(model, images: np.ndarray, info: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: Progress | None = None) -> np.ndarray:
+    """The frozen base's globally pooled features (N, D) for in-memory images: the head's exact input."""
+    import keras
+
+    extractor = keras.Model(model.inputs, model.get_layer("avg_pool").output)
+    chunks = predict_in_batches(extractor, images, info, batch_size, progress, "computing base features")
+    width = extractor.output_shape[-1]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, width), np.float32)
+
+
+def head_model(model):
+    """A model from pooled features to class probabilities that shares the head layers (and weights) of ``model``."""
+    import keras
+
+    dense = model.get_layer("head_dense")
+    features = keras.Input(shape=(dense.kernel.shape[0],), name="pooled_features")
+    x = dense(features)
+    x = model.get_layer("head_dropout")(x)
+    return keras.Model(features, model.get_layer("predictions")(x), name="hmt_head")
+
+
+def fit_head_on_features(model, train_features: np.ndarray, train_onehot: np.ndarray,
+                         val_features: np.ndarray | None, val_onehot: np.ndarray | None, *, epochs: int,
+                         learning_rate: float, batch_size: int, seed: int, patience: int = 8,
+                         class_weight: dict | None = None, history: list[dict] | None = None,
+                         on_epoch: Callable[[EpochLog], None] | None = None) -> dict:
+    """Train ``model``'s head on cached pooled features; the full model's head weights change with it."""
+    import tensorflow as tf
+
+    history = [] if history is None else history
+    train_data = (tf.data.Dataset.from_tensor_slices((train_features, train_onehot.astype(np.float32)))
+                  .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
+    val_data = None
+    if val_features is not None and len(val_features):
+        val_data = tf.data.Dataset.from_tensor_slices((val_features, val_onehot.astype(np.float32))).batch(batch_size)
+    return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate, patience=patience,
+                class_weight=class_weight or {}, phase="head", history=history, on_epoch=on_epoch)
+
+
+def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+@contextmanager
+def seeded(seed: int, deterministic: bool = True) -> Iterator[None]:
+    """Seed Python, NumPy, TensorFlow and Keras; with ``deterministic``, use deterministic TF kernels inside the block.
+
+    TensorFlow's op determinism is a process-wide switch, so the previous state is restored on exit
+    (through TensorFlow's own config module, which the public API only exposes half of).
+    """
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    keras.utils.set_random_seed(seed)
+    was_enabled = tf_config.is_op_determinism_enabled()
+    if deterministic and not was_enabled:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if deterministic and not was_enabled:
+            tf_config.disable_op_determinism()
+
+
+def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Progress | None = None,
+          on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+    """Split ``dataset`` by patient, train a classifier as ``config`` says, and evaluate it on the test split.
+
+    Steps: seeded patient-grouped split; decode into memory (bad files skipped and reported);
+    build the model; with a frozen base and no augmentation, cache pooled base features and fit
+    the head on them, otherwise fit the full model through tf.data; optional fine-tuning of the
+    last base blocks at a smaller learning rate; finally the test-split report. ``on_epoch``
+    receives each finished epoch (the CLI prints it); ``progress`` sees decoding and feature passes.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    started = time.perf_counter()
+    spec = BACKBONES[config.backbone]
+    weights = resolve_weights(config.backbone, config.weights)
+    class_names = list(dataset.class_names)
+    if len(class_names) < 2:
+        raise HmtError(f"{display_path(dataset.root)}: need at least 2 classes to train, found {len(class_names)}")
+    empty = [name for name, count in dataset.counts().items() if count == 0]
+    if empty:
+        raise HmtError(f"{display_path(dataset.root)}: class {', '.join(empty)} has no images")
+    size = as_size(config.input_size or spec.default_input_side)
+    with seeded(config.seed, config.deterministic):
+        return _train_seeded(dataset, config, spec, weights, class_names, size, progress, on_epoch, started)
+
+
+def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, class_names: list[str],
+                  size: tuple[int, int], progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None,
+                  started: float) -> TrainResult:
+    """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early."""
+    model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
+                        dropout=config.dropout)
+    fractions = (1.0 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
+    splits = split_dataset(dataset, fractions=fractions, seed=config.seed)
+    skip_log = SkipLog(config.strict, dataset.problems)
+    index = {name: k for k, name in enumerate(class_names)}
+    images: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    kept: dict[str, list[Sample]] = {}
+    for name in SPLIT_NAMES:
+        images[name], kept[name] = load_images(splits[name], size, skip_log, progress=progress,
+                                               description=f"decoding {name} images")
+        labels[name] = np.array([index[s.label] for s in kept[name]], dtype=np.int64)
+    missing = [name for name in class_names if not np.any(labels["train"] == index[name])]
+    if missing:
+        raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
+
+    info = ModelInfo(
+        class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
+        preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model),
+        dataset_fingerprint=dataset_fingerprint(dataset),
+        split={name: [relative_path(s, dataset.root) for s in kept[name]] for name in SPLIT_NAMES},
+    )
+    class_weight = balanced_class_weights(labels["train"], len(class_names))
+    onehot = {name: _onehot(labels[name], len(class_names)) for name in SPLIT_NAMES}
+    has_val = len(images["val"]) > 0
+    history: list[dict] = []
+    phases = []
+    cached = config.cache_features and spec.application is not None and not config.augment
+    if cached:
+        features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress)
+                    for name in ("train", "val")}
+        phases.append(fit_head_on_features(
+            model, features["train"], onehot["train"], features["val"] if has_val else None, onehot["val"],
+            epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
+            patience=config.patience, class_weight=class_weight, history=history, on_epoch=on_epoch))
+    else:
+        phases.append(_fit_full(model, info, images, onehot, config, config.epochs, config.learning_rate,
+                                "head" if spec.application else "train", class_weight, history, on_epoch))
+    if config.fine_tune_blocks and config.fine_tune_epochs:
+        unfreeze_last_blocks(model, config.fine_tune_blocks)
+        phases.append(_fit_full(model, info, images, onehot, config, config.fine_tune_epochs,
+                                config.fine_tune_learning_rate, "fine-tune", class_weight, history, on_epoch))
+        find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
+
+    test_report = None
+    if len(images["test"]):
+        probabilities = predict_probabilities(model, info, images["test"], batch_size=config.batch_size, progress=progress)
+        test_report = classification_report(probabilities, labels["test"], class_names)
+    seconds = time.perf_counter() - started
+    split_counts = {name: {c: int(np.sum(labels[name] == k)) for k, c in enumerate(class_names)} for name in SPLIT_NAMES}
+    info.training = {
+        "config": asdict(config),
+        "weights": weights,
+        "cached_features": cached,
+        "class_weights": {class_names[k]: w for k, w in class_weight.items()},
+        "phases": phases,
+        "history": history,
+        "split_counts": split_counts,
+        "skipped": len(skip_log),
+        "test_report": test_report,
+        "seconds": round(seconds, 2),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": display_path(dataset.root),
+    }
+    return TrainResult(model=model, info=info, history=history, test_report=test_report, problems=skip_log.problems,
+                       split_counts=split_counts, seconds=seconds)
+
+
+def _fit_full(model, info: ModelInfo, images: dict, onehot: dict, config: TrainConfig, epochs: int,
+              learning_rate: float, phase: str, class_weight: dict, history: list[dict], on_epoch) -> dict:
+    """Fit the whole model on images through tf.data (augmenting the training batches when asked)."""
+    train_data = image_pipeline(images["train"], onehot["train"], info, config.batch_size, shuffle_seed=config.seed,
+                                 augment_seed=config.seed if config.augment else None)
+    val_data = None
+    if len(images["val"]):
+        val_data = image_pipeline(images["val"], onehot["val"], info, config.batch_size)
+    return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, patience=config.patience,
+                class_weight=class_weight, phase=phase, history=history, on_epoch=on_epoch)
+
+
+# --------------------------------------------------------------------------- files beside the model
+
+
+def write_history_csv(history: list[dict], path: str | os.PathLike) -> Path:
+    """One row per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy, seconds."""
+    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
+    return write_text(path, buffer.getvalue())
+
+
+def save_training_outputs(result: TrainResult, model_path: str | os.PathLike) -> dict[str, Path]:
+    """Write what `hmt train` leaves beside the model: history CSV, curves figure and, when there is a
+    test split, its evaluation JSON and confusion-matrix figure. Returns the paths by kind."""
+    from heatmap_templates import figures
+
+    written = {
+        "history": write_history_csv(result.history, companion_path(model_path, "history.csv")),
+        "curves": figures.training_curves(result.history, companion_path(model_path, "curves.png")),
+    }
+    if result.test_report is not None:
+        evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
+        written["evaluation"] = write_text(companion_path(model_path, "evaluation.json"),
+                                           json.dumps(json_ready(evaluation), indent=2) + "\n")
+        written["confusion"] = figures.confusion_matrix_figure(
+            result.test_report["confusion_matrix"], result.info.class_names, companion_path(model_path, "confusion.png"),
+            title=f"{result.info.backbone}, test split ({result.test_report['n']} images)")
+    return written
+
