@@ -15,6 +15,7 @@ from heatmap_templates.normalisation import NORMALISATIONS
 from heatmap_templates.registration import REGISTRATIONS
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
+from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -28,16 +29,12 @@ def build_templates_command(
     all_classes: bool = typer.Option(False, "--all-classes", help="Build a template for every class."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store to build from (computed or resumed first when MODEL/DATA are known)."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Templates file; another class is added to an existing one."),
-    registration: str = typer.Option(BuildConfig.registration, "--registration", help=REGISTRATIONS.help_text("Registration"),
-                                     autocompletion=REGISTRATIONS.names),
+    registration: str = registry_option(BuildConfig.registration, "--registration", REGISTRATIONS, "Registration"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Image to use as the reference frame (default: built from the data)."),
-    normalisation: str = typer.Option(BuildConfig.normalisation, "--normalisation", help=NORMALISATIONS.help_text("Per-map normalisation"),
-                                      autocompletion=NORMALISATIONS.names),
-    include: str = typer.Option(BuildConfig.include, "--include", help=INCLUDES.help_text("Members"), autocompletion=INCLUDES.names),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", help=METHODS.help_text("CAM method when heatmaps must be computed"),
-                               autocompletion=METHODS.names),
-    score: str = typer.Option(DEFAULT_SCORE, "--score", help=SCORES.help_text("CAM score when heatmaps must be computed"),
-                              autocompletion=SCORES.names),
+    normalisation: str = registry_option(BuildConfig.normalisation, "--normalisation", NORMALISATIONS, "Per-map normalisation"),
+    include: str = registry_option(BuildConfig.include, "--include", INCLUDES, "Members"),
+    method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method when heatmaps must be computed"),
+    score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "CAM score when heatmaps must be computed"),
     layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
     components: int = typer.Option(BuildConfig.n_components, "--components", min=1, help="Eigen-heatmaps kept per class."),
     bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),

@@ -22,11 +22,11 @@ from heatmap_templates.compare import (
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
 from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
 from hmt_cli.progress import progress_bar
 
-SIMILARITY_HELP = SIMILARITIES.help_text("Similarity with each template")
 
 
 def _format(value: float | None, spec: str = ".3f") -> str:
@@ -89,7 +89,7 @@ def compare_command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
-    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP, autocompletion=SIMILARITIES.names),
+    similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity with each template"),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Flag a heatmap whose correlation lies below this percentile of its class's leave-one-out correlations."),
     as_json: bool = typer.Option(False, "--json", help="Print every result as JSON on stdout."),
@@ -144,7 +144,7 @@ def evaluate_templates_command(
     templates: Path = typer.Argument(..., help="Templates file from hmt build-templates."),
     data: Path = typer.Argument(..., help="Labelled images: class folders or a CSV manifest."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
-    similarity: str = typer.Option(DEFAULT_SIMILARITY, "--similarity", help=SIMILARITY_HELP, autocompletion=SIMILARITIES.names),
+    similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity with each template"),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Percentile of the leave-one-out correlations below which a heatmap is atypical."),
     split: Optional[str] = typer.Option(None, "--split", help="Only this split of a CSV manifest (train, val or test)."),

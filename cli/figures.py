@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 
 from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.figures import DEFAULT_CMAP, DEFAULT_EIGEN_COMPONENTS, FIGURE_FORMATS, parse_formats, template_figures
+from heatmap_templates.figures import (
+    DEFAULT_CMAP,
+    DEFAULT_DPI,
+    DEFAULT_EIGEN_COMPONENTS,
+    DEFAULT_WIDTH,
+    FIGURE_FORMATS,
+    parse_formats,
+    template_figures,
+)
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar
 
@@ -17,9 +25,9 @@ def figures_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
     out: Path = typer.Option(Path("templates_out/figures"), "--out", "-o", help="Folder for the figure files."),
     formats: str = typer.Option(",".join(FIGURE_FORMATS), "--format", help="Comma-separated formats: pdf, svg, png."),
-    dpi: int = typer.Option(300, "--dpi", help="Resolution of PNG files and of images inside PDF/SVG."),
+    dpi: int = typer.Option(DEFAULT_DPI, "--dpi", help="Resolution of PNG files and of images inside PDF/SVG."),
     cmap: str = typer.Option(DEFAULT_CMAP, "--cmap", help="Colour map of the heatmaps: cividis (default) or viridis are colour-blind safe; jet to match older papers."),
-    width: str = typer.Option("double", "--width", help="single (3.5 in, one journal column) or double (7.2 in, page width)."),
+    width: str = typer.Option(DEFAULT_WIDTH, "--width", help="single (3.5 in, one journal column) or double (7.2 in, page width)."),
     components: int = typer.Option(DEFAULT_EIGEN_COMPONENTS, "--components", help="Eigen-heatmaps shown per class."),
     as_json: bool = typer.Option(False, "--json", help="Print the files written, colour scales and notes as JSON."),
 ) -> None:

@@ -11,6 +11,7 @@ from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.decode import DEFAULT_MAX_PIXELS
 from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
+from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -21,9 +22,8 @@ def heatmaps(
     model: Path = typer.Argument(..., help="Model file (.keras) from `hmt train`, or your own with --classes."),
     data: Path = typer.Argument(..., help="Class-per-folder data set or CSV manifest."),
     out: Path = typer.Option(DEFAULT_STORE, "--out", "-o", help="Heatmap store to write (resumed if it exists)."),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", help=METHODS.help_text("CAM method"), autocompletion=METHODS.names),
-    score: str = typer.Option(DEFAULT_SCORE, "--score", help=SCORES.help_text("Score explained (changes the maps; recorded)"),
-                              autocompletion=SCORES.names),
+    method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method"),
+    score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "Score explained (changes the maps; recorded)"),
     layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),

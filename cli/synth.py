@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.synth import CLASSES, LESIONS, synthesize_dataset, write_preview_grid
+from heatmap_templates.synth import (
+    CLASSES,
+    DEFAULT_N_PER_CLASS,
+    DEFAULT_POSE_SPREAD,
+    DEFAULT_PREVIEW_EXAMPLES,
+    DEFAULT_SIZE,
+    LESIONS,
+    synthesize_dataset,
+    write_preview_grid,
+)
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar
 
@@ -15,13 +24,13 @@ from hmt_cli.progress import progress_bar
 @app.command("synth")
 def synth(
     out_dir: Path = typer.Argument(..., help="Output folder: new, empty, or a previous `hmt synth` output (replaced)."),
-    n_per_class: int = typer.Option(200, "--n-per-class", "-n", help="Images per class."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (square images)."),
+    n_per_class: int = typer.Option(DEFAULT_N_PER_CLASS, "--n-per-class", "-n", help="Images per class."),
+    size: int = typer.Option(DEFAULT_SIZE, "--size", help="Image side in pixels (square images)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes bit-identical files."),
     classes: str = typer.Option(",".join(CLASSES), "--classes", help=LESIONS.help_text("Comma-separated subset of the phantom classes")),
     preview: Path | None = typer.Option(None, "--preview", help="Also write a grid PNG of examples and probability maps."),
-    preview_examples: int = typer.Option(4, "--preview-examples", help="Examples per class in the preview grid."),
-    pose_spread: float = typer.Option(1.0, "--pose-spread", help="Multiplies the random pose's shift, rotation and log-scale ranges (0 to 4; 1 = default, larger gives registration more to correct)."),
+    preview_examples: int = typer.Option(DEFAULT_PREVIEW_EXAMPLES, "--preview-examples", help="Examples per class in the preview grid."),
+    pose_spread: float = typer.Option(DEFAULT_POSE_SPREAD, "--pose-spread", help="Multiplies the random pose's shift, rotation and log-scale ranges (0 to 4; 1 = default, larger gives registration more to correct)."),
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: CPU count, at most 8); output is identical for any number."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

@@ -10,12 +10,14 @@ import typer
 from heatmap_templates.backbones import BACKBONES
 from heatmap_templates.data import load_dataset
 from heatmap_templates.errors import HmtError, display_path, problems_json
-from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, evaluate as evaluate_model, write_predictions
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, write_predictions
+from heatmap_templates.evaluation import evaluate as evaluate_model
 from heatmap_templates.files import write_text
 from heatmap_templates.model_file import load_model, save_model
 from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from heatmap_templates.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
+from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
 from hmt_cli.progress import progress_bar
@@ -63,7 +65,7 @@ def report_lines(report: dict) -> list[str]:
 def train(
     data: Path = typer.Argument(..., help="Class-per-folder data set or CSV manifest (path,label[,split][,patient_id])."),
     out: Path = typer.Option(DEFAULT_PROJECT_FOLDER / "model.keras", "--out", "-o", help="Model file to write (.keras)."),
-    backbone: str = typer.Option(TrainConfig.backbone, "--backbone", help=BACKBONES.help_text("Backbone"), autocompletion=BACKBONES.names),
+    backbone: str = registry_option(TrainConfig.backbone, "--backbone", BACKBONES, "Backbone"),
     weights: str = typer.Option(TrainConfig.weights, "--weights", help="imagenet (Keras download), none (random), a local weights file, or auto (imagenet; none for small)."),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Maximum epochs (early stopping on validation loss)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Images per batch."),
@@ -133,10 +135,9 @@ def train(
 def evaluate(
     model: Optional[Path] = typer.Argument(None, help="Model file (.keras; default: the one the last `hmt train` recorded)."),
     data: Optional[Path] = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
-    split: str = typer.Option("test", "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
+    split: str = typer.Option(DEFAULT_SPLIT, "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
-    preprocessing: Optional[str] = typer.Option(None, "--preprocessing", help=PREPROCESSING.help_text("Input mode for a model without hmt metadata (default unit)"),
-                                                autocompletion=PREPROCESSING.names),
+    preprocessing: Optional[str] = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per batch."),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),

@@ -25,6 +25,7 @@ from heatmap_templates.progress import NullProgress, Progress
 
 DEFAULT_BATCH_SIZE = 32
 EVALUATION_SPLITS = (*SPLIT_NAMES, "all")
+DEFAULT_SPLIT = "test"
 
 
 @dataclass
@@ -86,7 +87,7 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_s
     return probabilities
 
 
-def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = "test", batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_SPLIT, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
              strict: bool = False, progress: Progress | None = None) -> EvaluationResult:
     """Classification report of ``model`` on ``dataset``.
 

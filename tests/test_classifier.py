@@ -59,17 +59,19 @@ def trained_small(toy_dir: Path, toy_config: TrainConfig, tmp_path_factory: pyte
 # --------------------------------------------------------------------------- backbones
 
 
-@pytest.mark.parametrize(
-    ("backbone", "size", "cam_layer", "fine_tune"),
-    [
-        ("vgg19", 32, "vgg19/block5_conv4", 0),
-        ("vgg16", 32, "vgg16/block5_conv3", 1),
-        ("resnet50", 32, "resnet50/conv5_block3_out", 0),
-        ("xception", 71, "xception/block14_sepconv2_act", 0),
-        ("small", 32, "block4_relu", 0),
-    ],
-)
-def test_each_backbone_builds_and_trains_one_epoch(toy_dir: Path, backbone: str, size: int, cam_layer: str, fine_tune: int) -> None:
+# Per registered backbone: (input size, expected default CAM layer, fine-tuned blocks); a new backbone needs a row.
+BACKBONE_CASES = {
+    "vgg19": (32, "vgg19/block5_conv4", 0),
+    "vgg16": (32, "vgg16/block5_conv3", 1),
+    "resnet50": (32, "resnet50/conv5_block3_out", 0),
+    "xception": (71, "xception/block14_sepconv2_act", 0),
+    "small": (32, "block4_relu", 0),
+}
+
+
+@pytest.mark.parametrize("backbone", backbones.BACKBONES.names())
+def test_each_backbone_builds_and_trains_one_epoch(toy_dir: Path, backbone: str) -> None:
+    size, cam_layer, fine_tune = BACKBONE_CASES[backbone]
     config = TrainConfig(backbone=backbone, weights="none", epochs=1, input_size=size, batch_size=8, val_fraction=0.25,
                          test_fraction=0.25, fine_tune_blocks=fine_tune, fine_tune_epochs=1)
     dataset = load_dataset(toy_dir)
@@ -249,7 +251,7 @@ def test_augmentation_stays_in_range_and_varies() -> None:
     assert np.all((square_mass > 40) & (square_mass < 90))  # the 8 x 8 square is moved and scaled a little, not lost
 
 
-@pytest.mark.parametrize("mode", ["unit", "tf", "caffe", "torch"])
+@pytest.mark.parametrize("mode", preprocess.PREPROCESSING.names())
 @pytest.mark.parametrize("channels", [1, 3])
 def test_pipeline_preprocessing_equals_preprocess_module(mode: str, channels: int) -> None:
     scale, offset = preprocess.affine_preprocessing(channels, mode)

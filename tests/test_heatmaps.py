@@ -327,3 +327,21 @@ def test_cli_missing_model_exits_2_with_one_line(tmp_path: Path, workspace: dict
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"hmt: error: {missing}: no such model file"
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_evaluate_predictions_equal_the_stored_predictions_image_by_image(workspace: dict, tmp_path: Path) -> None:
+    """`hmt evaluate --predictions` and `hmt heatmaps` feed the model the same numbers (one image -> input path)."""
+    out = tmp_path / "predictions.csv"
+    result = _hmt_in_process("evaluate", str(workspace["model"]), str(workspace["data"]), "--split", "all",
+                             "--predictions", str(out))
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    reader = open_heatmaps(workspace["store"])
+    names = reader.class_names
+    stored = {path: index for index, path in enumerate(reader.paths)}
+    assert sorted(row["path"] for row in rows) == sorted(reader.paths)
+    for row in rows:
+        index = stored[row["path"]]
+        assert row["label"] == names[reader.labels[index]] and row["predicted"] == names[reader.predicted[index]]
+        np.testing.assert_allclose([float(row[f"p_{name}"]) for name in names], reader.probabilities[index], rtol=1e-5, atol=1e-6)

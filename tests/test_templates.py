@@ -18,7 +18,7 @@ from heatmap_templates.statistics import (
     principal_components,
 )
 from heatmap_templates.resample import downsample, upsample
-from heatmap_templates.normalisation import normalise
+from heatmap_templates.normalisation import NORMALISATIONS, normalise
 from heatmap_templates.similarity import similarity_matrix
 
 SHAPE = (24, 20)
@@ -40,7 +40,7 @@ def _maps(n: int, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- normalisation
 
 
-@pytest.mark.parametrize("method", ["minmax", "sum", "zscore", "none"])
+@pytest.mark.parametrize("method", NORMALISATIONS.names())
 def test_normalise_zero_and_constant_maps_give_zeros_not_nan(method: str) -> None:
     maps = np.stack([np.zeros(SHAPE), np.full(SHAPE, 3.5)]).astype(np.float32)
     out = normalise(maps, method)
@@ -52,7 +52,7 @@ def test_normalise_zero_and_constant_maps_give_zeros_not_nan(method: str) -> Non
 @settings(max_examples=60, deadline=None)
 @given(
     arrays(np.float64, (2, 5, 4), elements=st.floats(allow_nan=True, allow_infinity=True, width=64)),
-    st.sampled_from(["minmax", "sum", "zscore", "none"]),
+    st.sampled_from(NORMALISATIONS.names()),
 )
 def test_normalise_never_returns_nan_or_inf(maps: np.ndarray, method: str) -> None:
     assert np.isfinite(normalise(maps, method)).all()

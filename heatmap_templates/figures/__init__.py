@@ -22,10 +22,10 @@ from heatmap_templates.figures.style import (
     publication_style,
     save_deterministic,
 )
-from heatmap_templates.figures.templates import DEFAULT_EIGEN_COMPONENTS, FiguresSummary, template_figures
+from heatmap_templates.figures.templates import DEFAULT_DPI, DEFAULT_EIGEN_COMPONENTS, DEFAULT_WIDTH, FiguresSummary, template_figures
 
 __all__ = [
     "confusion_matrix_figure", "training_curves", "comparison_figure", "COLUMN_WIDTHS", "DEFAULT_CMAP", "DIVERGING_CMAP",
     "FIGURE_FORMATS", "check_cmap", "figure_format", "parse_formats", "publication_style", "save_deterministic",
-    "DEFAULT_EIGEN_COMPONENTS", "FiguresSummary", "template_figures",
+    "DEFAULT_DPI", "DEFAULT_EIGEN_COMPONENTS", "DEFAULT_WIDTH", "FiguresSummary", "template_figures",
 ]

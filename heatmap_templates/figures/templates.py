@@ -38,6 +38,8 @@ from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import TemplateFile, read_templates
 
 DEFAULT_EIGEN_COMPONENTS = 3
+DEFAULT_DPI = 300
+DEFAULT_WIDTH = "double"
 
 
 @dataclass
@@ -256,8 +258,8 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str | os.PathLike, *,
-                     formats: Sequence[str] = FIGURE_FORMATS, dpi: int = 300, cmap: str = DEFAULT_CMAP,
-                     width: str = "double", components: int = DEFAULT_EIGEN_COMPONENTS,
+                     formats: Sequence[str] = FIGURE_FORMATS, dpi: int = DEFAULT_DPI, cmap: str = DEFAULT_CMAP,
+                     width: str = DEFAULT_WIDTH, components: int = DEFAULT_EIGEN_COMPONENTS,
                      progress: Progress | None = None) -> FiguresSummary:
     """The paper figures of a templates file, each written once per format into `out_dir`.
 

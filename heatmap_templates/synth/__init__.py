@@ -17,6 +17,8 @@ which registration has more to correct.
 from heatmap_templates.synth.anatomy import MAX_SIZE, MIN_SIZE, canonical_lung_mask
 from heatmap_templates.synth.dataset import (
     CANONICAL_CHEST_FILE,
+    DEFAULT_N_PER_CLASS,
+    DEFAULT_SIZE,
     CANONICAL_LUNGS_FILE,
     GROUND_TRUTH_DIR,
     MARKER_FILE,
@@ -26,8 +28,9 @@ from heatmap_templates.synth.dataset import (
 )
 from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, read_lesion_truth
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
-from heatmap_templates.synth.preview import write_preview_grid
+from heatmap_templates.synth.preview import DEFAULT_PREVIEW_EXAMPLES, write_preview_grid
 from heatmap_templates.synth.render import (
+    DEFAULT_POSE_SPREAD,
     DEFAULT_PROBABILITY_SAMPLES,
     LESION_THRESHOLD,
     MAX_POSE_SPREAD,
@@ -40,7 +43,7 @@ from heatmap_templates.synth.render import (
 )
 
 __all__ = [
-    "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",
+    "DEFAULT_N_PER_CLASS", "DEFAULT_SIZE", "DEFAULT_PREVIEW_EXAMPLES", "DEFAULT_POSE_SPREAD", "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",
     "MARKER_FILE", "SynthSummary", "read_poses", "synthesize_dataset", "LesionTruth", "ground_truth_localisation",
     "read_lesion_truth", "CLASSES", "LESIONS", "write_preview_grid", "DEFAULT_PROBABILITY_SAMPLES", "LESION_THRESHOLD",
     "MAX_POSE_SPREAD", "Phantom", "Pose", "canonical_lesion_probability", "phantom_seed", "pose_matrix", "render_phantom",

@@ -27,6 +27,7 @@ from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.synth.anatomy import canonical_lung_mask, check_size
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
 from heatmap_templates.synth.render import (
+    DEFAULT_POSE_SPREAD,
     DEFAULT_PROBABILITY_SAMPLES,
     LESION_THRESHOLD,
     Pose,
@@ -36,6 +37,8 @@ from heatmap_templates.synth.render import (
     render_phantom,
 )
 
+DEFAULT_N_PER_CLASS = 200
+DEFAULT_SIZE = 256
 GROUND_TRUTH_DIR = "ground_truth"
 MARKER_FILE = "synth.json"
 CANONICAL_CHEST_FILE = "canonical_chest.png"
@@ -169,7 +172,7 @@ class _Written:
 
 
 def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int,
-                      pose_spread: float = 1.0) -> list[_Written]:
+                      pose_spread: float = DEFAULT_POSE_SPREAD) -> list[_Written]:
     """Render images ``indices`` of class ``label`` and write each image and its lesion mask."""
     written = []
     canonical_sum = np.zeros((size, size), np.float64)
@@ -196,10 +199,10 @@ def _default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def synthesize_dataset(out_dir: str | Path, *, n_per_class: int, size: int = 256, seed: int = 0,
+def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_CLASS, size: int = DEFAULT_SIZE, seed: int = 0,
                        classes: Sequence[str] = CLASSES, progress: Progress | None = None,
                        probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None,
-                       pose_spread: float = 1.0) -> SynthSummary:
+                       pose_spread: float = DEFAULT_POSE_SPREAD) -> SynthSummary:
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
     ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``

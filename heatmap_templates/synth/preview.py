@@ -11,7 +11,10 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, MARKER_FILE
 
 
-def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = 4) -> Path:
+DEFAULT_PREVIEW_EXAMPLES = 4
+
+
+def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = DEFAULT_PREVIEW_EXAMPLES) -> Path:
     """Grid PNG of a synth output: one row per class, examples with their lesion contour, then the probability map."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

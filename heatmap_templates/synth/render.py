@@ -19,6 +19,7 @@ from heatmap_templates.synth.lesions import LESIONS, lesion_intensity
 
 LESION_THRESHOLD = 0.04  # lesion intensity (image units, [0, 1] scale) at which a pixel counts as lesion
 DEFAULT_PROBABILITY_SAMPLES = 200
+DEFAULT_POSE_SPREAD = 1.0  # the default pose distribution
 MAX_POSE_SPREAD = 4.0  # at 4x the shift reaches 12 % of the side and rotation 32 degrees
 _IMAGE_STREAM, _PROBABILITY_STREAM = 0, 1
 
@@ -112,7 +113,7 @@ def check_pose_spread(pose_spread: float) -> None:
 
 
 def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: str, size: int = 256, *,
-                   include_lesions: bool = True, pose_spread: float = 1.0) -> Phantom:
+                   include_lesions: bool = True, pose_spread: float = DEFAULT_POSE_SPREAD) -> Phantom:
     """Render one phantom of class ``label``.
 
     ``include_lesions=False`` renders the identical image without its lesions (same anatomy, pose
