@@ -61,12 +61,22 @@ NORMALISATIONS.add("none", Normalisation(_none, scale_invariant=False), help="ra
 
 
 def normalise(maps: np.ndarray, method: str = DEFAULT_NORMALISATION) -> np.ndarray:
-    """Normalise each map of ``maps`` ((H, W) or (N, H, W)) independently; returns float32.
+    """Normalise each map independently.
 
     ``minmax`` scales to [0, 1]; ``sum`` divides by the total absolute mass (unit mass for
     non-negative maps); ``zscore`` gives zero mean and unit standard deviation; ``none`` only
     converts (clipped to the float32 range). Non-finite pixels count as 0, and a constant or
     all-zero map becomes all zeros in every method but ``none``, so NaN never comes out.
+
+    Parameters
+    ----------
+    maps : (H, W) or (N, H, W) array
+    method : str
+        A :data:`NORMALISATIONS` name.
+
+    Returns
+    -------
+    ndarray, float32, the shape of ``maps``
     """
     entry = NORMALISATIONS[method]
     array = np.asarray(maps, dtype=np.float64)

@@ -38,10 +38,26 @@ def registrar_for(method: str, reference_image: np.ndarray, lung_mask: np.ndarra
 
 def prepare_maps(images_u8: np.ndarray, maps: np.ndarray, registrar: Registrar, normalisation: str, *,
                  alignments: Sequence[Alignment] | None = None) -> PreparedMaps:
-    """Register images (N, H, W) uint8 and move their maps (N, ..., H, W) with them, then normalise each map.
+    """Register images and move their maps with them, then normalise each map.
 
-    ``alignments`` (one per image) skips the estimation: a second pass over the same members
-    warps with the transforms of the first.
+    Parameters
+    ----------
+    images_u8 : (N, H, W) uint8
+        The images at the model's input size, as the heatmap store keeps them.
+    maps : (N, ..., H, W) float
+        Their upsampled CAM maps (one class or several per image).
+    registrar : Registrar
+        The templates' registration method and reference frame.
+    normalisation : str
+        A :data:`~heatmap_templates.normalisation.NORMALISATIONS` name.
+    alignments : sequence of Alignment, optional
+        One per image: skip the estimation (a second pass over the same members).
+
+    Returns
+    -------
+    PreparedMaps
+        ``alignments``; ``images`` (N, h, w) float32 in the reference frame (h, w); ``maps``
+        (N, ..., h, w) float32, registered and normalised.
     """
     images = [np.asarray(image, dtype=np.float32) / 255.0 for image in images_u8]
     stored = np.asarray(maps).astype(STORE_MAP_DTYPE).astype(np.float32)

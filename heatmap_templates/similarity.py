@@ -99,5 +99,21 @@ def ssim_similarity(maps: np.ndarray, template: np.ndarray, lung_mask: np.ndarra
 
 def similarity_scores(maps: np.ndarray, template: np.ndarray, method: str = DEFAULT_SIMILARITY,
                       lung_mask: np.ndarray | None = None) -> np.ndarray:
-    """Similarity of each normalised, registered map (N, H, W) with one template (H, W) by a registered measure; (N,)."""
+    """Similarity of each map with one template by a registered measure.
+
+    Parameters
+    ----------
+    maps : (N, H, W) array
+        Registered, normalised maps (:func:`heatmap_templates.prepare.prepare_maps`).
+    template : (H, W) array
+        A class template (its mean).
+    method : str
+        A :data:`SIMILARITIES` name.
+    lung_mask : (H, W) bool array, optional
+        The reference lung mask (``pearson-lungs`` needs it).
+
+    Returns
+    -------
+    (N,) float64, higher is more alike.
+    """
     return SIMILARITIES[method](maps, template, lung_mask)
