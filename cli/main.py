@@ -11,7 +11,8 @@ import sys
 import typer
 
 from heatmap_templates import __version__
-from heatmap_templates.errors import HmtError, OptionError
+from heatmap_templates.errors import HmtError, OptionError, display_path
+from heatmap_templates.files import fault_reason
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -82,6 +83,10 @@ def run() -> None:
         sys.exit(2)
     except HmtError as error:
         typer.echo(f"hmt: error: {error}", err=True)
+        sys.exit(2)
+    except OSError as error:  # an environment fault that no library call turned into a BadFileError
+        where = f"{display_path(error.filename)}: " if error.filename else ""
+        typer.echo(f"hmt: error: {where}{fault_reason(error)}", err=True)
         sys.exit(2)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from heatmap_templates.data import Dataset, load_dataset, relative_path
 from heatmap_templates.errors import HmtError, Problem, display_path, problems_json
-from heatmap_templates.files import write_text
+from heatmap_templates.files import ensure_folder, write_text
 from heatmap_templates.progress import Progress
 
 DEFAULT_DEMO_DIR = Path("templates_out/demo")
@@ -106,7 +106,7 @@ def run_demo(
 
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out_dir, out_dir)
     step = on_step or (lambda message: None)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

@@ -25,11 +25,12 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.files import atomic_path
 
 
-def save_figure(figure: Figure, path: str | os.PathLike, dpi: int) -> Path:
-    """Write a plain (non-publication) figure, format by suffix, cropped to its content, atomically."""
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int, *, tight: bool = True) -> Path:
+    """Write a plain (non-publication) figure, format by suffix, cropped to its content unless not ``tight``, atomically."""
     path = Path(path)
     with atomic_path(path, suffix=path.suffix) as temporary:
-        figure.savefig(temporary, dpi=dpi, bbox_inches="tight", metadata={"Software": None} if path.suffix == ".png" else None)
+        figure.savefig(temporary, dpi=dpi, bbox_inches="tight" if tight else None,
+                       metadata={"Software": None} if path.suffix == ".png" else None)
     return path
 
 

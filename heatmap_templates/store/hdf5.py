@@ -63,9 +63,16 @@ def jsonable(value: Any) -> Any:
 
 
 @contextmanager
-def atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name, flush it to disk, then rename it over ``path``."""
-    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+def atomic_h5(path: Path, *, create_folder: bool = True) -> Iterator[h5py.File]:
+    """Write an HDF5 file under a temporary name, flush it to disk, then rename it over ``path``
+    (see :func:`heatmap_templates.files.atomic_path`; a failed write is a one-line BadFileError).
+
+    HDF5 writes through a Python file object: a full disk then surfaces as an ordinary OSError.
+    Writing by path, HDF5 1.14 (h5py 3.14) prints a traceback for every object it frees after the
+    failed write and can crash the process (seen here on a full tmpfs); the speed is the same.
+    """
+    with atomic_path(path, create_folder=create_folder) as temporary, open(temporary, "w+b") as raw, \
+            h5py.File(raw, "w") as handle:
         yield handle
 
 

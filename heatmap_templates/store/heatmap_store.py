@@ -137,13 +137,17 @@ class HeatmapWriter:
         self.chunk_images = max(1, chunk_images)
         ensure_folder(self.path.parent, self.path)  # fail before the caller computes a batch it cannot store
         self.done: set[str] = set()
+        self.stored = 0  # images in the store so far (final file and shards)
+        self._parts_made = False
         self._next_shard = 0
         for source in _heatmap_sources(self.path):
             with open_h5(source) as handle:
                 _, stored = read_root(handle, source, HEATMAPS)
                 check_identity(source, stored, self.settings, RESUME_KEYS)
                 if "path" in handle:
-                    self.done.update(strings(handle["path"]))
+                    paths = strings(handle["path"])
+                    self.stored += len(set(paths) - self.done)
+                    self.done.update(paths)
                     self.done.update(strings(handle["image_sha256"]))
             if match := _SHARD_NAME.match(source.name):
                 self._next_shard = max(self._next_shard, int(match.group(1)) + 1)
@@ -161,13 +165,20 @@ class HeatmapWriter:
             return
         batch.check(len(self.settings["class_names"]), self.settings["input_size"])
         parts = _parts_dir(self.path)
-        ensure_folder(parts, self.path)
+        if not self._parts_made:  # made once: a shard folder removed mid-run stops the run instead of restarting it
+            ensure_folder(parts, self.path)
+            self._parts_made = True
         while (parts / f"{self._next_shard:06d}.h5").exists():  # never replace a shard another writer made
             self._next_shard += 1
-        with atomic_h5(parts / f"{self._next_shard:06d}.h5") as handle:
-            write_root(handle, HEATMAPS, self.settings, self.command, {"count": len(batch), "shard": True})
-            _write_batch_datasets(handle, batch)
+        try:
+            with atomic_h5(parts / f"{self._next_shard:06d}.h5", create_folder=False) as handle:
+                write_root(handle, HEATMAPS, self.settings, self.command, {"count": len(batch), "shard": True})
+                _write_batch_datasets(handle, batch)
+        except BadFileError as error:
+            raise BadFileError(self.path, f"{error.reason}; the {self.stored} images stored before are kept and a rerun "
+                                          "resumes after them") from None
         self._next_shard += 1
+        self.stored += len(batch)
         self.done.update(batch.paths)
         self.done.update(batch.sha256)
 
@@ -189,22 +200,29 @@ class HeatmapWriter:
             selections.append(np.asarray(keep, dtype=np.int64))
             total += len(keep)
         progress.start(total, "merging heatmap store")
-        with atomic_h5(self.path) as out:
-            write_root(out, HEATMAPS, self.settings, self.command, {"count": total})
-            written = 0
-            for source, keep in zip(sources, selections):
-                if not len(keep):
-                    continue
-                with open_h5(source) as handle:
-                    if written == 0:
-                        self._create_datasets(out, handle, total)
-                    for start in range(0, len(keep), _COPY_ROWS):
-                        rows = keep[start : start + _COPY_ROWS]
-                        for name in _BATCH_FIELDS:
-                            out[name][written : written + len(rows)] = _read_rows(handle[name], rows)
-                        written += len(rows)
-                        progress.advance(len(rows))
-        progress.finish()
+        try:
+            with atomic_h5(self.path) as out:
+                write_root(out, HEATMAPS, self.settings, self.command, {"count": total})
+                written = 0
+                for source, keep in zip(sources, selections):
+                    if not len(keep):
+                        continue
+                    with open_h5(source) as handle:
+                        if written == 0:
+                            self._create_datasets(out, handle, total)
+                        for start in range(0, len(keep), _COPY_ROWS):
+                            rows = keep[start : start + _COPY_ROWS]
+                            for name in _BATCH_FIELDS:
+                                out[name][written : written + len(rows)] = _read_rows(handle[name], rows)
+                            written += len(rows)
+                            progress.advance(len(rows))
+        except BadFileError as error:
+            if Path(error.path) != self.path:
+                raise
+            raise BadFileError(self.path, f"{error.reason}; all {total} images are kept in its shards and a rerun "
+                                          "finishes the store") from None
+        finally:
+            progress.finish()
         for shard in shards:
             shard.unlink(missing_ok=True)
         parts = _parts_dir(self.path)

@@ -9,6 +9,7 @@ identical for any number of worker processes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
+from heatmap_templates.files import ensure_folder, write_bytes, write_text
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.synth.anatomy import canonical_lung_mask, check_size
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
@@ -94,7 +96,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise HmtError(f"{out_dir}: exists and is not a folder")
     if not out_dir.exists():
-        out_dir.mkdir(parents=True)
+        ensure_folder(out_dir, out_dir)
         return
     if not any(out_dir.iterdir()):
         return
@@ -123,8 +125,19 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise HmtError(f"{path}: could not write the PNG file")
+    """One PNG, written atomically (not fsynced: a data set can be written again)."""
+    encoded, data = cv2.imencode(".png", image)
+    if not encoded:
+        raise HmtError(f"{path}: could not encode the PNG file")
+    write_bytes(path, data.tobytes(), durable=False)
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:  # noqa: ANN001 (iterable of rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -192,7 +205,9 @@ def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, 
 
 
 def _write_probability(path: Path, label: str, size: int, samples: int, seed: int) -> None:
-    np.save(path, canonical_lesion_probability(label, size, samples, seed))
+    buffer = io.BytesIO()
+    np.save(buffer, canonical_lesion_probability(label, size, samples, seed))
+    write_bytes(path, buffer.getvalue())
 
 
 def _default_workers() -> int:
@@ -223,8 +238,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     _prepare_out_dir(out)
     truth = out / GROUND_TRUTH_DIR
     for label in chosen:
-        (out / label).mkdir(exist_ok=True)
-        (truth / "masks" / label).mkdir(parents=True, exist_ok=True)
+        ensure_folder(out / label, out)
+        ensure_folder(truth / "masks" / label, out)
     progress = progress or NullProgress()
     progress.start(len(chosen) * n_per_class, "synthesising phantoms")
 
@@ -255,14 +270,9 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
 
     order = {label: position for position, label in enumerate(chosen)}
     written.sort(key=lambda item: (order[item.label], item.index))
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "label", "patient_id"])
-        writer.writerows([item.pose_row[0], item.label, item.pose_row[-1]] for item in written)
-    with open(truth / "poses.csv", "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "label", *_POSE_COLUMNS, "patient_id"])
-        writer.writerows(item.pose_row for item in written)
+    _write_csv(out / "manifest.csv", ["path", "label", "patient_id"],
+               ([item.pose_row[0], item.label, item.pose_row[-1]] for item in written))
+    _write_csv(truth / "poses.csv", ["path", "label", *_POSE_COLUMNS, "patient_id"], (item.pose_row for item in written))
     _write_png(truth / CANONICAL_LUNGS_FILE, canonical_lung_mask(size).astype(np.uint8) * 255)
     # Summed in a fixed order (class, then index), so the mean is the same for any number of workers.
     canonical_total = np.zeros((size, size), np.float64)
@@ -270,12 +280,12 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
         if item.canonical_sum is not None:
             canonical_total += item.canonical_sum
     _write_png(truth / CANONICAL_CHEST_FILE, _to_uint8(canonical_total / len(written)))
-    (truth / "README.md").write_text(_README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
+    write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
                                                     samples=probability_samples, threshold=LESION_THRESHOLD,
                                                     pose_spread=pose_spread))
     record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
               "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread}
-    (truth / MARKER_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
     lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
                        for label in chosen}
     return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,

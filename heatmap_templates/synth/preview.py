@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
+from heatmap_templates.figures.style import save_figure
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, MARKER_FILE
 
 
@@ -53,6 +54,5 @@ def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = 
     figure.suptitle(f"hmt synth phantoms: {record['size']} px, seed {record['seed']} (red: lesion mask)", fontsize=9)
     figure.tight_layout()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target)
+    save_figure(figure, target, dpi=90, tight=False)
     return target
