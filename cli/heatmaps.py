@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
-from heatmap_templates.decode import DEFAULT_MAX_PIXELS
+from heatmap_templates.decode import DEFAULT_MAX_PIXELS, INTENSITIES
 from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
+from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
@@ -27,6 +28,8 @@ def heatmaps(
     layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),
+    preprocessing: Optional[str] = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
+    intensity: Optional[str] = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images whose declared size is larger."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
@@ -49,7 +52,7 @@ def heatmaps(
     summary = extract_heatmaps(
         model, data, out,
         method=method, score=score, layer=layer, batch_size=batch_size,
-        classes=[c.strip() for c in classes.split(",")] if classes else None,
+        classes=[c.strip() for c in classes.split(",")] if classes else None, preprocessing=preprocessing, intensity=intensity,
         unsafe_load=unsafe_load, max_pixels=max_pixels, strict=strict, mixed_precision=mixed_precision,
         command=command_line(),
         progress=progress_bar(as_json),

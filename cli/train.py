@@ -9,6 +9,7 @@ import typer
 
 from heatmap_templates.backbones import BACKBONES
 from heatmap_templates.data import load_dataset
+from heatmap_templates.decode import INTENSITIES
 from heatmap_templates.errors import HmtError, display_path, problems_json
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, write_predictions
 from heatmap_templates.evaluation import evaluate as evaluate_model
@@ -79,6 +80,7 @@ def train(
     patience: int = typer.Option(TrainConfig.patience, "--patience", help="Epochs without validation-loss improvement before stopping."),
     val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of images (by patient) for validation."),
     test_fraction: float = typer.Option(TrainConfig.test_fraction, "--test-fraction", help="Share of images (by patient) for the test split."),
+    intensity: str = registry_option(TrainConfig.intensity, "--intensity", INTENSITIES, "How integer pixels are scaled (recorded in the model; every later command decodes the same way)"),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
@@ -95,7 +97,7 @@ def train(
         backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, learning_rate=lr, input_size=input_size,
         seed=seed, augment=augment, fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_lr, patience=patience, val_fraction=val_fraction, test_fraction=test_fraction,
-        patient_regex=patient_regex, strict=strict,
+        patient_regex=patient_regex, strict=strict, intensity=intensity,
     )
     config.validate()
     if out.suffix != ".keras":
@@ -138,6 +140,7 @@ def evaluate(
     split: str = typer.Option(DEFAULT_SPLIT, "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
     preprocessing: Optional[str] = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
+    intensity: Optional[str] = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per batch."),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
@@ -158,7 +161,7 @@ def evaluate(
         model = model or Path(project["model"])
         data = data or Path(project["data"])
     class_list = classes.split(",") if classes else None
-    keras_model, info = load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing)
+    keras_model, info = load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing, intensity=intensity)
     dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
     result = evaluate_model(keras_model, info, dataset, split=split, batch_size=batch_size, strict=strict,
                             progress=progress_bar(as_json))

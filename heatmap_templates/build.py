@@ -118,7 +118,8 @@ def _choose_reference(reader: HeatmapReader, existing: TemplateFile | None, conf
     """The user's image, else the reference stored in an existing output file, else a data-built mean."""
     if config.reference is not None:
         input_size = tuple(int(v) for v in reader.settings["input_size"])
-        return reference_from_image(resize_gray(decode_image(config.reference).pixels, input_size))  # type: ignore[arg-type]
+        decoded = decode_image(config.reference, intensity=reader.settings["intensity"])
+        return reference_from_image(resize_gray(decoded.pixels, input_size))  # type: ignore[arg-type]
     if existing is not None and existing.reference_image is not None and existing.lung_mask is not None:
         return Reference(existing.reference_image, existing.lung_mask)
     if not len(member_indices):

@@ -254,7 +254,8 @@ class Comparer:
         progress.start(len(paths), "comparing")
         try:
             batches = iter_model_batches(paths, tuple(self.info.input_size), self.info.channels, self.info.preprocessing,
-                                         batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels)
+                                         batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels,
+                                         intensity=self.info.intensity)
             for batch_number, batch in enumerate(batches):
                 if len(batch.positions):
                     yield from self._score_batch(paths, batch.positions, batch.inputs, batch.images, keep_maps)

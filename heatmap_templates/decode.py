@@ -12,8 +12,15 @@ Choices worth knowing:
 * The declared size is read from the header *before* decoding, so a decompression bomb is refused
   without allocating its pixels.
 * RGB(A) becomes luma (ITU-R BT.601 weights, as OpenCV and Pillow use); alpha is composited on black.
-* Integer pixels are scaled by their type's range (a 16-bit image by 65535). Float pixels already in
-  [0, 1] are kept, other float images are min-max scaled; non-finite pixels are refused.
+* Integer pixels are scaled by the intensity mode (:data:`INTENSITIES`, default ``bits``): by the
+  range their bits actually use. A 16-bit PNG or TIFF whose values sit in the low 12 bits (as PACS
+  exports and several public CXR sets store them) is scaled by 4095, not 65535, which would leave
+  the image almost black. A PNG ``sBIT`` chunk (or a TIFF ``MaxSampleValue``) declares the bits: a
+  compliant file is already stretched to the full 16 bits and is scaled by 65535; one whose values
+  fit in the declared bits is scaled by them. Without a declaration, a 16-bit image whose maximum
+  is below 4096 is taken as 12-bit data. ``full`` divides by the type's range, ``minmax`` stretches
+  each image to [0, 1]. Float pixels already in [0, 1] are kept, other float images are min-max
+  scaled; non-finite pixels are refused.
 * DICOM without a window or VOI LUT is min-max scaled over the image (what viewers' auto-window does).
 """
 from __future__ import annotations
@@ -25,6 +32,7 @@ import stat
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -32,6 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from heatmap_templates.errors import BadImageError, display_path, one_line
+from heatmap_templates.registry import Registry
 
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_IMAGE_SIDE = 8
@@ -39,6 +48,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 
 _LUMA_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_UNDECLARED_LOW_BITS = 12  # a 16-bit image below 2**12 without a declaration is 12-bit data
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TAIL_SEARCH_BYTES = 4096
 
@@ -55,12 +65,57 @@ class DecodedImage:
 
 
 
-def decode_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+@dataclass(frozen=True)
+class Scaling:
+    """How integer pixels of one file become [0, 1]: the intensity mode and the bits the file declares."""
+
+    intensity: str
+    declared_bits: int | None = None
+
+
+IntensityFunction = Callable[[np.ndarray, int, "int | None"], "tuple[np.ndarray, int]"]
+INTENSITIES: Registry[IntensityFunction] = Registry("intensity mode", parameter="intensity")
+DEFAULT_INTENSITY = "bits"
+LEGACY_INTENSITY = "full"  # what models trained before the intensity was recorded were decoded with
+
+
+def used_bits(maximum: int, type_bits: int, declared_bits: int | None) -> int:
+    """The bits an unsigned image uses: declared bits its values fit in, else 12 for an undeclared 16-bit
+    image whose maximum is below 4096, else the type's bits (see the module docstring)."""
+    if type_bits <= 8:
+        return type_bits
+    if declared_bits is not None and declared_bits < type_bits:
+        return declared_bits if maximum < 2**declared_bits else type_bits
+    if declared_bits is None and maximum < 2**_UNDECLARED_LOW_BITS:
+        return _UNDECLARED_LOW_BITS
+    return type_bits
+
+
+@INTENSITIES.register("bits", help="scale by the bits the values use: 12-bit data in 16-bit files is found and stretched")
+def _by_used_bits(array: np.ndarray, type_bits: int, declared_bits: int | None) -> tuple[np.ndarray, int]:
+    bits = used_bits(int(array.max()) if array.size else 0, type_bits, declared_bits)
+    return array.astype(np.float32) / np.float32(2**bits - 1), bits
+
+
+@INTENSITIES.register("full", help="scale by the pixel type's range (65535 for 16-bit files)")
+def _by_type_range(array: np.ndarray, type_bits: int, declared_bits: int | None) -> tuple[np.ndarray, int]:
+    return array.astype(np.float32) / np.float32(2**type_bits - 1), type_bits
+
+
+@INTENSITIES.register("minmax", help="stretch each image's darkest to brightest pixel to [0, 1]")
+def _by_image_range(array: np.ndarray, type_bits: int, declared_bits: int | None) -> tuple[np.ndarray, int]:
+    return _minmax_unless_unit(array.astype(np.float32), always=True), type_bits
+
+
+def decode_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 intensity: str = DEFAULT_INTENSITY) -> DecodedImage:
     """Decode one image file (PNG, JPEG, BMP, TIFF or DICOM) to float32 grayscale in [0, 1].
 
-    Raises :class:`BadImageError` (naming the file, with a short reason) for every file that cannot
-    be used; no other exception escapes for bad file contents.
+    ``intensity`` (:data:`INTENSITIES`) says how integer pixels are scaled; DICOM files use their
+    own modality and VOI transforms. Raises :class:`BadImageError` (naming the file, with a short
+    reason) for every file that cannot be used; no other exception escapes for bad file contents.
     """
+    INTENSITIES.check(intensity)
     shown = display_path(path)
     data = _read_file(path, shown)
     suffix = os.path.splitext(os.fsdecode(os.fspath(path)))[1].lower()
@@ -70,7 +125,7 @@ def decode_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_M
     if kind == "dicom":
         decoded = _decode_dicom(data, shown, max_pixels)
     else:
-        decoded = _decode_raster(data, kind, shown, max_pixels)
+        decoded = _decode_raster(data, kind, shown, max_pixels, intensity)
     height, width = decoded.pixels.shape
     if min(height, width) < MIN_IMAGE_SIDE:
         raise BadImageError(shown, f"image too small ({width}x{height} px; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
@@ -193,12 +248,13 @@ def _check_pixel_count(width: int, height: int, max_pixels: int, shown: str) -> 
         )
 
 
-def _decode_raster(data: bytes, kind: str, shown: str, max_pixels: int) -> DecodedImage:
+def _decode_raster(data: bytes, kind: str, shown: str, max_pixels: int, intensity: str) -> DecodedImage:
     """PNG/JPEG/BMP/TIFF: OpenCV for speed, Pillow for what OpenCV cannot read."""
     _check_complete(data, kind, shown)
     original_size = _declared_size(data, kind, shown, max_pixels)
     if kind == "png":
         _check_png_stream(data, shown)
+    scaling = Scaling(intensity, _significant_bits(data, kind))
     # JPEG: keep depth and colour but apply the EXIF orientation (IMREAD_UNCHANGED would ignore it).
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if kind == "jpeg" else cv2.IMREAD_UNCHANGED
     try:
@@ -206,45 +262,74 @@ def _decode_raster(data: bytes, kind: str, shown: str, max_pixels: int) -> Decod
     except cv2.error:
         array = None
     if array is not None and array.size > 0:
-        pixels, bit_depth = _to_gray_unit(array, channel_order="bgr", shown=shown)
+        pixels, bit_depth = _to_gray_unit(array, "bgr", shown, scaling)
     else:
-        pixels, bit_depth = _decode_with_pillow(data, kind, shown)
+        pixels, bit_depth = _decode_with_pillow(data, kind, shown, scaling)
     return DecodedImage(pixels, original_size, kind, bit_depth, None)
 
 
-def _decode_with_pillow(data: bytes, kind: str, shown: str) -> tuple[np.ndarray, int]:
+def _significant_bits(data: bytes, kind: str) -> int | None:
+    """The bits per sample a file declares it really uses: PNG ``sBIT``, TIFF ``MaxSampleValue`` (None if absent)."""
+    if kind == "png":
+        position = len(_PNG_MAGIC)
+        while position + 12 <= len(data):
+            length, = struct.unpack_from(">I", data, position)
+            chunk = data[position + 4:position + 8]
+            if chunk == b"sBIT" and length >= 1:
+                body = data[position + 8:position + 8 + length]
+                return max(body[:3]) if length >= 3 else body[0]  # colour channels (alpha excluded), or gray
+            if chunk in (b"IDAT", b"IEND"):
+                return None
+            position += 12 + length
+        return None
+    if kind == "tiff":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data)) as header:
+                    value = header.tag_v2.get(281)  # MaxSampleValue
+        except Exception:  # noqa: BLE001 (an unreadable tag is an undeclared depth, not a bad file)
+            return None
+        if value is None:
+            return None
+        maximum = max(value) if isinstance(value, tuple) else value
+        return int(maximum).bit_length() if int(maximum) > 0 else None
+    return None
+
+
+def _decode_with_pillow(data: bytes, kind: str, shown: str, scaling: Scaling) -> tuple[np.ndarray, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                return _pillow_to_gray_unit(image, shown)
+                return _pillow_to_gray_unit(image, shown, scaling)
     except BadImageError:
         raise
     except Exception as error:  # Pillow raises many types on corrupt data; each means "cannot decode"
         raise BadImageError(shown, f"cannot decode {kind.upper()} ({one_line(error)})") from None
 
 
-def _pillow_to_gray_unit(image: Image.Image, shown: str) -> tuple[np.ndarray, int]:
+def _pillow_to_gray_unit(image: Image.Image, shown: str, scaling: Scaling) -> tuple[np.ndarray, int]:
     mode = image.mode
     if mode.startswith("I;16"):
-        return _to_gray_unit(np.asarray(image).astype(np.uint16), "rgb", shown)
+        return _to_gray_unit(np.asarray(image).astype(np.uint16), "rgb", shown, scaling)
     if mode == "I":
         values = np.asarray(image)
         if values.size and values.min() >= 0 and values.max() <= 65535:
-            return _to_gray_unit(values.astype(np.uint16), "rgb", shown)
-        return _to_gray_unit(values, "rgb", shown)
+            return _to_gray_unit(values.astype(np.uint16), "rgb", shown, scaling)
+        return _to_gray_unit(values, "rgb", shown, scaling)
     if mode == "F":
-        return _to_gray_unit(np.asarray(image), "rgb", shown)
+        return _to_gray_unit(np.asarray(image), "rgb", shown, scaling)
     if mode in ("1", "L"):
-        return _to_gray_unit(np.asarray(image.convert("L")), "rgb", shown)
+        return _to_gray_unit(np.asarray(image.convert("L")), "rgb", shown, scaling)
     has_alpha = "A" in mode or "transparency" in image.info
-    return _to_gray_unit(np.asarray(image.convert("RGBA" if has_alpha else "RGB")), "rgb", shown)
+    return _to_gray_unit(np.asarray(image.convert("RGBA" if has_alpha else "RGB")), "rgb", shown, scaling)
 
 
-def _to_gray_unit(array: np.ndarray, channel_order: str, shown: str) -> tuple[np.ndarray, int]:
+def _to_gray_unit(array: np.ndarray, channel_order: str, shown: str, scaling: Scaling) -> tuple[np.ndarray, int]:
     """Any decoded array (H, W[, C]) of any numeric type -> float32 (H, W) in [0, 1] and its bit depth."""
-    unit, bit_depth = _scale_to_unit(array, shown)
+    unit, bit_depth = _scale_to_unit(array, shown, scaling)
     if unit.ndim == 2:
         gray = unit
     elif unit.ndim == 3 and unit.shape[2] in (1, 2, 3, 4):
@@ -262,11 +347,11 @@ def _to_gray_unit(array: np.ndarray, channel_order: str, shown: str) -> tuple[np
     return np.ascontiguousarray(gray), bit_depth
 
 
-def _scale_to_unit(array: np.ndarray, shown: str) -> tuple[np.ndarray, int]:
+def _scale_to_unit(array: np.ndarray, shown: str, scaling: Scaling) -> tuple[np.ndarray, int]:
     if array.dtype == np.bool_:
         return array.astype(np.float32), 1
     if np.issubdtype(array.dtype, np.unsignedinteger):
-        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max), array.dtype.itemsize * 8
+        return INTENSITIES[scaling.intensity](array, array.dtype.itemsize * 8, scaling.declared_bits)
     if np.issubdtype(array.dtype, np.signedinteger):
         info = np.iinfo(array.dtype)
         scaled = (array.astype(np.float64) - info.min) / (float(info.max) - info.min)
@@ -279,10 +364,10 @@ def _scale_to_unit(array: np.ndarray, shown: str) -> tuple[np.ndarray, int]:
     raise BadImageError(shown, f"unsupported pixel type {array.dtype}")
 
 
-def _minmax_unless_unit(values: np.ndarray) -> np.ndarray:
-    """Keep values already in [0, 1]; min-max scale others (a constant image becomes zeros)."""
+def _minmax_unless_unit(values: np.ndarray, *, always: bool = False) -> np.ndarray:
+    """Keep values already in [0, 1] (unless ``always``); min-max scale others (a constant image becomes zeros)."""
     low, high = float(values.min()), float(values.max())
-    if low >= 0.0 and high <= 1.0:
+    if low >= 0.0 and high <= 1.0 and not always:
         return values
     if high - low <= 0.0 or not math.isfinite(high - low):
         return np.zeros_like(values, dtype=np.float32)
@@ -320,7 +405,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
         if frames > 1 and raw.ndim >= 3:
             raw = raw[0]
         if raw.ndim == 3:  # colour DICOM: pydicom returns RGB
-            pixels, _ = _to_gray_unit(raw, "rgb", shown)
+            pixels, _ = _to_gray_unit(raw, "rgb", shown, Scaling(LEGACY_INTENSITY))
             values = pixels.astype(np.float64)
         else:
             values = _apply_voi(np.asarray(apply_modality_lut(raw, dataset)), dataset)

@@ -115,7 +115,7 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     if not samples:
         raise HmtError(f"{display_path(dataset.root)}: the {split} split has no images")
     skip_log = SkipLog(strict, dataset.problems)
-    images, kept = load_images(samples, info.input_size, skip_log, progress=progress)
+    images, kept = load_images(samples, info.input_size, skip_log, intensity=info.intensity, progress=progress)
     if not kept:
         raise HmtError(f"{display_path(dataset.root)}: none of the {len(samples)} images could be decoded")
     index = {name: k for k, name in enumerate(info.class_names)}

@@ -26,7 +26,7 @@ import numpy as np
 
 from heatmap_templates.cam_methods import DEFAULT_METHOD
 from heatmap_templates.data import Dataset, load_dataset
-from heatmap_templates.decode import DEFAULT_MAX_PIXELS, decode_image
+from heatmap_templates.decode import DEFAULT_INTENSITY, DEFAULT_MAX_PIXELS, decode_image
 from heatmap_templates.errors import BadFileError, BadImageError, HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
 from heatmap_templates.files import file_sha256
@@ -79,20 +79,21 @@ class ModelBatch:
 
 
 def load_for_model(path: str | os.PathLike, input_size: tuple[int, int], channels: int, mode: str,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, intensity: str = DEFAULT_INTENSITY) -> tuple[np.ndarray, np.ndarray]:
     """Load one file: (model input (H, W, C) float32, grayscale (H, W) uint8), as every command does.
 
     The uint8 image is what the model saw (before its preprocessing mode); it is stored so that
     registration can later run from the heatmap store alone.
     """
-    image_u8 = load_model_image(path, input_size, max_pixels=max_pixels)
+    image_u8 = load_model_image(path, input_size, max_pixels=max_pixels, intensity=intensity)
     return to_model_input(image_u8[None], channels, mode)[0], image_u8
 
 
 def iter_model_batches(paths: Sequence[str | os.PathLike], input_size: tuple[int, int], channels: int, mode: str, *,
-                       batch_size: int = DEFAULT_BATCH_SIZE, skip_log: SkipLog,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[ModelBatch]:
-    """Decode and preprocess ``paths`` in parallel through tf.data, yielding batches in order.
+                       batch_size: int = DEFAULT_BATCH_SIZE, skip_log: SkipLog, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       intensity: str = DEFAULT_INTENSITY) -> Iterator[ModelBatch]:
+    """Decode (with the model's ``intensity`` mode) and preprocess ``paths`` in parallel through tf.data,
+    yielding batches in order.
 
     Bad files are logged in ``skip_log`` (the run goes on) and left out of their batch; a batch in
     which every file was bad is still yielded (empty) so callers can count progress.
@@ -107,7 +108,7 @@ def iter_model_batches(paths: Sequence[str | os.PathLike], input_size: tuple[int
     def load(position: np.int64) -> tuple[np.ndarray, np.ndarray, np.bool_]:
         index = int(position)
         try:
-            model_input, image_u8 = load_for_model(path_list[index], input_size, channels, mode, max_pixels)
+            model_input, image_u8 = load_for_model(path_list[index], input_size, channels, mode, max_pixels, intensity)
             return model_input, image_u8, np.bool_(True)
         except BadImageError as error:
             with lock:
@@ -168,6 +169,7 @@ def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # no
         "input_size": [int(v) for v in info.input_size],
         "channels": int(info.channels),
         "preprocessing": info.preprocessing,
+        "intensity": info.intensity,
         "backbone": info.backbone,
         "head": engine.head,
         "mixed_precision": bool(engine.mixed_precision),
@@ -231,7 +233,7 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
     try:
         batches = iter_model_batches(
             [dataset.samples[i].path for i, _ in todo], info.input_size, info.channels, info.preprocessing,
-            batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels,
+            batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels, intensity=info.intensity,
         )
         for batch_number, batch in enumerate(batches):
             batch_len = min(batch_size, len(todo) - batch_number * batch_size)
@@ -286,6 +288,8 @@ def extract_heatmaps(
     layer: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     classes: Sequence[str] | None = None,
+    preprocessing: str | None = None,
+    intensity: str | None = None,
     unsafe_load: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,
@@ -295,7 +299,8 @@ def extract_heatmaps(
 ) -> ExtractionSummary:
     """Path-based :func:`extract`: load the model, build the engine and the store writer, run.
 
-    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`. ``mixed_precision``
+    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; ``classes``,
+    ``preprocessing`` and ``intensity`` describe a model without hmt metadata. ``mixed_precision``
     runs the network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded.
     """
     from heatmap_templates.cam import CamEngine
@@ -304,7 +309,7 @@ def extract_heatmaps(
 
     if batch_size < 1:
         raise HmtError(f"batch size must be at least 1, got {batch_size}")
-    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes)
+    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes, preprocessing=preprocessing, intensity=intensity)
     if layer is None and info.cam_layer is None:
         raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
     engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, head=info.head,

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from heatmap_templates import __version__
+from heatmap_templates.decode import DEFAULT_INTENSITY, INTENSITIES, LEGACY_INTENSITY
 from heatmap_templates.errors import BadFileError, HmtError, display_path, one_line
 from heatmap_templates.files import atomic_path
 from heatmap_templates.heads import HEADS, detect_head
@@ -35,6 +36,8 @@ class ModelInfo:
     root; ``dataset_fingerprint`` identifies that data set (see :func:`heatmap_templates.data.dataset_fingerprint`).
     ``cam_layer`` is None only for a user model without any 4-D layer. ``head`` is the head kind
     (:data:`heatmap_templates.heads.HEADS`), read from the output layer when the model is saved or loaded.
+    ``intensity`` is how integer pixels were scaled in training (:data:`heatmap_templates.decode.INTENSITIES`);
+    every later command decodes the same way.
     """
 
     class_names: list[str]
@@ -48,6 +51,7 @@ class ModelInfo:
     split: dict[str, list[str]] = field(default_factory=dict)
     hmt_version: str = __version__
     head: str | None = None
+    intensity: str = DEFAULT_INTENSITY
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -76,12 +80,13 @@ class ModelInfo:
                 split={str(k): [str(p) for p in v] for k, v in (data.get("split") or {}).items()},
                 hmt_version=str(data.get("hmt_version", "unknown")),
                 head=None if data.get("head") is None else str(data["head"]),
+                intensity=str(data.get("intensity", LEGACY_INTENSITY)),  # models saved before it was recorded
             )
         except (TypeError, ValueError, IndexError, AttributeError) as error:
             raise BadFileError(source, f"{INFO_MEMBER} is malformed ({error})") from None
         if (info.preprocessing not in PREPROCESSING or info.channels not in (1, 3) or len(info.class_names) < 2
-                or (info.head is not None and info.head not in HEADS)):
-            raise BadFileError(source, f"{INFO_MEMBER} has invalid values (preprocessing, channels, classes or head)")
+                or (info.head is not None and info.head not in HEADS) or info.intensity not in INTENSITIES):
+            raise BadFileError(source, f"{INFO_MEMBER} has invalid values (preprocessing, channels, classes, head or intensity)")
         return info
 
 
@@ -144,13 +149,15 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequence[str] | None = None,
-               preprocessing: str | None = None):  # noqa: ANN201 (keras.Model, ModelInfo)
+               preprocessing: str | None = None, intensity: str | None = None):  # noqa: ANN201 (keras.Model, ModelInfo)
     """Load a model and its :class:`ModelInfo`: ``(keras.Model, ModelInfo)``.
 
     Keras safe mode is on unless ``unsafe`` (no code from Lambda layers runs). A model without hmt
     metadata (a user's own classifier) needs ``classes`` (names in output order); its input size
     and channels come from ``model.input_shape``, its preprocessing is ``preprocessing`` or
-    ``unit``, and its CAM layer is the last 4-D layer. The head kind is read from the output layer.
+    ``unit``, its intensity mode ``intensity`` or ``bits``, and its CAM layer is the last 4-D layer.
+    The head kind is read from the output layer. A model with metadata keeps its recorded intensity
+    (another one is refused: the model was trained on images decoded that way).
     """
     import keras
 
@@ -178,7 +185,11 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
         if not classes:
             raise HmtError(f"{display_path(path)} has no hmt metadata; give its class names in output order with --classes a,b,c")
         info = _info_for_user_model(model, path, classes, preprocessing or DEFAULT_USER_PREPROCESSING)
+        info.intensity = INTENSITIES.check(intensity or DEFAULT_INTENSITY)
     else:
+        if intensity and intensity != info.intensity:
+            raise HmtError(f"--intensity {intensity} does not match the model's recorded intensity {info.intensity} "
+                           "(it was trained on images decoded that way)")
         if classes and list(classes) != info.class_names:
             raise HmtError(f"--classes {','.join(classes)} does not match the model's recorded classes {','.join(info.class_names)}")
         if preprocessing:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from heatmap_templates.decode import DEFAULT_MAX_PIXELS, decode_image
+from heatmap_templates.decode import DEFAULT_INTENSITY, DEFAULT_MAX_PIXELS, decode_image
 from heatmap_templates.errors import BadImageError, HmtError, SkipLog
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.registry import Registry
@@ -74,9 +74,10 @@ def quantise(gray: np.ndarray) -> np.ndarray:
 
 
 def load_model_image(path: str | os.PathLike | bytes, input_size: tuple[int, int], *,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode, resize and quantise one file: the (H, W) uint8 image a model sees (raises BadImageError)."""
-    return quantise(resize_gray(decode_image(path, max_pixels=max_pixels).pixels, input_size))
+                     max_pixels: int = DEFAULT_MAX_PIXELS, intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
+    """Decode (with the model's intensity mode), resize and quantise one file: the (H, W) uint8 image a
+    model sees (raises BadImageError)."""
+    return quantise(resize_gray(decode_image(path, max_pixels=max_pixels, intensity=intensity).pixels, input_size))
 
 
 def affine_preprocessing(channels: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +105,8 @@ def prepare_batch(images: Sequence[np.ndarray], input_size: tuple[int, int], cha
     return to_model_input(np.stack([quantise(resize_gray(image, input_size)) for image in images]), channels, mode)
 
 
-def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLog, *, progress: Progress | None = None,
-                description: str = "decoding images") -> tuple[np.ndarray, list]:
+def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLog, *, intensity: str = DEFAULT_INTENSITY,
+                progress: Progress | None = None, description: str = "decoding images") -> tuple[np.ndarray, list]:
     """Load samples (anything with a ``path``) into one (N, H, W) uint8 array; bad files go to ``skip_log``.
 
     The data sets hmt trains on are small enough to keep in memory as uint8, the form every other
@@ -116,7 +117,7 @@ def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLo
 
     def load(sample) -> np.ndarray | BadImageError:  # noqa: ANN001 (Sample)
         try:
-            return load_model_image(sample.path, input_size)
+            return load_model_image(sample.path, input_size, intensity=intensity)
         except BadImageError as error:
             return error
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from heatmap_templates.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, as_size, build_model, resolve_weights
 from heatmap_templates.data import SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
+from heatmap_templates.decode import DEFAULT_INTENSITY, INTENSITIES
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
 from heatmap_templates.files import write_text
@@ -60,6 +61,7 @@ class TrainConfig:
     deterministic: bool = True
     patient_regex: str | None = None
     strict: bool = False
+    intensity: str = DEFAULT_INTENSITY  # how integer pixels are scaled (decode.INTENSITIES); recorded in the model
 
     def validate(self) -> None:
         """Raise :class:`HmtError` for settings that cannot work."""
@@ -76,6 +78,7 @@ class TrainConfig:
             raise HmtError("`small` trains every layer from scratch; --fine-tune-blocks applies to pretrained backbones only")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise HmtError("validation and test fractions must be in [0, 1) and leave images for training")
+        INTENSITIES.check(self.intensity)
         weights = resolve_weights(self.backbone, self.weights)
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
@@ -343,7 +346,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     labels: dict[str, np.ndarray] = {}
     kept: dict[str, list[Sample]] = {}
     for name in SPLIT_NAMES:
-        images[name], kept[name] = load_images(splits[name], size, skip_log, progress=progress,
+        images[name], kept[name] = load_images(splits[name], size, skip_log, intensity=config.intensity, progress=progress,
                                                description=f"decoding {name} images")
         labels[name] = np.array([index[s.label] for s in kept[name]], dtype=np.int64)
     missing = [name for name in class_names if not np.any(labels["train"] == index[name])]
@@ -352,7 +355,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
 
     info = ModelInfo(
         class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
-        preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model),
+        preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model), intensity=config.intensity,
         dataset_fingerprint=dataset_fingerprint(dataset),
         split={name: [relative_path(s, dataset.root) for s in kept[name]] for name in SPLIT_NAMES},
     )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heatmap_templates.decode import MIN_IMAGE_SIDE, decode_image
+from heatmap_templates.decode import MIN_IMAGE_SIDE, decode_image, used_bits
 from heatmap_templates.errors import BadImageError
 from heatmap_templates.preprocess import PREPROCESSING, prepare_batch
 
@@ -97,8 +97,10 @@ def test_valid_images_decode_and_preprocess(
     assert decoded.pixels.shape == array.shape[:2] == decoded.original_size
     _assert_decodes_or_bad_image_error(path)
     if array.ndim == 2 and array.dtype != np.float32 and suffix != ".jpg":  # lossless gray: exact values
-        expected = array.astype(np.float64) / np.iinfo(array.dtype).max
+        bits = used_bits(int(array.max()), array.dtype.itemsize * 8, None)  # the default intensity mode, `bits`
+        expected = array.astype(np.float64) / (2**bits - 1)
         np.testing.assert_allclose(decoded.pixels, expected, atol=1e-6)
+        np.testing.assert_allclose(decode_image(path, intensity="full").pixels, array / np.iinfo(array.dtype).max, atol=1e-6)
     batch = prepare_batch([decoded.pixels], input_size, channels, mode)
     assert batch.shape == (1, *input_size, channels) and batch.dtype == np.float32
     assert np.isfinite(batch).all()

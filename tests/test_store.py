@@ -39,6 +39,7 @@ HEATMAP_SETTINGS = {
     "score": "logit",
     "input_size": list(SIZE),
     "preprocessing": "unit",
+    "intensity": "bits",
 }
 TEMPLATE_SETTINGS = HEATMAP_SETTINGS | {"registration": "affine", "normalisation": "minmax"}
 

@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from heatmap_templates.decode import LEGACY_INTENSITY
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.progress import NullProgress, Progress
@@ -24,7 +25,9 @@ from heatmap_templates.store.hdf5 import HEATMAPS, atomic_h5, check_identity, js
 HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size")
 # A resume must also keep these when the store records them (hmt heatmaps always does), so that the
 # settings a finished store records are true of every image in it.
-RESUME_KEYS = HEATMAP_IDENTITY_KEYS + ("mixed_precision",)
+RESUME_KEYS = HEATMAP_IDENTITY_KEYS + ("mixed_precision", "intensity")
+# Settings a store of an earlier version may lack, with the value every such store was made with.
+_SETTINGS_BEFORE_RECORDED = {"intensity": LEGACY_INTENSITY}
 _SHARD_NAME = re.compile(r"^(\d+)\.h5$")
 _COPY_ROWS = 64
 
@@ -87,6 +90,11 @@ _BATCH_FIELDS = {  # dataset name -> (HeatmapBatch attribute, stored dtype)
 }
 
 
+def _completed(settings: dict) -> dict:
+    """Settings of a store with those an earlier schema version did not record filled in."""
+    return {**_SETTINGS_BEFORE_RECORDED, **settings}
+
+
 def _parts_dir(path: Path) -> Path:
     return path.with_name(path.name + ".parts")
 
@@ -131,7 +139,7 @@ class HeatmapWriter:
         if compression not in ("gzip", "lzf"):
             raise ValueError(f"compression must be gzip or lzf, not {compression!r}")
         self.path = Path(path)
-        self.settings = jsonable(dict(settings))
+        self.settings = _completed(jsonable(dict(settings)))
         self.command = command
         self.compression = compression
         self.chunk_images = max(1, chunk_images)
@@ -143,7 +151,7 @@ class HeatmapWriter:
         for source in _heatmap_sources(self.path):
             with open_h5(source) as handle:
                 _, stored = read_root(handle, source, HEATMAPS)
-                check_identity(source, stored, self.settings, RESUME_KEYS)
+                check_identity(source, _completed(stored), self.settings, RESUME_KEYS)
                 if "path" in handle:
                     paths = strings(handle["path"])
                     self.stored += len(set(paths) - self.done)
@@ -274,6 +282,7 @@ class HeatmapReader:
         for number, source in enumerate(self.sources):
             with open_h5(source) as handle:
                 attrs, settings = read_root(handle, source, HEATMAPS)
+                settings = _completed(settings)
                 if number == 0:
                     self.settings, self.attrs = settings, attrs
                 else:
