@@ -17,6 +17,7 @@ from heatmap_templates.files import write_text
 from heatmap_templates.model_file import load_model, save_model
 from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
+from heatmap_templates.recipe import SCHEDULES
 from heatmap_templates.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
@@ -73,11 +74,14 @@ def train(
     lr: float = typer.Option(TrainConfig.learning_rate, "--lr", help="Adam learning rate."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input side in px (default: 224 VGG/ResNet, 299 Xception, 128 small)."),
     seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seed for the split, weights, shuffling and augmentation."),
-    augment: bool = typer.Option(TrainConfig.augment, "--augment", help="Random small rotation, shift, zoom and brightness of training images."),
+    augment: Optional[bool] = typer.Option(TrainConfig.augment, "--augment/--no-augment", help="Random small rotation, shift, zoom and brightness of training images (default: on for `small` on up to 20k images, off for pretrained bases, which train on cached features)."),
     fine_tune_blocks: int = typer.Option(TrainConfig.fine_tune_blocks, "--fine-tune-blocks", help="After the head converged, also train the base's last N blocks."),
     fine_tune_epochs: int = typer.Option(TrainConfig.fine_tune_epochs, "--fine-tune-epochs", help="Epochs of fine-tuning."),
     fine_tune_lr: float = typer.Option(TrainConfig.fine_tune_learning_rate, "--fine-tune-lr", help="Learning rate for fine-tuning."),
-    patience: int = typer.Option(TrainConfig.patience, "--patience", help="Epochs without validation-loss improvement before stopping."),
+    schedule: str = registry_option(TrainConfig.schedule, "--schedule", SCHEDULES, "Learning-rate schedule"),
+    warmup_epochs: int = typer.Option(TrainConfig.warmup_epochs, "--warmup-epochs", min=0, help="Epochs of linear warm-up (cosine schedule)."),
+    average_last: float = typer.Option(TrainConfig.average_last, "--average-last", min=0.0, max=0.99, help="Share of the last epochs whose weights are averaged, then batch norm re-estimated (0: off; not with the constant schedule)."),
+    patience: int = typer.Option(TrainConfig.patience, "--patience", help="Epochs without validation-loss improvement before stopping (constant schedule)."),
     val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of images (by patient) for validation."),
     test_fraction: float = typer.Option(TrainConfig.test_fraction, "--test-fraction", help="Share of images (by patient) for the test split."),
     intensity: str = registry_option(TrainConfig.intensity, "--intensity", INTENSITIES, "How integer pixels are scaled (recorded in the model; every later command decodes the same way)"),
@@ -96,7 +100,8 @@ def train(
     config = TrainConfig(
         backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, learning_rate=lr, input_size=input_size,
         seed=seed, augment=augment, fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
-        fine_tune_learning_rate=fine_tune_lr, patience=patience, val_fraction=val_fraction, test_fraction=test_fraction,
+        fine_tune_learning_rate=fine_tune_lr, patience=patience, schedule=schedule, warmup_epochs=warmup_epochs,
+        average_last=average_last, val_fraction=val_fraction, test_fraction=test_fraction,
         patient_regex=patient_regex, strict=strict, intensity=intensity,
     )
     config.validate()

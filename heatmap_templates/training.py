@@ -35,6 +35,16 @@ from heatmap_templates.model_file import ModelInfo, companion_path, json_ready
 from heatmap_templates.model_layers import default_cam_layer, find_base, unfreeze_last_blocks
 from heatmap_templates.preprocess import affine_preprocessing, load_images
 from heatmap_templates.progress import Progress
+from heatmap_templates.recipe import (
+    DEFAULT_SCHEDULE,
+    SCHEDULES,
+    averaging_start,
+    recalibrate_batch_norm,
+    uses_early_stopping,
+    weight_averager,
+)
+
+AUTO_AUGMENT_IMAGES = 20_000  # training images up to which a from-scratch backbone augments by default
 
 
 @dataclass
@@ -48,13 +58,16 @@ class TrainConfig:
     learning_rate: float = 1e-3
     input_size: int | None = None  # square side in pixels; None = the backbone's default
     seed: int = 0
-    augment: bool = False
+    augment: bool | None = None  # None: on for a backbone trained from scratch on a small data set (AUTO_AUGMENT_IMAGES)
     fine_tune_blocks: int = 0
     fine_tune_epochs: int = 10
     fine_tune_learning_rate: float = 1e-5
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    patience: int = 8
+    patience: int = 8  # epochs without validation-loss improvement, with the constant schedule
+    schedule: str = DEFAULT_SCHEDULE  # recipe.SCHEDULES
+    warmup_epochs: int = 2
+    average_last: float = 0.25  # share of the last epochs whose weights are averaged (0: none)
     dense_units: int = 256
     dropout: float = 0.5
     cache_features: bool = True
@@ -79,6 +92,9 @@ class TrainConfig:
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise HmtError("validation and test fractions must be in [0, 1) and leave images for training")
         INTENSITIES.check(self.intensity)
+        SCHEDULES.check(self.schedule)
+        if self.warmup_epochs < 0 or not 0 <= self.average_last < 1:
+            raise HmtError("warm-up epochs must not be negative and the averaged share must be in [0, 1)")
         weights = resolve_weights(self.backbone, self.weights)
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
@@ -219,24 +235,37 @@ def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Call
     return _Recorder()
 
 
-def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, patience: int, class_weight: dict,
-         phase: str, history: list[dict], on_epoch) -> dict:
-    """Compile and fit with Adam + categorical cross-entropy, early stopping on validation loss (best weights restored)."""
+def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, recipe: TrainConfig, steps_per_epoch: int,
+         class_weight: dict, phase: str, history: list[dict], on_epoch, calibration=None) -> dict:  # noqa: ANN001
+    """Compile and fit with Adam + categorical cross-entropy under the config's recipe.
+
+    A constant rate stops early on validation loss (best weights restored); a decaying schedule runs
+    every epoch, then the weights of the last ``average_last`` share of epochs are averaged and the
+    averaged network's batch-norm statistics are re-estimated on ``calibration`` (training input batches).
+    """
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy", metrics=["accuracy"])
+    rate = SCHEDULES[recipe.schedule](learning_rate, epochs, steps_per_epoch, recipe.warmup_epochs)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss="categorical_crossentropy", metrics=["accuracy"])
     callbacks = [_epoch_callback(phase, epochs, history, on_epoch)]
     stopper = None
-    if val_data is not None:
-        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    if val_data is not None and uses_early_stopping(recipe.schedule):
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, restore_best_weights=True)
         callbacks.append(stopper)
+    start = averaging_start(epochs, recipe.average_last) if stopper is None else None
+    if start is not None:
+        callbacks.append(weight_averager(start))
     model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=class_weight or None,
               callbacks=callbacks, shuffle=False, verbose=0)
+    recalibrated = start is not None and calibration is not None and recalibrate_batch_norm(model, calibration)
     return {
         "phase": phase,
+        "schedule": recipe.schedule,
         "epochs_run": sum(1 for row in history if row["phase"] == phase),
         "best_epoch": (stopper.best_epoch + 1) if stopper is not None else epochs,
         "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
+        "averaged_epochs": 0 if start is None else epochs - start,
+        "batch_norm_recalibrated": bool(recalibrated),
     }
 
 
@@ -264,10 +293,13 @@ def head_model(model):
 
 def fit_head_on_features(model, train_features: np.ndarray, train_onehot: np.ndarray,
                          val_features: np.ndarray | None, val_onehot: np.ndarray | None, *, epochs: int,
-                         learning_rate: float, batch_size: int, seed: int, patience: int = 8,
+                         learning_rate: float, batch_size: int, seed: int, recipe: TrainConfig | None = None,
                          class_weight: dict | None = None, history: list[dict] | None = None,
                          on_epoch: Callable[[EpochLog], None] | None = None) -> dict:
-    """Train ``model``'s head on cached pooled features; the full model's head weights change with it."""
+    """Train ``model``'s head on cached pooled features; the full model's head weights change with it.
+
+    ``recipe`` gives the schedule, warm-up, patience and weight averaging (default: TrainConfig's).
+    """
     import tensorflow as tf
 
     history = [] if history is None else history
@@ -276,7 +308,8 @@ def fit_head_on_features(model, train_features: np.ndarray, train_onehot: np.nda
     val_data = None
     if val_features is not None and len(val_features):
         val_data = tf.data.Dataset.from_tensor_slices((val_features, val_onehot.astype(np.float32))).batch(batch_size)
-    return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate, patience=patience,
+    return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate,
+                recipe=recipe or TrainConfig(), steps_per_epoch=math.ceil(len(train_features) / batch_size),
                 class_weight=class_weight or {}, phase="head", history=history, on_epoch=on_epoch)
 
 
@@ -364,20 +397,21 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     has_val = len(images["val"]) > 0
     history: list[dict] = []
     phases = []
-    cached = config.cache_features and spec.application is not None and not config.augment
+    augment = _augments(config, spec, len(images["train"]))
+    cached = config.cache_features and spec.application is not None and not augment
     if cached:
         features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress)
                     for name in ("train", "val")}
         phases.append(fit_head_on_features(
             model, features["train"], onehot["train"], features["val"] if has_val else None, onehot["val"],
             epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
-            patience=config.patience, class_weight=class_weight, history=history, on_epoch=on_epoch))
+            recipe=config, class_weight=class_weight, history=history, on_epoch=on_epoch))
     else:
-        phases.append(_fit_full(model, info, images, onehot, config, config.epochs, config.learning_rate,
+        phases.append(_fit_full(model, info, images, onehot, config, augment, config.epochs, config.learning_rate,
                                 "head" if spec.application else "train", class_weight, history, on_epoch))
     if config.fine_tune_blocks and config.fine_tune_epochs:
         unfreeze_last_blocks(model, config.fine_tune_blocks)
-        phases.append(_fit_full(model, info, images, onehot, config, config.fine_tune_epochs,
+        phases.append(_fit_full(model, info, images, onehot, config, augment, config.fine_tune_epochs,
                                 config.fine_tune_learning_rate, "fine-tune", class_weight, history, on_epoch))
         find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
 
@@ -391,6 +425,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         "config": asdict(config),
         "weights": weights,
         "cached_features": cached,
+        "augmented": augment,
         "class_weights": {class_names[k]: w for k, w in class_weight.items()},
         "phases": phases,
         "history": history,
@@ -405,16 +440,27 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
                        split_counts=split_counts, seconds=seconds)
 
 
-def _fit_full(model, info: ModelInfo, images: dict, onehot: dict, config: TrainConfig, epochs: int,
+def _augments(config: TrainConfig, spec: BackboneSpec, train_images: int) -> bool:
+    """Whether training augments: as asked, or (``augment=None``) for a backbone trained from scratch on a small
+    data set, where it matters most; a frozen pretrained base keeps its fast cached-feature training."""
+    if config.augment is not None:
+        return bool(config.augment)
+    return spec.application is None and train_images <= AUTO_AUGMENT_IMAGES
+
+
+def _fit_full(model, info: ModelInfo, images: dict, onehot: dict, config: TrainConfig, augment: bool, epochs: int,
               learning_rate: float, phase: str, class_weight: dict, history: list[dict], on_epoch) -> dict:
-    """Fit the whole model on images through tf.data (augmenting the training batches when asked)."""
+    """Fit the whole model on images through tf.data (augmenting the training batches when asked); the plain
+    training images re-estimate batch-norm statistics after weight averaging."""
     train_data = image_pipeline(images["train"], onehot["train"], info, config.batch_size, shuffle_seed=config.seed,
-                                 augment_seed=config.seed if config.augment else None)
+                                 augment_seed=config.seed if augment else None)
+    calibration = image_pipeline(images["train"], onehot["train"], info, config.batch_size).map(lambda x, y: x)
     val_data = None
     if len(images["val"]):
         val_data = image_pipeline(images["val"], onehot["val"], info, config.batch_size)
-    return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, patience=config.patience,
-                class_weight=class_weight, phase=phase, history=history, on_epoch=on_epoch)
+    return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, recipe=config,
+                steps_per_epoch=math.ceil(len(images["train"]) / config.batch_size), class_weight=class_weight,
+                phase=phase, history=history, on_epoch=on_epoch, calibration=calibration)
 
 
 # --------------------------------------------------------------------------- files beside the model
