@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.errors import HmtError
-from heatmap_templates.heads import HEADS, detect_head
+from heatmap_templates.heads import DEFAULT_THRESHOLD, HEADS, check_threshold, detect_head
 from heatmap_templates.model_layers import default_cam_layer, output_layer, output_rank, resolve_layer
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 
@@ -113,7 +113,8 @@ class CamEngine:
     """Batched class activation maps for one model, layer, method and score.
 
     ``engine(x, targets)`` takes x as (N, H, W, C) float32 (numpy or tf) and targets as an int
-    array of class indices, a single int, or ``"predicted"`` (argmax of the same forward pass);
+    array of class indices, a single int, or ``"predicted"`` (the head's decision at ``threshold`` in the
+    same forward pass; the most probable finding of a multi-label head);
     it returns a :class:`CamResult`. The explained score is an entry of
     :data:`~heatmap_templates.scores.SCORES` (``logit``: the class logit taken from the final
     layer's pre-activation; ``probability``), applied through the model's head kind
@@ -132,6 +133,7 @@ class CamEngine:
         score: str = DEFAULT_SCORE,
         *,
         head: str | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
         scorecam_chunk: int = 32,
         mixed_precision: bool = False,
     ) -> None:
@@ -146,6 +148,8 @@ class CamEngine:
         self.method = method
         self.score = score
         self.head = HEADS.check(head) if head is not None else detect_head(model)
+        self.threshold = check_threshold(threshold)
+        self._score.check(self.head)
         if layer is None:
             layer = default_cam_layer(model)
             if layer is None:
@@ -189,7 +193,7 @@ class CamEngine:
             raise HmtError(f"CAM input must be a (N, H, W, C) batch, got shape {tuple(images.shape)}")
         probabilities, raw, upsampled = self._all_classes_fn(images)
         probabilities = probabilities.numpy()
-        return CamResult(probabilities, raw.numpy(), upsampled.numpy(), probabilities.argmax(axis=1).astype(np.int32))
+        return CamResult(probabilities, raw.numpy(), upsampled.numpy(), self._predicted(probabilities).numpy())
 
     def predict(self, x: np.ndarray | tf.Tensor) -> np.ndarray:
         """Class probabilities (N, K) from one forward pass, without CAM work."""
@@ -220,6 +224,14 @@ class CamEngine:
     def _probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
         """Model outputs as class probabilities (N, K), as the head kind says."""
         return HEADS[self.head].probabilities(tf.cast(outputs, tf.float32))
+
+    def _predicted(self, probabilities: tf.Tensor) -> tf.Tensor:
+        """The predicted class of each image (N,) int32: the head's decision at the threshold; for a multi-label
+        head, whose decision is per finding, the most probable finding."""
+        head = HEADS[self.head]
+        if head.multi_label:
+            return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return tf.cast(head.decide(probabilities, self.threshold), tf.int32)
 
     def _predict_graph(self, images: tf.Tensor) -> tf.Tensor:
         return self._probabilities(self.model(images, training=False))
@@ -285,7 +297,7 @@ class CamEngine:
         self.trace_count += 1  # Python side effect: runs once per trace, never per batch
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             activations, probabilities, chosen = self._forward(images, tape)
-            targets = tf.where(targets < 0, tf.argmax(probabilities, axis=-1, output_type=tf.int32), targets)
+            targets = tf.where(targets < 0, self._predicted(probabilities), targets)
             total_score = tf.reduce_sum(tf.gather(chosen, targets, axis=1, batch_dims=1))
         if self._method.uses_gradients:
             cam = self._gradient_cam(tape, total_score, activations)

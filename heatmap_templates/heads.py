@@ -17,6 +17,10 @@ sigmoids   L units, sigmoid each       the outputs            the logits (indepe
 
 A one-output sigmoid model has two classes (negative, positive); independent sigmoids are a
 multi-label model whose "classes" are findings that can be present together.
+
+The predicted class is the most probable one for exclusive classes, ``p >= threshold`` for a
+one-output sigmoid (default 0.5, recorded in the heatmap store), and for independent sigmoids every
+finding with ``p >= threshold`` (an (N, L) boolean array instead of (N,) class indices).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class Head:
     multi_label: bool  # classes are independent findings rather than exclusive classes
     probabilities: Callable  # outputs (N, units) -> (N, K)
     class_logits: Callable  # logits (N, units) -> (N, K)
+    decide: Callable  # (probabilities (N, K), threshold) -> predicted classes (N,), or (N, K) bool for multi-label
 
     def class_count(self, units: int) -> int:
         """Number of classes of an output with ``units`` units."""
@@ -53,6 +58,22 @@ class Head:
 
 def _identity(values):  # noqa: ANN001, ANN202 (tf.Tensor)
     return values
+
+
+def _most_probable(probabilities, threshold: float):  # noqa: ANN001, ANN202 (array or tensor)
+    import keras
+
+    return keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "int32")
+
+
+def _positive_above(probabilities, threshold: float):  # noqa: ANN001, ANN202
+    import keras
+
+    return keras.ops.cast(probabilities[:, 1] >= threshold, "int32")
+
+
+def _each_above(probabilities, threshold: float):  # noqa: ANN001, ANN202
+    return probabilities >= threshold
 
 
 def _softmax(values):  # noqa: ANN001, ANN202
@@ -76,10 +97,11 @@ def _signed_pair(values):  # noqa: ANN001, ANN202
 
 
 HEADS: Registry[Head] = Registry("head kind", parameter="head")
-HEADS.add("softmax", Head("softmax", None, False, _identity, _identity), help="K exclusive classes, softmax output")
-HEADS.add("linear", Head("linear", None, False, _softmax, _identity), help="K exclusive classes, logits output")
-HEADS.add("sigmoid", Head("sigmoid", True, False, _pair, _signed_pair), help="one sigmoid output, two classes")
-HEADS.add("sigmoids", Head("sigmoid", False, True, _identity, _identity), help="one sigmoid per finding, multi-label")
+HEADS.add("softmax", Head("softmax", None, False, _identity, _identity, _most_probable), help="K exclusive classes, softmax output")
+HEADS.add("linear", Head("linear", None, False, _softmax, _identity, _most_probable), help="K exclusive classes, logits output")
+HEADS.add("sigmoid", Head("sigmoid", True, False, _pair, _signed_pair, _positive_above), help="one sigmoid output, two classes")
+HEADS.add("sigmoids", Head("sigmoid", False, True, _identity, _identity, _each_above), help="one sigmoid per finding, multi-label")
+DEFAULT_THRESHOLD = 0.5
 
 
 def activation_name(layer: object) -> str:
@@ -110,6 +132,21 @@ def detect_head(model) -> str:  # noqa: ANN001 (keras.Model)
 
     units = model.outputs[0].shape[-1]
     return head_kind(activation_name(output_layer(model)), int(units))
+
+
+def check_threshold(threshold: float) -> float:
+    """A decision threshold, which must lie strictly between 0 and 1."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise HmtError(f"the decision threshold must lie between 0 and 1, got {threshold}")
+    return float(threshold)
+
+
+def predicted_classes(probabilities: np.ndarray, head: str, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """The predicted class of each image (N,) int, or for a multi-label head each finding's decision (N, L) bool."""
+    values = np.asarray(probabilities, dtype=np.float32)
+    if not len(values):
+        return np.zeros((0, values.shape[1]) if HEADS[head].multi_label else 0, dtype=bool if HEADS[head].multi_label else np.int32)
+    return np.asarray(HEADS[head].decide(values, check_threshold(threshold)))
 
 
 def probabilities_of(outputs: np.ndarray, head: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from heatmap_templates.backbones import BACKBONES
 from heatmap_templates.cam import CamEngine
 from heatmap_templates.cam_methods import METHODS
-from heatmap_templates.errors import OptionError
+from heatmap_templates.errors import HmtError, OptionError
 from heatmap_templates.heads import HEADS, detect_head, probabilities_of
 from heatmap_templates.members import INCLUDES
 from heatmap_templates.normalisation import NORMALISATIONS, normalise
@@ -186,6 +186,11 @@ def test_head_kind_is_read_from_the_output_layer_and_gives_class_probabilities(h
 @pytest.mark.parametrize("head", HEADS.names())
 def test_every_score_explains_every_class_of_every_head(score: str, head: str) -> None:
     model = _model_with_head(head)
+    refusal = dict(SCORES[score].refuses).get(head)
+    if refusal is not None:
+        with pytest.raises(HmtError, match="needs exclusive classes"):
+            CamEngine(model, "conv", "gradcam", score)
+        return
     engine = CamEngine(model, "conv", "gradcam", score)
     images = np.random.default_rng(5).uniform(0, 1, (4, 12, 12, 1)).astype(np.float32)
     result = engine.all_classes(images)
@@ -207,3 +212,18 @@ def test_preprocessing_mode_is_the_same_affine_map_for_uint8_and_unit_input(mode
         expected = (images.astype(np.float32) / 255.0)[..., None] * scale + offset
         np.testing.assert_allclose(to_model_input(images, channels, mode), expected, rtol=1e-6)
         np.testing.assert_allclose(to_model_input(images.astype(np.float32) / 255.0, channels, mode), expected, rtol=1e-6)
+
+
+def test_class_vs_rest_by_hand() -> None:
+    """z_k - log(sum_{j != k} exp z_j) for exclusive classes; the logit itself for a one-output model."""
+    import tensorflow as tf
+
+    logits = tf.constant([[1.0, 2.0, -0.5], [0.3, 0.3, 0.3]])
+    values = SCORES["class-vs-rest"](logits, tf.nn.softmax(logits), "linear").numpy()
+    z = logits.numpy()
+    expected = [[row[k] - np.log(np.sum(np.exp(np.delete(row, k)))) for k in range(3)] for row in z]
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    np.testing.assert_allclose(values[1], np.log(1 / 2), rtol=1e-6)  # three equal classes: log-odds log(1/2)
+    one = tf.constant([[0.7], [-1.2]])
+    np.testing.assert_allclose(SCORES["class-vs-rest"](one, tf.sigmoid(one), "sigmoid").numpy(),
+                               SCORES["logit"](one, tf.sigmoid(one), "sigmoid").numpy())

@@ -1,0 +1,77 @@
+"""The training recipe's stabilisers by hand: schedules, weight averaging, batch-norm re-estimation, determinism."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from heatmap_templates.data import load_dataset
+from heatmap_templates.recipe import SCHEDULES, averaging_start, recalibrate_batch_norm, uses_early_stopping, weight_averager
+from heatmap_templates.training import TrainConfig, train
+from test_classifier import _write_toy_set
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_schedule_starts_peaks_and_ends_where_it_says(name: str) -> None:
+    rate = SCHEDULES[name](1e-3, 10, 5, 2)  # 10 epochs of 5 steps, 2 warm-up epochs
+    values = [float(rate(step)) if callable(rate) else rate for step in range(50)]
+    if name == "constant":
+        assert values == [1e-3] * 50 and uses_early_stopping(name)
+        return
+    assert not uses_early_stopping(name)
+    assert values[0] == pytest.approx(1e-4) and values[10] == pytest.approx(1e-3)  # warm-up from a tenth to the peak
+    assert all(a <= b for a, b in zip(values[:10], values[1:11])) and all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert values[-1] == pytest.approx(1e-5, rel=0.2)  # the cosine ends near 1 % of the peak
+
+
+def test_averaging_starts_at_the_last_share_of_epochs() -> None:
+    assert averaging_start(20, 0.25) == 15 and averaging_start(4, 0.25) == 3 and averaging_start(10, 0.0) is None
+
+
+def test_weight_averager_puts_the_mean_of_the_last_epochs_into_the_model() -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    averager = weight_averager(start_epoch=1)
+    averager.set_model(model)
+    snapshots = []
+    for epoch, value in enumerate((1.0, 2.0, 4.0)):
+        model.set_weights([np.full(w.shape, value, np.float32) for w in model.get_weights()])
+        snapshots.append(value)
+        averager.on_epoch_end(epoch)
+    averager.on_train_end()
+    assert all(np.allclose(w, 3.0) for w in model.get_weights())  # the mean of epochs 1 and 2, not epoch 0
+
+
+def test_batch_norm_is_re_estimated_as_the_mean_over_all_batches() -> None:
+    inputs = keras.Input((4,))
+    normalised = keras.layers.BatchNormalization(momentum=0.9, name="bn")(keras.layers.Dense(3, name="dense")(inputs))
+    model = keras.Model(inputs, normalised)
+    layer = model.get_layer("bn")
+    layer.moving_mean.assign(np.full(3, 99.0, np.float32))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(k, 1.0, (16, 4)).astype(np.float32) for k in range(5)]
+    assert recalibrate_batch_norm(model, batches)
+    features = [keras.Model(inputs, model.get_layer("dense").output)(batch).numpy() for batch in batches]
+    np.testing.assert_allclose(layer.moving_mean.numpy(), np.mean([f.mean(axis=0) for f in features], axis=0), rtol=1e-4, atol=1e-5)
+    assert layer.momentum == 0.9  # restored
+    assert not recalibrate_batch_norm(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), batches)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_toy_set(tmp_path_factory.mktemp("recipe") / "data")
+
+
+def test_default_recipe_is_deterministic_and_averages_its_last_epochs(toy: Path) -> None:
+    config = replace(TrainConfig(backbone="small", input_size=32, batch_size=8, val_fraction=0.25, test_fraction=0.25), epochs=4)
+    dataset = load_dataset(toy)
+    first, second = train(dataset, config), train(dataset, config)
+    assert all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), second.model.get_weights()))
+    phase = first.info.training["phases"][0]
+    assert phase["schedule"] == "cosine" and phase["averaged_epochs"] == 1 and phase["batch_norm_recalibrated"]
+    assert phase["epochs_run"] == 4 and not phase["stopped_early"] and first.info.training["augmented"]
+    plain = train(dataset, replace(config, average_last=0.0))
+    assert not plain.info.training["phases"][0]["batch_norm_recalibrated"]
+    assert not all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), plain.model.get_weights()))
