@@ -89,6 +89,7 @@ def compare_command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (default: the one the templates were built with)."),
     similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity with each template"),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Flag a heatmap whose correlation lies below this percentile of its class's leave-one-out correlations."),
@@ -103,7 +104,8 @@ def compare_command(
 
     Example: hmt compare new_xray.png more_xrays/ --templates templates_out/templates.h5 --csv scores.csv
     """
-    comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, unsafe_load=unsafe_load)
+    comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, threshold=threshold,
+                        unsafe_load=unsafe_load)
     skip_log = SkipLog()
     paths = collect_images(images, skip_log)
     target, one_per_image = _figure_target(figure, len(paths) > 1) if figure is not None else (None, False)
@@ -165,7 +167,10 @@ def evaluate_templates_command(
         return
     match = report.template_match
     typer.echo(f"{report.n_images} images, templates for {', '.join(report.template_classes)} ({report.similarity})")
-    typer.echo(f"classification accuracy: {report.classification['accuracy']:.3f}")
+    if report.classification.get("multi_label"):
+        typer.echo(f"classification macro AUC: {_format(report.classification['macro']['auc'])} (per finding: --json)")
+    else:
+        typer.echo(f"classification accuracy: {report.classification['accuracy']:.3f}")
     typer.echo(f"template-match accuracy: {_format(match['accuracy'])} ({match['correct']}/{match['n']})")
     for name, row in match["per_class"].items():
         typer.echo(f"  {name}: {_format(row['accuracy'])} ({row['correct']}/{row['n']})")

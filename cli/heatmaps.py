@@ -9,6 +9,7 @@ import typer
 
 from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.decode import DEFAULT_MAX_PIXELS, INTENSITIES
+from heatmap_templates.heads import DEFAULT_THRESHOLD
 from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
 from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
@@ -26,6 +27,7 @@ def heatmaps(
     method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method"),
     score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "Score explained (changes the maps; recorded)"),
     layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (recorded; a resume must keep it)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),
     preprocessing: Optional[str] = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
@@ -51,7 +53,7 @@ def heatmaps(
     """
     summary = extract_heatmaps(
         model, data, out,
-        method=method, score=score, layer=layer, batch_size=batch_size,
+        method=method, score=score, layer=layer, threshold=threshold, batch_size=batch_size,
         classes=[c.strip() for c in classes.split(",")] if classes else None, preprocessing=preprocessing, intensity=intensity,
         unsafe_load=unsafe_load, max_pixels=max_pixels, strict=strict, mixed_precision=mixed_precision,
         command=command_line(),

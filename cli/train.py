@@ -8,12 +8,13 @@ from typing import Optional
 import typer
 
 from heatmap_templates.backbones import BACKBONES
-from heatmap_templates.data import load_dataset
+from heatmap_templates.data import UNCERTAIN, load_dataset
 from heatmap_templates.decode import INTENSITIES
 from heatmap_templates.errors import HmtError, display_path, problems_json
-from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, write_predictions
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, load_dataset_for, write_predictions
 from heatmap_templates.evaluation import evaluate as evaluate_model
 from heatmap_templates.files import write_text
+from heatmap_templates.heads import DEFAULT_THRESHOLD
 from heatmap_templates.model_file import load_model, save_model
 from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
@@ -38,7 +39,10 @@ def _fmt(value: float | None) -> str:
 
 
 def report_lines(report: dict) -> list[str]:
-    """A readable table of a metrics.classification_report: per-class scores, confusion matrix, binary readings."""
+    """A readable table of a metrics.classification_report (per-class scores, confusion matrix, binary readings),
+    or of a multilabel_report (per finding)."""
+    if report.get("multi_label"):
+        return _finding_lines(report)
     names = report["class_names"]
     width = max(10, *(len(name) for name in names))
     lines = [f"accuracy {report['accuracy']:.3f} on {report['n']} images (macro F1 {report['macro']['f1']:.3f}, "
@@ -63,6 +67,23 @@ def report_lines(report: dict) -> list[str]:
     return lines
 
 
+def _finding_lines(report: dict) -> list[str]:
+    width = max(10, *(len(name) for name in report["class_names"]))
+    lines = [f"multi-label, {report['n']} images, threshold {report['threshold']:g}: macro AUC {_fmt(report['macro']['auc'])}, "
+             f"macro F1 {report['macro']['f1']:.3f}",
+             f"{'finding':<{width}}  known  positive  auc    sens   spec   f1"]
+    for name, row in report["per_finding"].items():
+        lines.append(f"{name:<{width}}  {row['n']:>5}  {row['positives']:>8}  {_fmt(row['auc'])}  {row['sensitivity']:.3f}  "
+                     f"{row['specificity']:.3f}  {row['f1']:.3f}")
+    return lines
+
+
+def _headline(report: dict) -> str:
+    if report.get("multi_label"):
+        return f"test macro AUC: {_fmt(report['macro']['auc'])}"
+    return f"test accuracy: {report['accuracy']:.3f}"
+
+
 @app.command("train")
 def train(
     data: Path = typer.Argument(..., help="Class-per-folder data set or CSV manifest (path,label[,split][,patient_id])."),
@@ -85,6 +106,10 @@ def train(
     val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of images (by patient) for validation."),
     test_fraction: float = typer.Option(TrainConfig.test_fraction, "--test-fraction", help="Share of images (by patient) for the test split."),
     intensity: str = registry_option(TrainConfig.intensity, "--intensity", INTENSITIES, "How integer pixels are scaled (recorded in the model; every later command decodes the same way)"),
+    binary: Optional[str] = typer.Option(None, "--binary", help="POS[:NEG]: one sigmoid output, class POS against every other class (the negative class is named NEG, default not-POS)."),
+    multi_label: bool = typer.Option(False, "--multi-label", help="One sigmoid per finding of a CSV manifest (name its columns with --labels)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated finding columns of a CSV manifest (1 positive, 0 negative, -1 uncertain, blank unknown)."),
+    uncertain: str = registry_option(TrainConfig.uncertain, "--uncertain", UNCERTAIN, "Uncertain findings (-1)"),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
@@ -102,12 +127,15 @@ def train(
         seed=seed, augment=augment, fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_lr, patience=patience, schedule=schedule, warmup_epochs=warmup_epochs,
         average_last=average_last, val_fraction=val_fraction, test_fraction=test_fraction,
-        patient_regex=patient_regex, strict=strict, intensity=intensity,
+        patient_regex=patient_regex, strict=strict, intensity=intensity, binary=binary, uncertain=uncertain,
     )
     config.validate()
     if out.suffix != ".keras":
         raise HmtError(f"{display_path(out)}: the model file must end in .keras")
-    dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
+    if multi_label != (labels is not None):
+        raise HmtError("--multi-label trains on the finding columns named by --labels; give both or neither")
+    dataset = load_dataset(data, labels=labels.split(",") if labels else None, uncertain=uncertain, patient_regex=patient_regex,
+                           strict=strict)
     result = train_model(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
     model_path = save_model(result.model, result.info, out)
     written = {"model": model_path, **save_training_outputs(result, model_path)}
@@ -119,7 +147,7 @@ def train(
             "split_counts": result.split_counts,
             "epochs_run": len(result.history),
             "seconds": round(result.seconds, 2),
-            "test_accuracy": None if result.test_report is None else result.test_report["accuracy"],
+            "test_accuracy": None if result.test_report is None else result.test_report.get("accuracy"),
             "test_report": result.test_report,
             "skipped": problems_json(result.problems),
         }
@@ -133,7 +161,7 @@ def train(
     if result.test_report is None:
         typer.echo("no test split (--test-fraction 0): no test accuracy")
     else:
-        typer.echo(f"test accuracy: {result.test_report['accuracy']:.3f}")
+        typer.echo(_headline(result.test_report))
         for line in report_lines(result.test_report):
             typer.echo(line)
 
@@ -152,6 +180,7 @@ def evaluate(
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and confusion_matrix.png."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write one CSV row per image: path, label, predicted, p_<class>..."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded MODEL and DATA."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -167,8 +196,8 @@ def evaluate(
         data = data or Path(project["data"])
     class_list = classes.split(",") if classes else None
     keras_model, info = load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing, intensity=intensity)
-    dataset = load_dataset(data, patient_regex=patient_regex, strict=strict)
-    result = evaluate_model(keras_model, info, dataset, split=split, batch_size=batch_size, strict=strict,
+    dataset = load_dataset_for(info, data, patient_regex=patient_regex, strict=strict)
+    result = evaluate_model(keras_model, info, dataset, split=split, batch_size=batch_size, threshold=threshold, strict=strict,
                             progress=progress_bar(as_json))
     output = {"model": str(model), "data": str(data), **result.to_dict()}
     if predictions is not None:
@@ -177,8 +206,9 @@ def evaluate(
         from heatmap_templates import figures
 
         write_text(out / "evaluation.json", json.dumps(output, indent=2) + "\n")
-        figures.confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",
-                                        title=f"{display_path(model)}, {result.split} ({result.report['n']} images)")
+        if "confusion_matrix" in result.report:
+            figures.confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",
+                                            title=f"{display_path(model)}, {result.split} ({result.report['n']} images)")
     if as_json:
         typer.echo(json.dumps(output, indent=2))
         return

@@ -41,6 +41,11 @@ BACKBONES.add("xception", BackboneSpec("xception", "Xception", "tf", 299, 71, 3)
 BACKBONES.add("small", BackboneSpec("small", None, "unit", 128, 16, 1), help="compact CNN from scratch, CPU-friendly")
 SMALL_FILTERS = (16, 32, 64, 128)
 DEFAULT_BACKBONE = "vgg19"
+_HEAD_LAYERS = {  # head kind (heads.HEADS) -> (output units, activation) for K classes
+    "softmax": lambda classes: (classes, "softmax"),
+    "sigmoid": lambda classes: (1, "sigmoid"),
+    "sigmoids": lambda classes: (classes, "sigmoid"),
+}
 DEFAULT_WEIGHTS = "auto"  # imagenet, or none for backbones without ImageNet weights
 
 
@@ -73,12 +78,15 @@ def build_model(
     *,
     dense_units: int = 256,
     dropout: float = 0.5,
+    head: str = "softmax",
 ):
     """Build an untrained classifier: frozen base (nested) + new head, or the flat ``small`` CNN.
 
     ``weights``: ``imagenet`` (Keras' own download and cache), ``none`` (random), ``auto``, or the
     path of a local weights file for the base (e.g. Keras' ``*_notop.h5``); for ``small`` a path
-    loads the whole model's weights. The last layer is ``predictions`` (Dense with softmax).
+    loads the whole model's weights. The last layer is ``predictions``: a Dense layer with softmax
+    over the classes (``head="softmax"``), one sigmoid unit for two classes (``"sigmoid"``), or one
+    sigmoid per finding (``"sigmoids"``, multi-label).
     """
     import keras
 
@@ -99,7 +107,8 @@ def build_model(
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    units, activation = _HEAD_LAYERS[head](num_classes)
+    outputs = keras.layers.Dense(units, activation=activation, name="predictions")(x)
     model = keras.Model(inputs, outputs, name=f"hmt_{backbone}")
     if spec.application is None and weights != "none":
         _load_weights_file(model, weights)

@@ -39,12 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.data import load_dataset
 from heatmap_templates.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
-from heatmap_templates.metrics import classification_report, lung_field_energy, percentile_rank, roc_auc
+from heatmap_templates.heads import HEADS, predicted_classes
+from heatmap_templates.metrics import lung_field_energy, percentile_rank, roc_auc
 from heatmap_templates.normalisation import DEFAULT_NORMALISATION
+from heatmap_templates.objectives import Objective
 from heatmap_templates.prepare import PreparedMaps, prepare_maps, registrar_for
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.registration import DEFAULT_REGISTRATION
@@ -110,6 +111,7 @@ class ImageComparison:
     registration_quality: float
     lung_field_energy: float | None  # share of the predicted class's normalised map inside the lung mask
     maps: ComparisonMaps | None = None
+    predicted_findings: list[str] | None = None  # multi-label models: every finding at or above the threshold
 
     def to_dict(self) -> dict:
         return {
@@ -126,6 +128,7 @@ class ImageComparison:
             "registration_method": self.registration_method,
             "registration_quality": round(self.registration_quality, 4),
             "lung_field_energy": _rounded(self.lung_field_energy),
+            **({} if self.predicted_findings is None else {"predicted_findings": list(self.predicted_findings)}),
         }
 
 
@@ -195,7 +198,7 @@ class Comparer:
 
     def __init__(self, templates: str | os.PathLike | TemplateFile, *, model: str | os.PathLike | None = None,
                  similarity: str = DEFAULT_SIMILARITY, atypical_percentile: float = DEFAULT_ATYPICAL_PERCENTILE,
-                 unsafe_load: bool = False) -> None:
+                 threshold: float | None = None, unsafe_load: bool = False) -> None:
         from heatmap_templates.cam import DEFAULT_METHOD, CamEngine
         from heatmap_templates.heatmaps import model_sha256
         from heatmap_templates.model_file import load_model
@@ -228,7 +231,9 @@ class Comparer:
         self.model_path = model_path
         self.class_names = class_names
         self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", DEFAULT_METHOD),
-                                score=settings.get("score", DEFAULT_SCORE), head=self.info.head)
+                                score=settings.get("score", DEFAULT_SCORE), head=self.info.head,
+                                threshold=settings["threshold"] if threshold is None else threshold)
+        self.multi_label = HEADS[self.engine.head].multi_label
         self.similarity = similarity
         self.atypical_percentile = float(atypical_percentile)
         self.normalisation = str(settings.get("normalisation", DEFAULT_NORMALISATION))
@@ -297,8 +302,9 @@ class Comparer:
         correlations = scores if self.similarity == ATYPICAL_MEASURE else np.stack(
             [similarity_scores(normalised[:, t], self._means[name]) for t, name in enumerate(self.template_classes)], axis=1)
         energies = lung_field_energy(normalised.reshape(-1, *normalised.shape[-2:]), self.lung_mask).reshape(normalised.shape[:2])
+        findings = predicted_classes(probabilities, self.engine.head, self.engine.threshold) if self.multi_label else None
         for row, position in enumerate(positions):
-            predicted = self.class_names[int(probabilities[row].argmax())]
+            predicted = self.class_names[int(result.targets[row])]  # the head's decision (a multi-label model's top finding)
             t = self.template_classes.index(predicted) if predicted in self.template_classes else None
             reading = None
             if t is not None:
@@ -321,6 +327,7 @@ class Comparer:
                 lung_field_energy=None if t is None else float(energies[row, t]),
                 maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted].astype(np.float32))
                 if keep_maps and t is not None else None,
+                predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row]) if on],
             )
 
 
@@ -379,19 +386,22 @@ def _summary(values: list[float]) -> dict:
     return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values))}
 
 
-def template_match_report(true_labels: Sequence[str], best_matches: Sequence[str | None], template_classes: Sequence[str]) -> dict:
+def template_match_report(true_labels: Sequence[str | set[str]], best_matches: Sequence[str | None],
+                          template_classes: Sequence[str]) -> dict:
     """Accuracy of the best-matching template as a classifier, overall and per true class.
 
-    Only images whose true class has a template count (another image can never match).
+    Only images whose true class has a template count (another image can never match). A
+    multi-label image's true label is the set of its positive findings: the best-matching template
+    is right when it is one of them, and the image counts for each of its findings.
     """
+    truths = [set(truth) if isinstance(truth, (set, frozenset)) else {truth} for truth in true_labels]
     per_class: dict[str, dict] = {}
-    hits = total = 0
     for name in template_classes:
-        matches = [best == name for truth, best in zip(true_labels, best_matches) if truth == name]
+        matches = [best in truth for truth, best in zip(truths, best_matches) if name in truth]
         per_class[name] = {"n": len(matches), "correct": int(sum(matches)),
                            "accuracy": float(np.mean(matches)) if matches else None}
-        hits += int(sum(matches))
-        total += len(matches)
+    scored = [best in truth for truth, best in zip(truths, best_matches) if truth & set(template_classes)]
+    hits, total = int(sum(scored)), len(scored)
     return {"n": total, "correct": hits, "accuracy": hits / total if total else None, "per_class": per_class}
 
 
@@ -441,26 +451,29 @@ def evaluate_templates(
     energy (the share of the predicted class's registered, normalised map inside the reference
     lung mask) per true class and of each template, and the classification metrics.
     """
+    from heatmap_templates.evaluation import check_labels_fit, load_dataset_for
+
     comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, unsafe_load=unsafe_load)
-    dataset = load_dataset(data)
+    objective = Objective(comparer.engine.head, comparer.class_names, comparer.info.negatives)
+    dataset = load_dataset_for(comparer.info, data)
+    check_labels_fit(objective, dataset)
     samples = dataset.samples
     if split is not None:
         samples = [sample for sample in samples if sample.split == split]
         if not samples:
             raise HmtError(f"{display_path(data)}: no images in split {split!r}")
-    unknown = sorted({sample.label for sample in samples} - set(comparer.class_names))
-    if unknown:
-        raise HmtError(f"{display_path(data)}: class {unknown[0]!r} is not one of the model's classes ({', '.join(comparer.class_names)})")
     skip_log = SkipLog(False, dataset.problems)
     results = list(comparer.iter_results([s.path for s in samples], skip_log=skip_log, batch_size=batch_size, progress=progress))
     if not results:
         raise HmtError(f"{display_path(data)}: no image could be scored")
-    truths = [samples[r.position].label for r in results]
+    labels = objective.labels([samples[r.position] for r in results])
+    truths = [{name for name, value in zip(comparer.class_names, row) if value == 1} if objective.multi_label
+              else comparer.class_names[int(row)] for row in labels]
     probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
-    label_indices = np.array([comparer.class_names.index(label) for label in truths])
     scored = [(r, truth) for r, truth in zip(results, truths) if r.predicted_similarity is not None]
     energy_by_class = {
-        name: _summary([r.lung_field_energy for r, truth in zip(results, truths) if truth == name and r.lung_field_energy is not None])
+        name: _summary([r.lung_field_energy for r, truth in zip(results, truths)
+                        if name in ({truth} if isinstance(truth, str) else truth) and r.lung_field_energy is not None])
         for name in comparer.class_names
     }
     template_energy = {name: float(lung_field_energy(comparer.file.templates[name].mean, comparer.lung_mask))
@@ -474,12 +487,13 @@ def evaluate_templates(
         template_classes=list(comparer.template_classes),
         template_match=template_match_report(truths, [r.best_match for r in results], comparer.template_classes),
         correct_vs_misclassified=separation_report(
-            [r.predicted_similarity for r, _ in scored], [r.predicted == truth for r, truth in scored], [r.atypical for r, _ in scored]),
+            [r.predicted_similarity for r, _ in scored], [r.predicted in ({truth} if isinstance(truth, str) else truth) for r, truth in scored],
+            [r.atypical for r, _ in scored]),
         lung_field_energy={
             "lung_area_fraction": float(comparer.lung_mask.mean()),
             "by_true_class": energy_by_class,
             "templates": template_energy,
         },
-        classification=classification_report(probabilities, label_indices, comparer.class_names),
+        classification=objective.report(probabilities, labels, comparer.engine.threshold),
         skipped=skip_log.problems,
     )

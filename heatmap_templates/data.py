@@ -23,10 +23,19 @@ from heatmap_templates.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Decoded
 from heatmap_templates.errors import BadImageError, HmtError, Problem, SkipLog, display_path, one_line, problems_json
 from heatmap_templates.files import file_sha256
 from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.registry import Registry
 
 SPLIT_NAMES = ("train", "val", "test")
 # The phantom generator (synth) writes its ground truth beside the class folders.
 IGNORED_TOP_LEVEL_FOLDERS = frozenset({"ground_truth"})
+
+UNKNOWN = -1  # a finding that is not known for an image: left out of its loss and evaluation
+NO_FINDING = "none"  # the stratum of a multi-label image without a positive finding
+UNCERTAIN: Registry[int] = Registry("uncertain-label policy", parameter="uncertain")
+UNCERTAIN.add("zero", 0, help="an uncertain finding (-1) counts as negative")
+UNCERTAIN.add("one", 1, help="an uncertain finding counts as positive")
+UNCERTAIN.add("ignore", UNKNOWN, help="an uncertain finding is unknown: left out of its loss and evaluation")
+DEFAULT_UNCERTAIN = "ignore"
 
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
 
@@ -45,28 +54,46 @@ _DEFAULT_PATIENT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image of a data set; ``split`` comes from a CSV ``split`` column when present."""
+    """One labelled image of a data set; ``split`` comes from a CSV ``split`` column when present.
+
+    A multi-label sample has ``findings``, one value per finding of its data set: 1 positive,
+    0 negative, -1 unknown (a blank cell, or an uncertain one under the ``ignore`` policy); its
+    ``label`` is its first positive finding, or ``none`` (what splits are stratified by).
+    """
 
     path: Path
     label: str
     patient_id: str | None = None
     split: str | None = None
+    findings: tuple[int, ...] | None = None
 
 
 @dataclass
 class Dataset:
-    """Discovered samples. ``root`` is the class-folder root or the CSV manifest's folder."""
+    """Discovered samples. ``root`` is the class-folder root or the CSV manifest's folder.
+
+    A multi-label data set (``multi_label``) has one finding per entry of ``class_names``; each
+    sample's ``findings`` says which are present (:class:`Sample`).
+    """
 
     root: Path
     samples: list[Sample]
     class_names: list[str]
     source: Literal["folder", "csv"]
     problems: list[Problem] = field(default_factory=list)
+    multi_label: bool = False
 
     def counts(self) -> dict[str, int]:
-        """Number of samples per class, in ``class_names`` order."""
+        """Number of samples per class (positive samples per finding), in ``class_names`` order."""
+        if self.multi_label:
+            return {name: sum(1 for sample in self.samples if sample.findings[k] == 1) for k, name in enumerate(self.class_names)}
         counter = Counter(sample.label for sample in self.samples)
         return {name: counter.get(name, 0) for name in self.class_names}
+
+    def finding_matrix(self, samples: Iterable[Sample] | None = None) -> np.ndarray:
+        """(N, L) int8 findings of ``samples`` (default: all): 1 positive, 0 negative, -1 unknown."""
+        chosen = list(self.samples if samples is None else samples)
+        return np.array([sample.findings for sample in chosen], dtype=np.int8).reshape(len(chosen), len(self.class_names))
 
 
 def relative_path(sample: Sample, root: Path) -> str:
@@ -80,7 +107,8 @@ def relative_path(sample: Sample, root: Path) -> str:
 def dataset_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over (relative path, label, file hash) of every sample: identifies a data set wherever it lies."""
     digest = hashlib.sha256()
-    rows = sorted((relative_path(sample, dataset.root), sample.label, str(sample.path)) for sample in dataset.samples)
+    rows = sorted((relative_path(sample, dataset.root), sample.label if sample.findings is None else ",".join(map(str, sample.findings)),
+                   str(sample.path)) for sample in dataset.samples)
     for rel, label, path in rows:
         try:
             content = file_sha256(path)
@@ -98,22 +126,33 @@ def load_dataset(
     *,
     patient_regex: str | None = None,
     classes: Iterable[str] | None = None,
+    labels: Iterable[str] | None = None,
+    uncertain: str = DEFAULT_UNCERTAIN,
     strict: bool = False,
 ) -> Dataset:
     """Discover a data set: a folder with one subfolder per class, or a CSV manifest.
 
     The CSV has columns ``path,label`` (cxr4's ``file,label`` works too) and optionally ``split``
     and ``patient_id``; relative paths resolve against the CSV's folder. ``classes`` restricts and
-    orders the classes. Rows or files that cannot be used become ``dataset.problems`` (the first one
-    raises in ``strict`` mode); a data set that cannot be used at all raises :class:`HmtError`.
+    orders the classes. With ``labels`` (finding columns of a CSV) the data set is multi-label: each
+    named column holds 1 (positive), 0 (negative), -1 (uncertain, resolved by ``uncertain``, a
+    :data:`UNCERTAIN` policy) or nothing (unknown); other columns (age, sex, view) are ignored.
+    Rows or files that cannot be used become ``dataset.problems`` (the first one raises in
+    ``strict`` mode); a data set that cannot be used at all raises :class:`HmtError`.
     """
     path = Path(os.fsdecode(os.fspath(source)))
     wanted = _normalise_classes(classes)
+    findings = _normalise_findings(labels)
+    UNCERTAIN.check(uncertain)
     patient_pattern = _compile_patient_regex(patient_regex)
     if not path.exists():
         raise HmtError(f"{display_path(path)}: data set path does not exist")
     log = SkipLog(strict)
-    if path.is_dir():
+    if findings is not None:
+        if path.suffix.lower() != ".csv" or path.is_dir():
+            raise HmtError(f"{display_path(path)}: --labels reads finding columns of a CSV manifest, not a folder")
+        dataset = _load_multi_label_csv(path, findings, uncertain, patient_pattern, log)
+    elif path.is_dir():
         dataset = _load_folder(path, wanted, patient_pattern, log)
     elif path.suffix.lower() == ".csv":
         dataset = _load_csv(path, wanted, patient_pattern, log)
@@ -132,6 +171,15 @@ def _normalise_classes(classes: Iterable[str] | None) -> list[str] | None:
         raise HmtError(f"classes are listed twice: {', '.join(names)}")
     if len(names) < 2:
         raise HmtError(f"need at least 2 classes, got {len(names)}: {', '.join(names) or '(none)'}")
+    return names
+
+
+def _normalise_findings(labels: Iterable[str] | None) -> list[str] | None:
+    if labels is None:
+        return None
+    names = [name.strip() for name in labels if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise HmtError(f"--labels needs distinct finding column names, got {', '.join(names) or '(none)'}")
     return names
 
 
@@ -223,22 +271,10 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 def _load_csv(manifest: Path, wanted: list[str] | None, patient_pattern: re.Pattern[str] | None, log: SkipLog) -> Dataset:
     manifest = manifest.resolve()
-    base = manifest.parent
-    shown = display_path(manifest)
-    try:
-        with open(manifest, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip().lower() for name in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise HmtError(f"{shown}: cannot read CSV manifest ({one_line(error)})") from None
-    raw_names = reader.fieldnames or []
-    column = {name.strip().lower(): raw for name, raw in zip(header, raw_names)}
-    path_column = column.get("path", column.get("file"))
-    if path_column is None:
-        raise HmtError(f"{shown}: CSV manifest has no 'path' column (columns: {', '.join(header) or 'none'})")
+    base, shown = manifest.parent, display_path(manifest)
+    rows, column, path_column = _read_csv(manifest)
     if "label" not in column:
-        raise HmtError(f"{shown}: CSV manifest has no 'label' column (columns: {', '.join(header)})")
+        raise HmtError(f"{shown}: CSV manifest has no 'label' column (columns: {', '.join(column)})")
     label_column, split_column, patient_column = column["label"], column.get("split"), column.get("patient_id")
 
     samples: list[Sample] = []
@@ -279,6 +315,78 @@ def _load_csv(manifest: Path, wanted: list[str] | None, patient_pattern: re.Patt
     if empty:
         raise HmtError(f"{shown}: class {empty[0]!r} has no usable rows")
     return Dataset(base, samples, class_names, "csv", log.problems)
+
+
+def _read_csv(manifest: Path) -> tuple[list[dict], dict[str, str], str]:
+    """The rows of a CSV manifest, its columns by lower-case name, and the path column's name."""
+    shown = display_path(manifest)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise HmtError(f"{shown}: cannot read CSV manifest ({one_line(error)})") from None
+    raw_names = reader.fieldnames or []
+    column = {name.strip().lower(): raw for name, raw in zip((name.strip().lower() for name in raw_names), raw_names)}
+    path_column = column.get("path", column.get("file"))
+    if path_column is None:
+        raise HmtError(f"{shown}: CSV manifest has no 'path' column (columns: {', '.join(column) or 'none'})")
+    return rows, column, path_column
+
+
+def _load_multi_label_csv(manifest: Path, findings: list[str], uncertain: str, patient_pattern: re.Pattern[str] | None,
+                          log: SkipLog) -> Dataset:
+    """A CSV manifest with one column per finding (CheXpert convention), as a multi-label data set."""
+    manifest = manifest.resolve()
+    base, shown = manifest.parent, display_path(manifest)
+    rows, column, path_column = _read_csv(manifest)
+    missing = [name for name in findings if name.strip().lower() not in column]
+    if missing:
+        raise HmtError(f"{shown}: CSV manifest has no column {missing[0]!r} for --labels (columns: {', '.join(column)})")
+    finding_columns = [column[name.strip().lower()] for name in findings]
+    split_column, patient_column = column.get("split"), column.get("patient_id")
+    samples: list[Sample] = []
+    first_row_of: dict[Path, int] = {}
+    for row_number, row in enumerate(rows, start=2):
+        where = f"{shown}:row {row_number}"
+        relative = (row.get(path_column) or "").strip()
+        if not relative:
+            log.add(where, "empty path")
+            continue
+        file = Path(os.path.normpath(Path(relative) if os.path.isabs(relative) else base / relative))
+        try:
+            values = tuple(_finding_value(row.get(name) or "", uncertain) for name in finding_columns)
+        except ValueError as error:
+            log.add(file, f"{error} (row {row_number})")
+            continue
+        if file in first_row_of:
+            log.add(file, f"duplicate path (row {row_number}, first at row {first_row_of[file]})")
+            continue
+        first_row_of[file] = row_number
+        if not os.path.lexists(file):
+            log.add(file, f"file does not exist (row {row_number})")
+            continue
+        split = _parse_split((row.get(split_column) or "") if split_column else "", where)
+        patient = ((row.get(patient_column) or "").strip() if patient_column else "") or patient_id_from_name(file.name, patient_pattern)
+        stratum = next((name for name, value in zip(findings, values) if value == 1), NO_FINDING)
+        samples.append(Sample(file, stratum, patient, split, values))
+    if not samples:
+        raise HmtError(f"{shown}: no usable rows in the CSV manifest")
+    return Dataset(base, samples, findings, "csv", log.problems, multi_label=True)
+
+
+def _finding_value(text: str, uncertain: str) -> int:
+    """1, 0 or -1 (unknown) from a CheXpert-style cell: 1 positive, 0 negative, -1 uncertain, blank unknown."""
+    cleaned = text.strip()
+    if not cleaned:
+        return UNKNOWN
+    try:
+        number = float(cleaned)
+    except ValueError:
+        raise ValueError(f"finding value {cleaned!r} is not 1, 0, -1 or blank") from None
+    if number not in (1.0, 0.0, -1.0):
+        raise ValueError(f"finding value {cleaned!r} is not 1, 0, -1 or blank")
+    return UNCERTAIN[uncertain] if number == -1.0 else int(number)
 
 
 def _parse_split(value: str, where: str) -> str | None:

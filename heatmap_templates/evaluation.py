@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.data import SPLIT_NAMES, Dataset, dataset_fingerprint, relative_path
+from heatmap_templates.data import DEFAULT_UNCERTAIN, SPLIT_NAMES, Dataset, dataset_fingerprint, load_dataset, relative_path
 from heatmap_templates.errors import HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.files import write_text
-from heatmap_templates.heads import probabilities_of
-from heatmap_templates.metrics import classification_report
+from heatmap_templates.heads import DEFAULT_THRESHOLD, predicted_classes, probabilities_of
 from heatmap_templates.model_file import ModelInfo
+from heatmap_templates.objectives import Objective
 from heatmap_templates.preprocess import load_images, to_model_input
 from heatmap_templates.progress import NullProgress, Progress
 
@@ -38,8 +38,9 @@ class EvaluationResult:
     problems: list[Problem]
     notes: list[str]
     paths: list[str] = field(default_factory=list)
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) class indices
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) class indices, or (N, L) findings
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (N, K)
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) or (N, L) bool
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +50,16 @@ class EvaluationResult:
             "skipped": problems_json(self.problems),
             **self.report,
         }
+
+
+def load_dataset_for(info: ModelInfo, source: str | os.PathLike, *, patient_regex: str | None = None,
+                     strict: bool = False) -> Dataset:
+    """A data set labelled as the model's labels are: a multi-label model reads its findings' columns of a CSV
+    manifest (with the uncertain-label policy it was trained with); any other model reads classes."""
+    if info.head == "sigmoids":
+        return load_dataset(source, labels=info.class_names, uncertain=info.training.get("uncertain", DEFAULT_UNCERTAIN),
+                            patient_regex=patient_regex, strict=strict)
+    return load_dataset(source, patient_regex=patient_regex, strict=strict)
 
 
 def model_input(images: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -88,19 +99,19 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_s
 
 
 def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_SPLIT, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
-             strict: bool = False, progress: Progress | None = None) -> EvaluationResult:
-    """Classification report of ``model`` on ``dataset``.
+             threshold: float = DEFAULT_THRESHOLD, strict: bool = False, progress: Progress | None = None) -> EvaluationResult:
+    """Classification report of ``model`` on ``dataset`` (per finding for a multi-label model).
 
     ``split`` (test, val, train) selects the images of that split recorded in the model's metadata,
     but only when ``dataset`` is the data set the model was trained on (same fingerprint);
-    otherwise, and for ``all``, every image is evaluated and a note says so.
+    otherwise, and for ``all``, every image is evaluated and a note says so. ``threshold`` decides
+    a one-output or multi-label model's predictions. A one-against-the-rest model (``--binary``)
+    counts the data set's other classes as its negative class.
     """
     if split not in EVALUATION_SPLITS:
         raise HmtError(f"unknown split {split!r}; choose test, val, train or all")
-    unknown = sorted({s.label for s in dataset.samples} - set(info.class_names))
-    if unknown:
-        raise HmtError(f"{display_path(dataset.root)}: class {', '.join(unknown)} is not one of the model's classes "
-                       f"({', '.join(info.class_names)})")
+    objective = Objective(info.head or "softmax", info.class_names, info.negatives)
+    check_labels_fit(objective, dataset)
     notes: list[str] = []
     samples = list(dataset.samples)
     used = "all"
@@ -118,19 +129,41 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     images, kept = load_images(samples, info.input_size, skip_log, intensity=info.intensity, progress=progress)
     if not kept:
         raise HmtError(f"{display_path(dataset.root)}: none of the {len(samples)} images could be decoded")
-    index = {name: k for k, name in enumerate(info.class_names)}
-    labels = np.array([index[s.label] for s in kept], dtype=np.int64)
+    labels = objective.labels(kept)
     probabilities = predict_probabilities(model, info, images, batch_size=batch_size, progress=progress)
-    report = classification_report(probabilities, labels, info.class_names)
+    report = objective.report(probabilities, labels, threshold)
     return EvaluationResult(report=report, split=used, requested_split=split, problems=skip_log.problems, notes=notes,
-                            paths=[display_path(s.path) for s in kept], labels=labels, probabilities=probabilities)
+                            paths=[display_path(s.path) for s in kept], labels=labels, probabilities=probabilities,
+                            predicted=predicted_classes(probabilities, objective.head, threshold))
+
+
+def check_labels_fit(objective: Objective, dataset: Dataset) -> None:
+    """HmtError when the data set's labels are not the model's: other findings, or classes it does not know."""
+    where = display_path(dataset.root)
+    if objective.multi_label or dataset.multi_label:
+        if objective.multi_label != dataset.multi_label or list(dataset.class_names) != objective.class_names:
+            kind = "findings" if objective.multi_label else "classes"
+            raise HmtError(f"{where}: the data set's labels ({', '.join(dataset.class_names)}) are not the model's {kind} "
+                           f"({', '.join(objective.class_names)}); multi-label models need --labels with the same findings")
+        return
+    unknown = sorted({s.label for s in dataset.samples if objective.labels([s])[0] < 0})
+    if unknown:
+        raise HmtError(f"{where}: class {', '.join(unknown)} is not one of the model's classes ({', '.join(objective.class_names)})")
 
 
 def write_predictions(result: EvaluationResult, class_names: list[str], path: str | os.PathLike) -> Path:
-    """One CSV row per evaluated image: path, label, predicted, then p_<class> for every class (atomic write)."""
+    """One CSV row per evaluated image, atomically: path, label, predicted, then p_<class> for every class.
+
+    For a multi-label model ``label`` and ``predicted`` list the positive findings, joined by ``;``.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "predicted", *(f"p_{name}" for name in class_names)])
-    for image_path, label, row in zip(result.paths, result.labels, result.probabilities):
-        writer.writerow([image_path, class_names[int(label)], class_names[int(np.argmax(row))], *(repr(float(p)) for p in row)])
+    for image_path, label, decision, row in zip(result.paths, result.labels, result.predicted, result.probabilities):
+        if np.ndim(label):
+            shown_label = ";".join(name for name, value in zip(class_names, label) if value == 1)
+            shown_decision = ";".join(name for name, value in zip(class_names, decision) if value)
+        else:
+            shown_label, shown_decision = class_names[int(label)], class_names[int(decision)]
+        writer.writerow([image_path, shown_label, shown_decision, *(repr(float(p)) for p in row)])
     return write_text(path, buffer.getvalue())

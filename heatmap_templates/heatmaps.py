@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_templates.cam_methods import DEFAULT_METHOD
-from heatmap_templates.data import Dataset, load_dataset
+from heatmap_templates.data import Dataset
 from heatmap_templates.decode import DEFAULT_INTENSITY, DEFAULT_MAX_PIXELS, decode_image
 from heatmap_templates.errors import BadFileError, BadImageError, HmtError, Problem, SkipLog, display_path, problems_json
-from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
+from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, load_dataset_for
 from heatmap_templates.files import file_sha256
+from heatmap_templates.heads import DEFAULT_THRESHOLD, predicted_classes
 from heatmap_templates.preprocess import load_model_image, to_model_input
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.scores import DEFAULT_SCORE
@@ -172,6 +173,7 @@ def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # no
         "intensity": info.intensity,
         "backbone": info.backbone,
         "head": engine.head,
+        "threshold": engine.threshold,
         "mixed_precision": bool(engine.mixed_precision),
     }
 
@@ -222,7 +224,7 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
         raise HmtError(f"batch size must be at least 1, got {batch_size}")
     progress = progress or NullProgress()
     skip_log = SkipLog(strict, dataset.problems)
-    class_index = {name: i for i, name in enumerate(info.class_names)}
+    labels_of = _labeller(info, dataset)
     hashed = _hash_samples(dataset, skip_log)
     todo = [(i, sha) for i, sha in hashed if sha not in writer.done and display_path(dataset.samples[i].path) not in writer.done]
     resumed = len(hashed) - len(todo)
@@ -240,8 +242,8 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
             if len(batch.positions):
                 result = engine.all_classes(batch.inputs)
                 samples = [dataset.samples[todo[p][0]] for p in batch.positions]
-                labels = np.array([class_index.get(s.label, -1) for s in samples], dtype=np.int32)
-                predicted = result.targets.astype(np.int32)
+                labels = labels_of(samples)
+                predicted = predicted_classes(result.probabilities, engine.head, engine.threshold).astype(np.int32)
                 is_correct = (labels >= 0) & (labels == predicted)
                 writer.append(HeatmapBatch(
                     paths=[display_path(s.path) for s in samples],
@@ -254,10 +256,13 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
                     raw=result.raw.astype(np.float32),
                     upsampled=result.upsampled.astype(np.float16),
                 ))
-                per_class.update(s.label for s in samples)
-                correct += int(is_correct.sum())
-                unlabelled += int((labels < 0).sum())
-                incorrect += int(((labels >= 0) & ~is_correct).sum())
+                per_class.update(name for s in samples for name in
+                                 ([n for n, v in zip(dataset.class_names, s.findings) if v == 1] if dataset.multi_label else [s.label]))
+                known = labels >= 0 if labels.ndim == 1 else (labels >= 0).all(axis=1)  # every finding known
+                right = is_correct if is_correct.ndim == 1 else is_correct.all(axis=1)
+                correct += int((known & right).sum())
+                unlabelled += int((~known).sum())
+                incorrect += int((known & ~right).sum())
             progress.advance(batch_len)
     finally:
         progress.finish()
@@ -278,6 +283,18 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
     )
 
 
+def _labeller(info, dataset: Dataset):  # noqa: ANN001, ANN202 (ModelInfo) -> (samples -> labels)
+    """How images of ``dataset`` are labelled in the store for this model: class indices (N,) (-1: a class the
+    model does not know), or for a multi-label model the findings (N, L) of a data set with the same findings
+    (all -1, unknown, for any other data set)."""
+    if info.head == "sigmoids":
+        same = dataset.multi_label and list(dataset.class_names) == list(info.class_names)
+        width = len(info.class_names)
+        return lambda samples: (np.array([s.findings for s in samples], dtype=np.int32).reshape(len(samples), width) if same
+                                else np.full((len(samples), width), -1, np.int32))
+    return lambda samples: np.array([info.label_index(s.label) for s in samples], dtype=np.int32)
+
+
 def extract_heatmaps(
     model_path: str | os.PathLike,
     data: str | os.PathLike | Dataset,
@@ -286,6 +303,7 @@ def extract_heatmaps(
     method: str = DEFAULT_METHOD,
     score: str = DEFAULT_SCORE,
     layer: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = DEFAULT_BATCH_SIZE,
     classes: Sequence[str] | None = None,
     preprocessing: str | None = None,
@@ -313,8 +331,8 @@ def extract_heatmaps(
     if layer is None and info.cam_layer is None:
         raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
     engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, head=info.head,
-                       mixed_precision=mixed_precision)
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, strict=strict)
+                       threshold=threshold, mixed_precision=mixed_precision)
+    dataset = data if isinstance(data, Dataset) else load_dataset_for(info, data, strict=strict)
     writer = HeatmapWriter(out, heatmap_settings(model_path, info, engine), command=command)
     return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
                    progress=progress)

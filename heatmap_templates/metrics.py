@@ -18,6 +18,7 @@ __all__ = [
     "binary_metrics",
     "binary_readings",
     "classification_report",
+    "multilabel_report",
     "is_covid_class",
     "is_normal_class",
     "lung_field_energy",
@@ -173,13 +174,15 @@ def binary_readings(probabilities: np.ndarray, y_true: np.ndarray, class_names: 
     return readings
 
 
-def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str]) -> dict:
+def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str], *,
+                          predicted: np.ndarray | None = None) -> dict:
     """Everything `hmt evaluate` reports, as a JSON-ready dict.
 
     Keys: ``n``, ``accuracy``, ``class_names``, ``confusion_matrix`` (rows true, columns predicted),
     ``per_class`` ({name: precision, recall, f1, support, auc}), ``macro`` (mean precision, recall,
     F1 over classes present in the data; mean AUC over classes where it is defined) and
-    ``binary_readings``.
+    ``binary_readings``. ``predicted`` are the model's decisions (default: the most probable class;
+    a one-output sigmoid model decides at its threshold).
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
@@ -187,7 +190,10 @@ def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_n
     if not np.all(np.isfinite(probs)):
         raise HmtError("the model produced non-finite probabilities")
     labels = _check_labels(y_true, len(class_names))
-    predictions = probs.argmax(axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
+    if predicted is not None:
+        predictions = _check_labels(predicted, len(class_names), "predicted labels")
+    else:
+        predictions = probs.argmax(axis=1) if probs.shape[0] else np.zeros(0, dtype=np.int64)
     matrix = confusion_matrix(labels, predictions, len(class_names))
     precision, recall, f1 = precision_recall_f1(matrix)
     aucs = one_vs_rest_auc(probs, labels)
@@ -216,6 +222,38 @@ def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_n
             "auc": float(np.mean(defined_aucs)) if defined_aucs else None,
         },
         "binary_readings": binary_readings(probs, labels, class_names),
+    }
+
+
+def multilabel_report(probabilities: np.ndarray, findings: np.ndarray, names: list[str], threshold: float = 0.5) -> dict:
+    """Per-finding metrics of a multi-label model, each over the images where that finding is known.
+
+    ``findings`` (N, L): 1 positive, 0 negative, -1 unknown (left out). Per finding: ``n`` known,
+    ``positives``, ``auc`` (None when undefined) and the decision at ``threshold`` (accuracy,
+    sensitivity, specificity, precision, F1). ``macro`` averages the defined AUCs and the F1s.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    values = np.asarray(findings)
+    if probs.ndim != 2 or probs.shape[1] != len(names) or values.shape != probs.shape:
+        raise HmtError(f"probabilities {probs.shape} and findings {values.shape} must both be (N, {len(names)})")
+    if not np.all(np.isfinite(probs)):
+        raise HmtError("the model produced non-finite probabilities")
+    per_finding = {}
+    for k, name in enumerate(names):
+        known = values[:, k] >= 0
+        actual = values[known, k] == 1
+        decision = binary_metrics(probs[known, k] >= threshold, actual)
+        per_finding[name] = {"n": int(known.sum()), "positives": int(actual.sum()),
+                             "auc": roc_auc(probs[known, k], actual) if known.any() else None, **decision}
+    aucs = [row["auc"] for row in per_finding.values() if row["auc"] is not None]
+    return {
+        "n": int(len(probs)),
+        "multi_label": True,
+        "class_names": list(names),
+        "threshold": float(threshold),
+        "per_finding": per_finding,
+        "macro": {"auc": float(np.mean(aucs)) if aucs else None,
+                  "f1": float(np.mean([row["f1"] for row in per_finding.values()])) if per_finding else 0.0},
     }
 
 

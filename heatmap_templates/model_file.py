@@ -37,7 +37,8 @@ class ModelInfo:
     ``cam_layer`` is None only for a user model without any 4-D layer. ``head`` is the head kind
     (:data:`heatmap_templates.heads.HEADS`), read from the output layer when the model is saved or loaded.
     ``intensity`` is how integer pixels were scaled in training (:data:`heatmap_templates.decode.INTENSITIES`);
-    every later command decodes the same way.
+    every later command decodes the same way. ``negatives`` are the data set's classes that a model trained
+    one-against-the-rest (``--binary``) groups into its negative class.
     """
 
     class_names: list[str]
@@ -52,6 +53,13 @@ class ModelInfo:
     hmt_version: str = __version__
     head: str | None = None
     intensity: str = DEFAULT_INTENSITY
+    negatives: list[str] = field(default_factory=list)  # data-set classes a one-against-the-rest model calls negative
+
+    def label_index(self, label: str) -> int:
+        """This model's class index of a data set's label (-1: a class it does not know)."""
+        from heatmap_templates.objectives import label_index
+
+        return label_index(label, self.class_names, self.negatives)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -81,6 +89,7 @@ class ModelInfo:
                 hmt_version=str(data.get("hmt_version", "unknown")),
                 head=None if data.get("head") is None else str(data["head"]),
                 intensity=str(data.get("intensity", LEGACY_INTENSITY)),  # models saved before it was recorded
+                negatives=[str(name) for name in data.get("negatives") or []],
             )
         except (TypeError, ValueError, IndexError, AttributeError) as error:
             raise BadFileError(source, f"{INFO_MEMBER} is malformed ({error})") from None

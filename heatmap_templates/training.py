@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_templates.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, as_size, build_model, resolve_weights
-from heatmap_templates.data import SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
+from heatmap_templates.data import DEFAULT_UNCERTAIN, SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
 from heatmap_templates.decode import DEFAULT_INTENSITY, INTENSITIES
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
 from heatmap_templates.files import write_text
-from heatmap_templates.metrics import classification_report
+from heatmap_templates.objectives import Objective, objective_for
 from heatmap_templates.model_file import ModelInfo, companion_path, json_ready
 from heatmap_templates.model_layers import default_cam_layer, find_base, unfreeze_last_blocks
 from heatmap_templates.preprocess import affine_preprocessing, load_images
@@ -75,6 +75,8 @@ class TrainConfig:
     patient_regex: str | None = None
     strict: bool = False
     intensity: str = DEFAULT_INTENSITY  # how integer pixels are scaled (decode.INTENSITIES); recorded in the model
+    binary: str | None = None  # "POS" or "POS:NEG": one sigmoid output, POS against every other class (NEG: not-POS)
+    uncertain: str = DEFAULT_UNCERTAIN  # how a multi-label data set's uncertain findings were read (recorded)
 
     def validate(self) -> None:
         """Raise :class:`HmtError` for settings that cannot work."""
@@ -132,13 +134,13 @@ class TrainResult:
 # --------------------------------------------------------------------------- training
 
 
-def image_pipeline(images: np.ndarray, onehot: np.ndarray, info: ModelInfo, batch_size: int, *,
+def image_pipeline(images: np.ndarray, targets: np.ndarray, info: ModelInfo, batch_size: int, *,
                     shuffle_seed: int | None = None, augment_seed: int | None = None):
     """tf.data over in-memory uint8 images: shuffle, batch, to [0, 1], augment (optional, training only), preprocess."""
     import tensorflow as tf
 
     scale, offset = affine_preprocessing(info.channels, info.preprocessing)
-    dataset = tf.data.Dataset.from_tensor_slices((images, onehot.astype(np.float32)))
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets.astype(np.float32)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
 
@@ -205,13 +207,6 @@ def _augment(batch, seed):
     return tf.clip_by_value(warped + brightness[:, None, None], 0.0, 1.0)
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """n / (K * n_k) for each class present (scikit-learn's 'balanced'), so rare classes weigh more."""
-    counts = np.bincount(labels, minlength=num_classes)
-    present = counts > 0
-    return {int(k): float(labels.size / (present.sum() * counts[k])) for k in range(num_classes) if present[k]}
-
-
 def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Callable[[EpochLog], None] | None):
     import keras
 
@@ -236,8 +231,9 @@ def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Call
 
 
 def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, recipe: TrainConfig, steps_per_epoch: int,
-         class_weight: dict, phase: str, history: list[dict], on_epoch, calibration=None) -> dict:  # noqa: ANN001
-    """Compile and fit with Adam + categorical cross-entropy under the config's recipe.
+         loss: tuple[object, list], class_weight: dict | None, phase: str, history: list[dict], on_epoch,
+         calibration=None) -> dict:  # noqa: ANN001
+    """Compile and fit with Adam and the objective's ``loss`` (loss, metrics) under the config's recipe.
 
     A constant rate stops early on validation loss (best weights restored); a decaying schedule runs
     every epoch, then the weights of the last ``average_last`` share of epochs are averaged and the
@@ -246,7 +242,7 @@ def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, reci
     import keras
 
     rate = SCHEDULES[recipe.schedule](learning_rate, epochs, steps_per_epoch, recipe.warmup_epochs)
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss[0], metrics=loss[1])
     callbacks = [_epoch_callback(phase, epochs, history, on_epoch)]
     stopper = None
     if val_data is not None and uses_early_stopping(recipe.schedule):
@@ -291,30 +287,28 @@ def head_model(model):
     return keras.Model(features, model.get_layer("predictions")(x), name="hmt_head")
 
 
-def fit_head_on_features(model, train_features: np.ndarray, train_onehot: np.ndarray,
-                         val_features: np.ndarray | None, val_onehot: np.ndarray | None, *, epochs: int,
+def fit_head_on_features(model, train_features: np.ndarray, train_targets: np.ndarray,
+                         val_features: np.ndarray | None, val_targets: np.ndarray | None, *, epochs: int,
                          learning_rate: float, batch_size: int, seed: int, recipe: TrainConfig | None = None,
+                         loss: tuple[object, list] = ("categorical_crossentropy", ["accuracy"]),
                          class_weight: dict | None = None, history: list[dict] | None = None,
                          on_epoch: Callable[[EpochLog], None] | None = None) -> dict:
     """Train ``model``'s head on cached pooled features; the full model's head weights change with it.
 
-    ``recipe`` gives the schedule, warm-up, patience and weight averaging (default: TrainConfig's).
+    ``recipe`` gives the schedule, warm-up, patience and weight averaging (default: TrainConfig's);
+    ``loss`` and the targets come from the objective (:mod:`heatmap_templates.objectives`).
     """
     import tensorflow as tf
 
     history = [] if history is None else history
-    train_data = (tf.data.Dataset.from_tensor_slices((train_features, train_onehot.astype(np.float32)))
+    train_data = (tf.data.Dataset.from_tensor_slices((train_features, train_targets.astype(np.float32)))
                   .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
     val_data = None
     if val_features is not None and len(val_features):
-        val_data = tf.data.Dataset.from_tensor_slices((val_features, val_onehot.astype(np.float32))).batch(batch_size)
+        val_data = tf.data.Dataset.from_tensor_slices((val_features, val_targets.astype(np.float32))).batch(batch_size)
     return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate,
                 recipe=recipe or TrainConfig(), steps_per_epoch=math.ceil(len(train_features) / batch_size),
-                class_weight=class_weight or {}, phase="head", history=history, on_epoch=on_epoch)
-
-
-def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.eye(num_classes, dtype=np.float32)[labels]
+                loss=loss, class_weight=class_weight or None, phase="head", history=history, on_epoch=on_epoch)
 
 
 @contextmanager
@@ -354,46 +348,48 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Prog
     started = time.perf_counter()
     spec = BACKBONES[config.backbone]
     weights = resolve_weights(config.backbone, config.weights)
-    class_names = list(dataset.class_names)
-    if len(class_names) < 2:
-        raise HmtError(f"{display_path(dataset.root)}: need at least 2 classes to train, found {len(class_names)}")
+    if len(dataset.class_names) < (1 if dataset.multi_label else 2):
+        raise HmtError(f"{display_path(dataset.root)}: need at least 2 classes to train, found {len(dataset.class_names)}")
     empty = [name for name, count in dataset.counts().items() if count == 0]
     if empty:
-        raise HmtError(f"{display_path(dataset.root)}: class {', '.join(empty)} has no images")
+        noun = "finding" if dataset.multi_label else "class"
+        raise HmtError(f"{display_path(dataset.root)}: {noun} {', '.join(empty)} has no {'positive ' if dataset.multi_label else ''}images")
+    objective = objective_for(dataset, config.binary)
     size = as_size(config.input_size or spec.default_input_side)
     with seeded(config.seed, config.deterministic):
-        return _train_seeded(dataset, config, spec, weights, class_names, size, progress, on_epoch, started)
+        return _train_seeded(dataset, config, spec, weights, objective, size, progress, on_epoch, started)
 
 
-def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, class_names: list[str],
+def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, objective: Objective,
                   size: tuple[int, int], progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None,
                   started: float) -> TrainResult:
     """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early."""
+    class_names = objective.class_names
     model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
-                        dropout=config.dropout)
+                        dropout=config.dropout, head=objective.head)
     fractions = (1.0 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
-    splits = split_dataset(dataset, fractions=fractions, seed=config.seed)
+    splits = split_dataset(dataset, fractions=fractions, seed=config.seed)  # by the data set's own classes
     skip_log = SkipLog(config.strict, dataset.problems)
-    index = {name: k for k, name in enumerate(class_names)}
     images: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     kept: dict[str, list[Sample]] = {}
     for name in SPLIT_NAMES:
         images[name], kept[name] = load_images(splits[name], size, skip_log, intensity=config.intensity, progress=progress,
                                                description=f"decoding {name} images")
-        labels[name] = np.array([index[s.label] for s in kept[name]], dtype=np.int64)
-    missing = [name for name in class_names if not np.any(labels["train"] == index[name])]
+        labels[name] = objective.labels(kept[name])
+    missing = objective.missing(labels["train"])
     if missing:
         raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
 
     info = ModelInfo(
         class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
         preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model), intensity=config.intensity,
-        dataset_fingerprint=dataset_fingerprint(dataset),
+        dataset_fingerprint=dataset_fingerprint(dataset), negatives=objective.negatives,
         split={name: [relative_path(s, dataset.root) for s in kept[name]] for name in SPLIT_NAMES},
     )
-    class_weight = balanced_class_weights(labels["train"], len(class_names))
-    onehot = {name: _onehot(labels[name], len(class_names)) for name in SPLIT_NAMES}
+    class_weight = objective.class_weight(labels["train"])
+    loss = objective.loss_and_metrics(labels["train"])
+    targets = {name: objective.targets(labels[name]) for name in SPLIT_NAMES}
     has_val = len(images["val"]) > 0
     history: list[dict] = []
     phases = []
@@ -403,30 +399,30 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress)
                     for name in ("train", "val")}
         phases.append(fit_head_on_features(
-            model, features["train"], onehot["train"], features["val"] if has_val else None, onehot["val"],
+            model, features["train"], targets["train"], features["val"] if has_val else None, targets["val"],
             epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
-            recipe=config, class_weight=class_weight, history=history, on_epoch=on_epoch))
+            recipe=config, loss=loss, class_weight=class_weight, history=history, on_epoch=on_epoch))
     else:
-        phases.append(_fit_full(model, info, images, onehot, config, augment, config.epochs, config.learning_rate,
-                                "head" if spec.application else "train", class_weight, history, on_epoch))
+        phases.append(_fit_full(model, info, images, targets, config, augment, config.epochs, config.learning_rate,
+                                "head" if spec.application else "train", loss, class_weight, history, on_epoch))
     if config.fine_tune_blocks and config.fine_tune_epochs:
         unfreeze_last_blocks(model, config.fine_tune_blocks)
-        phases.append(_fit_full(model, info, images, onehot, config, augment, config.fine_tune_epochs,
-                                config.fine_tune_learning_rate, "fine-tune", class_weight, history, on_epoch))
+        phases.append(_fit_full(model, info, images, targets, config, augment, config.fine_tune_epochs,
+                                config.fine_tune_learning_rate, "fine-tune", loss, class_weight, history, on_epoch))
         find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
 
     test_report = None
     if len(images["test"]):
         probabilities = predict_probabilities(model, info, images["test"], batch_size=config.batch_size, progress=progress)
-        test_report = classification_report(probabilities, labels["test"], class_names)
+        test_report = objective.report(probabilities, labels["test"])
     seconds = time.perf_counter() - started
-    split_counts = {name: {c: int(np.sum(labels[name] == k)) for k, c in enumerate(class_names)} for name in SPLIT_NAMES}
+    split_counts = {name: objective.counts(labels[name]) for name in SPLIT_NAMES}
     info.training = {
         "config": asdict(config),
         "weights": weights,
         "cached_features": cached,
         "augmented": augment,
-        "class_weights": {class_names[k]: w for k, w in class_weight.items()},
+        "class_weights": {class_names[k]: w for k, w in (class_weight or {}).items()},
         "phases": phases,
         "history": history,
         "split_counts": split_counts,
@@ -435,6 +431,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         "seconds": round(seconds, 2),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": display_path(dataset.root),
+        **({"uncertain": config.uncertain} if dataset.multi_label else {}),
     }
     return TrainResult(model=model, info=info, history=history, test_report=test_report, problems=skip_log.problems,
                        split_counts=split_counts, seconds=seconds)
@@ -448,18 +445,19 @@ def _augments(config: TrainConfig, spec: BackboneSpec, train_images: int) -> boo
     return spec.application is None and train_images <= AUTO_AUGMENT_IMAGES
 
 
-def _fit_full(model, info: ModelInfo, images: dict, onehot: dict, config: TrainConfig, augment: bool, epochs: int,
-              learning_rate: float, phase: str, class_weight: dict, history: list[dict], on_epoch) -> dict:
+def _fit_full(model, info: ModelInfo, images: dict, targets: dict, config: TrainConfig, augment: bool, epochs: int,
+              learning_rate: float, phase: str, loss: tuple[object, list], class_weight: dict | None, history: list[dict],
+              on_epoch) -> dict:
     """Fit the whole model on images through tf.data (augmenting the training batches when asked); the plain
     training images re-estimate batch-norm statistics after weight averaging."""
-    train_data = image_pipeline(images["train"], onehot["train"], info, config.batch_size, shuffle_seed=config.seed,
+    train_data = image_pipeline(images["train"], targets["train"], info, config.batch_size, shuffle_seed=config.seed,
                                  augment_seed=config.seed if augment else None)
-    calibration = image_pipeline(images["train"], onehot["train"], info, config.batch_size).map(lambda x, y: x)
+    calibration = image_pipeline(images["train"], targets["train"], info, config.batch_size).map(lambda x, y: x)
     val_data = None
     if len(images["val"]):
-        val_data = image_pipeline(images["val"], onehot["val"], info, config.batch_size)
+        val_data = image_pipeline(images["val"], targets["val"], info, config.batch_size)
     return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, recipe=config,
-                steps_per_epoch=math.ceil(len(images["train"]) / config.batch_size), class_weight=class_weight,
+                steps_per_epoch=math.ceil(len(images["train"]) / config.batch_size), loss=loss, class_weight=class_weight,
                 phase=phase, history=history, on_epoch=on_epoch, calibration=calibration)
 
 
@@ -490,8 +488,9 @@ def save_training_outputs(result: TrainResult, model_path: str | os.PathLike) ->
         evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
         written["evaluation"] = write_text(companion_path(model_path, "evaluation.json"),
                                            json.dumps(json_ready(evaluation), indent=2) + "\n")
-        written["confusion"] = figures.confusion_matrix_figure(
-            result.test_report["confusion_matrix"], result.info.class_names, companion_path(model_path, "confusion.png"),
-            title=f"{result.info.backbone}, test split ({result.test_report['n']} images)")
+        if "confusion_matrix" in result.test_report:  # a multi-label report has per-finding metrics instead
+            written["confusion"] = figures.confusion_matrix_figure(
+                result.test_report["confusion_matrix"], result.info.class_names, companion_path(model_path, "confusion.png"),
+                title=f"{result.info.backbone}, test split ({result.test_report['n']} images)")
     return written
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heatmap_templates import backbones, errors, metrics, model_file, model_layers, preprocess, training
+from heatmap_templates import backbones, errors, metrics, model_file, model_layers, objectives, preprocess, training
 from heatmap_templates import evaluation as evaluation_module
 from heatmap_templates.model_file import ModelInfo
 from heatmap_templates.training import TrainConfig
@@ -236,7 +236,7 @@ def test_split_is_recorded_patient_free_and_class_weights_balanced(trained_small
     weights = result.info.training["class_weights"]
     assert set(weights) == set(TOY_CLASSES)
     labels = np.array([0] * 6 + [1] * 2)
-    assert training.balanced_class_weights(labels, 2) == pytest.approx({0: 8 / (2 * 6), 1: 8 / (2 * 2)})
+    assert objectives.balanced_class_weights(labels, 2) == pytest.approx({0: 8 / (2 * 6), 1: 8 / (2 * 2)})
 
 
 def test_augmentation_stays_in_range_and_varies() -> None:

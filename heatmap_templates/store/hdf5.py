@@ -28,15 +28,24 @@ from heatmap_templates.files import atomic_path
 
 @dataclass(frozen=True)
 class FileKind:
-    """One kind of hmt file: its ``kind`` attribute, the schema version written, and the versions read."""
+    """One kind of hmt file: its ``kind`` attribute, the schema version written, the versions read, and the
+    settings that files of earlier versions did not record, with the value every such file was made with."""
 
     name: str
     version: int
     readable: tuple[int, ...]
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+    def completed(self, settings: Mapping[str, Any]) -> dict:
+        """``settings`` with the settings an earlier version did not record filled in."""
+        return {**dict(self.defaults), **settings}
 
 
-HEATMAPS = FileKind("hmt-heatmaps", 1, (1,))
-TEMPLATES = FileKind("hmt-templates", 1, (1,))
+# Recorded since heatmap store v2 / templates v2; files of v1 were all decoded with `full` scaling
+# and decided by argmax (a 0.5 threshold for every head they could hold).
+_RECORDED_SINCE_V2 = (("intensity", "full"), ("threshold", 0.5))
+HEATMAPS = FileKind("hmt-heatmaps", 2, (1, 2), _RECORDED_SINCE_V2)
+TEMPLATES = FileKind("hmt-templates", 2, (1, 2), _RECORDED_SINCE_V2)
 KINDS = {kind.name: kind for kind in (HEATMAPS, TEMPLATES)}
 
 
@@ -123,7 +132,8 @@ def _simple_attribute(value: Any) -> bool:
 
 
 def read_root(handle: h5py.File, path: Path, kind: FileKind) -> tuple[dict, dict]:
-    """(root attributes, settings) after checking kind and schema version (any of ``kind.readable``)."""
+    """(root attributes, settings) after checking kind and schema version (any of ``kind.readable``); the
+    settings are completed with those an earlier version did not record."""
     attrs = {key: decode(handle.attrs[key]) for key in handle.attrs}
     found = attrs.get("kind")
     if found is None:
@@ -140,7 +150,7 @@ def read_root(handle: h5py.File, path: Path, kind: FileKind) -> tuple[dict, dict
         raise BadFileError(path, "damaged 'settings' attribute (not JSON)") from None
     if not isinstance(settings, dict):
         raise BadFileError(path, "damaged 'settings' attribute (not a JSON object)")
-    return attrs, settings
+    return attrs, kind.completed(settings)
 
 
 def _show(value: Any) -> str:

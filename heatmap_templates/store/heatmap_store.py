@@ -16,18 +16,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from heatmap_templates.decode import LEGACY_INTENSITY
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.hdf5 import HEATMAPS, atomic_h5, check_identity, jsonable, open_h5, read_root, require_keys, strings, write_root
 
-HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size")
+HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold")
 # A resume must also keep these when the store records them (hmt heatmaps always does), so that the
 # settings a finished store records are true of every image in it.
 RESUME_KEYS = HEATMAP_IDENTITY_KEYS + ("mixed_precision", "intensity")
-# Settings a store of an earlier version may lack, with the value every such store was made with.
-_SETTINGS_BEFORE_RECORDED = {"intensity": LEGACY_INTENSITY}
+
 _SHARD_NAME = re.compile(r"^(\d+)\.h5$")
 _COPY_ROWS = 64
 
@@ -38,10 +36,10 @@ class HeatmapBatch:
 
     paths: list[str]
     sha256: list[str]
-    labels: np.ndarray  # (N,) true class index, -1 unknown
-    predicted: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) true class index, -1 unknown; multi-label: (N, K) 1/0, -1 unknown
+    predicted: np.ndarray  # (N,) class index; multi-label: (N, K) 1/0
     probabilities: np.ndarray  # (N, K)
-    correct: np.ndarray  # (N,) bool
+    correct: np.ndarray  # (N,) bool; multi-label: (N, K), the label known and equal to the decision
     images: np.ndarray  # (N, H, W) uint8, the model-input-size grayscale image
     raw: np.ndarray  # (N, K, h, w) float32, layer resolution
     upsampled: np.ndarray  # (N, K, H, W) float16 or float32
@@ -56,18 +54,19 @@ class HeatmapBatch:
     def check(self, class_count: int, input_size: Sequence[int]) -> None:
         """ValueError when arrays disagree with each other or with the store's settings."""
         n = len(self.paths)
+        per_image = (n, class_count) if np.ndim(self.labels) == 2 else (n,)  # multi-label: one decision per finding
         expected = {
             "sha256": (len(self.sha256),),
-            "labels": np.shape(self.labels)[:1],
-            "predicted": np.shape(self.predicted)[:1],
+            "labels": np.shape(self.labels),
+            "predicted": np.shape(self.predicted),
             "probabilities": np.shape(self.probabilities),
-            "correct": np.shape(self.correct)[:1],
+            "correct": np.shape(self.correct),
             "images": np.shape(self.images),
             "raw": np.shape(self.raw)[:2],
             "upsampled": np.shape(self.upsampled),
         }
         wanted = {
-            "sha256": (n,), "labels": (n,), "predicted": (n,), "probabilities": (n, class_count), "correct": (n,),
+            "sha256": (n,), "labels": per_image, "predicted": per_image, "probabilities": (n, class_count), "correct": per_image,
             "images": (n, *input_size), "raw": (n, class_count), "upsampled": (n, class_count, *input_size),
         }
         for name, shape in expected.items():
@@ -88,11 +87,6 @@ _BATCH_FIELDS = {  # dataset name -> (HeatmapBatch attribute, stored dtype)
     "raw": ("raw", np.float32),
     "upsampled": ("upsampled", None),
 }
-
-
-def _completed(settings: dict) -> dict:
-    """Settings of a store with those an earlier schema version did not record filled in."""
-    return {**_SETTINGS_BEFORE_RECORDED, **settings}
 
 
 def _parts_dir(path: Path) -> Path:
@@ -139,7 +133,7 @@ class HeatmapWriter:
         if compression not in ("gzip", "lzf"):
             raise ValueError(f"compression must be gzip or lzf, not {compression!r}")
         self.path = Path(path)
-        self.settings = _completed(jsonable(dict(settings)))
+        self.settings = HEATMAPS.completed(jsonable(dict(settings)))
         self.command = command
         self.compression = compression
         self.chunk_images = max(1, chunk_images)
@@ -151,7 +145,7 @@ class HeatmapWriter:
         for source in _heatmap_sources(self.path):
             with open_h5(source) as handle:
                 _, stored = read_root(handle, source, HEATMAPS)
-                check_identity(source, _completed(stored), self.settings, RESUME_KEYS)
+                check_identity(source, stored, self.settings, RESUME_KEYS)
                 if "path" in handle:
                     paths = strings(handle["path"])
                     self.stored += len(set(paths) - self.done)
@@ -282,7 +276,6 @@ class HeatmapReader:
         for number, source in enumerate(self.sources):
             with open_h5(source) as handle:
                 attrs, settings = read_root(handle, source, HEATMAPS)
-                settings = _completed(settings)
                 if number == 0:
                     self.settings, self.attrs = settings, attrs
                 else:
@@ -313,6 +306,11 @@ class HeatmapReader:
     @property
     def class_names(self) -> list[str]:
         return list(self.settings.get("class_names", []))
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the store holds one decision per finding (labels, predictions (N, K)) rather than one class per image."""
+        return self.settings.get("head") == "sigmoids"
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -185,9 +185,9 @@ def save_templates(
     compare needs to rerun the pipeline: preprocessing, channels) is stored too. An existing
     file must have the same identity settings and reference, else BadFileError.
     """
-    require_keys(settings, TEMPLATE_IDENTITY_KEYS, "templates file")
     path = Path(path)
-    settings = jsonable(dict(settings))
+    settings = TEMPLATES.completed(jsonable(dict(settings)))
+    require_keys(settings, TEMPLATE_IDENTITY_KEYS, "templates file")
     new = {template.class_name: template for template in templates}
     for name in new:
         _check_class_name(name)
