@@ -10,11 +10,13 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.synth import (
     CLASSES,
     DEFAULT_N_PER_CLASS,
+    DEFAULT_PREVALENCE,
     DEFAULT_POSE_SPREAD,
     DEFAULT_PREVIEW_EXAMPLES,
     DEFAULT_SIZE,
     LESIONS,
     synthesize_dataset,
+    synthesize_multi_label,
     write_preview_grid,
 )
 from hmt_cli.main import app
@@ -32,6 +34,8 @@ def synth(
     preview_examples: int = typer.Option(DEFAULT_PREVIEW_EXAMPLES, "--preview-examples", help="Examples per class in the preview grid."),
     pose_spread: float = typer.Option(DEFAULT_POSE_SPREAD, "--pose-spread", help="Multiplies the random pose's shift, rotation and log-scale ranges (0 to 4; 1 = default, larger gives registration more to correct)."),
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: CPU count, at most 8); output is identical for any number."),
+    multi_label: bool = typer.Option(False, "--multi-label", help="Images that carry several lesion types at once (each with chance --prevalence) in images/, with one 0/1 column per lesion type in manifest.csv (read it with --labels); --n-per-class counts images per lesion type."),
+    prevalence: float = typer.Option(DEFAULT_PREVALENCE, "--prevalence", help="With --multi-label: the chance of each lesion type."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a class-per-folder synthetic chest X-ray phantom set with lesion masks, poses and lesion-probability maps.
@@ -39,19 +43,29 @@ def synth(
     Classes: covid (peripheral lower-zone ground glass), bacteria (one lobar consolidation), virus (perihilar streaks), normal (none). Ground truth goes to OUT/ground_truth/ (see its README.md).
 
     Example: hmt synth data/phantom --n-per-class 200 --size 256 --seed 0 --preview grid.png  (add --pose-spread 2.5 for harder poses)
+
+    Multi-label: hmt synth data/findings --multi-label --classes bacteria,covid,virus, then
+    hmt train data/findings/manifest.csv --multi-label --labels bacteria,covid,virus
     """
     chosen = [label.strip() for label in classes.split(",") if label.strip()]
     if preview_examples < 1:
         raise HmtError(f"--preview-examples must be at least 1, got {preview_examples}")
-    summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
-                                 progress=progress_bar(), workers=workers, pose_spread=pose_spread)
+    if multi_label:
+        findings = [name for name in chosen if LESIONS[name] is not None]  # a multi-label image carries lesion types
+        summary = synthesize_multi_label(out_dir, n_images=n_per_class * len(findings), size=size, seed=seed, findings=findings,
+                                         prevalence=prevalence, pose_spread=pose_spread, progress=progress_bar())
+        if preview is not None:
+            raise HmtError("--preview draws class-folder phantom sets; leave it out with --multi-label")
+    else:
+        summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
+                                     progress=progress_bar(), workers=workers, pose_spread=pose_spread)
     preview_path = write_preview_grid(out_dir, preview, preview_examples) if preview is not None else None
     if as_json:
         result = summary.to_json()
         result["preview"] = str(preview_path) if preview_path is not None else None
         typer.echo(json.dumps(result, indent=2))
         return
-    total = sum(summary.counts.values())
+    total = summary.n_per_class if multi_label else sum(summary.counts.values())
     typer.echo(f"wrote {total} phantoms ({', '.join(f'{k} {v}' for k, v in summary.counts.items())}) "
                f"at {size} px to {out_dir} in {summary.seconds:.1f} s; ground truth in {out_dir / 'ground_truth'}")
     if preview_path is not None:

@@ -23,6 +23,7 @@ from heatmap_templates.synth import (
     read_poses,
     render_phantom,
     synthesize_dataset,
+    synthesize_multi_label,
 )
 
 SIZE = 64
@@ -393,3 +394,30 @@ def test_ground_truth_localisation_refuses_other_proportions_and_foreign_folders
         ground_truth_localisation(oblong, tmp_path)
     with pytest.raises(HmtError, match="threshold_fraction"):
         ground_truth_localisation(oblong, phantom_set, threshold_fraction=0.0)
+
+
+def test_multi_label_set_plants_each_finding_independently_with_its_mask(tmp_path: Path) -> None:
+    findings = ("bacteria", "covid", "virus")
+    summary = synthesize_multi_label(tmp_path / "ml", n_images=40, size=64, seed=3, findings=findings, prevalence=0.5)
+    dataset = load_dataset(tmp_path / "ml" / "manifest.csv", labels=list(findings))
+    assert dataset.multi_label and len(dataset.samples) == 40
+    matrix = dataset.finding_matrix()
+    assert matrix.shape == (40, 3)
+    assert {name: int(column.sum()) for name, column in zip(findings, matrix.T)} == summary.counts
+    assert (matrix.sum(axis=1) >= 2).any() and (matrix.sum(axis=1) == 0).any()  # co-occurring and empty images
+    for sample, row in zip(dataset.samples, matrix):
+        for name, present in zip(findings, row):
+            mask_path = tmp_path / "ml" / "ground_truth" / "masks" / name / Path(sample.path).name
+            assert mask_path.exists() == bool(present)
+            if present:
+                assert (_read_gray(mask_path) > 0).any()
+    again = synthesize_multi_label(tmp_path / "again", n_images=40, size=64, seed=3, findings=findings, prevalence=0.5)
+    assert again.counts == summary.counts
+    assert _files(tmp_path / "ml" / "images") == _files(tmp_path / "again" / "images")
+
+
+def test_multi_label_refuses_normal_and_bad_prevalence(tmp_path: Path) -> None:
+    with pytest.raises(HmtError, match="lesion types"):
+        synthesize_multi_label(tmp_path / "a", n_images=4, size=64, findings=("covid", "normal"))
+    with pytest.raises(HmtError, match="prevalence"):
+        synthesize_multi_label(tmp_path / "b", n_images=4, size=64, prevalence=1.5)

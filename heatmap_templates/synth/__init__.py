@@ -18,13 +18,16 @@ from heatmap_templates.synth.anatomy import MAX_SIZE, MIN_SIZE, canonical_lung_m
 from heatmap_templates.synth.dataset import (
     CANONICAL_CHEST_FILE,
     DEFAULT_N_PER_CLASS,
+    DEFAULT_PREVALENCE,
     DEFAULT_SIZE,
+    MULTI_LABEL_FOLDER,
     CANONICAL_LUNGS_FILE,
     GROUND_TRUTH_DIR,
     MARKER_FILE,
     SynthSummary,
     read_poses,
     synthesize_dataset,
+    synthesize_multi_label,
 )
 from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, read_lesion_truth
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
@@ -43,8 +46,8 @@ from heatmap_templates.synth.render import (
 )
 
 __all__ = [
-    "DEFAULT_N_PER_CLASS", "DEFAULT_SIZE", "DEFAULT_PREVIEW_EXAMPLES", "DEFAULT_POSE_SPREAD", "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",
-    "MARKER_FILE", "SynthSummary", "read_poses", "synthesize_dataset", "LesionTruth", "ground_truth_localisation",
+    "DEFAULT_N_PER_CLASS", "DEFAULT_PREVALENCE", "DEFAULT_SIZE", "MULTI_LABEL_FOLDER", "DEFAULT_PREVIEW_EXAMPLES", "DEFAULT_POSE_SPREAD", "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",
+    "MARKER_FILE", "SynthSummary", "read_poses", "synthesize_dataset", "synthesize_multi_label", "LesionTruth", "ground_truth_localisation",
     "read_lesion_truth", "CLASSES", "LESIONS", "write_preview_grid", "DEFAULT_PROBABILITY_SAMPLES", "LESION_THRESHOLD",
     "MAX_POSE_SPREAD", "Phantom", "Pose", "canonical_lesion_probability", "phantom_seed", "pose_matrix", "render_phantom",
 ]

@@ -42,6 +42,10 @@ from heatmap_templates.synth.render import (
 DEFAULT_N_PER_CLASS = 200
 DEFAULT_SIZE = 256
 GROUND_TRUTH_DIR = "ground_truth"
+MULTI_LABEL_FOLDER = "images"  # where a multi-label phantom set keeps its images
+DEFAULT_PREVALENCE = 0.4  # chance of each lesion type in a multi-label phantom
+_MULTI_LABEL_NAME = "img"  # images are img_NNNN.png
+_FINDINGS_STREAM = 2
 MARKER_FILE = "synth.json"
 CANONICAL_CHEST_FILE = "canonical_chest.png"
 CANONICAL_LUNGS_FILE = "canonical_lungs.png"
@@ -109,14 +113,16 @@ def _prepare_out_dir(out_dir: Path) -> None:
     except (ValueError, KeyError, TypeError) as error:
         raise HmtError(f"{marker}: cannot read the previous synth record ({error}); remove the folder by hand") from error
     # Remove only what a previous run wrote, so a stale larger set does not survive a smaller one.
-    for label in previous_classes:
-        for folder in (out_dir / label, out_dir / GROUND_TRUTH_DIR / "masks" / label):
-            if folder.is_dir():
-                for path in folder.iterdir():
-                    if re.fullmatch(rf"{re.escape(label)}_\d+\.png", path.name):
-                        path.unlink()
-                if not any(folder.iterdir()):
-                    folder.rmdir()
+    folders = [(out_dir / label, label) for label in previous_classes] + [(out_dir / MULTI_LABEL_FOLDER, _MULTI_LABEL_NAME)]
+    folders += [(out_dir / GROUND_TRUTH_DIR / "masks" / label, rf"(?:{re.escape(label)}|{_MULTI_LABEL_NAME})")
+                for label in previous_classes]
+    for folder, name in folders:
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if re.fullmatch(rf"{name}_\d+\.png", path.name):
+                    path.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
     masks = out_dir / GROUND_TRUTH_DIR / "masks"
     if masks.is_dir() and not any(masks.iterdir()):
         masks.rmdir()
@@ -290,6 +296,82 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                        for label in chosen}
     return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,
                         time.perf_counter() - started)
+
+
+def finding_presence(seed: int, index: int, findings: Sequence[str], prevalence: float) -> list[str]:
+    """The lesion types image ``index`` of a multi-label phantom set carries: each with chance ``prevalence``."""
+    rng = np.random.default_rng([seed, _FINDINGS_STREAM, index])
+    draws = rng.random(len(findings))
+    return [name for name, draw in zip(findings, draws) if draw < prevalence]
+
+
+def _render_and_write_multi_label(out: Path, indices: Sequence[int], seed: int, size: int, findings: Sequence[str],
+                                  prevalence: float, pose_spread: float) -> list[_Written]:
+    """Render multi-label images ``indices``: every finding drawn independently; each finding's mask written."""
+    written = []
+    canonical_sum = np.zeros((size, size), np.float64)
+    for index in indices:
+        name = f"{_MULTI_LABEL_NAME}_{index:04d}.png"
+        present = finding_presence(seed, index, findings, prevalence)
+        phantom = render_phantom(phantom_seed(seed, _MULTI_LABEL_NAME, index), "normal", size, pose_spread=pose_spread,
+                                 findings=present)
+        canonical_sum += phantom.canonical_image
+        _write_png(out / MULTI_LABEL_FOLDER / name, _to_uint8(phantom.image))
+        for finding in present:
+            _write_png(out / GROUND_TRUTH_DIR / "masks" / finding / name, phantom.finding_masks[finding].astype(np.uint8) * 255)
+        pose = phantom.pose
+        row = [f"{MULTI_LABEL_FOLDER}/{name}", *("1" if finding in present else "0" for finding in findings),
+               *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
+               *(repr(float(value)) for value in pose.matrix.ravel()), f"{_MULTI_LABEL_NAME}_{index:04d}"]
+        written.append(_Written(";".join(present), index, row, int(phantom.lesion_mask.sum())))
+    if written:
+        written[0] = _Written(written[0].label, written[0].index, written[0].pose_row, written[0].mask_pixels, canonical_sum)
+    return written
+
+
+def synthesize_multi_label(out_dir: str | Path, *, n_images: int, size: int = DEFAULT_SIZE, seed: int = 0,
+                           findings: Sequence[str] = ("bacteria", "covid", "virus"), prevalence: float = DEFAULT_PREVALENCE,
+                           probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, pose_spread: float = DEFAULT_POSE_SPREAD,
+                           progress: Progress | None = None) -> SynthSummary:
+    """Write a multi-label phantom set: ``images/img_NNNN.png``, each carrying every lesion type of ``findings``
+    independently with chance ``prevalence``, and ``manifest.csv`` with one 0/1 column per finding (read it with
+    ``--labels``). Ground truth as for the class-folder set: each finding's masks under ``ground_truth/masks/<finding>/``
+    (written for the images that carry it), its canonical lesion-probability map, poses, lungs and chest.
+    """
+    started = time.perf_counter()
+    chosen = _validate(n_images, size, seed, findings, pose_spread)
+    if any(LESIONS[name] is None for name in chosen):
+        raise HmtError(f"a multi-label phantom carries lesion types; {', '.join(n for n in chosen if LESIONS[n] is None)} has none")
+    if not 0.0 < prevalence < 1.0:
+        raise HmtError(f"the prevalence of each finding must lie between 0 and 1, got {prevalence}")
+    out = Path(out_dir)
+    _prepare_out_dir(out)
+    truth = out / GROUND_TRUTH_DIR
+    ensure_folder(out / MULTI_LABEL_FOLDER, out)
+    for name in chosen:
+        ensure_folder(truth / "masks" / name, out)
+    progress = progress or NullProgress()
+    progress.start(n_images, "synthesising multi-label phantoms")
+    written: list[_Written] = []
+    for first in range(0, n_images, 16):
+        indices = range(first, min(first + 16, n_images))
+        written += _render_and_write_multi_label(out, indices, seed, size, chosen, prevalence, pose_spread)
+        progress.advance(len(indices))
+    for name in chosen:
+        _write_probability(truth / f"lesion_probability_{name}.npy", name, size, probability_samples, seed)
+    progress.finish()
+    _write_csv(out / "manifest.csv", ["path", *chosen, "patient_id"],
+               ([item.pose_row[0], *item.pose_row[1:1 + len(chosen)], item.pose_row[-1]] for item in written))
+    _write_csv(truth / "poses.csv", ["path", *chosen, *_POSE_COLUMNS, "patient_id"], (item.pose_row for item in written))
+    _write_png(truth / CANONICAL_LUNGS_FILE, canonical_lung_mask(size).astype(np.uint8) * 255)
+    canonical_total = sum((item.canonical_sum for item in written if item.canonical_sum is not None), np.zeros((size, size)))
+    _write_png(truth / CANONICAL_CHEST_FILE, _to_uint8(canonical_total / len(written)))
+    record = {"generator": "hmt synth", "multi_label": True, "n_images": n_images, "size": size, "seed": seed,
+              "classes": list(chosen), "prevalence": prevalence, "probability_samples": probability_samples,
+              "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread}
+    write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
+    counts = {name: sum(1 for item in written if name in item.label.split(";")) for name in chosen}
+    return SynthSummary(out, chosen, n_images, size, seed, counts, {}, time.perf_counter() - started)
 
 
 def read_poses(out_dir: str | Path) -> dict[str, Pose]:

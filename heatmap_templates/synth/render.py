@@ -56,8 +56,7 @@ class Phantom:
     pose: Pose
     label: str
     canonical_image: np.ndarray = field(repr=False)
-
-
+    finding_masks: dict[str, np.ndarray] | None = field(default=None, repr=False)  # multi-label: per finding, image frame
 
 
 def phantom_seed(seed: int, label: str, index: int) -> np.random.SeedSequence:
@@ -113,14 +112,18 @@ def check_pose_spread(pose_spread: float) -> None:
 
 
 def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: str, size: int = 256, *,
-                   include_lesions: bool = True, pose_spread: float = DEFAULT_POSE_SPREAD) -> Phantom:
-    """Render one phantom of class ``label``.
+                   include_lesions: bool = True, pose_spread: float = DEFAULT_POSE_SPREAD,
+                   findings: Sequence[str] | None = None) -> Phantom:
+    """Render one phantom of class ``label``, or with every lesion type in ``findings`` at once (multi-label).
 
     ``include_lesions=False`` renders the identical image without its lesions (same anatomy, pose
     and noise), which is what makes the lesion ground truth checkable. ``pose_spread`` scales the
-    random pose (see `synthesize_dataset`).
+    random pose (see `synthesize_dataset`). With ``findings``, each finding's lesions come from a
+    random stream of their own and ``finding_masks`` holds each finding's mask in the image frame.
     """
     LESIONS.check(label)
+    for finding in findings or ():
+        LESIONS.check(finding)
     check_size(size)
     check_pose_spread(pose_spread)
     seed_sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
@@ -130,7 +133,15 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     anatomy = sample_anatomy(rng["anatomy"])
     lung_fields = draw_lung_fields(anatomy, size)
     canonical = render_anatomy(anatomy, lung_fields[0] + lung_fields[1], size, rng["anatomy"])
-    lesion = lesion_intensity(label, anatomy, lung_fields, size, rng["lesions"])
+    if findings is None:
+        lesion = lesion_intensity(label, anatomy, lung_fields, size, rng["lesions"])
+        per_finding: dict[str, np.ndarray] = {}
+    else:
+        base_seed = int(rng["lesions"].integers(2**63))
+        per_finding = {name: lesion_intensity(name, anatomy, lung_fields, size,
+                                              np.random.default_rng([base_seed, zlib.crc32(name.encode())]))
+                       for name in sorted(findings)}
+        lesion = np.minimum(sum(per_finding.values(), np.zeros((size, size), np.float32)), 0.45)
     canonical_mask = lesion >= LESION_THRESHOLD
     if include_lesions:
         canonical = canonical + lesion
@@ -150,8 +161,9 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     image += noise_rng.normal(0.0, noise_rng.uniform(0.008, 0.022), (size, size)).astype(np.float32)
     image += 0.02 * smooth_noise(noise_rng, size, 6)
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    finding_masks = {name: _warp_mask((values >= LESION_THRESHOLD).astype(np.float32), pose) for name, values in per_finding.items()}
     return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, lung_mask=lungs, pose=pose, label=label,
-                   canonical_image=canonical_image)
+                   canonical_image=canonical_image, finding_masks=finding_masks if findings is not None else None)
 
 
 def canonical_lesion_probability(label: str, size: int = 256, n_samples: int = DEFAULT_PROBABILITY_SAMPLES,
