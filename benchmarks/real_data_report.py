@@ -3,8 +3,8 @@
 One command, on ../shared/data/cxr4 (skips with a message when it is absent):
 
 1. the model: ``--model`` (an hmt ``.keras`` file trained on this data set, whose recorded
-   patient-grouped split is reused), or a ``small`` CNN trained here (``--epochs``, ``--input-size``;
-   early stopping on the validation split);
+   patient-grouped split is reused), or a ``small`` CNN trained here with the default recipe
+   (``--epochs``, ``--input-size``; ``--binary covid`` for a one-output covid-vs-rest model);
 2. CSV manifests of the model's stored ``train`` and ``test`` parts (no patient in both);
 3. heatmaps and templates (every class, correctly classified members, ``--registration``) built
    on the TRAINING part only;
@@ -48,11 +48,16 @@ def write_manifest(paths: list[str], data: Path, out: Path) -> int:
     return len(rows)
 
 
-def train_model(data: Path, out: Path, epochs: int, input_size: int) -> Path:
+def train_model(data: Path, out: Path, epochs: int | None, input_size: int, binary: str | None) -> Path:
+    """Train `small` on ``data`` with the default recipe (``binary``: one sigmoid output, POS against the rest)."""
+    from dataclasses import replace
+
     from heatmap_templates import model_file, training
     from heatmap_templates.data import load_dataset
 
-    config = training.TrainConfig(backbone="small", epochs=epochs, input_size=input_size, batch_size=16)
+    config = training.TrainConfig(backbone="small", input_size=input_size, batch_size=16, binary=binary)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
     result = training.train(load_dataset(data), config)
     return model_file.save_model(result.model, result.info, out / "model.keras")
 
@@ -92,8 +97,8 @@ def markdown(report: dict, meta: dict) -> str:
         "",
         f"Classification accuracy on the test part: **{ev['classification']['accuracy']:.3f}** (n={ev['n_images']}).",
         "",
-        "| class | test n | recall | template-match acc. | lung-field energy (images, mean) | lung-field energy (template) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| class | test n | recall | AUC | template-match acc. | lung-field energy (images, mean) | lung-field energy (template) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ev["class_names"]:
         match = ev["template_match"]["per_class"].get(name, {})
@@ -101,7 +106,9 @@ def markdown(report: dict, meta: dict) -> str:
         template_energy = ev["lung_field_energy"]["templates"].get(name)
         recall = ev["classification"]["per_class"][name]["recall"]
         accuracy = match.get("accuracy")
+        class_auc = ev["classification"]["per_class"][name].get("auc")
         lines.append(f"| {name} | {ev['classification']['per_class'][name]['support']} | {recall:.3f} | "
+                     f"{'-' if class_auc is None else f'{class_auc:.3f}'} | "
                      f"{'-' if accuracy is None else f'{accuracy:.3f}'} | {energy['mean']:.3f} | "
                      f"{'-' if template_energy is None else f'{template_energy:.3f}'} |")
     match = ev["template_match"]
@@ -124,7 +131,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cxr4 folder (class folders)")
     parser.add_argument("--model", type=Path, default=None, help="an hmt model trained on --data (default: train `small` here)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/hmt_real_report"))
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the default recipe's)")
+    parser.add_argument("--binary", default=None, metavar="POS[:NEG]",
+                        help="train a one-output sigmoid model, POS against every other class (as hmt train --binary)")
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--registration", default="affine")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -140,7 +149,7 @@ def main() -> None:
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    model = args.model or train_model(args.data, args.out, args.epochs, args.input_size)
+    model = args.model or train_model(args.data, args.out, args.epochs, args.input_size, args.binary)
     info = read_model_info(model)
     if info is None or not info.split.get("train") or not info.split.get("test"):
         sys.exit(f"{model} has no recorded train/test split; train it with hmt train")

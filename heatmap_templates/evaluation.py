@@ -92,7 +92,7 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_s
     values = np.concatenate(outputs)
     if not np.all(np.isfinite(values)):
         raise HmtError("the model produced non-finite outputs (NaN or infinity)")
-    probabilities = probabilities_of(values, info.head or "softmax")
+    probabilities = probabilities_of(values, info.head)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(info.class_names):
         raise HmtError(f"the model outputs shape {values.shape[1:]}, expected scores of {len(info.class_names)} classes")
     return probabilities
@@ -110,7 +110,7 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     """
     if split not in EVALUATION_SPLITS:
         raise HmtError(f"unknown split {split!r}; choose test, val, train or all")
-    objective = Objective(info.head or "softmax", info.class_names, info.negatives)
+    objective = Objective(info.head, info.class_names, info.negatives)
     check_labels_fit(objective, dataset)
     notes: list[str] = []
     samples = list(dataset.samples)

@@ -143,6 +143,10 @@ def save_model(model, info: ModelInfo, path: str | os.PathLike) -> Path:  # noqa
 def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
     """The metadata stored in a ``.keras`` file without loading the model; None if it has none."""
     path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        raise BadFileError(path, "a TensorFlow SavedModel folder, which Keras 3 cannot open layer by layer for CAMs; "
+                                 "convert it where it was made: tf.keras.models.load_model(FOLDER).save('model.keras') "
+                                 "(or .save('model.h5') with Keras 2)")
     if not path.is_file():
         raise BadFileError(path, "no such model file")
     if not zipfile.is_zipfile(path):
@@ -171,6 +175,10 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
     import keras
 
     path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        raise BadFileError(path, "a TensorFlow SavedModel folder, which Keras 3 cannot open layer by layer for CAMs; "
+                                 "convert it where it was made: tf.keras.models.load_model(FOLDER).save('model.keras') "
+                                 "(or .save('model.h5') with Keras 2)")
     if not path.is_file():
         raise BadFileError(path, "no such model file")
     is_zip = zipfile.is_zipfile(path)

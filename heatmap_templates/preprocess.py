@@ -56,6 +56,7 @@ PREPROCESSING.add("unit", InputMode(1.0), help="[0, 1] pixels, hmt's small CNN")
 PREPROCESSING.add("tf", InputMode(2.0, (1.0, 1.0, 1.0)), help="[-1, 1], Xception")
 PREPROCESSING.add("caffe", InputMode(255.0, _CAFFE_MEAN_BGR), help="0-255 BGR minus the ImageNet mean, VGG and ResNet50")
 PREPROCESSING.add("torch", InputMode(1.0, _TORCH_MEAN_RGB, _TORCH_STD_RGB), help="ImageNet mean/std normalisation")
+PREPROCESSING.add("pixels", InputMode(255.0), help="0-255 pixels as they are, for a model that rescales inside (a Rescaling layer)")
 
 
 def resize_gray(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

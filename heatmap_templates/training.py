@@ -383,7 +383,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
 
     info = ModelInfo(
         class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
-        preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model), intensity=config.intensity,
+        preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model), head=objective.head, intensity=config.intensity,
         dataset_fingerprint=dataset_fingerprint(dataset), negatives=objective.negatives,
         split={name: [relative_path(s, dataset.root) for s in kept[name]] for name in SPLIT_NAMES},
     )

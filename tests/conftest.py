@@ -24,3 +24,57 @@ def cxr4_dir() -> Path:
     if not (CXR4_DIR / "manifest.csv").is_file():
         pytest.skip("../shared/data/cxr4 is not present")
     return CXR4_DIR
+
+
+# --------------------------------------------------------------------------- phantom models trained once per session
+# Toy sizes (48 px, a few dozen images, 12 epochs of the `small` CNN, no augmentation): enough for the
+# templates to find the planted lesions better than chance, small enough for the suite's budget.
+MODEL_KIND_SIZE = 48
+_FINDINGS = ("bacteria", "covid", "virus")
+
+
+def _train_and_template(root: Path, dataset, **config_fields) -> dict:  # noqa: ANN001 (Dataset)
+    """Train a `small` model on ``dataset``, save it, extract its heatmaps and build every class's templates in
+    the phantom's canonical frame (so they can be scored against the planted lesions)."""
+    from heatmap_templates.build import BuildConfig, build_templates
+    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.model_file import save_model
+    from heatmap_templates.training import TrainConfig, train
+
+    config = TrainConfig(backbone="small", input_size=MODEL_KIND_SIZE, epochs=12, batch_size=16, learning_rate=3e-3,
+                         val_fraction=0.2, test_fraction=0.2, augment=False, **config_fields)
+    result = train(dataset, config)
+    model = save_model(result.model, result.info, root / "model.keras")
+    store = root / "heatmaps.h5"
+    extract_heatmaps(model, dataset, store, batch_size=16)
+    templates = root / "templates.h5"
+    reference = dataset.root / "ground_truth" / "canonical_chest.png"
+    build_templates(store, None, templates, config=BuildConfig(registration="affine", reference=str(reference),
+                                                               bootstrap_replicates=4, n_components=2))
+    return {"root": root, "data": dataset.root, "dataset": dataset, "model": model, "result": result, "store": store,
+            "templates": templates}
+
+
+@pytest.fixture(scope="session")
+def binary_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """covid against the rest: three phantom classes, a one-output sigmoid model (`--binary covid`), its heatmap
+    store and templates of both classes (covid, not-covid); made once per session."""
+    from heatmap_templates.data import load_dataset
+    from heatmap_templates.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("binary_phantom")
+    synthesize_dataset(root / "data", n_per_class=30, size=MODEL_KIND_SIZE, seed=1, classes=("bacteria", "covid", "normal"),
+                       workers=1, probability_samples=4)
+    return _train_and_template(root, load_dataset(root / "data"), binary="covid")
+
+
+@pytest.fixture(scope="session")
+def multi_label_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Phantoms carrying several lesion types at once (`hmt synth --multi-label`), a model with one sigmoid per
+    finding, its heatmap store and each finding's template; made once per session."""
+    from heatmap_templates.data import load_dataset
+    from heatmap_templates.synth import synthesize_multi_label
+
+    root = tmp_path_factory.mktemp("multi_label_phantom")
+    synthesize_multi_label(root / "data", n_images=100, size=MODEL_KIND_SIZE, seed=1, findings=_FINDINGS, probability_samples=4)
+    return _train_and_template(root, load_dataset(root / "data" / "manifest.csv", labels=list(_FINDINGS)))
