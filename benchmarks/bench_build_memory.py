@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,7 +60,6 @@ def write_store(path: Path, n: int, seed: int = 0) -> None:
         for start in range(0, n, 32):
             count = min(32, n - start)
             raw = np.maximum(rng.normal(size=(count, len(CLASSES), LAYER_SIDE, LAYER_SIDE)), 0).astype(np.float32)
-            upsampled = np.stack([[cv2.resize(plane, (SIDE, SIDE), interpolation=cv2.INTER_LINEAR) for plane in maps] for maps in raw])
             probabilities = rng.dirichlet(np.ones(len(CLASSES)), count).astype(np.float32)
             writer.append(HeatmapBatch(
                 paths=[f"synthetic/covid_{start + i:05d}.png" for i in range(count)],
@@ -72,7 +70,6 @@ def write_store(path: Path, n: int, seed: int = 0) -> None:
                 correct=np.ones(count, bool),
                 images=np.stack([images[(start + i) % DISTINCT_IMAGES] for i in range(count)]),
                 raw=raw,
-                upsampled=upsampled.astype(np.float16),
             ))
 
 

@@ -88,7 +88,7 @@ def store_rates(n: int, size: int, classes: int, folder: Path) -> list[str]:
                 paths=[f"img_{i}.png" for i in range(start, start + count)], sha256=[f"{i:064x}" for i in range(start, start + count)],
                 labels=np.zeros(count, np.int32), predicted=np.zeros(count, np.int32), probabilities=rng.random((count, classes)).astype(np.float32),
                 correct=np.ones(count, bool), images=images[:count],
-                raw=maps[:count, :, ::16, ::16].copy(), upsampled=maps[:count].astype(np.float16),
+                raw=maps[:count, :, ::16, ::16].copy(),
             ))
         append_rate = n / (time.perf_counter() - started)
         started = time.perf_counter()

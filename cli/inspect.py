@@ -11,6 +11,7 @@ import typer
 
 from heatmap_templates.build import merge_template_files
 from heatmap_templates.errors import HmtError
+from heatmap_templates.members import class_view
 from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps, read_templates
 from heatmap_templates.store.hdf5 import jsonable
 from hmt_cli.main import app
@@ -25,17 +26,18 @@ def describe(path: str | Path) -> dict[str, Any]:
     if kind == HEATMAPS:
         reader = open_heatmaps(path)
         names = reader.class_names
-        per_class = {
-            name: {"images": int((reader.labels == i).sum()), "correct": int(((reader.labels == i) & reader.correct).sum()), "predicted": int((reader.predicted == i).sum())}
-            for i, name in enumerate(names)
-        }
+        per_class = {}
+        for index, name in enumerate(names):  # per finding for a multi-label store
+            is_class, predicted, correct = class_view(reader.labels, reader.predicted, reader.correct, index)
+            per_class[name] = {"images": int(is_class.sum()), "correct": int((is_class & correct).sum()), "predicted": int(predicted.sum())}
         shapes = {}
         if len(reader):
             sample = next(reader.iter_batches(1))
-            shapes = {"image": list(sample.images.shape[1:]), "raw": list(sample.raw.shape[1:]), "upsampled": list(sample.upsampled.shape[1:])}
+            shapes = {"image": list(sample.images.shape[1:]), "raw": list(sample.raw.shape[1:])}
         return {
             "path": str(path), "kind": kind.name, "attrs": _public_attrs(reader.attrs), "settings": reader.settings, "images": len(reader),
-            "correct": int(reader.correct.sum()), "unknown_label": int((reader.labels < 0).sum()), "classes": per_class,
+            "correct": int(np.asarray(reader.correct).reshape(len(reader), -1).all(axis=1).sum()),  # every finding right
+            "unknown_label": int((np.asarray(reader.labels).reshape(len(reader), -1) < 0).any(axis=1).sum()), "classes": per_class,
             "shapes": shapes, "pending_shards": reader.pending_shards,
         }
     data = read_templates(path)

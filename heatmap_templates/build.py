@@ -196,7 +196,7 @@ def _build_class(reader: HeatmapReader, class_index: int, name: str, indices: np
     progress.start(2 * len(indices), f"template {name}")
     try:
         for batch in reader.iter_batches(config.batch_size, indices):
-            prepared = prepare_maps(batch.images, batch.upsampled[:, class_index], registrar, config.normalisation)
+            prepared = prepare_maps(batch.images, batch.raw[:, class_index], registrar, config.normalisation)
             alignments.extend(prepared.alignments)
             accumulator.add(prepared.maps, [
                 Member(path, sha, float(probabilities[class_index]), float(alignment.quality), alignment.method)
@@ -209,7 +209,7 @@ def _build_class(reader: HeatmapReader, class_index: int, name: str, indices: np
             position = 0
             for batch in reader.iter_batches(config.batch_size, indices):
                 batch_alignments = alignments[position:position + len(batch)]
-                yield prepare_maps(batch.images, batch.upsampled[:, class_index], registrar, config.normalisation,
+                yield prepare_maps(batch.images, batch.raw[:, class_index], registrar, config.normalisation,
                                    alignments=batch_alignments).maps
                 position += len(batch)
                 progress.advance(len(batch))

@@ -5,7 +5,7 @@ given, which must be the same file by content hash) and a CAM engine with the re
 method and score, once. Images then stream through the same tf.data pipeline as extraction
 (:func:`~heatmap_templates.heatmaps.iter_model_batches`) in batches; for each image:
 
-1. the model's probabilities and every class's upsampled CAM map (one forward pass);
+1. the model's probabilities and every class's CAM map (one forward pass);
 2. registration of the model-input-size grayscale image (uint8 / 255) to the stored reference
    with the stored method, and the same transform applied to each class's map, exactly as
    :mod:`heatmap_templates.build` prepared the template members (maps pass through float16, the
@@ -284,10 +284,10 @@ class Comparer:
             template_classes=list(self.template_classes), results=results, skipped=skipped,
         )
 
-    def prepare_maps(self, images_u8: np.ndarray, upsampled: np.ndarray) -> PreparedMaps:
-        """Register images (N, H, W) uint8 and their all-class maps (N, K, H, W) exactly as build did;
-        ``maps`` of the result are the template classes' (N, T, H, W), in ``template_classes`` order."""
-        return prepare_maps(images_u8, np.asarray(upsampled)[:, self._template_indices], self.registrar, self.normalisation)
+    def prepare_maps(self, images_u8: np.ndarray, raw: np.ndarray) -> PreparedMaps:
+        """Register images (N, H, W) uint8 and their all-class maps (N, K, h, w) at layer resolution exactly as build
+        did; ``maps`` of the result are the template classes' (N, T, H, W), in ``template_classes`` order."""
+        return prepare_maps(images_u8, np.asarray(raw)[:, self._template_indices], self.registrar, self.normalisation)
 
     def _score_batch(self, paths: Sequence[str | os.PathLike], positions: np.ndarray, inputs: np.ndarray,
                      images_u8: np.ndarray, keep_maps: bool) -> Iterator[ImageComparison]:
@@ -295,7 +295,7 @@ class Comparer:
         probabilities = np.asarray(result.probabilities, dtype=np.float64)
         if not np.all(np.isfinite(probabilities)):
             raise HmtError(f"{display_path(self.model_path)}: the model produced non-finite probabilities")
-        prepared = self.prepare_maps(images_u8, result.upsampled)
+        prepared = self.prepare_maps(images_u8, result.raw)
         alignments, warped_images, normalised = prepared.alignments, prepared.images, prepared.maps
         scores = np.stack([similarity_scores(normalised[:, t], self._means[name], self.similarity, self.lung_mask)
                            for t, name in enumerate(self.template_classes)], axis=1)

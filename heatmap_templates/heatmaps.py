@@ -254,7 +254,6 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
                     correct=is_correct,
                     images=batch.images,
                     raw=result.raw.astype(np.float32),
-                    upsampled=result.upsampled.astype(np.float16),
                 ))
                 per_class.update(name for s in samples for name in
                                  ([n for n, v in zip(dataset.class_names, s.findings) if v == 1] if dataset.multi_label else [s.label]))

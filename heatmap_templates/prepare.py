@@ -3,7 +3,8 @@
 Template members (``hmt build-templates``) and new images (``hmt compare``, and every later check)
 go through :func:`prepare_maps`, so a new image's map is prepared exactly as the members' were:
 
-1. the heatmap store's precision: maps pass through float16 (a no-op for maps read from a store);
+1. upsampling: CAM maps at the layer's resolution, as the heatmap store keeps them, are upsampled to the
+   image size with the one upsampler (:func:`heatmap_templates.resample.upsample_maps`);
 2. registration: each image (uint8 at the model's input size) is aligned to the reference, or an
    alignment found earlier is reused, and the *same* transform moves the image's maps;
 3. normalisation of each map with the templates' method.
@@ -17,8 +18,7 @@ import numpy as np
 
 from heatmap_templates.normalisation import normalise
 from heatmap_templates.registration import Alignment, Reference, Registrar
-
-STORE_MAP_DTYPE = np.float16  # the precision the heatmap store keeps upsampled maps in
+from heatmap_templates.resample import upsample_maps
 
 
 @dataclass
@@ -44,8 +44,8 @@ def prepare_maps(images_u8: np.ndarray, maps: np.ndarray, registrar: Registrar, 
     ----------
     images_u8 : (N, H, W) uint8
         The images at the model's input size, as the heatmap store keeps them.
-    maps : (N, ..., H, W) float
-        Their upsampled CAM maps (one class or several per image).
+    maps : (N, ..., h, w) float
+        Their CAM maps at the layer's resolution (one class or several per image), upsampled here.
     registrar : Registrar
         The templates' registration method and reference frame.
     normalisation : str
@@ -60,7 +60,7 @@ def prepare_maps(images_u8: np.ndarray, maps: np.ndarray, registrar: Registrar, 
         (N, ..., h, w) float32, registered and normalised.
     """
     images = [np.asarray(image, dtype=np.float32) / 255.0 for image in images_u8]
-    stored = np.asarray(maps).astype(STORE_MAP_DTYPE).astype(np.float32)
+    stored = upsample_maps(maps, np.shape(images_u8)[1:]) if len(images_u8) else np.asarray(maps, np.float32)
     if alignments is None:
         found, warped_images, warped = registrar.register_batch(images, list(stored))
     else:

@@ -172,9 +172,9 @@ def test_similarities_equal_a_recomputation_by_hand(setup: dict, comparer: Compa
     alignment = registrar.estimate(image_u8.astype(np.float32) / 255.0)
     assert result.predicted == CLASSES[int(cam.probabilities[0].argmax())]
     for k, name in enumerate(CLASSES):
-        registered = registrar.warp(cam.upsampled[0, k].astype(np.float16), alignment)
+        registered = registrar.warp(cam.upsampled[0, k], alignment)
         expected = pearson(normalise(registered, stored.settings["normalisation"])[None], stored.templates[name].mean[None])[0]
-        assert result.similarities[name] == pytest.approx(expected, abs=1e-6)
+        assert result.similarities[name] == pytest.approx(expected, abs=1e-5)  # the store's upsampler vs TensorFlow's
         assert result.probabilities[name] == pytest.approx(float(cam.probabilities[0, k]), abs=1e-6)
     assert result.best_match == max(result.similarities, key=result.similarities.get)
     assert result.registration_method == alignment.method

@@ -187,12 +187,12 @@ def damaged(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     files["store_without_maps"] = folder / "store_without_maps.h5"
     shutil.copy(world["store"], files["store_without_maps"])
     with h5py.File(files["store_without_maps"], "a") as handle:
-        del handle["upsampled"]
+        del handle["raw"]
     return files
 
 
 CORRUPT = ["truncated_templates", "truncated_store", "random_bytes"]
-REASONS = {"nan_templates": "non-finite values in the mean of class 'covid'", "store_without_maps": "missing upsampled"}
+REASONS = {"nan_templates": "non-finite values in the mean of class 'covid'", "store_without_maps": "missing raw"}
 FUTURE = ["future_templates", "future_store"]
 
 
@@ -287,7 +287,7 @@ def test_all_zero_gradients_give_finite_templates(world: dict[str, Path], tmp_pa
                        "--registration", "none", "--bootstrap", "4")
     assert code == 0, err
     store = next(tmp_path.glob("heatmaps_*.h5"))
-    assert not h5_datasets(store)["upsampled"].astype(np.float32).any()  # the maps really are all zero
+    assert not h5_datasets(store)["raw"].any()  # the maps really are all zero
     templates = h5_datasets(out)
     assert "templates/normal/mean" in templates
     for name, values in templates.items():

@@ -12,8 +12,8 @@ from heatmap_templates.store import HEATMAPS, TEMPLATES, file_kind, load_accumul
 from cli_helpers import run_hmt
 
 DATA = Path(__file__).resolve().parent / "data"
-HEATMAP_FILES = {1: DATA / "heatmaps_v1.h5"}
-TEMPLATE_FILES = {1: DATA / "templates_v1.h5"}
+HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}
+TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2)}
 
 
 def test_every_readable_version_has_a_file_here() -> None:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner, Result
 
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.store import (
+    TEMPLATES,
     HeatmapBatch,
     HeatmapWriter,
     load_accumulator,
@@ -40,6 +41,7 @@ HEATMAP_SETTINGS = {
     "input_size": list(SIZE),
     "preprocessing": "unit",
     "intensity": "bits",
+    "threshold": 0.5,
 }
 TEMPLATE_SETTINGS = HEATMAP_SETTINGS | {"registration": "affine", "normalisation": "minmax"}
 
@@ -60,20 +62,19 @@ def make_batch(start: int, n: int) -> HeatmapBatch:
         correct=labels == predicted,
         images=np.array([rng.integers(0, 256, SIZE) for rng in rows], dtype=np.uint8).reshape(n, *SIZE),
         raw=np.array([rng.random((2, 4, 3)) for rng in rows], dtype=np.float32).reshape(n, 2, 4, 3),
-        upsampled=np.array([rng.random((2, *SIZE)) for rng in rows], dtype=np.float16).reshape(n, 2, *SIZE),
     )
 
 
 def batch_row(batch: HeatmapBatch, row: int) -> HeatmapBatch:
     """One row of a batch as a batch of one."""
     return HeatmapBatch(
-        [batch.paths[row]], [batch.sha256[row]], *(getattr(batch, name)[row : row + 1] for name in ("labels", "predicted", "probabilities", "correct", "images", "raw", "upsampled"))
+        [batch.paths[row]], [batch.sha256[row]], *(getattr(batch, name)[row : row + 1] for name in ("labels", "predicted", "probabilities", "correct", "images", "raw"))
     )
 
 
 def _assert_rows_match(batch: HeatmapBatch, expected: HeatmapBatch) -> None:
     assert batch.paths == expected.paths and batch.sha256 == expected.sha256
-    for name in ("labels", "predicted", "probabilities", "correct", "images", "raw", "upsampled"):
+    for name in ("labels", "predicted", "probabilities", "correct", "images", "raw", "upsampled"):  # upsampled: derived
         np.testing.assert_array_equal(getattr(batch, name), getattr(expected, name), err_msg=name)
 
 
@@ -98,7 +99,7 @@ def test_heatmap_store_round_trip_resume_and_selection(tmp_path: Path) -> None:
     for row, number in enumerate(picked):
         _assert_rows_match(batch_row(batch, row), make_batch(number, 1))
     assert sum(len(b) for b in reader.iter_batches(5)) == 12
-    np.testing.assert_array_equal(batch.maps_for(1), everything.upsampled[picked, 1].astype(np.float32))
+    np.testing.assert_array_equal(batch.maps_for(1), everything.upsampled[picked, 1])
     labels, correct, predicted = everything.labels, everything.correct, everything.predicted
     np.testing.assert_array_equal(member_indices(reader, 0), np.flatnonzero((labels == 0) & correct))
     np.testing.assert_array_equal(member_indices(reader, 0, "all"), np.flatnonzero(labels == 0))
@@ -127,7 +128,7 @@ def test_heatmap_store_refuses_other_settings_naming_the_setting(tmp_path: Path)
     HeatmapWriter(shards_only, HEATMAP_SETTINGS).append(make_batch(0, 2))
     with pytest.raises(BadFileError, match=r"000000\.h5: made with score="):
         HeatmapWriter(shards_only, HEATMAP_SETTINGS | {"score": "probability"})
-    with pytest.raises(ValueError, match="upsampled"):
+    with pytest.raises(ValueError, match="images"):
         HeatmapWriter(tmp_path / "x.h5", HEATMAP_SETTINGS).append(_wrong_size_batch())
     float32_run = tmp_path / "float32.h5"
     HeatmapWriter(float32_run, HEATMAP_SETTINGS | {"mixed_precision": False}).append(make_batch(0, 2))
@@ -137,7 +138,7 @@ def test_heatmap_store_refuses_other_settings_naming_the_setting(tmp_path: Path)
 
 def _wrong_size_batch() -> HeatmapBatch:
     batch = make_batch(0, 2)
-    batch.upsampled = np.zeros((2, 2, 8, 8), np.float16)
+    batch.images = np.zeros((2, 8, 8), np.uint8)
     return batch
 
 
@@ -275,7 +276,7 @@ def test_templates_round_trip_and_adding_a_class(tmp_path: Path) -> None:
     _save_class(path, "normal", 100, 9)  # adds, keeps covid
     data = read_templates(path, expected_model_sha256="ab" * 32)
     assert list(data.templates) == ["covid", "normal"] and data.settings == TEMPLATE_SETTINGS
-    assert data.attrs["kind"] == "hmt-templates" and data.attrs["schema_version"] == 1 and data.attrs["layer"] == "block/conv"
+    assert data.attrs["kind"] == "hmt-templates" and data.attrs["schema_version"] == TEMPLATES.version and data.attrs["layer"] == "block/conv"
     np.testing.assert_array_equal(data.reference_image, REFERENCE)
     np.testing.assert_array_equal(data.lung_mask, LUNGS)
     covid = data.templates["covid"]
@@ -300,8 +301,8 @@ def test_templates_file_refusals(tmp_path: Path) -> None:
     with pytest.raises(BadFileError, match="another reference image"):
         save_templates(path, TEMPLATE_SETTINGS, [_accumulator("normal", 50, 5).finalize()], reference_image=REFERENCE * 0.5, lung_mask=LUNGS)
     with h5py.File(path, "a") as handle:
-        handle.attrs["schema_version"] = 2
-    with pytest.raises(BadFileError, match="unknown schema version 2"):
+        handle.attrs["schema_version"] = TEMPLATES.version + 1
+    with pytest.raises(BadFileError, match=f"unknown schema version {TEMPLATES.version + 1}"):
         read_templates(path)
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"not hdf5 at all")
@@ -402,4 +403,4 @@ def test_describe_heatmap_store_counts(tmp_path: Path) -> None:
     batch = make_batch(0, 6)
     assert summary["images"] == 6 and summary["pending_shards"] == 1
     assert summary["classes"]["covid"]["correct"] == int(((batch.labels == 0) & batch.correct).sum())
-    assert summary["shapes"] == {"image": list(SIZE), "raw": [2, 4, 3], "upsampled": [2, *SIZE]}
+    assert summary["shapes"] == {"image": list(SIZE), "raw": [2, 4, 3]}

@@ -17,7 +17,7 @@ from heatmap_templates.statistics import (
     RunningStats,
     principal_components,
 )
-from heatmap_templates.resample import downsample, upsample
+from heatmap_templates.resample import downsample, upsample, upsample_maps
 from heatmap_templates.normalisation import NORMALISATIONS, normalise
 from heatmap_templates.similarity import similarity_matrix
 
@@ -120,6 +120,19 @@ def test_downsample_is_area_average_and_upsample_preserves_constants() -> None:
     image = np.arange(16.0).reshape(4, 4)
     np.testing.assert_allclose(downsample(image, (2, 2)), [[2.5, 4.5], [10.5, 12.5]])
     np.testing.assert_allclose(upsample(np.full((3, 3), 2.0), (7, 5)), 2.0)
+
+
+@pytest.mark.parametrize(("source", "target"), [((7, 7), (224, 224)), ((14, 14), (224, 224)), ((16, 16), (128, 128)),
+                                                ((5, 3), (71, 40)), ((4, 4), (4, 4))])
+def test_the_stores_upsampler_matches_tensorflow_bilinear_resize(source: tuple[int, int], target: tuple[int, int]) -> None:
+    """Maps are stored at layer resolution and upsampled on read; the result must be what TensorFlow's resize gave."""
+    import tensorflow as tf
+
+    raw = np.random.default_rng(8).gamma(1.0, size=(3, 2, *source)).astype(np.float32)
+    expected = tf.image.resize(raw.reshape(-1, *source)[..., None], target, method="bilinear").numpy()[..., 0]
+    ours = upsample_maps(raw, target)
+    assert ours.dtype == np.float32 and ours.shape == (3, 2, *target)
+    np.testing.assert_allclose(ours.reshape(-1, *target), expected, rtol=0, atol=1e-6 * raw.max())
 
 
 def test_histogram_median_is_within_one_bin_of_numpy_and_merges() -> None:

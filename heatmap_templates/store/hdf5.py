@@ -44,7 +44,7 @@ class FileKind:
 # Recorded since heatmap store v2 / templates v2; files of v1 were all decoded with `full` scaling
 # and decided by argmax (a 0.5 threshold for every head they could hold).
 _RECORDED_SINCE_V2 = (("intensity", "full"), ("threshold", 0.5))
-HEATMAPS = FileKind("hmt-heatmaps", 2, (1, 2), _RECORDED_SINCE_V2)
+HEATMAPS = FileKind("hmt-heatmaps", 3, (1, 2, 3), _RECORDED_SINCE_V2)  # v3: no upsampled copy of the maps
 TEMPLATES = FileKind("hmt-templates", 2, (1, 2), _RECORDED_SINCE_V2)
 KINDS = {kind.name: kind for kind in (HEATMAPS, TEMPLATES)}
 

@@ -1,5 +1,10 @@
 """The heatmap store: per image its hash, labels, probabilities, model-input image and every class's maps.
 
+Maps are kept once, at the CAM layer's resolution (``raw``); every consumer upsamples them to the
+image size on read with the one upsampler, :func:`heatmap_templates.resample.upsample` (bilinear,
+half-pixel centres: ``tf.image.resize``'s convention). Stores of schema 1 and 2 also hold an
+upsampled float16 copy, which is not read.
+
 It is written crash-safely: each appended batch is a small shard file ``<path>.parts/<n>.h5``
 (temp file, fsync, rename), and ``finalize()`` merges the final file and the shards into a new
 temp file that is renamed into place, so a SIGKILL at any moment leaves complete shards and an
@@ -19,6 +24,7 @@ import numpy as np
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.resample import upsample_maps
 from heatmap_templates.store.hdf5 import HEATMAPS, atomic_h5, check_identity, jsonable, open_h5, read_root, require_keys, strings, write_root
 
 HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold")
@@ -42,14 +48,18 @@ class HeatmapBatch:
     correct: np.ndarray  # (N,) bool; multi-label: (N, K), the label known and equal to the decision
     images: np.ndarray  # (N, H, W) uint8, the model-input-size grayscale image
     raw: np.ndarray  # (N, K, h, w) float32, layer resolution
-    upsampled: np.ndarray  # (N, K, H, W) float16 or float32
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def maps_for(self, class_index: int) -> np.ndarray:
-        """(N, H, W) float32 upsampled maps of one class: what registration and templates take."""
-        return np.asarray(self.upsampled[:, class_index], dtype=np.float32)
+        """(N, H, W) float32 maps of one class upsampled to the image size."""
+        return upsample_maps(self.raw[:, class_index], self.images.shape[1:])
+
+    @property
+    def upsampled(self) -> np.ndarray:
+        """(N, K, H, W) float32: every class's maps upsampled to the image size."""
+        return upsample_maps(self.raw, self.images.shape[1:])
 
     def check(self, class_count: int, input_size: Sequence[int]) -> None:
         """ValueError when arrays disagree with each other or with the store's settings."""
@@ -63,11 +73,10 @@ class HeatmapBatch:
             "correct": np.shape(self.correct),
             "images": np.shape(self.images),
             "raw": np.shape(self.raw)[:2],
-            "upsampled": np.shape(self.upsampled),
         }
         wanted = {
             "sha256": (n,), "labels": per_image, "predicted": per_image, "probabilities": (n, class_count), "correct": per_image,
-            "images": (n, *input_size), "raw": (n, class_count), "upsampled": (n, class_count, *input_size),
+            "images": (n, *input_size), "raw": (n, class_count),
         }
         for name, shape in expected.items():
             if tuple(shape) != tuple(wanted[name]):
@@ -85,7 +94,6 @@ _BATCH_FIELDS = {  # dataset name -> (HeatmapBatch attribute, stored dtype)
     "correct": ("correct", np.bool_),
     "image": ("images", np.uint8),
     "raw": ("raw", np.float32),
-    "upsampled": ("upsampled", None),
 }
 
 
@@ -113,9 +121,7 @@ def _write_batch_datasets(handle: h5py.File, batch: HeatmapBatch) -> None:
         if attribute in ("paths", "sha256"):
             handle.create_dataset(name, data=np.array(list(value), dtype=object), dtype=string)
         else:
-            array = np.asarray(value)
-            stored = dtype or (np.float16 if array.dtype == np.float16 else np.float32)  # upsampled maps keep float16
-            handle.create_dataset(name, data=array.astype(stored))
+            handle.create_dataset(name, data=np.asarray(value).astype(dtype))
 
 
 class HeatmapWriter:
@@ -128,7 +134,7 @@ class HeatmapWriter:
     non-h5py readers).
     """
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, command: str = "", compression: str = "lzf", chunk_images: int = 4) -> None:
+    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, command: str = "", compression: str = "lzf", chunk_images: int = 16) -> None:
         require_keys(settings, HEATMAP_IDENTITY_KEYS, "heatmap store")
         if compression not in ("gzip", "lzf"):
             raise ValueError(f"compression must be gzip or lzf, not {compression!r}")
@@ -344,7 +350,6 @@ class HeatmapReader:
             correct=np.array(fields["correct"], dtype=bool),
             images=np.stack(fields["image"]) if len(indices) else np.zeros((0, 0, 0), np.uint8),
             raw=np.stack(fields["raw"]) if len(indices) else np.zeros((0, 0, 0, 0), np.float32),
-            upsampled=np.stack(fields["upsampled"]) if len(indices) else np.zeros((0, 0, 0, 0), np.float32),
         )
 
 

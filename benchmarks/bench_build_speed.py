@@ -1,0 +1,162 @@
+"""Template build speed and heatmap-store size: an earlier version of hmt against this one, side by side (issue 15).
+
+One command, one run, on one phantom set and one model:
+
+1. the earlier version (``--before``, a git revision, unpacked with ``git archive``) writes its heatmap store;
+2. this version writes its own store of the same images (the compact store: no upsampled copy);
+3. each version runs ``build_templates`` in a fresh child process on the earlier version's store, with every
+   statistic on (affine registration to a data-built reference, minmax, median, eigen-heatmaps, bootstrap,
+   leave-one-out), and this version also on its own store. Members: every image of its class (``include=all``).
+
+Reported: maps per second of each build (members / wall seconds, and the ratio), peak resident memory, bytes per
+image of each store beside the uint8 image + raw maps it must hold, and how far the two versions' templates differ.
+
+    .venv/bin/python benchmarks/bench_build_speed.py [--before 81c9b4b] [--n-per-class 325] [--size 128] [--out build_speed.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import tempfile
+import io
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STORE_CHILD = """
+import json, sys, time
+from pathlib import Path
+from heatmap_templates.heatmaps import extract_heatmaps
+data, model, store = map(Path, sys.argv[1:4])
+started = time.perf_counter()
+extract_heatmaps(model, data, store, batch_size=32)
+print(json.dumps({"seconds": time.perf_counter() - started}))
+"""
+
+MODEL_CHILD = """
+import sys
+from pathlib import Path
+from heatmap_templates.backbones import build_model
+from heatmap_templates.model_file import ModelInfo, save_model
+from heatmap_templates.model_layers import default_cam_layer
+from heatmap_templates.synth import synthesize_dataset, CLASSES
+data, model_path, size, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+synthesize_dataset(data, n_per_class=n, size=size, seed=0, classes=CLASSES, probability_samples=8)
+model = build_model("small", len(CLASSES), size)
+info = ModelInfo(class_names=list(CLASSES), backbone="small", input_size=(size, size), channels=1, preprocessing="unit",
+                 cam_layer=default_cam_layer(model))
+save_model(model, info, model_path)
+"""
+
+BUILD_CHILD = """
+import json, resource, sys, time
+from heatmap_templates.build import BuildConfig, build_templates
+store, out = sys.argv[1:3]
+after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+summary = build_templates(store, None, out, config=BuildConfig(registration="affine", include="all"))
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "members": sum(summary.members.values()), "registration": summary.registration,
+                  "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "after_imports_kib": after_imports}))
+"""
+
+
+def run_child(code: str, root: Path, *arguments: object) -> dict:
+    """Run ``code`` in a fresh Python with ``root`` first on the path; its last stdout line is JSON."""
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, *map(str, arguments)], env=env, cwd=root, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"child in {root} failed:\n{done.stderr[-3000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def unpack(revision: str, target: Path) -> Path:
+    """The package and CLI of ``revision`` in ``target`` (``git archive``)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "heatmap_templates", "cli"], capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    (target / "hmt_cli").symlink_to(target / "cli")
+    return target
+
+
+def store_bytes(path: Path) -> dict:
+    """Bytes per image of a store, beside the uint8 image and float32 raw maps it holds."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        n = handle["path"].shape[0]
+        essential = handle["image"].shape[1] * handle["image"].shape[2] + 4 * int(
+            handle["raw"].shape[1] * handle["raw"].shape[2] * handle["raw"].shape[3])
+        datasets = sorted(handle.keys())
+    size = path.stat().st_size
+    return {"bytes_per_image": size / n, "essential_bytes_per_image": essential, "ratio_to_essential": size / n / essential,
+            "datasets": datasets}
+
+
+def template_difference(first: Path, second: Path) -> dict:
+    """Largest absolute difference of each class's template mean and std, and of the LOO correlations."""
+    import h5py
+    import numpy as np
+
+    out = {}
+    with h5py.File(first, "r") as a, h5py.File(second, "r") as b:
+        for name in a["templates"]:
+            one, two = a["templates"][name], b["templates"][name]
+            out[name] = {key: float(np.max(np.abs(one[key][()] - two[key][()]))) for key in ("mean", "std") if key in one and key in two}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="81c9b4b", help="git revision of the earlier version")
+    parser.add_argument("--n-per-class", type=int, default=325)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=Path("build_speed.json"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hmt_build_speed_") as folder:
+        work = Path(folder)
+        before = unpack(args.before, work / "before")
+        data, model = work / "data", work / "model.keras"
+        run_child(MODEL_CHILD, ROOT, data, model, args.size, args.n_per_class)
+        stores = {"before": work / "store_before.h5", "after": work / "store_after.h5"}
+        extraction = {"before": run_child(STORE_CHILD, before, data, model, stores["before"]),
+                      "after": run_child(STORE_CHILD, ROOT, data, model, stores["after"])}
+        builds = {
+            "before on its store": run_child(BUILD_CHILD, before, stores["before"], work / "t_before.h5"),
+            "after on the before store": run_child(BUILD_CHILD, ROOT, stores["before"], work / "t_after_old_store.h5"),
+            "after on its store": run_child(BUILD_CHILD, ROOT, stores["after"], work / "t_after.h5"),
+        }
+        for result in builds.values():
+            result["maps_per_second"] = result["members"] / result["seconds"]
+        baseline = builds["before on its store"]["maps_per_second"]
+        for result in builds.values():
+            result["speedup"] = result["maps_per_second"] / baseline
+        report = {
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "before": args.before, "n_images": 4 * args.n_per_class, "size": args.size,
+            "extraction_seconds": {name: value["seconds"] for name, value in extraction.items()},
+            "stores": {name: store_bytes(path) for name, path in stores.items()},
+            "builds": builds,
+            "template_difference_after_vs_before": template_difference(work / "t_before.h5", work / "t_after_old_store.h5"),
+        }
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"{report['n_images']} images at {args.size} px; before = {args.before}")
+    for name, value in report["stores"].items():
+        print(f"store {name}: {value['bytes_per_image'] / 1024:.1f} KiB/image, {value['ratio_to_essential']:.2f} x image + raw maps")
+    for name, value in builds.items():
+        print(f"build {name}: {value['members']} maps in {value['seconds']:.1f} s = {value['maps_per_second']:.1f} maps/s "
+              f"({value['speedup']:.2f} x), peak {value['peak_kib'] / 1024:.0f} MiB")
+    print(f"template difference: {report['template_difference_after_vs_before']}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
