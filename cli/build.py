@@ -17,7 +17,7 @@ from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
-from hmt_cli.output import command_line, echo_skipped
+from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
 
 
@@ -40,6 +40,8 @@ def build_templates_command(
     bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
     median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),
     batch_size: int = typer.Option(BuildConfig.batch_size, "--batch-size", min=1, help="Images per batch."),
+    threads: int = typer.Option(BuildConfig.threads, "--threads", min=1, help="Threads of a build in this process (the result does not depend on them)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded the project."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON on stdout."),
@@ -49,7 +51,7 @@ def build_templates_command(
     MODEL and DATA default to what the last `hmt train` recorded; heatmaps are computed (or
     resumed) into a store beside the output first, so nothing is computed twice.
 
-    Example: hmt build-templates --class covid
+    Example: hmt build-templates --class covid   (on a cluster: add --scheduler tcp://scheduler:8786)
     """
     if not class_names and not all_classes:
         raise HmtError("name a class with --class NAME (repeatable) or use --all-classes")
@@ -58,7 +60,7 @@ def build_templates_command(
     config = BuildConfig(
         registration=registration, normalisation=normalisation, include=include,
         reference=str(reference) if reference else None, n_components=components,
-        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size,
+        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size, threads=threads,
     )
     config.validate()  # before any heatmap is computed
     if model is None and heatmaps is None or model is not None and data is None:
@@ -71,14 +73,14 @@ def build_templates_command(
         heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
         extraction = extract_heatmaps(
             model, data, heatmaps, method=method, score=score, layer=layer, batch_size=batch_size,
-            unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json),
+            unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
         )
         if not as_json:
             typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
             echo_skipped(extraction.skipped)
     summary = build_templates(
         heatmaps, None if all_classes else class_names, out, config=config,
-        command=command_line(), progress=progress_bar(as_json),
+        command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))

@@ -15,7 +15,7 @@ from heatmap_templates.preprocess import PREPROCESSING
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
-from hmt_cli.output import command_line, echo_skipped
+from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
 
 
@@ -40,6 +40,7 @@ def heatmaps(
         help="Run the network in float16 with float32 weights: faster on GPUs with tensor cores, slower on CPUs; "
              "maps correlate >= 0.99 with float32 ones. Recorded in the store.",
     ),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Run classifier + CAM over every image; store probabilities and every class's map.
@@ -50,6 +51,7 @@ def heatmaps(
     A GPU is used automatically; --mixed-precision uses its tensor cores (slower on CPUs).
 
     Example: hmt heatmaps templates_out/model.keras data/ --out templates_out/heatmaps.h5
+    (on a cluster: add --scheduler tcp://scheduler:8786; see docs/cluster.md)
     """
     summary = extract_heatmaps(
         model, data, out,
@@ -57,7 +59,7 @@ def heatmaps(
         classes=[c.strip() for c in classes.split(",")] if classes else None, preprocessing=preprocessing, intensity=intensity,
         unsafe_load=unsafe_load, max_pixels=max_pixels, strict=strict, mixed_precision=mixed_precision,
         command=command_line(),
-        progress=progress_bar(as_json),
+        progress=progress_bar(as_json), scheduler=scheduler,
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))

@@ -22,3 +22,7 @@ def echo_skipped(problems: Sequence[Problem]) -> None:
 def command_line() -> str:
     """The command as the user typed it (shell-quoted), recorded in the files hmt writes."""
     return "hmt " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
+
+
+SCHEDULER_HELP = ("Run on Dask: local:N (N worker processes here) or a scheduler address such as tcp://host:8786 "
+                  "(docs/cluster.md). The result equals a run in this process.")

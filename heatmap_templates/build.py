@@ -4,9 +4,11 @@ The templates stage of the pipeline, wired together: for each requested class th
 images are chosen from the heatmap store (:mod:`heatmap_templates.members`; ``correct`` by
 default), each image is registered to the reference frame and its map prepared exactly as
 :func:`heatmap_templates.prepare.prepare_maps` prepares every map, and the prepared maps stream
-into a :class:`~heatmap_templates.templates.ClassAccumulator`. A second pass re-warps the members
-with the stored alignments to get each member's leave-one-out correlation, the distribution that
-``compare`` uses to flag an atypical heatmap. Memory does not grow with the number of images.
+into a :class:`~heatmap_templates.templates.ClassAccumulator`. The store is read sequentially, once
+for all classes, and each image is registered once (in threads); a second pass re-warps the members
+with the kept alignments to get each member's leave-one-out correlation, the distribution that
+``compare`` uses to flag an atypical heatmap. Each member's registration matrix is kept in the
+templates file. Memory does not grow with the number of images.
 
 The reference frame is, in order: an image given by the user, the one already stored in the
 output file (so classes added later share it), or an iterative mean of member images from the
@@ -22,19 +24,37 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from heatmap_templates.build_parts import (
+    DEFAULT_CHUNK_IMAGES,
+    BuildChunk,
+    BuildSettings,
+    accumulate_chunk,
+    leave_one_out_chunk,
+    merge_partials,
+    plan_chunks,
+)
 from heatmap_templates.decode import decode_image
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
+from heatmap_templates.executors import Executor, LocalExecutor, executor_for
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.members import DEFAULT_INCLUDE, INCLUDES, member_indices
 from heatmap_templates.normalisation import DEFAULT_NORMALISATION, NORMALISATIONS, median_range
-from heatmap_templates.prepare import prepare_maps
 from heatmap_templates.preprocess import resize_gray
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.registration import DEFAULT_REGISTRATION, REGISTRATIONS, Reference, Registrar, build_reference, reference_from_image
+from heatmap_templates.registration import (
+    DEFAULT_REGISTRATION,
+    DEFAULT_THREADS,
+    REGISTRATIONS,
+    Reference,
+    build_reference,
+    reference_from_image,
+    registration_summary,
+)
 from heatmap_templates.store import TEMPLATE_IDENTITY_KEYS, HeatmapReader, TemplateFile, load_accumulator, open_heatmaps, read_templates, save_templates
 from heatmap_templates.store.hdf5 import check_identity
 from heatmap_templates.store.templates_file import check_same_reference, ordered_classes, write_templates_file
@@ -43,9 +63,7 @@ from heatmap_templates.templates import (
     DEFAULT_COMPONENTS,
     LOO_MERGED,
     LOO_NOT_COMPUTED,
-    ClassAccumulator,
     ClassTemplate,
-    Member,
 )
 
 DEFAULT_OUT = Path("templates_out/templates.h5")
@@ -65,8 +83,12 @@ class BuildConfig:
     bootstrap_replicates: int = DEFAULT_BOOTSTRAP_REPLICATES
     median: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
+    threads: int = DEFAULT_THREADS  # threads of a local build (the result does not depend on them)
+    chunk_images: int = DEFAULT_CHUNK_IMAGES  # the unit of work; a cluster build with the same chunks is bit-identical
 
     def validate(self) -> None:
+        if self.threads < 1 or self.batch_size < 1 or self.chunk_images < 1:
+            raise HmtError("threads, batch size and chunk size must be at least 1")
         REGISTRATIONS.check(self.registration)
         NORMALISATIONS.check(self.normalisation)
         INCLUDES.check(self.include)
@@ -128,16 +150,18 @@ def _choose_reference(reader: HeatmapReader, existing: TemplateFile | None, conf
     chosen = np.sort(member_indices)[np.linspace(0, len(member_indices) - 1, min(REFERENCE_SAMPLE, len(member_indices))).astype(int)]
     images = [image.astype(np.float32) / 255.0 for batch in reader.iter_batches(config.batch_size, np.unique(chosen)) for image in batch.images]
     method = "affine" if config.registration == "lungs" else config.registration
-    return build_reference(images, iterations=config.reference_iterations, method=method, progress=progress)
+    return build_reference(images, iterations=config.reference_iterations, method=method, progress=progress, threads=config.threads)
 
 
 def build(reader: HeatmapReader, classes: Sequence[str] | None, *, config: BuildConfig | None = None,
-          existing: TemplateFile | None = None, progress: Progress | None = None) -> BuiltTemplates:
+          existing: TemplateFile | None = None, progress: Progress | None = None,
+          executor: Executor | None = None) -> BuiltTemplates:
     """Templates for ``classes`` (None: every class with members) from an open heatmap store.
 
     ``existing`` is the templates file the result will join (its reference frame is reused). A
     requested class without member images is an error; with ``classes=None`` such classes are left
-    out and listed in the result.
+    out and listed in the result. ``executor`` runs the chunks (default: this process, ``config.threads``
+    threads); the result is the same on any executor.
     """
     config = config or BuildConfig()
     config.validate()
@@ -154,10 +178,11 @@ def build(reader: HeatmapReader, classes: Sequence[str] | None, *, config: Build
     wanted = [name for name in wanted if name not in empty]
     all_members = np.unique(np.concatenate([members[name] for name in wanted])) if wanted else np.zeros(0, np.int64)
     reference = _choose_reference(reader, existing, config, all_members, progress)
-    registrar = Registrar(config.registration, reference)
-    templates = [_build_class(reader, class_names.index(name), name, members[name], registrar, config, progress)
-                 for name in wanted]
-    return BuiltTemplates(templates, reference, templates_settings(dict(reader.settings), config), empty, registrar.summary())
+    executor = executor or LocalExecutor(config.threads)
+    templates, alignments = _build_classes(reader, {name: members[name] for name in wanted}, reference, config, executor,
+                                           progress) if wanted else ([], [])
+    return BuiltTemplates(templates, reference, templates_settings(dict(reader.settings), config), empty,
+                          registration_summary(config.registration, alignments))
 
 
 def build_templates(
@@ -168,11 +193,21 @@ def build_templates(
     config: BuildConfig | None = None,
     command: str = "",
     progress: Progress | None = None,
+    scheduler: str | Any | None = None,
 ) -> BuildSummary:
-    """Path-based :func:`build`: build (or add) templates for ``classes`` from a heatmap store into ``out``."""
+    """Path-based :func:`build`: build (or add) templates for ``classes`` from a heatmap store into ``out``.
+
+    ``scheduler``: None (this process), ``local:N``, a Dask scheduler address or a ``dask.distributed.Client``
+    (:func:`heatmap_templates.executors.executor_for`).
+    """
     out = Path(out)
-    built = build(open_heatmaps(heatmaps), classes, config=config, existing=read_templates(out) if out.exists() else None,
-                  progress=progress)
+    config = config or BuildConfig()
+    executor = executor_for(scheduler, threads=config.threads)
+    try:
+        built = build(open_heatmaps(heatmaps), classes, config=config, existing=read_templates(out) if out.exists() else None,
+                      progress=progress, executor=executor)
+    finally:
+        executor.close()
     save_templates(out, built.settings, built.templates, reference_image=built.reference.image,
                    lung_mask=built.reference.lung_mask, command=command)
     return BuildSummary(
@@ -184,40 +219,35 @@ def build_templates(
     )
 
 
-def _build_class(reader: HeatmapReader, class_index: int, name: str, indices: np.ndarray, registrar: Registrar,
-                 config: BuildConfig, progress: Progress) -> ClassTemplate:
-    """Two streaming passes over one class's members: accumulate, then leave-one-out correlations."""
+def _build_classes(reader: HeatmapReader, members: dict[str, np.ndarray], reference: Reference, config: BuildConfig,
+                   executor: Executor, progress: Progress) -> tuple[list[ClassTemplate], list]:
+    """Every requested class's template, and the alignments of the members' union, from two passes over fixed
+    chunks of that union (:mod:`heatmap_templates.build_parts`) folded together in chunk order."""
+    class_names = list(reader.class_names)
     median = config.median and median_range(config.normalisation) is not None
-    accumulator = ClassAccumulator(
-        name, registrar.reference.shape, normalisation=config.normalisation, n_components=config.n_components,
-        bootstrap_replicates=config.bootstrap_replicates, median=median,
-    )
-    alignments = []
-    progress.start(2 * len(indices), f"template {name}")
+    settings = BuildSettings(config.registration, reference, {name: class_names.index(name) for name in members},
+                             config.normalisation, config.n_components, config.bootstrap_replicates, median, config.batch_size)
+    chunks = plan_chunks(reader, members, config.chunk_images)
+    total = sum(len(chunk) for chunk in chunks)
+    progress.start(2 * total, f"templates of {', '.join(members)} ({executor.description})")
     try:
-        for batch in reader.iter_batches(config.batch_size, indices):
-            prepared = prepare_maps(batch.images, batch.raw[:, class_index], registrar, config.normalisation)
-            alignments.extend(prepared.alignments)
-            accumulator.add(prepared.maps, [
-                Member(path, sha, float(probabilities[class_index]), float(alignment.quality), alignment.method)
-                for path, sha, probabilities, alignment in zip(batch.paths, batch.sha256, batch.probabilities, prepared.alignments)
-            ], normalised=True)
-            progress.advance(len(batch))
-        template = accumulator.finalize()
+        def advance(chunk: BuildChunk) -> None:
+            progress.advance(len(chunk))
 
-        def prepared_again():
-            position = 0
-            for batch in reader.iter_batches(config.batch_size, indices):
-                batch_alignments = alignments[position:position + len(batch)]
-                yield prepare_maps(batch.images, batch.raw[:, class_index], registrar, config.normalisation,
-                                   alignments=batch_alignments).maps
-                position += len(batch)
-                progress.advance(len(batch))
-
-        template.compute_leave_one_out(prepared_again(), normalised=True)
+        partial = executor.fold(merge_partials, executor.map(accumulate_chunk, chunks, settings, executor.chunk_threads, done=advance))
+        templates = {name: partial.accumulators[name].finalize() for name in members}
+        sums = {name: (np.asarray(template.mean, dtype=np.float64) * template.count, template.count)
+                for name, template in templates.items()}
+        offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])
+        items = [(chunk, partial.alignments[offsets[i]:offsets[i + 1]]) for i, chunk in enumerate(chunks)]
+        scored = [executor.value(handle) for handle in
+                  executor.map(leave_one_out_chunk, items, settings, sums, done=lambda item: advance(item[0]))]
+        for name, template in templates.items():
+            parts = [values[name] for values in scored if name in values]
+            template.record_leave_one_out(np.concatenate(parts) if parts else np.zeros(0))
     finally:
         progress.finish()
-    return template
+    return [templates[name] for name in members], partial.alignments
 
 
 def merge_template_files(inputs: Sequence[str | Path], output: str | Path, *, command: str = "",

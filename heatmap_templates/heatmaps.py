@@ -29,6 +29,7 @@ from heatmap_templates.data import Dataset
 from heatmap_templates.decode import DEFAULT_INTENSITY, DEFAULT_MAX_PIXELS, decode_image
 from heatmap_templates.errors import BadFileError, BadImageError, HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, load_dataset_for
+from heatmap_templates.executors import Executor, LocalExecutor, executor_for
 from heatmap_templates.files import file_sha256
 from heatmap_templates.heads import DEFAULT_THRESHOLD, predicted_classes
 from heatmap_templates.preprocess import load_model_image, to_model_input
@@ -208,13 +209,16 @@ def _hash_samples(dataset: Dataset, skip_log: SkipLog) -> list[tuple[int, str]]:
 
 
 def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
-            max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, progress: Progress | None = None) -> ExtractionSummary:
+            max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, progress: Progress | None = None,
+            executor: Executor | None = None, job: ExtractJob | None = None) -> ExtractionSummary:
     """Classify every image of ``dataset`` with ``engine`` and append probabilities and all-class maps to ``writer``.
 
     ``engine`` is a :class:`~heatmap_templates.cam.CamEngine` over the model ``info`` describes and
     ``writer`` a :class:`~heatmap_templates.store.HeatmapWriter` (finalised here). Labels that are
     not among the model's classes are stored as -1 (unlabelled); images the writer already holds
-    (same path or content hash) are not recomputed.
+    (same path or content hash) are not recomputed. With a cluster ``executor`` (and the ``job`` that
+    lets its workers build the same engine) chunks of images are computed on the workers and written
+    here, in order, as they come back.
     """
     import time
 
@@ -231,29 +235,29 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
     per_class: Counter[str] = Counter()
     correct = incorrect = unlabelled = 0
     started = time.perf_counter()
-    progress.start(len(todo), "heatmaps")
+    progress.start(len(todo), "heatmaps" if executor is None else f"heatmaps ({executor.description})")
     try:
-        batches = iter_model_batches(
-            [dataset.samples[i].path for i, _ in todo], info.input_size, info.channels, info.preprocessing,
-            batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels, intensity=info.intensity,
-        )
-        for batch_number, batch in enumerate(batches):
-            batch_len = min(batch_size, len(todo) - batch_number * batch_size)
-            if len(batch.positions):
-                result = engine.all_classes(batch.inputs)
-                samples = [dataset.samples[todo[p][0]] for p in batch.positions]
+        if executor is None or isinstance(executor, LocalExecutor):
+            computed_batches = _local_batches(engine, info, dataset, todo, batch_size, skip_log, max_pixels)
+        else:
+            if job is None:
+                raise HmtError("a cluster run needs the job that lets its workers build the engine")
+            computed_batches = _cluster_batches(executor, job, dataset, todo, skip_log)
+        for positions, maps, count in computed_batches:
+            if len(positions):
+                samples = [dataset.samples[todo[p][0]] for p in positions]
                 labels = labels_of(samples)
-                predicted = predicted_classes(result.probabilities, engine.head, engine.threshold).astype(np.int32)
+                predicted = np.asarray(predicted_classes(maps.probabilities, engine.head, engine.threshold)).astype(np.int32)
                 is_correct = (labels >= 0) & (labels == predicted)
                 writer.append(HeatmapBatch(
                     paths=[display_path(s.path) for s in samples],
-                    sha256=[todo[p][1] for p in batch.positions],
+                    sha256=[todo[p][1] for p in positions],
                     labels=labels,
                     predicted=predicted,
-                    probabilities=result.probabilities.astype(np.float32),
+                    probabilities=maps.probabilities.astype(np.float32),
                     correct=is_correct,
-                    images=batch.images,
-                    raw=result.raw.astype(np.float32),
+                    images=maps.images,
+                    raw=maps.raw.astype(np.float32),
                 ))
                 per_class.update(name for s in samples for name in
                                  ([n for n, v in zip(dataset.class_names, s.findings) if v == 1] if dataset.multi_label else [s.label]))
@@ -262,7 +266,7 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
                 correct += int((known & right).sum())
                 unlabelled += int((~known).sum())
                 incorrect += int((known & ~right).sum())
-            progress.advance(batch_len)
+            progress.advance(count)
     finally:
         progress.finish()
     elapsed = time.perf_counter() - started
@@ -280,6 +284,117 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
         images_per_second=computed / elapsed if elapsed > 0 and computed else 0.0,
         skipped=skip_log.problems,
     )
+
+
+@dataclass
+class ComputedMaps:
+    """What the model gave for some images: (N, K) probabilities, (N, H, W) uint8 images, (N, K, h, w) maps."""
+
+    probabilities: np.ndarray
+    images: np.ndarray
+    raw: np.ndarray
+
+
+def _local_batches(engine, info, dataset: Dataset, todo: list[tuple[int, str]], batch_size: int,  # noqa: ANN001
+                   skip_log: SkipLog, max_pixels: int) -> Iterator[tuple[np.ndarray, ComputedMaps, int]]:
+    """(positions in ``todo``, maps, images attempted) per batch, computed in this process through tf.data."""
+    batches = iter_model_batches(
+        [dataset.samples[i].path for i, _ in todo], info.input_size, info.channels, info.preprocessing,
+        batch_size=batch_size, skip_log=skip_log, max_pixels=max_pixels, intensity=info.intensity,
+    )
+    for batch_number, batch in enumerate(batches):
+        count = min(batch_size, len(todo) - batch_number * batch_size)
+        if not len(batch.positions):
+            yield batch.positions, ComputedMaps(np.zeros((0, 0)), batch.images, np.zeros((0, 0, 0, 0))), count
+            continue
+        result = engine.all_classes(batch.inputs)
+        yield batch.positions, ComputedMaps(result.probabilities, batch.images, result.raw), count
+
+
+def _cluster_batches(executor: Executor, job: ExtractJob, dataset: Dataset, todo: list[tuple[int, str]],
+                     skip_log: SkipLog) -> Iterator[tuple[np.ndarray, ComputedMaps, int]]:
+    """The same, computed on a cluster's workers in chunks of :data:`EXTRACT_CHUNK_IMAGES`, in order."""
+    starts = list(range(0, len(todo), EXTRACT_CHUNK_IMAGES))
+    chunks = [tuple(os.fspath(dataset.samples[i].path) for i, _ in todo[start:start + EXTRACT_CHUNK_IMAGES]) for start in starts]
+    for start, paths, handle in zip(starts, chunks, executor.map(extract_chunk, chunks, job)):
+        positions, maps, problems = executor.value(handle)
+        for path, reason in problems:
+            skip_log.add(path, reason)
+        yield start + positions, maps, len(paths)
+
+
+EXTRACT_CHUNK_IMAGES = 256  # images per cluster task
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """What a cluster worker needs to build the same CAM engine as this process (the model file must be
+    readable at ``model_path`` on the worker: a shared file system)."""
+
+    model_path: str
+    model_sha256: str
+    classes: tuple[str, ...] | None
+    preprocessing: str | None
+    intensity: str | None
+    unsafe_load: bool
+    layer: str
+    method: str
+    score: str
+    threshold: float
+    mixed_precision: bool
+    batch_size: int
+    max_pixels: int
+
+
+_WORKER_ENGINES: dict[ExtractJob, tuple] = {}  # per worker process: each job's model is loaded once
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_engine(job: ExtractJob) -> tuple:
+    """(engine, info) of ``job`` in this process, loaded on first use (the model file checked against its hash)."""
+    with _WORKER_LOCK:
+        if job not in _WORKER_ENGINES:
+            from heatmap_templates.cam import CamEngine
+            from heatmap_templates.model_file import load_model
+
+            if model_sha256(job.model_path) != job.model_sha256:
+                raise BadFileError(job.model_path, "the model file on this worker differs from the one the run started with")
+            model, info = load_model(job.model_path, unsafe=job.unsafe_load, classes=job.classes,
+                                     preprocessing=job.preprocessing, intensity=job.intensity)
+            engine = CamEngine(model, layer=job.layer, method=job.method, score=job.score, head=info.head,
+                               threshold=job.threshold, mixed_precision=job.mixed_precision)
+            _WORKER_ENGINES[job] = (engine, info)
+        return _WORKER_ENGINES[job]
+
+
+def extract_chunk(paths: Sequence[str], job: ExtractJob) -> tuple[np.ndarray, ComputedMaps, list[tuple[str, str]]]:
+    """A cluster task: decode ``paths`` and run them through the job's engine; (positions decoded, maps,
+    (path, reason) of every file that could not be decoded)."""
+    engine, info = _worker_engine(job)
+    positions, inputs, images, problems = [], [], [], []
+    for position, path in enumerate(paths):
+        try:
+            model_input, image_u8 = load_for_model(path, info.input_size, info.channels, info.preprocessing,
+                                                   job.max_pixels, info.intensity)
+        except BadImageError as error:
+            problems.append((path, error.reason))
+            continue
+        except Exception as error:  # a decoder bug must not kill a long run: report it as this file's problem
+            problems.append((path, f"could not be decoded ({type(error).__name__}: {error})"))
+            continue
+        positions.append(position)
+        inputs.append(model_input)
+        images.append(image_u8)
+    height, width = info.input_size
+    if not positions:
+        empty = ComputedMaps(np.zeros((0, len(info.class_names)), np.float32), np.zeros((0, height, width), np.uint8),
+                             np.zeros((0, len(info.class_names), 0, 0), np.float32))
+        return np.zeros(0, np.int64), empty, problems
+    stacked = np.stack(inputs)
+    results = [engine.all_classes(stacked[start:start + job.batch_size]) for start in range(0, len(stacked), job.batch_size)]
+    maps = ComputedMaps(np.concatenate([r.probabilities for r in results]), np.stack(images),
+                        np.concatenate([r.raw for r in results]).astype(np.float32))
+    return np.asarray(positions, dtype=np.int64), maps, problems
 
 
 def _labeller(info, dataset: Dataset):  # noqa: ANN001, ANN202 (ModelInfo) -> (samples -> labels)
@@ -313,12 +428,15 @@ def extract_heatmaps(
     mixed_precision: bool = False,
     command: str = "",
     progress: Progress | None = None,
+    scheduler: str | object | None = None,
 ) -> ExtractionSummary:
     """Path-based :func:`extract`: load the model, build the engine and the store writer, run.
 
     ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; ``classes``,
     ``preprocessing`` and ``intensity`` describe a model without hmt metadata. ``mixed_precision``
     runs the network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded.
+    ``scheduler`` runs the images on a Dask cluster (``local:N``, an address or a ``Client``;
+    :func:`heatmap_templates.executors.executor_for`); the store is written here.
     """
     from heatmap_templates.cam import CamEngine
     from heatmap_templates.model_file import load_model
@@ -332,6 +450,17 @@ def extract_heatmaps(
     engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, head=info.head,
                        threshold=threshold, mixed_precision=mixed_precision)
     dataset = data if isinstance(data, Dataset) else load_dataset_for(info, data, strict=strict)
-    writer = HeatmapWriter(out, heatmap_settings(model_path, info, engine), command=command)
-    return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
-                   progress=progress)
+    settings = heatmap_settings(model_path, info, engine)
+    writer = HeatmapWriter(out, settings, command=command)
+    if scheduler is None:
+        return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
+                       progress=progress)
+    job = ExtractJob(str(Path(model_path).resolve()), settings["model_sha256"], tuple(classes) if classes else None,
+                     preprocessing, intensity, unsafe_load, engine.layer, engine.method, engine.score, engine.threshold,
+                     bool(engine.mixed_precision), batch_size, max_pixels)
+    executor = executor_for(scheduler)
+    try:
+        return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
+                       progress=progress, executor=executor, job=job)
+    finally:
+        executor.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heatmap_templates.errors import HmtError
 from heatmap_templates.normalisation import normalise
 from heatmap_templates.registration import Alignment, Reference, Registrar
 from heatmap_templates.resample import upsample_maps
@@ -23,11 +24,11 @@ from heatmap_templates.resample import upsample_maps
 
 @dataclass
 class PreparedMaps:
-    """Registered images (N, H, W) float32 in [0, 1], their alignments, and registered, normalised maps
-    (N, ..., H, W) float32 in the reference frame."""
+    """Registered images (N, H, W) float32 in [0, 1] (None when prepared without them), their alignments, and
+    registered, normalised maps (N, ..., H, W) float32 in the reference frame."""
 
     alignments: list[Alignment]
-    images: np.ndarray
+    images: np.ndarray | None
     maps: np.ndarray
 
 
@@ -36,14 +37,15 @@ def registrar_for(method: str, reference_image: np.ndarray, lung_mask: np.ndarra
     return Registrar(method, Reference(np.asarray(reference_image, np.float32), np.asarray(lung_mask, bool)))
 
 
-def prepare_maps(images_u8: np.ndarray, maps: np.ndarray, registrar: Registrar, normalisation: str, *,
+def prepare_maps(images_u8: np.ndarray | None, maps: np.ndarray, registrar: Registrar, normalisation: str, *,
                  alignments: Sequence[Alignment] | None = None) -> PreparedMaps:
     """Register images and move their maps with them, then normalise each map.
 
     Parameters
     ----------
-    images_u8 : (N, H, W) uint8
-        The images at the model's input size, as the heatmap store keeps them.
+    images_u8 : (N, H, W) uint8, or None
+        The images at the model's input size, as the heatmap store keeps them; None with ``alignments``
+        (a later pass over the same members: maps are upsampled to the alignments' image size).
     maps : (N, ..., h, w) float
         Their CAM maps at the layer's resolution (one class or several per image), upsampled here.
     registrar : Registrar
@@ -56,17 +58,25 @@ def prepare_maps(images_u8: np.ndarray, maps: np.ndarray, registrar: Registrar, 
     Returns
     -------
     PreparedMaps
-        ``alignments``; ``images`` (N, h, w) float32 in the reference frame (h, w); ``maps``
-        (N, ..., h, w) float32, registered and normalised.
+        ``alignments``; ``images`` (N, h, w) float32 in the reference frame (h, w), None without
+        ``images_u8``; ``maps`` (N, ..., h, w) float32, registered and normalised.
     """
-    images = [np.asarray(image, dtype=np.float32) / 255.0 for image in images_u8]
-    stored = upsample_maps(maps, np.shape(images_u8)[1:]) if len(images_u8) else np.asarray(maps, np.float32)
+    if images_u8 is None and (alignments is None or len(alignments) != len(maps)):
+        raise HmtError("maps without their images need one alignment each")
+    images = None if images_u8 is None else [np.asarray(image, dtype=np.float32) / 255.0 for image in images_u8]
+    if images_u8 is not None:
+        shape = np.shape(images_u8)[1:]
+    else:
+        shape = alignments[0].image_shape if len(alignments) and alignments[0].image_shape else registrar.reference.shape
+    stored = upsample_maps(maps, shape) if len(maps) else np.asarray(maps, np.float32)
     if alignments is None:
         found, warped_images, warped = registrar.register_batch(images, list(stored))
     else:
         found = list(alignments)
-        warped_images = np.stack([registrar.warp(image, a) for image, a in zip(images, found)]) if images else \
-            np.zeros((0, *registrar.reference.shape), np.float32)
+        warped_images = None
+        if images is not None:
+            warped_images = np.stack([registrar.warp(image, a) for image, a in zip(images, found)]) if images else \
+                np.zeros((0, *registrar.reference.shape), np.float32)
         warped = np.stack([registrar.warp(m, a) for m, a in zip(stored, found)]) if len(stored) else \
             np.zeros((0, *stored.shape[1:-2], *registrar.reference.shape), np.float32)
     assert warped is not None

@@ -32,7 +32,8 @@ Methods and fallback chain
 --------------------------
 - ``none``: the identity (only rescaled to the reference size).
 - ``affine``: intensity-based alignment: OpenCV ECC (``MOTION_AFFINE``) coarse to fine on a
-  downsampled pyramid (32 px up to at most 128 px), started from the identity (images at the
+  downsampled pyramid (32 px up to at most 64 px: a 128 px level doubled the time for 0.05 px
+  of pose error on phantoms), started from the identity (images at the
   model's input size are roughly framed, and the pyramid absorbs shifts of several pixels); when
   that fails, ECC is run again from the ``lungs`` similarity as initial guess (if the lungs are found).
 - ``lungs``: the image's two lung fields are mapped to the reference's by a similarity transform:
@@ -41,7 +42,9 @@ Methods and fallback chain
   like every image's (so both sides are measured alike); its ``lung_mask`` is used when that fails.
 
 Measured on phantoms (benchmarks/RESULTS.md): at 128 px ``affine`` is within ~1 px of the true pose
-(none: ~4 px) at ~7 ms CPU per image; ``lungs`` ~2.5 px (it aligns lung fields, which vary in size).
+(none: ~4 px) at ~1.3 ms CPU per image; ``lungs`` ~2.5 px (it aligns lung fields, which vary in size).
+``Registrar.estimate_many`` estimates many images in threads (OpenCV releases the GIL); the result
+does not depend on the number of threads.
 - Fallbacks: ``lungs -> affine -> none`` and ``affine -> none``. A method fails when no plausible
   lungs are found, when ECC does not converge (``cv2.error``) or when the transform is implausible
   (scale outside [1/3, 3], one axis scaled twice as much as the other, a reflection, or the
@@ -53,8 +56,11 @@ Measured on phantoms (benchmarks/RESULTS.md): at 128 px ``affine`` is within ~1 
 """
 from __future__ import annotations
 
+import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -79,13 +85,15 @@ from heatmap_templates.registry import Registry
 from heatmap_templates.similarity import correlation
 
 __all__ = ["REGISTRATIONS", "DEFAULT_REGISTRATION", "Reference", "Alignment", "Registrar", "RegistrationError", "NO_LUNGS",
-           "ECC_FAILED", "IMPLAUSIBLE", "LUNGS_MISMATCH", "segment_lungs", "build_reference", "reference_from_image"]
+           "ECC_FAILED", "IMPLAUSIBLE", "LUNGS_MISMATCH", "segment_lungs", "build_reference", "reference_from_image",
+           "registration_summary"]
 
 DEFAULT_REGISTRATION = "affine"
 QUALITY_MARGIN = 0.1
 _ECC_MIN_SIDE = 32
-_ECC_MAX_SIDE = 128
+_ECC_MAX_SIDE = 64
 _ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-4)
+DEFAULT_THREADS = min(8, os.cpu_count() or 1)  # registration threads
 _ECC_GAUSS = 3
 
 
@@ -188,9 +196,10 @@ class Registrar:
         self._ones = np.ones(reference.shape, np.float32)  # warped to find which pixels come from inside an image
         self._methods_used: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()
-        # The lungs similarity of the image being estimated (or why there is none), computed once and
-        # shared by the ``lungs`` method and the ``affine`` initialisation.
-        self._lungs_guess: np.ndarray | RegistrationError | None = None
+        self._counting = threading.Lock()
+        # Per thread, the lungs similarity of the image being estimated (or why there is none), computed once
+        # and shared by the ``lungs`` method and the ``affine`` initialisation.
+        self._current = threading.local()
 
     @staticmethod
     def _reference_lung_frame(reference: Reference, *, required: bool) -> LungFrame | None:
@@ -240,7 +249,7 @@ class Registrar:
         to_reference_size = resize_matrix(pixels.shape, self.reference.shape)
         resized = resize_gray(pixels, self.reference.shape)
         failures: list[str] = []
-        self._lungs_guess = None
+        self._current.lungs_guess = None
         for method in self._chain:
             try:
                 matrix = REGISTRATIONS[method].estimate(self, resized)
@@ -250,26 +259,35 @@ class Registrar:
             full = (matrix @ to_reference_size)[:2]
             reason = "; ".join(failures) or None
             alignment = Alignment(full, method, self._quality(resized, matrix), reason, pixels.shape)  # type: ignore[arg-type]
-            self._methods_used[method] += 1
-            if reason is not None:
-                self._fallbacks[reason] += 1
+            with self._counting:
+                self._methods_used[method] += 1
+                if reason is not None:
+                    self._fallbacks[reason] += 1
             return alignment
         raise AssertionError("the fallback chain always ends with 'none'")
 
+    def estimate_many(self, images: Sequence[np.ndarray], threads: int = DEFAULT_THREADS) -> list[Alignment]:
+        """:meth:`estimate` of each image, in order, in up to ``threads`` threads (the same result for any number)."""
+        if threads <= 1 or len(images) < 2:
+            return [self.estimate(image) for image in images]
+        with ThreadPoolExecutor(max_workers=min(threads, len(images))) as pool:
+            return list(pool.map(self.estimate, images))
+
     def lungs_similarity(self, image: np.ndarray) -> np.ndarray:
         """(3, 3) similarity mapping the image's lung fields onto the reference's (computed once per image)."""
-        if self._lungs_guess is None:
+        guess = getattr(self._current, "lungs_guess", None)
+        if guess is None:
             try:
                 if self._reference_lungs is None:
                     raise RegistrationError(NO_LUNGS, "in the reference")
-                matrix = similarity_to(LungFrame.from_pair(*lung_pair(image)), self._reference_lungs)
-                check_plausible(matrix, image.shape, self.reference.shape)  # type: ignore[arg-type]
-                self._lungs_guess = matrix
+                guess = similarity_to(LungFrame.from_pair(*lung_pair(image)), self._reference_lungs)
+                check_plausible(guess, image.shape, self.reference.shape)  # type: ignore[arg-type]
             except RegistrationError as error:
-                self._lungs_guess = error
-        if isinstance(self._lungs_guess, RegistrationError):
-            raise self._lungs_guess
-        return self._lungs_guess
+                guess = error
+            self._current.lungs_guess = guess
+        if isinstance(guess, RegistrationError):
+            raise guess
+        return guess
 
     def ecc(self, image: np.ndarray, initial: np.ndarray) -> np.ndarray:
         """Coarse-to-fine ECC (MOTION_AFFINE) from an initial (3, 3) image -> reference map."""
@@ -345,10 +363,9 @@ class Registrar:
         alignments: list[Alignment] = []
         warped_images: list[np.ndarray] = []
         warped_heatmaps: list[np.ndarray] = []
-        for index, image in enumerate(images):
-            alignment = self.estimate(image)
+        for index, alignment in enumerate(self.estimate_many(images)):
             alignments.append(alignment)
-            warped_images.append(self.warp(image, alignment))
+            warped_images.append(self.warp(images[index], alignment))
             if heatmaps is not None:
                 warped_heatmaps.append(self.warp(heatmaps[index], alignment))
             progress.advance()
@@ -370,6 +387,13 @@ class Registrar:
         }
 
 
+def registration_summary(method: str, alignments: Sequence[Alignment]) -> dict[str, object]:
+    """:meth:`Registrar.summary` of a set of alignments made elsewhere (other threads or cluster workers)."""
+    methods = Counter(alignment.method for alignment in alignments)
+    fallbacks = Counter(alignment.fallback_reason for alignment in alignments if alignment.fallback_reason is not None)
+    return {"requested": method, "images": len(alignments), "methods": dict(methods), "fallbacks": dict(fallbacks)}
+
+
 # --------------------------------------------------------------------------- references
 
 
@@ -385,16 +409,17 @@ def build_reference(
     iterations: int = 3,
     method: str = "affine",
     progress: Progress | None = None,
+    threads: int = DEFAULT_THREADS,
 ) -> Reference:
     """An iterative mean of aligned images, at the size of the first image, with its lung mask.
 
     Starts from the mean of the images shifted so that their lung box is centred; each iteration
-    registers every image to the current mean and re-averages. The frame is kept at the images'
-    average pose: the mean of the successful transforms is divided out before averaging, so the
-    reference does not drift. ``method="none"`` gives the plain mean. The lung mask is where at
-    least half of the images whose lungs were found have lung after warping (a blurred mean image
-    is a poor thing to segment); when that is not two lung fields, the mean image is segmented.
-    Raises RegistrationError when neither gives lungs.
+    registers every image to the current mean (in ``threads`` threads) and re-averages. The frame is
+    kept at the images' average pose: the mean of the successful transforms is divided out before
+    averaging, so the reference does not drift. ``method="none"`` gives the plain mean. The lung
+    mask is where at least half of the images whose lungs were found have lung after warping (a
+    blurred mean image is a poor thing to segment); when that is not two lung fields, the mean image
+    is segmented. Each image's lungs are segmented once. Raises RegistrationError when neither gives lungs.
     """
     if len(images) == 0:
         raise HmtError("cannot build a registration reference from no images")
@@ -404,57 +429,66 @@ def build_reference(
     progress = progress or NullProgress()
     shape: tuple[int, int] = as_image(images[0]).shape  # type: ignore[assignment]
     rounds = 0 if method == "none" else iterations
-    progress.start(len(images) * (2 * rounds + 1), "building the registration reference")
-    reference = _average(images, shape, None, centre=method != "none", progress=progress)
+    progress.start(len(images) * (rounds + 1), "building the registration reference")
+    frames = _frames(images, shape, threads)
+    reference = _average(frames, shape, None, centre=method != "none")
+    progress.advance(len(images))
     for _ in range(rounds):
         registrar = Registrar(method, reference)
         matrices = []
-        for image in images:
-            alignment = registrar.estimate(image)
+        for image, alignment in zip(images, registrar.estimate_many(images, threads)):
             matrix = homogeneous(alignment.matrix) @ np.linalg.inv(resize_matrix(np.shape(image), shape))
             matrices.append((matrix, alignment.method == method))
-            progress.advance()
+        progress.advance(len(images))
         successful = [matrix for matrix, ok in matrices if ok]
         correction = np.linalg.inv(np.mean(successful, axis=0)) if successful else np.eye(3)
         corrected = [correction @ matrix if ok else matrix for matrix, ok in matrices]
-        reference = _average(images, shape, corrected, centre=False, progress=progress)
+        reference = _average(frames, shape, corrected, centre=False)
     progress.finish()
     return reference
 
 
+def _frames(images: Sequence[np.ndarray], shape: tuple[int, int], threads: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each image resized to ``shape`` with its segmented lungs (None where none are found), in threads."""
+
+    def frame(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        resized = resize_gray(as_image(image), shape)
+        try:
+            return resized, segment_lungs(resized)
+        except RegistrationError:
+            return resized, None
+
+    if threads <= 1:
+        return [frame(image) for image in images]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(frame, images))
+
+
 def _average(
-    images: Sequence[np.ndarray],
+    frames: Sequence[tuple[np.ndarray, np.ndarray | None]],
     shape: tuple[int, int],
     matrices: Sequence[np.ndarray] | None,
     *,
     centre: bool,
-    progress: Progress,
 ) -> Reference:
-    """Mean image and lung mask of the images resized to ``shape`` and warped by their (3, 3) maps.
+    """Mean image and lung mask of (image, lungs) frames at ``shape``, warped by their (3, 3) maps.
 
     Without maps, each image is shifted so that its lung box is centred (``centre``) or left as is.
-    Streams over the images: memory does not grow with their number.
     """
     total = np.zeros(shape, dtype=np.float64)
     lung_total = np.zeros(shape, dtype=np.float64)
     with_lungs = 0
-    for index, image in enumerate(images):
-        resized = resize_gray(as_image(image), shape)
-        try:
-            lungs: np.ndarray | None = segment_lungs(resized)
-        except RegistrationError:
-            lungs = None
+    size = (shape[1], shape[0])
+    for index, (resized, lungs) in enumerate(frames):
         if matrices is not None:
             matrix = matrices[index]
         else:
             matrix = _centring(lungs, shape) if centre and lungs is not None else np.eye(3)
-        size = (shape[1], shape[0])
         total += cv2.warpAffine(resized, matrix[:2], size, flags=cv2.INTER_LINEAR, borderValue=0.0)
         if lungs is not None:
             lung_total += cv2.warpAffine(lungs.astype(np.float32), matrix[:2], size, flags=cv2.INTER_LINEAR, borderValue=0.0)
             with_lungs += 1
-        progress.advance()
-    mean = (total / len(images)).astype(np.float32)
+    mean = (total / len(frames)).astype(np.float32)
     if with_lungs:
         agreed = (lung_total >= 0.5 * with_lungs).astype(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(agreed, connectivity=8)
@@ -467,7 +501,7 @@ def _average(
         return Reference(mean, segment_lungs(mean))
     except RegistrationError as error:
         raise RegistrationError(
-            NO_LUNGS, f"neither the images ({with_lungs} of {len(images)} with lungs) nor their mean show two lung fields"
+            NO_LUNGS, f"neither the images ({with_lungs} of {len(frames)} with lungs) nor their mean show two lung fields"
         ) from error
 
 

@@ -21,7 +21,7 @@ Typical use (what `hmt build-templates` does)::
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +59,7 @@ class Member:
     probability: float
     registration_quality: float
     registration_method: str
+    registration_matrix: tuple[float, ...] | None = None  # (2, 3) image -> reference map, row-major; None in older files
 
     @property
     def key(self) -> str:
@@ -105,10 +106,13 @@ class ClassTemplate:
     def compute_leave_one_out(self, batches: Iterable[np.ndarray], *, normalised: bool = False) -> None:
         """Second pass: the members' maps again, in member order, to fill `loo_correlations`."""
         values = [self.leave_one_out(batch, normalised=normalised) for batch in batches]
-        result = np.concatenate(values) if values else np.zeros(0)
-        if len(result) != self.count:
-            raise ValueError(f"leave-one-out pass saw {len(result)} maps, the template has {self.count} members")
-        self.loo_correlations = result
+        self.record_leave_one_out(np.concatenate(values) if values else np.zeros(0))
+
+    def record_leave_one_out(self, values: np.ndarray) -> None:
+        """Keep every member's leave-one-out correlation (in member order), computed by :meth:`leave_one_out`."""
+        if len(values) != self.count:
+            raise ValueError(f"leave-one-out pass saw {len(values)} maps, the template has {self.count} members")
+        self.loo_correlations = np.asarray(values, dtype=np.float64)
         self.loo_method = LOO_EXACT
 
 
@@ -144,9 +148,11 @@ class ClassAccumulator:
         self.count = 0
         self.members: list[Member] = []
 
-    def add(self, maps: np.ndarray, members: Sequence[Member], *, normalised: bool = False) -> None:
+    def add(self, maps: np.ndarray, members: Sequence[Member], *, normalised: bool = False,
+            run: Callable[..., Iterable] = map) -> None:
         """Add registered maps (N, H, W) of N members; they are normalised here unless ``normalised``
-        (already prepared by :func:`heatmap_templates.prepare.prepare_maps` with this normalisation)."""
+        (already prepared by :func:`heatmap_templates.prepare.prepare_maps` with this normalisation).
+        ``run`` maps the statistics' independent updates (a thread pool's ``map`` runs them in parallel)."""
         values = np.asarray(maps)
         if values.ndim != 3 or values.shape[1:] != self.shape:
             raise ValueError(f"expected maps of shape (N, {self.shape[0]}, {self.shape[1]}), got {values.shape}")
@@ -157,8 +163,7 @@ class ClassAccumulator:
                 raise ValueError(f"member {member.path} has a non-finite probability or registration quality")
         prepared = (values if normalised else normalise(values, self.normalisation)).astype(np.float64)
         keys = [member.key for member in members]
-        for statistic in self.statistics.values():
-            statistic.update(prepared, keys)
+        list(run(lambda statistic: statistic.update(prepared, keys), self.statistics.values()))
         self.count += len(values)
         self.members.extend(members)
 

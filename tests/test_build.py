@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,35 @@ def test_cli_user_errors_exit_2_with_one_line(project: dict, tmp_path: Path, mon
     error = capsys.readouterr().err.strip()
     assert error.startswith(message.format(**names)) and "\n" not in error
     assert not (tmp_path / "templates_out" / "templates.h5").exists()
+
+
+def test_affine_build_keeps_each_members_registration_and_threads_do_not_change_it(project: dict, tmp_path: Path) -> None:
+    """Each member's image -> reference matrix is stored (compare, checks and reports reuse or invert it); a build
+    in one thread and in three gives the same file contents bit for bit, and smaller chunks the same numbers."""
+    from heatmap_templates.prepare import registrar_for
+
+    config = BuildConfig(registration="affine", n_components=2, bootstrap_replicates=4, reference=str(project["reference"]))
+    files = {}
+    for name, changes in {"one": {"threads": 1}, "three": {"threads": 3}, "chunks": {"threads": 2, "chunk_images": 3}}.items():
+        build_templates(project["store"], [project["first"]], tmp_path / f"{name}.h5", config=replace(config, **changes))
+        files[name] = read_templates(tmp_path / f"{name}.h5", load_state=True)
+    template = files["one"].templates[project["first"]]
+    registrar = registrar_for("affine", files["one"].reference_image, files["one"].lung_mask)
+    reader = project["reader"]
+    for member in template.members[:3]:
+        (batch,) = reader.iter_batches(1, [reader.paths.index(member.path)])
+        expected = registrar.estimate(batch.images[0].astype(np.float32) / 255.0)
+        np.testing.assert_allclose(np.reshape(member.registration_matrix, (2, 3)), expected.matrix, rtol=0, atol=1e-12)
+    three = files["three"].templates[project["first"]]
+    assert [m.registration_matrix for m in three.members] == [m.registration_matrix for m in template.members]
+    for key, value in template.state.arrays.items():
+        np.testing.assert_array_equal(three.state.arrays[key], value, err_msg=key)
+    np.testing.assert_array_equal(three.loo_correlations, template.loo_correlations)
+    chunked = files["chunks"].templates[project["first"]]
+    np.testing.assert_allclose(chunked.mean, template.mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked.loo_correlations, template.loo_correlations, rtol=0, atol=1e-12)
+
+
+def test_files_before_schema_3_have_no_member_matrices() -> None:
+    old = read_templates(Path(__file__).parent / "data" / "templates_v2.h5")
+    assert all(member.registration_matrix is None for template in old.templates.values() for member in template.members)

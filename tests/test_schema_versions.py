@@ -13,7 +13,7 @@ from cli_helpers import run_hmt
 
 DATA = Path(__file__).resolve().parent / "data"
 HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}
-TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2)}
+TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3)}
 
 
 def test_every_readable_version_has_a_file_here() -> None:

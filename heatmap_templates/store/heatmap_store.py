@@ -251,10 +251,17 @@ class HeatmapWriter:
             out.create_dataset(name, shape=shape, dtype=source.dtype, chunks=chunks, **options)
 
 
+_SPAN_SLACK = 64  # rows a read may skip over: one slice beats h5py's point selection by far
+
+
 def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Rows of a dataset by sorted local indices (a slice when contiguous, which is much faster)."""
-    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+    """Rows of a dataset by sorted, unique local indices: one slice over their span when it is not much longer
+    than the rows themselves (much faster than a point selection), else a point selection."""
+    span = int(rows[-1] - rows[0] + 1) if len(rows) else 0
+    if len(rows) and span == len(rows):
         values = dataset[int(rows[0]) : int(rows[-1]) + 1]
+    elif len(rows) and span <= 2 * len(rows) + _SPAN_SLACK:
+        values = dataset[int(rows[0]) : int(rows[-1]) + 1][rows - rows[0]]
     else:
         values = dataset[rows.tolist()] if len(rows) else dataset[0:0]
     if dataset.dtype.kind == "O":
@@ -329,28 +336,49 @@ class HeatmapReader:
         for start in range(0, len(order), max(1, batch_size)):
             yield self._read(order[start : start + batch_size])
 
+    def iter_raw(self, batch_size: int = 32, indices: Sequence[int] | np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Only the layer-resolution maps (B, K, h, w) of ``indices`` (default: all), in the order given: a pass that
+        needs neither images nor labels reads a small fraction of the bytes."""
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(order), max(1, batch_size)):
+            yield self._read_field("raw", order[start : start + batch_size])
+
+    def _read_field(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """One image dataset (``image`` or ``raw``) for ``indices``, from whichever files hold them."""
+        return read_at(self.sources, self._locations[indices], name)
+
+    def locations(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(n, 2) int64 (file number in :attr:`sources`, row in that file) of the images ``indices``: what
+        :func:`read_at` needs to read them without opening the store (a worker of a cluster run)."""
+        return self._locations[np.asarray(indices, dtype=np.int64)]
+
     def _read(self, indices: np.ndarray) -> HeatmapBatch:
-        fields: dict[str, list] = {name: [None] * len(indices) for name in _BATCH_FIELDS}
-        locations = self._locations[indices]
-        for source_number in np.unique(locations[:, 0]):
-            positions = np.flatnonzero(locations[:, 0] == source_number)
-            local = locations[positions, 1]
-            unique_rows, inverse = np.unique(local, return_inverse=True)
-            with open_h5(self.sources[source_number]) as handle:
-                for name in _BATCH_FIELDS:
-                    values = _read_rows(handle[name], unique_rows)
-                    for position, row in zip(positions, inverse):
-                        fields[name][position] = values[row]
+        """The images ``indices``: per-image fields from memory, images and maps read from their files."""
+        empty = not len(indices)
         return HeatmapBatch(
-            paths=[str(p) for p in fields["path"]],
-            sha256=[str(s) for s in fields["image_sha256"]],
-            labels=np.array(fields["label"], dtype=np.int32),
-            predicted=np.array(fields["predicted"], dtype=np.int32),
-            probabilities=np.stack(fields["probabilities"]) if len(indices) else np.zeros((0, len(self.class_names)), np.float32),
-            correct=np.array(fields["correct"], dtype=bool),
-            images=np.stack(fields["image"]) if len(indices) else np.zeros((0, 0, 0), np.uint8),
-            raw=np.stack(fields["raw"]) if len(indices) else np.zeros((0, 0, 0, 0), np.float32),
+            paths=[self.paths[i] for i in indices],
+            sha256=[self.sha256[i] for i in indices],
+            labels=self.labels[indices].astype(np.int32),
+            predicted=self.predicted[indices].astype(np.int32),
+            probabilities=self.probabilities[indices].astype(np.float32),
+            correct=self.correct[indices].astype(bool),
+            images=np.zeros((0, 0, 0), np.uint8) if empty else self._read_field("image", indices),
+            raw=np.zeros((0, 0, 0, 0), np.float32) if empty else self._read_field("raw", indices),
         )
+
+
+def read_at(sources: Sequence[str | Path], locations: np.ndarray, name: str) -> np.ndarray:
+    """Dataset ``name`` (``image`` or ``raw``) of the images at ``locations`` ((n, 2): file number in ``sources``,
+    row), in that order, each file opened once; rows of one file are read as slices where they lie close."""
+    values: list = [None] * len(locations)
+    for source_number in np.unique(locations[:, 0]):
+        positions = np.flatnonzero(locations[:, 0] == source_number)
+        unique_rows, inverse = np.unique(locations[positions, 1], return_inverse=True)
+        with open_h5(Path(sources[source_number])) as handle:
+            read = _read_rows(handle[name], unique_rows)
+        for position, row in zip(positions, inverse):
+            values[position] = read[row]
+    return np.stack(values)
 
 
 def open_heatmaps(path: str | Path) -> HeatmapReader:

@@ -80,6 +80,8 @@ def _write_template(root: h5py.File, template: ClassTemplate) -> None:
         string_dataset(members, column, [getattr(m, column) for m in template.members])
     for column in ("probability", "registration_quality"):
         members.create_dataset(column, data=np.array([getattr(m, column) for m in template.members], dtype=np.float64))
+    matrices = [m.registration_matrix if m.registration_matrix is not None else (np.nan,) * 6 for m in template.members]
+    members.create_dataset("registration_matrix", data=np.array(matrices, dtype=np.float64).reshape(-1, 2, 3))
     state = group.create_group("state")
     state.attrs["config"] = json.dumps(jsonable(template.state.config), sort_keys=True)
     for name, array in template.state.arrays.items():
@@ -94,9 +96,13 @@ def _write_template(root: h5py.File, template: ClassTemplate) -> None:
 def _read_members(group: h5py.Group) -> list[Member]:
     columns = {name: strings(group[name]) for name in ("path", "image_sha256", "registration_method")}
     numbers = {name: group[name][...].tolist() for name in ("probability", "registration_quality")}
+    count = len(columns["path"])
+    stored = group["registration_matrix"][...].reshape(count, 6) if "registration_matrix" in group else np.full((count, 6), np.nan)
+    matrices = [tuple(float(v) for v in row) if np.isfinite(row).all() else None for row in stored]  # schema < 3: none kept
     return [
-        Member(columns["path"][i], columns["image_sha256"][i], float(numbers["probability"][i]), float(numbers["registration_quality"][i]), columns["registration_method"][i])
-        for i in range(len(columns["path"]))
+        Member(columns["path"][i], columns["image_sha256"][i], float(numbers["probability"][i]), float(numbers["registration_quality"][i]),
+               columns["registration_method"][i], matrices[i])
+        for i in range(count)
     ]
 
 

@@ -1,0 +1,171 @@
+"""Cluster runs on Dask: the same store and templates as a run in this process, failed tasks retried,
+interrupted runs resumed. A LocalCluster of two worker processes checks equality across processes;
+an in-process cluster (threads) lets a test make one task fail."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cli_helpers import assert_user_error, run_hmt
+from heatmap_templates import build as build_module
+from heatmap_templates import heatmaps as heatmaps_module
+from heatmap_templates.build import BuildConfig, build_templates
+from heatmap_templates.executors import LocalExecutor, executor_for
+from heatmap_templates.heatmaps import extract_heatmaps
+from heatmap_templates.store import open_heatmaps
+
+distributed = pytest.importorskip("distributed")
+
+SIZE = 32
+CLASSES = ("covid", "normal")
+CONFIG = BuildConfig(include="all", n_components=2, bootstrap_replicates=4, reference_iterations=1, chunk_images=5, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Phantoms, a small untrained model, and a store and templates file made in this process."""
+    from heatmap_templates.backbones import build_model
+    from heatmap_templates.model_file import ModelInfo, save_model
+    from heatmap_templates.model_layers import default_cam_layer
+    from heatmap_templates.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("cluster")
+    synthesize_dataset(root / "data", n_per_class=8, size=SIZE, seed=2, classes=CLASSES, workers=1, probability_samples=4)
+    model = build_model("small", len(CLASSES), SIZE)
+    info = ModelInfo(class_names=list(CLASSES), backbone="small", input_size=(SIZE, SIZE), channels=1, preprocessing="unit",
+                     cam_layer=default_cam_layer(model))
+    model_path = save_model(model, info, root / "model.keras")
+    store = root / "local.h5"
+    extract_heatmaps(model_path, root / "data", store, batch_size=4)
+    templates = root / "local_templates.h5"
+    build_templates(store, None, templates, config=CONFIG)
+    return {"root": root, "data": root / "data", "model": model_path, "store": store, "templates": templates}
+
+
+@pytest.fixture(scope="module")
+def two_processes():
+    """A Dask LocalCluster of two single-threaded worker processes (what `--scheduler local:2` starts)."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture()
+def in_process():
+    """A Dask cluster of two worker threads in this process, so a test can patch what its tasks run."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _datasets(path: Path) -> dict[str, bytes]:
+    """Every dataset of an HDF5 file as bytes (dtype, shape and values)."""
+    contents = {}
+    with h5py.File(path, "r") as handle:
+        def visit(name: str, item) -> None:  # noqa: ANN001 (h5py object)
+            if isinstance(item, h5py.Dataset):
+                value = np.asarray(item[()])
+                contents[name] = repr(value.tolist()).encode() if value.dtype.kind == "O" else value.tobytes()
+        handle.visititems(visit)
+    return contents
+
+
+def _assert_same_store(path: Path, expected: Path, atol: float = 1e-5) -> None:
+    first, second = open_heatmaps(path), open_heatmaps(expected)
+    assert first.paths == second.paths and first.sha256 == second.sha256
+    np.testing.assert_array_equal(first.predicted, second.predicted)
+    np.testing.assert_allclose(first.probabilities, second.probabilities, rtol=0, atol=atol)
+    raw, expected_raw = (np.concatenate(list(reader.iter_raw(64))) for reader in (first, second))
+    np.testing.assert_allclose(raw, expected_raw, rtol=0, atol=atol * max(1.0, float(expected_raw.max())))
+    images = np.concatenate([batch.images for batch in first.iter_batches(64)])
+    np.testing.assert_array_equal(images, np.concatenate([batch.images for batch in second.iter_batches(64)]))
+
+
+def test_two_worker_processes_give_the_store_and_a_bit_identical_templates_file(world: dict, two_processes, tmp_path: Path) -> None:
+    store = tmp_path / "cluster.h5"
+    summary = extract_heatmaps(world["model"], world["data"], store, batch_size=4, scheduler=two_processes)
+    assert summary.computed == 16
+    _assert_same_store(store, world["store"])
+    templates = tmp_path / "cluster_templates.h5"
+    build_templates(world["store"], None, templates, config=CONFIG, scheduler=two_processes)
+    local, cluster = _datasets(world["templates"]), _datasets(templates)
+    assert sorted(local) == sorted(cluster)
+    assert [name for name in local if local[name] != cluster[name]] == []
+
+
+def test_the_build_does_not_depend_on_local_threads(world: dict, tmp_path: Path) -> None:
+    out = tmp_path / "three_threads.h5"
+    build_templates(world["store"], None, out, config=replace(CONFIG, threads=3))
+    local, threaded = _datasets(world["templates"]), _datasets(out)
+    assert [name for name in local if local[name] != threaded[name]] == []
+
+
+def _failing_once(function, marker: Path):  # noqa: ANN001, ANN202
+    """``function`` that raises once, on the call that finds no ``marker`` file (tasks are copied into their
+    workers, so the state that survives a call must live outside the function)."""
+
+    def run(*arguments):  # noqa: ANN002, ANN202
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("worker lost")
+        return function(*arguments)
+
+    return run
+
+
+def test_a_failed_task_is_retried_and_only_its_chunk_recomputed(world: dict, in_process, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "failed_once"
+    monkeypatch.setattr(build_module, "accumulate_chunk", _failing_once(build_module.accumulate_chunk, marker))
+    out = tmp_path / "retried.h5"
+    build_templates(world["store"], None, out, config=CONFIG, scheduler=in_process)
+    assert marker.exists()
+    local, retried = _datasets(world["templates"]), _datasets(out)
+    assert [name for name in local if local[name] != retried[name]] == []
+
+    marker = tmp_path / "extraction_failed_once"
+    monkeypatch.setattr(heatmaps_module, "EXTRACT_CHUNK_IMAGES", 5)
+    monkeypatch.setattr(heatmaps_module, "extract_chunk", _failing_once(heatmaps_module.extract_chunk, marker))
+    store = tmp_path / "retried_store.h5"
+    extract_heatmaps(world["model"], world["data"], store, batch_size=4, scheduler=in_process)
+    assert marker.exists()
+    _assert_same_store(store, world["store"])
+
+
+def test_an_interrupted_cluster_run_keeps_its_chunks_and_resumes(world: dict, in_process, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    original = heatmaps_module.extract_chunk
+
+    def broken_third_chunk(paths, job):  # noqa: ANN001, ANN202
+        if any(path.endswith("normal_0000.png") for path in paths):
+            raise RuntimeError("node crashed")
+        return original(paths, job)
+
+    monkeypatch.setattr(heatmaps_module, "EXTRACT_CHUNK_IMAGES", 5)
+    monkeypatch.setattr(heatmaps_module, "extract_chunk", broken_third_chunk)
+    store = tmp_path / "interrupted.h5"
+    with pytest.raises(RuntimeError, match="node crashed"):
+        extract_heatmaps(world["model"], world["data"], store, batch_size=4, scheduler=in_process)
+    kept = len(open_heatmaps(store))
+    assert 0 < kept < 16 and kept % 5 == 0  # whole chunks before the broken one
+    monkeypatch.setattr(heatmaps_module, "extract_chunk", original)
+    summary = extract_heatmaps(world["model"], world["data"], store, batch_size=4, scheduler=in_process)
+    assert summary.resumed == kept and summary.computed == 16 - kept
+    _assert_same_store(store, world["store"])
+
+
+def test_scheduler_values(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, world: dict) -> None:
+    assert isinstance(executor_for(None, threads=2), LocalExecutor)
+    for value, fragment in [("local:0", "local:N needs a number of workers"), ("local:x", "local:N needs"),
+                            ("tcp://127.0.0.1:9", "cannot reach a Dask scheduler")]:
+        code, _, err = run_hmt(["build-templates", "--heatmaps", world["store"], "--all-classes", "--scheduler", value,
+                                "--out", world["root"] / "never.h5"], capsys, monkeypatch)
+        assert_user_error(code, err, fragment)
