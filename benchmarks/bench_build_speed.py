@@ -11,7 +11,10 @@ One command, one run, on one phantom set and one model:
 Reported: maps per second of each build (members / wall seconds, and the ratio), peak resident memory, bytes per
 image of each store beside the uint8 image + raw maps it must hold, and how far the two versions' templates differ.
 
-    .venv/bin/python benchmarks/bench_build_speed.py [--before 81c9b4b] [--n-per-class 325] [--size 128] [--out build_speed.json]
+    .venv/bin/python benchmarks/bench_build_speed.py [--before 5490a7f] [--n-per-class 325] [--size 128] [--cluster] [--out build_speed.json]
+
+With ``--cluster`` this version also extracts and builds on a Dask LocalCluster of two worker processes
+(``--scheduler local:2``), beside one process.
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ STORE_CHILD = """
 import json, sys, time
 from pathlib import Path
 from heatmap_templates.heatmaps import extract_heatmaps
-data, model, store = map(Path, sys.argv[1:4])
-started = time.perf_counter()
-extract_heatmaps(model, data, store, batch_size=32)
-print(json.dumps({"seconds": time.perf_counter() - started}))
+if __name__ == "__main__":
+    data, model, store = map(Path, sys.argv[1:4])
+    options = {"scheduler": sys.argv[4]} if len(sys.argv) > 4 else {}
+    started = time.perf_counter()
+    extract_heatmaps(model, data, store, batch_size=32, **options)
+    print(json.dumps({"seconds": time.perf_counter() - started}))
 """
 
 MODEL_CHILD = """
@@ -56,20 +61,21 @@ save_model(model, info, model_path)
 BUILD_CHILD = """
 import json, resource, sys, time
 from heatmap_templates.build import BuildConfig, build_templates
-store, out = sys.argv[1:3]
-after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-started = time.perf_counter()
-summary = build_templates(store, None, out, config=BuildConfig(registration="affine", include="all"))
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "members": sum(summary.members.values()), "registration": summary.registration,
-                  "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "after_imports_kib": after_imports}))
+if __name__ == "__main__":
+    store, out = sys.argv[1:3]
+    options = {"scheduler": sys.argv[3]} if len(sys.argv) > 3 else {}
+    after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    summary = build_templates(store, None, out, config=BuildConfig(registration="affine", include="all"), **options)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "members": sum(summary.members.values()), "registration": summary.registration,
+                      "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "after_imports_kib": after_imports}))
 """
 
 
 def run_child(code: str, root: Path, *arguments: object) -> dict:
     """Run ``code`` in a fresh Python with ``root`` first on the path; its last stdout line is JSON."""
-    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-           "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", code, *map(str, arguments)], env=env, cwd=root, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"child in {root} failed:\n{done.stderr[-3000:]}")
@@ -115,10 +121,11 @@ def template_difference(first: Path, second: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="81c9b4b", help="git revision of the earlier version")
+    parser.add_argument("--before", default="5490a7f", help="git revision of the earlier version (default: before issue 15)")
     parser.add_argument("--n-per-class", type=int, default=325)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("build_speed.json"))
+    parser.add_argument("--cluster", action="store_true", help="also extract and build on a Dask LocalCluster of 2 processes")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hmt_build_speed_") as folder:
@@ -134,6 +141,12 @@ def main() -> None:
             "after on the before store": run_child(BUILD_CHILD, ROOT, stores["before"], work / "t_after_old_store.h5"),
             "after on its store": run_child(BUILD_CHILD, ROOT, stores["after"], work / "t_after.h5"),
         }
+        cluster = {}
+        if args.cluster:
+            cluster["extraction local:2"] = run_child(STORE_CHILD, ROOT, data, model, work / "store_dask.h5", "local:2")
+            cluster["extraction local:2"]["ratio_to_one_process"] = extraction["after"]["seconds"] / cluster["extraction local:2"]["seconds"]
+            builds["after on its store, local:2"] = run_child(BUILD_CHILD, ROOT, stores["after"], work / "t_dask.h5", "local:2")
+            cluster["templates equal to one process"] = template_difference(work / "t_after.h5", work / "t_dask.h5")
         for result in builds.values():
             result["maps_per_second"] = result["members"] / result["seconds"]
         baseline = builds["before on its store"]["maps_per_second"]
@@ -146,6 +159,7 @@ def main() -> None:
             "stores": {name: store_bytes(path) for name, path in stores.items()},
             "builds": builds,
             "template_difference_after_vs_before": template_difference(work / "t_before.h5", work / "t_after_old_store.h5"),
+            "cluster": cluster,
         }
     args.out.write_text(json.dumps(report, indent=2))
     print(f"{report['n_images']} images at {args.size} px; before = {args.before}")
@@ -155,6 +169,10 @@ def main() -> None:
         print(f"build {name}: {value['members']} maps in {value['seconds']:.1f} s = {value['maps_per_second']:.1f} maps/s "
               f"({value['speedup']:.2f} x), peak {value['peak_kib'] / 1024:.0f} MiB")
     print(f"template difference: {report['template_difference_after_vs_before']}")
+    if cluster:
+        print(f"extraction: one process {extraction['after']['seconds']:.1f} s, local:2 {cluster['extraction local:2']['seconds']:.1f} s "
+              f"({cluster['extraction local:2']['ratio_to_one_process']:.2f} x); local:2 templates vs one process: "
+              f"{cluster['templates equal to one process']}")
     print(f"wrote {args.out}")
 
 

@@ -90,7 +90,7 @@ def train(
     out: Path = typer.Option(DEFAULT_PROJECT_FOLDER / "model.keras", "--out", "-o", help="Model file to write (.keras)."),
     backbone: str = registry_option(TrainConfig.backbone, "--backbone", BACKBONES, "Backbone"),
     weights: str = typer.Option(TrainConfig.weights, "--weights", help="imagenet (Keras download), none (random), a local weights file, or auto (imagenet; none for small)."),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Maximum epochs (early stopping on validation loss)."),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Epochs (the cosine schedule runs them all; the constant schedule stops early on validation loss)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Images per batch."),
     lr: float = typer.Option(TrainConfig.learning_rate, "--lr", help="Adam learning rate."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input side in px (default: 224 VGG/ResNet, 299 Xception, 128 small)."),
@@ -112,6 +112,8 @@ def train(
     uncertain: str = registry_option(TrainConfig.uncertain, "--uncertain", UNCERTAIN, "Uncertain findings (-1)"),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
+    memory_budget: float = typer.Option(TrainConfig.memory_budget_gb, "--memory-budget", help="GB of decoded images to hold in memory; a larger data set streams from a disk cache (same split and result)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder for that disk cache (default: the system's temporary folder); removed after training."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (epoch lines stay on stderr)."),
 ) -> None:
@@ -128,6 +130,7 @@ def train(
         fine_tune_learning_rate=fine_tune_lr, patience=patience, schedule=schedule, warmup_epochs=warmup_epochs,
         average_last=average_last, val_fraction=val_fraction, test_fraction=test_fraction,
         patient_regex=patient_regex, strict=strict, intensity=intensity, binary=binary, uncertain=uncertain,
+        memory_budget_gb=memory_budget, cache_dir=str(cache_dir) if cache_dir else None,
     )
     config.validate()
     if out.suffix != ".keras":

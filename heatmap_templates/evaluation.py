@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,26 +68,24 @@ def model_input(images: np.ndarray, info: ModelInfo) -> np.ndarray:
     return to_model_input(images, info.channels, info.preprocessing)
 
 
-def predict_in_batches(model, images: np.ndarray, info: ModelInfo, batch_size: int, progress: Progress | None,  # noqa: ANN001
-                       description: str) -> list[np.ndarray]:
-    """``model.predict_on_batch`` over in-memory images, batch by batch, with progress."""
+def predict_in_batches(model, images, info: ModelInfo, batch_size: int, progress: Progress | None,  # noqa: ANN001
+                       description: str) -> Iterator[np.ndarray]:
+    """``model.predict_on_batch`` over uint8 images (an array, or a DiskArray read batch by batch), one output per batch."""
     progress = progress or NullProgress()
     progress.start(len(images), description)
-    outputs = []
     try:
         for start in range(0, len(images), batch_size):
             batch = model_input(images[start:start + batch_size], info)
-            outputs.append(np.asarray(model.predict_on_batch(batch)))
+            yield np.asarray(model.predict_on_batch(batch))
             progress.advance(len(batch))
     finally:
         progress.finish()
-    return outputs
 
 
 def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
                           progress: Progress | None = None) -> np.ndarray:
     """Class probabilities (N, K) for in-memory uint8 images, through the model's head kind."""
-    outputs = predict_in_batches(model, images, info, batch_size, progress, "classifying")
+    outputs = list(predict_in_batches(model, images, info, batch_size, progress, "classifying"))
     if not outputs:
         return np.zeros((0, len(info.class_names)))
     values = np.concatenate(outputs)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from heatmap_templates.decode import DEFAULT_INTENSITY, DEFAULT_MAX_PIXELS, decode_image
+from heatmap_templates.disk_arrays import DiskArray
 from heatmap_templates.errors import BadImageError, HmtError, SkipLog
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.registry import Registry
@@ -107,11 +108,14 @@ def prepare_batch(images: Sequence[np.ndarray], input_size: tuple[int, int], cha
 
 
 def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLog, *, intensity: str = DEFAULT_INTENSITY,
-                progress: Progress | None = None, description: str = "decoding images") -> tuple[np.ndarray, list]:
+                progress: Progress | None = None, description: str = "decoding images",
+                to_disk: os.PathLike | str | None = None) -> tuple[np.ndarray | DiskArray, list]:
     """Load samples (anything with a ``path``) into one (N, H, W) uint8 array; bad files go to ``skip_log``.
 
-    The data sets hmt trains on are small enough to keep in memory as uint8, the form every other
-    command feeds the model too; decoding runs on a few threads (OpenCV releases the GIL).
+    uint8 at input size is the form every command feeds the model; decoding runs on a few threads
+    (OpenCV releases the GIL). With ``to_disk`` (a file path) the images go, as they are decoded, into a
+    :class:`~heatmap_templates.disk_arrays.DiskArray` there instead of memory (a data set larger than the
+    memory budget).
     """
     progress = progress or NullProgress()
     progress.start(len(samples), description)
@@ -122,6 +126,7 @@ def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLo
         except BadImageError as error:
             return error
 
+    disk = DiskArray(to_disk, input_size, np.uint8) if to_disk is not None else None
     images: list[np.ndarray] = []
     kept: list = []
     try:
@@ -131,8 +136,13 @@ def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLo
                 if isinstance(result, BadImageError):
                     skip_log.add_error(result)
                     continue
-                images.append(result)
+                if disk is not None:
+                    disk.append(result[None])
+                else:
+                    images.append(result)
                 kept.append(sample)
     finally:
         progress.finish()
+    if disk is not None:
+        return disk, kept
     return (np.stack(images) if images else np.zeros((0, *input_size), dtype=np.uint8)), kept

@@ -15,6 +15,8 @@ import io
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ import numpy as np
 from heatmap_templates.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, as_size, build_model, resolve_weights
 from heatmap_templates.data import DEFAULT_UNCERTAIN, SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
 from heatmap_templates.decode import DEFAULT_INTENSITY, INTENSITIES
+from heatmap_templates.disk_arrays import DiskArray
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
 from heatmap_templates.files import write_text
@@ -44,6 +47,7 @@ from heatmap_templates.recipe import (
     weight_averager,
 )
 
+DEFAULT_MEMORY_BUDGET_GB = 4.0  # decoded training data held in memory; more streams from a disk cache
 AUTO_AUGMENT_IMAGES = 20_000  # training images up to which a from-scratch backbone augments by default
 
 
@@ -77,6 +81,8 @@ class TrainConfig:
     intensity: str = DEFAULT_INTENSITY  # how integer pixels are scaled (decode.INTENSITIES); recorded in the model
     binary: str | None = None  # "POS" or "POS:NEG": one sigmoid output, POS against every other class (NEG: not-POS)
     uncertain: str = DEFAULT_UNCERTAIN  # how a multi-label data set's uncertain findings were read (recorded)
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB  # decoded images (and features) beyond it stream from disk
+    cache_dir: str | None = None  # where streamed images are cached during training (default: the system's temp folder)
 
     def validate(self) -> None:
         """Raise :class:`HmtError` for settings that cannot work."""
@@ -102,6 +108,8 @@ class TrainConfig:
             raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
         if not 0 <= self.dropout < 1 or self.dense_units < 1:
             raise HmtError("dropout must be in [0, 1) and dense units at least 1")
+        if not self.memory_budget_gb > 0:
+            raise HmtError(f"the memory budget must be positive, got {self.memory_budget_gb} GB")
 
 
 @dataclass(frozen=True)
@@ -134,21 +142,46 @@ class TrainResult:
 # --------------------------------------------------------------------------- training
 
 
-def image_pipeline(images: np.ndarray, targets: np.ndarray, info: ModelInfo, batch_size: int, *,
+def rows_dataset(rows: np.ndarray | DiskArray, targets: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
+    """tf.data of (rows, targets) batches, in a seeded shuffled order when ``shuffle_seed`` is given: from memory, or
+    read batch by batch from a :class:`DiskArray` (the same order for the same seed, so the same training)."""
+    import tensorflow as tf
+
+    targets = np.asarray(targets, dtype=np.float32)
+    if isinstance(rows, np.ndarray):
+        dataset = tf.data.Dataset.from_tensor_slices((rows, targets))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size)
+    dataset = tf.data.Dataset.range(len(rows))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def read(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows[indices], targets[indices]
+
+    @tf.autograph.experimental.do_not_convert
+    def read_graph(indices):
+        values, batch_targets = tf.numpy_function(read, [indices], (tf.as_dtype(rows.dtype), tf.float32), stateful=False)
+        values.set_shape((None, *rows.row_shape))
+        batch_targets.set_shape((None, *targets.shape[1:]))
+        return values, batch_targets
+
+    return dataset.batch(batch_size).map(read_graph, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def image_pipeline(images: np.ndarray | DiskArray, targets: np.ndarray, info: ModelInfo, batch_size: int, *,
                     shuffle_seed: int | None = None, augment_seed: int | None = None):
     """tf.data over in-memory uint8 images: shuffle, batch, to [0, 1], augment (optional, training only), preprocess."""
     import tensorflow as tf
 
     scale, offset = affine_preprocessing(info.channels, info.preprocessing)
-    dataset = tf.data.Dataset.from_tensor_slices((images, targets.astype(np.float32)))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
     def to_unit(x, y):
         return tf.cast(x, tf.float32) / 255.0, y
 
-    dataset = dataset.batch(batch_size).map(to_unit, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = rows_dataset(images, targets, batch_size, shuffle_seed=shuffle_seed).map(to_unit, num_parallel_calls=tf.data.AUTOTUNE)
     if augment_seed is not None:
         @tf.autograph.experimental.do_not_convert
         def augment_batch(batch, random):
@@ -265,14 +298,20 @@ def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, reci
     }
 
 
-def pooled_features(model, images: np.ndarray, info: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                    progress: Progress | None = None) -> np.ndarray:
-    """The frozen base's globally pooled features (N, D) for in-memory images: the head's exact input."""
+def pooled_features(model, images: np.ndarray | DiskArray, info: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: Progress | None = None, to_disk: Path | None = None) -> np.ndarray | DiskArray:
+    """The frozen base's globally pooled features (N, D): the head's exact input; in a DiskArray at ``to_disk``
+    (written chunk by chunk) when given."""
     import keras
 
     extractor = keras.Model(model.inputs, model.get_layer("avg_pool").output)
-    chunks = predict_in_batches(extractor, images, info, batch_size, progress, "computing base features")
     width = extractor.output_shape[-1]
+    if to_disk is not None:
+        features = DiskArray(to_disk, (width,), np.float32)
+        for chunk in predict_in_batches(extractor, images, info, batch_size, progress, "computing base features"):
+            features.append(chunk)
+        return features
+    chunks = list(predict_in_batches(extractor, images, info, batch_size, progress, "computing base features"))
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, width), np.float32)
 
 
@@ -298,14 +337,11 @@ def fit_head_on_features(model, train_features: np.ndarray, train_targets: np.nd
     ``recipe`` gives the schedule, warm-up, patience and weight averaging (default: TrainConfig's);
     ``loss`` and the targets come from the objective (:mod:`heatmap_templates.objectives`).
     """
-    import tensorflow as tf
-
     history = [] if history is None else history
-    train_data = (tf.data.Dataset.from_tensor_slices((train_features, train_targets.astype(np.float32)))
-                  .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
+    train_data = rows_dataset(train_features, train_targets, batch_size, shuffle_seed=seed)
     val_data = None
     if val_features is not None and len(val_features):
-        val_data = tf.data.Dataset.from_tensor_slices((val_features, val_targets.astype(np.float32))).batch(batch_size)
+        val_data = rows_dataset(val_features, val_targets, batch_size)
     return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate,
                 recipe=recipe or TrainConfig(), steps_per_epoch=math.ceil(len(train_features) / batch_size),
                 loss=loss, class_weight=class_weight or None, phase="head", history=history, on_epoch=on_epoch)
@@ -356,14 +392,33 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Prog
         raise HmtError(f"{display_path(dataset.root)}: {noun} {', '.join(empty)} has no {'positive ' if dataset.multi_label else ''}images")
     objective = objective_for(dataset, config.binary)
     size = as_size(config.input_size or spec.default_input_side)
-    with seeded(config.seed, config.deterministic):
-        return _train_seeded(dataset, config, spec, weights, objective, size, progress, on_epoch, started)
+    with seeded(config.seed, config.deterministic), _cache_folder(dataset, size, config) as cache:
+        return _train_seeded(dataset, config, spec, weights, objective, size, progress, on_epoch, started, cache)
+
+
+@contextmanager
+def _cache_folder(dataset: Dataset, size: tuple[int, int], config: TrainConfig) -> Iterator[Path | None]:
+    """A temporary folder for decoded images when the data set's images at input size exceed the memory budget
+    (removed afterwards), else None: training then holds them in memory."""
+    needed = len(dataset.samples) * size[0] * size[1]  # uint8 gray, what training keeps per image
+    if needed <= config.memory_budget_gb * 2**30:
+        yield None
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix="hmt-train-", dir=config.cache_dir)
+    except OSError as error:
+        raise BadFileError(config.cache_dir or tempfile.gettempdir(), f"cannot create a training cache folder ({error.strerror})") from None
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, objective: Objective,
                   size: tuple[int, int], progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None,
-                  started: float) -> TrainResult:
-    """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early."""
+                  started: float, cache: Path | None) -> TrainResult:
+    """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early.
+    With a ``cache`` folder, decoded images (and pooled features) live in files there instead of memory."""
     class_names = objective.class_names
     model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
                         dropout=config.dropout, head=objective.head)
@@ -375,7 +430,8 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     kept: dict[str, list[Sample]] = {}
     for name in SPLIT_NAMES:
         images[name], kept[name] = load_images(splits[name], size, skip_log, intensity=config.intensity, progress=progress,
-                                               description=f"decoding {name} images")
+                                               description=f"decoding {name} images",
+                                               to_disk=None if cache is None else cache / f"{name}_images.u8")
         labels[name] = objective.labels(kept[name])
     missing = objective.missing(labels["train"])
     if missing:
@@ -396,7 +452,8 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     augment = _augments(config, spec, len(images["train"]))
     cached = config.cache_features and spec.application is not None and not augment
     if cached:
-        features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress)
+        features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress,
+                                          to_disk=None if cache is None else cache / f"{name}_features.f32")
                     for name in ("train", "val")}
         phases.append(fit_head_on_features(
             model, features["train"], targets["train"], features["val"] if has_val else None, targets["val"],
@@ -431,6 +488,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         "seconds": round(seconds, 2),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": display_path(dataset.root),
+        "streamed_from_disk": cache is not None,
         **({"uncertain": config.uncertain} if dataset.multi_label else {}),
     }
     return TrainResult(model=model, info=info, history=history, test_report=test_report, problems=skip_log.problems,

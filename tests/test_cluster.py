@@ -169,3 +169,27 @@ def test_scheduler_values(capsys: pytest.CaptureFixture, monkeypatch: pytest.Mon
         code, _, err = run_hmt(["build-templates", "--heatmaps", world["store"], "--all-classes", "--scheduler", value,
                                 "--out", world["root"] / "never.h5"], capsys, monkeypatch)
         assert_user_error(code, err, fragment)
+
+
+def test_the_slurm_example_writes_a_job_script_for_one_gpu_worker_per_job() -> None:
+    """docs/examples/slurm.py (the docs/cluster.md example): the job script dask-jobqueue would submit."""
+    import importlib.util
+
+    pytest.importorskip("dask_jobqueue")
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "slurm.py"
+    spec = importlib.util.spec_from_file_location("slurm_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cluster = example.slurm_cluster(queue="gpu", cores=6, memory="24GB", walltime="02:00:00", account="lab", venv="/shared/hmt/.venv")
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    for directive in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=6", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1",
+                      "#SBATCH --account=lab"):
+        assert directive in lines, script
+    assert any(line.startswith("#SBATCH --mem=") for line in lines)
+    assert "source /shared/hmt/.venv/bin/activate" in lines
+    worker = next(line for line in lines if "dask_worker" in line)
+    assert worker.startswith("python -m distributed.cli.dask_worker tcp://") and "--nthreads 1" in worker

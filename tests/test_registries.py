@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from heatmap_templates.backbones import BACKBONES
+from heatmap_templates.data import UNCERTAIN
+from heatmap_templates.decode import INTENSITIES
+from heatmap_templates.recipe import SCHEDULES
 from heatmap_templates.cam import CamEngine
 from heatmap_templates.cam_methods import METHODS
 from heatmap_templates.errors import HmtError, OptionError
@@ -27,7 +30,7 @@ from heatmap_templates.synth import LESIONS, render_phantom
 from cli_helpers import assert_user_error, run_hmt
 
 REGISTRIES = [BACKBONES, METHODS, HEADS, INCLUDES, NORMALISATIONS, PREPROCESSING, REGISTRATIONS, SCORES, SIMILARITIES,
-              STATISTICS, LESIONS]
+              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES]
 
 # (command and its required arguments, flag, registry): every CLI choice that comes from a registry.
 CLI_CHOICES = [
@@ -39,6 +42,9 @@ CLI_CHOICES = [
     (["compare", "x.png"], "--similarity", SIMILARITIES),
     (["train", "data"], "--backbone", BACKBONES),
     (["evaluate", "m.keras", "data"], "--preprocessing", PREPROCESSING),
+    (["train", "data"], "--schedule", SCHEDULES),
+    (["train", "data"], "--uncertain", UNCERTAIN),
+    (["train", "data"], "--intensity", INTENSITIES),
 ]
 
 
