@@ -9,6 +9,8 @@ import typer
 from heatmap_templates.errors import HmtError
 from heatmap_templates.synth import (
     CLASSES,
+    DEFAULT_SHORTCUT_STYLE,
+    SHORTCUTS,
     DEFAULT_N_PER_CLASS,
     DEFAULT_PREVALENCE,
     DEFAULT_POSE_SPREAD,
@@ -19,6 +21,7 @@ from heatmap_templates.synth import (
     synthesize_multi_label,
     write_preview_grid,
 )
+from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar
 
@@ -36,6 +39,8 @@ def synth(
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: CPU count, at most 8); output is identical for any number."),
     multi_label: bool = typer.Option(False, "--multi-label", help="Images that carry several lesion types at once (each with chance --prevalence) in images/, with one 0/1 column per lesion type in manifest.csv (read it with --labels); --n-per-class counts images per lesion type."),
     prevalence: float = typer.Option(DEFAULT_PREVALENCE, "--prevalence", help="With --multi-label: the chance of each lesion type."),
+    shortcut: list[str] = typer.Option([], "--shortcut", help="CLASS:FRACTION (repeatable): burn a shortcut into that fraction of the class's images (which ones: ground_truth/shortcuts.csv)."),
+    shortcut_style: str = registry_option(DEFAULT_SHORTCUT_STYLE, "--shortcut-style", SHORTCUTS, "Kind of planted shortcut"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a class-per-folder synthetic chest X-ray phantom set with lesion masks, poses and lesion-probability maps.
@@ -43,6 +48,8 @@ def synth(
     Classes: covid (peripheral lower-zone ground glass), bacteria (one lobar consolidation), virus (perihilar streaks), normal (none). Ground truth goes to OUT/ground_truth/ (see its README.md).
 
     Example: hmt synth data/phantom --n-per-class 200 --size 256 --seed 0 --preview grid.png  (add --pose-spread 2.5 for harder poses)
+
+    Planted shortcut: hmt synth data/shortcut --shortcut covid:0.5 (half the covid images carry a side marker)
 
     Multi-label: hmt synth data/findings --multi-label --classes bacteria,covid,virus, then
     hmt train data/findings/manifest.csv --multi-label --labels bacteria,covid,virus
@@ -58,7 +65,8 @@ def synth(
             raise HmtError("--preview draws class-folder phantom sets; leave it out with --multi-label")
     else:
         summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
-                                     progress=progress_bar(), workers=workers, pose_spread=pose_spread)
+                                     progress=progress_bar(), workers=workers, pose_spread=pose_spread,
+                                     shortcuts=_shortcuts(shortcut), shortcut_style=shortcut_style)
     preview_path = write_preview_grid(out_dir, preview, preview_examples) if preview is not None else None
     if as_json:
         result = summary.to_json()
@@ -70,3 +78,18 @@ def synth(
                f"at {size} px to {out_dir} in {summary.seconds:.1f} s; ground truth in {out_dir / 'ground_truth'}")
     if preview_path is not None:
         typer.echo(f"preview grid: {preview_path}")
+
+
+def _shortcuts(values: list[str]) -> dict[str, float]:
+    """``--shortcut CLASS:FRACTION`` values as a mapping (a class given twice is refused)."""
+    shortcuts: dict[str, float] = {}
+    for value in values:
+        label, _, fraction = value.partition(":")
+        try:
+            share = float(fraction)
+        except ValueError:
+            raise HmtError(f"--shortcut {value}: expected CLASS:FRACTION, e.g. covid:0.5") from None
+        if label in shortcuts:
+            raise HmtError(f"--shortcut names {label} twice")
+        shortcuts[label.strip()] = share
+    return shortcuts

@@ -22,6 +22,10 @@ from heatmap_templates.synth import (
     pose_matrix,
     read_poses,
     render_phantom,
+    SHORTCUTS,
+    carries_shortcut,
+    read_shortcuts,
+    shortcut_mask,
     synthesize_dataset,
     synthesize_multi_label,
 )
@@ -421,3 +425,35 @@ def test_multi_label_refuses_normal_and_bad_prevalence(tmp_path: Path) -> None:
         synthesize_multi_label(tmp_path / "a", n_images=4, size=64, findings=("covid", "normal"))
     with pytest.raises(HmtError, match="prevalence"):
         synthesize_multi_label(tmp_path / "b", n_images=4, size=64, prevalence=1.5)
+
+
+@pytest.mark.parametrize("style", SHORTCUTS.names())
+def test_planted_shortcut_is_in_the_chosen_share_of_images_where_its_mask_says(tmp_path: Path, style: str) -> None:
+    plain = tmp_path / "plain"
+    planted = tmp_path / "planted"
+    synthesize_dataset(plain, n_per_class=12, size=SIZE, seed=4, classes=("covid", "normal"), workers=1, probability_samples=2)
+    summary = synthesize_dataset(planted, n_per_class=12, size=SIZE, seed=4, classes=("covid", "normal"), workers=1,
+                                 probability_samples=2, shortcuts={"covid": 0.5}, shortcut_style=style)
+    carried = read_shortcuts(planted)
+    assert len(carried) == 24 and not any(carried[p] for p in carried if p.startswith("normal/"))
+    tagged = [p for p, value in carried.items() if value]
+    assert summary.shortcuts == {"covid": len(tagged)} and 2 <= len(tagged) <= 10
+    assert tagged == [p for p in carried if p.startswith("covid/") and carries_shortcut(4, "covid", int(p[-8:-4]), 0.5)]
+    for path in carried:
+        before, after = (_read_gray(root / path).astype(float) for root in (plain, planted))
+        mask = shortcut_mask(planted, path)
+        if path in tagged:
+            assert mask is not None and mask.any()
+            assert np.abs(after - before)[mask].mean() > 60  # a bright object where the mask is
+            near = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+            assert np.abs(after - before)[~near].max() <= 2  # elsewhere only the detector blur's tail
+        else:
+            assert mask is None and np.array_equal(after, before)  # images without it are untouched
+    assert read_shortcuts(plain) == {path: False for path in carried}
+
+
+def test_shortcut_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(HmtError, match="not one of the classes"):
+        synthesize_dataset(tmp_path / "a", n_per_class=2, size=SIZE, classes=("covid", "normal"), shortcuts={"virus": 0.5})
+    with pytest.raises(HmtError, match=r"in \(0, 1\]"):
+        synthesize_dataset(tmp_path / "b", n_per_class=2, size=SIZE, classes=("covid", "normal"), shortcuts={"covid": 0.0})

@@ -8,7 +8,8 @@ exact: per-image lesion masks, poses and, per class, the canonical lesion-probab
 
 One module per reason to change: :mod:`.anatomy` (the chest), :mod:`.lesions` (one process per
 disease class, a registry), :mod:`.render` (one image: seeds, pose, acquisition), :mod:`.dataset`
-(files on disk), :mod:`.ground_truth` (reading the truth back, scoring templates), :mod:`.preview`.
+(files on disk), :mod:`.shortcuts` (planted shortcuts, a registry of styles), :mod:`.ground_truth`
+(reading the truth back, scoring templates), :mod:`.preview`.
 Each image's randomness derives from (seed, class name, index), which makes a data set
 deterministic for a seed and a smaller ``n_per_class`` a prefix of a larger one. ``pose_spread``
 scales the random pose (2.0: twice the shift, rotation and log-scale range) for experiments in
@@ -29,8 +30,9 @@ from heatmap_templates.synth.dataset import (
     synthesize_dataset,
     synthesize_multi_label,
 )
-from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, read_lesion_truth
+from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, read_lesion_truth, read_shortcuts, shortcut_mask
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
+from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 from heatmap_templates.synth.preview import DEFAULT_PREVIEW_EXAMPLES, write_preview_grid
 from heatmap_templates.synth.render import (
     DEFAULT_POSE_SPREAD,
@@ -50,4 +52,5 @@ __all__ = [
     "MARKER_FILE", "SynthSummary", "read_poses", "synthesize_dataset", "synthesize_multi_label", "LesionTruth", "ground_truth_localisation",
     "read_lesion_truth", "CLASSES", "LESIONS", "write_preview_grid", "DEFAULT_PROBABILITY_SAMPLES", "LESION_THRESHOLD",
     "MAX_POSE_SPREAD", "Phantom", "Pose", "canonical_lesion_probability", "phantom_seed", "pose_matrix", "render_phantom",
+    "DEFAULT_SHORTCUT_STYLE", "SHORTCUTS", "carries_shortcut", "read_shortcuts", "shortcut_mask",
 ]

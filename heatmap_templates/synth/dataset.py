@@ -15,9 +15,9 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -28,6 +28,7 @@ from heatmap_templates.files import ensure_folder, write_bytes, write_text
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.synth.anatomy import canonical_lung_mask, check_size
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
+from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 from heatmap_templates.synth.render import (
     DEFAULT_POSE_SPREAD,
     DEFAULT_PROBABILITY_SAMPLES,
@@ -47,6 +48,8 @@ DEFAULT_PREVALENCE = 0.4  # chance of each lesion type in a multi-label phantom
 _MULTI_LABEL_NAME = "img"  # images are img_NNNN.png
 _FINDINGS_STREAM = 2
 MARKER_FILE = "synth.json"
+SHORTCUTS_FILE = "shortcuts.csv"  # path,shortcut (0/1) for every image
+SHORTCUT_MASKS_DIR = "shortcut_masks"  # <class>/<image>.png for the images that carry a planted shortcut
 CANONICAL_CHEST_FILE = "canonical_chest.png"
 CANONICAL_LUNGS_FILE = "canonical_lungs.png"
 _POSE_COLUMNS = ("dx", "dy", "angle_deg", "scale", "a00", "a01", "a02", "a10", "a11", "a12")
@@ -64,9 +67,11 @@ class SynthSummary:
     counts: dict[str, int]
     lesion_pixel_fraction: dict[str, float]  # mean fraction of image pixels inside the lesion mask
     seconds: float
+    shortcuts: dict[str, int] = field(default_factory=dict)  # per class, the images carrying its planted shortcut
 
     def to_json(self) -> dict:
         return {
+            "shortcuts": dict(self.shortcuts),
             "out_dir": str(self.out_dir),
             "classes": list(self.classes),
             "n_per_class": self.n_per_class,
@@ -114,8 +119,8 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise HmtError(f"{marker}: cannot read the previous synth record ({error}); remove the folder by hand") from error
     # Remove only what a previous run wrote, so a stale larger set does not survive a smaller one.
     folders = [(out_dir / label, label) for label in previous_classes] + [(out_dir / MULTI_LABEL_FOLDER, _MULTI_LABEL_NAME)]
-    folders += [(out_dir / GROUND_TRUTH_DIR / "masks" / label, rf"(?:{re.escape(label)}|{_MULTI_LABEL_NAME})")
-                for label in previous_classes]
+    folders += [(out_dir / GROUND_TRUTH_DIR / kind / label, rf"(?:{re.escape(label)}|{_MULTI_LABEL_NAME})")
+                for label in previous_classes for kind in ("masks", SHORTCUT_MASKS_DIR)]
     for folder, name in folders:
         if folder.is_dir():
             for path in folder.iterdir():
@@ -123,9 +128,10 @@ def _prepare_out_dir(out_dir: Path) -> None:
                     path.unlink()
             if not any(folder.iterdir()):
                 folder.rmdir()
-    masks = out_dir / GROUND_TRUTH_DIR / "masks"
-    if masks.is_dir() and not any(masks.iterdir()):
-        masks.rmdir()
+    for kind in ("masks", SHORTCUT_MASKS_DIR):
+        masks = out_dir / GROUND_TRUTH_DIR / kind
+        if masks.is_dir() and not any(masks.iterdir()):
+            masks.rmdir()
     for path in (out_dir / GROUND_TRUTH_DIR).glob("lesion_probability_*.npy"):
         path.unlink()
 
@@ -170,6 +176,9 @@ Re-running with the same arguments reproduces every file bit for bit.
 - `canonical_chest.png`: 8-bit mean of all images in the canonical frame, i.e. before the pose warp (with each
   image's exposure, without detector blur and noise). The natural registration reference for templates that are
   compared with `lesion_probability_<class>.npy`: registered to it, heatmaps land in the canonical frame.
+- `shortcuts.csv`: `path,shortcut` for every image: 1 where the image carries its class's planted shortcut
+  (`hmt synth --shortcut CLASS:FRACTION`, style `--shortcut-style`), else 0.
+- `shortcut_masks/<class>/<class>_NNNN.png`: where the shortcut is, in the image frame (255), for the images that carry it.
 - `synth.json`: the arguments of the run; it also marks the folder as a synth output that `hmt synth` may replace.
 
 Lesions: `covid` bilateral peripheral lower-zone ground-glass opacities; `bacteria` one dense lobar consolidation
@@ -188,25 +197,33 @@ class _Written:
     pose_row: list[str]
     mask_pixels: int
     canonical_sum: np.ndarray | None = None
+    shortcut: bool = False
 
 
 def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int,
-                      pose_spread: float = DEFAULT_POSE_SPREAD) -> list[_Written]:
-    """Render images ``indices`` of class ``label`` and write each image and its lesion mask."""
+                      pose_spread: float = DEFAULT_POSE_SPREAD, shortcut_fraction: float = 0.0,
+                      shortcut_style: str = DEFAULT_SHORTCUT_STYLE) -> list[_Written]:
+    """Render images ``indices`` of class ``label`` and write each image and its lesion mask (and, for the
+    images that carry the class's planted shortcut, its mask)."""
     written = []
     canonical_sum = np.zeros((size, size), np.float64)
     for index in indices:
         name = f"{label}_{index:04d}.png"
-        phantom = render_phantom(phantom_seed(seed, label, index), label, size, pose_spread=pose_spread)
+        carries = shortcut_fraction > 0 and carries_shortcut(seed, label, index, shortcut_fraction)
+        phantom = render_phantom(phantom_seed(seed, label, index), label, size, pose_spread=pose_spread,
+                                 shortcut=shortcut_style if carries else None)
         canonical_sum += phantom.canonical_image
         _write_png(out / label / name, _to_uint8(phantom.image))
         _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
+        if carries:
+            _write_png(out / GROUND_TRUTH_DIR / SHORTCUT_MASKS_DIR / label / name, phantom.shortcut_mask.astype(np.uint8) * 255)
         pose = phantom.pose
         row = [f"{label}/{name}", label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
                *(repr(float(value)) for value in pose.matrix.ravel()), f"{label}_{index:04d}"]
-        written.append(_Written(label, index, row, int(phantom.lesion_mask.sum())))
+        written.append(_Written(label, index, row, int(phantom.lesion_mask.sum()), shortcut=carries))
     if written:
-        written[0] = _Written(written[0].label, written[0].index, written[0].pose_row, written[0].mask_pixels, canonical_sum)
+        first = written[0]
+        written[0] = _Written(first.label, first.index, first.pose_row, first.mask_pixels, canonical_sum, first.shortcut)
     return written
 
 
@@ -223,7 +240,8 @@ def _default_workers() -> int:
 def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_CLASS, size: int = DEFAULT_SIZE, seed: int = 0,
                        classes: Sequence[str] = CLASSES, progress: Progress | None = None,
                        probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None,
-                       pose_spread: float = DEFAULT_POSE_SPREAD) -> SynthSummary:
+                       pose_spread: float = DEFAULT_POSE_SPREAD, shortcuts: Mapping[str, float] | None = None,
+                       shortcut_style: str = DEFAULT_SHORTCUT_STYLE) -> SynthSummary:
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
     ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``
@@ -231,10 +249,19 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     so the files are identical for any number of workers. ``pose_spread`` (0 to 4) multiplies
     the random pose's shift and rotation ranges and its log-scale range: 1.0 is the default pose
     distribution, larger values give registration more to correct, 0 puts every chest in the
-    canonical frame.
+    canonical frame. ``shortcuts`` maps a class to the fraction of its images that carry a planted
+    shortcut of ``shortcut_style`` (:mod:`heatmap_templates.synth.shortcuts`); which images carry it
+    is in ``ground_truth/shortcuts.csv`` and where it is in ``ground_truth/shortcut_masks/``.
     """
     started = time.perf_counter()
     chosen = _validate(n_per_class, size, seed, classes, pose_spread)
+    shortcuts = dict(shortcuts or {})
+    SHORTCUTS.check(shortcut_style)
+    for label, fraction in shortcuts.items():
+        if label not in chosen:
+            raise HmtError(f"--shortcut {label}:{fraction}: {label} is not one of the classes made ({', '.join(chosen)})")
+        if not 0.0 < fraction <= 1.0:
+            raise HmtError(f"--shortcut {label}:{fraction}: the fraction of images must be in (0, 1]")
     if probability_samples < 1:
         raise HmtError(f"probability_samples must be at least 1, got {probability_samples}")
     workers = _default_workers() if workers is None else workers
@@ -246,6 +273,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     for label in chosen:
         ensure_folder(out / label, out)
         ensure_folder(truth / "masks" / label, out)
+    for label in shortcuts:
+        ensure_folder(truth / SHORTCUT_MASKS_DIR / label, out)
     progress = progress or NullProgress()
     progress.start(len(chosen) * n_per_class, "synthesising phantoms")
 
@@ -255,7 +284,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     written: list[_Written] = []
     if workers == 1:
         for label, indices in image_jobs:
-            written += _render_and_write(out, label, indices, seed, size, pose_spread)
+            written += _render_and_write(out, label, indices, seed, size, pose_spread, shortcuts.get(label, 0.0), shortcut_style)
             progress.advance(len(indices))
         for path, label in probability_jobs:
             _write_probability(path, label, size, probability_samples, seed)
@@ -264,7 +293,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             probability_futures = [pool.submit(_write_probability, path, label, size, probability_samples, seed)
                                    for path, label in probability_jobs]
-            image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size, pose_spread)
+            image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size, pose_spread,
+                                         shortcuts.get(label, 0.0), shortcut_style)
                              for label, indices in image_jobs]
             for future in as_completed(image_futures):
                 batch = future.result()
@@ -279,6 +309,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     _write_csv(out / "manifest.csv", ["path", "label", "patient_id"],
                ([item.pose_row[0], item.label, item.pose_row[-1]] for item in written))
     _write_csv(truth / "poses.csv", ["path", "label", *_POSE_COLUMNS, "patient_id"], (item.pose_row for item in written))
+    _write_csv(truth / SHORTCUTS_FILE, ["path", "shortcut"], ([item.pose_row[0], "1" if item.shortcut else "0"] for item in written))
     _write_png(truth / CANONICAL_LUNGS_FILE, canonical_lung_mask(size).astype(np.uint8) * 255)
     # Summed in a fixed order (class, then index), so the mean is the same for any number of workers.
     canonical_total = np.zeros((size, size), np.float64)
@@ -290,12 +321,14 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                                                     samples=probability_samples, threshold=LESION_THRESHOLD,
                                                     pose_spread=pose_spread))
     record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
-              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread}
+              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
+              "shortcuts": shortcuts, "shortcut_style": shortcut_style}
     write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
     lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
                        for label in chosen}
+    carried = {label: sum(1 for item in written if item.label == label and item.shortcut) for label in shortcuts}
     return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, carried)
 
 
 def finding_presence(seed: int, index: int, findings: Sequence[str], prevalence: float) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from heatmap_templates.errors import HmtError
 from heatmap_templates.metrics import localisation_auc
-from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR
+from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, SHORTCUT_MASKS_DIR, SHORTCUTS_FILE
 
 _PROBABILITY_PREFIX = "lesion_probability_"
 
@@ -85,3 +85,25 @@ def ground_truth_localisation(templates_path: str | os.PathLike, data_dir: str |
         scores = localisation_auc(template.mean, here.probabilities[name], here.lungs, threshold_fraction=threshold_fraction)
         results[name] = {"members": template.count, **scores}
     return results
+
+
+def read_shortcuts(data_dir: str | os.PathLike) -> dict[str, bool]:
+    """Which images of an `hmt synth` output carry a planted shortcut: relative path -> bool (all False for a set
+    made without shortcuts or before they existed)."""
+    import csv
+
+    path = Path(data_dir) / GROUND_TRUTH_DIR / SHORTCUTS_FILE
+    if not path.is_file():
+        if not (Path(data_dir) / GROUND_TRUTH_DIR).is_dir():
+            raise HmtError(f"{data_dir}: no {GROUND_TRUTH_DIR}/ folder; not a `hmt synth` output")
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {row["path"]: row["shortcut"] == "1" for row in csv.DictReader(handle)}
+
+
+def shortcut_mask(data_dir: str | os.PathLike, relative_path: str) -> np.ndarray | None:
+    """The planted shortcut's mask (image frame, bool) of one image, or None when it carries none."""
+    path = Path(data_dir) / GROUND_TRUTH_DIR / SHORTCUT_MASKS_DIR / relative_path
+    if not path.is_file():
+        return None
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= 128

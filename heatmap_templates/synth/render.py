@@ -16,6 +16,7 @@ import numpy as np
 from heatmap_templates.errors import HmtError
 from heatmap_templates.synth.anatomy import BACKGROUND, blur, check_size, draw_lung_fields, render_anatomy, sample_anatomy, smooth_noise
 from heatmap_templates.synth.lesions import LESIONS, lesion_intensity
+from heatmap_templates.synth.shortcuts import burn_in
 
 LESION_THRESHOLD = 0.04  # lesion intensity (image units, [0, 1] scale) at which a pixel counts as lesion
 DEFAULT_PROBABILITY_SAMPLES = 200
@@ -57,6 +58,7 @@ class Phantom:
     label: str
     canonical_image: np.ndarray = field(repr=False)
     finding_masks: dict[str, np.ndarray] | None = field(default=None, repr=False)  # multi-label: per finding, image frame
+    shortcut_mask: np.ndarray | None = field(default=None, repr=False)  # the planted shortcut's pixels, image frame
 
 
 def phantom_seed(seed: int, label: str, index: int) -> np.random.SeedSequence:
@@ -71,12 +73,13 @@ def streams(seed_sequence: np.random.SeedSequence) -> dict[str, np.random.Genera
     would give a different image on every call.
     """
     fresh = np.random.SeedSequence(seed_sequence.entropy, spawn_key=seed_sequence.spawn_key, pool_size=seed_sequence.pool_size)
-    anatomy, lesions, pose, noise = fresh.spawn(4)
+    anatomy, lesions, pose, noise, shortcut = fresh.spawn(5)  # children depend on their position only: adding one keeps the rest
     return {
         "anatomy": np.random.default_rng(anatomy),
         "lesions": np.random.default_rng(lesions),
         "pose": np.random.default_rng(pose),
         "noise": np.random.default_rng(noise),
+        "shortcut": np.random.default_rng(shortcut),
     }
 
 
@@ -113,13 +116,15 @@ def check_pose_spread(pose_spread: float) -> None:
 
 def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: str, size: int = 256, *,
                    include_lesions: bool = True, pose_spread: float = DEFAULT_POSE_SPREAD,
-                   findings: Sequence[str] | None = None) -> Phantom:
+                   findings: Sequence[str] | None = None, shortcut: str | None = None) -> Phantom:
     """Render one phantom of class ``label``, or with every lesion type in ``findings`` at once (multi-label).
 
     ``include_lesions=False`` renders the identical image without its lesions (same anatomy, pose
     and noise), which is what makes the lesion ground truth checkable. ``pose_spread`` scales the
     random pose (see `synthesize_dataset`). With ``findings``, each finding's lesions come from a
     random stream of their own and ``finding_masks`` holds each finding's mask in the image frame.
+    ``shortcut`` (a :data:`~heatmap_templates.synth.shortcuts.SHORTCUTS` style) burns that cue into the image
+    (on the detector: it does not follow the pose); the image is otherwise identical.
     """
     LESIONS.check(label)
     for finding in findings or ():
@@ -156,6 +161,9 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     noise_rng = rng["noise"]
     contrast, brightness, gamma = noise_rng.uniform(0.85, 1.15), noise_rng.uniform(-0.05, 0.05), noise_rng.uniform(0.85, 1.15)
     image = np.clip((image - 0.4) * contrast + 0.4 + brightness, 0.0, 1.0) ** gamma
+    shortcut_mask = None
+    if shortcut is not None:
+        image, shortcut_mask = burn_in(image.astype(np.float32), shortcut, rng["shortcut"])
     canonical_image = (np.clip((canonical - 0.4) * contrast + 0.4 + brightness, 0.0, 1.0) ** gamma).astype(np.float32)
     image = blur(image.astype(np.float32), noise_rng.uniform(0.5, 1.0) * px)
     image += noise_rng.normal(0.0, noise_rng.uniform(0.008, 0.022), (size, size)).astype(np.float32)
@@ -163,7 +171,8 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
     finding_masks = {name: _warp_mask((values >= LESION_THRESHOLD).astype(np.float32), pose) for name, values in per_finding.items()}
     return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, lung_mask=lungs, pose=pose, label=label,
-                   canonical_image=canonical_image, finding_masks=finding_masks if findings is not None else None)
+                   canonical_image=canonical_image, finding_masks=finding_masks if findings is not None else None,
+                   shortcut_mask=shortcut_mask)
 
 
 def canonical_lesion_probability(label: str, size: int = 256, n_samples: int = DEFAULT_PROBABILITY_SAMPLES,
