@@ -14,11 +14,14 @@ from heatmap_templates.members import INCLUDES
 from heatmap_templates.normalisation import NORMALISATIONS
 from heatmap_templates.registration import REGISTRATIONS
 from heatmap_templates.scores import DEFAULT_SCORE, SCORES
+from heatmap_templates.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
+from heatmap_templates.strategy_search import add_strategies
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
+from hmt_cli.strategies import parse_k
 
 
 @app.command("build-templates")
@@ -42,6 +45,7 @@ def build_templates_command(
     batch_size: int = typer.Option(BuildConfig.batch_size, "--batch-size", min=1, help="Images per batch."),
     threads: int = typer.Option(BuildConfig.threads, "--threads", min=1, help="Threads of a build in this process (the result does not depend on them)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="Also find each built class's strategies: auto (the eigengap chooses how many) or a number (see hmt strategies)."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded the project."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON on stdout."),
@@ -63,6 +67,7 @@ def build_templates_command(
         bootstrap_replicates=bootstrap, median=median, batch_size=batch_size, threads=threads,
     )
     config.validate()  # before any heatmap is computed
+    strategy_k = parse_k(strategies) if strategies is not None else None
     if model is None and heatmaps is None or model is not None and data is None:
         project = load_project(project_dir)
         model = model or Path(project["model"])
@@ -82,8 +87,14 @@ def build_templates_command(
         heatmaps, None if all_classes else class_names, out, config=config,
         command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
     )
+    found = {}
+    clusterable = [name for name, count in summary.members.items() if count >= MIN_STRATEGY_MEMBERS]
+    if strategies is not None and clusterable:
+        found = add_strategies(out, heatmaps, clusterable, StrategySettings(k=strategy_k), command=command_line(),
+                               progress=progress_bar(as_json))
     if as_json:
-        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        typer.echo(json.dumps(summary.to_dict() | ({"strategies": {name: result.to_dict() for name, result in found.items()}}
+                                                   if found else {}), indent=2))
         return
     typer.echo(f"templates: {summary.out}")
     for name, count in summary.members.items():
@@ -94,3 +105,5 @@ def build_templates_command(
         typer.echo(f"  {name}: no {include} images, no template")
     fallbacks = summary.registration.get("fallbacks", {})
     typer.echo(f"registration ({registration}): {summary.registration.get('methods', {})}" + (f", fallbacks {fallbacks}" if fallbacks else ""))
+    for name, result in found.items():
+        typer.echo(f"strategies of {name}: {result.k} ({result.chosen_by}), sizes {', '.join(str(s.size) for s in result.strategies)}")

@@ -41,10 +41,12 @@ def _flag(result: ImageComparison) -> str:
 
 def _table(run: ComparisonRun) -> list[str]:
     """The readable per-image table."""
-    rows = [("image", "predicted", "p", "best match", f"{run.similarity}", "LOO pct", "heatmap")]
+    with_strategies = any(r.strategy is not None for r in run.results)
+    rows = [("image", "predicted", "p", "best match", f"{run.similarity}", "LOO pct", "heatmap") + (("strategy",) if with_strategies else ())]
     for r in run.results:
         rows.append((r.path, r.predicted, _format(r.probabilities[r.predicted]), r.best_match or "-",
-                     _format(r.predicted_similarity), _format(r.percentile_rank, ".1f"), _flag(r)))
+                     _format(r.predicted_similarity), _format(r.percentile_rank, ".1f"), _flag(r))
+                    + ((("-" if r.strategy is None else f"{r.strategy} ({_format(r.strategy_similarity, '.2f')})"),) if with_strategies else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
@@ -52,7 +54,8 @@ def _table(run: ComparisonRun) -> list[str]:
 def _write_csv(run: ComparisonRun, path: Path) -> None:
     """One row per image: the summary columns, then p_<class> and sim_<class> columns."""
     fixed = ["path", "predicted", "best_match", "predicted_similarity", "predicted_correlation", "percentile_rank",
-             "atypical_threshold", "atypical", "registration_method", "registration_quality", "lung_field_energy"]
+             "atypical_threshold", "atypical", "registration_method", "registration_quality", "lung_field_energy",
+             "strategy", "strategy_similarity"]
     columns = fixed + [f"p_{name}" for name in run.class_names] + [f"sim_{name}" for name in run.template_classes]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

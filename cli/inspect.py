@@ -12,7 +12,7 @@ import typer
 from heatmap_templates.build import merge_template_files
 from heatmap_templates.errors import HmtError
 from heatmap_templates.members import class_view
-from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps, read_templates
+from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps, read_strategies, read_templates
 from heatmap_templates.store.hdf5 import jsonable
 from hmt_cli.main import app
 from hmt_cli.output import command_line
@@ -146,8 +146,13 @@ def merge_templates(
     if output.resolve() in {path.resolve() for path in inputs}:
         raise HmtError(f"{output}: the output must not be one of the inputs")
     merged = merge_template_files(inputs, output, command=command_line(), progress=progress_bar(as_json, unit="files"))
+    dropped = sorted({name for path in inputs for name in read_strategies(path)})
+    note = (f"strategies of {', '.join(dropped)} were not merged (clusters of different builds do not merge); "
+            f"run: hmt strategies {output}") if dropped else None
     if as_json:
-        typer.echo(json.dumps(describe(output), indent=2))
+        typer.echo(json.dumps(describe(output) | {"notes": [note] if note else []}, indent=2))
         return
     counts = ", ".join(f"{name} {template.count}" for name, template in merged.templates.items())
     typer.echo(f"wrote {output}: {len(merged.templates)} classes ({counts}) from {len(inputs)} files")
+    if note:
+        typer.echo(f"note: {note}")

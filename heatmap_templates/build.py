@@ -209,7 +209,7 @@ def build_templates(
     finally:
         executor.close()
     save_templates(out, built.settings, built.templates, reference_image=built.reference.image,
-                   lung_mask=built.reference.lung_mask, command=command)
+                   lung_mask=built.reference.lung_mask, command=command, heatmap_store=str(Path(heatmaps).resolve()))
     return BuildSummary(
         out=out,
         members={t.class_name: t.count for t in built.templates},

@@ -50,7 +50,8 @@ from heatmap_templates.prepare import PreparedMaps, prepare_maps, registrar_for
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.registration import DEFAULT_REGISTRATION
 from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
-from heatmap_templates.store import TemplateFile, read_templates
+from heatmap_templates.store import TemplateFile, read_strategies, read_templates
+from heatmap_templates.strategies import closest_strategy
 
 DEFAULT_ATYPICAL_PERCENTILE = 5.0
 ATYPICAL_MEASURE = "pearson"  # the measure of the stored leave-one-out distribution
@@ -112,6 +113,8 @@ class ImageComparison:
     lung_field_energy: float | None  # share of the predicted class's normalised map inside the lung mask
     maps: ComparisonMaps | None = None
     predicted_findings: list[str] | None = None  # multi-label models: every finding at or above the threshold
+    strategy: int | None = None  # the predicted class's strategy (1-based) whose prototype the map resembles most
+    strategy_similarity: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -129,6 +132,8 @@ class ImageComparison:
             "registration_quality": round(self.registration_quality, 4),
             "lung_field_energy": _rounded(self.lung_field_energy),
             **({} if self.predicted_findings is None else {"predicted_findings": list(self.predicted_findings)}),
+            "strategy": self.strategy,
+            "strategy_similarity": _rounded(self.strategy_similarity),
         }
 
 
@@ -238,6 +243,7 @@ class Comparer:
         self.atypical_percentile = float(atypical_percentile)
         self.normalisation = str(settings.get("normalisation", DEFAULT_NORMALISATION))
         self.registrar = registrar_for(str(settings.get("registration", DEFAULT_REGISTRATION)), self.file.reference_image, self.file.lung_mask)
+        self.strategies = read_strategies(self.file.path)  # per class, when `hmt strategies` added them
         self.lung_mask = np.asarray(self.file.lung_mask, dtype=bool)
         self.template_classes = [name for name in class_names if name in self.file.templates]
         self._template_indices = [class_names.index(name) for name in self.template_classes]
@@ -303,6 +309,10 @@ class Comparer:
             [similarity_scores(normalised[:, t], self._means[name]) for t, name in enumerate(self.template_classes)], axis=1)
         energies = lung_field_energy(normalised.reshape(-1, *normalised.shape[-2:]), self.lung_mask).reshape(normalised.shape[:2])
         findings = predicted_classes(probabilities, self.engine.head, self.engine.threshold) if self.multi_label else None
+        nearest = {}
+        for t, name in enumerate(self.template_classes):
+            if name in self.strategies:
+                nearest[name] = closest_strategy(normalised[:, t], self.strategies[name], self.similarity, self.lung_mask)
         for row, position in enumerate(positions):
             predicted = self.class_names[int(result.targets[row])]  # the head's decision (a multi-label model's top finding)
             t = self.template_classes.index(predicted) if predicted in self.template_classes else None
@@ -328,6 +338,8 @@ class Comparer:
                 maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted].astype(np.float32))
                 if keep_maps and t is not None else None,
                 predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row]) if on],
+                strategy=int(nearest[predicted][0][row]) + 1 if predicted in nearest else None,
+                strategy_similarity=float(nearest[predicted][1][row]) if predicted in nearest else None,
             )
 
 

@@ -11,7 +11,7 @@ go through :func:`prepare_maps`, so a new image's map is prepared exactly as the
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,3 +83,35 @@ def prepare_maps(images_u8: np.ndarray | None, maps: np.ndarray, registrar: Regi
     planes = warped.reshape(-1, *warped.shape[-2:])
     normalised = normalise(planes, normalisation).reshape(warped.shape) if len(planes) else warped.astype(np.float32)
     return PreparedMaps(found, warped_images, normalised)
+
+
+def member_alignment(member, image_shape: tuple[int, int]) -> Alignment | None:  # noqa: ANN001 (templates.Member)
+    """The alignment a build found for a template member (templates schema 3 keeps it), or None for older files."""
+    if member.registration_matrix is None:
+        return None
+    return Alignment(np.reshape(np.asarray(member.registration_matrix, dtype=np.float64), (2, 3)), member.registration_method,
+                     member.registration_quality, None, tuple(int(v) for v in image_shape))
+
+
+def prepared_member_maps(reader, template, registrar: Registrar, normalisation: str, class_index: int, *,  # noqa: ANN001
+                         batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The prepared maps of a template's members again, from the heatmap store it was built from: batches of
+    (member positions, maps (B, H, W)), in member order. The registration matrices the build kept are reused
+    (a file written before they were kept registers the images again)."""
+    where = {path: index for index, path in enumerate(reader.paths)}
+    missing = [member.path for member in template.members if member.path not in where]
+    if missing:
+        raise HmtError(f"{reader.path}: holds no maps of {len(missing)} member(s) of class {template.class_name!r} "
+                       f"(e.g. {missing[0]}); give the heatmap store the templates were built from")
+    image_shape = tuple(int(v) for v in reader.settings["input_size"])
+    for start in range(0, len(template.members), batch_size):
+        members = template.members[start:start + batch_size]
+        indices = np.array([where[member.path] for member in members])
+        alignments = [member_alignment(member, image_shape) for member in members]
+        if all(alignment is not None for alignment in alignments):
+            raw = next(reader.iter_raw(len(indices), indices))
+            maps = prepare_maps(None, raw[:, class_index], registrar, normalisation, alignments=alignments).maps
+        else:
+            (batch,) = reader.iter_batches(len(indices), indices)
+            maps = prepare_maps(batch.images, batch.raw[:, class_index], registrar, normalisation).maps
+        yield np.arange(start, start + len(members)), maps

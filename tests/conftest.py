@@ -78,3 +78,29 @@ def multi_label_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("multi_label_phantom")
     synthesize_multi_label(root / "data", n_images=100, size=MODEL_KIND_SIZE, seed=1, findings=_FINDINGS, probability_samples=4)
     return _train_and_template(root, load_dataset(root / "data" / "manifest.csv", labels=list(_FINDINGS)))
+
+
+@pytest.fixture(scope="session")
+def shortcut_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """covid and normal phantoms, half of the covid images carrying a planted side marker (`--shortcut covid:0.5`),
+    a `small` softmax model trained on them, its store and the covid template in the canonical frame."""
+    from heatmap_templates.build import BuildConfig, build_templates
+    from heatmap_templates.data import load_dataset
+    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.model_file import save_model
+    from heatmap_templates.synth import synthesize_dataset
+    from heatmap_templates.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("shortcut_phantom")
+    synthesize_dataset(root / "data", n_per_class=60, size=64, seed=1, classes=("covid", "normal"), workers=1,
+                       probability_samples=4, shortcuts={"covid": 0.5})
+    dataset = load_dataset(root / "data")
+    result = train(dataset, TrainConfig(backbone="small", input_size=64, epochs=12, batch_size=16, learning_rate=3e-3,
+                                        val_fraction=0.2, test_fraction=0.2, augment=False))
+    model = save_model(result.model, result.info, root / "model.keras")
+    store = root / "heatmaps.h5"
+    extract_heatmaps(model, dataset, store, batch_size=32)
+    templates = root / "templates.h5"
+    build_templates(store, ["covid"], templates, config=BuildConfig(
+        reference=str(root / "data" / "ground_truth" / "canonical_chest.png"), bootstrap_replicates=4, n_components=2))
+    return {"root": root, "data": root / "data", "model": model, "store": store, "templates": templates}

@@ -23,7 +23,7 @@ from heatmap_templates.build import BuildConfig, build_templates
 from heatmap_templates.heatmaps import extract_heatmaps
 from test_reliability import save_tiny_model, write_phantom_set
 
-VOLATILE_ATTRS = {"created", "command"}
+VOLATILE_ATTRS = {"created", "command", "heatmap_store"}  # when and how a file was made, and from which input path
 
 
 def h5_contents(path: Path) -> dict[str, bytes | str]:

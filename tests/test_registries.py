@@ -26,11 +26,11 @@ from heatmap_templates.registry import Registry
 from heatmap_templates.scores import SCORES
 from heatmap_templates.similarity import SIMILARITIES, similarity_scores
 from heatmap_templates.statistics import STATISTICS, StatisticsConfig
-from heatmap_templates.synth import LESIONS, render_phantom
+from heatmap_templates.synth import LESIONS, SHORTCUTS, render_phantom
 from cli_helpers import assert_user_error, run_hmt
 
 REGISTRIES = [BACKBONES, METHODS, HEADS, INCLUDES, NORMALISATIONS, PREPROCESSING, REGISTRATIONS, SCORES, SIMILARITIES,
-              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES]
+              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES, SHORTCUTS]
 
 # (command and its required arguments, flag, registry): every CLI choice that comes from a registry.
 CLI_CHOICES = [
@@ -45,6 +45,8 @@ CLI_CHOICES = [
     (["train", "data"], "--schedule", SCHEDULES),
     (["train", "data"], "--uncertain", UNCERTAIN),
     (["train", "data"], "--intensity", INTENSITIES),
+    (["synth", "out"], "--shortcut-style", SHORTCUTS),
+    (["strategies", "t.h5"], "--similarity", SIMILARITIES),
 ]
 
 

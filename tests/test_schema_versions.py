@@ -13,7 +13,7 @@ from cli_helpers import run_hmt
 
 DATA = Path(__file__).resolve().parent / "data"
 HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}
-TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3)}
+TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4)}
 
 
 def test_every_readable_version_has_a_file_here() -> None:
@@ -62,3 +62,15 @@ def test_a_newer_version_is_refused_naming_the_versions_read(tmp_path: Path) -> 
         handle.attrs["schema_version"] = TEMPLATES.version + 1
     with pytest.raises(BadFileError, match=f"unknown schema version {TEMPLATES.version + 1} .*reads hmt-templates versions"):
         read_templates(newer)
+
+
+def test_strategies_read_from_schema_4_and_are_absent_before() -> None:
+    from heatmap_templates.store import read_strategies
+
+    for version, path in TEMPLATE_FILES.items():
+        strategies = read_strategies(path)
+        if version < 4:
+            assert strategies == {}
+        else:
+            assert list(strategies) == ["covid"] and strategies["covid"].k == 2
+            assert sum(s.size for s in strategies["covid"].strategies) == 3

@@ -35,7 +35,9 @@ from heatmap_templates.figures.style import (
     value_range,
 )
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.store import TemplateFile, read_templates
+from heatmap_templates.figures.strategies import THUMBNAILS, strategies_figure
+from heatmap_templates.store import TemplateFile, read_strategies, read_templates
+from heatmap_templates.strategy_search import typical_members
 
 DEFAULT_EIGEN_COMPONENTS = 3
 DEFAULT_DPI = 300
@@ -266,7 +268,8 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     template_means (templates over the reference chest, one shared colour scale), template_std,
     eigen_heatmaps (top `components` per class, explained variance in the titles), similarity,
     loo_correlations, and, when the model's record beside it has them, confusion_matrix and
-    training_curves (a note in the summary says what was skipped and why). `width` is `single`
+    training_curves (a note in the summary says what was skipped and why); strategies_<class> for
+    each class whose strategies the file holds (with typical members when its heatmap store is at hand). `width` is `single`
     (3.5 in) or `double` (7.2 in) for the panel grids and curves; the matrices and the LOO plot
     are one column wide. Identical input gives byte-identical files.
     """
@@ -325,9 +328,20 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
             write("training_curves", lambda: _training(history, width))
         else:
             progress.advance()
+        for name, result in read_strategies(file.path).items():
+            write(f"strategies_{name}", lambda: strategies_figure(file, result, width, cmap, _thumbnails(file, result, summary.notes)))
     finally:
         progress.finish()
     return summary
+
+
+def _thumbnails(file: TemplateFile, result, notes: list[str]) -> dict | None:  # noqa: ANN001 (ClassStrategies)
+    """Typical members of each strategy, or None (with a note) when the heatmap store is not at hand."""
+    try:
+        return typical_members(file.path, result, THUMBNAILS)
+    except (HmtError, OSError) as error:
+        notes.append(f"strategies of {result.class_name}: member thumbnails skipped ({error})")
+        return None
 
 
 def _confusion(evaluation: dict) -> Figure:

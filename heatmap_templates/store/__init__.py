@@ -5,8 +5,8 @@ Two kinds of file, each with its own schema version and self-describing through 
 
 - the *heatmap store* (:mod:`.heatmap_store`): per image its hash, labels, probabilities, the
   model-input grayscale image and every class's CAM maps, written crash-safely in shards;
-- the *templates file* (:mod:`.templates_file`): per-class templates, their consistency statistics
-  and the exact accumulator state that merging needs.
+- the *templates file* (:mod:`.templates_file`): per-class templates, their consistency statistics,
+  the exact accumulator state that merging needs, and (optionally) each class's strategies.
 
 Shared plumbing (atomic writes, safe reads, versions, identity checks) is :mod:`.hdf5`.
 """
@@ -23,12 +23,14 @@ from heatmap_templates.store.templates_file import (
     TEMPLATE_IDENTITY_KEYS,
     TemplateFile,
     load_accumulator,
+    read_strategies,
     read_templates,
+    save_strategies,
     save_templates,
 )
 
 __all__ = [
     "HEATMAPS", "TEMPLATES", "FileKind", "file_kind", "HEATMAP_IDENTITY_KEYS", "RESUME_KEYS", "HeatmapBatch",
     "HeatmapReader", "HeatmapWriter", "open_heatmaps", "TEMPLATE_IDENTITY_KEYS", "TemplateFile", "load_accumulator",
-    "read_templates", "save_templates",
+    "read_templates", "save_templates", "read_strategies", "save_strategies",
 ]

@@ -30,9 +30,11 @@ from heatmap_templates.store.hdf5 import (
     strings,
     write_root,
 )
+from heatmap_templates.strategies import ClassStrategies, Strategy
 from heatmap_templates.templates import LOO_NOT_COMPUTED, AccumulatorState, ClassAccumulator, ClassTemplate, Member
 
 TEMPLATE_IDENTITY_KEYS = HEATMAP_IDENTITY_KEYS + ("registration", "normalisation")
+HEATMAP_STORE_ATTRIBUTE = "heatmap_store"  # root attribute: the store the latest build read
 
 
 @dataclass
@@ -184,12 +186,15 @@ def save_templates(
     reference_image: np.ndarray | None = None,
     lung_mask: np.ndarray | None = None,
     command: str = "",
+    heatmap_store: str | None = None,
 ) -> Path:
     """Write templates (atomically), adding to or replacing classes of an existing compatible file.
 
     `settings` must hold TEMPLATE_IDENTITY_KEYS; anything else JSON-serialisable (e.g. what
     compare needs to rerun the pipeline: preprocessing, channels) is stored too. An existing
-    file must have the same identity settings and reference, else BadFileError.
+    file must have the same identity settings and reference, else BadFileError. ``heatmap_store``
+    (root attribute, like the command: where this file's maps came from) lets strategies and checks
+    find the members' maps again.
     """
     path = Path(path)
     settings = TEMPLATES.completed(jsonable(dict(settings)))
@@ -206,17 +211,18 @@ def save_templates(
             check_identity(path, stored, settings, TEMPLATE_IDENTITY_KEYS)
             stored_reference = tuple(handle[f"reference/{n}"][...] if f"reference/{n}" in handle else None for n in ("image", "lung_mask"))
         check_same_reference(path, stored_reference, reference)
-    write_templates_file(path, settings, new, reference, command, existing_file)
+    write_templates_file(path, settings, new, reference, command, existing_file, heatmap_store)
     return path
 
 
-def write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTemplate], reference: tuple, command: str, existing_file: Path | None) -> None:
+def write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTemplate], reference: tuple, command: str,
+                         existing_file: Path | None, heatmap_store: str | None = None) -> None:
     """New file: kept classes copied from `existing_file`, `new` classes written, similarity recomputed."""
     means: dict[str, np.ndarray] = {name: np.asarray(t.mean) for name, t in new.items()}
     source = h5py.File(existing_file, "r") if existing_file is not None else None
     try:
         with atomic_h5(path) as out:
-            write_root(out, TEMPLATES, settings, command)
+            write_root(out, TEMPLATES, settings, command, {HEATMAP_STORE_ATTRIBUTE: heatmap_store} if heatmap_store else None)
             reference_group = out.create_group("reference")
             for name, array in zip(("image", "lung_mask"), reference):
                 if array is not None:
@@ -229,6 +235,8 @@ def write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTemp
                         source.copy(source[f"templates/{name}"], out["templates"], name=name)
                         source.copy(source[f"consistency/{name}"], out["consistency"], name=name)
                         means[name] = source[f"templates/{name}/mean"][...]
+                        if f"{STRATEGIES_GROUP}/{name}" in source:  # a rebuilt class's strategies are stale; others stay
+                            source.copy(source[f"{STRATEGIES_GROUP}/{name}"], out.require_group(STRATEGIES_GROUP), name=name)
             for template in new.values():
                 _write_template(out, template)
             order = ordered_classes(means, settings)
@@ -257,3 +265,88 @@ def load_accumulator(path: str | Path, class_name: str) -> ClassAccumulator:
         return ClassAccumulator.from_state(state)
     except (KeyError, ValueError) as error:
         raise BadFileError(path, f"damaged accumulator state of class {class_name!r}: {error}") from None
+
+
+# --------------------------------------------------------------------------- strategies (schema 4)
+
+STRATEGIES_GROUP = "strategies"
+
+
+def _write_strategies(root: h5py.File, result: ClassStrategies, command: str) -> None:
+    """/strategies/<class>/: the clustering (labels, embedding, eigenvalues) and each cluster's prototype."""
+    group = root.require_group(STRATEGIES_GROUP).create_group(result.class_name)
+    group.attrs["k"] = int(result.k)
+    group.attrs["chosen_by"] = result.chosen_by
+    group.attrs["settings"] = json.dumps(jsonable(result.settings), sort_keys=True)
+    group.attrs["stability"] = json.dumps(jsonable(result.stability), sort_keys=True)
+    group.attrs["command"] = command
+    group.create_dataset("labels", data=np.asarray(result.labels, dtype=np.int32))
+    group.create_dataset("eigenvalues", data=np.asarray(result.eigenvalues, dtype=np.float64))
+    group.create_dataset("embedding", data=np.asarray(result.embedding, dtype=np.float64))
+    group.create_dataset("typicality", data=np.asarray(result.typicality, dtype=np.float64))
+    for number, strategy in enumerate(result.strategies):
+        cluster = group.create_group(f"clusters/{number}")
+        cluster.attrs["size"] = int(strategy.size)
+        if strategy.consistency is not None:
+            cluster.attrs["consistency"] = float(strategy.consistency)
+        compressed(cluster, "mean", np.asarray(strategy.mean, dtype=np.float32))
+        compressed(cluster, "std", np.asarray(strategy.std, dtype=np.float32))
+
+
+def save_strategies(path: str | Path, results: Mapping[str, ClassStrategies], *, command: str = "") -> Path:
+    """Add (or replace) the strategies of some classes in a templates file, atomically; the rest is copied as it
+    is and the file is written at the current schema version."""
+    path = Path(path)
+    existing = read_templates(path)
+    for name, result in results.items():
+        template = existing.templates.get(name)
+        if template is None:
+            raise HmtError(f"{path}: has no template of class {name!r} to add strategies to")
+        if len(result.labels) != template.count:
+            raise HmtError(f"strategies of class {name!r} label {len(result.labels)} members, its template has {template.count}")
+    with h5py.File(path, "r") as source, atomic_h5(path) as out:
+        attrs = {key: decode(value) for key, value in source.attrs.items()}
+        store = attrs.get(HEATMAP_STORE_ATTRIBUTE)
+        write_root(out, TEMPLATES, existing.settings, str(attrs.get("command", "")),
+                   {HEATMAP_STORE_ATTRIBUTE: store} if store else None)
+        for name in source:
+            if name != STRATEGIES_GROUP:
+                source.copy(source[name], out, name=name)
+        if STRATEGIES_GROUP in source:
+            for name in source[STRATEGIES_GROUP]:
+                if name not in results and name in existing.templates:
+                    source.copy(source[f"{STRATEGIES_GROUP}/{name}"], out.require_group(STRATEGIES_GROUP), name=name)
+        for result in results.values():
+            _write_strategies(out, result, command)
+    return path
+
+
+def read_strategies(path: str | Path) -> dict[str, ClassStrategies]:
+    """The strategies stored in a templates file, by class (empty for a file without them, or of schema < 4)."""
+    path = Path(path)
+    data = read_templates(path)
+    results: dict[str, ClassStrategies] = {}
+    with open_h5(path) as handle:
+        if STRATEGIES_GROUP not in handle:
+            return results
+        for name in ordered_classes(list(handle[STRATEGIES_GROUP]), data.settings):
+            group = handle[f"{STRATEGIES_GROUP}/{name}"]
+            template = data.templates.get(name)
+            if template is None:
+                continue
+            labels = group["labels"][...].astype(np.int64)
+            paths = [member.path for member in template.members]
+            strategies = []
+            for number in range(int(group.attrs["k"])):
+                cluster = group[f"clusters/{number}"]
+                consistency = cluster.attrs.get("consistency")
+                strategies.append(Strategy(int(cluster.attrs["size"]), [paths[i] for i in np.flatnonzero(labels == number)],
+                                           cluster["mean"][...].astype(np.float64), cluster["std"][...].astype(np.float64),
+                                           None if consistency is None else float(consistency)))
+            results[name] = ClassStrategies(
+                class_name=name, k=int(group.attrs["k"]), chosen_by=str(decode(group.attrs["chosen_by"])),
+                eigenvalues=group["eigenvalues"][...], labels=labels, embedding=group["embedding"][...],
+                stability=json.loads(decode(group.attrs["stability"])), strategies=strategies,
+                settings=json.loads(decode(group.attrs["settings"])), typicality=group["typicality"][...],
+            )
+    return results

@@ -30,7 +30,7 @@ from heatmap_templates.synth.dataset import (
     synthesize_dataset,
     synthesize_multi_label,
 )
-from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, read_lesion_truth, read_shortcuts, shortcut_mask
+from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, mass_share, read_lesion_truth, read_shortcuts, shortcut_mask, shortcut_region
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
 from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 from heatmap_templates.synth.preview import DEFAULT_PREVIEW_EXAMPLES, write_preview_grid
@@ -52,5 +52,5 @@ __all__ = [
     "MARKER_FILE", "SynthSummary", "read_poses", "synthesize_dataset", "synthesize_multi_label", "LesionTruth", "ground_truth_localisation",
     "read_lesion_truth", "CLASSES", "LESIONS", "write_preview_grid", "DEFAULT_PROBABILITY_SAMPLES", "LESION_THRESHOLD",
     "MAX_POSE_SPREAD", "Phantom", "Pose", "canonical_lesion_probability", "phantom_seed", "pose_matrix", "render_phantom",
-    "DEFAULT_SHORTCUT_STYLE", "SHORTCUTS", "carries_shortcut", "read_shortcuts", "shortcut_mask",
+    "DEFAULT_SHORTCUT_STYLE", "SHORTCUTS", "carries_shortcut", "read_shortcuts", "shortcut_mask", "shortcut_region", "mass_share",
 ]

@@ -8,6 +8,7 @@ frame, so each class template can be scored as a pixel classifier of its class's
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +108,37 @@ def shortcut_mask(data_dir: str | os.PathLike, relative_path: str) -> np.ndarray
     if not path.is_file():
         return None
     return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= 128
+
+
+def shortcut_region(data_dir: str | os.PathLike, members: Sequence, registrar, image_shape: tuple[int, int],  # noqa: ANN001
+                    dilation: int) -> np.ndarray:
+    """Where a planted shortcut lies in a template's reference frame: each member's shortcut mask (image frame),
+    dilated by ``dilation`` px (one CAM cell: a map cannot be sharper), moved with the member's registration, and
+    kept where at least half of the members that carry one agree. ``members`` are template members with their
+    registration matrices (templates schema 3). All False when no member carries a shortcut."""
+    from heatmap_templates.prepare import member_alignment
+
+    root = Path(data_dir).resolve()
+    total = np.zeros(registrar.reference.shape, np.float64)
+    carrying = 0
+    kernel = np.ones((2 * dilation + 1, 2 * dilation + 1), np.uint8)
+    for member in members:
+        try:
+            relative = Path(member.path).resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue
+        mask = shortcut_mask(root, relative)
+        alignment = member_alignment(member, image_shape)
+        if mask is None or alignment is None:
+            continue
+        resized = cv2.resize(mask.astype(np.uint8), (image_shape[1], image_shape[0]), interpolation=cv2.INTER_NEAREST)
+        total += registrar.warp(cv2.dilate(resized, kernel).astype(np.float32), alignment)
+        carrying += 1
+    return total >= 0.5 * carrying if carrying else np.zeros(registrar.reference.shape, bool)
+
+
+def mass_share(values: np.ndarray, region: np.ndarray) -> float:
+    """Share of a map's positive mass inside ``region`` (0 for a map without positive mass)."""
+    positive = np.clip(np.nan_to_num(np.asarray(values, np.float64)), 0.0, None)
+    total = positive.sum()
+    return float(positive[region].sum() / total) if total > 0 else 0.0
