@@ -22,9 +22,11 @@ from heatmap_templates.compare import (
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
 from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+from heatmap_templates.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
+from heatmap_templates.store import save_check
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
-from hmt_cli.output import echo_skipped
+from hmt_cli.output import command_line, echo_skipped
 from hmt_cli.progress import progress_bar
 
 
@@ -156,15 +158,27 @@ def evaluate_templates_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion test: remove the top q %% of each image's heatmap, of its class template moved into the image, of a random ranking, and the regions outside and inside the lungs; how much does the model's probability fall?"),
+    removal: str = registry_option(DEFAULT_REMOVAL, "--removal", REMOVALS, "How removed pixels are filled"),
+    deletion_sample: int = typer.Option(DEFAULT_SAMPLE, "--deletion-sample", min=1, help="Images in the deletion test (evenly spaced over the set)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Where the findings are: a folder of masks (same relative path as each image, .png) or a CSV of boxes path,label,x,y,width,height; scores each correct image's map and each template."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random ranking and the imputation noise."),
 ) -> None:
     """Measure what templates are worth on a labelled set: template-match accuracy, whether an
-    atypical heatmap predicts a wrong answer (ROC AUC), and lung-field energy per class.
+    atypical heatmap predicts a wrong answer (ROC AUC), and lung-field energy per class; with
+    --faithfulness whether the model relies on what they mark, with --annotations whether they hit the
+    annotated findings (both also stored in the templates file for figures and reports).
 
-    Example: hmt evaluate-templates templates_out/templates.h5 data/test/ --json
+    Example: hmt evaluate-templates templates_out/templates.h5 data/test/ --faithfulness --annotations data/masks/ --json
     """
     report = evaluate_templates(templates, data, model=model, similarity=similarity, atypical_percentile=atypical_percentile,
                                 split=split, batch_size=batch_size, unsafe_load=unsafe_load,
-                                progress=progress_bar(as_json))
+                                progress=progress_bar(as_json), faithfulness=faithfulness, removal=removal,
+                                deletion_sample=deletion_sample, annotations=annotations, seed=seed)
+    if report.faithfulness is not None:
+        save_check(templates, "faithfulness", report.faithfulness | {"data": str(data)}, command=command_line())
+    if report.localisation is not None:
+        save_check(templates, "localisation", report.localisation | {"data": str(data)}, command=command_line())
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -188,4 +202,46 @@ def evaluate_templates_command(
     for name, row in energy["by_true_class"].items():
         template_value = energy["templates"].get(name)
         typer.echo(f"  {name}: images {_format(row['mean'])} (n={row['n']}), template {_format(template_value)}")
+    if report.faithfulness is not None:
+        for line in deletion_lines(report.faithfulness):
+            typer.echo(line)
+    if report.localisation is not None:
+        for line in localisation_lines(report.localisation):
+            typer.echo(line)
     echo_skipped(report.skipped)
+
+
+def deletion_lines(result: dict) -> list[str]:
+    """The deletion test as a readable table: mean probability of the predicted class per removed share."""
+    fractions = result["fractions"]
+    lines = [f"deletion ({result['removal']} removal, {result['n_images']} images): mean probability of the predicted class",
+             "  removed      " + "  ".join(f"{f:>5.0%}" for f in fractions) + "   area   AOPC"]
+    for name, curve in result["curves"].items():
+        lines.append(f"  {name:<11}  " + "  ".join(f"{p:5.3f}" for p in curve["probability"])
+                     + f"  {curve['area']:.3f}  {curve['aopc']:.3f}  (n={curve['n']})")
+    ratio = result.get("template_vs_random")
+    if ratio is not None:
+        lines.append(f"  deleting the template's region lowers the probability {ratio:.1f} x as much as random deletion (AOPC)")
+    for name, region in result["regions"].items():
+        shown = {"outside_lungs": "everything outside the lungs", "lungs": "the lungs"}.get(name, name)
+        accuracy = "" if region["accuracy"] is None else f", accuracy {region['accuracy_before']:.3f} -> {region['accuracy']:.3f}"
+        lines.append(f"  remove the {shown}: probability {region['probability']:.3f} (drop {region['drop']:.3f}){accuracy} (n={region['n']})")
+    lines += [f"  note: {note}" for note in result.get("notes", [])]
+    return lines
+
+
+def localisation_lines(result: dict) -> list[str]:
+    """Localisation against annotations: images (means) and templates."""
+    images = result["images"]
+    lines = [f"localisation against {result['annotations']} ({images['n']} correctly classified annotated images):"]
+    for key, value in images.items():
+        if key != "n":
+            lines.append(f"  {key}: {_format(value['mean'])} (n={value['n']})")
+    for name, scores in result["templates"].items():
+        if not scores.get("annotated_members"):
+            lines.append(f"  template {name}: no annotated member")
+            continue
+        shown = ", ".join(f"{key} {_format(value) if not isinstance(value, bool) else value}"
+                          for key, value in scores.items() if key != "annotated_members")
+        lines.append(f"  template {name} ({scores['annotated_members']} annotated members): {shown}")
+    return lines

@@ -112,6 +112,7 @@ def train(
     uncertain: str = registry_option(TrainConfig.uncertain, "--uncertain", UNCERTAIN, "Uncertain findings (-1)"),
     patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
+    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Train on randomly permuted labels: a model for the data-randomisation check (hmt sanity --shuffled-model)."),
     memory_budget: float = typer.Option(TrainConfig.memory_budget_gb, "--memory-budget", help="GB of decoded images to hold in memory; a larger data set streams from a disk cache (same split and result)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder for that disk cache (default: the system's temporary folder); removed after training."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
@@ -130,7 +131,7 @@ def train(
         fine_tune_learning_rate=fine_tune_lr, patience=patience, schedule=schedule, warmup_epochs=warmup_epochs,
         average_last=average_last, val_fraction=val_fraction, test_fraction=test_fraction,
         patient_regex=patient_regex, strict=strict, intensity=intensity, binary=binary, uncertain=uncertain,
-        memory_budget_gb=memory_budget, cache_dir=str(cache_dir) if cache_dir else None,
+        memory_budget_gb=memory_budget, cache_dir=str(cache_dir) if cache_dir else None, shuffle_labels=shuffle_labels,
     )
     config.validate()
     if out.suffix != ".keras":

@@ -115,6 +115,7 @@ class ImageComparison:
     predicted_findings: list[str] | None = None  # multi-label models: every finding at or above the threshold
     strategy: int | None = None  # the predicted class's strategy (1-based) whose prototype the map resembles most
     strategy_similarity: float | None = None
+    registration_matrix: tuple[float, ...] | None = None  # image -> reference (2, 3), row-major (not in to_dict)
 
     def to_dict(self) -> dict:
         return {
@@ -338,6 +339,7 @@ class Comparer:
                 maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted].astype(np.float32))
                 if keep_maps and t is not None else None,
                 predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row]) if on],
+                registration_matrix=tuple(float(v) for v in np.ravel(alignments[row].matrix)),
                 strategy=int(nearest[predicted][0][row]) + 1 if predicted in nearest else None,
                 strategy_similarity=float(nearest[predicted][1][row]) if predicted in nearest else None,
             )
@@ -374,9 +376,13 @@ class TemplateEvaluation:
     lung_field_energy: dict  # per true class (images' predicted-class maps) and per template
     classification: dict  # metrics.classification_report over the same images
     skipped: list[Problem] = field(default_factory=list)
+    faithfulness: dict | None = None  # deletion curves (--faithfulness)
+    localisation: dict | None = None  # against annotations (--annotations)
 
     def to_dict(self) -> dict:
         return {
+            **({"faithfulness": self.faithfulness} if self.faithfulness is not None else {}),
+            **({"localisation": self.localisation} if self.localisation is not None else {}),
             "templates": self.templates,
             "data": self.data,
             "similarity": self.similarity,
@@ -455,13 +461,21 @@ def evaluate_templates(
     batch_size: int = DEFAULT_BATCH_SIZE,
     unsafe_load: bool = False,
     progress: Progress | None = None,
+    faithfulness: bool = False,
+    removal: str = "road",
+    deletion_sample: int = 100,
+    annotations: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> TemplateEvaluation:
     """Score a labelled set (class folders or CSV; ``split`` keeps one split of a CSV) against the templates.
 
     Reports template-match accuracy (best-matching template == true class), the ROC AUC of the
     predicted class's similarity for separating correct from misclassified images, lung-field
     energy (the share of the predicted class's registered, normalised map inside the reference
-    lung mask) per true class and of each template, and the classification metrics.
+    lung mask) per true class and of each template, and the classification metrics. With
+    ``faithfulness``, the deletion test (:mod:`heatmap_templates.faithfulness`) on a sample of
+    ``deletion_sample`` images; with ``annotations`` (a mask folder or a box CSV), localisation of each
+    correctly classified image's map and of each template (:mod:`heatmap_templates.annotations`).
     """
     from heatmap_templates.evaluation import check_labels_fit, load_dataset_for
 
@@ -475,7 +489,22 @@ def evaluate_templates(
         if not samples:
             raise HmtError(f"{display_path(data)}: no images in split {split!r}")
     skip_log = SkipLog(False, dataset.problems)
-    results = list(comparer.iter_results([s.path for s in samples], skip_log=skip_log, batch_size=batch_size, progress=progress))
+    found = None
+    if annotations is not None:
+        from heatmap_templates.annotations import check_annotated, read_annotations
+
+        members = [(m.path, name, dataset.root) for name, t in comparer.file.templates.items() for m in t.members]
+        found = read_annotations(annotations, [(str(s.path), s.label, dataset.root) for s in samples] + members,
+                                 tuple(int(v) for v in comparer.info.input_size))
+        check_annotated(found, display_path(data))
+    image_scores: list[dict] = []
+    results = []
+    for result in comparer.iter_results([s.path for s in samples], skip_log=skip_log, batch_size=batch_size, progress=progress,
+                                        keep_maps=found is not None):
+        if found is not None:
+            image_scores.extend(_image_localisation(comparer, result, samples[result.position], found))
+            result.maps = None  # scored: do not hold every image's maps
+        results.append(result)
     if not results:
         raise HmtError(f"{display_path(data)}: no image could be scored")
     labels = objective.labels([samples[r.position] for r in results])
@@ -490,6 +519,24 @@ def evaluate_templates(
     }
     template_energy = {name: float(lung_field_energy(comparer.file.templates[name].mean, comparer.lung_mask))
                        for name in comparer.template_classes}
+    deletion = None
+    if faithfulness:
+        from heatmap_templates.faithfulness import run_deletion
+
+        single = np.asarray(labels) if not objective.multi_label else np.full(len(results), -1)
+        deletion = run_deletion(comparer, [str(samples[r.position].path) for r in results], single, sample=deletion_sample,
+                                removal=removal, seed=seed, batch_size=batch_size, progress=progress).to_dict()
+    localisation = None
+    if found is not None:
+        from heatmap_templates.annotations import summarise, template_localisation
+
+        image_shape = tuple(int(v) for v in comparer.info.input_size)
+        localisation = {
+            "annotations": display_path(found.source),
+            "images": summarise(image_scores),
+            "templates": {name: template_localisation(template, found, comparer.registrar, image_shape)
+                          for name, template in comparer.file.templates.items()},
+        }
     return TemplateEvaluation(
         templates=display_path(comparer.file.path),
         data=display_path(data),
@@ -506,6 +553,32 @@ def evaluate_templates(
             "by_true_class": energy_by_class,
             "templates": template_energy,
         },
+        faithfulness=deletion,
+        localisation=localisation,
         classification=objective.report(probabilities, labels, comparer.engine.threshold),
         skipped=skip_log.problems,
     )
+
+
+def _image_localisation(comparer: Comparer, result: ImageComparison, sample, annotations) -> list[dict]:  # noqa: ANN001
+    """Localisation of a correctly classified image's map for its class against its annotation, in the reference
+    frame (the annotation moved with the image's registration); empty when it is not scored."""
+    from heatmap_templates.metrics import localisation_scores
+    from heatmap_templates.registration import Alignment
+
+    if result.maps is None or result.registration_matrix is None or sample.findings is not None:
+        return []
+    index = comparer.info.label_index(sample.label)
+    if index < 0 or result.predicted != comparer.class_names[index]:
+        return []
+    mask = annotations.for_image(sample.path, sample.label)
+    if mask is None:
+        mask = annotations.for_image(sample.path, result.predicted)
+    if mask is None:
+        return []
+    alignment = Alignment(np.reshape(result.registration_matrix, (2, 3)), result.registration_method, result.registration_quality,
+                          None, tuple(int(v) for v in comparer.info.input_size))
+    moved = comparer.registrar.warp(mask.astype(np.float32), alignment) >= 0.5
+    if not moved.any():
+        return []
+    return [localisation_scores(result.maps.heatmap, moved)]

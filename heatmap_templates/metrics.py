@@ -331,3 +331,76 @@ def localisation_auc(score_map: np.ndarray, truth_probability: np.ndarray, lung_
     peak = float(truth.max()) if truth.size else 0.0
     positive = truth >= threshold_fraction * peak if peak > 0 else np.zeros(truth.shape, bool)
     return {"auc_frame": roc_auc(scores, positive), "auc_lungs": roc_auc(scores[lungs], positive[lungs])}
+
+
+# --------------------------------------------------------------------------- localisation against annotations
+
+DEFAULT_TOP_FRACTION = 0.1  # the top-q share of a map's pixels that counts as its "region" for IoU
+
+
+def _map_and_mask(score_map: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(score_map, dtype=np.float64)
+    region = np.asarray(mask, dtype=bool)
+    if scores.shape != region.shape:
+        raise HmtError(f"map {scores.shape} and annotation {region.shape} must have one shape")
+    return np.where(np.isfinite(scores), scores, -np.inf), region
+
+
+def pointing_game(score_map: np.ndarray, mask: np.ndarray) -> bool | None:
+    """Is the map's maximum inside the annotation? (Zhang et al. 2018.) Ties: any maximum inside counts.
+    None for an empty annotation or a map without a finite value."""
+    scores, region = _map_and_mask(score_map, mask)
+    if not region.any() or not np.isfinite(scores).any():
+        return None
+    return bool(region[scores == scores.max()].any())
+
+
+def energy_pointing_game(score_map: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of the map's positive mass inside the annotation (Wang et al. 2020, Score-CAM's energy-based
+    pointing game). None for an empty annotation or a map without positive mass."""
+    scores, region = _map_and_mask(score_map, mask)
+    positive = np.clip(np.where(np.isfinite(scores), scores, 0.0), 0.0, None)
+    if not region.any() or positive.sum() <= 0:
+        return None
+    return float(positive[region].sum() / positive.sum())
+
+
+def otsu_region(score_map: np.ndarray) -> np.ndarray:
+    """The map's pixels above its Otsu threshold (scikit-image), the usual binarisation of a saliency map."""
+    from skimage.filters import threshold_otsu
+
+    scores = np.nan_to_num(np.asarray(score_map, dtype=np.float64))
+    if scores.max() <= scores.min():
+        return np.zeros(scores.shape, bool)
+    return scores > threshold_otsu(scores)
+
+
+def top_region(score_map: np.ndarray, fraction: float = DEFAULT_TOP_FRACTION) -> np.ndarray:
+    """The map's top ``fraction`` of pixels (ties at the cut included)."""
+    if not 0.0 < fraction <= 1.0:
+        raise HmtError(f"the top fraction must be in (0, 1], got {fraction}")
+    scores = np.nan_to_num(np.asarray(score_map, dtype=np.float64), nan=-np.inf)
+    count = max(1, int(round(fraction * scores.size)))
+    cut = np.partition(scores.ravel(), scores.size - count)[scores.size - count]
+    return scores >= cut
+
+
+def iou(region: np.ndarray, mask: np.ndarray) -> float | None:
+    """Intersection over union of two boolean masks (None when both are empty)."""
+    a, b = np.asarray(region, bool), np.asarray(mask, bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else None
+
+
+def localisation_scores(score_map: np.ndarray, mask: np.ndarray, *, top_fraction: float = DEFAULT_TOP_FRACTION) -> dict:
+    """Every localisation measure of one map against one annotation mask: pixel ROC AUC, pointing game,
+    energy-based pointing game, IoU of the Otsu-thresholded map and of its top ``top_fraction`` pixels."""
+    scores, region = _map_and_mask(score_map, mask)
+    finite = np.where(np.isfinite(scores), scores, 0.0)
+    return {
+        "pixel_auc": roc_auc(finite, region),
+        "pointing_game": pointing_game(finite, region),
+        "energy_pointing_game": energy_pointing_game(finite, region),
+        "iou_otsu": iou(otsu_region(finite), region),
+        f"iou_top_{int(round(top_fraction * 100))}": iou(top_region(finite, top_fraction), region),
+    }

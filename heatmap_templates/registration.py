@@ -344,6 +344,16 @@ class Registrar:
             )
         return out.reshape(*data.shape[:-2], height, width)
 
+    def unwarp(self, array: np.ndarray, alignment: Alignment) -> np.ndarray:
+        """Move a (H, W) array of the reference frame back into the image's frame (the inverse of :meth:`warp`):
+        a template or the reference lungs where they fall on one image. 0 outside the reference."""
+        data = np.asarray(array, dtype=np.float32)
+        if data.shape != self.reference.shape:
+            raise HmtError(f"cannot move an array of shape {data.shape} back; the reference frame is {self.reference.shape}")
+        height, width = alignment.image_shape or self.reference.shape
+        inverse = np.linalg.inv(homogeneous(alignment.matrix))[:2]
+        return cv2.warpAffine(data, inverse, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
+
     def register_batch(
         self,
         images: Sequence[np.ndarray],

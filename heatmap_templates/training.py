@@ -82,6 +82,7 @@ class TrainConfig:
     binary: str | None = None  # "POS" or "POS:NEG": one sigmoid output, POS against every other class (NEG: not-POS)
     uncertain: str = DEFAULT_UNCERTAIN  # how a multi-label data set's uncertain findings were read (recorded)
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB  # decoded images (and features) beyond it stream from disk
+    shuffle_labels: bool = False  # train on randomly permuted training labels: the data-randomisation sanity check
     cache_dir: str | None = None  # where streamed images are cached during training (default: the system's temp folder)
 
     def validate(self) -> None:
@@ -433,6 +434,8 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
                                                description=f"decoding {name} images",
                                                to_disk=None if cache is None else cache / f"{name}_images.u8")
         labels[name] = objective.labels(kept[name])
+    if config.shuffle_labels:  # the labels no longer say anything about the images (Adebayo et al. 2018)
+        labels["train"] = np.random.default_rng(config.seed).permutation(labels["train"])
     missing = objective.missing(labels["train"])
     if missing:
         raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
@@ -489,6 +492,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": display_path(dataset.root),
         "streamed_from_disk": cache is not None,
+        "shuffled_labels": config.shuffle_labels,
         **({"uncertain": config.uncertain} if dataset.multi_label else {}),
     }
     return TrainResult(model=model, info=info, history=history, test_report=test_report, problems=skip_log.problems,

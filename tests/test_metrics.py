@@ -107,3 +107,57 @@ def test_bad_shapes_are_user_errors() -> None:
         metrics.classification_report(np.ones((2, 3)) / 3, [0, 1], ["a", "b"])
     with pytest.raises(HmtError):
         metrics.confusion_matrix([0, 5], [0, 1], 3)
+
+
+# --------------------------------------------------------------------------- localisation against annotations
+
+
+def test_pointing_game_energy_and_iou_by_hand() -> None:
+    score = np.array([[0.0, 1.0, 2.0],
+                      [0.0, 4.0, 1.0],
+                      [-3.0, 0.0, 2.0]])
+    mask = np.array([[False, False, True],
+                     [False, True, True],
+                     [False, False, False]])
+    assert metrics.pointing_game(score, mask) is True  # the maximum 4 is at (1, 1), inside
+    assert metrics.pointing_game(score, ~mask) is False
+    # positive mass 10 (negatives carry none); inside: 2 + 4 + 1 = 7
+    assert metrics.energy_pointing_game(score, mask) == pytest.approx(0.7)
+    top = metrics.top_region(score, 2 / 9)  # the two largest: 4 and a tie of 2s -> 3 pixels at the cut
+    np.testing.assert_array_equal(top, score >= 2.0)
+    assert metrics.iou(top, mask) == pytest.approx(2 / 4)  # {(0,2),(1,1)} shared; union adds (2,2),(1,2)
+    assert metrics.iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) is None
+    assert metrics.pointing_game(score, np.zeros_like(mask)) is None
+    assert metrics.energy_pointing_game(-np.abs(score), mask) is None
+
+
+def test_otsu_region_and_all_scores_together() -> None:
+    score = np.zeros((10, 10))
+    score[2:5, 3:7] = 1.0  # a clean two-level map: Otsu separates the levels exactly
+    np.testing.assert_array_equal(metrics.otsu_region(score), score > 0.5)
+    scores = metrics.localisation_scores(score, score > 0.5, top_fraction=0.12)
+    assert scores == {"pixel_auc": 1.0, "pointing_game": True, "energy_pointing_game": 1.0, "iou_otsu": 1.0, "iou_top_12": 1.0}
+    assert not metrics.otsu_region(np.ones((3, 3))).any()
+    with pytest.raises(HmtError, match="one shape"):
+        metrics.localisation_scores(score, np.ones((3, 3), bool))
+
+
+def test_annotation_masks_and_boxes_of_the_phantom_agree(tmp_path) -> None:
+    """The phantom's lesion truth as a mask folder and as a box CSV: boxes cover the masks, at any input size."""
+    from heatmap_templates.annotations import read_annotations
+    from heatmap_templates.data import load_dataset
+    from heatmap_templates.synth import synthesize_dataset
+
+    synthesize_dataset(tmp_path / "data", n_per_class=3, size=64, seed=2, classes=("covid", "normal"), workers=1, probability_samples=2)
+    samples = load_dataset(tmp_path / "data").samples
+    images = [(str(s.path), s.label, tmp_path / "data") for s in samples]
+    masks = read_annotations(tmp_path / "data" / "ground_truth" / "masks", images, (32, 32))
+    boxes = read_annotations(tmp_path / "data" / "ground_truth" / "boxes.csv", images, (32, 32))
+    covid = [s for s in samples if s.label == "covid"]
+    assert len(boxes) == len(covid)  # normals have no lesion, hence no box
+    for sample in covid:
+        mask, box = masks.for_image(sample.path, "covid"), boxes.for_image(sample.path, "covid")
+        assert mask.shape == box.shape == (32, 32) and mask.any()
+        assert (box | ~mask).all()  # every annotated pixel lies in a box
+        assert box.sum() < 0.6 * box.size
+    assert masks.for_image(covid[0].path, "normal") is None

@@ -13,6 +13,8 @@ import pytest
 from heatmap_templates.backbones import BACKBONES
 from heatmap_templates.data import UNCERTAIN
 from heatmap_templates.decode import INTENSITIES
+from heatmap_templates.faithfulness import RANKINGS, REMOVALS
+from heatmap_templates.sanity import VARIANTS
 from heatmap_templates.recipe import SCHEDULES
 from heatmap_templates.cam import CamEngine
 from heatmap_templates.cam_methods import METHODS
@@ -30,7 +32,7 @@ from heatmap_templates.synth import LESIONS, SHORTCUTS, render_phantom
 from cli_helpers import assert_user_error, run_hmt
 
 REGISTRIES = [BACKBONES, METHODS, HEADS, INCLUDES, NORMALISATIONS, PREPROCESSING, REGISTRATIONS, SCORES, SIMILARITIES,
-              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES, SHORTCUTS]
+              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES, SHORTCUTS, REMOVALS, RANKINGS, VARIANTS]
 
 # (command and its required arguments, flag, registry): every CLI choice that comes from a registry.
 CLI_CHOICES = [
@@ -47,6 +49,8 @@ CLI_CHOICES = [
     (["train", "data"], "--intensity", INTENSITIES),
     (["synth", "out"], "--shortcut-style", SHORTCUTS),
     (["strategies", "t.h5"], "--similarity", SIMILARITIES),
+    (["evaluate-templates", "t.h5", "data"], "--removal", REMOVALS),
+    (["sanity", "t.h5"], "--variant", VARIANTS),
 ]
 
 

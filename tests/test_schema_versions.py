@@ -13,7 +13,7 @@ from cli_helpers import run_hmt
 
 DATA = Path(__file__).resolve().parent / "data"
 HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}
-TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4)}
+TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4, 5)}
 
 
 def test_every_readable_version_has_a_file_here() -> None:
@@ -71,6 +71,16 @@ def test_strategies_read_from_schema_4_and_are_absent_before() -> None:
         strategies = read_strategies(path)
         if version < 4:
             assert strategies == {}
+        elif version > 4:
+            assert list(strategies) == ["covid"]
         else:
             assert list(strategies) == ["covid"] and strategies["covid"].k == 2
             assert sum(s.size for s in strategies["covid"].strategies) == 3
+
+
+def test_checks_read_from_schema_5_and_are_absent_before() -> None:
+    from heatmap_templates.store import read_checks
+
+    for version, path in TEMPLATE_FILES.items():
+        checks = read_checks(path)
+        assert (list(checks) == ["localisation"]) if version >= 5 else checks == {}

@@ -36,7 +36,8 @@ from heatmap_templates.figures.style import (
 )
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.figures.strategies import THUMBNAILS, strategies_figure
-from heatmap_templates.store import TemplateFile, read_strategies, read_templates
+from heatmap_templates.figures.checks import deletion_figure, sanity_figure
+from heatmap_templates.store import TemplateFile, read_checks, read_strategies, read_templates
 from heatmap_templates.strategy_search import typical_members
 
 DEFAULT_EIGEN_COMPONENTS = 3
@@ -269,7 +270,8 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     eigen_heatmaps (top `components` per class, explained variance in the titles), similarity,
     loo_correlations, and, when the model's record beside it has them, confusion_matrix and
     training_curves (a note in the summary says what was skipped and why); strategies_<class> for
-    each class whose strategies the file holds (with typical members when its heatmap store is at hand). `width` is `single`
+    each class whose strategies the file holds (with typical members when its heatmap store is at hand); sanity
+    and deletion when `hmt sanity` and `hmt evaluate-templates --faithfulness` stored their results. `width` is `single`
     (3.5 in) or `double` (7.2 in) for the panel grids and curves; the matrices and the LOO plot
     are one column wide. Identical input gives byte-identical files.
     """
@@ -330,6 +332,11 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
             progress.advance()
         for name, result in read_strategies(file.path).items():
             write(f"strategies_{name}", lambda: strategies_figure(file, result, width, cmap, _thumbnails(file, result, summary.notes)))
+        checks = read_checks(file.path)
+        if "sanity" in checks:
+            write("sanity", lambda: sanity_figure(checks["sanity"], width))
+        if "faithfulness" in checks:
+            write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
     finally:
         progress.finish()
     return summary

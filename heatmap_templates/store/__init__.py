@@ -23,8 +23,10 @@ from heatmap_templates.store.templates_file import (
     TEMPLATE_IDENTITY_KEYS,
     TemplateFile,
     load_accumulator,
+    read_checks,
     read_strategies,
     read_templates,
+    save_check,
     save_strategies,
     save_templates,
 )
@@ -32,5 +34,5 @@ from heatmap_templates.store.templates_file import (
 __all__ = [
     "HEATMAPS", "TEMPLATES", "FileKind", "file_kind", "HEATMAP_IDENTITY_KEYS", "RESUME_KEYS", "HeatmapBatch",
     "HeatmapReader", "HeatmapWriter", "open_heatmaps", "TEMPLATE_IDENTITY_KEYS", "TemplateFile", "load_accumulator",
-    "read_templates", "save_templates", "read_strategies", "save_strategies",
+    "read_templates", "save_templates", "read_strategies", "save_strategies", "read_checks", "save_check",
 ]

@@ -45,7 +45,7 @@ class FileKind:
 # and decided by argmax (a 0.5 threshold for every head they could hold).
 _RECORDED_SINCE_V2 = (("intensity", "full"), ("threshold", 0.5))
 HEATMAPS = FileKind("hmt-heatmaps", 3, (1, 2, 3), _RECORDED_SINCE_V2)  # v3: no upsampled copy of the maps
-TEMPLATES = FileKind("hmt-templates", 4, (1, 2, 3, 4), _RECORDED_SINCE_V2)  # v3: members' registration matrices; v4: strategies
+TEMPLATES = FileKind("hmt-templates", 5, (1, 2, 3, 4, 5), _RECORDED_SINCE_V2)  # v3: registration matrices; v4: strategies; v5: checks
 KINDS = {kind.name: kind for kind in (HEATMAPS, TEMPLATES)}
 
 

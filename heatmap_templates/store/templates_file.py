@@ -23,6 +23,7 @@ from heatmap_templates.store.hdf5 import (
     compressed,
     decode,
     jsonable,
+    now,
     open_h5,
     read_root,
     require_keys,
@@ -350,3 +351,51 @@ def read_strategies(path: str | Path) -> dict[str, ClassStrategies]:
                 settings=json.loads(decode(group.attrs["settings"])), typicality=group["typicality"][...],
             )
     return results
+
+
+# --------------------------------------------------------------------------- checks (schema 5)
+
+CHECKS_GROUP = "checks"
+
+
+def save_check(path: str | Path, name: str, result: Mapping[str, Any], *, command: str = "") -> Path:
+    """Store one check's result (JSON: `hmt sanity`, deletion faithfulness, localisation) under /checks/<name>,
+    atomically, replacing an earlier one of that name; the rest of the file is copied as it is."""
+    path = Path(path)
+    existing = read_templates(path)
+    with h5py.File(path, "r") as source, atomic_h5(path) as out:
+        attrs = {key: decode(value) for key, value in source.attrs.items()}
+        store = attrs.get(HEATMAP_STORE_ATTRIBUTE)
+        write_root(out, TEMPLATES, existing.settings, str(attrs.get("command", "")),
+                   {HEATMAP_STORE_ATTRIBUTE: store} if store else None)
+        for key in source:
+            if key != CHECKS_GROUP:
+                source.copy(source[key], out, name=key)
+        checks = out.create_group(CHECKS_GROUP)
+        if CHECKS_GROUP in source:
+            for key in source[CHECKS_GROUP]:
+                if key != name:
+                    source.copy(source[f"{CHECKS_GROUP}/{key}"], checks, name=key)
+        group = checks.create_group(name)
+        group.attrs["result"] = json.dumps(jsonable(dict(result)), sort_keys=True)
+        group.attrs["command"] = command
+        group.attrs["created"] = now()
+    return path
+
+
+def read_checks(path: str | Path) -> dict[str, dict]:
+    """The checks stored in a templates file by name (empty for files without them or of schema < 5)."""
+    path = Path(path)
+    with open_h5(path) as handle:
+        read_root(handle, path, TEMPLATES)
+        if CHECKS_GROUP not in handle:
+            return {}
+        checks = {}
+        for name in handle[CHECKS_GROUP]:
+            group = handle[f"{CHECKS_GROUP}/{name}"]
+            try:
+                checks[name] = json.loads(decode(group.attrs["result"])) | {
+                    "command": str(decode(group.attrs.get("command", ""))), "created": str(decode(group.attrs.get("created", "")))}
+            except (KeyError, json.JSONDecodeError):
+                raise BadFileError(path, f"damaged check {name!r} (its result is not JSON)") from None
+        return checks

@@ -49,6 +49,8 @@ _MULTI_LABEL_NAME = "img"  # images are img_NNNN.png
 _FINDINGS_STREAM = 2
 MARKER_FILE = "synth.json"
 SHORTCUTS_FILE = "shortcuts.csv"  # path,shortcut (0/1) for every image
+BOXES_FILE = "boxes.csv"  # path,label,x,y,width,height: each lesion component's bounding box (annotations as boxes)
+MIN_BOX_PIXELS = 4  # lesion components smaller than this are not boxed
 SHORTCUT_MASKS_DIR = "shortcut_masks"  # <class>/<image>.png for the images that carry a planted shortcut
 CANONICAL_CHEST_FILE = "canonical_chest.png"
 CANONICAL_LUNGS_FILE = "canonical_lungs.png"
@@ -176,6 +178,9 @@ Re-running with the same arguments reproduces every file bit for bit.
 - `canonical_chest.png`: 8-bit mean of all images in the canonical frame, i.e. before the pose warp (with each
   image's exposure, without detector blur and noise). The natural registration reference for templates that are
   compared with `lesion_probability_<class>.npy`: registered to it, heatmaps land in the canonical frame.
+- `boxes.csv`: `path,label,x,y,width,height`, the bounding box of each lesion component of at least {min_box} pixels
+  (paths relative to this folder): the lesion truth as box annotations (`hmt evaluate-templates --annotations`);
+  `masks/` is the same truth as a mask folder.
 - `shortcuts.csv`: `path,shortcut` for every image: 1 where the image carries its class's planted shortcut
   (`hmt synth --shortcut CLASS:FRACTION`, style `--shortcut-style`), else 0.
 - `shortcut_masks/<class>/<class>_NNNN.png`: where the shortcut is, in the image frame (255), for the images that carry it.
@@ -198,6 +203,7 @@ class _Written:
     mask_pixels: int
     canonical_sum: np.ndarray | None = None
     shortcut: bool = False
+    boxes: tuple[tuple[int, int, int, int], ...] = ()  # (x, y, width, height) of each lesion component
 
 
 def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int,
@@ -220,11 +226,19 @@ def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, 
         pose = phantom.pose
         row = [f"{label}/{name}", label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
                *(repr(float(value)) for value in pose.matrix.ravel()), f"{label}_{index:04d}"]
-        written.append(_Written(label, index, row, int(phantom.lesion_mask.sum()), shortcut=carries))
+        written.append(_Written(label, index, row, int(phantom.lesion_mask.sum()), shortcut=carries,
+                                boxes=lesion_boxes(phantom.lesion_mask)))
     if written:
         first = written[0]
-        written[0] = _Written(first.label, first.index, first.pose_row, first.mask_pixels, canonical_sum, first.shortcut)
+        written[0] = _Written(first.label, first.index, first.pose_row, first.mask_pixels, canonical_sum, first.shortcut, first.boxes)
     return written
+
+
+def lesion_boxes(mask: np.ndarray) -> tuple[tuple[int, int, int, int], ...]:
+    """(x, y, width, height) of each connected lesion component of at least MIN_BOX_PIXELS pixels."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, np.uint8), connectivity=8)
+    return tuple((int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP]), int(stats[i, cv2.CC_STAT_WIDTH]),
+                  int(stats[i, cv2.CC_STAT_HEIGHT])) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= MIN_BOX_PIXELS)
 
 
 def _write_probability(path: Path, label: str, size: int, samples: int, seed: int) -> None:
@@ -310,6 +324,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                ([item.pose_row[0], item.label, item.pose_row[-1]] for item in written))
     _write_csv(truth / "poses.csv", ["path", "label", *_POSE_COLUMNS, "patient_id"], (item.pose_row for item in written))
     _write_csv(truth / SHORTCUTS_FILE, ["path", "shortcut"], ([item.pose_row[0], "1" if item.shortcut else "0"] for item in written))
+    _write_csv(truth / BOXES_FILE, ["path", "label", "x", "y", "width", "height"],
+               ([f"../{item.pose_row[0]}", item.label, *map(str, box)] for item in written for box in item.boxes))
     _write_png(truth / CANONICAL_LUNGS_FILE, canonical_lung_mask(size).astype(np.uint8) * 255)
     # Summed in a fixed order (class, then index), so the mean is the same for any number of workers.
     canonical_total = np.zeros((size, size), np.float64)
@@ -319,7 +335,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     _write_png(truth / CANONICAL_CHEST_FILE, _to_uint8(canonical_total / len(written)))
     write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
                                                     samples=probability_samples, threshold=LESION_THRESHOLD,
-                                                    pose_spread=pose_spread))
+                                                    pose_spread=pose_spread, min_box=MIN_BOX_PIXELS))
     record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
               "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
               "shortcuts": shortcuts, "shortcut_style": shortcut_style}

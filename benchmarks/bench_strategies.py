@@ -1,0 +1,201 @@
+"""Strategies against planted ground truth, and on real chest X-rays (issue 13).
+
+One command, one run:
+
+1. **Planted shortcut.** Phantoms of four classes, half of the covid images carrying a side marker
+   (`hmt synth --shortcut covid:0.5`); the `small` CNN trained with the default recipe. Does the model use
+   the marker? Heatmap energy inside the marker (its box dilated by one CAM cell) on tagged vs untagged
+   covid images, and the accuracy on the tagged test images when the very same images are rendered
+   without the marker. Then templates in the canonical frame and `hmt strategies` (K by the eigengap):
+   adjusted Rand index between the covid strategies and the planted tags, and the share of each
+   prototype's mass on the marker (beside the class template's and the marker region's area share).
+2. **No planted shortcut.** The same phantoms without markers, a model trained on them, and the K the
+   eigengap chooses for each class, whatever it is.
+3. **cxr4** (``--cxr4-model``, an hmt model trained on ../shared/data/cxr4): templates of its training part and
+   the strategies of each class: size, consistency, lung-field energy of each prototype; figures.
+
+    .venv/bin/python benchmarks/bench_strategies.py [--size 128 --n-per-class 150] [--cxr4-model M.keras] [--out strategies.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from sklearn.metrics import adjusted_rand_score  # noqa: E402
+
+from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
+from heatmap_templates.data import load_dataset  # noqa: E402
+from heatmap_templates.heatmaps import extract_heatmaps  # noqa: E402
+from heatmap_templates.metrics import lung_field_energy  # noqa: E402
+from heatmap_templates.model_file import load_model, save_model  # noqa: E402
+from heatmap_templates.prepare import registrar_for  # noqa: E402
+from heatmap_templates.preprocess import quantise, to_model_input  # noqa: E402
+from heatmap_templates.store import open_heatmaps, read_templates  # noqa: E402
+from heatmap_templates.strategy_search import add_strategies  # noqa: E402
+from heatmap_templates.synth import (  # noqa: E402
+    SHORTCUTS, mass_share, phantom_seed, read_shortcuts, render_phantom, shortcut_region, synthesize_dataset,
+)
+from heatmap_templates.synth.render import streams  # noqa: E402
+from heatmap_templates.training import TrainConfig, train  # noqa: E402
+
+CLASSES = ("bacteria", "covid", "normal", "virus")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_and_template(data: Path, out: Path, size: int) -> dict:
+    """Default-recipe `small` model, its store, and every class's template in the canonical frame, with strategies."""
+    dataset = load_dataset(data)
+    result = train(dataset, TrainConfig(backbone="small", input_size=size, batch_size=16))
+    model = save_model(result.model, result.info, out / "model.keras")
+    store = out / "heatmaps.h5"
+    extract_heatmaps(model, dataset, store)
+    templates = out / "templates.h5"
+    build_templates(store, None, templates, config=BuildConfig(reference=str(data / "ground_truth" / "canonical_chest.png")))
+    strategies = add_strategies(templates)
+    return {"model": model, "store": store, "templates": templates, "strategies": strategies, "result": result}
+
+
+def would_be_marker(seed: int, index: int, size: int) -> np.ndarray:
+    """Where image ``index`` of covid would carry the marker (the same draw whether it carries it or not)."""
+    rng = streams(phantom_seed(seed, "covid", index))["shortcut"]
+    return SHORTCUTS["marker"].draw(rng, size)[1]
+
+
+def shortcut_use(data: Path, trained: dict, size: int, seed: int) -> dict:
+    """Energy of covid maps on the marker (tagged vs untagged), and test accuracy of tagged images without it."""
+    reader = open_heatmaps(trained["store"])
+    k = reader.class_names.index("covid")
+    tagged = read_shortcuts(data)
+    raw_side = next(reader.iter_raw(1)).shape[-1]
+    cell = max(1, size // raw_side)
+    import cv2
+
+    energies = {True: [], False: []}
+    root = data.resolve()
+    covid = [i for i, path in enumerate(reader.paths) if Path(path).parent.name == "covid"]
+    for batch_start in range(0, len(covid), 64):
+        indices = covid[batch_start:batch_start + 64]
+        (batch,) = reader.iter_batches(len(indices), indices)
+        for path, maps in zip(batch.paths, batch.maps_for(k)):
+            relative = Path(path).resolve().relative_to(root).as_posix()
+            index = int(Path(path).stem.split("_")[-1])
+            box = cv2.dilate(would_be_marker(seed, index, size).astype(np.uint8), np.ones((2 * cell + 1,) * 2, np.uint8)) > 0
+            energies[tagged[relative]].append(mass_share(np.clip(maps, 0, None), box))
+    model, info = load_model(trained["model"])
+    test = [path for path in info.split["test"] if path.startswith("covid/") and tagged.get(path)]
+    with_marker, without_marker = [], []
+    for relative in test:
+        index = int(Path(relative).stem.split("_")[-1])
+        for shortcut, sink in (("marker", with_marker), (None, without_marker)):
+            image = render_phantom(phantom_seed(seed, "covid", index), "covid", size, shortcut=shortcut).image
+            probabilities = model.predict_on_batch(to_model_input(quantise(image)[None], info.channels, info.preprocessing))
+            sink.append(int(np.argmax(probabilities[0]) == info.class_names.index("covid")))
+    return {
+        "marker_energy_tagged": {"mean": float(np.mean(energies[True])), "n": len(energies[True])},
+        "marker_energy_untagged": {"mean": float(np.mean(energies[False])), "n": len(energies[False])},
+        "tagged_test_images": len(test),
+        "accuracy_tagged_with_marker": float(np.mean(with_marker)) if test else None,
+        "accuracy_tagged_marker_removed": float(np.mean(without_marker)) if test else None,
+        "cam_cell_px": cell,
+    }
+
+
+def strategy_truth(data: Path, trained: dict, size: int, cell: int) -> dict:
+    """ARI of the covid strategies against the planted tags; each prototype's mass on the marker region."""
+    result = trained["strategies"]["covid"]
+    file = read_templates(trained["templates"])
+    template = file.templates["covid"]
+    tagged = read_shortcuts(data)
+    root = data.resolve()
+    planted = np.array([tagged[Path(m.path).resolve().relative_to(root).as_posix()] for m in template.members])
+    registrar = registrar_for(file.settings["registration"], file.reference_image, file.lung_mask)
+    region = shortcut_region(data, template.members, registrar, (size, size), cell)
+    return {
+        "k": result.k, "chosen_by": result.chosen_by, "eigenvalues": [round(float(v), 4) for v in result.eigenvalues],
+        "ari_with_planted": float(adjusted_rand_score(planted, result.labels)), "stability": result.stability,
+        "strategies": [{"size": s.size, "tagged": int(planted[result.labels == j].sum()),
+                        "mass_on_marker": mass_share(s.mean, region), "consistency": s.consistency}
+                       for j, s in enumerate(result.strategies)],
+        "template_mass_on_marker": mass_share(template.mean, region), "marker_region_area_share": float(region.mean()),
+        "tagged_members": int(planted.sum()), "members": len(planted),
+    }
+
+
+def eigengap_choices(trained: dict) -> dict:
+    return {name: {"k": result.k, "sizes": [s.size for s in result.strategies],
+                   "eigenvalues": [round(float(v), 4) for v in result.eigenvalues], "stability": result.stability}
+            for name, result in trained["strategies"].items()}
+
+
+def cxr4_strategies(model: Path, out: Path) -> dict:
+    """Strategies of every class of a cxr4 model's training part (templates as benchmarks/real_data_report.py builds them)."""
+    from heatmap_templates.figures import template_figures
+    from heatmap_templates.model_file import read_model_info
+
+    data = ROOT.parent / "shared" / "data" / "cxr4"
+    info = read_model_info(model)
+    manifest = out / "train.csv"
+    manifest.write_text("path,label\n" + "".join(f"{(data / p).resolve()},{Path(p).parts[0]}\n" for p in info.split["train"]))
+    store = out / "heatmaps_train.h5"
+    extract_heatmaps(model, manifest, store)
+    templates = out / "templates.h5"
+    build_templates(store, None, templates)
+    found = add_strategies(templates)
+    file = read_templates(templates)
+    figures = template_figures(templates, out / "figures", formats=("png",), dpi=150)
+    return {"figures": [str(path) for path in figures.files if "strategies" in path.name], "classes": {
+        name: {"k": result.k, "eigenvalues": [round(float(v), 4) for v in result.eigenvalues], "stability": result.stability,
+               "template_lung_field_energy": float(lung_field_energy(file.templates[name].mean, file.lung_mask)),
+               "strategies": [{"size": s.size, "consistency": s.consistency,
+                               "lung_field_energy": float(lung_field_energy(s.mean, file.lung_mask))} for s in result.strategies]}
+        for name, result in found.items()}, "lung_area_share": float(np.mean(file.lung_mask))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--n-per-class", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cxr4-model", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="keep the data, models and figures here")
+    parser.add_argument("--out", type=Path, default=Path("strategies.json"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="hmt_strategies_"))
+    report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+                    "size": args.size, "n_per_class": args.n_per_class, "work": str(work)}
+    planted = work / "planted"
+    synthesize_dataset(planted / "data", n_per_class=args.n_per_class, size=args.size, seed=args.seed, classes=CLASSES,
+                       shortcuts={"covid": 0.5})
+    trained = train_and_template(planted / "data", planted, args.size)
+    report["planted"] = {"test_accuracy": trained["result"].test_report["accuracy"],
+                         "use": shortcut_use(planted / "data", trained, args.size, args.seed)}
+    report["planted"]["strategies"] = strategy_truth(planted / "data", trained, args.size, report["planted"]["use"]["cam_cell_px"])
+    report["planted"]["every_class"] = eigengap_choices(trained)
+    print(json.dumps(report["planted"], indent=2), flush=True)
+    plain = work / "plain"
+    synthesize_dataset(plain / "data", n_per_class=args.n_per_class, size=args.size, seed=args.seed, classes=CLASSES)
+    plain_trained = train_and_template(plain / "data", plain, args.size)
+    report["plain"] = {"test_accuracy": plain_trained["result"].test_report["accuracy"], "every_class": eigengap_choices(plain_trained)}
+    print(json.dumps(report["plain"], indent=2), flush=True)
+    if args.cxr4_model is not None:
+        (work / "cxr4").mkdir(exist_ok=True)
+        report["cxr4"] = cxr4_strategies(args.cxr4_model, work / "cxr4")
+        print(json.dumps(report["cxr4"], indent=2), flush=True)
+    report["seconds"] = time.perf_counter() - started
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
