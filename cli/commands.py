@@ -9,4 +9,5 @@ from hmt_cli import strategies  # noqa: F401
 from hmt_cli import sanity  # noqa: F401
 from hmt_cli import compare  # noqa: F401
 from hmt_cli import figures  # noqa: F401
+from hmt_cli import report  # noqa: F401
 from hmt_cli import demo  # noqa: F401

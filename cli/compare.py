@@ -10,15 +10,8 @@ from typing import Optional
 import typer
 
 from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.compare import (
-    DEFAULT_ATYPICAL_PERCENTILE,
-    DEFAULT_BATCH_SIZE,
-    Comparer,
-    ComparisonRun,
-    ImageComparison,
-    collect_images,
-    evaluate_templates,
-)
+from heatmap_templates.compare import DEFAULT_BATCH_SIZE, Comparer, ComparisonRun, collect_images, evaluate_templates
+from heatmap_templates.scoring import DEFAULT_ATYPICAL_PERCENTILE, ImageComparison
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
 from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES

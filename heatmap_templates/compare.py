@@ -3,20 +3,10 @@
 A :class:`Comparer` is made from a templates file. It loads the model recorded there (or one
 given, which must be the same file by content hash) and a CAM engine with the recorded layer,
 method and score, once. Images then stream through the same tf.data pipeline as extraction
-(:func:`~heatmap_templates.heatmaps.iter_model_batches`) in batches; for each image:
-
-1. the model's probabilities and every class's CAM map (one forward pass);
-2. registration of the model-input-size grayscale image (uint8 / 255) to the stored reference
-   with the stored method, and the same transform applied to each class's map, exactly as
-   :mod:`heatmap_templates.build` prepared the template members (maps pass through float16, the
-   heatmap store's precision);
-3. normalisation with the stored method, then a similarity with each class's template mean:
-   ``pearson`` (default), ``pearson-lungs`` (Pearson over the stored lung mask only),
-   ``cosine`` or ``ssim`` (scikit-image, data range from the two maps);
-4. the atypical flag: the Pearson correlation of the predicted class's map with its template,
-   placed within that class's stored leave-one-out correlations (which are Pearson values, so
-   the flag always uses Pearson whatever ``similarity`` ranks the templates); below the
-   ``atypical_percentile``-th percentile of that distribution is atypical.
+(:func:`~heatmap_templates.heatmaps.iter_model_batches`) in batches; each batch's probabilities and
+every class's CAM map come from one forward pass, and :class:`~heatmap_templates.scoring.TemplateScorer`
+(which a Comparer is) scores them: maps prepared exactly as build prepared the members', a similarity with
+each template, the atypical flag and the nearest strategy.
 
 Bad images are skipped and logged (:class:`~heatmap_templates.data.SkipLog`), never a crash.
 :func:`evaluate_templates` runs the same scoring over a labelled set and reports template-match
@@ -43,104 +33,17 @@ from heatmap_templates.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE
 from heatmap_templates.heads import HEADS, predicted_classes
-from heatmap_templates.metrics import lung_field_energy, percentile_rank, roc_auc
-from heatmap_templates.normalisation import DEFAULT_NORMALISATION
+from heatmap_templates.metrics import lung_field_energy, roc_auc
 from heatmap_templates.objectives import Objective
-from heatmap_templates.prepare import PreparedMaps, prepare_maps, registrar_for
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.registration import DEFAULT_REGISTRATION
-from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
-from heatmap_templates.store import TemplateFile, read_strategies, read_templates
-from heatmap_templates.strategies import closest_strategy
-
-DEFAULT_ATYPICAL_PERCENTILE = 5.0
-ATYPICAL_MEASURE = "pearson"  # the measure of the stored leave-one-out distribution
-
-
-# --------------------------------------------------------------------------- atypical flag
-
-
-@dataclass(frozen=True)
-class AtypicalReading:
-    """Where one correlation falls within a class's leave-one-out distribution."""
-
-    threshold: float  # the distribution's `percentile`-th percentile
-    percentile_rank: float  # 0-100, share of the distribution below the value
-    atypical: bool  # value < threshold
-
-
-def atypical_reading(value: float, loo_correlations: np.ndarray, percentile: float = DEFAULT_ATYPICAL_PERCENTILE) -> AtypicalReading | None:
-    """Flag ``value`` as atypical when it lies below the ``percentile``-th percentile of the
-    leave-one-out correlations (linear interpolation); None with fewer than two values."""
-    values = np.asarray(loo_correlations, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if values.size < 2:
-        return None
-    threshold = float(np.percentile(values, percentile))
-    return AtypicalReading(threshold, percentile_rank(value, values), bool(value < threshold))
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class ComparisonMaps:
-    """What a comparison figure shows, all in the reference frame: the registered image, the
-    image's normalised map for the predicted class and that class's template."""
-
-    image: np.ndarray
-    heatmap: np.ndarray
-    template: np.ndarray
-
-
-@dataclass
-class ImageComparison:
-    """One image scored against the templates."""
-
-    path: str
-    position: int  # index of the image in the list that was compared
-    predicted: str
-    probabilities: dict[str, float]
-    similarities: dict[str, float]  # one per class with a template
-    best_match: str | None  # class whose template is most similar (None without templates)
-    predicted_similarity: float | None  # None when the predicted class has no template
-    predicted_correlation: float | None  # Pearson, what the atypical flag uses
-    atypical: bool | None  # None: no template or no leave-one-out distribution for the predicted class
-    percentile_rank: float | None
-    atypical_threshold: float | None
-    registration_method: str
-    registration_quality: float
-    lung_field_energy: float | None  # share of the predicted class's normalised map inside the lung mask
-    maps: ComparisonMaps | None = None
-    predicted_findings: list[str] | None = None  # multi-label models: every finding at or above the threshold
-    strategy: int | None = None  # the predicted class's strategy (1-based) whose prototype the map resembles most
-    strategy_similarity: float | None = None
-    registration_matrix: tuple[float, ...] | None = None  # image -> reference (2, 3), row-major (not in to_dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "path": self.path,
-            "predicted": self.predicted,
-            "probabilities": {name: round(value, 6) for name, value in self.probabilities.items()},
-            "similarities": {name: round(value, 6) for name, value in self.similarities.items()},
-            "best_match": self.best_match,
-            "predicted_similarity": _rounded(self.predicted_similarity),
-            "predicted_correlation": _rounded(self.predicted_correlation),
-            "atypical": self.atypical,
-            "percentile_rank": _rounded(self.percentile_rank, 2),
-            "atypical_threshold": _rounded(self.atypical_threshold),
-            "registration_method": self.registration_method,
-            "registration_quality": round(self.registration_quality, 4),
-            "lung_field_energy": _rounded(self.lung_field_energy),
-            **({} if self.predicted_findings is None else {"predicted_findings": list(self.predicted_findings)}),
-            "strategy": self.strategy,
-            "strategy_similarity": _rounded(self.strategy_similarity),
-        }
-
-
-def _rounded(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(float(value), digits)
-
+from heatmap_templates.scoring import (
+    ATYPICAL_MEASURE,
+    DEFAULT_ATYPICAL_PERCENTILE,
+    ImageComparison,
+    TemplateScorer,
+)
+from heatmap_templates.similarity import DEFAULT_SIMILARITY
+from heatmap_templates.store import TemplateFile
 
 @dataclass
 class ComparisonRun:
@@ -199,8 +102,8 @@ def collect_images(inputs: Sequence[str | os.PathLike], skip_log: SkipLog) -> li
 # --------------------------------------------------------------------------- comparer
 
 
-class Comparer:
-    """Scores images against the templates of one file with the model that built them (see the module docstring)."""
+class Comparer(TemplateScorer):
+    """Scores image files against the templates of one file with the model that built them (see the module docstring)."""
 
     def __init__(self, templates: str | os.PathLike | TemplateFile, *, model: str | os.PathLike | None = None,
                  similarity: str = DEFAULT_SIMILARITY, atypical_percentile: float = DEFAULT_ATYPICAL_PERCENTILE,
@@ -210,15 +113,8 @@ class Comparer:
         from heatmap_templates.model_file import load_model
         from heatmap_templates.scores import DEFAULT_SCORE
 
-        SIMILARITIES.check(similarity)
-        if not 0.0 <= atypical_percentile <= 100.0:
-            raise HmtError(f"the atypical percentile must lie in 0..100, got {atypical_percentile}")
-        self.file = templates if isinstance(templates, TemplateFile) else _read_templates_file(templates)
+        super().__init__(templates, similarity=similarity, atypical_percentile=atypical_percentile)
         settings = self.file.settings
-        if self.file.reference_image is None or self.file.lung_mask is None:
-            raise BadFileError(self.file.path, "has no registration reference; rebuild it with hmt build-templates")
-        if not self.file.templates:
-            raise BadFileError(self.file.path, "holds no class templates")
         model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
         if model is None and not model_path.is_file():
             raise HmtError(f"{display_path(self.file.path)}: the model it was built with ({display_path(model_path)}) "
@@ -231,24 +127,13 @@ class Comparer:
                                            f"(sha256 {sha[:12]} vs {str(settings.get('model_sha256'))[:12]})")
         # The same file (by content hash) has the same classes; a model without hmt metadata gets the
         # recorded class names, which load_model checks against its output size.
-        class_names = [str(name) for name in settings.get("class_names", [])]
-        self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=None if _has_info(model_path) else class_names,
+        self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=None if _has_info(model_path) else self.class_names,
                                            preprocessing=settings.get("preprocessing"))
         self.model_path = model_path
-        self.class_names = class_names
         self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", DEFAULT_METHOD),
                                 score=settings.get("score", DEFAULT_SCORE), head=self.info.head,
                                 threshold=settings["threshold"] if threshold is None else threshold)
         self.multi_label = HEADS[self.engine.head].multi_label
-        self.similarity = similarity
-        self.atypical_percentile = float(atypical_percentile)
-        self.normalisation = str(settings.get("normalisation", DEFAULT_NORMALISATION))
-        self.registrar = registrar_for(str(settings.get("registration", DEFAULT_REGISTRATION)), self.file.reference_image, self.file.lung_mask)
-        self.strategies = read_strategies(self.file.path)  # per class, when `hmt strategies` added them
-        self.lung_mask = np.asarray(self.file.lung_mask, dtype=bool)
-        self.template_classes = [name for name in class_names if name in self.file.templates]
-        self._template_indices = [class_names.index(name) for name in self.template_classes]
-        self._means = {name: np.asarray(self.file.templates[name].mean, dtype=np.float64) for name in self.template_classes}
 
     def iter_results(self, paths: Sequence[str | os.PathLike], *, skip_log: SkipLog, batch_size: int = DEFAULT_BATCH_SIZE,
                      keep_maps: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -291,71 +176,21 @@ class Comparer:
             template_classes=list(self.template_classes), results=results, skipped=skipped,
         )
 
-    def prepare_maps(self, images_u8: np.ndarray, raw: np.ndarray) -> PreparedMaps:
-        """Register images (N, H, W) uint8 and their all-class maps (N, K, h, w) at layer resolution exactly as build
-        did; ``maps`` of the result are the template classes' (N, T, H, W), in ``template_classes`` order."""
-        return prepare_maps(images_u8, np.asarray(raw)[:, self._template_indices], self.registrar, self.normalisation)
-
     def _score_batch(self, paths: Sequence[str | os.PathLike], positions: np.ndarray, inputs: np.ndarray,
                      images_u8: np.ndarray, keep_maps: bool) -> Iterator[ImageComparison]:
         result = self.engine.all_classes(inputs)
         probabilities = np.asarray(result.probabilities, dtype=np.float64)
         if not np.all(np.isfinite(probabilities)):
             raise HmtError(f"{display_path(self.model_path)}: the model produced non-finite probabilities")
-        prepared = self.prepare_maps(images_u8, result.raw)
-        alignments, warped_images, normalised = prepared.alignments, prepared.images, prepared.maps
-        scores = np.stack([similarity_scores(normalised[:, t], self._means[name], self.similarity, self.lung_mask)
-                           for t, name in enumerate(self.template_classes)], axis=1)
-        correlations = scores if self.similarity == ATYPICAL_MEASURE else np.stack(
-            [similarity_scores(normalised[:, t], self._means[name]) for t, name in enumerate(self.template_classes)], axis=1)
-        energies = lung_field_energy(normalised.reshape(-1, *normalised.shape[-2:]), self.lung_mask).reshape(normalised.shape[:2])
         findings = predicted_classes(probabilities, self.engine.head, self.engine.threshold) if self.multi_label else None
-        nearest = {}
-        for t, name in enumerate(self.template_classes):
-            if name in self.strategies:
-                nearest[name] = closest_strategy(normalised[:, t], self.strategies[name], self.similarity, self.lung_mask)
-        for row, position in enumerate(positions):
-            predicted = self.class_names[int(result.targets[row])]  # the head's decision (a multi-label model's top finding)
-            t = self.template_classes.index(predicted) if predicted in self.template_classes else None
-            reading = None
-            if t is not None:
-                reading = atypical_reading(float(correlations[row, t]), self.file.templates[predicted].loo_correlations,
-                                           self.atypical_percentile)
-            yield ImageComparison(
-                path=display_path(paths[int(position)]),
-                position=int(position),
-                predicted=predicted,
-                probabilities={name: float(p) for name, p in zip(self.class_names, probabilities[row])},
-                similarities={name: float(scores[row, i]) for i, name in enumerate(self.template_classes)},
-                best_match=self.template_classes[int(np.argmax(scores[row]))] if self.template_classes else None,
-                predicted_similarity=None if t is None else float(scores[row, t]),
-                predicted_correlation=None if t is None else float(correlations[row, t]),
-                atypical=None if reading is None else reading.atypical,
-                percentile_rank=None if reading is None else reading.percentile_rank,
-                atypical_threshold=None if reading is None else reading.threshold,
-                registration_method=alignments[row].method,
-                registration_quality=float(alignments[row].quality),
-                lung_field_energy=None if t is None else float(energies[row, t]),
-                maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted].astype(np.float32))
-                if keep_maps and t is not None else None,
-                predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row]) if on],
-                registration_matrix=tuple(float(v) for v in np.ravel(alignments[row].matrix)),
-                strategy=int(nearest[predicted][0][row]) + 1 if predicted in nearest else None,
-                strategy_similarity=float(nearest[predicted][1][row]) if predicted in nearest else None,
-            )
+        # targets: the head's decision (a multi-label model's top finding)
+        yield from self.score(paths, positions, probabilities, result.targets, images_u8, result.raw, findings=findings, keep_maps=keep_maps)
 
 
 def _has_info(model_path: Path) -> bool:
     from heatmap_templates.model_file import read_model_info
 
     return read_model_info(model_path) is not None
-
-
-def _read_templates_file(path: str | os.PathLike) -> TemplateFile:
-    path = Path(path)
-    if not path.is_file():
-        raise BadFileError(path, "no such templates file")
-    return read_templates(path)
 
 
 # --------------------------------------------------------------------------- evaluation

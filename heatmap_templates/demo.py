@@ -51,6 +51,7 @@ class DemoSummary:
     heatmaps: Path
     templates: Path
     figures: list[Path]
+    report: Path  # index.html of the study report
     test_accuracy: float | None
     template_members: dict[str, int]
     comparisons: list[dict]
@@ -66,6 +67,7 @@ class DemoSummary:
             "heatmaps": str(self.heatmaps),
             "templates": str(self.templates),
             "figures": [str(path) for path in self.figures],
+            "report": str(self.report),
             "test_accuracy": self.test_accuracy,
             "template_members": dict(self.template_members),
             "comparisons": self.comparisons,
@@ -100,6 +102,7 @@ def run_demo(
     from heatmap_templates.compare import Comparer
     from heatmap_templates.figures import template_figures
     from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.report import write_report
     from heatmap_templates.model_file import save_model
     from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR, ground_truth_localisation, synthesize_dataset
     from heatmap_templates.training import TrainConfig, save_training_outputs, train
@@ -171,6 +174,10 @@ def run_demo(
     figures = template_figures(templates_path, out_dir / "figures", formats=("png", "pdf"), dpi=200)
     lap("figures")
 
+    step("writing the report")
+    report = write_report(templates_path, out_dir / "report", heatmaps=heatmaps_path, batch_size=settings.batch_size, progress=progress)
+    lap("report")
+
     return DemoSummary(
         out_dir=out_dir,
         data=data_dir,
@@ -178,6 +185,7 @@ def run_demo(
         heatmaps=heatmaps_path,
         templates=templates_path,
         figures=figures.files,
+        report=report.index,
         test_accuracy=None if result.test_report is None else float(result.test_report["accuracy"]),
         template_members=build.members,
         comparisons=comparisons,

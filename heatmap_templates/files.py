@@ -154,3 +154,35 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by another user
         return True
     return True
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on a clean exit it replaces ``path`` (a report and its images).
+
+    The previous folder is moved aside before the new one is renamed into place and removed after, so at
+    every moment one complete folder exists (under ``path`` or, between the two renames, under its old name).
+    On any exception the temporary folder is removed and ``path`` is left as it was.
+    """
+    import shutil
+
+    path = Path(path)
+    ensure_folder(path.parent, path)
+    temporary = path.with_name(f"{temporary_prefix(path)}{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{socket.gethostname()}-{os.getpid()}")
+    try:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        yield temporary
+        if path.exists():
+            os.replace(path, old)
+        os.replace(temporary, path)
+        fsync_path(path.parent)
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        if isinstance(error, OSError) or _is_write_fault(error):
+            raise write_fault(path, error) from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from heatmap_templates import metrics
-from heatmap_templates.compare import (
-    Comparer,
-    atypical_reading,
-    evaluate_templates,
-    separation_report,
-    template_match_report,
-)
+from heatmap_templates.compare import Comparer, evaluate_templates, separation_report, template_match_report
+from heatmap_templates.scoring import atypical_reading
 from heatmap_templates.similarity import cosine_similarity, masked_pearson, similarity_scores
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.normalisation import normalise

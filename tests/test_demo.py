@@ -29,3 +29,5 @@ def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> N
     assert truth["normal"]["auc_frame"] is None, "normal phantoms have no lesions to find"
     assert all(scores["auc_frame"] is None or 0.0 <= scores["auc_frame"] <= 1.0 for scores in truth.values())
     assert summary["comparisons"] and all(item["true"] is not None for item in summary["comparisons"])
+    report = Path(summary["report"])
+    assert report.name == "index.html" and report.is_file() and (report.parent / "images.csv").is_file()

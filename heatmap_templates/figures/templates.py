@@ -211,7 +211,7 @@ def _loo_correlations(file: TemplateFile) -> Figure:
     return figure
 
 
-def _model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | None, dict | None]:
+def model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | None, dict | None]:
     """Training history and test evaluation stored beside the model the templates were built with (None when absent)."""
     model_path = file.settings.get("model_path")
     if not model_path:
@@ -288,7 +288,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
         raise BadFileError(file.path, "holds no class templates to draw")
     out_dir = Path(out_dir)
     summary = FiguresSummary(out_dir=out_dir)
-    history, evaluation = _model_record(file, summary.notes)
+    history, evaluation = model_record(file, summary.notes)
     progress = progress or NullProgress()
     progress.start(7, "drawing figures")
 

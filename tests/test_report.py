@@ -1,0 +1,286 @@
+"""`hmt report`: a self-contained page whose numbers are the library's, checked in a real browser where one exists."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import assert_user_error, run_hmt
+from heatmap_templates.report import write_report
+from heatmap_templates.report.collect import ROW_COLUMNS
+from heatmap_templates.report.thumbnails import overlay_rgb, scaled
+from heatmap_templates.store import open_heatmaps, read_templates
+
+
+class PageParser(HTMLParser):
+    """Every referenced URL, every data-key's text, the rows JSON and the gallery images of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.references: list[str] = []
+        self.keyed: dict[str, str] = {}
+        self.gallery_images: list[dict] = []
+        self.rows_json = ""
+        self._key: str | None = None
+        self._in_rows = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attributes = dict(attrs)
+        for name in ("src", "href", "action", "poster"):
+            if attributes.get(name):
+                self.references.append(attributes[name])
+        if "data-key" in attributes:
+            self._key = attributes["data-key"]
+            self.keyed[self._key] = ""
+        if tag == "img" and "data-thumb" in attributes:
+            self.gallery_images.append(attributes)
+        if tag == "script" and attributes.get("id") == "rows-data":
+            self._in_rows = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "span"):
+            self._key = None
+        if tag == "script":
+            self._in_rows = False
+
+    def handle_data(self, data: str) -> None:
+        if self._key is not None:
+            self.keyed[self._key] += data
+        if self._in_rows:
+            self.rows_json += data
+
+
+def parse(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def page_number(text: str) -> float | None:
+    return None if text.strip() == "–" else float(text)
+
+
+@pytest.fixture(scope="module")
+def report(shortcut_phantom: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The shortcut phantom's report (a copy of its templates file, so other tests' additions do not leak in)."""
+    root = tmp_path_factory.mktemp("report")
+    templates = root / "templates.h5"
+    shutil.copy(shortcut_phantom["templates"], templates)
+    summary = write_report(templates, root / "report", heatmaps=shortcut_phantom["store"], gallery_size=6)
+    return {**shortcut_phantom, "templates": templates, "summary": summary, "out": root / "report"}
+
+
+def test_every_referenced_file_exists_and_nothing_comes_from_the_network(report: dict) -> None:
+    out = report["out"]
+    page = parse(out / "index.html")
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|url\(|@import", text, re.IGNORECASE), "no external resource"
+    local = [ref for ref in page.references if not ref.startswith(("#", "data:"))]
+    assert local, "the page references its images and figures"
+    for reference in local:
+        assert (out / reference).is_file(), reference
+    assert page.gallery_images and all(image.get("loading") == "lazy" for image in page.gallery_images)
+    assert (out / "images.csv").is_file() and (out / "report.json").is_file()
+    written = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    assert written == {p.relative_to(out) for p in report["summary"].files}
+    assert report["summary"].total_bytes == sum((out / p).stat().st_size for p in written if p.name not in ("report.json", "images.csv"))
+
+
+def test_rows_equal_what_compare_reports_for_the_same_images(report: dict) -> None:
+    """Independent of the report's own path: the model re-run by `Comparer` on the image files gives each row's numbers."""
+    from heatmap_templates.compare import Comparer
+
+    page = parse(report["out"] / "index.html")
+    data = json.loads(page.rows_json)
+    assert data["columns"] == list(ROW_COLUMNS)
+    reader = open_heatmaps(report["store"])
+    rows = [dict(zip(data["columns"], row)) for row in data["rows"]]
+    assert [row["path"] for row in rows] == reader.paths
+    run = Comparer(report["templates"], model=report["model"]).compare(reader.paths)
+    assert len(run.results) == len(rows)
+    for row, result in zip(rows, run.results):
+        assert row["predicted"] == result.predicted
+        assert row["probability"] == pytest.approx(result.probabilities[result.predicted], abs=1e-3)
+        assert row["best_template"] == result.best_match
+        if result.predicted_similarity is None:
+            assert row["similarity"] is None
+        else:
+            assert row["similarity"] == pytest.approx(result.predicted_similarity, abs=2e-3)
+        clear_of_threshold = result.atypical_threshold is None or abs(result.predicted_correlation - result.atypical_threshold) > 2e-3
+        if clear_of_threshold:  # float noise between stored and fresh maps may only move an image sitting on the threshold
+            assert row["atypical"] == result.atypical, row["path"]
+    labels = [reader.class_names[int(k)] for k in reader.labels]
+    assert [row["label"] for row in rows] == labels
+    assert [row["correct"] for row in rows] == [bool(c) for c in reader.correct]
+
+
+def test_page_numbers_equal_the_library_values(report: dict) -> None:
+    from heatmap_templates.metrics import classification_report
+
+    page = parse(report["out"] / "index.html")
+    reader = open_heatmaps(report["store"])
+    expected = classification_report(reader.probabilities, reader.labels, reader.class_names, predicted=reader.predicted)
+    assert page_number(page.keyed["store-accuracy"]) == pytest.approx(expected["accuracy"], abs=5e-4)
+    for i, row in enumerate(expected["confusion_matrix"]):
+        for j, value in enumerate(row):
+            assert int(page.keyed[f"store-cm-{i}-{j}"]) == value
+    for name, values in expected["per_class"].items():
+        assert page_number(page.keyed[f"store-{name}-recall"]) == pytest.approx(values["recall"], abs=5e-4)
+    numbers = json.loads((report["out"] / "report.json").read_text())
+    covid = next(c for c in numbers["classes"] if c["name"] == "covid")
+    template = read_templates(report["templates"]).templates["covid"]
+    assert covid["members"] == template.count
+    assert covid["loo_median"] == pytest.approx(float(np.median(template.loo_correlations)))
+    text = (report["out"] / "index.html").read_text(encoding="utf-8")
+    assert f"<td>{template.count}</td>" in text
+
+
+def test_csv_holds_the_table_rows(report: dict) -> None:
+    page = parse(report["out"] / "index.html")
+    data = json.loads(page.rows_json)
+    with open(report["out"] / "images.csv", newline="", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(data["rows"])
+    for line, row in zip(table, data["rows"]):
+        values = dict(zip(data["columns"], row))
+        assert line["path"] == values["path"] and line["predicted"] == values["predicted"]
+        assert float(line["probability"]) == pytest.approx(values["probability"])
+
+
+def test_galleries_sort_members_by_leave_one_out_correlation(report: dict) -> None:
+    page = parse(report["out"] / "index.html")
+    template = read_templates(report["templates"]).templates["covid"]
+    reader = open_heatmaps(report["store"])
+    by_path = {m.path: float(v) for m, v in zip(template.members, template.loo_correlations)}
+    shown = [reader.paths[int(image["data-thumb"].split("-")[0])] for image in page.gallery_images]
+    typical, atypical = shown[:6], shown[6:12]
+    assert [by_path[p] for p in typical] == sorted(by_path.values(), reverse=True)[:6]
+    assert [by_path[p] for p in atypical] == sorted(by_path.values())[:6]
+
+
+def test_single_file_report_embeds_everything(report: dict, tmp_path: Path) -> None:
+    summary = write_report(report["templates"], tmp_path / "single", heatmaps=report["store"], gallery_size=2, single_file=True)
+    assert sorted(p.name for p in (tmp_path / "single").iterdir()) == ["index.html", "report.json"]
+    page = parse(summary.index)
+    assert page.references and all(ref.startswith(("#", "data:")) for ref in page.references)
+    assert summary.total_bytes == summary.page_bytes == summary.index.stat().st_size
+
+
+def test_a_new_report_replaces_the_old_only_when_complete(report: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "report"
+    write_report(report["templates"], out, heatmaps=report["store"], gallery_size=1)
+    before = (out / "index.html").read_bytes()
+    import heatmap_templates.report as report_module
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module.html, "page", fail)
+    with pytest.raises(Exception, match="no space left"):
+        write_report(report["templates"], out, heatmaps=report["store"], gallery_size=3)
+    assert (out / "index.html").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"], "no temporary folder left behind"
+
+
+def test_report_is_deterministic(report: dict, tmp_path: Path) -> None:
+    first = write_report(report["templates"], tmp_path / "a", heatmaps=report["store"], gallery_size=2)
+    second = write_report(report["templates"], tmp_path / "b", heatmaps=report["store"], gallery_size=2)
+    for path in first.files:
+        relative = path.relative_to(tmp_path / "a")
+        if relative.name != "report.json":
+            assert path.read_bytes().replace(b"/a/", b"/b/") == (tmp_path / "b" / relative).read_bytes(), relative
+
+
+def test_cli_report_and_its_user_errors(report: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", tmp_path / "r", "--gallery", "1", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert Path(summary["index"]).is_file() and summary["images"] == len(open_heatmaps(report["store"]))
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("precious")
+    code, out, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", foreign], capsys, monkeypatch)
+    assert_user_error(code, err, "thesis", "not an hmt report folder")
+    assert (foreign / "chapter1.tex").read_text() == "precious"
+    code, out, err = run_hmt(["report", tmp_path / "missing.h5", "--out", tmp_path / "r2"], capsys, monkeypatch)
+    assert_user_error(code, err, "missing.h5")
+    code, out, err = run_hmt(["report", "--help"], capsys, monkeypatch)
+    assert code == 0 and "Example: hmt report" in out
+
+
+def test_report_with_data_evaluates_the_model_and_templates(report: dict, tmp_path: Path) -> None:
+    from heatmap_templates.compare import evaluate_templates
+
+    summary = write_report(report["templates"], tmp_path / "r", heatmaps=report["store"], data=report["data"], gallery_size=1)
+    page = parse(summary.index)
+    expected = evaluate_templates(report["templates"], report["data"])
+    assert page_number(page.keyed["template-match"]) == pytest.approx(expected.template_match["accuracy"], abs=5e-4)
+    assert page_number(page.keyed["eval-accuracy"]) == pytest.approx(expected.classification["accuracy"], abs=5e-4)
+
+
+def test_binary_and_multi_label_reports(binary_phantom: dict, multi_label_phantom: dict, tmp_path: Path) -> None:
+    for name, phantom in (("binary", binary_phantom), ("multi", multi_label_phantom)):
+        templates = tmp_path / f"{name}.h5"
+        shutil.copy(phantom["templates"], templates)
+        summary = write_report(templates, tmp_path / name, heatmaps=phantom["store"], gallery_size=2)
+        page = parse(summary.index)
+        rows = json.loads(page.rows_json)["rows"]
+        reader = open_heatmaps(phantom["store"])
+        assert len(rows) == len(reader)
+        if name == "multi":
+            label = ROW_COLUMNS.index("label")
+            expected = [", ".join(n for n, v in zip(reader.class_names, values) if v == 1) for values in reader.labels]
+            assert [row[label] for row in rows] == expected
+            assert any(key.endswith("-auc") for key in page.keyed)
+        else:
+            assert page.keyed["store-accuracy"]
+
+
+def test_thumbnail_overlay_keeps_the_image_where_the_map_is_low() -> None:
+    image = np.full((8, 8), 0.5, np.float32)
+    heatmap = np.zeros((8, 8), np.float32)
+    heatmap[:4] = 1.0
+    table = np.zeros((256, 3), np.uint8)
+    table[:, 0] = 255  # all red
+    rgb = overlay_rgb(image, heatmap, table, side=8)
+    assert tuple(rgb[7, 0]) == (128, 128, 128), "a zero map leaves the gray image"
+    assert rgb[0, 0, 0] > rgb[0, 0, 1], "a hot map tints the image with the colour map"
+    assert scaled(np.full((4, 4), 3.0)).max() == 0.0
+
+
+def _browser() -> str | None:
+    return next((found for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (found := shutil.which(name))), None)
+
+
+def test_the_report_runs_in_a_real_browser(report: dict, tmp_path: Path) -> None:
+    """Headless Chromium opens the report from disk: the script marks the page ready and fills the table."""
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
+    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    url = (report["out"] / "index.html").resolve().as_uri()
+    done = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert re.search(r'<body[^>]*data-ready="true"', dom), "the page's script ran to the end"
+    table = dom[dom.index('id="image-table"'):]
+    tbody = table[table.index("<tbody>"):table.index("</tbody>")]
+    expected_rows = min(100, len(open_heatmaps(report["store"])))
+    assert tbody.count("<tr>") == expected_rows
+    assert "rows 1–" in dom and 'class="gallery"' in dom
+    shot = tmp_path / "report.png"
+    done = subprocess.run([*flags, "--window-size=1280,900", f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    import cv2
+
+    pixels = cv2.imread(str(shot))
+    assert pixels is not None and pixels.shape[:2] == (900, 1280) and pixels.std() > 10, "the screenshot shows a page"
