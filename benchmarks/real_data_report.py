@@ -14,7 +14,10 @@ One command, on ../shared/data/cxr4 (skips with a message when it is absent):
 5. a per-class template panel (the template over the reference image, the reference lung mask
    outlined), and the figures module's template figures when it provides them.
 
-Writes ``OUT/report.json``, ``OUT/report.md`` (the numbers as markdown) and ``OUT/templates_panel.png``.
+6. the strategies of every class and the study report (``hmt report`` with the test part as ``--data``).
+
+Writes ``OUT/report.json``, ``OUT/report.md`` (the numbers as markdown), ``OUT/templates_panel.png``, ``OUT/figures/``
+and ``OUT/report/index.html``.
 
 Usage: ``.venv/bin/python benchmarks/real_data_report.py [--model M.keras] [--data ../shared/data/cxr4] [--out /tmp/hmt_real_report]``
 """
@@ -189,13 +192,20 @@ def main() -> None:
     (args.out / "report.md").write_text(text + "\n")
     print(text)
     print(f"\npanel: {panel}\nreport: {args.out / 'report.json'}")
-    try:  # the figures module's full template figures, where this checkout has them
-        from heatmap_templates.figures import template_figures
-    except ImportError:
-        return
+    from heatmap_templates.figures import template_figures
+    from heatmap_templates.report import write_report
+    from heatmap_templates.strategy_search import add_strategies
+
     template_figures(templates, args.out / "figures")
     print(f"template figures: {args.out / 'figures'}")
-
+    strategies = add_strategies(templates, store)
+    print("strategies: " + ", ".join(f"{name} K={result.k}" for name, result in strategies.items()), flush=True)
+    page = write_report(templates, args.out / "report", heatmaps=store, data=args.out / "test.csv", batch_size=args.batch_size)
+    weight = {"page_kib": round(page.page_bytes / 1024), "total_kib": round(page.total_bytes / 1024), "images": page.images,
+              "thumbnails": page.thumbnails}
+    report["report_page"] = weight
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"study report: {page.index} ({weight})")
 
 if __name__ == "__main__":
     main()

@@ -140,6 +140,7 @@ class SanityResult:
     flagged: list[str] = field(default_factory=list)
     data_randomisation: dict[str, dict] | None = None
     notes: list[str] = field(default_factory=list)
+    templates: dict[str, list[np.ndarray]] | None = None  # with keep_templates: per class, the original then one per step
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "steps": list(self.steps), "sample": dict(self.sample), "similarity": self.similarity,
@@ -167,8 +168,10 @@ def _sample_members(template, size: int) -> list:  # noqa: ANN001 (ClassTemplate
 
 def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[str] | None = None,  # noqa: ANN001 (paths)
                sample: int = DEFAULT_SAMPLE, variant: str = "cascading", seed: int = 0, shuffled_model=None,  # noqa: ANN001
-               batch_size: int = 32, unsafe_load: bool = False, progress=None) -> SanityResult:  # noqa: ANN001 (Progress)
-    """The randomisation check of a templates file's classes (see the module docstring)."""
+               batch_size: int = 32, unsafe_load: bool = False, keep_templates: bool = False,
+               progress=None) -> SanityResult:  # noqa: ANN001 (Progress)
+    """The randomisation check of a templates file's classes (see the module docstring). ``keep_templates`` keeps each
+    class's sample template before and after each step in ``result.templates`` (for baselines and custom figures)."""
     from pathlib import Path
 
     from heatmap_templates.cam import CamEngine
@@ -235,6 +238,8 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     steps = randomisation_steps(trained)
     result = SanityResult(variant, [step.name for step in steps], {name: len(members[name]) for name in wanted},
                           {name: [] for name in wanted})
+    if keep_templates:
+        result.templates = {name: [original[name]] for name in wanted}
     progress.start(len(steps), f"randomising ({variant})")
     network = model_copy(trained)  # one copy and one traced engine: re-initialising assigns its variables in place
     engine = engine_for(network, settings["layer"])
@@ -246,6 +251,8 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
         randomised = templates_of(maps_of(engine))
         for name in wanted:
             result.similarity[name].append({"step": step.name, **template_similarity(original[name], randomised[name])})
+            if keep_templates:
+                result.templates[name].append(randomised[name])
         progress.advance()
     progress.finish()
     result.flagged = flag(result)

@@ -35,7 +35,7 @@ def tour_commands() -> list[str]:
 def test_readme_tour_lists_every_command() -> None:
     names = {command.split()[1] for command in tour_commands()}
     assert names >= {"synth", "check", "train", "evaluate", "heatmaps", "build-templates", "inspect", "compare",
-                     "evaluate-templates", "figures", "report", "merge-templates"}
+                     "evaluate-templates", "strategies", "sanity", "figures", "report", "merge-templates"}
 
 
 @pytest.mark.slow

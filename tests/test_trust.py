@@ -154,6 +154,24 @@ def test_sanity_faithfulness_and_localisation_on_the_phantom(shortcut_phantom: d
     assert code == 0, err
     assert {"sanity", "deletion"} <= set(json.loads(out)["figures"])
 
+    from heatmap_templates.report import write_report
+
+    page = write_report(templates, tmp_path / "report", heatmaps=shortcut_phantom["store"], gallery_size=1).index.read_text()
+    for ranking, curve in deletion["curves"].items():
+        assert f'data-key="deletion-{ranking}-aopc">{curve["aopc"]:.3f}<' in page
+    assert entries[-1]["spearman"] is None or f'data-key="sanity-covid-5">{entries[-1]["spearman"]:.3f}<' in page
+    assert "figures/sanity.png" in page and "figures/deletion.png" in page
+
+
+def test_kept_sanity_templates_are_the_ones_compared(shortcut_phantom: dict) -> None:
+    from heatmap_templates.sanity import run_sanity
+
+    result = run_sanity(shortcut_phantom["templates"], shortcut_phantom["store"], sample=4, keep_templates=True)
+    kept = result.templates["covid"]
+    assert len(kept) == len(result.steps) + 1
+    for entry, randomised in zip(result.similarity["covid"], kept[1:]):
+        assert template_similarity(kept[0], randomised) == {key: entry[key] for key in entry if key != "step"}
+
 
 def test_data_randomisation_with_a_model_trained_on_shuffled_labels(shortcut_phantom: dict, tmp_path: Path, capsys, monkeypatch) -> None:
     shuffled = tmp_path / "shuffled.keras"
