@@ -28,7 +28,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Synthesise phantoms, train the small CNN, extract heatmaps, build every class's template,
-    compare held-out images, draw the figures, write the report and score the templates against the ground truth.
+    find the strategies within each class, compare held-out images, draw the figures, write the report and score the templates against the ground truth.
 
     Example: hmt demo            (or: hmt demo --data my_xrays/ --out templates_out/my_demo)
     """
@@ -47,6 +47,7 @@ def demo(
     typer.echo(f"  heatmaps   {summary.heatmaps}")
     members = ", ".join(f"{name} {count}" for name, count in summary.template_members.items())
     typer.echo(f"  templates  {summary.templates} (members: {members})")
+    typer.echo("  strategies " + (", ".join(f"{name} {k}" for name, k in summary.strategies.items()) or "none (too few members)"))
     typer.echo(f"  figures    {summary.out_dir / 'figures'} ({len(summary.figures)} files)")
     typer.echo(f"  report     {summary.report} (open it in a browser)")
     if summary.ground_truth_auc is not None:

@@ -2,8 +2,9 @@
 
 On the built-in phantom (default) it synthesises a data set, trains the compact ``small`` CNN,
 extracts heatmaps of the images the model was trained on, builds a template for every class,
-compares the held-out test images with the templates, draws the figures and, because the
-phantom's lesions are known, scores each disease template against the ground-truth lesion map.
+finds the strategies within each class, compares the held-out test images with the templates,
+draws the figures, writes the study report and, because the phantom's lesions are known, scores
+each disease template against the ground-truth lesion map.
 With ``data=`` it runs the same stages on a user's class-folder data (no ground-truth check).
 
 Example::
@@ -54,6 +55,7 @@ class DemoSummary:
     report: Path  # index.html of the study report
     test_accuracy: float | None
     template_members: dict[str, int]
+    strategies: dict[str, int]  # the number of strategies found in each class with enough members
     comparisons: list[dict]
     ground_truth_auc: dict[str, dict[str, float | None]] | None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -70,6 +72,7 @@ class DemoSummary:
             "report": str(self.report),
             "test_accuracy": self.test_accuracy,
             "template_members": dict(self.template_members),
+            "strategies": dict(self.strategies),
             "comparisons": self.comparisons,
             "ground_truth_auc": self.ground_truth_auc,
             "seconds": {step: round(value, 1) for step, value in self.seconds.items()},
@@ -103,6 +106,8 @@ def run_demo(
     from heatmap_templates.figures import template_figures
     from heatmap_templates.heatmaps import extract_heatmaps
     from heatmap_templates.report import write_report
+    from heatmap_templates.strategies import MIN_STRATEGY_MEMBERS
+    from heatmap_templates.strategy_search import add_strategies
     from heatmap_templates.model_file import save_model
     from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR, ground_truth_localisation, synthesize_dataset
     from heatmap_templates.training import TrainConfig, save_training_outputs, train
@@ -156,6 +161,12 @@ def run_demo(
                             config=BuildConfig(batch_size=settings.batch_size, reference=reference), progress=progress)
     lap("templates")
 
+    step("finding the strategies within each class")
+    eligible = [name for name, count in build.members.items() if count >= MIN_STRATEGY_MEMBERS]
+    strategies = {name: result.k for name, result in add_strategies(templates_path, heatmaps_path, eligible, progress=progress).items()} \
+        if eligible else {}
+    lap("strategies")
+
     ground_truth = None
     if data is None:
         step("scoring the templates against the phantom's ground-truth lesion maps")
@@ -188,6 +199,7 @@ def run_demo(
         report=report.index,
         test_accuracy=None if result.test_report is None else float(result.test_report["accuracy"]),
         template_members=build.members,
+        strategies=strategies,
         comparisons=comparisons,
         ground_truth_auc=ground_truth,
         seconds=seconds,

@@ -182,6 +182,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
         if old.exists() and not path.exists():
             os.replace(old, path)
+        if isinstance(error, BadFileError) and error.path.startswith(str(temporary)):  # a file inside: name the folder
+            raise BadFileError(path, error.reason) from None
         if isinstance(error, OSError) or _is_write_fault(error):
             raise write_fault(path, error) from None
         raise

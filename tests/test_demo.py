@@ -24,6 +24,7 @@ def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> N
         assert Path(summary[key]).exists(), key
     assert summary["figures"] and all(Path(path).is_file() for path in summary["figures"])
     assert summary["template_members"], "at least one class template was built"
+    assert set(summary["strategies"]) <= set(summary["template_members"]) and all(k >= 1 for k in summary["strategies"].values())
     truth = summary["ground_truth_auc"]
     assert set(truth) == {"bacteria", "covid", "normal", "virus"}
     assert truth["normal"]["auc_frame"] is None, "normal phantoms have no lesions to find"

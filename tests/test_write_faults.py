@@ -105,11 +105,14 @@ def _commands(setup: dict[str, Path], out: Path) -> dict[str, tuple[list, Path]]
         "comparison table": (["compare", image, "--templates", setup["templates"], "--csv", out / "c.csv"], out / "c.csv"),
         "comparison figure": (["compare", image, "--templates", setup["templates"], "--figure", out / "c.png"], out / "c.png"),
         "phantom data set": (["synth", out / "phantoms", "-n", "2", "--size", "64", "--workers", "1"], out / "phantoms" / "manifest.csv"),
+        "report": (["report", setup["templates"], "--heatmaps", setup["store"], "--out", out / "report", "--gallery", "1"],
+                   out / "report" / "index.html"),
+        "strategies": (["strategies", out / "t.h5", "--heatmaps", setup["store"]], out / "t.h5"),
     }
 
 
 WRITERS = ["heatmap store", "templates file", "merged templates", "figures", "model file", "training history", "project record",
-           "evaluation", "predictions", "comparison table", "comparison figure", "phantom data set"]
+           "evaluation", "predictions", "comparison table", "comparison figure", "phantom data set", "report", "strategies"]
 
 
 @pytest.mark.parametrize("number", [errno.EDQUOT, errno.EACCES], ids=["quota", "permission"])
@@ -121,12 +124,20 @@ def test_every_writer_stops_in_one_line_and_leaves_nothing_half_written(writer: 
     previous = _previous_file(writer, setup)
     if previous is not None:
         target.write_bytes(previous)  # must survive the failed write untouched
+    failing_name = target.name
+    if writer == "report":  # the folder of an earlier report, which a failed report must leave as it was
+        (target.parent / "report.json").write_text("{}")
+        target = target.parent
     monkeypatch.chdir(tmp_path)
-    _fail_writes_of(monkeypatch, target.name, number)
+    _fail_writes_of(monkeypatch, failing_name, number)
     code, _, err = run_hmt(arguments, capsys, monkeypatch)
     err = "".join(line for line in err.splitlines(keepends=True) if " epoch " not in line)  # train's epoch lines
     assert_user_error(code, err, str(target), f"cannot write ({fault_reason(OSError(number, ''))})")
-    assert previous is None or target.read_bytes() == previous
+    if target.is_dir():
+        assert sorted(p.name for p in target.iterdir()) == ["index.html", "report.json"]
+        assert (target / "index.html").read_bytes() == previous
+    else:
+        assert previous is None or target.read_bytes() == previous
     assert not _leftovers(tmp_path)
 
 
@@ -134,8 +145,8 @@ def _previous_file(writer: str, setup: dict[str, Path]) -> bytes | None:
     """What the output held before the run: a file the command replaces, or one it adds to (None: a new output)."""
     if writer in ("heatmap store", "phantom data set"):
         return None
-    if writer == "templates file":
-        return setup["templates"].read_bytes()  # build-templates adds classes to it
+    if writer in ("templates file", "strategies"):
+        return setup["templates"].read_bytes()  # build-templates adds classes to it, strategies add their results
     if writer == "project record":
         return json.dumps({"model": str(setup["model"]), "data": str(setup["data"])}).encode()
     return b"the previous file"

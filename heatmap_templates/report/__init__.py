@@ -24,7 +24,7 @@ from heatmap_templates import __version__
 from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.figures import DEFAULT_CMAP, confusion_matrix_figure, template_figures
 from heatmap_templates.figures.templates import model_record
-from heatmap_templates.files import atomic_folder
+from heatmap_templates.files import atomic_folder, write_text
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.report import html
 from heatmap_templates.report.collect import DEFAULT_GALLERY_SIZE, ROW_COLUMNS, ReportData, collect, open_store_for
@@ -182,7 +182,7 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
                 (folder / leftover).rmdir()
         else:
             (folder / "images.csv").write_text(rows_csv, encoding="utf-8")
-        (folder / "index.html").write_text(page, encoding="utf-8")
+        write_text(folder / "index.html", page)
         files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
         summary = ReportSummary(out=out, index=out / "index.html", files=[out / p for p in files] + [out / REPORT_MARKER],
                                 page_bytes=len(page.encode("utf-8")), total_bytes=total, images=len(report.rows),
