@@ -12,8 +12,8 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.metrics import lung_field_energy
 from heatmap_templates.similarity import SIMILARITIES
 from heatmap_templates.store import read_templates
-from heatmap_templates.strategies import DEFAULT_MAX_K, StrategySettings
-from heatmap_templates.strategy_search import add_strategies
+from heatmap_templates.strategies import DEFAULT_MAX_K, MIN_STRATEGY_MEMBERS, StrategySettings
+from heatmap_templates.strategy_search import add_strategies, skipped_classes
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line
@@ -50,12 +50,15 @@ def strategies_command(
     results = add_strategies(templates, heatmaps, class_names or None, settings, command=command_line(),
                              progress=progress_bar(as_json))
     lungs = read_templates(templates).lung_mask
+    skipped = {} if class_names else skipped_classes(templates)
     if as_json:
         typer.echo(json.dumps({"templates": str(templates), "classes": {
             name: {**result.to_dict(), "clusters": [
                 {**cluster, "lung_field_energy": _energy(strategy.mean, lungs)}
                 for cluster, strategy in zip(result.to_dict()["clusters"], result.strategies)]}
-            for name, result in results.items()}}, indent=2))
+            for name, result in results.items()},
+            "skipped": {name: f"{count} members; strategies need at least {MIN_STRATEGY_MEMBERS}" for name, count in skipped.items()}},
+            indent=2))
         return
     for name, result in results.items():
         stability = result.stability.get("mean_ari")
@@ -67,6 +70,8 @@ def strategies_command(
             energy = _energy(strategy.mean, lungs)
             typer.echo(f"  strategy {number}: {strategy.size} members, consistency {consistency}, "
                        f"lung-field energy {'n/a' if energy is None else f'{energy:.3f}'}")
+    for name, count in skipped.items():
+        typer.echo(f"note: {name}: {count} members, too few for strategies (at least {MIN_STRATEGY_MEMBERS}); skipped")
     typer.echo(f"added to {templates}; draw them with: hmt figures {templates}")
 
 

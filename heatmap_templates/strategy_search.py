@@ -18,7 +18,7 @@ from heatmap_templates.prepare import member_alignment, prepare_maps, prepared_m
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.resample import downsample
 from heatmap_templates.store import open_heatmaps, read_templates, save_strategies
-from heatmap_templates.strategies import ClassStrategies, StrategySettings, add_prototypes, cluster_members
+from heatmap_templates.strategies import MIN_STRATEGY_MEMBERS, ClassStrategies, StrategySettings, add_prototypes, cluster_members
 
 
 def default_store(templates_path: str | os.PathLike) -> Path:
@@ -33,7 +33,8 @@ def default_store(templates_path: str | os.PathLike) -> Path:
 def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.PathLike | None = None,
                           classes: Sequence[str] | None = None, settings: StrategySettings | None = None, *,
                           batch_size: int = 64, progress: Progress | None = None) -> dict[str, ClassStrategies]:
-    """The strategies of ``classes`` (default: every class with a template) of a templates file."""
+    """The strategies of ``classes`` of a templates file (default: every class whose template has enough members to
+    cluster; :func:`skipped_classes` names the others)."""
     settings = settings or StrategySettings()
     settings.validate()
     progress = progress or NullProgress()
@@ -43,7 +44,12 @@ def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.
     reader = open_heatmaps(heatmaps if heatmaps is not None else default_store(templates_path))
     if reader.settings.get("model_sha256") != data.settings.get("model_sha256"):
         raise HmtError(f"{reader.path}: was made with another model than {templates_path}; give the store the templates were built from")
-    wanted = list(data.templates) if classes is None else list(classes)
+    if classes is None:  # every class that can be clustered; `skipped_classes` names the others
+        wanted = [name for name, template in data.templates.items() if template.count >= MIN_STRATEGY_MEMBERS]
+        if not wanted:
+            raise HmtError(f"{templates_path}: no class has the {MIN_STRATEGY_MEMBERS} members strategies need")
+    else:
+        wanted = list(classes)
     unknown = [name for name in wanted if name not in data.templates]
     if unknown:
         raise HmtError(f"{templates_path}: has no template of class {unknown[0]!r} (it has {', '.join(data.templates)})")
@@ -72,6 +78,11 @@ def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.
         finally:
             progress.finish()
     return results
+
+
+def skipped_classes(templates_path: str | os.PathLike) -> dict[str, int]:
+    """Classes with a template too small to cluster, with their member counts (left out when no class is named)."""
+    return {name: t.count for name, t in read_templates(templates_path).templates.items() if t.count < MIN_STRATEGY_MEMBERS}
 
 
 def add_strategies(templates_path: str | os.PathLike, heatmaps: str | os.PathLike | None = None,

@@ -139,3 +139,22 @@ def test_the_planted_shortcut_is_a_strategy_of_its_own(shortcut_phantom: dict) -
     tagged_share = [planted[result.labels == j].mean() for j in range(result.k)]
     shortcut = int(np.argmax(tagged_share))
     assert tagged_share[shortcut] >= 0.9 and planted[result.labels == shortcut].sum() >= 0.8 * planted.sum()
+
+
+def test_classes_too_small_to_cluster_are_skipped_with_a_note_unless_named(binary_phantom: dict, tmp_path: Path, capsys,
+                                                                            monkeypatch) -> None:
+    import heatmap_templates.strategy_search as search
+    import hmt_cli.strategies as command
+
+    templates = tmp_path / "templates.h5"
+    shutil.copy(binary_phantom["templates"], templates)
+    counts = {name: t.count for name, t in read_templates(templates).templates.items()}
+    small, large = sorted(counts, key=counts.get)
+    assert counts[small] < counts[large]
+    for module in (search, command):  # as if the smaller class had one member too few
+        monkeypatch.setattr(module, "MIN_STRATEGY_MEMBERS", counts[small] + 1)
+    code, out, err = run_hmt(["strategies", templates, "--heatmaps", binary_phantom["store"], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    printed = json.loads(out)
+    assert list(printed["classes"]) == [large] and list(printed["skipped"]) == [small]
+    assert list(read_strategies(templates)) == [large]

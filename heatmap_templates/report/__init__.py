@@ -22,7 +22,7 @@ from pathlib import Path
 
 from heatmap_templates import __version__
 from heatmap_templates.errors import HmtError, display_path
-from heatmap_templates.figures import DEFAULT_CMAP, confusion_matrix_figure, template_figures
+from heatmap_templates.figures import DEFAULT_CMAP, template_figures
 from heatmap_templates.figures.templates import model_record
 from heatmap_templates.files import atomic_folder, write_text
 from heatmap_templates.progress import NullProgress, Progress
@@ -40,7 +40,6 @@ FIGURE_CAPTIONS = {
     "eigen_heatmaps": "Eigen-heatmaps: the main directions in which members differ from the template",
     "similarity": "Similarity of the templates to each other",
     "loo_correlations": "Leave-one-out correlation of each member with the template built without it",
-    "confusion_matrix": "Confusion matrix of the saved evaluation",
     "training_curves": "Training curves",
 }
 
@@ -144,9 +143,6 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
         figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")
         notes += figures_summary.notes
         figures = {name: f"figures/{paths[0].name}" for name, paths in figures_summary.figures.items()}
-        if template_evaluation is not None:
-            confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"], folder / "figures" / "data_confusion_matrix.png")
-            figures["confusion_matrix"] = "figures/data_confusion_matrix.png"
         (folder / "images").mkdir()
         for key, content in report.thumbnails.items():
             (folder / "images" / f"{key}.jpg").write_bytes(content)
@@ -159,10 +155,8 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
 
         csv_source = data_uri(rows_csv.encode("utf-8"), "text/csv") if single_file else "images.csv"
         template_html = "".join(html.figure(source, figures[name], caption) for name, caption in FIGURE_CAPTIONS.items()
-                                if name in figures and name != "confusion_matrix")
-        overview = _overview(report, evaluation, evaluation_source, template_evaluation)
-        if "confusion_matrix" in figures:
-            overview += html.figure(source, figures["confusion_matrix"], "Confusion matrix")
+                                if name in figures)
+        overview = _overview(report, evaluation, evaluation_source, template_evaluation)  # its confusion matrix is a table
         class_html = "".join(html.class_section(section, report.rows, source, figures, report.path_root) for section in report.classes)
         asset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         footer = (f"Written by hmt {escape(__version__)} from {escape(display_path(file.path))}. Thumbnails: the heatmap of the "

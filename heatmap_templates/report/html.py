@@ -251,14 +251,14 @@ def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Sour
         row = rows[item.row]
         name = short(row.path, root)
         caption = _caption(row, item)
-        value = f"LOO r {number(item.value)}" if kind != "misclassified" else f"p = {number(item.value)}"
+        value = f"LOO r {number(item.value, 2)} · " if kind != "misclassified" else ""
         verdict = "<span class=\"flag\">&#9650; atypical</span><br>" if row.atypical else ""
         cards.append(
             f"<figure class=\"thumb\"><button type=\"button\" data-thumb=\"{escape(item.thumbnail)}\" data-caption=\"{escape(caption)}\""
             f" aria-label=\"enlarge {escape(row.path)}\"><img data-thumb=\"{escape(item.thumbnail)}\" data-caption=\"{escape(caption)}\""
             f" src=\"{escape(source(f'images/{item.thumbnail}.jpg'))}\" alt=\"heatmap of {escape(row.path)}\" loading=\"lazy\""
             f" width=\"148\" height=\"148\"></button><figcaption title=\"{escape(row.path)}\">{escape(name)}<br>{escape(row.label or 'unknown')} &rarr; "
-            f"{escape(row.predicted)} (p {number(row.probability, 2)})<br>{verdict}{value}</figcaption></figure>")
+            f"{escape(row.predicted)} (p {number(row.probability, 2)})<br>{verdict}{value}sim. {number(row.similarity, 2)}</figcaption></figure>")
     return f"<div class=\"gallery\">{''.join(cards)}</div>"
 
 
