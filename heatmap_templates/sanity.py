@@ -180,8 +180,8 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     from heatmap_templates.prepare import member_alignment, prepare_maps, registrar_for
     from heatmap_templates.preprocess import to_model_input
     from heatmap_templates.progress import NullProgress
-    from heatmap_templates.store import open_heatmaps, read_templates
-    from heatmap_templates.strategy_search import default_store
+    from heatmap_templates.store import read_templates
+    from heatmap_templates.strategy_search import members_store
 
     cascading = VARIANTS[variant]
     if sample < 2:
@@ -189,7 +189,7 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     progress = progress or NullProgress()
     data = read_templates(templates_path)
     settings = data.settings
-    reader = open_heatmaps(heatmaps if heatmaps is not None else default_store(templates_path))
+    reader = members_store(templates_path, heatmaps)
     model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
     if not model_path.is_file():
         raise HmtError(f"{templates_path}: the model it was built with ({model_path}) is not there; give it with --model")

@@ -284,3 +284,10 @@ def test_the_report_runs_in_a_real_browser(report: dict, tmp_path: Path) -> None
 
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[:2] == (900, 1280) and pixels.std() > 10, "the screenshot shows a page"
+
+
+def test_a_store_of_another_model_is_refused(report: dict, binary_phantom: dict, tmp_path: Path, capsys, monkeypatch) -> None:
+    code, _, err = run_hmt(["report", report["templates"], "--heatmaps", binary_phantom["store"], "--out", tmp_path / "r"],
+                           capsys, monkeypatch)
+    assert_user_error(code, err, "was made with another model", "give the store the templates were built from")
+    assert not (tmp_path / "r").exists()

@@ -19,8 +19,8 @@ from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.report.thumbnails import colour_table, jpeg_bytes, overlay_rgb
 from heatmap_templates.scoring import TemplateScorer
 from heatmap_templates.similarity import DEFAULT_SIMILARITY
-from heatmap_templates.store import HeatmapReader, TemplateFile, open_heatmaps, read_checks, read_strategies
-from heatmap_templates.strategy_search import default_store
+from heatmap_templates.store import HeatmapReader, TemplateFile, read_checks, read_strategies
+from heatmap_templates.strategy_search import members_store
 
 DEFAULT_GALLERY_SIZE = 24  # thumbnails per gallery (typical, atypical, misclassified) and class
 GALLERIES = ("typical", "atypical", "misclassified")
@@ -112,11 +112,8 @@ def common_folder(paths: list[str]) -> str:
 
 
 def open_store_for(file: TemplateFile, heatmaps: str | os.PathLike | None) -> HeatmapReader:
-    """The heatmap store given, or the one the templates were built from; it must hold the same model's maps."""
-    reader = open_heatmaps(heatmaps if heatmaps is not None else default_store(file.path))
-    if reader.settings.get("model_sha256") != file.settings.get("model_sha256"):
-        raise HmtError(f"{display_path(reader.path)}: was made with another model than {display_path(file.path)}; "
-                       "give the store the templates were built from")
+    """The heatmap store given, or the one the templates were built from (:func:`members_store`), with images in it."""
+    reader = members_store(file.path, heatmaps)
     if not len(reader):
         raise HmtError(f"{display_path(reader.path)}: holds no images")
     return reader
