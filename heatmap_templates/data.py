@@ -294,15 +294,9 @@ def _load_csv(manifest: Path, wanted: list[str] | None, patient_pattern: re.Patt
             log.add(file, f"unknown label {label!r} (row {row_number}; classes: {', '.join(wanted)})")
             continue
         file = Path(os.path.normpath(file))
-        if file in first_row_of:
-            log.add(file, f"duplicate path (row {row_number}, first at row {first_row_of[file]})")
+        if not _new_existing_file(file, row_number, first_row_of, log):
             continue
-        first_row_of[file] = row_number
-        if not os.path.lexists(file):
-            log.add(file, f"file does not exist (row {row_number})")
-            continue
-        split = _parse_split((row.get(split_column) or "") if split_column else "", where)
-        patient = ((row.get(patient_column) or "").strip() if patient_column else "") or patient_id_from_name(file.name, patient_pattern)
+        split, patient = _split_and_patient(row, file, split_column, patient_column, patient_pattern, where)
         samples.append(Sample(file, label, patient, split))
 
     class_names = wanted if wanted is not None else sorted({sample.label for sample in samples})
@@ -359,15 +353,9 @@ def _load_multi_label_csv(manifest: Path, findings: list[str], uncertain: str, p
         except ValueError as error:
             log.add(file, f"{error} (row {row_number})")
             continue
-        if file in first_row_of:
-            log.add(file, f"duplicate path (row {row_number}, first at row {first_row_of[file]})")
+        if not _new_existing_file(file, row_number, first_row_of, log):
             continue
-        first_row_of[file] = row_number
-        if not os.path.lexists(file):
-            log.add(file, f"file does not exist (row {row_number})")
-            continue
-        split = _parse_split((row.get(split_column) or "") if split_column else "", where)
-        patient = ((row.get(patient_column) or "").strip() if patient_column else "") or patient_id_from_name(file.name, patient_pattern)
+        split, patient = _split_and_patient(row, file, split_column, patient_column, patient_pattern, where)
         stratum = next((name for name, value in zip(findings, values) if value == 1), NO_FINDING)
         samples.append(Sample(file, stratum, patient, split, values))
     if not samples:
@@ -387,6 +375,26 @@ def _finding_value(text: str, uncertain: str) -> int:
     if number not in (1.0, 0.0, -1.0):
         raise ValueError(f"finding value {cleaned!r} is not 1, 0, -1 or blank")
     return UNCERTAIN[uncertain] if number == -1.0 else int(number)
+
+
+def _new_existing_file(file: Path, row_number: int, first_row_of: dict[Path, int], log: SkipLog) -> bool:
+    """Whether a manifest row's file is seen for the first time and exists (else the reason goes to ``log``)."""
+    if file in first_row_of:
+        log.add(file, f"duplicate path (row {row_number}, first at row {first_row_of[file]})")
+        return False
+    first_row_of[file] = row_number
+    if not os.path.lexists(file):
+        log.add(file, f"file does not exist (row {row_number})")
+        return False
+    return True
+
+
+def _split_and_patient(row: dict, file: Path, split_column: str | None, patient_column: str | None,
+                       patient_pattern: re.Pattern[str] | None, where: str) -> tuple[str | None, str]:
+    """A manifest row's split (None when not given) and patient id (its column, else the file-name rules)."""
+    split = _parse_split((row.get(split_column) or "") if split_column else "", where)
+    patient = ((row.get(patient_column) or "").strip() if patient_column else "") or patient_id_from_name(file.name, patient_pattern)
+    return split, patient
 
 
 def _parse_split(value: str, where: str) -> str | None:

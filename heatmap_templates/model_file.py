@@ -140,8 +140,8 @@ def save_model(model, info: ModelInfo, path: str | os.PathLike) -> Path:  # noqa
     return path
 
 
-def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
-    """The metadata stored in a ``.keras`` file without loading the model; None if it has none."""
+def model_file_path(path: str | os.PathLike) -> Path:
+    """``path`` as a model file, refused with a one-line reason when it is missing or a SavedModel folder."""
     path = Path(path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
         raise BadFileError(path, "a TensorFlow SavedModel folder, which Keras 3 cannot open layer by layer for CAMs; "
@@ -149,6 +149,12 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
                                  "(or .save('model.h5') with Keras 2)")
     if not path.is_file():
         raise BadFileError(path, "no such model file")
+    return path
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
+    """The metadata stored in a ``.keras`` file without loading the model; None if it has none."""
+    path = model_file_path(path)
     if not zipfile.is_zipfile(path):
         return None
     try:
@@ -174,13 +180,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
     """
     import keras
 
-    path = Path(path)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        raise BadFileError(path, "a TensorFlow SavedModel folder, which Keras 3 cannot open layer by layer for CAMs; "
-                                 "convert it where it was made: tf.keras.models.load_model(FOLDER).save('model.keras') "
-                                 "(or .save('model.h5') with Keras 2)")
-    if not path.is_file():
-        raise BadFileError(path, "no such model file")
+    path = model_file_path(path)
     is_zip = zipfile.is_zipfile(path)
     if not (is_zip and path.suffix == ".keras") and path.suffix.lower() not in (".h5", ".hdf5"):
         raise BadFileError(path, "not a Keras model file (expected a .keras archive or a legacy .h5 model)")

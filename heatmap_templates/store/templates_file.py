@@ -4,7 +4,8 @@ the exact accumulator state that merging needs. Schema: docs/hdf5_schema.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,26 @@ def load_accumulator(path: str | Path, class_name: str) -> ClassAccumulator:
         raise BadFileError(path, f"damaged accumulator state of class {class_name!r}: {error}") from None
 
 
+@contextmanager
+def _rewritten(path: Path, existing: TemplateFile, group_name: str, keep: Callable[[str], bool]) -> Iterator[tuple[h5py.File, h5py.Group]]:
+    """Rewrite a templates file atomically at the current schema version: everything is copied as it is except the
+    group ``group_name``, of whose members only those that ``keep`` are copied; yields the new file and that group."""
+    with h5py.File(path, "r") as source, atomic_h5(path) as out:
+        attrs = {key: decode(value) for key, value in source.attrs.items()}
+        store = attrs.get(HEATMAP_STORE_ATTRIBUTE)
+        write_root(out, TEMPLATES, existing.settings, str(attrs.get("command", "")),
+                   {HEATMAP_STORE_ATTRIBUTE: store} if store else None)
+        for key in source:
+            if key != group_name:
+                source.copy(source[key], out, name=key)
+        group = out.create_group(group_name)
+        if group_name in source:
+            for key in source[group_name]:
+                if keep(key):
+                    source.copy(source[f"{group_name}/{key}"], group, name=key)
+        yield out, group
+
+
 # --------------------------------------------------------------------------- strategies (schema 4)
 
 STRATEGIES_GROUP = "strategies"
@@ -305,18 +326,7 @@ def save_strategies(path: str | Path, results: Mapping[str, ClassStrategies], *,
             raise HmtError(f"{path}: has no template of class {name!r} to add strategies to")
         if len(result.labels) != template.count:
             raise HmtError(f"strategies of class {name!r} label {len(result.labels)} members, its template has {template.count}")
-    with h5py.File(path, "r") as source, atomic_h5(path) as out:
-        attrs = {key: decode(value) for key, value in source.attrs.items()}
-        store = attrs.get(HEATMAP_STORE_ATTRIBUTE)
-        write_root(out, TEMPLATES, existing.settings, str(attrs.get("command", "")),
-                   {HEATMAP_STORE_ATTRIBUTE: store} if store else None)
-        for name in source:
-            if name != STRATEGIES_GROUP:
-                source.copy(source[name], out, name=name)
-        if STRATEGIES_GROUP in source:
-            for name in source[STRATEGIES_GROUP]:
-                if name not in results and name in existing.templates:
-                    source.copy(source[f"{STRATEGIES_GROUP}/{name}"], out.require_group(STRATEGIES_GROUP), name=name)
+    with _rewritten(path, existing, STRATEGIES_GROUP, lambda name: name not in results and name in existing.templates) as (out, _):
         for result in results.values():
             _write_strategies(out, result, command)
     return path
@@ -363,19 +373,7 @@ def save_check(path: str | Path, name: str, result: Mapping[str, Any], *, comman
     atomically, replacing an earlier one of that name; the rest of the file is copied as it is."""
     path = Path(path)
     existing = read_templates(path)
-    with h5py.File(path, "r") as source, atomic_h5(path) as out:
-        attrs = {key: decode(value) for key, value in source.attrs.items()}
-        store = attrs.get(HEATMAP_STORE_ATTRIBUTE)
-        write_root(out, TEMPLATES, existing.settings, str(attrs.get("command", "")),
-                   {HEATMAP_STORE_ATTRIBUTE: store} if store else None)
-        for key in source:
-            if key != CHECKS_GROUP:
-                source.copy(source[key], out, name=key)
-        checks = out.create_group(CHECKS_GROUP)
-        if CHECKS_GROUP in source:
-            for key in source[CHECKS_GROUP]:
-                if key != name:
-                    source.copy(source[f"{CHECKS_GROUP}/{key}"], checks, name=key)
+    with _rewritten(path, existing, CHECKS_GROUP, lambda key: key != name) as (_, checks):
         group = checks.create_group(name)
         group.attrs["result"] = json.dumps(jsonable(dict(result)), sort_keys=True)
         group.attrs["command"] = command
