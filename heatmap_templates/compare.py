@@ -45,6 +45,7 @@ from heatmap_templates.scoring import (
 from heatmap_templates.similarity import DEFAULT_SIMILARITY
 from heatmap_templates.store import TemplateFile
 
+
 @dataclass
 class ComparisonRun:
     """Every image of one ``compare`` call, the files skipped, and the settings used."""

@@ -30,6 +30,7 @@ from heatmap_templates.report import html
 from heatmap_templates.report.collect import DEFAULT_GALLERY_SIZE, ROW_COLUMNS, ReportData, collect, open_store_for
 from heatmap_templates.report.thumbnails import data_uri
 from heatmap_templates.scoring import read_templates_file
+from heatmap_templates.store.hdf5 import jsonable
 from heatmap_templates.similarity import DEFAULT_SIMILARITY
 
 REPORT_MARKER = "report.json"  # a folder holding it is an hmt report, which a new report may replace
@@ -184,11 +185,5 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
         numbers = {"hmt_report": __version__, "summary": summary.to_dict(), "evaluation": evaluation,
                    "template_evaluation": template_evaluation, "store_metrics": report.store_metrics,
                    "classes": [{k: v for k, v in vars(s).items() if k not in ("galleries",)} for s in report.classes]}
-        (folder / REPORT_MARKER).write_text(json.dumps(numbers, indent=1, default=_jsonable), encoding="utf-8")
+        (folder / REPORT_MARKER).write_text(json.dumps(jsonable(numbers), indent=1), encoding="utf-8")
     return summary
-
-
-def _jsonable(value):  # noqa: ANN001, ANN202
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
