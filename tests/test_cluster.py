@@ -46,24 +46,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "data": root / "data", "model": model_path, "store": store, "templates": templates}
 
 
-@pytest.fixture(scope="module")
-def two_processes():
-    """A Dask LocalCluster of two single-threaded worker processes (what `--scheduler local:2` starts)."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+def _local_client(processes: bool):  # noqa: ANN202 (generator of a dask Client)
+    """A Dask LocalCluster of two single-threaded workers, processes or threads of this process, and its client."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None)
     client = distributed.Client(cluster)
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def two_processes():
+    """A Dask LocalCluster of two single-threaded worker processes (what `--scheduler local:2` starts)."""
+    yield from _local_client(processes=True)
 
 
 @pytest.fixture()
 def in_process():
     """A Dask cluster of two worker threads in this process, so a test can patch what its tasks run."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
+    yield from _local_client(processes=False)
 
 
 def _datasets(path: Path) -> dict[str, bytes]:

@@ -154,9 +154,9 @@ def store_metrics(reader: HeatmapReader) -> dict | None:
     return classification_report(reader.probabilities[known], reader.labels[known], names, predicted=reader.predicted[known])
 
 
-def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int) -> tuple[list[ClassSection], dict[int, dict[str, int]]]:
+def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where: dict[str, int],
+                    predicted: np.ndarray) -> tuple[list[ClassSection], dict[int, dict[str, int]]]:
     """Sections per class with gallery entries chosen (thumbnails not yet drawn) and, per row, the class maps to draw."""
-    where = {path: i for i, path in enumerate(reader.paths)}
     names = reader.class_names
     wanted: dict[int, dict[str, int]] = {}
     sections = []
@@ -166,7 +166,6 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int) -> tup
         wanted.setdefault(row, {})[key] = k
         return GalleryItem(row, key, names[k], None if value is None else float(value))
 
-    predicted = _predicted_index(reader)
     for k, name in enumerate(names):
         section = ClassSection(name)
         template = file.templates.get(name)
@@ -230,12 +229,12 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
     scorer = TemplateScorer(file, similarity=similarity)
     if reader.class_names != scorer.class_names:
         raise HmtError(f"{display_path(reader.path)}: its classes {reader.class_names} are not the templates' {scorer.class_names}")
-    sections, wanted = _plan_galleries(file, reader, gallery_size)
+    where = {path: i for i, path in enumerate(reader.paths)}
+    predicted = _predicted_index(reader)
+    sections, wanted = _plan_galleries(file, reader, gallery_size, where, predicted)
     table = colour_table(cmap)
     template_columns = [reader.class_names.index(name) for name in scorer.template_classes]
-    predicted = _predicted_index(reader)
     members: dict[int, list[tuple[str, float | None]]] = {}
-    where = {path: i for i, path in enumerate(reader.paths)}
     for name, template in file.templates.items():
         loo = np.asarray(template.loo_correlations, np.float64)
         for position, member in enumerate(template.members):
