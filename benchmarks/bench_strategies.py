@@ -5,8 +5,9 @@ One command, one run:
 1. **Planted shortcut.** Phantoms of four classes, half of the covid images carrying a side marker
    (`hmt synth --shortcut covid:0.5`); the `small` CNN trained with the default recipe. Does the model use
    the marker? Heatmap energy inside the marker (its box dilated by one CAM cell) on tagged vs untagged
-   covid images, and the accuracy on the tagged test images when the very same images are rendered
-   without the marker. Then templates in the canonical frame and `hmt strategies` (K by the eigengap):
+   covid images, and the covid accuracy on 60 fresh tagged phantoms when the very same images are rendered
+   without the marker. Run once with the tagged images' lesions as in every image and once without them
+   (``--shortcut-lesions 1 0``: the marker is then their only sign of covid). Then templates in the canonical frame and `hmt strategies` (K by the eigengap):
    adjusted Rand index between the covid strategies and the planted tags, and the share of each
    prototype's mass on the marker (beside the class template's and the marker region's area share).
 2. **No planted shortcut.** The same phantoms without markers, a model trained on them, and the K the
@@ -49,6 +50,7 @@ from heatmap_templates.synth.render import streams  # noqa: E402
 from heatmap_templates.training import TrainConfig, train  # noqa: E402
 
 CLASSES = ("bacteria", "covid", "normal", "virus")
+FRESH_TAGGED = 60  # fresh tagged covid phantoms on which the marker's removal is tried
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,8 +73,9 @@ def would_be_marker(seed: int, index: int, size: int) -> np.ndarray:
     return SHORTCUTS["marker"].draw(rng, size)[1]
 
 
-def shortcut_use(data: Path, trained: dict, size: int, seed: int) -> dict:
-    """Energy of covid maps on the marker (tagged vs untagged), and test accuracy of tagged images without it."""
+def shortcut_use(data: Path, trained: dict, size: int, seed: int, lesion_scale: float, n_per_class: int) -> dict:
+    """Energy of covid maps on the marker (tagged vs untagged), and covid accuracy on fresh tagged phantoms (lesions
+    scaled by ``lesion_scale`` as the tagged images' were) with the marker and with the very same images without it."""
     reader = open_heatmaps(trained["store"])
     k = reader.class_names.index("covid")
     tagged = read_shortcuts(data)
@@ -92,20 +95,21 @@ def shortcut_use(data: Path, trained: dict, size: int, seed: int) -> dict:
             box = cv2.dilate(would_be_marker(seed, index, size).astype(np.uint8), np.ones((2 * cell + 1,) * 2, np.uint8)) > 0
             energies[tagged[relative]].append(mass_share(np.clip(maps, 0, None), box))
     model, info = load_model(trained["model"])
-    test = [path for path in info.split["test"] if path.startswith("covid/") and tagged.get(path)]
+    # Fresh covid phantoms (indices after the data set's: never seen in training), each rendered as a tagged image
+    # would be (lesions scaled) with the marker and without it.
+    fresh = range(n_per_class, n_per_class + FRESH_TAGGED)
     with_marker, without_marker = [], []
-    for relative in test:
-        index = int(Path(relative).stem.split("_")[-1])
+    for index in fresh:
         for shortcut, sink in (("marker", with_marker), (None, without_marker)):
-            image = render_phantom(phantom_seed(seed, "covid", index), "covid", size, shortcut=shortcut).image
+            image = render_phantom(phantom_seed(seed, "covid", index), "covid", size, shortcut=shortcut, lesion_scale=lesion_scale).image
             probabilities = model.predict_on_batch(to_model_input(quantise(image)[None], info.channels, info.preprocessing))
             sink.append(int(np.argmax(probabilities[0]) == info.class_names.index("covid")))
     return {
         "marker_energy_tagged": {"mean": float(np.mean(energies[True])), "n": len(energies[True])},
         "marker_energy_untagged": {"mean": float(np.mean(energies[False])), "n": len(energies[False])},
-        "tagged_test_images": len(test),
-        "accuracy_tagged_with_marker": float(np.mean(with_marker)) if test else None,
-        "accuracy_tagged_marker_removed": float(np.mean(without_marker)) if test else None,
+        "fresh_tagged_images": len(fresh),
+        "accuracy_tagged_with_marker": float(np.mean(with_marker)),
+        "accuracy_tagged_marker_removed": float(np.mean(without_marker)),
         "cam_cell_px": cell,
     }
 
@@ -120,13 +124,18 @@ def strategy_truth(data: Path, trained: dict, size: int, cell: int) -> dict:
     planted = np.array([tagged[Path(m.path).resolve().relative_to(root).as_posix()] for m in template.members])
     registrar = registrar_for(file.settings["registration"], file.reference_image, file.lung_mask)
     region = shortcut_region(data, template.members, registrar, (size, size), cell)
+    # A bilinearly upsampled CAM cell that touches the marker spreads up to 1.5 cells beyond it: the two-cell region
+    # is the whole support of a map that looks only at the marker's cells.
+    support = shortcut_region(data, template.members, registrar, (size, size), 2 * cell)
     return {
         "k": result.k, "chosen_by": result.chosen_by, "eigenvalues": [round(float(v), 4) for v in result.eigenvalues],
         "ari_with_planted": float(adjusted_rand_score(planted, result.labels)), "stability": result.stability,
         "strategies": [{"size": s.size, "tagged": int(planted[result.labels == j].sum()),
-                        "mass_on_marker": mass_share(s.mean, region), "consistency": s.consistency}
+                        "mass_on_marker": mass_share(s.mean, region), "mass_on_marker_two_cells": mass_share(s.mean, support),
+                        "consistency": s.consistency}
                        for j, s in enumerate(result.strategies)],
         "template_mass_on_marker": mass_share(template.mean, region), "marker_region_area_share": float(region.mean()),
+        "marker_two_cell_area_share": float(support.mean()),
         "tagged_members": int(planted.sum()), "members": len(planted),
     }
 
@@ -166,6 +175,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--n-per-class", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shortcut-lesions", type=float, nargs="+", default=[1.0, 0.0],
+                        help="lesion scale of the tagged covid images, one planted run each (1: as every image, 0: none)")
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the phantoms without a planted shortcut")
     parser.add_argument("--cxr4-model", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep the data, models and figures here")
     parser.add_argument("--out", type=Path, default=Path("strategies.json"))
@@ -174,20 +186,30 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="hmt_strategies_"))
     report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
                     "size": args.size, "n_per_class": args.n_per_class, "work": str(work)}
-    planted = work / "planted"
-    synthesize_dataset(planted / "data", n_per_class=args.n_per_class, size=args.size, seed=args.seed, classes=CLASSES,
-                       shortcuts={"covid": 0.5})
-    trained = train_and_template(planted / "data", planted, args.size)
-    report["planted"] = {"test_accuracy": trained["result"].test_report["accuracy"],
-                         "use": shortcut_use(planted / "data", trained, args.size, args.seed)}
-    report["planted"]["strategies"] = strategy_truth(planted / "data", trained, args.size, report["planted"]["use"]["cam_cell_px"])
-    report["planted"]["every_class"] = eigengap_choices(trained)
-    print(json.dumps(report["planted"], indent=2), flush=True)
+    report["planted"] = {}
+    for lesion_scale in args.shortcut_lesions:  # the tagged images' lesions as in every image (1), faint, or none (0)
+        planted = work / f"planted_lesions_{lesion_scale:g}"
+        synthesize_dataset(planted / "data", n_per_class=args.n_per_class, size=args.size, seed=args.seed, classes=CLASSES,
+                           shortcuts={"covid": 0.5}, shortcut_lesions=lesion_scale)
+        trained = train_and_template(planted / "data", planted, args.size)
+        found = {"shortcut_lesions": lesion_scale, "test_accuracy": trained["result"].test_report["accuracy"],
+                 "use": shortcut_use(planted / "data", trained, args.size, args.seed, lesion_scale, args.n_per_class)}
+        found["strategies"] = strategy_truth(planted / "data", trained, args.size, found["use"]["cam_cell_px"])
+        found["every_class"] = eigengap_choices(trained)
+        report["planted"][f"lesions_{lesion_scale:g}"] = found
+        print(json.dumps(found, indent=2), flush=True)
+    if args.skip_plain:
+        return _finish(report, args, started, work)
     plain = work / "plain"
     synthesize_dataset(plain / "data", n_per_class=args.n_per_class, size=args.size, seed=args.seed, classes=CLASSES)
     plain_trained = train_and_template(plain / "data", plain, args.size)
     report["plain"] = {"test_accuracy": plain_trained["result"].test_report["accuracy"], "every_class": eigengap_choices(plain_trained)}
     print(json.dumps(report["plain"], indent=2), flush=True)
+    _finish(report, args, started, work)
+
+
+def _finish(report: dict, args: argparse.Namespace, started: float, work: Path) -> None:
+    """The cxr4 part (with --cxr4-model), then the report written."""
     if args.cxr4_model is not None:
         (work / "cxr4").mkdir(exist_ok=True)
         report["cxr4"] = cxr4_strategies(args.cxr4_model, work / "cxr4")

@@ -41,6 +41,7 @@ def synth(
     prevalence: float = typer.Option(DEFAULT_PREVALENCE, "--prevalence", help="With --multi-label: the chance of each lesion type."),
     shortcut: list[str] = typer.Option([], "--shortcut", help="CLASS:FRACTION (repeatable): burn a shortcut into that fraction of the class's images (which ones: ground_truth/shortcuts.csv)."),
     shortcut_style: str = registry_option(DEFAULT_SHORTCUT_STYLE, "--shortcut-style", SHORTCUTS, "Kind of planted shortcut"),
+    shortcut_lesions: float = typer.Option(1.0, "--shortcut-lesions", help="Scale (0 to 1) of the lesions of the images that carry a shortcut: below 1 they are faint (0: none), so the shortcut is the easiest sign of their class."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a class-per-folder synthetic chest X-ray phantom set with lesion masks, poses and lesion-probability maps.
@@ -49,7 +50,8 @@ def synth(
 
     Example: hmt synth data/phantom --n-per-class 200 --size 256 --seed 0 --preview grid.png  (add --pose-spread 2.5 for harder poses)
 
-    Planted shortcut: hmt synth data/shortcut --shortcut covid:0.5 (half the covid images carry a side marker)
+    Planted shortcut: hmt synth data/shortcut --shortcut covid:0.5 (half the covid images carry a side marker;
+    add --shortcut-lesions 0 to leave those images without lesions, so the marker is their only sign of covid)
 
     Multi-label: hmt synth data/findings --multi-label --classes bacteria,covid,virus, then
     hmt train data/findings/manifest.csv --multi-label --labels bacteria,covid,virus
@@ -66,7 +68,8 @@ def synth(
     else:
         summary = synthesize_dataset(out_dir, n_per_class=n_per_class, size=size, seed=seed, classes=chosen,
                                      progress=progress_bar(), workers=workers, pose_spread=pose_spread,
-                                     shortcuts=_shortcuts(shortcut), shortcut_style=shortcut_style)
+                                     shortcuts=_shortcuts(shortcut), shortcut_style=shortcut_style,
+                                     shortcut_lesions=shortcut_lesions)
     preview_path = write_preview_grid(out_dir, preview, preview_examples) if preview is not None else None
     if as_json:
         result = summary.to_json()

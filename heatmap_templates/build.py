@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,8 +235,9 @@ def _build_classes(reader: HeatmapReader, members: dict[str, np.ndarray], refere
         def advance(chunk: BuildChunk) -> None:
             progress.advance(len(chunk))
 
-        partial = executor.fold(merge_partials, executor.map(accumulate_chunk, chunks, settings, executor.chunk_threads, done=advance))
-        templates = {name: partial.accumulators[name].finalize() for name in members}
+        partial = executor.fold(merge_partials, executor.map(accumulate_chunk, chunks, settings, executor.inner_threads(len(chunks)), done=advance))
+        with ThreadPoolExecutor(max_workers=max(1, min(config.threads, len(members)))) as pool:  # the classes at once
+            templates = dict(zip(members, pool.map(lambda name: partial.accumulators[name].finalize(), members)))
         sums = {name: (np.asarray(template.mean, dtype=np.float64) * template.count, template.count)
                 for name, template in templates.items()}
         offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])

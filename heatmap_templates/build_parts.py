@@ -126,8 +126,8 @@ def accumulate_chunk(chunk: BuildChunk, settings: BuildSettings, threads: int = 
             def prepared(pair: tuple[str, np.ndarray]) -> tuple[str, np.ndarray, np.ndarray]:
                 name, rows = pair
                 local = rows - start
-                maps = prepare_maps(images[local], raw[local, settings.class_indices[name]], registrar, settings.normalisation,
-                                    alignments=[found[row] for row in local]).maps
+                maps = prepare_maps(None, raw[local, settings.class_indices[name]], registrar, settings.normalisation,
+                                    alignments=[found[row] for row in local]).maps  # the images themselves are not needed
                 return name, rows, maps
 
             for name, rows, maps in list(run(prepared, _members_between(chunk, start, stop))):

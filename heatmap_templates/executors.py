@@ -10,7 +10,7 @@ additions, small beside a chunk's work.
 
 ``--scheduler`` (:func:`executor_for`):
 
-- none (default): this process, chunk after chunk, threads inside each chunk;
+- none (default): this process, ``threads`` chunks at a time in threads (one chunk: threads inside it);
 - ``local:N``: a Dask ``LocalCluster`` of N worker processes on this machine;
 - ``ADDRESS`` (``tcp://host:8786``, ...): an existing Dask scheduler, e.g. one that
   ``dask_jobqueue.SLURMCluster`` started (docs/cluster.md); from Python, pass a
@@ -21,7 +21,10 @@ A Dask task that fails is retried (:data:`TASK_RETRIES` times) and only its chun
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 from heatmap_templates.errors import HmtError
@@ -34,7 +37,9 @@ class Executor(Protocol):
     """Runs chunk functions; results come back in chunk order."""
 
     description: str
-    chunk_threads: int  # threads a chunk function may use inside one chunk
+
+    def inner_threads(self, items: int) -> int:
+        """Threads a chunk function may use inside one chunk when ``items`` chunks are mapped."""
 
     def map(self, function: Callable[..., Any], items: Sequence[Any], *arguments: Any,
             done: Callable[[Any], None] | None = None) -> Iterator[Any]:
@@ -53,22 +58,43 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """This process: chunks one after the other, each using ``threads`` threads inside (numpy, OpenCV and
-    h5py release the GIL), so memory holds one chunk's results beside the running total."""
+    """This process: up to ``threads`` chunks at a time, each in a thread of its own (numpy, OpenCV and h5py
+    release the GIL), their results handed back in chunk order. At most ``threads`` chunks are in flight, so memory
+    holds that many chunks' results beside the running total; a single chunk uses the threads inside itself."""
 
     def __init__(self, threads: int = 1) -> None:
         if threads < 1:
             raise HmtError(f"threads must be at least 1, got {threads}")
-        self.chunk_threads = threads
+        self.threads = threads
         self.description = f"this process ({threads} thread{'s' if threads > 1 else ''})"
+
+    def inner_threads(self, items: int) -> int:
+        return max(1, self.threads // max(1, min(self.threads, items)))
 
     def map(self, function: Callable[..., Any], items: Sequence[Any], *arguments: Any,
             done: Callable[[Any], None] | None = None) -> Iterator[Any]:
-        for item in items:
-            result = function(item, *arguments)
-            if done is not None:
-                done(item)
-            yield result
+        workers = min(self.threads, len(items))
+        if workers <= 1:
+            for item in items:
+                result = function(item, *arguments)
+                if done is not None:
+                    done(item)
+                yield result
+            return
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            waiting = iter(items)
+            running = deque((item, pool.submit(function, item, *arguments)) for item in islice(waiting, workers))
+            while running:
+                item, future = running.popleft()
+                result = future.result()
+                if (following := next(waiting, _END)) is not _END:  # keep every thread busy while the caller folds
+                    running.append((following, pool.submit(function, following, *arguments)))
+                if done is not None:
+                    done(item)
+                yield result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def fold(self, combine: Callable[[Any, Any], Any], handles: Iterable[Any]) -> Any:
         return _fold(combine, handles)
@@ -78,6 +104,9 @@ class LocalExecutor:
 
     def close(self) -> None:
         return None
+
+
+_END = object()
 
 
 def _fold(combine: Callable[[T, T], T], items: Iterable[T]) -> T:
@@ -109,9 +138,11 @@ class DaskExecutor:
     def __init__(self, client: Any, *, owns_client: bool = False) -> None:  # client: dask.distributed.Client
         self.client = client
         self._owns_client = owns_client
-        self.chunk_threads = 1  # a worker's threads are the cluster's business
         workers = len(client.scheduler_info().get("workers", {}))
         self.description = f"Dask at {client.scheduler.address} ({workers} worker{'s' if workers != 1 else ''})"
+
+    def inner_threads(self, items: int) -> int:
+        return 1  # a worker's threads are the cluster's business
 
     def map(self, function: Callable[..., Any], items: Sequence[Any], *arguments: Any,
             done: Callable[[Any], None] | None = None) -> Iterator[Any]:

@@ -243,8 +243,9 @@ class Registrar:
 
     # ----------------------------------------------------------------------- estimation
 
-    def estimate(self, image: np.ndarray) -> Alignment:
-        """Estimate the image -> reference transform, falling back along the documented chain."""
+    def estimate(self, image: np.ndarray, *, quality: bool = True) -> Alignment:
+        """Estimate the image -> reference transform, falling back along the documented chain (``quality=False``
+        leaves the alignment's quality NaN: where only the transform is wanted, it saves a third of the time)."""
         pixels = as_image(image)
         to_reference_size = resize_matrix(pixels.shape, self.reference.shape)
         resized = resize_gray(pixels, self.reference.shape)
@@ -258,7 +259,8 @@ class Registrar:
                 continue
             full = (matrix @ to_reference_size)[:2]
             reason = "; ".join(failures) or None
-            alignment = Alignment(full, method, self._quality(resized, matrix), reason, pixels.shape)  # type: ignore[arg-type]
+            score = self._quality(resized, matrix) if quality else float("nan")
+            alignment = Alignment(full, method, score, reason, pixels.shape)  # type: ignore[arg-type]
             with self._counting:
                 self._methods_used[method] += 1
                 if reason is not None:
@@ -266,12 +268,12 @@ class Registrar:
             return alignment
         raise AssertionError("the fallback chain always ends with 'none'")
 
-    def estimate_many(self, images: Sequence[np.ndarray], threads: int = DEFAULT_THREADS) -> list[Alignment]:
+    def estimate_many(self, images: Sequence[np.ndarray], threads: int = DEFAULT_THREADS, *, quality: bool = True) -> list[Alignment]:
         """:meth:`estimate` of each image, in order, in up to ``threads`` threads (the same result for any number)."""
         if threads <= 1 or len(images) < 2:
-            return [self.estimate(image) for image in images]
+            return [self.estimate(image, quality=quality) for image in images]
         with ThreadPoolExecutor(max_workers=min(threads, len(images))) as pool:
-            return list(pool.map(self.estimate, images))
+            return list(pool.map(lambda image: self.estimate(image, quality=quality), images))
 
     def lungs_similarity(self, image: np.ndarray) -> np.ndarray:
         """(3, 3) similarity mapping the image's lung fields onto the reference's (computed once per image)."""
@@ -446,7 +448,7 @@ def build_reference(
     for _ in range(rounds):
         registrar = Registrar(method, reference)
         matrices = []
-        for image, alignment in zip(images, registrar.estimate_many(images, threads)):
+        for image, alignment in zip(images, registrar.estimate_many(images, threads, quality=False)):
             matrix = homogeneous(alignment.matrix) @ np.linalg.inv(resize_matrix(np.shape(image), shape))
             matrices.append((matrix, alignment.method == method))
         progress.advance(len(images))

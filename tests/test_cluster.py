@@ -194,3 +194,28 @@ def test_the_slurm_example_writes_a_job_script_for_one_gpu_worker_per_job() -> N
     assert "source /shared/hmt/.venv/bin/activate" in lines
     worker = next(line for line in lines if "dask_worker" in line)
     assert worker.startswith("python -m distributed.cli.dask_worker tcp://") and "--nthreads 1" in worker
+
+
+def test_local_threads_run_chunks_at_once_in_order_with_few_in_flight() -> None:
+    import threading
+    import time
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def work(item: int, offset: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02 * (item % 3))  # later items often finish first
+        with lock:
+            running[0] -= 1
+        return item + offset
+
+    done: list[int] = []
+    executor = LocalExecutor(threads=3)
+    assert executor.inner_threads(1) == 3 and executor.inner_threads(10) == 1 and LocalExecutor(4).inner_threads(2) == 2
+    assert list(executor.map(work, list(range(10)), 100, done=done.append)) == list(range(100, 110))
+    assert done == list(range(10)) and 2 <= most[0] <= 3
+    assert executor.fold(lambda a, b: a * 10 + b, iter([1, 2, 3])) == 123
+    with pytest.raises(ZeroDivisionError):  # a chunk's error reaches the caller
+        list(executor.map(lambda item: 1 // (item - 4), list(range(8))))

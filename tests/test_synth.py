@@ -457,3 +457,29 @@ def test_shortcut_arguments_are_checked(tmp_path: Path) -> None:
         synthesize_dataset(tmp_path / "a", n_per_class=2, size=SIZE, classes=("covid", "normal"), shortcuts={"virus": 0.5})
     with pytest.raises(HmtError, match=r"in \(0, 1\]"):
         synthesize_dataset(tmp_path / "b", n_per_class=2, size=SIZE, classes=("covid", "normal"), shortcuts={"covid": 0.0})
+    with pytest.raises(HmtError, match="shortcut-lesions"):
+        synthesize_dataset(tmp_path / "c", n_per_class=2, size=SIZE, classes=("covid",), shortcuts={"covid": 0.5}, shortcut_lesions=1.5)
+
+
+def test_shortcut_lesions_scale_only_the_tagged_images_lesions(tmp_path: Path) -> None:
+    full, faint = tmp_path / "full", tmp_path / "faint"
+    common = dict(n_per_class=10, size=SIZE, seed=5, classes=("covid",), workers=1, probability_samples=2, shortcuts={"covid": 0.5})
+    synthesize_dataset(full, **common)
+    synthesize_dataset(faint, **common, shortcut_lesions=0.0)
+    carried = read_shortcuts(faint)
+    assert carried == read_shortcuts(full) and any(carried.values()) and not all(carried.values())
+    assert json.loads((faint / "ground_truth" / "synth.json").read_text())["shortcut_lesions"] == 0.0
+    for path, tagged in carried.items():
+        same_image = np.array_equal(_read_gray(full / path), _read_gray(faint / path))
+        masks = [_read_gray(root / "ground_truth" / "masks" / path) for root in (full, faint)]
+        if tagged:  # the same image without its lesions: no lesion mask, the lesion pixels darker, the marker kept
+            assert not same_image and masks[0].any() and not masks[1].any()
+            lesion = masks[0] > 0
+            assert (_read_gray(full / path).astype(float) - _read_gray(faint / path))[lesion].mean() > 5
+            assert np.array_equal(shortcut_mask(full, path), shortcut_mask(faint, path))
+        else:
+            assert same_image and np.array_equal(*masks)
+    one = render_phantom(3, "covid", SIZE, lesion_scale=0.5)
+    assert one.lesion_mask.sum() < render_phantom(3, "covid", SIZE).lesion_mask.sum()
+    with pytest.raises(HmtError, match="lesion scale"):
+        render_phantom(3, "covid", SIZE, lesion_scale=-0.1)

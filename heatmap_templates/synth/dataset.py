@@ -182,7 +182,8 @@ Re-running with the same arguments reproduces every file bit for bit.
   (paths relative to this folder): the lesion truth as box annotations (`hmt evaluate-templates --annotations`);
   `masks/` is the same truth as a mask folder.
 - `shortcuts.csv`: `path,shortcut` for every image: 1 where the image carries its class's planted shortcut
-  (`hmt synth --shortcut CLASS:FRACTION`, style `--shortcut-style`), else 0.
+  (`hmt synth --shortcut CLASS:FRACTION`, style `--shortcut-style`), else 0. With `--shortcut-lesions S` below 1 the
+  lesions of those images are scaled by S (faint; 0: none) and their masks follow the scaled lesions.
 - `shortcut_masks/<class>/<class>_NNNN.png`: where the shortcut is, in the image frame (255), for the images that carry it.
 - `synth.json`: the arguments of the run; it also marks the folder as a synth output that `hmt synth` may replace.
 
@@ -208,7 +209,7 @@ class _Written:
 
 def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, size: int,
                       pose_spread: float = DEFAULT_POSE_SPREAD, shortcut_fraction: float = 0.0,
-                      shortcut_style: str = DEFAULT_SHORTCUT_STYLE) -> list[_Written]:
+                      shortcut_style: str = DEFAULT_SHORTCUT_STYLE, shortcut_lesions: float = 1.0) -> list[_Written]:
     """Render images ``indices`` of class ``label`` and write each image and its lesion mask (and, for the
     images that carry the class's planted shortcut, its mask)."""
     written = []
@@ -217,7 +218,7 @@ def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, 
         name = f"{label}_{index:04d}.png"
         carries = shortcut_fraction > 0 and carries_shortcut(seed, label, index, shortcut_fraction)
         phantom = render_phantom(phantom_seed(seed, label, index), label, size, pose_spread=pose_spread,
-                                 shortcut=shortcut_style if carries else None)
+                                 shortcut=shortcut_style if carries else None, lesion_scale=shortcut_lesions if carries else 1.0)
         canonical_sum += phantom.canonical_image
         _write_png(out / label / name, _to_uint8(phantom.image))
         _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
@@ -255,7 +256,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                        classes: Sequence[str] = CLASSES, progress: Progress | None = None,
                        probability_samples: int = DEFAULT_PROBABILITY_SAMPLES, workers: int | None = None,
                        pose_spread: float = DEFAULT_POSE_SPREAD, shortcuts: Mapping[str, float] | None = None,
-                       shortcut_style: str = DEFAULT_SHORTCUT_STYLE) -> SynthSummary:
+                       shortcut_style: str = DEFAULT_SHORTCUT_STYLE, shortcut_lesions: float = 1.0) -> SynthSummary:
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
     ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``
@@ -265,7 +266,9 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     distribution, larger values give registration more to correct, 0 puts every chest in the
     canonical frame. ``shortcuts`` maps a class to the fraction of its images that carry a planted
     shortcut of ``shortcut_style`` (:mod:`heatmap_templates.synth.shortcuts`); which images carry it
-    is in ``ground_truth/shortcuts.csv`` and where it is in ``ground_truth/shortcut_masks/``.
+    is in ``ground_truth/shortcuts.csv`` and where it is in ``ground_truth/shortcut_masks/``. ``shortcut_lesions``
+    (0 to 1) scales the lesions of the images that carry a shortcut: below 1 their lesions are faint (0: none), so the
+    shortcut is the easiest (or the only) sign of their class, as when one source's images are both marked and milder.
     """
     started = time.perf_counter()
     chosen = _validate(n_per_class, size, seed, classes, pose_spread)
@@ -276,6 +279,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
             raise HmtError(f"--shortcut {label}:{fraction}: {label} is not one of the classes made ({', '.join(chosen)})")
         if not 0.0 < fraction <= 1.0:
             raise HmtError(f"--shortcut {label}:{fraction}: the fraction of images must be in (0, 1]")
+    if not 0.0 <= shortcut_lesions <= 1.0:
+        raise HmtError(f"--shortcut-lesions must be between 0 and 1, got {shortcut_lesions}")
     if probability_samples < 1:
         raise HmtError(f"probability_samples must be at least 1, got {probability_samples}")
     workers = _default_workers() if workers is None else workers
@@ -298,7 +303,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     written: list[_Written] = []
     if workers == 1:
         for label, indices in image_jobs:
-            written += _render_and_write(out, label, indices, seed, size, pose_spread, shortcuts.get(label, 0.0), shortcut_style)
+            written += _render_and_write(out, label, indices, seed, size, pose_spread, shortcuts.get(label, 0.0), shortcut_style,
+                                         shortcut_lesions)
             progress.advance(len(indices))
         for path, label in probability_jobs:
             _write_probability(path, label, size, probability_samples, seed)
@@ -308,7 +314,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
             probability_futures = [pool.submit(_write_probability, path, label, size, probability_samples, seed)
                                    for path, label in probability_jobs]
             image_futures = [pool.submit(_render_and_write, out, label, indices, seed, size, pose_spread,
-                                         shortcuts.get(label, 0.0), shortcut_style)
+                                         shortcuts.get(label, 0.0), shortcut_style, shortcut_lesions)
                              for label, indices in image_jobs]
             for future in as_completed(image_futures):
                 batch = future.result()
@@ -338,7 +344,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                                                     pose_spread=pose_spread, min_box=MIN_BOX_PIXELS))
     record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
               "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
-              "shortcuts": shortcuts, "shortcut_style": shortcut_style}
+              "shortcuts": shortcuts, "shortcut_style": shortcut_style, "shortcut_lesions": shortcut_lesions}
     write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
     lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
                        for label in chosen}

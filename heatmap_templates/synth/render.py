@@ -116,7 +116,7 @@ def check_pose_spread(pose_spread: float) -> None:
 
 def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: str, size: int = 256, *,
                    include_lesions: bool = True, pose_spread: float = DEFAULT_POSE_SPREAD,
-                   findings: Sequence[str] | None = None, shortcut: str | None = None) -> Phantom:
+                   findings: Sequence[str] | None = None, shortcut: str | None = None, lesion_scale: float = 1.0) -> Phantom:
     """Render one phantom of class ``label``, or with every lesion type in ``findings`` at once (multi-label).
 
     ``include_lesions=False`` renders the identical image without its lesions (same anatomy, pose
@@ -124,7 +124,8 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     random pose (see `synthesize_dataset`). With ``findings``, each finding's lesions come from a
     random stream of their own and ``finding_masks`` holds each finding's mask in the image frame.
     ``shortcut`` (a :data:`~heatmap_templates.synth.shortcuts.SHORTCUTS` style) burns that cue into the image
-    (on the detector: it does not follow the pose); the image is otherwise identical.
+    (on the detector: it does not follow the pose); the image is otherwise identical. ``lesion_scale`` (0 to 1)
+    multiplies the lesions' intensity (faint lesions; 0: none), and the lesion masks follow the scaled lesions.
     """
     LESIONS.check(label)
     for finding in findings or ():
@@ -147,6 +148,10 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
                                               np.random.default_rng([base_seed, zlib.crc32(name.encode())]))
                        for name in sorted(findings)}
         lesion = np.minimum(sum(per_finding.values(), np.zeros((size, size), np.float32)), 0.45)
+    if not 0.0 <= lesion_scale <= 1.0:
+        raise HmtError(f"lesion scale must be between 0 and 1, got {lesion_scale}")
+    lesion = (lesion * lesion_scale).astype(np.float32)
+    per_finding = {name: (values * lesion_scale).astype(np.float32) for name, values in per_finding.items()}
     canonical_mask = lesion >= LESION_THRESHOLD
     if include_lesions:
         canonical = canonical + lesion
