@@ -10,7 +10,8 @@ Recipes (``--recipes``; any subset, in one run):
 - ``before``: the recipe before issue 17 (constant Adam 1e-3, 20 epochs, early stopping on validation loss with
   patience 8 and the best weights restored, no augmentation, no weight averaging);
 - ``defaults``: ``TrainConfig()`` as it is now (``--epochs`` overrides its epoch count);
-- ``no-augment``, ``no-average``: the defaults with one stabiliser off, to see what each contributes.
+- ``no-augment``, ``no-average``: the defaults with one stabiliser off, to see what each contributes;
+- ``smoothing``: the defaults with label smoothing 0.1 (a candidate, adopted only if validation says so).
 
 Choose a recipe on the validation numbers; the test numbers are reported, never used to choose.
 
@@ -51,6 +52,8 @@ def recipe(name: str, epochs: int | None, input_size: int) -> TrainConfig:
         return replace(base, augment=False)
     if name == "no-average":
         return replace(base, average_last=0.0)
+    if name == "smoothing":
+        return replace(base, label_smoothing=0.1)
     raise SystemExit(f"unknown recipe {name!r}")
 
 

@@ -53,15 +53,20 @@ class Objective:
         """Balanced class weights (scikit-learn's ``n / (K n_k)``); None for findings, weighted inside the loss."""
         return None if self.multi_label else balanced_class_weights(train_labels, len(self.class_names))
 
-    def loss_and_metrics(self, train_labels: np.ndarray) -> tuple[object, list]:
-        """The Keras loss and metrics (the metric is logged as ``accuracy`` for every head)."""
+    def loss_and_metrics(self, train_labels: np.ndarray, label_smoothing: float = 0.0) -> tuple[object, list]:
+        """The Keras loss and metrics (the metric is logged as ``accuracy`` for every head). ``label_smoothing``
+        moves each target that share of the way towards uniform (Szegedy et al. 2016): 1 - s + s/K for the true class."""
+        import keras
+
         if self.multi_label:
             known = train_labels >= 0
             positives = ((train_labels == 1) & known).sum(axis=0)
             negatives = ((train_labels == 0) & known).sum(axis=0)
             weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
-            return masked_binary_crossentropy(weights), [masked_accuracy]
-        return ("binary_crossentropy" if self.head == "sigmoid" else "categorical_crossentropy"), ["accuracy"]
+            return masked_binary_crossentropy(weights, label_smoothing), [masked_accuracy]
+        if self.head == "sigmoid":
+            return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), ["accuracy"]
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), ["accuracy"]
 
     def missing(self, train_labels: np.ndarray) -> list[str]:
         """Classes (findings) without a single positive training image."""
@@ -116,8 +121,9 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {int(k): float(labels.size / (present.sum() * counts[k])) for k in range(num_classes) if present[k]}
 
 
-def masked_binary_crossentropy(positive_weights: np.ndarray):  # noqa: ANN201 (a Keras loss function)
-    """Binary cross-entropy per finding, positives weighted by ``positive_weights`` (L,), unknown targets (-1) left out."""
+def masked_binary_crossentropy(positive_weights: np.ndarray, label_smoothing: float = 0.0):  # noqa: ANN201 (a Keras loss)
+    """Binary cross-entropy per finding, positives weighted by ``positive_weights`` (L,), unknown targets (-1) left out;
+    with ``label_smoothing`` s the targets are 1 - s/2 and s/2 (Keras's convention for two outcomes)."""
     import keras
 
     weights = keras.ops.convert_to_tensor(positive_weights, "float32")
@@ -126,7 +132,9 @@ def masked_binary_crossentropy(positive_weights: np.ndarray):  # noqa: ANN201 (a
         known = keras.ops.cast(y_true >= 0, "float32")
         positive = keras.ops.cast(y_true > 0.5, "float32")
         probability = keras.ops.clip(keras.ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
-        per_finding = -(positive * keras.ops.log(probability) * weights + (1.0 - positive) * keras.ops.log(1.0 - probability))
+        target = positive * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        per_finding = -(positive * weights * (target * keras.ops.log(probability) + (1.0 - target) * keras.ops.log(1.0 - probability))
+                        + (1.0 - positive) * (target * keras.ops.log(probability) + (1.0 - target) * keras.ops.log(1.0 - probability)))
         return keras.ops.sum(per_finding * known, axis=-1) / keras.ops.maximum(keras.ops.sum(known, axis=-1), 1.0)
 
     return loss

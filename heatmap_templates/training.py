@@ -72,6 +72,7 @@ class TrainConfig:
     schedule: str = DEFAULT_SCHEDULE  # recipe.SCHEDULES
     warmup_epochs: int = 2
     average_last: float = 0.25  # share of the last epochs whose weights are averaged (0: none)
+    label_smoothing: float = 0.0  # share of each target moved towards uniform (0: none)
     dense_units: int = 256
     dropout: float = 0.5
     cache_features: bool = True
@@ -104,6 +105,8 @@ class TrainConfig:
         SCHEDULES.check(self.schedule)
         if self.warmup_epochs < 0 or not 0 <= self.average_last < 1:
             raise HmtError("warm-up epochs must not be negative and the averaged share must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise HmtError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         weights = resolve_weights(self.backbone, self.weights)
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
@@ -447,7 +450,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         split={name: [relative_path(s, dataset.root) for s in kept[name]] for name in SPLIT_NAMES},
     )
     class_weight = objective.class_weight(labels["train"])
-    loss = objective.loss_and_metrics(labels["train"])
+    loss = objective.loss_and_metrics(labels["train"], config.label_smoothing)
     targets = {name: objective.targets(labels[name]) for name in SPLIT_NAMES}
     has_val = len(images["val"]) > 0
     history: list[dict] = []

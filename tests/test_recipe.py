@@ -75,3 +75,31 @@ def test_default_recipe_is_deterministic_and_averages_its_last_epochs(toy: Path)
     plain = train(dataset, replace(config, average_last=0.0))
     assert not plain.info.training["phases"][0]["batch_norm_recalibrated"]
     assert not all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), plain.model.get_weights()))
+
+
+def test_label_smoothing_moves_targets_towards_uniform_for_every_head() -> None:
+    from heatmap_templates.objectives import Objective
+
+    probabilities = np.array([[0.7, 0.2, 0.1]], np.float32)
+    softmax, _ = Objective("softmax", ["a", "b", "c"]).loss_and_metrics(np.array([0, 1, 2]), label_smoothing=0.3)
+    by_hand = -(0.8 * np.log(0.7) + 0.1 * np.log(0.2) + 0.1 * np.log(0.1))  # targets 1 - 0.3 + 0.1, 0.1, 0.1
+    assert float(softmax(np.array([[1.0, 0.0, 0.0]]), probabilities)) == pytest.approx(by_hand, rel=1e-5)
+    sigmoid, _ = Objective("sigmoid", ["no", "yes"]).loss_and_metrics(np.array([0, 1]), label_smoothing=0.2)
+    by_hand = -(0.9 * np.log(0.8) + 0.1 * np.log(0.2))  # target 1 - 0.2 / 2
+    assert float(sigmoid(np.array([[1.0]]), np.array([[0.8]], np.float32))) == pytest.approx(by_hand, rel=1e-5)
+    # Findings: positives weighted by negatives / positives (here 2 / 1), unknown (-1) left out.
+    findings = Objective("sigmoids", ["x", "y"])
+    train_labels = np.array([[1, 0], [0, 1], [0, -1]])
+    targets, outputs = np.array([[1.0, -1.0], [0.0, 1.0]], np.float32), np.array([[0.8, 0.5], [0.3, 0.6]], np.float32)
+    plain, _ = findings.loss_and_metrics(train_labels)
+    smoothed, _ = findings.loss_and_metrics(train_labels, label_smoothing=0.2)
+
+    def bce(target: float, p: float) -> float:
+        return -(target * np.log(p) + (1 - target) * np.log(1 - p))
+
+    first = 2.0 * bce(0.9, 0.8)  # the unknown second finding does not count
+    second = (bce(0.1, 0.3) + 1.0 * bce(0.9, 0.6)) / 2  # finding y: 1 negative / 1 positive
+    assert np.asarray(smoothed(targets, outputs)) == pytest.approx([first, second], rel=1e-5)
+    assert np.asarray(plain(targets, outputs)) == pytest.approx([2.0 * bce(1, 0.8), (bce(0, 0.3) + bce(1, 0.6)) / 2], rel=1e-5)
+    with pytest.raises(Exception, match="label smoothing"):
+        TrainConfig(label_smoothing=1.0).validate()
