@@ -133,8 +133,8 @@ def masked_binary_crossentropy(positive_weights: np.ndarray, label_smoothing: fl
         positive = keras.ops.cast(y_true > 0.5, "float32")
         probability = keras.ops.clip(keras.ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
         target = positive * (1.0 - label_smoothing) + 0.5 * label_smoothing
-        per_finding = -(positive * weights * (target * keras.ops.log(probability) + (1.0 - target) * keras.ops.log(1.0 - probability))
-                        + (1.0 - positive) * (target * keras.ops.log(probability) + (1.0 - target) * keras.ops.log(1.0 - probability)))
+        cross_entropy = -(target * keras.ops.log(probability) + (1.0 - target) * keras.ops.log(1.0 - probability))
+        per_finding = cross_entropy * (positive * weights + (1.0 - positive))
         return keras.ops.sum(per_finding * known, axis=-1) / keras.ops.maximum(keras.ops.sum(known, axis=-1), 1.0)
 
     return loss

@@ -132,6 +132,8 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
         LESIONS.check(finding)
     check_size(size)
     check_pose_spread(pose_spread)
+    if not 0.0 <= lesion_scale <= 1.0:
+        raise HmtError(f"lesion scale must be between 0 and 1, got {lesion_scale}")
     seed_sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     rng = streams(seed_sequence)
     px = size / 256.0
@@ -148,8 +150,6 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
                                               np.random.default_rng([base_seed, zlib.crc32(name.encode())]))
                        for name in sorted(findings)}
         lesion = np.minimum(sum(per_finding.values(), np.zeros((size, size), np.float32)), 0.45)
-    if not 0.0 <= lesion_scale <= 1.0:
-        raise HmtError(f"lesion scale must be between 0 and 1, got {lesion_scale}")
     lesion = (lesion * lesion_scale).astype(np.float32)
     per_finding = {name: (values * lesion_scale).astype(np.float32) for name, values in per_finding.items()}
     canonical_mask = lesion >= LESION_THRESHOLD
