@@ -189,7 +189,7 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     progress = progress or NullProgress()
     data = read_templates(templates_path)
     settings = data.settings
-    reader = members_store(templates_path, heatmaps)
+    reader = members_store(data, heatmaps)
     model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
     if not model_path.is_file():
         raise HmtError(f"{templates_path}: the model it was built with ({model_path}) is not there; give it with --model")

@@ -17,25 +17,25 @@ from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.prepare import member_alignment, prepare_maps, prepared_member_maps, registrar_for
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.resample import downsample
-from heatmap_templates.store import HeatmapReader, open_heatmaps, read_templates, save_strategies
+from heatmap_templates.store import HeatmapReader, TemplateFile, open_heatmaps, read_templates, save_strategies
 from heatmap_templates.strategies import MIN_STRATEGY_MEMBERS, ClassStrategies, StrategySettings, add_prototypes, cluster_members
 
 
-def default_store(templates_path: str | os.PathLike) -> Path:
+def default_store(file: TemplateFile) -> Path:
     """The heatmap store a templates file was built from, as its settings record it."""
-    recorded = read_templates(templates_path).attrs.get("heatmap_store")
+    recorded = file.attrs.get("heatmap_store")
     if recorded and (Path(recorded).exists() or Path(recorded + ".parts").is_dir()):
         return Path(recorded)
     where = f" ({recorded} is gone)" if recorded else ""
-    raise HmtError(f"{templates_path}: the heatmap store it was built from is not known{where}; give it with --heatmaps")
+    raise HmtError(f"{file.path}: the heatmap store it was built from is not known{where}; give it with --heatmaps")
 
 
-def members_store(templates_path: str | os.PathLike, heatmaps: str | os.PathLike | None = None) -> HeatmapReader:
+def members_store(file: TemplateFile, heatmaps: str | os.PathLike | None = None) -> HeatmapReader:
     """The heatmap store that holds a templates file's members (``heatmaps``, else the one the file records), refused
     when it holds another model's maps."""
-    reader = open_heatmaps(heatmaps if heatmaps is not None else default_store(templates_path))
-    if reader.settings.get("model_sha256") != read_templates(templates_path).settings.get("model_sha256"):
-        raise HmtError(f"{display_path(reader.path)}: was made with another model than {display_path(templates_path)}; "
+    reader = open_heatmaps(heatmaps if heatmaps is not None else default_store(file))
+    if reader.settings.get("model_sha256") != file.settings.get("model_sha256"):
+        raise HmtError(f"{display_path(reader.path)}: was made with another model than {display_path(file.path)}; "
                        "give the store the templates were built from")
     return reader
 
@@ -51,7 +51,7 @@ def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.
     data = read_templates(templates_path)
     if data.reference_image is None or data.lung_mask is None:
         raise HmtError(f"{templates_path}: has no registration reference; rebuild it with hmt build-templates")
-    reader = members_store(templates_path, heatmaps)
+    reader = members_store(data, heatmaps)
     if classes is None:  # every class that can be clustered; `skipped_classes` names the others
         wanted = [name for name, template in data.templates.items() if template.count >= MIN_STRATEGY_MEMBERS]
         if not wanted:
@@ -106,7 +106,7 @@ def typical_members(templates_path: str | os.PathLike, result: ClassStrategies, 
                     heatmaps: str | os.PathLike | None = None) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
     """Per strategy, its ``count`` most typical members as (registered image, prepared map), for figures and reports."""
     data = read_templates(templates_path)
-    reader = members_store(templates_path, heatmaps)
+    reader = members_store(data, heatmaps)
     template = data.templates[result.class_name]
     registrar = registrar_for(data.settings["registration"], data.reference_image, data.lung_mask)
     where = {path: index for index, path in enumerate(reader.paths)}

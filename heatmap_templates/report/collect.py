@@ -113,7 +113,7 @@ def common_folder(paths: list[str]) -> str:
 
 def open_store_for(file: TemplateFile, heatmaps: str | os.PathLike | None) -> HeatmapReader:
     """The heatmap store given, or the one the templates were built from (:func:`members_store`), with images in it."""
-    reader = members_store(file.path, heatmaps)
+    reader = members_store(file, heatmaps)
     if not len(reader):
         raise HmtError(f"{display_path(reader.path)}: holds no images")
     return reader
