@@ -11,7 +11,10 @@ One command, one run, on one phantom set and one model:
 Reported: maps per second of each build (members / wall seconds, and the ratio), peak resident memory, bytes per
 image of each store beside the uint8 image + raw maps it must hold, and how far the two versions' templates differ.
 
-    .venv/bin/python benchmarks/bench_build_speed.py [--before 5490a7f] [--n-per-class 325] [--size 128] [--cluster] [--out build_speed.json]
+    .venv/bin/python benchmarks/bench_build_speed.py [--before 5490a7f] [--n-per-class 325] [--size 128] [--cluster] [--data DIR] [--out build_speed.json]
+
+``--data ../shared/data/cxr4`` runs the same comparison on real chest X-rays (an untrained model: the build's speed
+depends on the images, which registration aligns, not on the weights).
 
 With ``--cluster`` this version also extracts and builds on a Dask LocalCluster of two worker processes
 (``--scheduler local:2``), beside one process.
@@ -51,9 +54,11 @@ from heatmap_templates.model_file import ModelInfo, save_model
 from heatmap_templates.model_layers import default_cam_layer
 from heatmap_templates.synth import synthesize_dataset, CLASSES
 data, model_path, size, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-synthesize_dataset(data, n_per_class=n, size=size, seed=0, classes=CLASSES, probability_samples=8)
-model = build_model("small", len(CLASSES), size)
-info = ModelInfo(class_names=list(CLASSES), backbone="small", input_size=(size, size), channels=1, preprocessing="unit",
+classes = sys.argv[5].split(",") if len(sys.argv) > 5 else list(CLASSES)
+if len(sys.argv) <= 5:
+    synthesize_dataset(data, n_per_class=n, size=size, seed=0, classes=CLASSES, probability_samples=8)
+model = build_model("small", len(classes), size)
+info = ModelInfo(class_names=classes, backbone="small", input_size=(size, size), channels=1, preprocessing="unit",
                  cam_layer=default_cam_layer(model))
 save_model(model, info, model_path)
 """
@@ -126,13 +131,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("build_speed.json"))
     parser.add_argument("--cluster", action="store_true", help="also extract and build on a Dask LocalCluster of 2 processes")
+    parser.add_argument("--data", type=Path, help="real images (a folder of class folders, e.g. ../shared/data/cxr4) "
+                                                  "instead of phantoms; --n-per-class is then ignored")
     args = parser.parse_args()
+    classes = sorted(child.name for child in args.data.iterdir() if child.is_dir()) if args.data else None
 
     with tempfile.TemporaryDirectory(prefix="hmt_build_speed_") as folder:
         work = Path(folder)
         before = unpack(args.before, work / "before")
-        data, model = work / "data", work / "model.keras"
-        run_child(MODEL_CHILD, ROOT, data, model, args.size, args.n_per_class)
+        data, model = (args.data.resolve() if args.data else work / "data"), work / "model.keras"
+        run_child(MODEL_CHILD, ROOT, data, model, args.size, args.n_per_class, *([",".join(classes)] if classes else []))
         stores = {"before": work / "store_before.h5", "after": work / "store_after.h5"}
         extraction = {"before": run_child(STORE_CHILD, before, data, model, stores["before"]),
                       "after": run_child(STORE_CHILD, ROOT, data, model, stores["after"])}
@@ -154,7 +162,8 @@ def main() -> None:
             result["speedup"] = result["maps_per_second"] / baseline
         report = {
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "before": args.before, "n_images": 4 * args.n_per_class, "size": args.size,
+            "before": args.before, "data": str(args.data) if args.data else "phantoms",
+            "n_images": builds["before on its store"]["members"], "size": args.size,
             "extraction_seconds": {name: value["seconds"] for name, value in extraction.items()},
             "stores": {name: store_bytes(path) for name, path in stores.items()},
             "builds": builds,
