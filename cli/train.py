@@ -103,6 +103,7 @@ def train(
     warmup_epochs: int = typer.Option(TrainConfig.warmup_epochs, "--warmup-epochs", min=0, help="Epochs of linear warm-up (cosine schedule)."),
     average_last: float = typer.Option(TrainConfig.average_last, "--average-last", min=0.0, max=0.99, help="Share of the last epochs whose weights are averaged, then batch norm re-estimated (0: off; not with the constant schedule)."),
     label_smoothing: float = typer.Option(TrainConfig.label_smoothing, "--label-smoothing", min=0.0, max=0.99, help="Share of each training target moved towards uniform (0: off)."),
+    weight_decay: float = typer.Option(TrainConfig.weight_decay, "--weight-decay", min=0.0, max=0.99, help="Decoupled weight decay of the kernels (AdamW; 0: plain Adam)."),
     patience: int = typer.Option(TrainConfig.patience, "--patience", help="Epochs without validation-loss improvement before stopping (constant schedule)."),
     val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of images (by patient) for validation."),
     test_fraction: float = typer.Option(TrainConfig.test_fraction, "--test-fraction", help="Share of images (by patient) for the test split."),
@@ -130,7 +131,7 @@ def train(
         backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, learning_rate=lr, input_size=input_size,
         seed=seed, augment=augment, fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_lr, patience=patience, schedule=schedule, warmup_epochs=warmup_epochs,
-        average_last=average_last, label_smoothing=label_smoothing, val_fraction=val_fraction, test_fraction=test_fraction,
+        average_last=average_last, label_smoothing=label_smoothing, weight_decay=weight_decay, val_fraction=val_fraction, test_fraction=test_fraction,
         patient_regex=patient_regex, strict=strict, intensity=intensity, binary=binary, uncertain=uncertain,
         memory_budget_gb=memory_budget, cache_dir=str(cache_dir) if cache_dir else None, shuffle_labels=shuffle_labels,
     )

@@ -73,6 +73,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     average_last: float = 0.25  # share of the last epochs whose weights are averaged (0: none)
     label_smoothing: float = 0.0  # share of each target moved towards uniform (0: none)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) of the kernels, scaled by the learning rate (0: Adam)
     dense_units: int = 256
     dropout: float = 0.5
     cache_features: bool = True
@@ -107,6 +108,8 @@ class TrainConfig:
             raise HmtError("warm-up epochs must not be negative and the averaged share must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise HmtError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.weight_decay < 1:
+            raise HmtError(f"weight decay must be in [0, 1), got {self.weight_decay}")
         weights = resolve_weights(self.backbone, self.weights)
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
@@ -267,6 +270,21 @@ def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Call
     return _Recorder()
 
 
+def optimizer(rate: object, weight_decay: float):  # noqa: ANN201 (keras.optimizers.Optimizer)
+    """Adam, or AdamW with decoupled ``weight_decay`` (Loshchilov & Hutter 2019) on the kernels only: biases and
+    batch-norm scales and offsets are left undecayed, as is usual (decaying them only fights the normalisation)."""
+    import keras
+
+    if weight_decay <= 0:
+        return keras.optimizers.Adam(rate)
+    adamw = keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    adamw.exclude_from_weight_decay(var_names=list(UNDECAYED))
+    return adamw
+
+
+UNDECAYED = ("bias", "gamma", "beta")  # variable names AdamW leaves alone
+
+
 def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, recipe: TrainConfig, steps_per_epoch: int,
          loss: tuple[object, list], class_weight: dict | None, phase: str, history: list[dict], on_epoch,
          calibration=None) -> dict:  # noqa: ANN001
@@ -279,7 +297,7 @@ def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, reci
     import keras
 
     rate = SCHEDULES[recipe.schedule](learning_rate, epochs, steps_per_epoch, recipe.warmup_epochs)
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss[0], metrics=loss[1])
+    model.compile(optimizer=optimizer(rate, recipe.weight_decay), loss=loss[0], metrics=loss[1])
     callbacks = [_epoch_callback(phase, epochs, history, on_epoch)]
     stopper = None
     if val_data is not None and uses_early_stopping(recipe.schedule):

@@ -103,3 +103,23 @@ def test_label_smoothing_moves_targets_towards_uniform_for_every_head() -> None:
     assert np.asarray(plain(targets, outputs)) == pytest.approx([2.0 * bce(1, 0.8), (bce(0, 0.3) + bce(1, 0.6)) / 2], rel=1e-5)
     with pytest.raises(Exception, match="label smoothing"):
         TrainConfig(label_smoothing=1.0).validate()
+
+
+def test_weight_decay_shrinks_kernels_only_by_rate_times_decay() -> None:
+    from heatmap_templates.training import optimizer
+
+    assert isinstance(optimizer(1e-3, 0.0), keras.optimizers.Adam) and not isinstance(optimizer(1e-3, 0.0), keras.optimizers.AdamW)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))))
+    model.layers[2].gamma.assign(np.full(4, 1.5, np.float32))
+    for layer in (model.layers[1], model.layers[3]):
+        layer.bias.assign(np.full(layer.bias.shape, 0.3, np.float32))
+    before = {variable.path: keras.ops.convert_to_numpy(variable) for variable in model.trainable_variables}
+    adamw = optimizer(0.1, 0.2)
+    adamw.apply_gradients([(keras.ops.zeros_like(variable), variable) for variable in model.trainable_variables])
+    for variable in model.trainable_variables:  # a zero gradient moves nothing but the decay: w <- w (1 - lr wd)
+        expected = before[variable.path] * (1 - 0.1 * 0.2) if variable.path.endswith("kernel") else before[variable.path]
+        assert keras.ops.convert_to_numpy(variable) == pytest.approx(expected, rel=1e-6), variable.path
+    with pytest.raises(Exception, match="weight decay"):
+        TrainConfig(weight_decay=1.0).validate()
