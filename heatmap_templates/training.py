@@ -270,6 +270,9 @@ def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Call
     return _Recorder()
 
 
+UNDECAYED = ("bias", "gamma", "beta")  # variable names AdamW leaves alone
+
+
 def optimizer(rate: object, weight_decay: float):  # noqa: ANN201 (keras.optimizers.Optimizer)
     """Adam, or AdamW with decoupled ``weight_decay`` (Loshchilov & Hutter 2019) on the kernels only: biases and
     batch-norm scales and offsets are left undecayed, as is usual (decaying them only fights the normalisation)."""
@@ -282,13 +285,11 @@ def optimizer(rate: object, weight_decay: float):  # noqa: ANN201 (keras.optimiz
     return adamw
 
 
-UNDECAYED = ("bias", "gamma", "beta")  # variable names AdamW leaves alone
-
-
 def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, recipe: TrainConfig, steps_per_epoch: int,
          loss: tuple[object, list], class_weight: dict | None, phase: str, history: list[dict], on_epoch,
          calibration=None) -> dict:  # noqa: ANN001
-    """Compile and fit with Adam and the objective's ``loss`` (loss, metrics) under the config's recipe.
+    """Compile and fit with Adam (AdamW with the config's weight decay) and the objective's ``loss`` (loss, metrics)
+    under the config's recipe.
 
     A constant rate stops early on validation loss (best weights restored); a decaying schedule runs
     every epoch, then the weights of the last ``average_last`` share of epochs are averaged and the
