@@ -4,7 +4,7 @@ One command, one run:
 
 1. **Planted shortcut.** Phantoms of four classes, half of the covid images carrying a side marker
    (`hmt synth --shortcut covid:0.5`); the `small` CNN trained with the default recipe. Does the model use
-   the marker? Heatmap energy inside the marker (its box dilated by one CAM cell) on tagged vs untagged
+   the marker? Heatmap energy inside the marker (its box dilated by one CAM cell, and by 0-4 cells) on tagged vs untagged
    covid images, and the covid accuracy on 60 fresh tagged phantoms when the very same images are rendered
    without the marker. Run once with the tagged images' lesions as in every image and once without them
    (``--shortcut-lesions 1 0``: the marker is then their only sign of covid). Then templates in the canonical frame and `hmt strategies` (K by the eigengap):
@@ -51,6 +51,7 @@ from heatmap_templates.training import TrainConfig, train  # noqa: E402
 
 CLASSES = ("bacteria", "covid", "normal", "virus")
 FRESH_TAGGED = 60  # fresh tagged covid phantoms on which the marker's removal is tried
+DILATIONS = (0, 1, 2, 3, 4)  # CAM cells by which the marker's box is dilated when its share of a map's mass is measured
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,7 +84,7 @@ def shortcut_use(data: Path, trained: dict, size: int, seed: int, lesion_scale: 
     cell = max(1, size // raw_side)
     import cv2
 
-    energies = {True: [], False: []}
+    energies = {True: [], False: []}  # per map: its energy share on the marker dilated by each of DILATIONS cells
     root = data.resolve()
     covid = [i for i, path in enumerate(reader.paths) if Path(path).parent.name == "covid"]
     for batch_start in range(0, len(covid), 64):
@@ -91,9 +92,10 @@ def shortcut_use(data: Path, trained: dict, size: int, seed: int, lesion_scale: 
         (batch,) = reader.iter_batches(len(indices), indices)
         for path, maps in zip(batch.paths, batch.maps_for(k)):
             relative = Path(path).resolve().relative_to(root).as_posix()
-            index = int(Path(path).stem.split("_")[-1])
-            box = cv2.dilate(would_be_marker(seed, index, size).astype(np.uint8), np.ones((2 * cell + 1,) * 2, np.uint8)) > 0
-            energies[tagged[relative]].append(mass_share(np.clip(maps, 0, None), box))
+            marker = would_be_marker(seed, int(Path(path).stem.split("_")[-1]), size).astype(np.uint8)
+            energies[tagged[relative]].append([
+                mass_share(np.clip(maps, 0, None), cv2.dilate(marker, np.ones((2 * r * cell + 1,) * 2, np.uint8)) > 0)
+                for r in DILATIONS])
     model, info = load_model(trained["model"])
     # Fresh covid phantoms (indices after the data set's: never seen in training), each rendered as a tagged image
     # would be (lesions scaled) with the marker and without it.
@@ -105,8 +107,11 @@ def shortcut_use(data: Path, trained: dict, size: int, seed: int, lesion_scale: 
             probabilities = model.predict_on_batch(to_model_input(quantise(image)[None], info.channels, info.preprocessing))
             sink.append(int(np.argmax(probabilities[0]) == info.class_names.index("covid")))
     return {
-        "marker_energy_tagged": {"mean": float(np.mean(energies[True])), "n": len(energies[True])},
-        "marker_energy_untagged": {"mean": float(np.mean(energies[False])), "n": len(energies[False])},
+        "marker_energy_tagged": {"mean": float(np.mean(energies[True], axis=0)[DILATIONS.index(1)]), "n": len(energies[True]),
+                                 "by_dilation": np.mean(energies[True], axis=0).round(4).tolist()},
+        "marker_energy_untagged": {"mean": float(np.mean(energies[False], axis=0)[DILATIONS.index(1)]), "n": len(energies[False]),
+                                   "by_dilation": np.mean(energies[False], axis=0).round(4).tolist()},
+        "dilations_in_cells": list(DILATIONS),
         "fresh_tagged_images": len(fresh),
         "accuracy_tagged_with_marker": float(np.mean(with_marker)),
         "accuracy_tagged_marker_removed": float(np.mean(without_marker)),
@@ -123,19 +128,24 @@ def strategy_truth(data: Path, trained: dict, size: int, cell: int) -> dict:
     root = data.resolve()
     planted = np.array([tagged[Path(m.path).resolve().relative_to(root).as_posix()] for m in template.members])
     registrar = registrar_for(file.settings["registration"], file.reference_image, file.lung_mask)
-    region = shortcut_region(data, template.members, registrar, (size, size), cell)
-    # A bilinearly upsampled CAM cell that touches the marker spreads up to 1.5 cells beyond it: the two-cell region
-    # is the whole support of a map that looks only at the marker's cells.
-    support = shortcut_region(data, template.members, registrar, (size, size), 2 * cell)
+    # The marker region dilated by each of DILATIONS CAM cells: a last-layer unit sees the marker from a few cells away
+    # (its receptive field), so even a map of a model that looks only at the marker is a blob several cells wide.
+    regions = [shortcut_region(data, template.members, registrar, (size, size), r * cell) for r in DILATIONS]
+    region, support = regions[DILATIONS.index(1)], regions[DILATIONS.index(2)]
+
+    def profile(values: np.ndarray) -> list[float]:
+        return [round(mass_share(values, each), 4) for each in regions]
+
     return {
         "k": result.k, "chosen_by": result.chosen_by, "eigenvalues": [round(float(v), 4) for v in result.eigenvalues],
         "ari_with_planted": float(adjusted_rand_score(planted, result.labels)), "stability": result.stability,
         "strategies": [{"size": s.size, "tagged": int(planted[result.labels == j].sum()),
                         "mass_on_marker": mass_share(s.mean, region), "mass_on_marker_two_cells": mass_share(s.mean, support),
-                        "consistency": s.consistency}
+                        "mass_by_dilation": profile(s.mean), "consistency": s.consistency}
                        for j, s in enumerate(result.strategies)],
         "template_mass_on_marker": mass_share(template.mean, region), "marker_region_area_share": float(region.mean()),
         "marker_two_cell_area_share": float(support.mean()),
+        "dilations_in_cells": list(DILATIONS), "area_share_by_dilation": [round(float(each.mean()), 4) for each in regions],
         "tagged_members": int(planted.sum()), "members": len(planted),
     }
 
