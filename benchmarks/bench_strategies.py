@@ -15,7 +15,11 @@ One command, one run:
 3. **cxr4** (``--cxr4-model``, an hmt model trained on ../shared/data/cxr4): templates of its training part and
    the strategies of each class: size, consistency, lung-field energy of each prototype; figures.
 
-    .venv/bin/python benchmarks/bench_strategies.py [--size 128 --n-per-class 150] [--cxr4-model M.keras] [--out strategies.json]
+    .venv/bin/python benchmarks/bench_strategies.py [--size 128 --n-per-class 150] [--cam-methods gradcampp layercam ...]
+        [--cxr4-model M.keras] [--out strategies.json]
+
+With ``--cam-methods`` the planted runs' strategies are also rebuilt from other CAM methods' maps of the same model,
+with each prototype's mass on the marker by dilation: whether another method localises the shortcut more sharply.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
+from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS  # noqa: E402
 from heatmap_templates.data import load_dataset  # noqa: E402
 from heatmap_templates.heatmaps import extract_heatmaps  # noqa: E402
 from heatmap_templates.metrics import lung_field_energy  # noqa: E402
@@ -57,15 +62,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_and_template(data: Path, out: Path, size: int) -> dict:
     """Default-recipe `small` model, its store, and every class's template in the canonical frame, with strategies."""
-    dataset = load_dataset(data)
-    result = train(dataset, TrainConfig(backbone="small", input_size=size, batch_size=16))
+    result = train(load_dataset(data), TrainConfig(backbone="small", input_size=size, batch_size=16))
     model = save_model(result.model, result.info, out / "model.keras")
-    store = out / "heatmaps.h5"
-    extract_heatmaps(model, dataset, store)
-    templates = out / "templates.h5"
+    return {**template_with(model, data, out, DEFAULT_METHOD), "result": result}
+
+
+def template_with(model: Path, data: Path, out: Path, method: str) -> dict:
+    """The model's heatmaps by CAM ``method``, every class's template in the canonical frame, and the strategies."""
+    suffix = "" if method == DEFAULT_METHOD else f"_{method}"
+    store, templates = out / f"heatmaps{suffix}.h5", out / f"templates{suffix}.h5"
+    extract_heatmaps(model, load_dataset(data), store, method=method)
     build_templates(store, None, templates, config=BuildConfig(reference=str(data / "ground_truth" / "canonical_chest.png")))
-    strategies = add_strategies(templates)
-    return {"model": model, "store": store, "templates": templates, "strategies": strategies, "result": result}
+    return {"model": model, "store": store, "templates": templates, "strategies": add_strategies(templates)}
 
 
 def would_be_marker(seed: int, index: int, size: int) -> np.ndarray:
@@ -187,6 +195,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shortcut-lesions", type=float, nargs="+", default=[1.0, 0.0],
                         help="lesion scale of the tagged covid images, one planted run each (1: as every image, 0: none)")
+    parser.add_argument("--cam-methods", nargs="*", default=[], choices=[m for m in METHODS.names() if m != DEFAULT_METHOD],
+                        help="also rebuild the planted runs' strategies from these CAM methods' maps (same model)")
     parser.add_argument("--skip-plain", action="store_true", help="leave out the phantoms without a planted shortcut")
     parser.add_argument("--cxr4-model", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep the data, models and figures here")
@@ -205,6 +215,12 @@ def main() -> None:
         found = {"shortcut_lesions": lesion_scale, "test_accuracy": trained["result"].test_report["accuracy"],
                  "use": shortcut_use(planted / "data", trained, args.size, args.seed, lesion_scale, args.n_per_class)}
         found["strategies"] = strategy_truth(planted / "data", trained, args.size, found["use"]["cam_cell_px"])
+        found["other_cam_methods"] = {}
+        for method in args.cam_methods:  # the same model, its maps by another CAM method: is the shortcut sharper?
+            other = template_with(trained["model"], planted / "data", planted, method)
+            truth = strategy_truth(planted / "data", other, args.size, found["use"]["cam_cell_px"])
+            found["other_cam_methods"][method] = {"ari_with_planted": truth["ari_with_planted"], "k": truth["k"],
+                                                  "mass_by_dilation": [each["mass_by_dilation"] for each in truth["strategies"]]}
         found["every_class"] = eigengap_choices(trained)
         report["planted"][f"lesions_{lesion_scale:g}"] = found
         print(json.dumps(found, indent=2), flush=True)
