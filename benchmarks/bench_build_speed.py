@@ -54,8 +54,10 @@ from heatmap_templates.model_file import ModelInfo, save_model
 from heatmap_templates.model_layers import default_cam_layer
 from heatmap_templates.synth import synthesize_dataset, CLASSES
 data, model_path, size, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-classes = sys.argv[5].split(",") if len(sys.argv) > 5 else list(CLASSES)
-if len(sys.argv) <= 5:
+if len(sys.argv) > 5:  # real images: their class names
+    classes = sys.argv[5].split(",")
+else:
+    classes = list(CLASSES)
     synthesize_dataset(data, n_per_class=n, size=size, seed=0, classes=CLASSES, probability_samples=8)
 model = build_model("small", len(classes), size)
 info = ModelInfo(class_names=classes, backbone="small", input_size=(size, size), channels=1, preprocessing="unit",

@@ -92,9 +92,6 @@ DEFAULT_REGISTRATION = "affine"
 QUALITY_MARGIN = 0.1
 _ECC_MIN_SIDE = 32
 _ECC_MAX_SIDE = 64
-# At most 15 iterations a level, stopping once the correlation gains less than 1e-3: on real chest X-rays each
-# iteration costs the same, and running on to 1e-4 bought no pose accuracy on phantoms (1.11 / 1.02 px either way)
-# but drifted more images into implausible transforms (benchmarks/RESULTS.md, "Registration after the build speed-up").
 # At most 15 iterations a level, stopping once the correlation gains less than 5e-4: on real chest X-rays every
 # iteration costs the same, and running on to 30 iterations or 1e-4 bought no pose accuracy on phantoms (1.11 / 1.01
 # px either way) while a quarter of the registration time went to it (benchmarks/RESULTS.md, "Registration after the
