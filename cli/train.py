@@ -78,10 +78,10 @@ def _finding_lines(report: dict) -> list[str]:
     return lines
 
 
-def _headline(report: dict) -> str:
+def _headline(report: dict, split: str = "test") -> str:
     if report.get("multi_label"):
-        return f"test macro AUC: {_fmt(report['macro']['auc'])}"
-    return f"test accuracy: {report['accuracy']:.3f}"
+        return f"{split} macro AUC: {_fmt(report['macro']['auc'])}"
+    return f"{split} accuracy: {report['accuracy']:.3f}"
 
 
 @app.command("train")
@@ -153,6 +153,8 @@ def train(
             "split_counts": result.split_counts,
             "epochs_run": len(result.history),
             "seconds": round(result.seconds, 2),
+            "val_accuracy": None if result.val_report is None else result.val_report.get("accuracy"),
+            "val_report": result.val_report,
             "test_accuracy": None if result.test_report is None else result.test_report.get("accuracy"),
             "test_report": result.test_report,
             "skipped": problems_json(result.problems),
@@ -164,6 +166,8 @@ def train(
     for key, path in written.items():
         typer.echo(f"  {key:<10} {display_path(path)}")
     echo_skipped(result.problems)
+    if result.val_report is not None:
+        typer.echo(_headline(result.val_report, "validation"))
     if result.test_report is None:
         typer.echo("no test split (--test-fraction 0): no test accuracy")
     else:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from heatmap_templates.data import load_dataset
+from heatmap_templates.evaluation import evaluate
 from heatmap_templates.recipe import SCHEDULES, averaging_start, recalibrate_batch_norm, uses_early_stopping, weight_averager
 from heatmap_templates.training import TrainConfig, train
 from test_classifier import _write_toy_set
@@ -72,6 +73,9 @@ def test_default_recipe_is_deterministic_and_averages_its_last_epochs(toy: Path)
     phase = first.info.training["phases"][0]
     assert phase["schedule"] == "cosine" and phase["averaged_epochs"] == 1 and phase["batch_norm_recalibrated"]
     assert phase["epochs_run"] == 4 and not phase["stopped_early"] and first.info.training["augmented"]
+    # The validation report scores the delivered (averaged) model, as `hmt evaluate --split val` does from the file.
+    assert first.val_report == evaluate(first.model, first.info, dataset, split="val").report
+    assert first.info.training["val_report"] == first.val_report and first.val_report["n"] == len(first.info.split["val"])
     plain = train(dataset, replace(config, average_last=0.0))
     assert not plain.info.training["phases"][0]["batch_norm_recalibrated"]
     assert not all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), plain.model.get_weights()))
