@@ -137,6 +137,8 @@ def accumulate_chunk(chunk: BuildChunk, settings: BuildSettings, threads: int = 
                            found[row - start].method, tuple(float(v) for v in np.ravel(found[row - start].matrix)))
                     for row in rows
                 ], normalised=True, run=run)
+        for accumulator in accumulators.values():
+            accumulator.flush(run)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -30,12 +30,16 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.normalisation import DEFAULT_NORMALISATION, NORMALISATIONS, normalise
 from heatmap_templates.normalisation import median_range as normalised_range
 from heatmap_templates.similarity import pearson
-from heatmap_templates.statistics import STATISTICS, StatisticsConfig
+from heatmap_templates.statistics import STATISTICS, StatisticsConfig, TemplateStatistic
 
 DEFAULT_PCA_SIZE = 32
 DEFAULT_COMPONENTS = 8
 DEFAULT_BOOTSTRAP_REPLICATES = 100
 DEFAULT_MEDIAN_BINS = 64
+# Maps held back and given to the statistics together. Each update has a fixed cost (the eigen-heatmaps' 1024 x 1024
+# co-moment merge, a pass over the bootstrap sums), so updating per few maps, as a build's batches split among the
+# classes do, spent more on that than on the maps (benchmarks/RESULTS.md, "Template build speed").
+PENDING_BYTES = 16 * 2**20
 LOO_EXACT = "exact"
 LOO_MERGED = "union of per-file values (each against its own file's template)"
 LOO_NOT_COMPUTED = "not computed"
@@ -143,15 +147,18 @@ class ClassAccumulator:
         self.statistics_config = StatisticsConfig(
             shape=self.shape, pca_size=pca_size, n_components=n_components, bootstrap_replicates=bootstrap_replicates,
             median=median, median_bins=median_bins, median_range=tuple(median_range) if median else None)
-        self.statistics = {name: statistic for name, factory in STATISTICS.items()
+        self._statistics = {name: statistic for name, factory in STATISTICS.items()
                            if (statistic := factory(self.statistics_config)) is not None}
         self.count = 0
         self.members: list[Member] = []
+        self._pending: list[np.ndarray] = []  # prepared maps not yet given to the statistics
+        self._pending_keys: list[str] = []
 
     def add(self, maps: np.ndarray, members: Sequence[Member], *, normalised: bool = False,
             run: Callable[..., Iterable] = map) -> None:
         """Add registered maps (N, H, W) of N members; they are normalised here unless ``normalised``
         (already prepared by :func:`heatmap_templates.prepare.prepare_maps` with this normalisation).
+        Maps are held back until about :data:`PENDING_BYTES` have come, then given to the statistics together;
         ``run`` maps the statistics' independent updates (a thread pool's ``map`` runs them in parallel)."""
         values = np.asarray(maps)
         if values.ndim != 3 or values.shape[1:] != self.shape:
@@ -161,11 +168,27 @@ class ClassAccumulator:
         for member in members:
             if not (np.isfinite(member.probability) and np.isfinite(member.registration_quality)):
                 raise ValueError(f"member {member.path} has a non-finite probability or registration quality")
-        prepared = (values if normalised else normalise(values, self.normalisation)).astype(np.float64)
-        keys = [member.key for member in members]
-        list(run(lambda statistic: statistic.update(prepared, keys), self.statistics.values()))
+        self._pending.append(np.array(values) if normalised else normalise(values, self.normalisation))  # a copy either way
+        self._pending_keys.extend(member.key for member in members)
         self.count += len(values)
         self.members.extend(members)
+        if sum(batch.nbytes for batch in self._pending) >= PENDING_BYTES:
+            self.flush(run)
+
+    @property
+    def statistics(self) -> dict[str, TemplateStatistic]:
+        """The statistics by registry name, with every map added so far."""
+        self.flush()
+        return self._statistics
+
+    def flush(self, run: Callable[..., Iterable] = map) -> None:
+        """Give the maps held back by :meth:`add` to the statistics (every other method does this first)."""
+        if not self._pending:
+            return
+        prepared = np.concatenate(self._pending).astype(np.float64)
+        keys = self._pending_keys
+        self._pending, self._pending_keys = [], []
+        list(run(lambda statistic: statistic.update(prepared, keys), self._statistics.values()))
 
     def _config(self) -> dict:
         config = self.statistics_config
@@ -187,14 +210,17 @@ class ClassAccumulator:
             mine, theirs = self._config(), other._config()
             differing = ", ".join(key for key in mine if mine[key] != theirs[key])
             raise HmtError(f"cannot merge templates of class {other.class_name!r} built with different {differing}")
-        for name, statistic in self.statistics.items():
-            statistic.merge(other.statistics[name])
+        self.flush()
+        other.flush()
+        for name, statistic in self._statistics.items():
+            statistic.merge(other._statistics[name])
         self.count += other.count
         self.members.extend(other.members)
         return self
 
     def state(self) -> AccumulatorState:
         """A copy of everything needed to resume or merge this accumulator exactly."""
+        self.flush()
         arrays: dict[str, np.ndarray] = {}
         scalars: dict[str, float] = {}
         for statistic in self.statistics.values():
@@ -220,7 +246,7 @@ class ClassAccumulator:
             median_range=tuple(stored_range) if stored_range is not None else None,
         )
         count = int(config["count"])
-        for statistic in accumulator.statistics.values():
+        for statistic in accumulator._statistics.values():
             statistic.restore(state.arrays, config, count)
         accumulator.count = count
         accumulator.members = list(state.members)
@@ -230,6 +256,7 @@ class ClassAccumulator:
 
     def finalize(self) -> ClassTemplate:
         """The template from what has been added so far (the accumulator stays usable)."""
+        self.flush()
         results: dict = {"median": None}
         for statistic in self.statistics.values():
             results.update(statistic.results())

@@ -108,6 +108,22 @@ def test_heatmap_store_round_trip_resume_and_selection(tmp_path: Path) -> None:
         member_indices(reader, 0, "wrong")
 
 
+@pytest.mark.parametrize("rows", [[3], list(range(5, 40)), list(range(0, 300, 7)), [0, 15, 16, 17, 250, 299]])
+def test_rows_read_by_slices_equal_hdf5s_point_selection(tmp_path: Path, rows: list[int]) -> None:
+    """_read_rows reads a span, or one slice per stored chunk for sparse rows; h5py's point selection is the reference."""
+    from heatmap_templates.store.heatmap_store import _read_rows
+
+    path = tmp_path / "rows.h5"
+    values = np.random.default_rng(0).integers(0, 255, size=(300, 6, 5)).astype(np.uint8)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("image", data=values, chunks=(16, 6, 5), compression="lzf")
+        handle.create_dataset("path", data=np.array([f"p{i}.png" for i in range(300)], dtype=object), dtype=h5py.string_dtype())
+    index = np.array(rows)
+    with h5py.File(path, "r") as handle:
+        np.testing.assert_array_equal(_read_rows(handle["image"], index), handle["image"][rows])
+        assert list(_read_rows(handle["path"], index)) == [f"p{i}.png" for i in rows]
+
+
 def test_two_writers_never_overwrite_each_others_shards(tmp_path: Path) -> None:
     path = tmp_path / "heatmaps.h5"
     first, second = HeatmapWriter(path, HEATMAP_SETTINGS), HeatmapWriter(path, HEATMAP_SETTINGS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -114,6 +115,37 @@ def test_covariance_and_pca_match_numpy_linalg() -> None:
         assert abs(abs(component @ vector) - 1.0) < 1e-9
         assert component[np.argmax(np.abs(component))] > 0  # sign convention
     np.testing.assert_allclose(ratio, values / np.trace(reference), rtol=1e-10)
+
+
+@pytest.mark.parametrize("samples", [400, 5])  # full rank, and fewer samples than components (zero eigenvalues)
+def test_top_components_by_lanczos_match_lapacks_full_decomposition(samples: int) -> None:
+    """principal_components takes ARPACK's Lanczos path for 8 of 256; LAPACK's full eigh is the reference."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(samples, 20)) @ rng.normal(size=(20, 256)) + 0.1 * rng.normal(size=(samples, 256))
+    covariance = np.cov(data, rowvar=False)
+    values, components, _ = principal_components(covariance, 8)
+    true_values, true_vectors = scipy.linalg.eigh(covariance)
+    np.testing.assert_allclose(values, np.clip(true_values[::-1][:8], 0.0, None), rtol=1e-9, atol=1e-9)
+    for value, component, vector in zip(values, components, true_vectors[:, ::-1].T):
+        if value > 1e-9:  # the zero eigenvalues' vectors are any basis of the null space
+            assert abs(abs(component @ vector) - 1.0) < 1e-8
+
+
+def test_maps_held_back_give_the_statistics_of_updates_batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """add() holds maps back until PENDING_BYTES; updating after every add must give the same template, and a
+    caller reusing its array after add must not change what was added."""
+    maps, members = _maps(30, seed=11), _members(30)
+    held = _build(maps, members).finalize()
+    monkeypatch.setattr("heatmap_templates.templates.PENDING_BYTES", 0)
+    each = _build(maps, members).finalize()
+    for name in ("mean", "std", "median", "band_low", "band_high", "eigenvalues", "components"):
+        np.testing.assert_allclose(getattr(held, name), getattr(each, name), rtol=1e-9, atol=1e-12, err_msg=name)
+    monkeypatch.undo()
+    reused = normalise(maps[:7])
+    accumulator = ClassAccumulator("covid", SHAPE, pca_size=8, n_components=4, bootstrap_replicates=40)
+    accumulator.add(reused, members[:7], normalised=True)
+    reused[:] = 0.0
+    np.testing.assert_allclose(accumulator.finalize().mean, normalise(maps[:7]).mean(0), atol=1e-7)
 
 
 def test_downsample_is_area_average_and_upsample_preserves_constants() -> None:

@@ -179,10 +179,10 @@ def strings(dataset: h5py.Dataset) -> list[str]:
 def compressed(group: h5py.Group, name: str, data: np.ndarray) -> None:
     """A dataset, gzip-compressed when it gains from it: large integer and float32 arrays. float64 accumulator
     state (bootstrap sums, co-moments) is stored as it is: gzip kept 70-80 % of its bytes and took most of the
-    time of saving a template."""
+    time of saving a template. Level 1: a class template's arrays came out 0.1 % larger than at level 4, 3.6x faster."""
     array = np.asarray(data)
     if array.size >= 4096 and not (array.dtype.kind == "f" and array.dtype.itemsize >= 8):
-        group.create_dataset(name, data=array, compression="gzip", compression_opts=4, shuffle=True)
+        group.create_dataset(name, data=array, compression="gzip", compression_opts=1, shuffle=True)
     else:
         group.create_dataset(name, data=array)
 
