@@ -44,6 +44,7 @@ def build_templates_command(
     median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),
     batch_size: int = typer.Option(BuildConfig.batch_size, "--batch-size", min=1, help="Images per batch."),
     threads: int = typer.Option(BuildConfig.threads, "--threads", min=1, help="Threads of a build in this process (the result does not depend on them)."),
+    chunk_images: int = typer.Option(BuildConfig.chunk_images, "--chunk-images", min=1, help="Images per chunk, the unit of work of a thread or a cluster task. The result depends on it (bit for bit), not on the threads or the scheduler; on a large cluster use a few thousand, since each chunk's partial statistics (about 60 MB per class at 224 px) travel once to be merged (docs/cluster.md)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
     strategies: Optional[str] = typer.Option(None, "--strategies", help="Also find each built class's strategies: auto (the eigengap chooses how many) or a number (see hmt strategies)."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded the project."),
@@ -64,7 +65,7 @@ def build_templates_command(
     config = BuildConfig(
         registration=registration, normalisation=normalisation, include=include,
         reference=str(reference) if reference else None, n_components=components,
-        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size, threads=threads,
+        bootstrap_replicates=bootstrap, median=median, batch_size=batch_size, threads=threads, chunk_images=chunk_images,
     )
     config.validate()  # before any heatmap is computed
     strategy_k = parse_k(strategies) if strategies is not None else None

@@ -197,6 +197,20 @@ def test_cli_builds_from_a_store_without_a_model(project: dict, tmp_path: Path, 
     assert summary["members"] == {name: int(((project["reader"].labels == k) & project["reader"].correct).sum())}
 
 
+def test_cli_chunk_images_gives_the_apis_chunked_build(project: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--chunk-images reaches BuildConfig.chunk_images: the CLI's file equals the API's with the same chunks bit for bit."""
+    monkeypatch.chdir(tmp_path)
+    name = project["first"]
+    result = _hmt_in_process("build-templates", "--heatmaps", str(project["store"]), "--class", name, "-o", str(tmp_path / "cli.h5"),
+                             *FAST_CLI, "--chunk-images", "3", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    config = BuildConfig(registration="none", n_components=2, bootstrap_replicates=2, chunk_images=3, threads=1)
+    build_templates(project["store"], [name], tmp_path / "api.h5", config=config)
+    cli, api = (read_templates(tmp_path / f"{which}.h5", load_state=True).templates[name] for which in ("cli", "api"))
+    for key, value in api.state.arrays.items():
+        np.testing.assert_array_equal(cli.state.arrays[key], value, err_msg=key)
+
+
 def test_cli_defaults_model_and_data_from_the_project_record(project: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     record_project(model=project["model"], data=project["data"])
