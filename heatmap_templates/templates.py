@@ -38,7 +38,7 @@ DEFAULT_BOOTSTRAP_REPLICATES = 100
 DEFAULT_MEDIAN_BINS = 64
 # Maps held back and given to the statistics together. Each update has a fixed cost (the eigen-heatmaps' 1024 x 1024
 # co-moment merge, a pass over the bootstrap sums), so updating per few maps, as a build's batches split among the
-# classes do, spent more on that than on the maps (benchmarks/RESULTS.md, "Template build speed").
+# classes do, spent more on that than on the maps (benchmarks/RESULTS.md, "Scale: compact store, template build").
 PENDING_BYTES = 16 * 2**20
 LOO_EXACT = "exact"
 LOO_MERGED = "union of per-file values (each against its own file's template)"
@@ -148,7 +148,7 @@ class ClassAccumulator:
             shape=self.shape, pca_size=pca_size, n_components=n_components, bootstrap_replicates=bootstrap_replicates,
             median=median, median_bins=median_bins, median_range=tuple(median_range) if median else None)
         self._statistics = {name: statistic for name, factory in STATISTICS.items()
-                           if (statistic := factory(self.statistics_config)) is not None}
+                            if (statistic := factory(self.statistics_config)) is not None}
         self.count = 0
         self.members: list[Member] = []
         self._pending: list[np.ndarray] = []  # prepared maps not yet given to the statistics
@@ -210,17 +210,15 @@ class ClassAccumulator:
             mine, theirs = self._config(), other._config()
             differing = ", ".join(key for key in mine if mine[key] != theirs[key])
             raise HmtError(f"cannot merge templates of class {other.class_name!r} built with different {differing}")
-        self.flush()
-        other.flush()
-        for name, statistic in self._statistics.items():
-            statistic.merge(other._statistics[name])
+        theirs = other.statistics
+        for name, statistic in self.statistics.items():
+            statistic.merge(theirs[name])
         self.count += other.count
         self.members.extend(other.members)
         return self
 
     def state(self) -> AccumulatorState:
         """A copy of everything needed to resume or merge this accumulator exactly."""
-        self.flush()
         arrays: dict[str, np.ndarray] = {}
         scalars: dict[str, float] = {}
         for statistic in self.statistics.values():
@@ -256,7 +254,6 @@ class ClassAccumulator:
 
     def finalize(self) -> ClassTemplate:
         """The template from what has been added so far (the accumulator stays usable)."""
-        self.flush()
         results: dict = {"median": None}
         for statistic in self.statistics.values():
             results.update(statistic.results())
