@@ -10,7 +10,7 @@ resident memory (``ru_maxrss``), next to the same child's peak after its imports
 Store images are phantoms (a few distinct ones, cycled) so that lung segmentation and ECC have
 real work; maps are smooth random blobs, different for every entry.
 
-    .venv/bin/python benchmarks/bench_build_memory.py [--n 60 --factor 10]
+    .venv/bin/python benchmarks/bench_build_memory.py [--n 2000 --factor 10]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ DISTINCT_IMAGES = 24
 SETTINGS = {
     "model_sha256": "0" * 64, "model_path": "synthetic.keras", "class_names": list(CLASSES), "layer": "block4_relu",
     "cam_method": "gradcam", "score": "logit", "input_size": [SIDE, SIDE], "channels": 1, "preprocessing": "unit",
-    "backbone": "small",
+    "backbone": "small", "threshold": 0.5, "head": "softmax", "intensity": "bits",
 }
 CHILD = """
 import json, resource, sys, time
@@ -87,7 +87,7 @@ def measure(n: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--n", type=int, default=2000)  # several chunks of 512 even at N
     parser.add_argument("--factor", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hmt_bench_build_memory_") as folder:

@@ -39,7 +39,9 @@ DEFAULT_MEDIAN_BINS = 64
 # Maps held back and given to the statistics together. Each update has a fixed cost (the eigen-heatmaps' 1024 x 1024
 # co-moment merge, a pass over the bootstrap sums), so updating per few maps, as a build's batches split among the
 # classes do, spent more on that than on the maps (benchmarks/RESULTS.md, "Scale: compact store, template build").
-PENDING_BYTES = 16 * 2**20
+# Not more: each update's temporaries are several times the maps, and at 16 MB they raised a 6000-image build's peak
+# memory from 223 to 405 MB for no speed that could be told from noise.
+PENDING_BYTES = 4 * 2**20
 LOO_EXACT = "exact"
 LOO_MERGED = "union of per-file values (each against its own file's template)"
 LOO_NOT_COMPUTED = "not computed"
