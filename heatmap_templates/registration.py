@@ -76,6 +76,7 @@ from heatmap_templates.geometry import (
     as_image,
     check_plausible,
     homogeneous,
+    invert_affine,
     resize_matrix,
 )
 from heatmap_templates.lungs import LungFrame, lung_pair, segment_lungs, similarity_to
@@ -232,17 +233,18 @@ class Registrar:
         return region
 
     @staticmethod
-    def _pyramid(image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """ECC levels, coarse to fine: (downsampled reference, (3, 3) full -> level coordinate map)."""
+    def _pyramid(image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """ECC levels, coarse to fine: (downsampled reference, (3, 3) full -> level coordinate map, its inverse)."""
         levels = []
         factor = 1
         while min(image.shape) / factor >= _ECC_MIN_SIDE:
             size = (max(1, round(image.shape[0] / factor)), max(1, round(image.shape[1] / factor)))
             if max(size) <= _ECC_MAX_SIDE:
-                levels.append((resize_gray(image, size), resize_matrix(image.shape, size)))
+                to_level = resize_matrix(image.shape, size)
+                levels.append((resize_gray(image, size), to_level, invert_affine(to_level)))
             factor *= 2
         if not levels:  # tiny references: one level at full size
-            levels.append((image, np.eye(3)))
+            levels.append((image, np.eye(3), np.eye(3)))
         return levels[::-1]
 
     # ----------------------------------------------------------------------- estimation
@@ -297,10 +299,10 @@ class Registrar:
 
     def ecc(self, image: np.ndarray, initial: np.ndarray) -> np.ndarray:
         """Coarse-to-fine ECC (MOTION_AFFINE) from an initial (3, 3) image -> reference map."""
-        warp = np.linalg.inv(initial)  # ECC's warp maps reference coordinates to image coordinates
-        for level_reference, to_level in self._levels:
+        warp = invert_affine(initial)  # ECC's warp maps reference coordinates to image coordinates
+        for level_reference, to_level, from_level in self._levels:
             level_image = resize_gray(image, level_reference.shape)
-            level_warp = to_level @ warp @ np.linalg.inv(to_level)
+            level_warp = to_level @ warp @ from_level
             try:
                 _, found = cv2.findTransformECC(
                     level_reference,
@@ -313,10 +315,10 @@ class Registrar:
                 )
             except cv2.error as error:
                 raise RegistrationError(ECC_FAILED) from error
-            warp = np.linalg.inv(to_level) @ homogeneous(found.astype(np.float64)) @ to_level
-        if not np.isfinite(warp).all() or abs(np.linalg.det(warp)) < 1e-12:
+            warp = from_level @ homogeneous(found.astype(np.float64)) @ to_level
+        if not np.isfinite(warp).all() or abs(warp[0, 0] * warp[1, 1] - warp[0, 1] * warp[1, 0]) < 1e-12:
             raise RegistrationError(IMPLAUSIBLE)
-        matrix = np.linalg.inv(warp)
+        matrix = invert_affine(warp)
         check_plausible(matrix, image.shape, self.reference.shape)  # type: ignore[arg-type]
         return matrix
 

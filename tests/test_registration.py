@@ -253,3 +253,24 @@ def test_build_reference_without_lungs_fails_clearly_and_none_is_the_plain_mean(
     reference = build_reference(images, method="none")
     np.testing.assert_allclose(reference.image, (images[0] + images[1]) / 2, atol=1e-6)
     assert reference.lung_mask.any()
+
+
+def test_closed_form_inverse_and_plausibility_match_numpys_linear_algebra() -> None:
+    """invert_affine and check_plausible's closed-form singular values against np.linalg.inv / svd / solve."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        matrix = np.eye(3)
+        matrix[:2] = rng.normal(size=(2, 3)) * [0.8, 0.8, 8.0] + [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        np.testing.assert_allclose(geometry.invert_affine(matrix), np.linalg.inv(matrix), rtol=1e-9, atol=1e-9)
+        singular = np.linalg.svd(matrix[:2, :2], compute_uv=False)
+        x, y, _ = np.linalg.solve(matrix, [31.5, 31.5, 1.0])
+        expected = (np.linalg.det(matrix[:2, :2]) > 0 and 1 / 3 <= singular.min() and singular.max() <= 3
+                    and singular.max() <= 2 * singular.min() and 0 <= x <= 63 and 0 <= y <= 63)
+        try:
+            geometry.check_plausible(matrix, (64, 64), (64, 64))
+            plausible = True
+        except geometry.RegistrationError:
+            plausible = False
+        assert plausible == expected
+    with pytest.raises(geometry.RegistrationError):
+        geometry.invert_affine(np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]]))
