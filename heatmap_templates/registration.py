@@ -359,7 +359,7 @@ class Registrar:
         if data.shape != self.reference.shape:
             raise HmtError(f"cannot move an array of shape {data.shape} back; the reference frame is {self.reference.shape}")
         height, width = alignment.image_shape or self.reference.shape
-        inverse = np.linalg.inv(homogeneous(alignment.matrix))[:2]
+        inverse = invert_affine(homogeneous(alignment.matrix))[:2]
         return cv2.warpAffine(data, inverse, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
 
     def register_batch(
@@ -455,11 +455,11 @@ def build_reference(
         registrar = Registrar(method, reference)
         matrices = []
         for image, alignment in zip(images, registrar.estimate_many(images, threads, quality=False)):
-            matrix = homogeneous(alignment.matrix) @ np.linalg.inv(resize_matrix(np.shape(image), shape))
+            matrix = homogeneous(alignment.matrix) @ invert_affine(resize_matrix(np.shape(image), shape))
             matrices.append((matrix, alignment.method == method))
         progress.advance(len(images))
         successful = [matrix for matrix, ok in matrices if ok]
-        correction = np.linalg.inv(np.mean(successful, axis=0)) if successful else np.eye(3)
+        correction = invert_affine(np.mean(successful, axis=0)) if successful else np.eye(3)
         corrected = [correction @ matrix if ok else matrix for matrix, ok in matrices]
         reference = _average(frames, shape, corrected, centre=False)
     progress.finish()
