@@ -241,7 +241,7 @@ def _build_classes(reader: HeatmapReader, members: dict[str, np.ndarray], refere
         def advance(chunk: BuildChunk) -> None:
             progress.advance(len(chunk))
 
-        partial = executor.fold(merge_partials, executor.map(accumulate_chunk, chunks, settings, executor.inner_threads(len(chunks)), done=advance))
+        partial = executor.fold(merge_partials, executor.map(accumulate_chunk, chunks, settings, done=advance, threaded=True))
         with ThreadPoolExecutor(max_workers=max(1, min(config.threads, len(members)))) as pool:  # the classes at once
             templates = dict(zip(members, pool.map(lambda name: partial.accumulators[name].finalize(), members)))
         sums = {name: (np.asarray(template.mean, dtype=np.float64) * template.count, template.count)

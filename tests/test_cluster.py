@@ -213,7 +213,17 @@ def test_local_threads_run_chunks_at_once_in_order_with_few_in_flight() -> None:
 
     done: list[int] = []
     executor = LocalExecutor(threads=3)
-    assert executor.inner_threads(1) == 3 and executor.inner_threads(10) == 1 and LocalExecutor(4).inner_threads(2) == 2
+    assert executor.inner_threads(0, 1) == 3 and executor.inner_threads(0, 10) == 1 and LocalExecutor(4).inner_threads(0, 2) == 2
+    given: dict[int, int] = {}
+
+    def threaded_work(item: int, *, threads: int) -> int:
+        given[item] = threads
+        return item
+
+    assert list(executor.map(threaded_work, list(range(7)), threaded=True)) == list(range(7))
+    assert given == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 3}  # the last chunk to start has the spare threads
+    assert list(LocalExecutor(4).map(threaded_work, [10, 11, 12], threaded=True)) == [10, 11, 12]
+    assert [given[item] for item in (10, 11, 12)] == [1, 1, 1]  # started together: 4 threads shared by 3
     assert list(executor.map(work, list(range(10)), 100, done=done.append)) == list(range(100, 110))
     assert done == list(range(10)) and 2 <= most[0] <= 3
     assert executor.fold(lambda a, b: a * 10 + b, iter([1, 2, 3])) == 123
