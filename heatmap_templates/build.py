@@ -49,6 +49,7 @@ from heatmap_templates.normalisation import DEFAULT_NORMALISATION, NORMALISATION
 from heatmap_templates.preprocess import resize_gray
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.registration import (
+    DEFAULT_REFERENCE_ITERATIONS,
     DEFAULT_REGISTRATION,
     DEFAULT_THREADS,
     REGISTRATIONS,
@@ -70,7 +71,9 @@ from heatmap_templates.templates import (
 )
 
 DEFAULT_OUT = Path("templates_out/templates.h5")
-REFERENCE_SAMPLE = 200  # images averaged into a data-built reference: plenty for a stable mean, bounded cost
+# Images averaged into a data-built reference: a bounded cost. 100 instead of 200 moved the phantoms' pose error by 0.01
+# px and left cxr4's registration quality as it was (0.747 vs 0.744), at 0.37 instead of 0.92 s with 2 iterations.
+REFERENCE_SAMPLE = 100
 
 
 @dataclass
@@ -81,7 +84,7 @@ class BuildConfig:
     normalisation: str = DEFAULT_NORMALISATION
     include: str = DEFAULT_INCLUDE
     reference: str | None = None  # an image file to use as the reference frame
-    reference_iterations: int = 3
+    reference_iterations: int = DEFAULT_REFERENCE_ITERATIONS
     n_components: int = DEFAULT_COMPONENTS
     bootstrap_replicates: int = DEFAULT_BOOTSTRAP_REPLICATES
     median: bool = True
