@@ -27,7 +27,9 @@ from heatmap_templates.registration import Alignment, Reference, Registrar
 from heatmap_templates.store.heatmap_store import read_at
 from heatmap_templates.templates import ClassAccumulator, Member, leave_one_out_correlations
 
-DEFAULT_CHUNK_IMAGES = 512  # images per chunk: the unit a thread or a cluster task works on
+# Images per chunk: the unit a thread or a cluster task works on. 256 rather than 512: a 1525-image build makes 6 chunks
+# that share 2 threads evenly, not 3 (365 vs 342 maps/s side by side; the same at 224 px); clusters want more (docs/cluster.md).
+DEFAULT_CHUNK_IMAGES = 256
 
 
 @dataclass(frozen=True)
