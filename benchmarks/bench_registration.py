@@ -3,7 +3,7 @@
 For each registration method (none, affine, lungs) and each kind of reference:
 - ``canonical``: the phantom's canonical frame; the reference image is the mean of the phantoms
   moved back by their *true* poses, its lung mask is ``synth.canonical_lung_mask``;
-- ``data``: ``build_reference(images, iterations=3, method=<method>)`` (what ``hmt build-templates`` does),
+- ``data``: ``build_reference(images, method=<method>)`` with its default rounds (what ``hmt build-templates`` does),
 it reports:
 - pose error (px): each image's estimated image -> reference map composed with its true
   canonical -> image pose gives a canonical -> reference map C_i. With the canonical reference
@@ -38,7 +38,7 @@ import numpy as np
 from heatmap_templates import synth
 from heatmap_templates.decode import decode_image
 from heatmap_templates.preprocess import resize_gray
-from heatmap_templates.registration import REGISTRATIONS, Reference, Registrar, build_reference
+from heatmap_templates.registration import DEFAULT_REFERENCE_ITERATIONS, REGISTRATIONS, Reference, Registrar, build_reference
 
 
 def render(n_per_class: int, size: int, seed: int) -> list[synth.Phantom]:
@@ -96,12 +96,12 @@ def real_images(root: Path, count: int, size: int, seed: int) -> list[np.ndarray
 def evaluate_real(images: list[np.ndarray]) -> None:
     half = images[: len(images) // 2]
     print()
-    print(f"Real chest X-rays: {len(images)} images; reference built (3 iterations, same method) from the first {len(half)}.")
+    print(f"Real chest X-rays: {len(images)} images; reference built ({DEFAULT_REFERENCE_ITERATIONS} iterations, same method) from the first {len(half)}.")
     print()
     print("| method | correlation with reference | methods used | fallbacks | CPU ms / image |")
     print("|---|---|---|---|---|")
     for method in REGISTRATIONS:
-        registrar = Registrar(method, build_reference(half, iterations=3, method=method))
+        registrar = Registrar(method, build_reference(half, method=method))
         start = time.process_time()
         alignments = [registrar.estimate(image) for image in images]
         cpu_ms = 1000 * (time.process_time() - start) / len(images)
@@ -126,7 +126,7 @@ def main() -> None:
     build_seconds = {}
     for method in REGISTRATIONS:
         start = time.perf_counter()
-        references[f"data:{method}"] = build_reference(images, iterations=3, method=method)
+        references[f"data:{method}"] = build_reference(images, method=method)
         build_seconds[method] = time.perf_counter() - start
 
     print(
@@ -149,7 +149,7 @@ def main() -> None:
             )
     print()
     print(
-        "build_reference (3 iterations, "
+        f"build_reference ({DEFAULT_REFERENCE_ITERATIONS} iterations, "
         + ", ".join(f"{method}: {seconds:.1f} s" for method, seconds in build_seconds.items())
         + f") for {len(images)} images"
     )
