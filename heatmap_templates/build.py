@@ -60,7 +60,6 @@ from heatmap_templates.registration import (
 )
 from heatmap_templates.store import TEMPLATE_IDENTITY_KEYS, HeatmapReader, TemplateFile, load_accumulator, open_heatmaps, read_templates, save_templates
 from heatmap_templates.store.hdf5 import check_identity
-from heatmap_templates.store.heatmap_store import read_at
 from heatmap_templates.store.templates_file import check_same_reference, ordered_classes, write_templates_file
 from heatmap_templates.templates import (
     DEFAULT_BOOTSTRAP_REPLICATES,
@@ -154,7 +153,7 @@ def _choose_reference(reader: HeatmapReader, existing: TemplateFile | None, conf
         raise HmtError("no member images to build a registration reference from")
     # An evenly spaced, deterministic sample of the members keeps the reference cost bounded.
     chosen = np.sort(member_indices)[np.linspace(0, len(member_indices) - 1, min(REFERENCE_SAMPLE, len(member_indices))).astype(int)]
-    images = [image.astype(np.float32) / 255.0 for image in read_at(reader.sources, reader.locations(np.unique(chosen)), "image")]
+    images = [image.astype(np.float32) / 255.0 for image in reader.read_field("image", np.unique(chosen))]
     method = "affine" if config.registration == "lungs" else config.registration
     return build_reference(images, iterations=config.reference_iterations, method=method, progress=progress, threads=config.threads)
 

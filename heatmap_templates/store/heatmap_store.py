@@ -347,9 +347,9 @@ class HeatmapReader:
         needs neither images nor labels reads a small fraction of the bytes."""
         order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         for start in range(0, len(order), max(1, batch_size)):
-            yield self._read_field("raw", order[start : start + batch_size])
+            yield self.read_field("raw", order[start : start + batch_size])
 
-    def _read_field(self, name: str, indices: np.ndarray) -> np.ndarray:
+    def read_field(self, name: str, indices: np.ndarray) -> np.ndarray:
         """One image dataset (``image`` or ``raw``) for ``indices``, from whichever files hold them."""
         return read_at(self.sources, self._locations[indices], name)
 
@@ -368,8 +368,8 @@ class HeatmapReader:
             predicted=self.predicted[indices].astype(np.int32),
             probabilities=self.probabilities[indices].astype(np.float32),
             correct=self.correct[indices].astype(bool),
-            images=np.zeros((0, 0, 0), np.uint8) if empty else self._read_field("image", indices),
-            raw=np.zeros((0, 0, 0, 0), np.float32) if empty else self._read_field("raw", indices),
+            images=np.zeros((0, 0, 0), np.uint8) if empty else self.read_field("image", indices),
+            raw=np.zeros((0, 0, 0, 0), np.float32) if empty else self.read_field("raw", indices),
         )
 
 
