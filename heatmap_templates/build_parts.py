@@ -1,7 +1,7 @@
 """The unit of work of a template build: a fixed chunk of member images, accumulated, then scored.
 
 :mod:`heatmap_templates.build` cuts the union of every requested class's members, in store order,
-into chunks of ``chunk_images`` (:func:`plan_chunks`). A chunk carries what a worker needs without
+into equal chunks of at most ``chunk_images`` (:func:`plan_chunks`). A chunk carries what a worker needs without
 the store's index: the files and rows of its images and, per image, the path, hash and class
 probabilities of its member records; per class, which of its images are members. Two passes:
 
@@ -27,8 +27,9 @@ from heatmap_templates.registration import Alignment, Reference, Registrar
 from heatmap_templates.store.heatmap_store import read_at
 from heatmap_templates.templates import ClassAccumulator, Member, leave_one_out_correlations
 
-# Images per chunk: the unit a thread or a cluster task works on. 256 rather than 512: a 1525-image build makes 6 chunks
-# that share 2 threads evenly, not 3 (365 vs 342 maps/s side by side; the same at 224 px); clusters want more (docs/cluster.md).
+# At most this many images per chunk (chunks are cut equal, chunk_bounds): the unit a thread or a cluster task works on.
+# 256 rather than 512: a 1525-image build makes 6 chunks that share 2 threads evenly, not 3 (365 vs 342 maps/s side by
+# side; the same at 224 px); clusters want more (docs/cluster.md).
 DEFAULT_CHUNK_IMAGES = 256
 
 
@@ -74,15 +75,25 @@ class PartialBuild:
     alignments: list[Alignment] = field(default_factory=list)
 
 
+def chunk_bounds(images: int, chunk_images: int = DEFAULT_CHUNK_IMAGES) -> list[tuple[int, int]]:
+    """(start, stop) of each chunk of ``images``: as many chunks as ``chunk_images`` needs, of sizes that differ by at
+    most one. Equal chunks keep threads busy to the end: 800 images cut as 256, 256, 256 and 32 left one chunk running
+    alone on one of two threads for a seventh of a 224-px build."""
+    count = -(-images // chunk_images)
+    edges = [round(i * images / count) for i in range(count + 1)] if count else [0]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def plan_chunks(reader, members: dict[str, np.ndarray], chunk_images: int = DEFAULT_CHUNK_IMAGES) -> list[BuildChunk]:  # noqa: ANN001 (HeatmapReader)
-    """Cut the union of ``members`` (store indices per class) into chunks of ``chunk_images``, in store order."""
+    """Cut the union of ``members`` (store indices per class) into chunks of at most ``chunk_images`` (:func:`chunk_bounds`),
+    in store order."""
     union = np.unique(np.concatenate(list(members.values()))) if members else np.zeros(0, np.int64)
     belongs = {name: np.isin(union, indices) for name, indices in members.items()}
     sources = tuple(str(path) for path in reader.sources)
     chunks = []
-    for number, start in enumerate(range(0, len(union), chunk_images)):
-        indices = union[start:start + chunk_images]
-        chunk_members = {name: np.flatnonzero(mask[start:start + chunk_images]) for name, mask in belongs.items()}
+    for number, (start, stop) in enumerate(chunk_bounds(len(union), chunk_images)):
+        indices = union[start:stop]
+        chunk_members = {name: np.flatnonzero(mask[start:stop]) for name, mask in belongs.items()}
         chunks.append(BuildChunk(
             number=number, sources=sources, locations=reader.locations(indices),
             paths=tuple(reader.paths[i] for i in indices), sha256=tuple(reader.sha256[i] for i in indices),

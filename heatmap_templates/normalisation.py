@@ -1,7 +1,8 @@
 """Per-map normalisations: how each registered heatmap is scaled before it joins a template.
 
 A normalisation is a function over maps flattened to rows (N, P) float64 with non-finite pixels
-already set to 0. A scale-invariant one (every one but ``none``) receives rows divided by their
+already set to 0; it may work in place on them (a fresh copy), since every pass over fresh memory counts in a
+template build. A scale-invariant one (every one but ``none``) receives rows divided by their
 largest magnitude, so squares and differences of huge values stay finite; a constant or all-zero
 map (no localisation) must come out as zeros, so NaN never leaves this module. ``median_range``
 is the value range of normalised maps, which the per-pixel median histogram needs (None: unbounded).
@@ -31,10 +32,17 @@ class Normalisation:
 NORMALISATIONS: Registry[Normalisation] = Registry("normalisation", parameter="normalisation")
 
 
+def _divide_rows(flat: np.ndarray, divisors: np.ndarray) -> np.ndarray:
+    """``flat`` divided in place by each row's divisor, where it is positive; rows whose divisor is not positive
+    must be zeros already (they stay zeros)."""
+    return np.divide(flat, np.where(divisors > 0, divisors, 1.0), out=flat)
+
+
 def _minmax(flat: np.ndarray) -> np.ndarray:
     low = flat.min(axis=1, keepdims=True)
     spread = flat.max(axis=1, keepdims=True) - low
-    return np.divide(flat - low, spread, out=np.zeros_like(flat), where=spread > 0)
+    flat -= low  # a constant row becomes zeros
+    return _divide_rows(flat, spread)
 
 
 def _sum(flat: np.ndarray) -> np.ndarray:
@@ -79,15 +87,18 @@ def normalise(maps: np.ndarray, method: str = DEFAULT_NORMALISATION) -> np.ndarr
     ndarray, float32, the shape of ``maps``
     """
     entry = NORMALISATIONS[method]
-    array = np.asarray(maps, dtype=np.float64)
+    array = np.array(maps, dtype=np.float64)  # a copy of our own, worked on in place
     if array.ndim not in (2, 3):
         raise ValueError(f"normalise expects (H, W) or (N, H, W) maps, got shape {array.shape}")
-    flat = np.where(np.isfinite(array), array, 0.0).reshape(1 if array.ndim == 2 else array.shape[0], -1)
+    flat = array.reshape(1 if array.ndim == 2 else array.shape[0], -1)
     if flat.size == 0:
         return _none(flat).reshape(array.shape).astype(np.float32)
+    finite = np.isfinite(flat)
+    if not finite.all():
+        flat[~finite] = 0.0
     if entry.scale_invariant:
-        magnitude = np.abs(flat).max(axis=1, keepdims=True)
-        flat = np.divide(flat, magnitude, out=np.zeros_like(flat), where=magnitude > 0)
+        magnitude = np.maximum(flat.max(axis=1, keepdims=True), -flat.min(axis=1, keepdims=True))
+        _divide_rows(flat, magnitude)  # an all-zero row is the only one without magnitude
     return entry.function(flat).reshape(array.shape).astype(np.float32)
 
 

@@ -23,8 +23,9 @@ SIMILARITIES: Registry[SimilarityFunction] = Registry("similarity", parameter="s
 def standardise_rows(values: np.ndarray) -> np.ndarray:
     """Rows with zero mean and unit norm (constant rows become zeros), so dot products are Pearson r."""
     centred = values - values.mean(axis=1, keepdims=True)
-    norms = np.sqrt((centred**2).sum(axis=1, keepdims=True))
-    return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
+    norms = np.sqrt(np.einsum("ij,ij->i", centred, centred))[:, None]
+    # In place, by 1 where a row has no norm (it is all zeros then): no second array of the rows' size to allocate.
+    return np.divide(centred, np.where(norms > 0, norms, 1.0), out=centred)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from heatmap_templates.build import BuildConfig, build_templates
+from heatmap_templates.build_parts import chunk_bounds
 from heatmap_templates.decode import decode_image
 from heatmap_templates.errors import HmtError
 from heatmap_templates.heatmaps import default_store_path, extract_heatmaps
@@ -281,3 +282,14 @@ def test_affine_build_keeps_each_members_registration_and_threads_do_not_change_
 def test_files_before_schema_3_have_no_member_matrices() -> None:
     old = read_templates(Path(__file__).parent / "data" / "templates_v2.h5")
     assert all(member.registration_matrix is None for template in old.templates.values() for member in template.members)
+
+
+@pytest.mark.parametrize("images, chunk_images", [(800, 256), (1525, 256), (512, 256), (513, 256), (10, 3), (7, 1), (5, 256), (0, 4)])
+def test_chunks_cover_the_images_in_order_and_balanced(images: int, chunk_images: int) -> None:
+    """Chunks tile the members in order, as few as the chunk size allows, no larger than it, sizes within one."""
+    bounds = chunk_bounds(images, chunk_images)
+    assert len(bounds) == -(-images // chunk_images)
+    assert [start for start, _ in bounds] == ([0] if bounds else []) + [stop for _, stop in bounds[:-1]]
+    assert (bounds[-1][1] if bounds else 0) == images
+    sizes = [stop - start for start, stop in bounds]
+    assert all(0 < size <= chunk_images for size in sizes) and (not sizes or max(sizes) - min(sizes) <= 1)
