@@ -229,7 +229,7 @@ class BootstrapBand:
     def update(self, maps: np.ndarray, member_keys: Sequence[str]) -> None:
         values = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
         weights = np.stack([bootstrap_weights(key, self.replicates) for key in member_keys]) if len(member_keys) else np.zeros((0, self.replicates))
-        if len(values):
+        if len(values) and self.replicates:
             # sums += weights.T @ values, accumulated by BLAS in place: a few maps against B x H x W sums is bound by
             # memory, and the product's temporary (as large as the sums, 40 MB at 224 px) tripled the traffic.
             # sums.T is the Fortran-ordered (pixels, B) matrix that GEMM updates without a copy (sums stay C-ordered).

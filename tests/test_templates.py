@@ -16,6 +16,7 @@ from heatmap_templates.statistics import (
     PixelHistogram,
     RunningCovariance,
     RunningStats,
+    bootstrap_weights,
     principal_components,
 )
 from heatmap_templates.resample import downsample, upsample, upsample_maps
@@ -57,6 +58,17 @@ def test_normalise_zero_and_constant_maps_give_zeros_not_nan(method: str) -> Non
 )
 def test_normalise_never_returns_nan_or_inf(maps: np.ndarray, method: str) -> None:
     assert np.isfinite(normalise(maps, method)).all()
+
+
+@pytest.mark.parametrize("method", NORMALISATIONS.names())
+def test_normalise_leaves_its_input_alone(method: str) -> None:
+    """normalise works in place on a copy of its own: a caller's float64 maps (no conversion needed) are untouched."""
+    maps = np.random.default_rng(2).normal(size=(3, *SHAPE))
+    maps[0, 1, 1] = np.nan
+    before = maps.copy()
+    normalise(maps, method)
+    normalise(maps[1], method)
+    np.testing.assert_array_equal(maps, before)
 
 
 def test_normalise_methods_on_negative_and_nonfinite_values() -> None:
@@ -177,6 +189,22 @@ def test_histogram_median_is_within_one_bin_of_numpy_and_merges() -> None:
     whole = PixelHistogram((6, 7), 64, (0.0, 1.0))
     whole.update(values)
     np.testing.assert_array_equal(whole.counts, histogram.counts)
+
+
+def test_bootstrap_sums_equal_the_weighted_sums_by_hand() -> None:
+    """The in-place BLAS update gives sum_i w_bi x_i, each member's weights from its key, over several updates;
+    no replicates is a band of zeros, not an error."""
+    maps = _maps(23).astype(np.float32)
+    keys = [m.key for m in _members(23)]
+    band = BootstrapBand(SHAPE, 7)
+    for start, stop in ((0, 5), (5, 6), (6, 23)):
+        band.update(maps[start:stop], keys[start:stop])
+    weights = np.stack([bootstrap_weights(key, 7) for key in keys])
+    np.testing.assert_allclose(band.sums, weights.T @ maps.reshape(23, -1).astype(np.float64), rtol=1e-13)
+    assert band.sums.flags["C_CONTIGUOUS"]
+    empty = BootstrapBand(SHAPE, 0)
+    empty.update(maps, keys)
+    assert empty.sums.shape == (0, maps[0].size) and not empty.band()[0].any()
 
 
 def test_bootstrap_is_deterministic_and_merge_equals_union() -> None:
