@@ -8,10 +8,12 @@ One command, one run, on one phantom set and one model:
    statistic on (affine registration to a data-built reference, minmax, median, eigen-heatmaps, bootstrap,
    leave-one-out), and this version also on its own store. Members: every image of its class (``include=all``).
 
-Reported: maps per second of each build (members / wall seconds, and the ratio), peak resident memory, bytes per
+The builds run ``--repeats`` rounds in turn (before, after on the old store, after on its own), so the machine's load
+falls on both versions alike; each build's median round is reported. Reported: maps per second of each build (members
+/ wall seconds, and the ratio), peak resident memory, bytes per
 image of each store beside the uint8 image + raw maps it must hold, and how far the two versions' templates differ.
 
-    .venv/bin/python benchmarks/bench_build_speed.py [--before 5490a7f] [--n-per-class 325] [--size 128] [--cluster] [--data DIR] [--out build_speed.json]
+    .venv/bin/python benchmarks/bench_build_speed.py [--before 5490a7f] [--n-per-class 325] [--size 128] [--repeats 3] [--cluster] [--data DIR] [--out build_speed.json]
 
 ``--data ../shared/data/cxr4`` runs the same comparison on real chest X-rays (an untrained model: the build's speed
 depends on the images, which registration aligns, not on the weights).
@@ -67,9 +69,11 @@ save_model(model, info, model_path)
 
 BUILD_CHILD = """
 import json, resource, sys, time
+from pathlib import Path
 from heatmap_templates.build import BuildConfig, build_templates
 if __name__ == "__main__":
     store, out = sys.argv[1:3]
+    Path(out).unlink(missing_ok=True)  # a repeat builds anew (an existing file's reference would be reused)
     options = {"scheduler": sys.argv[3]} if len(sys.argv) > 3 else {}
     after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -113,6 +117,13 @@ def store_bytes(path: Path) -> dict:
             "datasets": datasets}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time among repeats of one build (its own memory and registration figures), with every
+    repeat's seconds: the VM's load moves a single run by up to 10 %."""
+    chosen = sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2]
+    return {**chosen, "seconds_of_each_repeat": [run["seconds"] for run in runs]}
+
+
 def template_difference(first: Path, second: Path) -> dict:
     """Largest absolute difference of each class's template mean and std, and of the LOO correlations."""
     import h5py
@@ -132,6 +143,8 @@ def main() -> None:
     parser.add_argument("--n-per-class", type=int, default=325)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("build_speed.json"))
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three builds, in turn (before, after, after); "
+                                                                  "each build's median round is reported")
     parser.add_argument("--cluster", action="store_true", help="also extract and build on a Dask LocalCluster of 2 processes")
     parser.add_argument("--data", type=Path, help="real images (a folder of class folders, e.g. ../shared/data/cxr4) "
                                                   "instead of phantoms; --n-per-class is then ignored")
@@ -146,11 +159,11 @@ def main() -> None:
         stores = {"before": work / "store_before.h5", "after": work / "store_after.h5"}
         extraction = {"before": run_child(STORE_CHILD, before, data, model, stores["before"]),
                       "after": run_child(STORE_CHILD, ROOT, data, model, stores["after"])}
-        builds = {
-            "before on its store": run_child(BUILD_CHILD, before, stores["before"], work / "t_before.h5"),
-            "after on the before store": run_child(BUILD_CHILD, ROOT, stores["before"], work / "t_after_old_store.h5"),
-            "after on its store": run_child(BUILD_CHILD, ROOT, stores["after"], work / "t_after.h5"),
-        }
+        plan = {"before on its store": (before, stores["before"], work / "t_before.h5"),
+                "after on the before store": (ROOT, stores["before"], work / "t_after_old_store.h5"),
+                "after on its store": (ROOT, stores["after"], work / "t_after.h5")}
+        rounds = [{name: run_child(BUILD_CHILD, *where) for name, where in plan.items()} for _ in range(args.repeats)]
+        builds = {name: median_run([each[name] for each in rounds]) for name in plan}
         cluster = {}
         if args.cluster:
             cluster["extraction local:2"] = run_child(STORE_CHILD, ROOT, data, model, work / "store_dask.h5", "local:2")
