@@ -87,7 +87,7 @@ def measure(n: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000)  # several chunks of 512 even at N
+    parser.add_argument("--n", type=int, default=2000)  # several chunks even at N
     parser.add_argument("--factor", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hmt_bench_build_memory_") as folder:

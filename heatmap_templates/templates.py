@@ -42,11 +42,11 @@ DEFAULT_MEDIAN_BINS = 64
 # memory from 223 to 405 MB for no speed that could be told from noise.
 PENDING_BYTES = 4 * 2**20
 LOO_EXACT = "exact"
+LOO_MERGED = "union of per-file values (each against its own file's template)"
+LOO_NOT_COMPUTED = "not computed"
 # Others whose centred sum has less than this share of the whole sum's squared norm count as constant: |s - x|^2
 # comes from a difference, whose rounding (about 1e-16 of |s|^2) must not pass for a shape.
 _CONSTANT_OTHERS = 1e-10
-LOO_MERGED = "union of per-file values (each against its own file's template)"
-LOO_NOT_COMPUTED = "not computed"
 
 
 def leave_one_out_correlations(maps: np.ndarray, total: np.ndarray, count: int) -> np.ndarray:
