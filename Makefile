@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmt-installed
 
-.PHONY: test demo install clean
+.PHONY: test lint demo install clean
 
 install: $(STAMP)
 
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The wings' layers contract (pyproject.toml, [tool.importlinter]): an import that runs back up fails the build.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -41,7 +41,7 @@ SETTINGS = {
 }
 CHILD = """
 import json, resource, sys, time
-from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
+from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 summary = build_templates(sys.argv[1], ["covid"], sys.argv[2], config=BuildConfig(registration="affine"))

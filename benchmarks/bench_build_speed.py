@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STORE_CHILD = """
 import json, sys, time
 from pathlib import Path
-from heatmap_templates.heatmaps import extract_heatmaps
+from heatmap_templates.explain.heatmaps import extract_heatmaps
 if __name__ == "__main__":
     data, model, store = map(Path, sys.argv[1:4])
     options = {"scheduler": sys.argv[4]} if len(sys.argv) > 4 else {}
@@ -53,9 +53,9 @@ if __name__ == "__main__":
 MODEL_CHILD = """
 import sys
 from pathlib import Path
-from heatmap_templates.backbones import build_model
-from heatmap_templates.model_file import ModelInfo, save_model
-from heatmap_templates.model_layers import default_cam_layer
+from heatmap_templates.model.backbones import build_model
+from heatmap_templates.model.model_file import ModelInfo, save_model
+from heatmap_templates.model.layers import default_cam_layer
 from heatmap_templates.synth import synthesize_dataset, CLASSES
 data, model_path, size, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if len(sys.argv) > 5:  # real images: their class names
@@ -72,7 +72,7 @@ save_model(model, info, model_path)
 BUILD_CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from heatmap_templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.build import BuildConfig, build_templates
 if __name__ == "__main__":
     store, out, include = sys.argv[1:4]
     Path(out).unlink(missing_ok=True)  # a repeat builds anew (an existing file's reference would be reused)

@@ -26,7 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from heatmap_templates.cam import CamEngine  # noqa: E402
+from heatmap_templates.explain.cam import CamEngine  # noqa: E402
 
 LAYER = "block5_conv4"
 

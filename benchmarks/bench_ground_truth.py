@@ -42,13 +42,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.data import load_dataset  # noqa: E402
-from heatmap_templates.decode import decode_image  # noqa: E402
-from heatmap_templates.members import member_indices  # noqa: E402
-from heatmap_templates.metrics import roc_auc  # noqa: E402
-from heatmap_templates.preprocess import resize_gray  # noqa: E402
-from heatmap_templates.registration import Registrar, reference_from_image  # noqa: E402
+from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset  # noqa: E402
+from heatmap_templates.data.decode import decode_image  # noqa: E402
+from heatmap_templates.templates.members import member_indices  # noqa: E402
+from heatmap_templates.numeric.metrics import roc_auc  # noqa: E402
+from heatmap_templates.data.preprocess import resize_gray  # noqa: E402
+from heatmap_templates.templates.registration import Registrar, reference_from_image  # noqa: E402
 from heatmap_templates.synth import (  # noqa: E402
     CANONICAL_CHEST_FILE,
     GROUND_TRUTH_DIR,
@@ -90,8 +90,9 @@ def pose_error(data: Path, reference_path: Path, size: int) -> dict[str, float]:
 def true_pose_templates(store: Path, data: Path, out: Path, include: str) -> Path:
     """Templates built from the same heatmaps warped back by each image's TRUE pose: perfect
     registration, so the gap to ``affine`` is registration error and the rest is the CAM itself."""
-    from heatmap_templates.store import open_heatmaps, save_templates
-    from heatmap_templates.templates import ClassAccumulator, Member
+    from heatmap_templates.store import open_heatmaps
+    from heatmap_templates.templates.templates_file import save_templates
+    from heatmap_templates.templates.accumulator import ClassAccumulator, Member
 
     reader = open_heatmaps(store)
     poses = {(data / relative).resolve(): pose for relative, pose in read_poses(data).items()}
@@ -138,9 +139,9 @@ def pose_ceiling(data: Path, threshold: float) -> dict[str, dict[str, float | No
 
 def run_spread(args: argparse.Namespace, spread: float, work: Path) -> dict:
     """Synthesise, train, extract, build (affine and none) and score at one pose spread."""
-    from heatmap_templates.training import TrainConfig, train
-    from heatmap_templates.model_file import save_model
-    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.model.training import TrainConfig, train
+    from heatmap_templates.model.model_file import save_model
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
 
     work.mkdir(parents=True, exist_ok=True)
     data, model = work / "phantoms", work / "model.keras"

@@ -37,11 +37,11 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heatmap_templates.model_file import ModelInfo, load_model, save_model  # noqa: E402
-from heatmap_templates.backbones import build_model  # noqa: E402
-from heatmap_templates.model_layers import default_cam_layer  # noqa: E402
-from heatmap_templates.data import load_dataset  # noqa: E402
-from heatmap_templates.heatmaps import extract_heatmaps, load_for_model  # noqa: E402
+from heatmap_templates.model.model_file import ModelInfo, load_model, save_model  # noqa: E402
+from heatmap_templates.model.backbones import build_model  # noqa: E402
+from heatmap_templates.model.layers import default_cam_layer  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset  # noqa: E402
+from heatmap_templates.explain.heatmaps import extract_heatmaps, load_for_model  # noqa: E402
 from heatmap_templates.synth import synthesize_dataset  # noqa: E402
 
 CLASSES = ("bacteria", "covid", "normal")

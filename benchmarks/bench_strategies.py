@@ -38,21 +38,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
-from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS  # noqa: E402
-from heatmap_templates.data import load_dataset  # noqa: E402
-from heatmap_templates.heatmaps import extract_heatmaps  # noqa: E402
-from heatmap_templates.metrics import lung_field_energy  # noqa: E402
-from heatmap_templates.model_file import load_model, save_model  # noqa: E402
-from heatmap_templates.prepare import registrar_for  # noqa: E402
-from heatmap_templates.preprocess import quantise, to_model_input  # noqa: E402
-from heatmap_templates.store import open_heatmaps, read_templates  # noqa: E402
-from heatmap_templates.strategy_search import add_strategies  # noqa: E402
+from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset  # noqa: E402
+from heatmap_templates.explain.heatmaps import extract_heatmaps  # noqa: E402
+from heatmap_templates.numeric.metrics import lung_field_energy  # noqa: E402
+from heatmap_templates.model.model_file import load_model, save_model  # noqa: E402
+from heatmap_templates.templates.prepare import registrar_for  # noqa: E402
+from heatmap_templates.data.preprocess import quantise, to_model_input  # noqa: E402
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates  # noqa: E402
+from heatmap_templates.analysis.strategy_search import add_strategies  # noqa: E402
 from heatmap_templates.synth import (  # noqa: E402
     SHORTCUTS, mass_share, phantom_seed, read_shortcuts, render_phantom, shortcut_region, synthesize_dataset,
 )
 from heatmap_templates.synth.render import streams  # noqa: E402
-from heatmap_templates.training import TrainConfig, train  # noqa: E402
+from heatmap_templates.model.training import TrainConfig, train  # noqa: E402
 
 CLASSES = ("bacteria", "covid", "normal", "virus")
 FRESH_TAGGED = 60  # fresh tagged covid phantoms on which the marker's removal is tried
@@ -166,8 +167,8 @@ def eigengap_choices(trained: dict) -> dict:
 
 def cxr4_strategies(model: Path, out: Path) -> dict:
     """Strategies of every class of a cxr4 model's training part (templates as benchmarks/real_data_report.py builds them)."""
-    from heatmap_templates.figures import template_figures
-    from heatmap_templates.model_file import read_model_info
+    from heatmap_templates.present.figures import template_figures
+    from heatmap_templates.model.model_file import read_model_info
 
     data = ROOT.parent / "shared" / "data" / "cxr4"
     info = read_model_info(model)

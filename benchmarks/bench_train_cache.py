@@ -22,8 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from heatmap_templates import backbones, model_layers, training  # noqa: E402
-from heatmap_templates.model_file import ModelInfo  # noqa: E402
+from heatmap_templates.model import backbones, layers as model_layers, training  # noqa: E402
+from heatmap_templates.model.model_file import ModelInfo  # noqa: E402
 
 
 def _timed(function) -> tuple[float, float]:

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, resource, sys
-from heatmap_templates.data import load_dataset
-from heatmap_templates.training import TrainConfig, train
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.model.training import TrainConfig, train
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data, size, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 config = TrainConfig(backbone="small", input_size=size, epochs=1, batch_size=32, augment=False, memory_budget_gb=budget)

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from heatmap_templates.data import load_dataset  # noqa: E402
-from heatmap_templates.training import TrainConfig, train  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset  # noqa: E402
+from heatmap_templates.model.training import TrainConfig, train  # noqa: E402
 
 DECAY = 0.5  # the `decay` candidate's weight decay (see the module docstring)
 LONGER_EPOCHS = 30  # the `longer` candidate's epochs (the defaults' 20 stretched by half, same schedule shape)

@@ -37,17 +37,18 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 from skimage.filters import sobel  # noqa: E402
 
-from heatmap_templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.compare import Comparer, evaluate_templates  # noqa: E402
-from heatmap_templates.data import load_dataset  # noqa: E402
-from heatmap_templates.faithfulness import run_deletion  # noqa: E402
-from heatmap_templates.heatmaps import extract_heatmaps  # noqa: E402
-from heatmap_templates.model_file import save_model  # noqa: E402
-from heatmap_templates.prepare import member_alignment, prepare_maps, registrar_for  # noqa: E402
-from heatmap_templates.sanity import DEFAULT_SAMPLE, _sample_members, run_sanity  # noqa: E402
-from heatmap_templates.store import open_heatmaps, read_templates  # noqa: E402
+from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
+from heatmap_templates.analysis.compare import Comparer, evaluate_templates  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset  # noqa: E402
+from heatmap_templates.analysis.faithfulness import run_deletion  # noqa: E402
+from heatmap_templates.explain.heatmaps import extract_heatmaps  # noqa: E402
+from heatmap_templates.model.model_file import save_model  # noqa: E402
+from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for  # noqa: E402
+from heatmap_templates.analysis.sanity import DEFAULT_SAMPLE, _sample_members, run_sanity  # noqa: E402
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates  # noqa: E402
 from heatmap_templates.synth import synthesize_dataset  # noqa: E402
-from heatmap_templates.training import TrainConfig, train  # noqa: E402
+from heatmap_templates.model.training import TrainConfig, train  # noqa: E402
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -55,8 +55,8 @@ def train_model(data: Path, out: Path, epochs: int | None, input_size: int, bina
     """Train `small` on ``data`` with the default recipe (``binary``: one sigmoid output, POS against the rest)."""
     from dataclasses import replace
 
-    from heatmap_templates import model_file, training
-    from heatmap_templates.data import load_dataset
+    from heatmap_templates.model import model_file, training
+    from heatmap_templates.data.datasets import load_dataset
 
     config = training.TrainConfig(backbone="small", input_size=input_size, batch_size=16, binary=binary)
     if epochs is not None:
@@ -69,7 +69,7 @@ def template_panel(templates_path: Path, energies: dict[str, float], out: Path) 
     """One panel per class: the template (cividis) over the reference image, the lung mask outlined."""
     from matplotlib.figure import Figure
 
-    from heatmap_templates.store import read_templates
+    from heatmap_templates.templates.templates_file import read_templates
 
     file = read_templates(templates_path)
     names = list(file.templates)
@@ -145,10 +145,10 @@ def main() -> None:
         print(f"skipped: {args.data} is not present (the cxr4 data set is optional)")
         return
 
-    from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.model_file import read_model_info
-    from heatmap_templates.compare import evaluate_templates
-    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+    from heatmap_templates.model.model_file import read_model_info
+    from heatmap_templates.analysis.compare import evaluate_templates
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -192,9 +192,9 @@ def main() -> None:
     (args.out / "report.md").write_text(text + "\n")
     print(text)
     print(f"\npanel: {panel}\nreport: {args.out / 'report.json'}")
-    from heatmap_templates.figures import template_figures
-    from heatmap_templates.report import write_report
-    from heatmap_templates.strategy_search import add_strategies
+    from heatmap_templates.present.figures import template_figures
+    from heatmap_templates.present.report import write_report
+    from heatmap_templates.analysis.strategy_search import add_strategies
 
     template_figures(templates, args.out / "figures")
     print(f"template figures: {args.out / 'figures'}")

@@ -7,15 +7,15 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT, BuildConfig, build_templates
-from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, build_templates
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.errors import HmtError
-from heatmap_templates.members import INCLUDES
-from heatmap_templates.normalisation import NORMALISATIONS
-from heatmap_templates.registration import REGISTRATIONS
-from heatmap_templates.scores import DEFAULT_SCORE, SCORES
-from heatmap_templates.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
-from heatmap_templates.strategy_search import add_strategies
+from heatmap_templates.templates.members import INCLUDES
+from heatmap_templates.templates.normalisation import NORMALISATIONS
+from heatmap_templates.templates.registration import REGISTRATIONS
+from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
+from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
+from heatmap_templates.analysis.strategy_search import add_strategies
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
@@ -74,7 +74,7 @@ def build_templates_command(
         model = model or Path(project["model"])
         data = data or Path(project["data"])
     if model is not None:
-        from heatmap_templates.heatmaps import default_store_path, extract_heatmaps
+        from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps
 
         heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
         extraction = extract_heatmaps(

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.data import check_dataset, load_dataset
-from heatmap_templates.decode import DEFAULT_MAX_PIXELS
+from heatmap_templates.data.datasets import check_dataset, load_dataset
+from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS
 from heatmap_templates.errors import display_path
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped

@@ -9,14 +9,14 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.compare import DEFAULT_BATCH_SIZE, Comparer, ComparisonRun, collect_images, evaluate_templates
-from heatmap_templates.scoring import DEFAULT_ATYPICAL_PERCENTILE, ImageComparison
+from heatmap_templates.templates.build import DEFAULT_OUT
+from heatmap_templates.analysis.compare import DEFAULT_BATCH_SIZE, Comparer, ComparisonRun, collect_images, evaluate_templates
+from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE, ImageComparison
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
-from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES
-from heatmap_templates.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
-from heatmap_templates.store import save_check
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
+from heatmap_templates.templates.templates_file import save_check
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
@@ -71,9 +71,9 @@ def _figure_target(figure: Path, many: bool) -> tuple[Path, bool]:
 
 def _draw(result: ImageComparison, out: Path, reference_image) -> Path:  # noqa: ANN001 (ndarray)
     try:
-        from heatmap_templates.figures import comparison_figure
+        from heatmap_templates.present.figures import comparison_figure
     except ImportError:
-        raise HmtError("--figure needs heatmap_templates.figures.comparison_figure, which this installation lacks") from None
+        raise HmtError("--figure needs heatmap_templates.present.figures.comparison_figure, which this installation lacks") from None
     maps = result.maps
     assert maps is not None  # keep_maps was set and the predicted class has a template
     return comparison_figure(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.figures import (
+from heatmap_templates.templates.build import DEFAULT_OUT
+from heatmap_templates.present.figures import (
     DEFAULT_CMAP,
     DEFAULT_DPI,
     DEFAULT_EIGEN_COMPONENTS,

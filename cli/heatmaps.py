@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.cam_methods import DEFAULT_METHOD, METHODS
-from heatmap_templates.decode import DEFAULT_MAX_PIXELS, INTENSITIES
-from heatmap_templates.heads import DEFAULT_THRESHOLD
-from heatmap_templates.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
-from heatmap_templates.preprocess import PREPROCESSING
-from heatmap_templates.scores import DEFAULT_SCORE, SCORES
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS, INTENSITIES
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD
+from heatmap_templates.explain.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
+from heatmap_templates.data.preprocess import PREPROCESSING
+from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped

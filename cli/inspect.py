@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import typer
 
-from heatmap_templates.build import merge_template_files
+from heatmap_templates.templates.build import merge_template_files
 from heatmap_templates.errors import HmtError
-from heatmap_templates.members import class_view
-from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps, read_strategies, read_templates
+from heatmap_templates.templates.members import class_view
+from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps
+from heatmap_templates.templates.templates_file import read_strategies, read_templates
 from heatmap_templates.store.hdf5 import jsonable
 from hmt_cli.main import app
 from hmt_cli.output import command_line

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import typer
 
-from heatmap_templates.data import Problem
+from heatmap_templates.data.datasets import Problem
 
 
 def echo_skipped(problems: Sequence[Problem]) -> None:

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.figures import DEFAULT_CMAP
-from heatmap_templates.report import DEFAULT_GALLERY_SIZE, write_report
-from heatmap_templates.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+from heatmap_templates.templates.build import DEFAULT_OUT
+from heatmap_templates.present.figures import DEFAULT_CMAP
+from heatmap_templates.present.report import DEFAULT_GALLERY_SIZE, write_report
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT
-from heatmap_templates.sanity import DEFAULT_SAMPLE, FLAG_SPEARMAN, VARIANTS, run_sanity
-from heatmap_templates.store import save_check
+from heatmap_templates.templates.build import DEFAULT_OUT
+from heatmap_templates.analysis.sanity import DEFAULT_SAMPLE, FLAG_SPEARMAN, VARIANTS, run_sanity
+from heatmap_templates.templates.templates_file import save_check
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line

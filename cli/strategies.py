@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.build import DEFAULT_OUT
+from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.errors import HmtError
-from heatmap_templates.metrics import lung_field_energy
-from heatmap_templates.similarity import SIMILARITIES
-from heatmap_templates.store import read_templates
-from heatmap_templates.strategies import DEFAULT_MAX_K, MIN_STRATEGY_MEMBERS, StrategySettings
-from heatmap_templates.strategy_search import add_strategies, skipped_classes
+from heatmap_templates.numeric.metrics import lung_field_energy
+from heatmap_templates.analysis.similarity import SIMILARITIES
+from heatmap_templates.templates.templates_file import read_templates
+from heatmap_templates.analysis.strategies import DEFAULT_MAX_K, MIN_STRATEGY_MEMBERS, StrategySettings
+from heatmap_templates.analysis.strategy_search import add_strategies, skipped_classes
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line

@@ -7,19 +7,20 @@ from typing import Optional
 
 import typer
 
-from heatmap_templates.backbones import BACKBONES
-from heatmap_templates.data import UNCERTAIN, load_dataset
-from heatmap_templates.decode import INTENSITIES
+from heatmap_templates.model.backbones import BACKBONES
+from heatmap_templates.data.datasets import UNCERTAIN, load_dataset
+from heatmap_templates.data.decode import INTENSITIES
 from heatmap_templates.errors import HmtError, display_path, problems_json
-from heatmap_templates.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, load_dataset_for, write_predictions
-from heatmap_templates.evaluation import evaluate as evaluate_model
+from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, load_dataset_for, write_predictions
+from heatmap_templates.model.evaluation import evaluate as evaluate_model
 from heatmap_templates.files import write_text
-from heatmap_templates.heads import DEFAULT_THRESHOLD
-from heatmap_templates.model_file import load_model, save_model
-from heatmap_templates.preprocess import PREPROCESSING
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD
+from heatmap_templates.model.model_file import load_model, save_model
+from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
-from heatmap_templates.recipe import SCHEDULES
-from heatmap_templates.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
+from heatmap_templates.model.recipe import SCHEDULES
+from heatmap_templates.present.figures import training_figures
+from heatmap_templates.model.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
@@ -144,7 +145,7 @@ def train(
                            strict=strict)
     result = train_model(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
     model_path = save_model(result.model, result.info, out)
-    written = {"model": model_path, **save_training_outputs(result, model_path)}
+    written = {"model": model_path, **save_training_outputs(result, model_path), **training_figures(result, model_path)}
     written["project"] = record_project(model=model_path, data=data, folder=project_dir)
     if as_json:
         summary = {
@@ -213,7 +214,7 @@ def evaluate(
     if predictions is not None:
         write_predictions(result, info.class_names, predictions)
     if out is not None:
-        from heatmap_templates import figures
+        from heatmap_templates.present import figures
 
         write_text(out / "evaluation.json", json.dumps(output, indent=2) + "\n")
         if "confusion_matrix" in result.report:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heatmap_templates.data import Dataset, load_dataset, relative_path
+from heatmap_templates.data.datasets import Dataset, load_dataset, relative_path
 from heatmap_templates.errors import HmtError, Problem, display_path, problems_json
 from heatmap_templates.files import ensure_folder, write_text
 from heatmap_templates.progress import Progress
@@ -101,16 +101,16 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoSummary:
     """Run every stage of hmt (see the module docstring) and return where the outputs are."""
-    from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.compare import Comparer
-    from heatmap_templates.figures import template_figures
-    from heatmap_templates.heatmaps import extract_heatmaps
-    from heatmap_templates.report import write_report
-    from heatmap_templates.strategies import MIN_STRATEGY_MEMBERS
-    from heatmap_templates.strategy_search import add_strategies
-    from heatmap_templates.model_file import save_model
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+    from heatmap_templates.analysis.compare import Comparer
+    from heatmap_templates.present.figures import template_figures, training_figures
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.present.report import write_report
+    from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS
+    from heatmap_templates.analysis.strategy_search import add_strategies
+    from heatmap_templates.model.model_file import save_model
     from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR, ground_truth_localisation, synthesize_dataset
-    from heatmap_templates.training import TrainConfig, save_training_outputs, train
+    from heatmap_templates.model.training import TrainConfig, save_training_outputs, train
 
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)
@@ -141,6 +141,7 @@ def run_demo(
     model_path = out_dir / "model.keras"
     save_model(result.model, result.info, model_path)
     save_training_outputs(result, model_path)
+    training_figures(result, model_path)
     lap("train")
 
     step("extracting Grad-CAM heatmaps of the training images")

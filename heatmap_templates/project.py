@@ -11,7 +11,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from heatmap_templates import __version__
+from heatmap_templates._version import __version__
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.files import write_text
 

@@ -36,10 +36,10 @@ _FINDINGS = ("bacteria", "covid", "virus")
 def _train_and_template(root: Path, dataset, **config_fields) -> dict:  # noqa: ANN001 (Dataset)
     """Train a `small` model on ``dataset``, save it, extract its heatmaps and build every class's templates in
     the phantom's canonical frame (so they can be scored against the planted lesions)."""
-    from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.heatmaps import extract_heatmaps
-    from heatmap_templates.model_file import save_model
-    from heatmap_templates.training import TrainConfig, train
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.model.model_file import save_model
+    from heatmap_templates.model.training import TrainConfig, train
 
     config = TrainConfig(backbone="small", input_size=MODEL_KIND_SIZE, epochs=12, batch_size=16, learning_rate=3e-3,
                          val_fraction=0.2, test_fraction=0.2, augment=False, **config_fields)
@@ -59,7 +59,7 @@ def _train_and_template(root: Path, dataset, **config_fields) -> dict:  # noqa: 
 def binary_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """covid against the rest: three phantom classes, a one-output sigmoid model (`--binary covid`), its heatmap
     store and templates of both classes (covid, not-covid); made once per session."""
-    from heatmap_templates.data import load_dataset
+    from heatmap_templates.data.datasets import load_dataset
     from heatmap_templates.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("binary_phantom")
@@ -72,7 +72,7 @@ def binary_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def multi_label_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Phantoms carrying several lesion types at once (`hmt synth --multi-label`), a model with one sigmoid per
     finding, its heatmap store and each finding's template; made once per session."""
-    from heatmap_templates.data import load_dataset
+    from heatmap_templates.data.datasets import load_dataset
     from heatmap_templates.synth import synthesize_multi_label
 
     root = tmp_path_factory.mktemp("multi_label_phantom")
@@ -84,12 +84,12 @@ def multi_label_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def shortcut_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """covid and normal phantoms, half of the covid images carrying a planted side marker (`--shortcut covid:0.5`),
     a `small` softmax model trained on them, its store and the covid template in the canonical frame."""
-    from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.data import load_dataset
-    from heatmap_templates.heatmaps import extract_heatmaps
-    from heatmap_templates.model_file import save_model
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+    from heatmap_templates.data.datasets import load_dataset
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.model.model_file import save_model
     from heatmap_templates.synth import synthesize_dataset
-    from heatmap_templates.training import TrainConfig, train
+    from heatmap_templates.model.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("shortcut_phantom")
     synthesize_dataset(root / "data", n_per_class=60, size=64, seed=1, classes=("covid", "normal"), workers=1,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heatmap_templates.decode import INTENSITIES, LEGACY_INTENSITY, decode_image, used_bits
+from heatmap_templates.data.decode import INTENSITIES, LEGACY_INTENSITY, decode_image, used_bits
 from heatmap_templates.errors import HmtError
-from heatmap_templates.model_file import ModelInfo, load_model, read_model_info
+from heatmap_templates.model.model_file import ModelInfo, load_model, read_model_info
 from cli_helpers import assert_user_error, run_hmt
 
 SIZE = 48

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_templates.build import BuildConfig, build_templates
-from heatmap_templates.build_parts import chunk_bounds
-from heatmap_templates.decode import decode_image
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.chunks import chunk_bounds
+from heatmap_templates.data.decode import decode_image
 from heatmap_templates.errors import HmtError
-from heatmap_templates.heatmaps import default_store_path, extract_heatmaps
+from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps
 from heatmap_templates.project import record_project
-from heatmap_templates.store import HeatmapReader, HeatmapWriter, open_heatmaps, read_templates
-from heatmap_templates.templates import LOO_EXACT
+from heatmap_templates.store import HeatmapReader, HeatmapWriter, open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates
+from heatmap_templates.templates.accumulator import LOO_EXACT
 from test_heatmaps import make_centroid_model, make_phantoms
 
 SIDE = 64
@@ -255,7 +256,7 @@ def test_cli_user_errors_exit_2_with_one_line(project: dict, tmp_path: Path, mon
 def test_affine_build_keeps_each_members_registration_and_threads_do_not_change_it(project: dict, tmp_path: Path) -> None:
     """Each member's image -> reference matrix is stored (compare, checks and reports reuse or invert it); a build
     in one thread and in three gives the same file contents bit for bit, and smaller chunks the same numbers."""
-    from heatmap_templates.prepare import registrar_for
+    from heatmap_templates.templates.prepare import registrar_for
 
     config = BuildConfig(registration="affine", n_components=2, bootstrap_replicates=4, reference=str(project["reference"]))
     files = {}

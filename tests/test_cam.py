@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from heatmap_templates.cam import METHODS, CamEngine
-from heatmap_templates.model_layers import default_cam_layer, resolve_layer
+from heatmap_templates.explain.cam import METHODS, CamEngine
+from heatmap_templates.model.layers import default_cam_layer, resolve_layer
 from heatmap_templates.errors import HmtError
 
 GRADIENT_METHODS = [name for name, method in METHODS.items() if method.uses_gradients]

@@ -10,13 +10,19 @@ import cv2
 import numpy as np
 import pytest
 
-from heatmap_templates import backbones, errors, metrics, model_file, model_layers, objectives, preprocess, training
-from heatmap_templates import evaluation as evaluation_module
-from heatmap_templates.model_file import ModelInfo
-from heatmap_templates.training import TrainConfig
-from heatmap_templates.data import load_dataset
+from heatmap_templates.model import backbones, model_file, layers as model_layers, objectives, training
+
+from heatmap_templates import errors
+
+from heatmap_templates.numeric import metrics
+
+from heatmap_templates.data import preprocess
+from heatmap_templates.model import evaluation as evaluation_module
+from heatmap_templates.model.model_file import ModelInfo
+from heatmap_templates.model.training import TrainConfig
+from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.preprocess import to_model_input
+from heatmap_templates.data.preprocess import to_model_input
 from heatmap_templates.project import load_project, record_project
 from cli_helpers import assert_user_error, run_hmt
 

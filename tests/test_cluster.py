@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates import build as build_module
-from heatmap_templates import heatmaps as heatmaps_module
-from heatmap_templates.build import BuildConfig, build_templates
+from heatmap_templates.templates import build as build_module
+from heatmap_templates.explain import heatmaps as heatmaps_module
+from heatmap_templates.templates.build import BuildConfig, build_templates
 from heatmap_templates.executors import LocalExecutor, executor_for
-from heatmap_templates.heatmaps import extract_heatmaps
+from heatmap_templates.explain.heatmaps import extract_heatmaps
 from heatmap_templates.store import open_heatmaps
 
 distributed = pytest.importorskip("distributed")
@@ -28,9 +28,9 @@ CONFIG = BuildConfig(include="all", n_components=2, bootstrap_replicates=4, refe
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Phantoms, a small untrained model, and a store and templates file made in this process."""
-    from heatmap_templates.backbones import build_model
-    from heatmap_templates.model_file import ModelInfo, save_model
-    from heatmap_templates.model_layers import default_cam_layer
+    from heatmap_templates.model.backbones import build_model
+    from heatmap_templates.model.model_file import ModelInfo, save_model
+    from heatmap_templates.model.layers import default_cam_layer
     from heatmap_templates.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("cluster")

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_templates import metrics
-from heatmap_templates.compare import Comparer, evaluate_templates, separation_report, template_match_report
-from heatmap_templates.scoring import atypical_reading
-from heatmap_templates.similarity import cosine_similarity, masked_pearson, similarity_scores
+from heatmap_templates.numeric import metrics
+from heatmap_templates.analysis.compare import Comparer, evaluate_templates, separation_report, template_match_report
+from heatmap_templates.analysis.scoring import atypical_reading
+from heatmap_templates.analysis.similarity import cosine_similarity, masked_pearson, similarity_scores
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.normalisation import normalise
-from heatmap_templates.similarity import pearson
+from heatmap_templates.templates.normalisation import normalise
+from heatmap_templates.numeric.correlation import pearson
 from cli_helpers import assert_user_error, run_hmt
 
 SIZE = 64
@@ -32,10 +32,10 @@ def _tiny_model(seed: int, path: Path, data: Path | None = None) -> Path:
     when given, so that every class's Grad-CAM maps are alive (a random net leaves some all zero)."""
     import keras
 
-    from heatmap_templates import backbones, model_file, model_layers
-    from heatmap_templates.decode import decode_image
-    from heatmap_templates.data import load_dataset
-    from heatmap_templates.preprocess import resize_gray
+    from heatmap_templates.model import backbones, model_file, layers as model_layers
+    from heatmap_templates.data.decode import decode_image
+    from heatmap_templates.data.datasets import load_dataset
+    from heatmap_templates.data.preprocess import resize_gray
 
     keras.utils.set_random_seed(seed)
     model = backbones.build_model("small", len(CLASSES), SIZE, "none", dense_units=8, dropout=0.0)
@@ -53,8 +53,8 @@ def _tiny_model(seed: int, path: Path, data: Path | None = None) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Phantoms, a model, its heatmap store and a templates file with both classes (members: every image of the class)."""
-    from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
     from heatmap_templates.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("compare")
@@ -151,11 +151,11 @@ def test_template_match_and_separation_reports_by_hand() -> None:
 
 def test_similarities_equal_a_recomputation_by_hand(setup: dict, comparer: Comparer) -> None:
     """Decode, classify, register to the stored reference, normalise and correlate, step by step."""
-    from heatmap_templates.prepare import registrar_for
-    from heatmap_templates.cam import CamEngine
-    from heatmap_templates.model_file import load_model
-    from heatmap_templates.heatmaps import load_for_model
-    from heatmap_templates.store import read_templates
+    from heatmap_templates.templates.prepare import registrar_for
+    from heatmap_templates.explain.cam import CamEngine
+    from heatmap_templates.model.model_file import load_model
+    from heatmap_templates.explain.heatmaps import load_for_model
+    from heatmap_templates.templates.templates_file import read_templates
 
     path = setup["data"] / "covid" / "covid_0002.png"
     [result] = comparer.compare([path]).results
@@ -177,7 +177,7 @@ def test_similarities_equal_a_recomputation_by_hand(setup: dict, comparer: Compa
 
 def test_template_member_correlates_highly_with_its_class(setup: dict, comparer: Comparer) -> None:
     """A member image scores at least its own leave-one-out correlation (the template includes it)."""
-    from heatmap_templates.store import read_templates
+    from heatmap_templates.templates.templates_file import read_templates
 
     stored = read_templates(setup["templates"])
     template = stored.templates["normal"]
@@ -274,8 +274,8 @@ def test_evaluate_templates_numbers_by_hand(setup: dict, comparer: Comparer) -> 
 
 
 def test_cli_table_json_csv_and_figure(setup: dict, tmp_path: Path, capsys, monkeypatch) -> None:
-    if not hasattr(pytest.importorskip("heatmap_templates.figures"), "comparison_figure"):
-        pytest.skip("heatmap_templates.figures.comparison_figure is not in this checkout")
+    if not hasattr(pytest.importorskip("heatmap_templates.present.figures"), "comparison_figure"):
+        pytest.skip("heatmap_templates.present.figures.comparison_figure is not in this checkout")
     pair = [str(setup["data"] / "covid" / "covid_0000.png"), str(setup["data"] / "normal" / "normal_0000.png")]
     templates = ["--templates", str(setup["templates"])]
     code, out, _ = run_hmt(["compare", *pair, *templates, "--csv", str(tmp_path / "scores.csv"), "--figure", str(tmp_path / "figures")],

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_templates.build import BuildConfig, build_templates
-from heatmap_templates.heatmaps import extract_heatmaps
-from heatmap_templates.store import open_heatmaps, read_templates
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates
 from cli_helpers import run_hmt
 from test_reliability import save_tiny_model, write_phantom_set
 
@@ -35,7 +36,7 @@ store.HeatmapWriter.append = slow_append
 """
 STALL_TEMPLATES_WRITE = """
 import time
-from heatmap_templates.store import templates_file
+from heatmap_templates.templates import templates_file
 from hmt_cli import main
 main.TENSORFLOW_COMMANDS = frozenset()  # a build from a heatmap store runs no model: skip TensorFlow's start-up
 write_template = templates_file._write_template

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bad_inputs
-from heatmap_templates.data import (
+from heatmap_templates.data.datasets import (
     Dataset,
     Sample,
     check_dataset,
@@ -21,7 +21,7 @@ from heatmap_templates.data import (
     patient_id_from_name,
     split_dataset,
 )
-from heatmap_templates.decode import decode_image
+from heatmap_templates.data.decode import decode_image
 from heatmap_templates.errors import BadImageError, HmtError, Problem, SkipLog, display_path
 from heatmap_templates.files import file_sha256
 

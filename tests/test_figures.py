@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_templates import figures
+from heatmap_templates.present import figures
 from heatmap_templates.errors import BadFileError, HmtError
 
 
@@ -65,8 +65,8 @@ SHAPE = (32, 32)
 def _templates_file(folder: Path, *, classes: tuple[str, ...] = CLASSES, with_record: bool = True, with_reference: bool = True) -> Path:
     """A real templates file from random blob maps (one blob position per class), with or without a model record
     and reference chest image."""
-    from heatmap_templates.store import save_templates
-    from heatmap_templates.templates import ClassAccumulator, Member
+    from heatmap_templates.templates.templates_file import save_templates
+    from heatmap_templates.templates.accumulator import ClassAccumulator, Member
 
     rng = np.random.default_rng(7)
     templates = []
@@ -162,7 +162,7 @@ def test_pdf_fonts_are_embedded_truetype_and_files_carry_no_dates(paper_set) -> 
 
 
 def test_class_panels_share_one_colour_scale(paper_set, templates_path: Path) -> None:
-    from heatmap_templates.store import read_templates
+    from heatmap_templates.templates.templates_file import read_templates
 
     summary, _ = paper_set
     file = read_templates(templates_path)

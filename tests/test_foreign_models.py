@@ -12,8 +12,8 @@ import pytest
 
 from cli_helpers import assert_user_error, run_hmt
 from heatmap_templates.errors import BadFileError
-from heatmap_templates.heatmaps import extract_heatmaps
-from heatmap_templates.model_file import load_model
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.model.model_file import load_model
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.synth import synthesize_dataset
 
@@ -128,8 +128,8 @@ def test_a_one_output_sigmoid_model_gives_both_classes_maps(data: Path, tmp_path
 
 def _inputs(data: Path) -> np.ndarray:
     """The unit-scaled model inputs of the data set in store order."""
-    from heatmap_templates.data import load_dataset
-    from heatmap_templates.preprocess import load_model_image, to_model_input
+    from heatmap_templates.data.datasets import load_dataset
+    from heatmap_templates.data.preprocess import load_model_image, to_model_input
 
     images = np.stack([load_model_image(sample.path, (SIZE, SIZE)) for sample in load_dataset(data).samples])
     return to_model_input(images, 1, "unit")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 import bad_inputs
-from heatmap_templates.decode import decode_image
+from heatmap_templates.data.decode import decode_image
 from heatmap_templates.errors import display_path
 from heatmap_templates.files import file_sha256
-from heatmap_templates.data import load_dataset
+from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.heatmaps import default_store_path, extract_heatmaps, iter_model_batches
-from heatmap_templates.preprocess import resize_gray, to_model_input
+from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps, iter_model_batches
+from heatmap_templates.data.preprocess import resize_gray, to_model_input
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.synth import CLASSES, synthesize_dataset
 
@@ -49,8 +49,8 @@ def make_centroid_model(data: Path, path: Path, input_side: int = INPUT_SIDE) ->
     """
     import keras
 
-    from heatmap_templates.model_file import ModelInfo, save_model
-    from heatmap_templates.heatmaps import load_for_model
+    from heatmap_templates.model.model_file import ModelInfo, save_model
+    from heatmap_templates.explain.heatmaps import load_for_model
 
     names = list(CLASSES)
     inputs = keras.Input((input_side, input_side, 1))
@@ -136,8 +136,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_store_holds_what_the_cam_engine_gives_in_dataset_order(workspace: dict) -> None:
-    from heatmap_templates.cam import CamEngine
-    from heatmap_templates.model_file import load_model
+    from heatmap_templates.explain.cam import CamEngine
+    from heatmap_templates.model.model_file import load_model
 
     samples = load_dataset(workspace["data"]).samples
     reader = open_heatmaps(workspace["store"])
@@ -197,7 +197,7 @@ def test_resume_after_a_partial_run_computes_only_the_rest(workspace: dict, tmp_
 
 def _other_model(workspace: dict) -> Path:
     """The same architecture with one weight changed: another model file hash."""
-    from heatmap_templates.model_file import load_model, save_model
+    from heatmap_templates.model.model_file import load_model, save_model
 
     model, info = load_model(workspace["model"])
     kernel, bias = model.get_layer("predictions").get_weights()

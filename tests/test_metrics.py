@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from heatmap_templates import metrics
+from heatmap_templates.numeric import metrics
 from heatmap_templates.errors import HmtError
 
 CLASSES = ["bacteria", "covid", "normal", "virus"]
@@ -144,8 +144,8 @@ def test_otsu_region_and_all_scores_together() -> None:
 
 def test_annotation_masks_and_boxes_of_the_phantom_agree(tmp_path) -> None:
     """The phantom's lesion truth as a mask folder and as a box CSV: boxes cover the masks, at any input size."""
-    from heatmap_templates.annotations import read_annotations
-    from heatmap_templates.data import load_dataset
+    from heatmap_templates.analysis.annotations import read_annotations
+    from heatmap_templates.data.datasets import load_dataset
     from heatmap_templates.synth import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", n_per_class=3, size=64, seed=2, classes=("covid", "normal"), workers=1, probability_samples=2)

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from heatmap_templates.cam import CamEngine, mixed_precision_copy
-from heatmap_templates.model_layers import resolve_layer
-from heatmap_templates.model_file import ModelInfo, load_model, save_model
+from heatmap_templates.explain.cam import CamEngine, mixed_precision_copy
+from heatmap_templates.model.layers import resolve_layer
+from heatmap_templates.model.model_file import ModelInfo, load_model, save_model
 from heatmap_templates.errors import HmtError
 from heatmap_templates.store import open_heatmaps
 from test_heatmaps import make_centroid_model, make_phantoms

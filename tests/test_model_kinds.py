@@ -13,8 +13,9 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.members import INCLUDES, member_indices
-from heatmap_templates.store import open_heatmaps, read_templates
+from heatmap_templates.templates.members import INCLUDES, member_indices
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates
 from heatmap_templates.synth import ground_truth_localisation
 
 FINDINGS = ["bacteria", "covid", "virus"]
@@ -209,7 +210,7 @@ def test_multi_label_compare_scores_each_finding_and_class_vs_rest_is_refused(
 
 def test_train_cli_binary_and_multi_label(binary_phantom: dict, multi_label_phantom: dict, tmp_path: Path,
                                           capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    from heatmap_templates.model_file import load_model
+    from heatmap_templates.model.model_file import load_model
 
     common = ["--backbone", "small", "--epochs", "1", "--input-size", "32", "--no-augment"]
     code, _, err = run_hmt(["train", binary_phantom["data"], "--binary", "covid:other", "--out", tmp_path / "binary.keras",

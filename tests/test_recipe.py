@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from heatmap_templates.data import load_dataset
-from heatmap_templates.evaluation import evaluate
-from heatmap_templates.recipe import SCHEDULES, averaging_start, recalibrate_batch_norm, uses_early_stopping, weight_averager
-from heatmap_templates.training import TrainConfig, train
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.model.evaluation import evaluate
+from heatmap_templates.model.recipe import SCHEDULES, averaging_start, recalibrate_batch_norm, uses_early_stopping, weight_averager
+from heatmap_templates.model.training import TrainConfig, train
 from test_classifier import _write_toy_set
 
 
@@ -82,7 +82,7 @@ def test_default_recipe_is_deterministic_and_averages_its_last_epochs(toy: Path)
 
 
 def test_label_smoothing_moves_targets_towards_uniform_for_every_head() -> None:
-    from heatmap_templates.objectives import Objective
+    from heatmap_templates.model.objectives import Objective
 
     probabilities = np.array([[0.7, 0.2, 0.1]], np.float32)
     softmax, _ = Objective("softmax", ["a", "b", "c"]).loss_and_metrics(np.array([0, 1, 2]), label_smoothing=0.3)
@@ -110,7 +110,7 @@ def test_label_smoothing_moves_targets_towards_uniform_for_every_head() -> None:
 
 
 def test_weight_decay_shrinks_kernels_only_by_rate_times_decay() -> None:
-    from heatmap_templates.training import optimizer
+    from heatmap_templates.model.training import optimizer
 
     assert isinstance(optimizer(1e-3, 0.0), keras.optimizers.Adam) and not isinstance(optimizer(1e-3, 0.0), keras.optimizers.AdamW)
     keras.utils.set_random_seed(0)

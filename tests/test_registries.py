@@ -10,24 +10,24 @@ import keras
 import numpy as np
 import pytest
 
-from heatmap_templates.backbones import BACKBONES
-from heatmap_templates.data import UNCERTAIN
-from heatmap_templates.decode import INTENSITIES
-from heatmap_templates.faithfulness import RANKINGS, REMOVALS
-from heatmap_templates.sanity import VARIANTS
-from heatmap_templates.recipe import SCHEDULES
-from heatmap_templates.cam import CamEngine
-from heatmap_templates.cam_methods import METHODS
+from heatmap_templates.model.backbones import BACKBONES
+from heatmap_templates.data.datasets import UNCERTAIN
+from heatmap_templates.data.decode import INTENSITIES
+from heatmap_templates.analysis.faithfulness import RANKINGS, REMOVALS
+from heatmap_templates.analysis.sanity import VARIANTS
+from heatmap_templates.model.recipe import SCHEDULES
+from heatmap_templates.explain.cam import CamEngine
+from heatmap_templates.explain.cam_methods import METHODS
 from heatmap_templates.errors import HmtError, OptionError
-from heatmap_templates.heads import HEADS, detect_head, probabilities_of
-from heatmap_templates.members import INCLUDES
-from heatmap_templates.normalisation import NORMALISATIONS, normalise
-from heatmap_templates.preprocess import PREPROCESSING, affine_preprocessing, to_model_input
-from heatmap_templates.registration import REGISTRATIONS, Reference, Registrar, fallback_chain
+from heatmap_templates.model.heads import HEADS, detect_head, probabilities_of
+from heatmap_templates.templates.members import INCLUDES
+from heatmap_templates.templates.normalisation import NORMALISATIONS, normalise
+from heatmap_templates.data.preprocess import PREPROCESSING, affine_preprocessing, to_model_input
+from heatmap_templates.templates.registration import REGISTRATIONS, Reference, Registrar, fallback_chain
 from heatmap_templates.registry import Registry
-from heatmap_templates.scores import SCORES
-from heatmap_templates.similarity import SIMILARITIES, similarity_scores
-from heatmap_templates.statistics import STATISTICS, StatisticsConfig
+from heatmap_templates.explain.scores import SCORES
+from heatmap_templates.analysis.similarity import SIMILARITIES, similarity_scores
+from heatmap_templates.templates.statistics import STATISTICS, StatisticsConfig
 from heatmap_templates.synth import LESIONS, SHORTCUTS, render_phantom
 from cli_helpers import assert_user_error, run_hmt
 

@@ -24,11 +24,13 @@ import pytest
 
 import bad_inputs
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates import backbones, model_file, model_layers, synth
-from heatmap_templates.model_file import ModelInfo
+from heatmap_templates.model import backbones, model_file, layers as model_layers
+from heatmap_templates import synth
+from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.errors import display_path
-from heatmap_templates.heatmaps import extract_heatmaps
-from heatmap_templates.store import open_heatmaps, read_templates
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64  # phantoms need about this many pixels for lung segmentation (registration reference)
@@ -79,7 +81,7 @@ def h5_datasets(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A phantom data set, a tiny model, its heatmap store and a one-class templates file, made once."""
-    from heatmap_templates.build import BuildConfig, build_templates
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     root = tmp_path_factory.mktemp("reliability")
     data = write_phantom_set(root / "data", 4)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.report import write_report
-from heatmap_templates.report.collect import ROW_COLUMNS
-from heatmap_templates.report.thumbnails import overlay_rgb, scaled
-from heatmap_templates.store import open_heatmaps, read_templates
+from heatmap_templates.present.report import write_report
+from heatmap_templates.present.report.collect import ROW_COLUMNS
+from heatmap_templates.present.report.thumbnails import overlay_rgb, scaled
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates
 
 
 class PageParser(HTMLParser):
@@ -95,7 +96,7 @@ def test_every_referenced_file_exists_and_nothing_comes_from_the_network(report:
 
 def test_rows_equal_what_compare_reports_for_the_same_images(report: dict) -> None:
     """Independent of the report's own path: the model re-run by `Comparer` on the image files gives each row's numbers."""
-    from heatmap_templates.compare import Comparer
+    from heatmap_templates.analysis.compare import Comparer
 
     page = parse(report["out"] / "index.html")
     data = json.loads(page.rows_json)
@@ -122,7 +123,7 @@ def test_rows_equal_what_compare_reports_for_the_same_images(report: dict) -> No
 
 
 def test_page_numbers_equal_the_library_values(report: dict) -> None:
-    from heatmap_templates.metrics import classification_report
+    from heatmap_templates.numeric.metrics import classification_report
 
     page = parse(report["out"] / "index.html")
     reader = open_heatmaps(report["store"])
@@ -177,7 +178,7 @@ def test_a_new_report_replaces_the_old_only_when_complete(report: dict, tmp_path
     out = tmp_path / "report"
     write_report(report["templates"], out, heatmaps=report["store"], gallery_size=1)
     before = (out / "index.html").read_bytes()
-    import heatmap_templates.report as report_module
+    import heatmap_templates.present.report as report_module
 
     def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError(28, "No space left on device")
@@ -217,7 +218,7 @@ def test_cli_report_and_its_user_errors(report: dict, tmp_path: Path, capsys: py
 
 
 def test_report_with_data_evaluates_the_model_and_templates(report: dict, tmp_path: Path) -> None:
-    from heatmap_templates.compare import evaluate_templates
+    from heatmap_templates.analysis.compare import evaluate_templates
 
     summary = write_report(report["templates"], tmp_path / "r", heatmaps=report["store"], data=report["data"], gallery_size=1)
     page = parse(summary.index)

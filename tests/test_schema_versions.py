@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from heatmap_templates.errors import BadFileError
-from heatmap_templates.store import HEATMAPS, TEMPLATES, file_kind, load_accumulator, open_heatmaps, read_templates
+from heatmap_templates.store import HEATMAPS, TEMPLATES, file_kind, open_heatmaps
+from heatmap_templates.templates.templates_file import load_accumulator, read_templates
 from cli_helpers import run_hmt
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -65,7 +66,7 @@ def test_a_newer_version_is_refused_naming_the_versions_read(tmp_path: Path) -> 
 
 
 def test_strategies_read_from_schema_4_and_are_absent_before() -> None:
-    from heatmap_templates.store import read_strategies
+    from heatmap_templates.templates.templates_file import read_strategies
 
     for version, path in TEMPLATE_FILES.items():
         strategies = read_strategies(path)
@@ -79,7 +80,7 @@ def test_strategies_read_from_schema_4_and_are_absent_before() -> None:
 
 
 def test_checks_read_from_schema_5_and_are_absent_before() -> None:
-    from heatmap_templates.store import read_checks
+    from heatmap_templates.templates.templates_file import read_checks
 
     for version, path in TEMPLATE_FILES.items():
         checks = read_checks(path)

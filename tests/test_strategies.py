@@ -11,10 +11,11 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.build import BuildConfig, build_templates
-from heatmap_templates.store import TEMPLATES, read_strategies, read_templates
-from heatmap_templates.strategies import StrategySettings, closest_strategy, eigengap_k, find_strategies
-from heatmap_templates.strategy_search import add_strategies
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.store import TEMPLATES
+from heatmap_templates.templates.templates_file import read_strategies, read_templates
+from heatmap_templates.analysis.strategies import StrategySettings, closest_strategy, eigengap_k, find_strategies
+from heatmap_templates.analysis.strategy_search import add_strategies
 from heatmap_templates.synth import read_shortcuts
 
 SIDE = 48
@@ -143,7 +144,7 @@ def test_the_planted_shortcut_is_a_strategy_of_its_own(shortcut_phantom: dict) -
 
 def test_classes_too_small_to_cluster_are_skipped_with_a_note_unless_named(binary_phantom: dict, tmp_path: Path, capsys,
                                                                             monkeypatch) -> None:
-    import heatmap_templates.strategy_search as search
+    import heatmap_templates.analysis.strategy_search as search
     import hmt_cli.strategies as command
 
     templates = tmp_path / "templates.h5"

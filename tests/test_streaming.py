@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_templates.data import load_dataset
-from heatmap_templates.disk_arrays import DiskArray
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.data.disk_arrays import DiskArray
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.training import TrainConfig, train
+from heatmap_templates.model.training import TrainConfig, train
 from test_classifier import _write_toy_set
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heatmap_templates.data import load_dataset
+from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.errors import HmtError
 from hmt_cli.main import run
 from heatmap_templates.synth import (
@@ -351,8 +351,8 @@ def test_cli_pose_spread(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypa
 
 def _templates_file(path: Path, maps: dict[str, np.ndarray]) -> Path:
     """A templates file whose class templates are built from copies of the given maps."""
-    from heatmap_templates.store import save_templates
-    from heatmap_templates.templates import ClassAccumulator, Member
+    from heatmap_templates.templates.templates_file import save_templates
+    from heatmap_templates.templates.accumulator import ClassAccumulator, Member
 
     shape = next(iter(maps.values())).shape
     settings = {"model_sha256": "cd" * 32, "class_names": list(CLASSES), "layer": "block4_relu", "cam_method": "gradcam",

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.templates import LOO_EXACT, ClassAccumulator, Member, leave_one_out_correlations
-from heatmap_templates.statistics import (
+from heatmap_templates.templates.accumulator import LOO_EXACT, ClassAccumulator, Member, leave_one_out_correlations
+from heatmap_templates.templates.statistics import (
     BootstrapBand,
     PairwiseCorrelation,
     PixelHistogram,
@@ -19,9 +19,9 @@ from heatmap_templates.statistics import (
     bootstrap_weights,
     principal_components,
 )
-from heatmap_templates.resample import downsample, upsample, upsample_maps
-from heatmap_templates.normalisation import NORMALISATIONS, normalise
-from heatmap_templates.similarity import similarity_matrix
+from heatmap_templates.numeric.resample import downsample, upsample, upsample_maps
+from heatmap_templates.templates.normalisation import NORMALISATIONS, normalise
+from heatmap_templates.numeric.correlation import similarity_matrix
 
 SHAPE = (24, 20)
 
@@ -148,7 +148,7 @@ def test_maps_held_back_give_the_statistics_of_updates_batch_by_batch(monkeypatc
     caller reusing its array after add must not change what was added."""
     maps, members = _maps(30, seed=11), _members(30)
     held = _build(maps, members).finalize()
-    monkeypatch.setattr("heatmap_templates.templates.PENDING_BYTES", 0)
+    monkeypatch.setattr("heatmap_templates.templates.accumulator.PENDING_BYTES", 0)
     each = _build(maps, members).finalize()
     for name in ("mean", "std", "median", "band_low", "band_high", "eigenvalues", "components"):
         np.testing.assert_allclose(getattr(held, name), getattr(each, name), rtol=1e-9, atol=1e-12, err_msg=name)

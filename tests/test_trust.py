@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.faithfulness import REMOVALS, ImageCase, deletion_test, noisy_linear_imputation, top_mask
+from heatmap_templates.analysis.faithfulness import REMOVALS, ImageCase, deletion_test, noisy_linear_imputation, top_mask
 from heatmap_templates.files import file_sha256
-from heatmap_templates.sanity import randomisation_steps, reinitialise, template_similarity
-from heatmap_templates.store import read_checks
+from heatmap_templates.analysis.sanity import randomisation_steps, reinitialise, template_similarity
+from heatmap_templates.templates.templates_file import read_checks
 
 
 # --------------------------------------------------------------------------- removal
@@ -97,8 +97,8 @@ def test_deletion_of_what_the_model_uses_hurts_and_of_nothing_changes_nothing() 
 
 
 def test_steps_run_from_the_head_down_and_reinitialise_only_their_layers(shortcut_phantom: dict) -> None:
-    from heatmap_templates.model_file import load_model
-    from heatmap_templates.sanity import model_copy
+    from heatmap_templates.model.model_file import load_model
+    from heatmap_templates.analysis.sanity import model_copy
 
     model, _ = load_model(shortcut_phantom["model"])
     steps = randomisation_steps(model)
@@ -154,7 +154,7 @@ def test_sanity_faithfulness_and_localisation_on_the_phantom(shortcut_phantom: d
     assert code == 0, err
     assert {"sanity", "deletion"} <= set(json.loads(out)["figures"])
 
-    from heatmap_templates.report import write_report
+    from heatmap_templates.present.report import write_report
 
     page = write_report(templates, tmp_path / "report", heatmaps=shortcut_phantom["store"], gallery_size=1).index.read_text()
     for ranking, curve in deletion["curves"].items():
@@ -164,7 +164,7 @@ def test_sanity_faithfulness_and_localisation_on_the_phantom(shortcut_phantom: d
 
 
 def test_kept_sanity_templates_are_the_ones_compared(shortcut_phantom: dict) -> None:
-    from heatmap_templates.sanity import run_sanity
+    from heatmap_templates.analysis.sanity import run_sanity
 
     result = run_sanity(shortcut_phantom["templates"], shortcut_phantom["store"], sample=4, keep_templates=True)
     kept = result.templates["covid"]

@@ -24,7 +24,8 @@ import pytest
 from heatmap_templates import files
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import fault_reason
-from heatmap_templates.store import open_heatmaps, read_templates
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.templates_file import read_templates
 from cli_helpers import assert_user_error, run_hmt
 from test_reliability import save_tiny_model, write_phantom_set
 
@@ -35,8 +36,8 @@ _real_fsync = files.fsync_path
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A phantom set, a tiny model, its heatmap store and a templates file, made once."""
-    from heatmap_templates.build import BuildConfig, build_templates
-    from heatmap_templates.heatmaps import extract_heatmaps
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
 
     root = tmp_path_factory.mktemp("faults")
     data = write_phantom_set(root / "data", 6)
@@ -264,7 +265,7 @@ def test_read_only_file_system_refuses_each_output_in_one_line(setup: dict[str, 
 def test_model_file_write_failure_leaves_the_previous_model_loadable(setup: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     import keras
 
-    from heatmap_templates.model_file import load_model, save_model
+    from heatmap_templates.model.model_file import load_model, save_model
 
     path = tmp_path / "model.keras"
     shutil.copy(setup["model"], path)

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from heatmap_templates import __version__
+from heatmap_templates._version import __version__
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import atomic_path
 

@@ -1,7 +1,7 @@
 """The heatmap store: per image its hash, labels, probabilities, model-input image and every class's maps.
 
 Maps are kept once, at the CAM layer's resolution (``raw``); every consumer upsamples them to the
-image size on read with the one upsampler, :func:`heatmap_templates.resample.upsample` (bilinear,
+image size on read with the one upsampler, :func:`heatmap_templates.numeric.resample.upsample` (bilinear,
 half-pixel centres: ``tf.image.resize``'s convention). Stores of schema 1 and 2 also hold an
 upsampled float16 copy, which is not read.
 
@@ -24,7 +24,7 @@ import numpy as np
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.resample import upsample_maps
+from heatmap_templates.numeric.resample import upsample_maps
 from heatmap_templates.store.hdf5 import HEATMAPS, atomic_h5, check_identity, jsonable, open_h5, read_root, require_keys, strings, write_root
 
 HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold")

@@ -3,7 +3,7 @@
 The phantom's lesion-probability maps and canonical lungs live in the canonical frame; templates
 built with ``ground_truth/canonical_chest.png`` as their registration reference lie in the same
 frame, so each class template can be scored as a pixel classifier of its class's lesion map
-(:func:`heatmap_templates.metrics.localisation_auc`).
+(:func:`heatmap_templates.numeric.metrics.localisation_auc`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.metrics import localisation_auc
+from heatmap_templates.numeric.metrics import localisation_auc
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, SHORTCUT_MASKS_DIR, SHORTCUTS_FILE
 
 _PROBABILITY_PREFIX = "lesion_probability_"
@@ -65,12 +65,12 @@ def ground_truth_localisation(templates_path: str | os.PathLike, data_dir: str |
     """Do a templates file's class templates find the phantom lesions? Pixel ROC AUC per class.
 
     Per class of the phantom set: ``members`` (0 without a template), ``auc_frame`` and
-    ``auc_lungs`` (see :func:`heatmap_templates.metrics.localisation_auc`). AUCs are None for a
+    ``auc_lungs`` (see :func:`heatmap_templates.numeric.metrics.localisation_auc`). AUCs are None for a
     class without a template or without lesion pixels (normal). Assumes the templates were built
     with ``ground_truth/canonical_chest.png`` as registration reference; other references give
     meaningless numbers. A truth map of another size is resized to the template's.
     """
-    from heatmap_templates.store import read_templates
+    from heatmap_templates.templates.templates_file import read_templates
 
     if not 0.0 < threshold_fraction <= 1.0:
         raise HmtError(f"threshold_fraction must be in (0, 1], got {threshold_fraction}")
@@ -116,7 +116,7 @@ def shortcut_region(data_dir: str | os.PathLike, members: Sequence, registrar, i
     dilated by ``dilation`` px (one CAM cell: a map cannot be sharper), moved with the member's registration, and
     kept where at least half of the members that carry one agree. ``members`` are template members with their
     registration matrices (templates schema 3). All False when no member carries a shortcut."""
-    from heatmap_templates.prepare import member_alignment
+    from heatmap_templates.templates.prepare import member_alignment
 
     root = Path(data_dir).resolve()
     total = np.zeros(registrar.reference.shape, np.float64)

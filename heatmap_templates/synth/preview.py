@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.figures.style import save_figure
+from heatmap_templates.present.figures.style import save_figure
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, MARKER_FILE
 
 

@@ -1,0 +1,275 @@
+"""Does a template depend on the model? Model-parameter randomisation (Adebayo et al., "Sanity checks for
+saliency maps", 2018), applied to dataset-level templates.
+
+On a copy of the model (the user's file is never touched) the layers with weights are re-initialised
+from the head downwards, one step at a time (:func:`randomisation_steps`: the head's layers, then
+the blocks of a Keras application base, otherwise single layers; at most :data:`MAX_STEPS` steps).
+``cascading`` keeps the earlier steps randomised; ``independent`` randomises one step alone. At each
+step the maps of a sample of each template's members are computed again, prepared exactly as the
+build prepared them, and averaged into a template; its similarity to the template of the same sample
+under the trained model is reported (Spearman rank correlation, SciPy; SSIM, scikit-image). A template
+whose Spearman correlation stays at or above :data:`FLAG_SPEARMAN` once every step is randomised
+reflects the images, not the model, and is flagged. Maps that become all zero are reported as such.
+
+Data randomisation (a model trained on shuffled labels, ``hmt train --shuffle-labels``) compares that
+model's templates of the same sample the same way.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from heatmap_templates.errors import HmtError
+from heatmap_templates.registry import Registry
+
+MAX_STEPS = 12
+_BLOCK = re.compile(r"^(conv\d+_block\d+|block\d+)_")
+FLAG_SPEARMAN = 0.5
+DEFAULT_SAMPLE = 64
+_INITIALIZER_OF = {"kernel": "kernel_initializer", "bias": "bias_initializer", "gamma": "gamma_initializer",
+                   "beta": "beta_initializer", "moving_mean": "moving_mean_initializer",
+                   "moving_variance": "moving_variance_initializer", "depthwise_kernel": "depthwise_initializer",
+                   "pointwise_kernel": "pointwise_initializer", "embeddings": "embeddings_initializer"}
+VARIANTS: Registry[bool] = Registry("randomisation variant", parameter="variant")
+VARIANTS.add("cascading", True, help="re-initialise from the head down, keeping the earlier steps randomised")
+VARIANTS.add("independent", False, help="re-initialise one step alone")
+
+
+@dataclass
+class Step:
+    """One randomisation step: a name and the layers it re-initialises."""
+
+    name: str
+    layers: list
+
+
+def _has_weights(layer: object) -> bool:
+    return bool(getattr(layer, "weights", None)) and not hasattr(layer, "layers")
+
+
+def randomisation_steps(model, max_steps: int = MAX_STEPS) -> list[Step]:  # noqa: ANN001 (keras.Model)
+    """Steps from the output downwards: each layer with weights outside the convolutional blocks (the head) its own
+    step, then the blocks (``block5_*``, ``conv5_block3_*``; of the nested base of a transfer-learning model or of a
+    flat model), then any other layers with weights (a stem); neighbours are merged into at most ``max_steps``."""
+    from heatmap_templates.model.layers import conv_blocks, find_base
+
+    base = find_base(model)
+    body = base if base is not None else model
+    prefix = f"{base.name}/" if base is not None else ""
+    blocks = [[layer for layer in block if _has_weights(layer)] for block in conv_blocks(body)]
+    blocks = [block for block in blocks if block]
+    in_blocks = {id(layer) for block in blocks for layer in block}
+    head = [layer for layer in model.layers if _has_weights(layer) and id(layer) not in in_blocks]
+    units: list[Step] = [Step(layer.name, [layer]) for layer in reversed(head)]
+    units += [Step(f"{prefix}{_BLOCK.match(block[0].name).group(1)}", block) for block in reversed(blocks)]
+    if base is not None:
+        stem = [layer for layer in base.layers if _has_weights(layer) and id(layer) not in in_blocks]
+        if stem:
+            units.append(Step(f"{prefix}stem", list(reversed(stem))))
+    if not units:
+        raise HmtError(f"model '{model.name}' has no layers with weights to randomise")
+    if len(units) <= max_steps:
+        return units
+    groups = np.array_split(np.arange(len(units)), max_steps)
+    return [Step(f"{units[g[0]].name} .. {units[g[-1]].name}" if len(g) > 1 else units[g[0]].name,
+                 [layer for i in g for layer in units[i].layers]) for g in groups]
+
+
+def reinitialise(layers: Sequence, seed: int) -> None:
+    """Draw new weights for ``layers`` from their own initializers (seeded); a weight without one gets a normal draw
+    with the spread of its current values."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for position, layer in enumerate(layers):
+        config = layer.get_config()
+        for weight in layer.weights:
+            name = weight.path.split("/")[-1]
+            initializer_config = config.get(_INITIALIZER_OF.get(name, ""))
+            shape = tuple(weight.shape)
+            if initializer_config is not None:
+                initializer = keras.initializers.get(initializer_config)
+                settings = initializer.get_config()
+                if "seed" in settings:
+                    settings["seed"] = int(rng.integers(2**31))
+                    initializer = initializer.__class__(**settings)
+                values = np.asarray(initializer(shape, dtype=weight.dtype))
+            else:
+                current = np.asarray(weight.numpy())
+                values = rng.normal(0.0, float(current.std()) or 0.05, shape).astype(current.dtype)
+            weight.assign(values)
+
+
+def model_copy(model):  # noqa: ANN001, ANN201 (keras.Model -> keras.Model)
+    """A copy with its own weights (same layer names), so randomising it leaves the model in memory and on disk as is."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def template_similarity(original: np.ndarray, randomised: np.ndarray) -> dict:
+    """Spearman rank correlation (SciPy) and SSIM (scikit-image, on the original's value range) of two templates;
+    ``all_zero`` when the randomised one has no signal (then both are None, not NaN)."""
+    from scipy.stats import spearmanr
+    from skimage.metrics import structural_similarity
+
+    a, b = np.asarray(original, np.float64), np.asarray(randomised, np.float64)
+    if not np.isfinite(b).all() or np.ptp(b) == 0:
+        return {"spearman": None, "ssim": None, "all_zero": bool(np.nan_to_num(b).max() == 0), "constant": True}
+    if np.ptp(a) == 0:
+        return {"spearman": None, "ssim": None, "all_zero": False, "constant": False}
+    spearman = float(spearmanr(a.ravel(), b.ravel()).statistic)
+    scaled_b = (b - b.min()) / np.ptp(b) * np.ptp(a) + a.min()  # SSIM compares structure on the original's range
+    ssim = float(structural_similarity(a, scaled_b, data_range=float(np.ptp(a))))
+    return {"spearman": spearman, "ssim": ssim, "all_zero": False, "constant": False}
+
+
+@dataclass
+class SanityResult:
+    """Per class, the similarity of its sample's template to the trained model's after each step."""
+
+    variant: str
+    steps: list[str]
+    sample: dict[str, int]
+    similarity: dict[str, list[dict]] = field(default_factory=dict)  # class -> one entry per step
+    flagged: list[str] = field(default_factory=list)
+    data_randomisation: dict[str, dict] | None = None
+    notes: list[str] = field(default_factory=list)
+    templates: dict[str, list[np.ndarray]] | None = None  # with keep_templates: per class, the original then one per step
+
+    def to_dict(self) -> dict:
+        return {"variant": self.variant, "steps": list(self.steps), "sample": dict(self.sample), "similarity": self.similarity,
+                "flagged": list(self.flagged), "flag_spearman": FLAG_SPEARMAN, "data_randomisation": self.data_randomisation,
+                "notes": list(self.notes)}
+
+
+def flag(result: SanityResult) -> list[str]:
+    """Classes whose template keeps a Spearman correlation >= FLAG_SPEARMAN with every step randomised (cascading: the
+    last step; independent: every step)."""
+    flagged = []
+    for name, entries in result.similarity.items():
+        considered = entries[-1:] if result.variant == "cascading" else entries
+        values = [entry["spearman"] for entry in considered]
+        if values and all(value is not None and value >= FLAG_SPEARMAN for value in values):
+            flagged.append(name)
+    return flagged
+
+
+def _sample_members(template, size: int) -> list:  # noqa: ANN001 (ClassTemplate)
+    """An evenly spaced, deterministic sample of a template's members."""
+    positions = np.unique(np.linspace(0, template.count - 1, min(size, template.count)).astype(np.int64))
+    return [template.members[i] for i in positions]
+
+
+def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[str] | None = None,  # noqa: ANN001 (paths)
+               sample: int = DEFAULT_SAMPLE, variant: str = "cascading", seed: int = 0, shuffled_model=None,  # noqa: ANN001
+               batch_size: int = 32, unsafe_load: bool = False, keep_templates: bool = False,
+               progress=None) -> SanityResult:  # noqa: ANN001 (Progress)
+    """The randomisation check of a templates file's classes (see the module docstring). ``keep_templates`` keeps each
+    class's sample template before and after each step in ``result.templates`` (for baselines and custom figures)."""
+    from pathlib import Path
+
+    from heatmap_templates.explain.cam import CamEngine
+    from heatmap_templates.explain.heatmaps import model_sha256
+    from heatmap_templates.model.model_file import load_model
+    from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for
+    from heatmap_templates.data.preprocess import to_model_input
+    from heatmap_templates.progress import NullProgress
+    from heatmap_templates.templates.templates_file import read_templates
+    from heatmap_templates.analysis.strategy_search import members_store
+
+    cascading = VARIANTS[variant]
+    if sample < 2:
+        raise HmtError(f"the sanity sample needs at least 2 members per class, got {sample}")
+    progress = progress or NullProgress()
+    data = read_templates(templates_path)
+    settings = data.settings
+    reader = members_store(data, heatmaps)
+    model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
+    if not model_path.is_file():
+        raise HmtError(f"{templates_path}: the model it was built with ({model_path}) is not there; give it with --model")
+    if model_sha256(model_path) != settings.get("model_sha256"):
+        raise HmtError(f"{model_path}: is not the model the templates were built with")
+    trained, info = load_model(model_path, unsafe=unsafe_load, classes=settings.get("class_names"))
+    wanted = list(data.templates) if classes is None else list(classes)
+    unknown = [name for name in wanted if name not in data.templates]
+    if unknown:
+        raise HmtError(f"{templates_path}: has no template of class {unknown[0]!r}")
+    registrar = registrar_for(settings["registration"], data.reference_image, data.lung_mask)
+    image_shape = tuple(int(v) for v in reader.settings["input_size"])
+    where = {path: index for index, path in enumerate(reader.paths)}
+    members = {name: _sample_members(data.templates[name], sample) for name in wanted}
+    missing = [m.path for name in wanted for m in members[name] if m.path not in where]
+    if missing:
+        raise HmtError(f"{reader.path}: holds no maps of {missing[0]}; give the heatmap store the templates were built from")
+    indices = np.array([where[m.path] for name in wanted for m in members[name]])
+    alignments = [member_alignment(m, image_shape) for name in wanted for m in members[name]]
+    (stored,) = reader.iter_batches(len(indices), indices)
+    if any(a is None for a in alignments):  # a templates file older than schema 3: register the images again
+        alignments = registrar.estimate_many([image.astype(np.float32) / 255.0 for image in stored.images])
+    inputs = to_model_input(stored.images, info.channels, info.preprocessing)
+    spans, start = {}, 0
+    for name in wanted:
+        spans[name] = slice(start, start + len(members[name]))
+        start += len(members[name])
+
+    def templates_of(raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Each class's sample template from all-class maps (N, K, h, w) of the sampled images."""
+        out = {}
+        for name in wanted:
+            k = reader.class_names.index(name)
+            part = spans[name]
+            out[name] = prepare_maps(None, raw[part, k], registrar, settings["normalisation"], alignments=alignments[part]).maps.mean(axis=0)
+        return out
+
+    def maps_of(engine) -> np.ndarray:  # noqa: ANN001 (CamEngine)
+        return np.concatenate([engine.all_classes(inputs[i:i + batch_size]).raw for i in range(0, len(inputs), batch_size)])
+
+    def engine_for(network, layer: str):  # noqa: ANN001, ANN202
+        return CamEngine(network, layer=layer, method=settings["cam_method"], score=settings["score"], head=info.head,
+                         threshold=settings.get("threshold", 0.5))
+
+    original = templates_of(stored.raw)
+    steps = randomisation_steps(trained)
+    result = SanityResult(variant, [step.name for step in steps], {name: len(members[name]) for name in wanted},
+                          {name: [] for name in wanted})
+    if keep_templates:
+        result.templates = {name: [original[name]] for name in wanted}
+    progress.start(len(steps), f"randomising ({variant})")
+    network = model_copy(trained)  # one copy and one traced engine: re-initialising assigns its variables in place
+    engine = engine_for(network, settings["layer"])
+    trained_weights = trained.get_weights()
+    for number, step in enumerate(steps):
+        if not cascading:
+            network.set_weights(trained_weights)
+        reinitialise([_same_layer(network, layer) for layer in step.layers], seed + number)
+        randomised = templates_of(maps_of(engine))
+        for name in wanted:
+            result.similarity[name].append({"step": step.name, **template_similarity(original[name], randomised[name])})
+            if keep_templates:
+                result.templates[name].append(randomised[name])
+        progress.advance()
+    progress.finish()
+    result.flagged = flag(result)
+    if shuffled_model is not None:
+        shuffled, shuffled_info = load_model(shuffled_model, unsafe=unsafe_load)
+        if list(shuffled_info.class_names) != list(info.class_names):
+            raise HmtError(f"{shuffled_model}: classes {shuffled_info.class_names} differ from the templates' {info.class_names}")
+        randomised = templates_of(maps_of(engine_for(shuffled, shuffled_info.cam_layer or settings["layer"])))
+        result.data_randomisation = {name: template_similarity(original[name], randomised[name]) for name in wanted}
+    return result
+
+
+def _same_layer(network, layer):  # noqa: ANN001, ANN202
+    """The layer of a model copy that corresponds to ``layer`` of the original (looked up inside nested bases)."""
+    from heatmap_templates.model.layers import walk_layers
+
+    for _, candidate in walk_layers(network):
+        if candidate.name == layer.name:
+            return candidate
+    raise HmtError(f"the model copy has no layer {layer.name!r}")

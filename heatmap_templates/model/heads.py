@@ -1,0 +1,157 @@
+"""Head kinds: how a classifier's output layer turns into class probabilities and class logits.
+
+The kind is read from the model's output layer when the model is loaded (:func:`detect_head`),
+recorded in its metadata (``ModelInfo.head``), and every caller asks it; nothing guesses from
+output values. A head maps the model's *outputs* (after its activation) to class probabilities
+(N, K), and the *logits* (the output layer's pre-activation) to one logit per class (N, K), the
+numbers a CAM's ``logit`` score explains.
+
+=========  ==========================  =====================  ==========================
+kind       output layer                probabilities          class logits
+=========  ==========================  =====================  ==========================
+softmax    K units, softmax            the outputs            the logits
+linear     K units, no activation      softmax(outputs)       the outputs
+sigmoid    1 unit, sigmoid (binary)    (1 - p, p)             (-z, z)
+sigmoids   L units, sigmoid each       the outputs            the logits (independent)
+=========  ==========================  =====================  ==========================
+
+A one-output sigmoid model has two classes (negative, positive); independent sigmoids are a
+multi-label model whose "classes" are findings that can be present together.
+
+The predicted class is the most probable one for exclusive classes, ``p >= threshold`` for a
+one-output sigmoid (default 0.5, recorded in the heatmap store), and for independent sigmoids every
+finding with ``p >= threshold`` (an (N, L) boolean array instead of (N,) class indices).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from heatmap_templates.errors import HmtError
+from heatmap_templates.registry import Registry
+
+
+@dataclass(frozen=True)
+class Head:
+    """One head kind (see the module docstring); functions take and return TensorFlow tensors."""
+
+    activation: str  # the output layer's activation that identifies it
+    single_output: bool | None  # True: exactly one unit; False: more than one; None: any width >= 2
+    multi_label: bool  # classes are independent findings rather than exclusive classes
+    probabilities: Callable  # outputs (N, units) -> (N, K)
+    class_logits: Callable  # logits (N, units) -> (N, K)
+    decide: Callable  # (probabilities (N, K), threshold) -> predicted classes (N,), or (N, K) bool for multi-label
+
+    def class_count(self, units: int) -> int:
+        """Number of classes of an output with ``units`` units."""
+        return 2 if self.single_output else units
+
+    def matches(self, activation: str, units: int) -> bool:
+        if activation != self.activation:
+            return False
+        if self.single_output is None:
+            return units >= 2
+        return (units == 1) == self.single_output
+
+
+def _identity(values):  # noqa: ANN001, ANN202 (tf.Tensor)
+    return values
+
+
+def _most_probable(probabilities, threshold: float):  # noqa: ANN001, ANN202 (array or tensor)
+    import keras
+
+    return keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "int32")
+
+
+def _positive_above(probabilities, threshold: float):  # noqa: ANN001, ANN202
+    import keras
+
+    return keras.ops.cast(probabilities[:, 1] >= threshold, "int32")
+
+
+def _each_above(probabilities, threshold: float):  # noqa: ANN001, ANN202
+    return probabilities >= threshold
+
+
+def _softmax(values):  # noqa: ANN001, ANN202
+    import tensorflow as tf
+
+    return tf.nn.softmax(values)
+
+
+def _pair(values):  # noqa: ANN001, ANN202
+    """(N, 1) p -> (N, 2) (1 - p, p)."""
+    import tensorflow as tf
+
+    return tf.concat([1.0 - values, values], axis=-1)
+
+
+def _signed_pair(values):  # noqa: ANN001, ANN202
+    """(N, 1) z -> (N, 2) (-z, z): the negative class's logit is the positive one's negation."""
+    import tensorflow as tf
+
+    return tf.concat([-values, values], axis=-1)
+
+
+HEADS: Registry[Head] = Registry("head kind", parameter="head")
+HEADS.add("softmax", Head("softmax", None, False, _identity, _identity, _most_probable), help="K exclusive classes, softmax output")
+HEADS.add("linear", Head("linear", None, False, _softmax, _identity, _most_probable), help="K exclusive classes, logits output")
+HEADS.add("sigmoid", Head("sigmoid", True, False, _pair, _signed_pair, _positive_above), help="one sigmoid output, two classes")
+HEADS.add("sigmoids", Head("sigmoid", False, True, _identity, _identity, _each_above), help="one sigmoid per finding, multi-label")
+DEFAULT_THRESHOLD = 0.5
+
+
+def activation_name(layer: object) -> str:
+    """The activation of an output layer by name: softmax, sigmoid, linear, ... (a Softmax layer is softmax)."""
+    import keras
+
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    name = getattr(activation, "__name__", str(activation))
+    return "linear" if name in ("linear", "identity") else name
+
+
+def head_kind(activation: str, units: int) -> str:
+    """The registered head kind of an output with this activation and width; HmtError when none fits."""
+    for name, head in HEADS.items():
+        if head.matches(activation, units):
+            return name
+    raise HmtError(f"unsupported classifier output: {units} unit(s) with {activation} activation "
+                   f"(hmt reads {', '.join(HEADS.names())} heads)")
+
+
+def detect_head(model) -> str:  # noqa: ANN001 (keras.Model)
+    """The head kind of a Keras classifier, from its output layer and output width."""
+    from heatmap_templates.model.layers import output_layer
+
+    units = model.outputs[0].shape[-1]
+    return head_kind(activation_name(output_layer(model)), int(units))
+
+
+def check_threshold(threshold: float) -> float:
+    """A decision threshold, which must lie strictly between 0 and 1."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise HmtError(f"the decision threshold must lie between 0 and 1, got {threshold}")
+    return float(threshold)
+
+
+def predicted_classes(probabilities: np.ndarray, head: str, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """The predicted class of each image (N,) int, or for a multi-label head each finding's decision (N, L) bool."""
+    values = np.asarray(probabilities, dtype=np.float32)
+    if not len(values):
+        return np.zeros((0, values.shape[1]) if HEADS[head].multi_label else 0, dtype=bool if HEADS[head].multi_label else np.int32)
+    return np.asarray(HEADS[head].decide(values, check_threshold(threshold)))
+
+
+def probabilities_of(outputs: np.ndarray, head: str) -> np.ndarray:
+    """Class probabilities (N, K) float64 of model outputs (N, units) computed outside a graph."""
+    import tensorflow as tf
+
+    values = tf.convert_to_tensor(np.asarray(outputs, dtype=np.float32))
+    return np.asarray(HEADS[head].probabilities(values), dtype=np.float64)

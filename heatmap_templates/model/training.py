@@ -1,0 +1,579 @@
+"""Training: a classifier on a labelled data set, with a patient-grouped split, as the papers do.
+
+With a frozen base, training computes the base's pooled features once and fits the head on them:
+global average pooling has no weights, so the head sees exactly what it would see through the
+full model, and an epoch costs a head pass instead of a VGG pass. Augmentation and fine-tuning
+need the full model and train through it.
+
+Images are held in memory as uint8 at the model's input size (what every other command feeds the
+model too, :mod:`heatmap_templates.data.preprocess`); the model's preprocessing runs inside tf.data.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from heatmap_templates.model.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, as_size, build_model, resolve_weights
+from heatmap_templates.data.datasets import DEFAULT_UNCERTAIN, SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
+from heatmap_templates.data.decode import DEFAULT_INTENSITY, INTENSITIES
+from heatmap_templates.data.disk_arrays import DiskArray
+from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
+from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
+from heatmap_templates.files import write_text
+from heatmap_templates.model.objectives import Objective, objective_for
+from heatmap_templates.model.model_file import ModelInfo, companion_path, json_ready
+from heatmap_templates.model.layers import default_cam_layer, find_base, unfreeze_last_blocks
+from heatmap_templates.data.preprocess import affine_preprocessing, load_images
+from heatmap_templates.progress import Progress
+from heatmap_templates.model.recipe import (
+    DEFAULT_SCHEDULE,
+    SCHEDULES,
+    averaging_start,
+    recalibrate_batch_norm,
+    uses_early_stopping,
+    weight_averager,
+)
+
+DEFAULT_MEMORY_BUDGET_GB = 4.0  # decoded training data held in memory; more streams from a disk cache
+AUTO_AUGMENT_IMAGES = 20_000  # training images up to which a from-scratch backbone augments by default
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults follow the first paper (Adam, lr 1e-3, categorical cross-entropy, frozen base)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = DEFAULT_WEIGHTS  # auto | imagenet | none | path to a weights file; auto = imagenet, or none for `small`
+    epochs: int = 20
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float = 1e-3
+    input_size: int | None = None  # square side in pixels; None = the backbone's default
+    seed: int = 0
+    augment: bool | None = None  # None: on for a backbone trained from scratch on a small data set (AUTO_AUGMENT_IMAGES)
+    fine_tune_blocks: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-5
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    patience: int = 8  # epochs without validation-loss improvement, with the constant schedule
+    schedule: str = DEFAULT_SCHEDULE  # recipe.SCHEDULES
+    warmup_epochs: int = 2
+    average_last: float = 0.25  # share of the last epochs whose weights are averaged (0: none)
+    label_smoothing: float = 0.0  # share of each target moved towards uniform (0: none)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) of the kernels, scaled by the learning rate (0: Adam)
+    dense_units: int = 256
+    dropout: float = 0.5
+    cache_features: bool = True
+    deterministic: bool = True
+    patient_regex: str | None = None
+    strict: bool = False
+    intensity: str = DEFAULT_INTENSITY  # how integer pixels are scaled (decode.INTENSITIES); recorded in the model
+    binary: str | None = None  # "POS" or "POS:NEG": one sigmoid output, POS against every other class (NEG: not-POS)
+    uncertain: str = DEFAULT_UNCERTAIN  # how a multi-label data set's uncertain findings were read (recorded)
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB  # decoded images (and features) beyond it stream from disk
+    shuffle_labels: bool = False  # train on randomly permuted training labels: the data-randomisation sanity check
+    cache_dir: str | None = None  # where streamed images are cached during training (default: the system's temp folder)
+
+    def validate(self) -> None:
+        """Raise :class:`HmtError` for settings that cannot work."""
+        spec = BACKBONES[self.backbone]
+        if self.epochs < 1 or self.batch_size < 1:
+            raise HmtError("epochs and batch size must be at least 1")
+        if not (self.learning_rate > 0 and self.fine_tune_learning_rate > 0):
+            raise HmtError("learning rates must be positive")
+        if self.input_size is not None and self.input_size < spec.min_input_side:
+            raise HmtError(f"{self.backbone} needs an input size of at least {spec.min_input_side} px, got {self.input_size}")
+        if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 0:
+            raise HmtError("--fine-tune-blocks and fine-tune epochs must not be negative")
+        if self.fine_tune_blocks and spec.application is None:
+            raise HmtError("`small` trains every layer from scratch; --fine-tune-blocks applies to pretrained backbones only")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise HmtError("validation and test fractions must be in [0, 1) and leave images for training")
+        INTENSITIES.check(self.intensity)
+        SCHEDULES.check(self.schedule)
+        if self.warmup_epochs < 0 or not 0 <= self.average_last < 1:
+            raise HmtError("warm-up epochs must not be negative and the averaged share must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise HmtError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.weight_decay < 1:
+            raise HmtError(f"weight decay must be in [0, 1), got {self.weight_decay}")
+        weights = resolve_weights(self.backbone, self.weights)
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
+        if not 0 <= self.dropout < 1 or self.dense_units < 1:
+            raise HmtError("dropout must be in [0, 1) and dense units at least 1")
+        if not self.memory_budget_gb > 0:
+            raise HmtError(f"the memory budget must be positive, got {self.memory_budget_gb} GB")
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One finished epoch, for per-epoch progress lines."""
+
+    phase: str  # "head" (cached features), "train" (full model) or "fine-tune"
+    epoch: int  # 1-based within the phase
+    epochs: int
+    loss: float
+    accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """A trained model with its metadata, history, validation- and test-split reports and skipped files."""
+
+    model: object  # keras.Model
+    info: ModelInfo
+    history: list[dict]
+    test_report: dict | None
+    val_report: dict | None  # the delivered model (weights averaged, batch norm re-estimated) on the validation split
+    problems: list[Problem]
+    split_counts: dict[str, dict[str, int]]
+    seconds: float
+
+
+# --------------------------------------------------------------------------- training
+
+
+def rows_dataset(rows: np.ndarray | DiskArray, targets: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
+    """tf.data of (rows, targets) batches, in a seeded shuffled order when ``shuffle_seed`` is given: from memory, or
+    read batch by batch from a :class:`DiskArray` (the same order for the same seed, so the same training)."""
+    import tensorflow as tf
+
+    targets = np.asarray(targets, dtype=np.float32)
+    if isinstance(rows, np.ndarray):
+        dataset = tf.data.Dataset.from_tensor_slices((rows, targets))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size)
+    dataset = tf.data.Dataset.range(len(rows))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def read(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows[indices], targets[indices]
+
+    @tf.autograph.experimental.do_not_convert
+    def read_graph(indices):
+        values, batch_targets = tf.numpy_function(read, [indices], (tf.as_dtype(rows.dtype), tf.float32), stateful=False)
+        values.set_shape((None, *rows.row_shape))
+        batch_targets.set_shape((None, *targets.shape[1:]))
+        return values, batch_targets
+
+    return dataset.batch(batch_size).map(read_graph, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def image_pipeline(images: np.ndarray | DiskArray, targets: np.ndarray, info: ModelInfo, batch_size: int, *,
+                    shuffle_seed: int | None = None, augment_seed: int | None = None):
+    """tf.data over in-memory uint8 images: shuffle, batch, to [0, 1], augment (optional, training only), preprocess."""
+    import tensorflow as tf
+
+    scale, offset = affine_preprocessing(info.channels, info.preprocessing)
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
+    def to_unit(x, y):
+        return tf.cast(x, tf.float32) / 255.0, y
+
+    dataset = rows_dataset(images, targets, batch_size, shuffle_seed=shuffle_seed).map(to_unit, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment_seed is not None:
+        @tf.autograph.experimental.do_not_convert
+        def augment_batch(batch, random):
+            return _augment(batch[0], tf.stack([random, augment_seed])), batch[1]
+
+        randoms = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip((dataset, randoms)).map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+    @tf.autograph.experimental.do_not_convert
+    def to_input(x, y):
+        x = x[..., None]
+        if info.channels == 3:
+            x = tf.repeat(x, 3, axis=-1)
+        return x * scale + offset, y
+
+    return dataset.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+AUGMENT_MAX_ROTATION_DEG = 7.0
+AUGMENT_MAX_SHIFT = 0.05  # fraction of the image side
+AUGMENT_MAX_ZOOM = 0.08  # scale in [1 - z, 1 + z]
+AUGMENT_MAX_BRIGHTNESS = 0.08  # added to [0, 1] pixels
+
+
+def _augment(batch, seed):
+    """Random small rotation, shift, zoom and brightness for a (B, h, w) batch in [0, 1].
+
+    Stateless random ops keyed by ``seed`` (one per batch, drawn from a seeded stream), so the
+    augmentation is reproducible; one affine map per image, edges replicated.
+    """
+    import tensorflow as tf
+
+    size = tf.shape(batch)[0]
+    height = tf.cast(tf.shape(batch)[1], tf.float32)
+    width = tf.cast(tf.shape(batch)[2], tf.float32)
+    params = tf.random.stateless_uniform((size, 5), seed=seed, minval=-1.0, maxval=1.0)
+    angle = params[:, 0] * (AUGMENT_MAX_ROTATION_DEG * math.pi / 180.0)
+    shift_x = params[:, 1] * AUGMENT_MAX_SHIFT * width
+    shift_y = params[:, 2] * AUGMENT_MAX_SHIFT * height
+    inverse_zoom = 1.0 / (1.0 + params[:, 3] * AUGMENT_MAX_ZOOM)
+    brightness = params[:, 4] * AUGMENT_MAX_BRIGHTNESS
+    center_x, center_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    cos, sin = tf.cos(angle) * inverse_zoom, tf.sin(angle) * inverse_zoom
+    # Output pixel (x, y) samples input center + R(-angle) / zoom * ((x, y) - center - shift).
+    source_x, source_y = center_x + shift_x, center_y + shift_y
+    transforms = tf.stack(
+        [cos, sin, center_x - cos * source_x - sin * source_y,
+         -sin, cos, center_y + sin * source_x - cos * source_y,
+         tf.zeros_like(cos), tf.zeros_like(cos)],
+        axis=1,
+    )
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=batch[..., None], transforms=transforms, output_shape=tf.shape(batch)[1:3],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST",
+    )[..., 0]
+    return tf.clip_by_value(warped + brightness[:, None, None], 0.0, 1.0)
+
+
+def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Callable[[EpochLog], None] | None):
+    import keras
+
+    class _Recorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            entry = EpochLog(
+                phase=phase, epoch=epoch + 1, epochs=epochs,
+                loss=float(logs.get("loss", math.nan)), accuracy=float(logs.get("accuracy", math.nan)),
+                val_loss=float(logs["val_loss"]) if "val_loss" in logs else None,
+                val_accuracy=float(logs["val_accuracy"]) if "val_accuracy" in logs else None,
+                seconds=time.perf_counter() - self._started,
+            )
+            history.append(asdict(entry))
+            if on_epoch is not None:
+                on_epoch(entry)
+
+    return _Recorder()
+
+
+UNDECAYED = ("bias", "gamma", "beta")  # variable names AdamW leaves alone
+
+
+def optimizer(rate: object, weight_decay: float):  # noqa: ANN201 (keras.optimizers.Optimizer)
+    """Adam, or AdamW with decoupled ``weight_decay`` (Loshchilov & Hutter 2019) on the kernels only: biases and
+    batch-norm scales and offsets are left undecayed, as is usual (decaying them only fights the normalisation)."""
+    import keras
+
+    if weight_decay <= 0:
+        return keras.optimizers.Adam(rate)
+    adamw = keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    adamw.exclude_from_weight_decay(var_names=list(UNDECAYED))
+    return adamw
+
+
+def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, recipe: TrainConfig, steps_per_epoch: int,
+         loss: tuple[object, list], class_weight: dict | None, phase: str, history: list[dict], on_epoch,
+         calibration=None) -> dict:  # noqa: ANN001
+    """Compile and fit with Adam (AdamW with the config's weight decay) and the objective's ``loss`` (loss, metrics)
+    under the config's recipe.
+
+    A constant rate stops early on validation loss (best weights restored); a decaying schedule runs
+    every epoch, then the weights of the last ``average_last`` share of epochs are averaged and the
+    averaged network's batch-norm statistics are re-estimated on ``calibration`` (training input batches).
+    """
+    import keras
+
+    rate = SCHEDULES[recipe.schedule](learning_rate, epochs, steps_per_epoch, recipe.warmup_epochs)
+    model.compile(optimizer=optimizer(rate, recipe.weight_decay), loss=loss[0], metrics=loss[1])
+    callbacks = [_epoch_callback(phase, epochs, history, on_epoch)]
+    stopper = None
+    if val_data is not None and uses_early_stopping(recipe.schedule):
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, restore_best_weights=True)
+        callbacks.append(stopper)
+    start = averaging_start(epochs, recipe.average_last) if stopper is None else None
+    if start is not None:
+        callbacks.append(weight_averager(start))
+    model.fit(train_data, validation_data=val_data, epochs=epochs, class_weight=class_weight or None,
+              callbacks=callbacks, shuffle=False, verbose=0)
+    recalibrated = start is not None and calibration is not None and recalibrate_batch_norm(model, calibration)
+    return {
+        "phase": phase,
+        "schedule": recipe.schedule,
+        "epochs_run": sum(1 for row in history if row["phase"] == phase),
+        "best_epoch": (stopper.best_epoch + 1) if stopper is not None else epochs,
+        "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
+        "averaged_epochs": 0 if start is None else epochs - start,
+        "batch_norm_recalibrated": bool(recalibrated),
+    }
+
+
+def pooled_features(model, images: np.ndarray | DiskArray, info: ModelInfo, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: Progress | None = None, to_disk: Path | None = None) -> np.ndarray | DiskArray:
+    """The frozen base's globally pooled features (N, D): the head's exact input; in a DiskArray at ``to_disk``
+    (written chunk by chunk) when given."""
+    import keras
+
+    extractor = keras.Model(model.inputs, model.get_layer("avg_pool").output)
+    width = extractor.output_shape[-1]
+    if to_disk is not None:
+        features = DiskArray(to_disk, (width,), np.float32)
+        for chunk in predict_in_batches(extractor, images, info, batch_size, progress, "computing base features"):
+            features.append(chunk)
+        return features
+    chunks = list(predict_in_batches(extractor, images, info, batch_size, progress, "computing base features"))
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, width), np.float32)
+
+
+def head_model(model):
+    """A model from pooled features to class probabilities that shares the head layers (and weights) of ``model``."""
+    import keras
+
+    dense = model.get_layer("head_dense")
+    features = keras.Input(shape=(dense.kernel.shape[0],), name="pooled_features")
+    x = dense(features)
+    x = model.get_layer("head_dropout")(x)
+    return keras.Model(features, model.get_layer("predictions")(x), name="hmt_head")
+
+
+def fit_head_on_features(model, train_features: np.ndarray, train_targets: np.ndarray,
+                         val_features: np.ndarray | None, val_targets: np.ndarray | None, *, epochs: int,
+                         learning_rate: float, batch_size: int, seed: int, recipe: TrainConfig | None = None,
+                         loss: tuple[object, list] = ("categorical_crossentropy", ["accuracy"]),
+                         class_weight: dict | None = None, history: list[dict] | None = None,
+                         on_epoch: Callable[[EpochLog], None] | None = None) -> dict:
+    """Train ``model``'s head on cached pooled features; the full model's head weights change with it.
+
+    ``recipe`` gives the schedule, warm-up, patience and weight averaging (default: TrainConfig's);
+    ``loss`` and the targets come from the objective (:mod:`heatmap_templates.model.objectives`).
+    """
+    history = [] if history is None else history
+    train_data = rows_dataset(train_features, train_targets, batch_size, shuffle_seed=seed)
+    val_data = None
+    if val_features is not None and len(val_features):
+        val_data = rows_dataset(val_features, val_targets, batch_size)
+    return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate,
+                recipe=recipe or TrainConfig(), steps_per_epoch=math.ceil(len(train_features) / batch_size),
+                loss=loss, class_weight=class_weight or None, phase="head", history=history, on_epoch=on_epoch)
+
+
+@contextmanager
+def seeded(seed: int, deterministic: bool = True) -> Iterator[None]:
+    """Seed Python, NumPy, TensorFlow and Keras; with ``deterministic``, use deterministic TF kernels inside the block.
+
+    TensorFlow's op determinism is a process-wide switch, so the previous state is restored on exit
+    (through TensorFlow's own config module, which the public API only exposes half of).
+    """
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    keras.utils.set_random_seed(seed)
+    was_enabled = tf_config.is_op_determinism_enabled()
+    if deterministic and not was_enabled:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if deterministic and not was_enabled:
+            tf_config.disable_op_determinism()
+
+
+def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Progress | None = None,
+          on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+    """Split ``dataset`` by patient, train a classifier as ``config`` says, and evaluate it on the test split.
+
+    Steps: seeded patient-grouped split; decode into memory (bad files skipped and reported);
+    build the model; with a frozen base and no augmentation, cache pooled base features and fit
+    the head on them, otherwise fit the full model through tf.data; optional fine-tuning of the
+    last base blocks at a smaller learning rate; finally the test-split report. ``on_epoch``
+    receives each finished epoch (the CLI prints it); ``progress`` sees decoding and feature passes.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    started = time.perf_counter()
+    spec = BACKBONES[config.backbone]
+    weights = resolve_weights(config.backbone, config.weights)
+    if len(dataset.class_names) < (1 if dataset.multi_label else 2):
+        raise HmtError(f"{display_path(dataset.root)}: need at least 2 classes to train, found {len(dataset.class_names)}")
+    empty = [name for name, count in dataset.counts().items() if count == 0]
+    if empty:
+        noun = "finding" if dataset.multi_label else "class"
+        raise HmtError(f"{display_path(dataset.root)}: {noun} {', '.join(empty)} has no {'positive ' if dataset.multi_label else ''}images")
+    objective = objective_for(dataset, config.binary)
+    size = as_size(config.input_size or spec.default_input_side)
+    with seeded(config.seed, config.deterministic), _cache_folder(dataset, size, config) as cache:
+        return _train_seeded(dataset, config, spec, weights, objective, size, progress, on_epoch, started, cache)
+
+
+@contextmanager
+def _cache_folder(dataset: Dataset, size: tuple[int, int], config: TrainConfig) -> Iterator[Path | None]:
+    """A temporary folder for decoded images when the data set's images at input size exceed the memory budget
+    (removed afterwards), else None: training then holds them in memory."""
+    needed = len(dataset.samples) * size[0] * size[1]  # uint8 gray, what training keeps per image
+    if needed <= config.memory_budget_gb * 2**30:
+        yield None
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix="hmt-train-", dir=config.cache_dir)
+    except OSError as error:
+        raise BadFileError(config.cache_dir or tempfile.gettempdir(), f"cannot create a training cache folder ({error.strerror})") from None
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, objective: Objective,
+                  size: tuple[int, int], progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None,
+                  started: float, cache: Path | None) -> TrainResult:
+    """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early.
+    With a ``cache`` folder, decoded images (and pooled features) live in files there instead of memory."""
+    class_names = objective.class_names
+    model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
+                        dropout=config.dropout, head=objective.head)
+    fractions = (1.0 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
+    splits = split_dataset(dataset, fractions=fractions, seed=config.seed)  # by the data set's own classes
+    skip_log = SkipLog(config.strict, dataset.problems)
+    images: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    kept: dict[str, list[Sample]] = {}
+    for name in SPLIT_NAMES:
+        images[name], kept[name] = load_images(splits[name], size, skip_log, intensity=config.intensity, progress=progress,
+                                               description=f"decoding {name} images",
+                                               to_disk=None if cache is None else cache / f"{name}_images.u8")
+        labels[name] = objective.labels(kept[name])
+    if config.shuffle_labels:  # the labels no longer say anything about the images (Adebayo et al. 2018)
+        labels["train"] = np.random.default_rng(config.seed).permutation(labels["train"])
+    missing = objective.missing(labels["train"])
+    if missing:
+        raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
+
+    info = ModelInfo(
+        class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
+        preprocessing=spec.preprocessing, cam_layer=default_cam_layer(model), head=objective.head, intensity=config.intensity,
+        dataset_fingerprint=dataset_fingerprint(dataset), negatives=objective.negatives,
+        split={name: [relative_path(s, dataset.root) for s in kept[name]] for name in SPLIT_NAMES},
+    )
+    class_weight = objective.class_weight(labels["train"])
+    loss = objective.loss_and_metrics(labels["train"], config.label_smoothing)
+    targets = {name: objective.targets(labels[name]) for name in SPLIT_NAMES}
+    has_val = len(images["val"]) > 0
+    history: list[dict] = []
+    phases = []
+    augment = _augments(config, spec, len(images["train"]))
+    cached = config.cache_features and spec.application is not None and not augment
+    if cached:
+        features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress,
+                                          to_disk=None if cache is None else cache / f"{name}_features.f32")
+                    for name in ("train", "val")}
+        phases.append(fit_head_on_features(
+            model, features["train"], targets["train"], features["val"] if has_val else None, targets["val"],
+            epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
+            recipe=config, loss=loss, class_weight=class_weight, history=history, on_epoch=on_epoch))
+    else:
+        phases.append(_fit_full(model, info, images, targets, config, augment, config.epochs, config.learning_rate,
+                                "head" if spec.application else "train", loss, class_weight, history, on_epoch))
+    if config.fine_tune_blocks and config.fine_tune_epochs:
+        unfreeze_last_blocks(model, config.fine_tune_blocks)
+        phases.append(_fit_full(model, info, images, targets, config, augment, config.fine_tune_epochs,
+                                config.fine_tune_learning_rate, "fine-tune", loss, class_weight, history, on_epoch))
+        find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
+
+    # The model as delivered: the last epoch's validation numbers in the history predate the weight averaging, so the
+    # validation split is scored again; that, not the test split, is what a recipe or a setting is chosen on.
+    def split_report(name: str) -> dict | None:
+        if not len(images[name]):
+            return None
+        probabilities = predict_probabilities(model, info, images[name], batch_size=config.batch_size, progress=progress)
+        return objective.report(probabilities, labels[name])
+
+    val_report, test_report = split_report("val"), split_report("test")
+    seconds = time.perf_counter() - started
+    split_counts = {name: objective.counts(labels[name]) for name in SPLIT_NAMES}
+    info.training = {
+        "config": asdict(config),
+        "weights": weights,
+        "cached_features": cached,
+        "augmented": augment,
+        "class_weights": {class_names[k]: w for k, w in (class_weight or {}).items()},
+        "phases": phases,
+        "history": history,
+        "split_counts": split_counts,
+        "skipped": len(skip_log),
+        "val_report": val_report,
+        "test_report": test_report,
+        "seconds": round(seconds, 2),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": display_path(dataset.root),
+        "streamed_from_disk": cache is not None,
+        "shuffled_labels": config.shuffle_labels,
+        **({"uncertain": config.uncertain} if dataset.multi_label else {}),
+    }
+    return TrainResult(model=model, info=info, history=history, test_report=test_report, val_report=val_report,
+                       problems=skip_log.problems,
+                       split_counts=split_counts, seconds=seconds)
+
+
+def _augments(config: TrainConfig, spec: BackboneSpec, train_images: int) -> bool:
+    """Whether training augments: as asked, or (``augment=None``) for a backbone trained from scratch on a small
+    data set, where it matters most; a frozen pretrained base keeps its fast cached-feature training."""
+    if config.augment is not None:
+        return bool(config.augment)
+    return spec.application is None and train_images <= AUTO_AUGMENT_IMAGES
+
+
+def _fit_full(model, info: ModelInfo, images: dict, targets: dict, config: TrainConfig, augment: bool, epochs: int,
+              learning_rate: float, phase: str, loss: tuple[object, list], class_weight: dict | None, history: list[dict],
+              on_epoch) -> dict:
+    """Fit the whole model on images through tf.data (augmenting the training batches when asked); the plain
+    training images re-estimate batch-norm statistics after weight averaging."""
+    train_data = image_pipeline(images["train"], targets["train"], info, config.batch_size, shuffle_seed=config.seed,
+                                 augment_seed=config.seed if augment else None)
+    calibration = image_pipeline(images["train"], targets["train"], info, config.batch_size).map(lambda x, y: x)
+    val_data = None
+    if len(images["val"]):
+        val_data = image_pipeline(images["val"], targets["val"], info, config.batch_size)
+    return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, recipe=config,
+                steps_per_epoch=math.ceil(len(images["train"]) / config.batch_size), loss=loss, class_weight=class_weight,
+                phase=phase, history=history, on_epoch=on_epoch, calibration=calibration)
+
+
+# --------------------------------------------------------------------------- files beside the model
+
+
+def write_history_csv(history: list[dict], path: str | os.PathLike) -> Path:
+    """One row per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy, seconds."""
+    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
+    return write_text(path, buffer.getvalue())
+
+
+def save_training_outputs(result: TrainResult, model_path: str | os.PathLike) -> dict[str, Path]:
+    """Write the data files `hmt train` leaves beside the model: the history CSV and, when there is a test split,
+    its evaluation JSON. Returns the paths by kind. The companion figures (curves, confusion matrix) are drawn by
+    the caller with :func:`heatmap_templates.present.figures.training_figures`: training sits below the figures."""
+    written = {"history": write_history_csv(result.history, companion_path(model_path, "history.csv"))}
+    if result.test_report is not None:
+        evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
+        written["evaluation"] = write_text(companion_path(model_path, "evaluation.json"),
+                                           json.dumps(json_ready(evaluation), indent=2) + "\n")
+    return written

@@ -1,0 +1,376 @@
+"""The paper figures of a templates file (`hmt figures`): templates, spreads, eigen-heatmaps, similarity, consistency."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.present.figures.classifier import draw_confusion, draw_training_curves
+from heatmap_templates.present.figures.style import (
+    COLOUR_BAR_INCHES,
+    COLUMN_WIDTHS,
+    DEFAULT_CMAP,
+    DIVERGING_CMAP,
+    FIGURE_FORMATS,
+    MATRIX_WIDTH,
+    check_cmap,
+    finite,
+    hide_frame,
+    lung_outline,
+    overlay,
+    panel_figure,
+    panel_grid,
+    parse_formats,
+    publication_style,
+    save_deterministic,
+    symmetric_limit,
+    value_range,
+)
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
+from heatmap_templates.present.figures.checks import deletion_figure, sanity_figure
+from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies, read_templates
+from heatmap_templates.analysis.strategy_search import typical_members
+
+DEFAULT_EIGEN_COMPONENTS = 3
+DEFAULT_DPI = 300
+DEFAULT_WIDTH = "double"
+
+
+@dataclass
+class FiguresSummary:
+    """What `template_figures` wrote: files per figure, the colour limits each panel was drawn with, notes."""
+
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    colour_scales: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (paths as strings, limits as [vmin, vmax])."""
+        return {
+            "out_dir": str(self.out_dir),
+            "files": [str(path) for path in self.files],
+            "figures": {name: [str(path) for path in paths] for name, paths in self.figures.items()},
+            "colour_scales": {name: {panel: [vmin, vmax] for panel, (vmin, vmax) in panels.items()}
+                              for name, panels in self.colour_scales.items()},
+            "notes": list(self.notes),
+        }
+
+
+
+def _pairwise_text(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def _draw_class_maps(figure: Figure, axes: np.ndarray, maps: dict[str, np.ndarray], titles: dict[str, str], *,
+                     background: np.ndarray | None, lung_mask: np.ndarray | None, cmap: str, label: str) -> dict[str, tuple[float, float]]:
+    """One panel per class on ONE shared colour scale and colour bar; returns each panel's drawn limits."""
+    vmin, vmax = value_range(*maps.values())
+    drawn: dict[str, tuple[float, float]] = {}
+    image = None
+    flat = axes.ravel()
+    for axis, (name, values) in zip(flat, maps.items()):
+        image = overlay(axis, values, background, cmap=cmap, vmin=vmin, vmax=vmax)
+        if background is None:
+            lung_outline(axis, lung_mask, values.shape)
+        axis.set_title(titles[name])
+        low, high = axis.images[-1].get_clim()  # the limits the map was really drawn with
+        drawn[name] = (float(low), float(high))
+    for axis in flat[len(maps):]:
+        axis.set_axis_off()
+    colour_bar = figure.colorbar(image, ax=list(flat), shrink=0.85, aspect=25)
+    colour_bar.set_label(label)
+    return drawn
+
+
+def _template_means(file: TemplateFile, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
+    names = list(file.templates)
+    maps = {name: finite(file.templates[name].mean) for name in names}
+    titles = {name: f"{name}\nn = {t.count}, $\\bar{{r}}$ = {_pairwise_text(t.mean_pairwise_correlation)}"
+              for name, t in file.templates.items()}
+    rows, columns = panel_grid(len(names), width)
+    shape = next(iter(maps.values())).shape
+    figure, axes = panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1])
+    normalisation = file.settings.get("normalisation") or next(iter(file.templates.values())).normalisation
+    drawn = _draw_class_maps(figure, axes, maps, titles, background=file.reference_image, lung_mask=file.lung_mask,
+                             cmap=cmap, label=f"mean heatmap ({normalisation})")
+    return figure, drawn
+
+
+def _template_std(file: TemplateFile, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
+    names = list(file.templates)
+    maps = {name: finite(file.templates[name].std) for name in names}
+    titles = {name: f"{name}\nn = {t.count}" for name, t in file.templates.items()}
+    rows, columns = panel_grid(len(names), width)
+    shape = next(iter(maps.values())).shape
+    figure, axes = panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1])
+    drawn = _draw_class_maps(figure, axes, maps, titles, background=None, lung_mask=file.lung_mask, cmap=cmap,
+                             label="standard deviation")
+    return figure, drawn
+
+
+def _eigen_heatmaps(file: TemplateFile, width: str, components: int) -> tuple[Figure, dict[str, tuple[float, float]]]:
+    """The top components of each class on one symmetric diverging scale centred at 0.
+
+    One column wide, classes are rows (components across); a page wide, classes run across so
+    the figure uses the width instead of growing tall.
+    """
+    shown = {name: finite(t.components[:components]) for name, t in file.templates.items() if len(t.components)}
+    depth = max(len(stack) for stack in shown.values())
+    classes_across = width == "double" and len(shown) >= depth
+    rows, columns = (depth, len(shown)) if classes_across else (len(shown), depth)
+    shape = next(iter(shown.values())).shape[1:]
+    # "PC1 (42.4%)" needs about an inch at 8 pt; narrower panels put the share on a second line.
+    narrow = (COLUMN_WIDTHS[width] - COLOUR_BAR_INCHES) / columns < 1.0
+    figure, axes = panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1], title_inches=0.36 if narrow else 0.2,
+                                 extra_height=0.16 if classes_across else 0.0)
+    limit = symmetric_limit(*shown.values())
+    separator = "\n" if narrow else " "
+    drawn: dict[str, tuple[float, float]] = {}
+    image = None
+    for class_index, (name, stack) in enumerate(shown.items()):
+        ratios = file.templates[name].explained_variance_ratio
+        for component in range(depth):
+            axis = axes[component, class_index] if classes_across else axes[class_index, component]
+            if component >= len(stack):
+                axis.set_axis_off()
+                continue
+            image = axis.imshow(stack[component], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="bilinear")
+            lung_outline(axis, file.lung_mask, stack[component].shape)
+            hide_frame(axis)
+            share = float(ratios[component]) if component < len(ratios) and math.isfinite(float(ratios[component])) else 0.0
+            title = f"PC{component + 1}{separator}({100 * share:.1f}%)"
+            axis.set_title(f"{name}\n{title}" if classes_across and component == 0 else title)
+            if not classes_across and component == 0:
+                axis.set_ylabel(name)
+            drawn[f"{name}/PC{component + 1}"] = tuple(float(v) for v in axis.images[-1].get_clim())
+    figure.colorbar(image, ax=list(axes.ravel()), shrink=0.85, aspect=25, label="component loading")
+    return figure, drawn
+
+
+def _matrix_height(names: Sequence[str]) -> float:
+    """Figure height for a K x K matrix one column wide: near-square cells plus title and rotated labels."""
+    longest = max(len(name) for name in names)
+    return min(MATRIX_WIDTH - 1.5, 0.5 * len(names)) + 0.55 + 0.04 * longest
+
+
+def _matrix_text_colour(value: float, limit: float) -> str:
+    return "white" if abs(value) > 0.6 * limit else "black"
+
+
+def _similarity(file: TemplateFile) -> Figure:
+    """Pearson correlation between class templates, annotated, on a fixed -1..1 diverging scale."""
+    names = list(file.similarity_classes)
+    values = finite(file.similarity)
+    figure = Figure(figsize=(MATRIX_WIDTH, _matrix_height(names)), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(values, cmap=DIVERGING_CMAP, vmin=-1.0, vmax=1.0, aspect="auto")
+    for row in range(len(names)):
+        for column in range(len(names)):
+            axis.text(column, row, f"{values[row, column]:.2f}", ha="center", va="center",
+                      color=_matrix_text_colour(values[row, column], 1.0))
+    axis.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
+    axis.set_yticks(range(len(names)), labels=names)
+    axis.set_title("template similarity")
+    figure.colorbar(image, ax=axis, shrink=0.9, label="Pearson r")
+    return figure
+
+
+def _loo_correlations(file: TemplateFile) -> Figure:
+    """Violin + points of each class's leave-one-out correlations (member vs template without it)."""
+    values = {name: finite(t.loo_correlations) for name, t in file.templates.items() if len(t.loo_correlations)}
+    figure = Figure(figsize=(MATRIX_WIDTH, 2.4), layout="constrained")
+    axis = figure.subplots()
+    positions = np.arange(1, len(values) + 1)
+    violin_data = [(position, data) for position, data in zip(positions, values.values()) if len(data) > 1 and np.ptp(data) > 0]
+    if violin_data:
+        parts = axis.violinplot([data for _, data in violin_data], positions=[p for p, _ in violin_data], widths=0.8,
+                                showextrema=False)
+        for body in parts["bodies"]:
+            body.set_facecolor("0.75")
+            body.set_edgecolor("0.4")
+            body.set_alpha(1.0)
+    spread = np.random.default_rng(0)  # fixed jitter: same input, same picture
+    for position, data in zip(positions, values.values()):
+        axis.scatter(position + spread.uniform(-0.12, 0.12, len(data)), data, s=4, color="black", linewidths=0, zorder=3)
+        axis.plot([position - 0.25, position + 0.25], [np.median(data)] * 2, color="tab:orange", linewidth=1.2, zorder=4)
+    axis.set_xticks(positions, labels=[f"{name}\n(n = {len(data)})" for name, data in values.items()])
+    axis.set_ylabel("leave-one-out r")
+    axis.set_title("member vs template without it")
+    axis.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | None, dict | None]:
+    """Training history and test evaluation stored beside the model the templates were built with (None when absent)."""
+    model_path = file.settings.get("model_path")
+    if not model_path:
+        notes.append("the templates file records no model path: training curves and confusion matrix skipped")
+        return None, None
+    model_path = Path(model_path)
+    history_path = model_path.with_name(f"{model_path.stem}.history.csv")
+    evaluation_path = model_path.with_name(f"{model_path.stem}.evaluation.json")
+    history = None
+    if history_path.is_file():
+        history = _read_history(history_path)
+        if not history:
+            notes.append(f"{history_path} has no epochs: training curves skipped")
+            history = None
+    else:
+        notes.append(f"no training history beside the model ({history_path}): training curves skipped")
+    evaluation = None
+    if evaluation_path.is_file():
+        try:
+            evaluation = json.loads(evaluation_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            notes.append(f"{evaluation_path} cannot be read ({error.__class__.__name__}): confusion matrix skipped")
+        else:
+            if not isinstance(evaluation, dict) or "confusion_matrix" not in evaluation or "class_names" not in evaluation:
+                notes.append(f"{evaluation_path} has no confusion matrix: confusion matrix skipped")
+                evaluation = None
+    else:
+        notes.append(f"no evaluation beside the model ({evaluation_path}): confusion matrix skipped")
+    return history, evaluation
+
+
+def _read_history(path: Path) -> list[dict]:
+    """Rows of a `<model>.history.csv` with numbers as floats and empty cells as None."""
+    rows: list[dict] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict = {"phase": row.get("phase", "")}
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                text = (row.get(key) or "").strip()
+                try:
+                    number = float(text) if text else None
+                except ValueError:
+                    number = None
+                parsed[key] = number if number is not None and math.isfinite(number) else None
+            rows.append(parsed)
+    return rows
+
+
+def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str | os.PathLike, *,
+                     formats: Sequence[str] = FIGURE_FORMATS, dpi: int = DEFAULT_DPI, cmap: str = DEFAULT_CMAP,
+                     width: str = DEFAULT_WIDTH, components: int = DEFAULT_EIGEN_COMPONENTS,
+                     progress: Progress | None = None) -> FiguresSummary:
+    """The paper figures of a templates file, each written once per format into `out_dir`.
+
+    template_means (templates over the reference chest, one shared colour scale), template_std,
+    eigen_heatmaps (top `components` per class, explained variance in the titles), similarity,
+    loo_correlations, and, when the model's record beside it has them, confusion_matrix and
+    training_curves (a note in the summary says what was skipped and why); strategies_<class> for
+    each class whose strategies the file holds (with typical members when its heatmap store is at hand); sanity
+    and deletion when `hmt sanity` and `hmt evaluate-templates --faithfulness` stored their results. `width` is `single`
+    (3.5 in) or `double` (7.2 in) for the panel grids and curves; the matrices and the LOO plot
+    are one column wide. Identical input gives byte-identical files.
+    """
+    formats = parse_formats(formats)
+    check_cmap(cmap)
+    if width not in COLUMN_WIDTHS:
+        raise HmtError(f"unknown figure width {width!r}; use single (3.5 in) or double (7.2 in)")
+    if components < 1:
+        raise HmtError(f"--components must be at least 1, got {components}")
+    if dpi < 10:
+        raise HmtError(f"--dpi must be at least 10, got {dpi}")
+    file = templates if isinstance(templates, TemplateFile) else read_templates(templates)
+    if not file.templates:
+        raise BadFileError(file.path, "holds no class templates to draw")
+    out_dir = Path(out_dir)
+    summary = FiguresSummary(out_dir=out_dir)
+    history, evaluation = model_record(file, summary.notes)
+    progress = progress or NullProgress()
+    progress.start(7, "drawing figures")
+
+    def write(name: str, draw: Callable[[], Figure | tuple[Figure, dict[str, tuple[float, float]]]]) -> None:
+        """Draw one figure in the publication style and save it in every format (limits recorded if returned)."""
+        with publication_style():
+            result = draw()
+            figure, drawn = result if isinstance(result, tuple) else (result, None)
+            paths = [save_deterministic(figure, out_dir / f"{name}.{kind}", dpi) for kind in formats]
+        summary.figures[name] = paths
+        summary.files.extend(paths)
+        if drawn is not None:
+            summary.colour_scales[name] = drawn
+        progress.advance()
+
+    try:
+        write("template_means", lambda: _template_means(file, width, cmap))
+        write("template_std", lambda: _template_std(file, width, cmap))
+        if any(len(t.components) for t in file.templates.values()):
+            write("eigen_heatmaps", lambda: _eigen_heatmaps(file, width, components))
+        else:
+            summary.notes.append("no class has eigen-heatmaps (too few members): eigen-heatmaps skipped")
+            progress.advance()
+        if len(file.similarity_classes) > 1:
+            write("similarity", lambda: _similarity(file))
+        else:
+            summary.notes.append("one class only: similarity matrix skipped")
+            progress.advance()
+        if any(len(t.loo_correlations) for t in file.templates.values()):
+            write("loo_correlations", lambda: _loo_correlations(file))
+        else:
+            summary.notes.append("no leave-one-out correlations stored: their distribution plot skipped")
+            progress.advance()
+        if evaluation is not None:
+            write("confusion_matrix", lambda: _confusion(evaluation))
+        else:
+            progress.advance()
+        if history is not None:
+            write("training_curves", lambda: _training(history, width))
+        else:
+            progress.advance()
+        for name, result in read_strategies(file.path).items():
+            write(f"strategies_{name}", lambda: strategies_figure(file, result, width, cmap, _thumbnails(file, result, summary.notes)))
+        checks = read_checks(file.path)
+        if "sanity" in checks:
+            write("sanity", lambda: sanity_figure(checks["sanity"], width))
+        if "faithfulness" in checks:
+            write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
+    finally:
+        progress.finish()
+    return summary
+
+
+def _thumbnails(file: TemplateFile, result, notes: list[str]) -> dict | None:  # noqa: ANN001 (ClassStrategies)
+    """Typical members of each strategy, or None (with a note) when the heatmap store is not at hand."""
+    try:
+        return typical_members(file.path, result, THUMBNAILS)
+    except (HmtError, OSError) as error:
+        notes.append(f"strategies of {result.class_name}: member thumbnails skipped ({error})")
+        return None
+
+
+def _confusion(evaluation: dict) -> Figure:
+    names = [str(name) for name in evaluation["class_names"]]
+    figure = Figure(figsize=(MATRIX_WIDTH, _matrix_height(names) + 0.2), layout="constrained")
+    split = evaluation.get("split", "test")
+    count = evaluation.get("n")
+    draw_confusion(figure, evaluation["confusion_matrix"], names, fontsize=7,
+                    title=f"{split} split" + (f" ({count} images)" if count is not None else ""))
+    # Square cells fight the constrained layout (the row labels get clipped); the figure height keeps them near square.
+    figure.axes[0].set_aspect("auto")
+    return figure
+
+
+def _training(history: list[dict], width: str) -> Figure:
+    """Loss and accuracy side by side with one legend above them (a legend inside a small panel hides curves)."""
+    figure = Figure(figsize=(COLUMN_WIDTHS[width], 2.2 if width == "double" else 2.0), layout="constrained")
+    draw_training_curves(figure, history, fontsize=7)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    for axis in figure.axes:
+        axis.get_legend().remove()
+        for line in axis.lines:
+            line.set_markersize(3 if len(history) <= 15 else 1.5)
+    figure.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
+    return figure

@@ -1,0 +1,189 @@
+"""``hmt report``: a self-contained study report that opens from disk in any browser, nothing to install or serve.
+
+:func:`write_report` collects (:mod:`.collect`) every image of the heatmap store scored against the templates,
+draws the paper figures (:func:`heatmap_templates.present.figures.template_figures`, PNG) and the gallery thumbnails
+(:mod:`.thumbnails`), and writes (:mod:`.html`) ``index.html`` with ``images/``, ``figures/``, ``images.csv`` (every
+row of the table) and ``report.json`` (the numbers, for scripts), into a new folder that replaces ``out`` only
+when complete. ``single_file`` embeds every image and the CSV in ``index.html`` instead.
+
+The overview's classifier metrics come from the evaluation saved beside the model (as ``hmt figures`` reads it);
+with ``data`` the model and the templates are evaluated on that labelled set instead
+(:func:`heatmap_templates.analysis.compare.evaluate_templates`), which needs the model.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+from heatmap_templates._version import __version__
+from heatmap_templates.errors import HmtError, display_path
+from heatmap_templates.present.figures import DEFAULT_CMAP, template_figures
+from heatmap_templates.present.figures.templates import model_record
+from heatmap_templates.files import atomic_folder, write_text
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.present.report import html
+from heatmap_templates.present.report.collect import DEFAULT_GALLERY_SIZE, ROW_COLUMNS, ReportData, collect, open_store_for
+from heatmap_templates.present.report.thumbnails import data_uri
+from heatmap_templates.analysis.scoring import read_templates_file
+from heatmap_templates.store.hdf5 import jsonable
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
+
+REPORT_MARKER = "report.json"  # a folder holding it is an hmt report, which a new report may replace
+FIGURE_DPI = 110
+FIGURE_CAPTIONS = {
+    "template_means": "Templates over the reference chest (one colour scale for every class)",
+    "template_std": "Standard deviation of the members' maps",
+    "eigen_heatmaps": "Eigen-heatmaps: the main directions in which members differ from the template",
+    "similarity": "Similarity of the templates to each other",
+    "loo_correlations": "Leave-one-out correlation of each member with the template built without it",
+    "training_curves": "Training curves",
+}
+
+__all__ = ["DEFAULT_GALLERY_SIZE", "ReportSummary", "write_report"]
+
+
+@dataclass
+class ReportSummary:
+    """What ``hmt report`` wrote: the page, its files, its weight, and notes on what was left out."""
+
+    out: Path
+    index: Path
+    files: list[Path]
+    page_bytes: int  # index.html
+    total_bytes: int  # everything the page loads (index.html, images, figures)
+    images: int  # rows of the table
+    thumbnails: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "index": str(self.index), "files": [str(p) for p in self.files], "page_bytes": self.page_bytes,
+                "total_bytes": self.total_bytes, "images": self.images, "thumbnails": self.thumbnails, "notes": list(self.notes)}
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_MARKER).is_file())):
+        raise HmtError(f"{display_path(out)}: exists and is not an hmt report folder; give a new or empty folder")
+
+
+def _rows_csv(data: ReportData) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(ROW_COLUMNS[:-1])
+    for row in data.rows:
+        writer.writerow(["" if v is None else v for v in row.values()[:-1]])
+    return buffer.getvalue()
+
+
+def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str, template_evaluation: dict | None) -> str:
+    settings = data.templates.settings
+    store = data.store
+    pairs = [
+        ("templates file", display_path(data.templates.path)), ("heatmap store", f"{display_path(store.path)} ({len(store)} images)"),
+        ("model", f"{settings.get('model_path')} (sha256 {str(settings.get('model_sha256'))[:12]})"),
+        ("classes", ", ".join(store.class_names)), ("head", store.settings.get("head")),
+        ("input size", " × ".join(str(v) for v in store.settings.get("input_size", []))),
+        ("CAM", f"{settings.get('cam_method')} at layer {settings.get('layer')}, score {settings.get('score')}"),
+        ("decision threshold", store.settings.get("threshold")),
+        ("registration", settings.get("registration")), ("normalisation", settings.get("normalisation")),
+        ("similarity", data.similarity),
+    ]
+    parts = [html.settings_table(pairs)]
+    if any("covid" in name.lower() for name in store.class_names):
+        parts.append("<p class=\"note\"><strong>Caveat.</strong> In public chest X-ray collections covid images often come from "
+                     "adults and the other classes from children (as in cxr4): a model can tell the classes apart by age and "
+                     "anatomy rather than disease. Read covid templates with that in mind.</p>")
+    if evaluation is not None:
+        parts.append(f"<h3>Classifier: {escape(evaluation_source)}</h3>" + html.classification_html(evaluation, "eval"))
+    else:
+        parts.append(f"<p class=\"note\">{escape(evaluation_source)}</p>")
+    if template_evaluation is not None:
+        match = template_evaluation["template_match"]
+        separation = template_evaluation["correct_vs_misclassified"]
+        parts.append(f"<h3>Templates on {escape(template_evaluation['data'])}</h3><p>Best-matching template = true class for "
+                     f"<span data-key=\"template-match\">{html.number(match['accuracy'])}</span> of {match['n']} images; "
+                     f"the predicted class's similarity separates correct from misclassified images with ROC AUC "
+                     f"<span data-key=\"separation-auc\">{html.number(separation['auc'])}</span> "
+                     f"({separation['n_correct']} correct, {separation['n_misclassified']} misclassified).</p>")
+    if data.store_metrics is not None:
+        parts.append("<details><summary>Classifier on the heatmap store's images</summary><p class=\"note\">Every labelled image "
+                     "the heatmaps were computed for, whatever its split (training images included): not a held-out estimate.</p>"
+                     + html.classification_html(data.store_metrics, "store") + "</details>")
+    return "".join(parts)
+
+
+def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatmaps: str | os.PathLike | None = None,
+                 data: str | os.PathLike | None = None, single_file: bool = False, gallery_size: int = DEFAULT_GALLERY_SIZE,
+                 similarity: str = DEFAULT_SIMILARITY, cmap: str = DEFAULT_CMAP, batch_size: int = 64,
+                 progress: Progress | None = None) -> ReportSummary:
+    """Write the report of a templates file (see the module docstring) and return what was written."""
+    out = Path(out)
+    _check_out(out)
+    progress = progress or NullProgress()
+    file = read_templates_file(templates)
+    reader = open_store_for(file, heatmaps)
+    notes: list[str] = []
+    template_evaluation = None
+    if data is not None:
+        from heatmap_templates.analysis.compare import evaluate_templates
+
+        result = evaluate_templates(file.path, data, similarity=similarity, batch_size=batch_size, progress=progress)
+        template_evaluation = result.to_dict()
+        evaluation, evaluation_source = result.classification, f"evaluated on {display_path(data)} ({result.n_images} images)"
+        notes += [f"{p.path}: {p.reason}" for p in result.skipped]
+    else:
+        _, evaluation = model_record(file, notes)
+        evaluation_source = ("the test split of the evaluation saved beside the model" if evaluation is not None else
+                             "No evaluation is saved beside the model; give --data DIR to evaluate on a labelled set.")
+    report = collect(file, reader, similarity=similarity, gallery_size=gallery_size, cmap=cmap, batch_size=batch_size, progress=progress)
+    with atomic_folder(out) as folder:
+        figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")
+        notes += figures_summary.notes
+        figures = {name: f"figures/{paths[0].name}" for name, paths in figures_summary.figures.items()}
+        (folder / "images").mkdir()
+        for key, content in report.thumbnails.items():
+            (folder / "images" / f"{key}.jpg").write_bytes(content)
+        rows_csv = _rows_csv(report)
+
+        def source(name: str) -> str:
+            if not single_file:
+                return name
+            return data_uri((folder / name).read_bytes(), "image/png" if name.endswith(".png") else "image/jpeg")
+
+        csv_source = data_uri(rows_csv.encode("utf-8"), "text/csv") if single_file else "images.csv"
+        template_html = "".join(html.figure(source, figures[name], caption) for name, caption in FIGURE_CAPTIONS.items()
+                                if name in figures)
+        overview = _overview(report, evaluation, evaluation_source, template_evaluation)  # its confusion matrix is a table
+        class_html = "".join(html.class_section(section, report.rows, source, figures, report.path_root) for section in report.classes)
+        asset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        footer = (f"Written by hmt {escape(__version__)} from {escape(display_path(file.path))}. Thumbnails: the heatmap of the "
+                  "image's class over the registered image (cividis colour map, scaled between the map's 1st and 99th percentiles). "
+                  "Page weight: {weight}.")
+        page = html.page(title=f"hmt report: {Path(file.path).name}", overview=overview, templates=template_html,
+                         classes=[s.name for s in report.classes], class_html=class_html,
+                         checks=html.checks_html(report.checks, source, figures), data=report, csv_source=csv_source, footer=footer)
+        page_bytes = len(page.replace("{weight}", "").encode("utf-8"))
+        page = page.replace("{weight}", f"index.html {page_bytes / 1024:.0f} KiB" +
+                            ("" if single_file else f", {(page_bytes + asset_bytes) / 1024:.0f} KiB with its images and figures"))
+        total = len(page.encode("utf-8")) + (0 if single_file else asset_bytes)
+        if single_file:
+            for leftover in ("images", "figures"):
+                for path in sorted((folder / leftover).rglob("*"), reverse=True):
+                    path.unlink()
+                (folder / leftover).rmdir()
+        else:
+            (folder / "images.csv").write_text(rows_csv, encoding="utf-8")
+        write_text(folder / "index.html", page)
+        files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+        summary = ReportSummary(out=out, index=out / "index.html", files=[out / p for p in files] + [out / REPORT_MARKER],
+                                page_bytes=len(page.encode("utf-8")), total_bytes=total, images=len(report.rows),
+                                thumbnails=len(report.thumbnails), notes=notes)
+        numbers = {"hmt_report": __version__, "summary": summary.to_dict(), "evaluation": evaluation,
+                   "template_evaluation": template_evaluation, "store_metrics": report.store_metrics,
+                   "classes": [{k: v for k, v in vars(s).items() if k not in ("galleries",)} for s in report.classes]}
+        (folder / REPORT_MARKER).write_text(json.dumps(jsonable(numbers), indent=1), encoding="utf-8")
+    return summary
