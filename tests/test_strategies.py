@@ -129,14 +129,14 @@ def test_strategy_command_errors(binary_phantom: dict, tmp_path: Path, capsys, m
 
 
 def test_the_planted_shortcut_is_a_strategy_of_its_own(shortcut_phantom: dict) -> None:
-    """Ground truth: half of the covid images carry a marker; the model uses it, so the covid class splits."""
+    """Ground truth: half of the covid images carry a marker and no lesions; the model uses it, so the covid class splits."""
     result = add_strategies(shortcut_phantom["templates"])["covid"]
     truth = read_shortcuts(shortcut_phantom["data"])
     root = shortcut_phantom["data"].resolve()
     members = [m.path for m in read_templates(shortcut_phantom["templates"]).templates["covid"].members]
     planted = np.array([truth[Path(path).resolve().relative_to(root).as_posix()] for path in members])
-    assert result.k == 2  # measured: relative eigengap 0.72 at K = 2
-    assert adjusted_rand_score(planted, result.labels) > 0.6  # measured 0.81 (the benchmark at full size: RESULTS.md)
+    assert result.k == 2
+    assert adjusted_rand_score(planted, result.labels) > 0.6  # measured 1.00 for training seeds 0, 1 and 2
     tagged_share = [planted[result.labels == j].mean() for j in range(result.k)]
     shortcut = int(np.argmax(tagged_share))
     assert tagged_share[shortcut] >= 0.9 and planted[result.labels == shortcut].sum() >= 0.8 * planted.sum()
