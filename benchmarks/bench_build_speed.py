@@ -41,7 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 STORE_CHILD = """
 import json, sys, time
 from pathlib import Path
-from heatmap_templates.explain.heatmaps import extract_heatmaps
+try:
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+except ImportError:  # a --before revision from before the wings
+    from heatmap_templates.heatmaps import extract_heatmaps
 if __name__ == "__main__":
     data, model, store = map(Path, sys.argv[1:4])
     options = {"scheduler": sys.argv[4]} if len(sys.argv) > 4 else {}
@@ -72,7 +75,10 @@ save_model(model, info, model_path)
 BUILD_CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from heatmap_templates.templates.build import BuildConfig, build_templates
+try:
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+except ImportError:  # a --before revision from before the wings
+    from heatmap_templates.build import BuildConfig, build_templates
 if __name__ == "__main__":
     store, out, include = sys.argv[1:4]
     Path(out).unlink(missing_ok=True)  # a repeat builds anew (an existing file's reference would be reused)

@@ -46,7 +46,7 @@ from heatmap_templates.numeric.metrics import lung_field_energy  # noqa: E402
 from heatmap_templates.model.model_file import load_model, save_model  # noqa: E402
 from heatmap_templates.templates.prepare import registrar_for  # noqa: E402
 from heatmap_templates.data.preprocess import quantise, to_model_input  # noqa: E402
-from heatmap_templates.store import open_heatmaps
+from heatmap_templates.store import open_heatmaps  # noqa: E402
 from heatmap_templates.templates.templates_file import read_templates  # noqa: E402
 from heatmap_templates.analysis.strategy_search import add_strategies  # noqa: E402
 from heatmap_templates.synth import (  # noqa: E402

@@ -45,7 +45,7 @@ from heatmap_templates.explain.heatmaps import extract_heatmaps  # noqa: E402
 from heatmap_templates.model.model_file import save_model  # noqa: E402
 from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for  # noqa: E402
 from heatmap_templates.analysis.sanity import DEFAULT_SAMPLE, _sample_members, run_sanity  # noqa: E402
-from heatmap_templates.store import open_heatmaps
+from heatmap_templates.store import open_heatmaps  # noqa: E402
 from heatmap_templates.templates.templates_file import read_templates  # noqa: E402
 from heatmap_templates.synth import synthesize_dataset  # noqa: E402
 from heatmap_templates.model.training import TrainConfig, train  # noqa: E402

@@ -7,9 +7,10 @@ import-linter contract in pyproject.toml checks this; docs/architecture.md draws
   evaluation), :mod:`.explain` (CAM engine and methods, extraction), :mod:`.templates` (registration,
   normalisation, statistics, the build and the templates file), :mod:`.analysis` (similarity, scoring,
   strategies, sanity, faithfulness), :mod:`.present` (figures, report);
-- beside them :mod:`.store` (HDF5 plumbing, the heatmap store, plain records), :mod:`.numeric` (Pearson,
-  metrics, resampling), :mod:`.synth` (the phantom and its ground truth), :mod:`.demo`, and the core:
-  errors, registry, files, progress, executors.
+- below :mod:`.data`: :mod:`.store` (HDF5 plumbing, the heatmap store, plain records), :mod:`.numeric`
+  (Pearson, metrics, resampling) and the core (errors, registry, files, progress, executors);
+- above :mod:`.present`: :mod:`.synth` (the phantom and its ground truth, scored with the stages below) and
+  :mod:`.demo`.
 
 The public API below is re-exported here lazily (PEP 562): ``import heatmap_templates`` imports neither
 TensorFlow nor any wing; ``heatmap_templates.CamEngine`` imports the CAM engine on first use.

@@ -33,14 +33,40 @@ def test_importing_the_package_imports_no_wing_and_no_tensorflow(tmp_path: Path)
     assert sorted(loaded) == ["heatmap_templates", "heatmap_templates._version", "heatmap_templates.errors"]
 
 
+def _defining_modules() -> dict[str, set[str]]:
+    """Each top-level name assigned, defined or registered-into-existence in a module, by the modules that do it."""
+    import ast
+
+    where: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "heatmap_templates").rglob("*.py")):
+        module_name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            else:
+                continue
+            for name in names:
+                where.setdefault(name, set()).add(module_name)
+    return where
+
+
+DEFINED_IN = _defining_modules()
+
+
 @pytest.mark.parametrize("name", sorted(heatmap_templates._EXPORTS))
 def test_every_public_name_resolves_to_the_module_that_defines_it(name: str) -> None:
     value = getattr(heatmap_templates, name)
     module = importlib.import_module(f"heatmap_templates.{heatmap_templates._EXPORTS[name]}")
     assert getattr(module, name) is value
-    if inspect.isclass(value) or inspect.isfunction(value):  # defined in that wing, not merely passing through it
+    # Defined (by source) in that module or, for a package, in one of its own modules: not merely passing through.
+    defining = DEFINED_IN.get(name, set())
+    assert any(found == module.__name__ or found.startswith(module.__name__ + ".") for found in defining), (name, defining)
+    if inspect.isclass(value) or inspect.isfunction(value):
         assert value.__module__.startswith(module.__name__), (name, value.__module__)
-    assert name in heatmap_templates.__all__ and name in dir(heatmap_templates)
 
 
 def test_the_public_api_covers_every_registry_and_rejects_unknown_names() -> None:
@@ -55,8 +81,11 @@ def test_the_public_api_covers_every_registry_and_rejects_unknown_names() -> Non
     assert registries <= set(heatmap_templates.__all__), sorted(registries - set(heatmap_templates.__all__))
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         heatmap_templates.not_a_name  # noqa: B018
-    for wing in heatmap_templates._SUBPACKAGES:
-        assert getattr(heatmap_templates, wing).__name__ == f"heatmap_templates.{wing}"
+    code = ("import heatmap_templates as h\n"
+            f"print(' '.join(getattr(h, wing).__name__ for wing in {heatmap_templates._SUBPACKAGES!r}))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_clean_env(), check=True, capture_output=True,
+                            text=True).stdout.split()
+    assert loaded == [f"heatmap_templates.{wing}" for wing in heatmap_templates._SUBPACKAGES]
 
 
 def test_the_layers_contract_holds() -> None:
@@ -68,8 +97,9 @@ def test_the_layers_contract_holds() -> None:
     assert "0 broken" in result.stdout
 
 
-def test_the_layers_contract_rejects_an_upward_import(tmp_path: Path) -> None:
-    """The contract would fail CI: a copy of the package where a numeric primitive imports the analysis wing breaks it."""
+def test_the_contracts_reject_an_upward_import_and_h5py_outside_the_store(tmp_path: Path) -> None:
+    """The contracts would fail CI: in a copy of the package, a numeric primitive that imports the analysis wing and
+    a scoring module that imports h5py each break one."""
     import shutil
 
     shutil.copytree(ROOT / "heatmap_templates", tmp_path / "heatmap_templates", ignore=shutil.ignore_patterns("__pycache__"))
@@ -77,10 +107,14 @@ def test_the_layers_contract_rejects_an_upward_import(tmp_path: Path) -> None:
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     with open(tmp_path / "heatmap_templates" / "numeric" / "metrics.py", "a") as handle:
         handle.write("\nfrom heatmap_templates.analysis import similarity  # an upward import\n")
+    with open(tmp_path / "heatmap_templates" / "analysis" / "scoring.py", "a") as handle:
+        handle.write("\nimport h5py  # HDF5 outside the store\n")
     result = subprocess.run([str(VENV_BIN / "lint-imports"), "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
                             env=_clean_env(PYTHONPATH=str(tmp_path)))
     assert result.returncode != 0
     assert "heatmap_templates.numeric.metrics -> heatmap_templates.analysis.similarity" in result.stdout
+    assert "heatmap_templates.analysis.scoring -> h5py" in result.stdout
+    assert "Contracts: 1 kept, 2 broken." in result.stdout
 
 
 @pytest.mark.slow
@@ -102,8 +136,10 @@ def test_a_wheel_installs_into_a_fresh_environment_and_runs_hmt(tmp_path: Path) 
     for package in ("heatmap_templates/present/report/__init__.py", "heatmap_templates/templates/chunks.py",
                     "heatmap_templates/numeric/correlation.py", "hmt_cli/main.py"):
         assert package in names, package
-    packages_on_disk = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "heatmap_templates").rglob("__init__.py")}
-    assert packages_on_disk <= {name.rsplit("/", 1)[0] for name in names}
+    folders_with_code = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "heatmap_templates").rglob("*.py")}
+    assert folders_with_code <= {name.rsplit("/", 1)[0] for name in names}
+    for folder in folders_with_code:  # every folder of code is a package: discovery finds it, imports work
+        assert (ROOT / folder / "__init__.py").is_file(), folder
 
     fresh = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True)

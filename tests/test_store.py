@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py  # only to craft damaged files; the library itself touches HDF5 through store.py alone
+import h5py  # only to craft damaged files; the library itself touches HDF5 through store/ and templates/templates_file.py alone
 import numpy as np
 import pytest
 from typer.testing import CliRunner, Result

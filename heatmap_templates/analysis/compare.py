@@ -8,7 +8,7 @@ every class's CAM map come from one forward pass, and :class:`~heatmap_templates
 (which a Comparer is) scores them: maps prepared exactly as build prepared the members', a similarity with
 each template, the atypical flag and the nearest strategy.
 
-Bad images are skipped and logged (:class:`~heatmap_templates.data.datasets.SkipLog`), never a crash.
+Bad images are skipped and logged (:class:`~heatmap_templates.errors.SkipLog`), never a crash.
 :func:`evaluate_templates` runs the same scoring over a labelled set and reports template-match
 accuracy, how well the similarity separates correct from misclassified images (ROC AUC),
 lung-field energy per class and the classification metrics for context.

@@ -2,7 +2,8 @@
 
 Each function takes plain data, writes its file(s) atomically and returns the path(s):
 
-- :mod:`.classifier`: ``training_curves(history, path)``, ``confusion_matrix_figure(matrix, class_names, path)``;
+- :mod:`.classifier`: ``training_curves(history, path)``, ``confusion_matrix_figure(matrix, class_names, path)``,
+  ``training_figures(result, model_path)`` (the companions `hmt train` leaves beside a model);
 - :mod:`.comparison`: ``comparison_figure(image, heatmap, template, *, title, out, class_name, similarity, ...)``;
 - :mod:`.templates`: ``template_figures(templates, out_dir, *, formats, dpi, cmap, width, components) -> FiguresSummary``,
   the paper figures of a templates file (class panels share one colour scale; the summary lists files,
