@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from heatmap_templates._version import __version__
+from heatmap_templates import __version__
 from heatmap_templates.errors import HmtError, OptionError, display_path
 from heatmap_templates.files import fault_reason
 

@@ -19,7 +19,7 @@ from heatmap_templates.model.model_file import load_model, save_model
 from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from heatmap_templates.model.recipe import SCHEDULES
-from heatmap_templates.present.figures import training_figures
+from heatmap_templates.present.figures import confusion_matrix_figure, training_figures
 from heatmap_templates.model.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
@@ -214,12 +214,10 @@ def evaluate(
     if predictions is not None:
         write_predictions(result, info.class_names, predictions)
     if out is not None:
-        from heatmap_templates.present import figures
-
         write_text(out / "evaluation.json", json.dumps(output, indent=2) + "\n")
         if "confusion_matrix" in result.report:
-            figures.confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",
-                                            title=f"{display_path(model)}, {result.split} ({result.report['n']} images)")
+            confusion_matrix_figure(result.report["confusion_matrix"], info.class_names, out / "confusion_matrix.png",
+                                    title=f"{display_path(model)}, {result.split} ({result.report['n']} images)")
     if as_json:
         typer.echo(json.dumps(output, indent=2))
         return

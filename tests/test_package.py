@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -100,8 +101,6 @@ def test_the_layers_contract_holds() -> None:
 def test_the_contracts_reject_an_upward_import_and_h5py_outside_the_store(tmp_path: Path) -> None:
     """The contracts would fail CI: in a copy of the package, a numeric primitive that imports the analysis wing and
     a scoring module that imports h5py each break one."""
-    import shutil
-
     shutil.copytree(ROOT / "heatmap_templates", tmp_path / "heatmap_templates", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "cli", tmp_path / "hmt_cli", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
@@ -121,8 +120,6 @@ def test_the_contracts_reject_an_upward_import_and_h5py_outside_the_store(tmp_pa
 def test_a_wheel_installs_into_a_fresh_environment_and_runs_hmt(tmp_path: Path) -> None:
     """Build the wheel (package discovery, not a hand-kept list), install it alone into a new virtual environment
     that sees the dependencies but not this checkout, and run `hmt --help` and `hmt synth` from there."""
-    import shutil
-
     source = tmp_path / "source"  # only what a source distribution holds: no stale build/ or egg-info of a checkout
     for part in ("heatmap_templates", "cli"):
         shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from heatmap_templates.errors import HmtError
+from heatmap_templates.model.model_file import companion_path
 from heatmap_templates.present.figures.style import save_figure
 
 if TYPE_CHECKING:
@@ -89,8 +90,6 @@ def draw_confusion(figure: Figure, matrix: Sequence[Sequence[int]], class_names:
 def training_figures(result: TrainResult, model_path: str | os.PathLike) -> dict[str, Path]:
     """The companion figures `hmt train` leaves beside the model: training curves and, when a test split was
     scored with a single-label head, its confusion matrix. Returns the paths by kind ("curves", "confusion")."""
-    from heatmap_templates.model.model_file import companion_path
-
     written = {"curves": training_curves(result.history, companion_path(model_path, "curves.png"))}
     report = result.test_report
     if report is not None and "confusion_matrix" in report:  # a multi-label report has per-finding metrics instead
