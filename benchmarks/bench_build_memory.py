@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heatmap_templates.store import HeatmapBatch, HeatmapWriter  # noqa: E402
-from heatmap_templates.synth import CLASSES, phantom_seed, render_phantom  # noqa: E402
+from heatmap_templates.store import HeatmapBatch, HeatmapWriter
+from heatmap_templates.synth import CLASSES, phantom_seed, render_phantom
 
 SIDE = 128
 LAYER_SIDE = 16

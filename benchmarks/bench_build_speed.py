@@ -26,6 +26,7 @@ With ``--cluster`` this version also extracts and builds on a Dask LocalCluster 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -33,7 +34,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import io
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

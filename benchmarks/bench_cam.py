@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from heatmap_templates.explain.cam import CamEngine  # noqa: E402
+from heatmap_templates.explain.cam import CamEngine
 
 LAYER = "block5_conv4"
 
@@ -54,7 +54,7 @@ def make_contenders(model: keras.Model, size: int) -> dict[str, Callable[[np.nda
 
     def keras_example_loop(x: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
         heatmaps = []
-        for image, target in zip(x, targets):
+        for image, target in zip(x, targets, strict=True):
             with tf.GradientTape() as tape:
                 conv_output, predictions = grad_model(image[None])
                 class_channel = predictions[:, int(target)]
@@ -116,7 +116,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name in names:
         rate = images_per_round * args.rounds / sum(seconds[name])
-        per_round = statistics.median(f / s for f, s in zip(seconds[forward_name], seconds[name]))
+        per_round = statistics.median(f / s for f, s in zip(seconds[forward_name], seconds[name], strict=True))
         print(f"| {name} | {rate:.2f} | {rate / forward_rate:.3f} | {hmt_rate / rate:.2f}x | {per_round:.3f} |")
 
 

@@ -37,19 +37,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.data.datasets import load_dataset  # noqa: E402
-from heatmap_templates.data.decode import decode_image  # noqa: E402
-from heatmap_templates.templates.members import member_indices  # noqa: E402
-from heatmap_templates.numeric.metrics import roc_auc  # noqa: E402
-from heatmap_templates.data.preprocess import resize_gray  # noqa: E402
-from heatmap_templates.templates.registration import Registrar, reference_from_image  # noqa: E402
-from heatmap_templates.synth import (  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.data.decode import decode_image
+from heatmap_templates.data.preprocess import resize_gray
+from heatmap_templates.numeric.metrics import roc_auc
+from heatmap_templates.synth import (
     CANONICAL_CHEST_FILE,
     GROUND_TRUTH_DIR,
     canonical_lung_mask,
@@ -57,6 +54,9 @@ from heatmap_templates.synth import (  # noqa: E402
     read_poses,
     synthesize_dataset,
 )
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.members import member_indices
+from heatmap_templates.templates.registration import Registrar, reference_from_image
 
 DISEASES = ("bacteria", "covid", "virus")
 
@@ -91,8 +91,8 @@ def true_pose_templates(store: Path, data: Path, out: Path, include: str) -> Pat
     """Templates built from the same heatmaps warped back by each image's TRUE pose: perfect
     registration, so the gap to ``affine`` is registration error and the rest is the CAM itself."""
     from heatmap_templates.store import open_heatmaps
-    from heatmap_templates.templates.templates_file import save_templates
     from heatmap_templates.templates.accumulator import ClassAccumulator, Member
+    from heatmap_templates.templates.templates_file import save_templates
 
     reader = open_heatmaps(store)
     poses = {(data / relative).resolve(): pose for relative, pose in read_poses(data).items()}
@@ -104,9 +104,9 @@ def true_pose_templates(store: Path, data: Path, out: Path, include: str) -> Pat
             maps = batch.maps_for(class_index)
             warped = np.stack([cv2.warpAffine(m, poses[Path(p).resolve()].matrix, (size[1], size[0]),
                                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0.0)
-                               for m, p in zip(maps, batch.paths)])
+                               for m, p in zip(maps, batch.paths, strict=True)])
             accumulator.add(warped, [Member(p, sha, float(prob[class_index]), 1.0, "true-pose")
-                                     for p, sha, prob in zip(batch.paths, batch.sha256, batch.probabilities)])
+                                     for p, sha, prob in zip(batch.paths, batch.sha256, batch.probabilities, strict=True)])
         if accumulator.count:
             templates.append(accumulator.finalize())
     out.unlink(missing_ok=True)
@@ -139,9 +139,9 @@ def pose_ceiling(data: Path, threshold: float) -> dict[str, dict[str, float | No
 
 def run_spread(args: argparse.Namespace, spread: float, work: Path) -> dict:
     """Synthesise, train, extract, build (affine and none) and score at one pose spread."""
-    from heatmap_templates.model.training import TrainConfig, train
-    from heatmap_templates.model.model_file import save_model
     from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.model.model_file import save_model
+    from heatmap_templates.model.training import TrainConfig, train
 
     work.mkdir(parents=True, exist_ok=True)
     data, model = work / "phantoms", work / "model.keras"

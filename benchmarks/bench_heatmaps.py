@@ -32,17 +32,17 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heatmap_templates.model.model_file import ModelInfo, load_model, save_model  # noqa: E402
-from heatmap_templates.model.backbones import build_model  # noqa: E402
-from heatmap_templates.model.layers import default_cam_layer  # noqa: E402
-from heatmap_templates.data.datasets import load_dataset  # noqa: E402
-from heatmap_templates.explain.heatmaps import extract_heatmaps, load_for_model  # noqa: E402
-from heatmap_templates.synth import synthesize_dataset  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.explain.heatmaps import extract_heatmaps, load_for_model
+from heatmap_templates.model.backbones import build_model
+from heatmap_templates.model.layers import default_cam_layer
+from heatmap_templates.model.model_file import ModelInfo, load_model, save_model
+from heatmap_templates.synth import synthesize_dataset
 
 CLASSES = ("bacteria", "covid", "normal")
 

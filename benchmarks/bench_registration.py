@@ -38,7 +38,13 @@ import numpy as np
 from heatmap_templates import synth
 from heatmap_templates.data.decode import decode_image
 from heatmap_templates.data.preprocess import resize_gray
-from heatmap_templates.templates.registration import DEFAULT_REFERENCE_ITERATIONS, REGISTRATIONS, Reference, Registrar, build_reference
+from heatmap_templates.templates.registration import (
+    DEFAULT_REFERENCE_ITERATIONS,
+    REGISTRATIONS,
+    Reference,
+    Registrar,
+    build_reference,
+)
 
 
 def render(n_per_class: int, size: int, seed: int) -> list[synth.Phantom]:

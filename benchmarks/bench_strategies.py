@@ -35,25 +35,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-from sklearn.metrics import adjusted_rand_score  # noqa: E402
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
 
-from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS  # noqa: E402
-from heatmap_templates.data.datasets import load_dataset  # noqa: E402
-from heatmap_templates.explain.heatmaps import extract_heatmaps  # noqa: E402
-from heatmap_templates.numeric.metrics import lung_field_energy  # noqa: E402
-from heatmap_templates.model.model_file import load_model, save_model  # noqa: E402
-from heatmap_templates.templates.prepare import registrar_for  # noqa: E402
-from heatmap_templates.data.preprocess import quantise, to_model_input  # noqa: E402
-from heatmap_templates.store import open_heatmaps  # noqa: E402
-from heatmap_templates.templates.templates_file import read_templates  # noqa: E402
-from heatmap_templates.analysis.strategy_search import add_strategies  # noqa: E402
-from heatmap_templates.synth import (  # noqa: E402
-    SHORTCUTS, mass_share, phantom_seed, read_shortcuts, render_phantom, shortcut_region, synthesize_dataset,
+from heatmap_templates.analysis.strategy_search import add_strategies
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.data.preprocess import quantise, to_model_input
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.model.model_file import load_model, save_model
+from heatmap_templates.model.training import TrainConfig, train
+from heatmap_templates.numeric.metrics import lung_field_energy
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.synth import (
+    SHORTCUTS,
+    mass_share,
+    phantom_seed,
+    read_shortcuts,
+    render_phantom,
+    shortcut_region,
+    synthesize_dataset,
 )
-from heatmap_templates.synth.render import streams  # noqa: E402
-from heatmap_templates.model.training import TrainConfig, train  # noqa: E402
+from heatmap_templates.synth.render import streams
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.prepare import registrar_for
+from heatmap_templates.templates.templates_file import read_templates
 
 CLASSES = ("bacteria", "covid", "normal", "virus")
 FRESH_TAGGED = 60  # fresh tagged covid phantoms on which the marker's removal is tried
@@ -99,7 +105,7 @@ def shortcut_use(data: Path, trained: dict, size: int, seed: int, lesion_scale: 
     for batch_start in range(0, len(covid), 64):
         indices = covid[batch_start:batch_start + 64]
         (batch,) = reader.iter_batches(len(indices), indices)
-        for path, maps in zip(batch.paths, batch.maps_for(k)):
+        for path, maps in zip(batch.paths, batch.maps_for(k), strict=True):
             relative = Path(path).resolve().relative_to(root).as_posix()
             marker = would_be_marker(seed, int(Path(path).stem.split("_")[-1]), size).astype(np.uint8)
             energies[tagged[relative]].append([
@@ -167,8 +173,8 @@ def eigengap_choices(trained: dict) -> dict:
 
 def cxr4_strategies(model: Path, out: Path) -> dict:
     """Strategies of every class of a cxr4 model's training part (templates as benchmarks/real_data_report.py builds them)."""
-    from heatmap_templates.present.figures import template_figures
     from heatmap_templates.model.model_file import read_model_info
+    from heatmap_templates.present.figures import template_figures
 
     data = ROOT.parent / "shared" / "data" / "cxr4"
     info = read_model_info(model)

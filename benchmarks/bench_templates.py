@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.store import HeatmapBatch, HeatmapWriter
 from heatmap_templates.templates.accumulator import ClassAccumulator, Member
-from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.templates.normalisation import normalise
 
 BATCH = 32

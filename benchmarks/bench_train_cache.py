@@ -18,12 +18,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from heatmap_templates.model import backbones, layers as model_layers, training  # noqa: E402
-from heatmap_templates.model.model_file import ModelInfo  # noqa: E402
+from heatmap_templates.model import backbones, training
+from heatmap_templates.model import layers as model_layers
+from heatmap_templates.model.model_file import ModelInfo
 
 
 def _timed(function) -> tuple[float, float]:

@@ -44,10 +44,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from heatmap_templates.data.datasets import load_dataset  # noqa: E402
-from heatmap_templates.model.training import TrainConfig, train  # noqa: E402
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.model.training import TrainConfig, train
 
 DECAY = 0.5  # the `decay` candidate's weight decay (see the module docstring)
 LONGER_EPOCHS = 30  # the `longer` candidate's epochs (the defaults' 20 stretched by half, same schedule shape)

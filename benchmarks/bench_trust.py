@@ -33,22 +33,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-from skimage.filters import sobel  # noqa: E402
+import numpy as np
+from scipy.stats import spearmanr
+from skimage.filters import sobel
 
-from heatmap_templates.templates.build import BuildConfig, build_templates  # noqa: E402
-from heatmap_templates.analysis.compare import Comparer, evaluate_templates  # noqa: E402
-from heatmap_templates.data.datasets import load_dataset  # noqa: E402
-from heatmap_templates.analysis.faithfulness import run_deletion  # noqa: E402
-from heatmap_templates.explain.heatmaps import extract_heatmaps  # noqa: E402
-from heatmap_templates.model.model_file import save_model  # noqa: E402
-from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for  # noqa: E402
-from heatmap_templates.analysis.sanity import DEFAULT_SAMPLE, _sample_members, run_sanity  # noqa: E402
-from heatmap_templates.store import open_heatmaps  # noqa: E402
-from heatmap_templates.templates.templates_file import read_templates  # noqa: E402
-from heatmap_templates.synth import synthesize_dataset  # noqa: E402
-from heatmap_templates.model.training import TrainConfig, train  # noqa: E402
+from heatmap_templates.analysis.compare import Comparer, evaluate_templates
+from heatmap_templates.analysis.faithfulness import run_deletion
+from heatmap_templates.analysis.sanity import DEFAULT_SAMPLE, _sample_members, run_sanity
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.model.model_file import save_model
+from heatmap_templates.model.training import TrainConfig, train
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.synth import synthesize_dataset
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for
+from heatmap_templates.templates.templates_file import read_templates
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cxr4"
 
@@ -55,8 +54,8 @@ def train_model(data: Path, out: Path, epochs: int | None, input_size: int, bina
     """Train `small` on ``data`` with the default recipe (``binary``: one sigmoid output, POS against the rest)."""
     from dataclasses import replace
 
-    from heatmap_templates.model import model_file, training
     from heatmap_templates.data.datasets import load_dataset
+    from heatmap_templates.model import model_file, training
 
     config = training.TrainConfig(backbone="small", input_size=input_size, batch_size=16, binary=binary)
     if epochs is not None:
@@ -75,7 +74,7 @@ def template_panel(templates_path: Path, energies: dict[str, float], out: Path) 
     names = list(file.templates)
     figure = Figure(figsize=(3.2 * len(names), 3.6))
     axes = figure.subplots(1, len(names), squeeze=False)[0]
-    for axis, name in zip(axes, names):
+    for axis, name in zip(axes, names, strict=True):
         template = file.templates[name]
         axis.imshow(file.reference_image, cmap="gray")
         shown = axis.imshow(template.mean, cmap="cividis", alpha=0.6, vmin=0.0, vmax=max(float(template.mean.max()), 1e-6))
@@ -145,10 +144,10 @@ def main() -> None:
         print(f"skipped: {args.data} is not present (the cxr4 data set is optional)")
         return
 
-    from heatmap_templates.templates.build import BuildConfig, build_templates
-    from heatmap_templates.model.model_file import read_model_info
     from heatmap_templates.analysis.compare import evaluate_templates
     from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.model.model_file import read_model_info
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -192,9 +191,9 @@ def main() -> None:
     (args.out / "report.md").write_text(text + "\n")
     print(text)
     print(f"\npanel: {panel}\nreport: {args.out / 'report.json'}")
+    from heatmap_templates.analysis.strategy_search import add_strategies
     from heatmap_templates.present.figures import template_figures
     from heatmap_templates.present.report import write_report
-    from heatmap_templates.analysis.strategy_search import add_strategies
 
     template_figures(templates, args.out / "figures")
     print(f"template figures: {args.out / 'figures'}")

@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, build_templates
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
+from heatmap_templates.analysis.strategy_search import add_strategies
 from heatmap_templates.errors import HmtError
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
+from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
+from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, build_templates
 from heatmap_templates.templates.members import INCLUDES
 from heatmap_templates.templates.normalisation import NORMALISATIONS
 from heatmap_templates.templates.registration import REGISTRATIONS
-from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
-from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
-from heatmap_templates.analysis.strategy_search import add_strategies
-from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
@@ -26,27 +25,27 @@ from hmt_cli.strategies import parse_k
 
 @app.command("build-templates")
 def build_templates_command(
-    model: Optional[Path] = typer.Argument(None, help="Model (.keras); default: the one the last `hmt train` recorded."),
-    data: Optional[Path] = typer.Argument(None, help="Data set (class folders or CSV); default: the last `hmt train`'s."),
+    model: Path | None = typer.Argument(None, help="Model (.keras); default: the one the last `hmt train` recorded."),
+    data: Path | None = typer.Argument(None, help="Data set (class folders or CSV); default: the last `hmt train`'s."),
     class_names: list[str] = typer.Option([], "--class", "-c", help="Class to build a template for (repeatable)."),
     all_classes: bool = typer.Option(False, "--all-classes", help="Build a template for every class."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store to build from (computed or resumed first when MODEL/DATA are known)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store to build from (computed or resumed first when MODEL/DATA are known)."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Templates file; another class is added to an existing one."),
     registration: str = registry_option(BuildConfig.registration, "--registration", REGISTRATIONS, "Registration"),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Image to use as the reference frame (default: built from the data)."),
+    reference: Path | None = typer.Option(None, "--reference", help="Image to use as the reference frame (default: built from the data)."),
     normalisation: str = registry_option(BuildConfig.normalisation, "--normalisation", NORMALISATIONS, "Per-map normalisation"),
     include: str = registry_option(BuildConfig.include, "--include", INCLUDES, "Members"),
     method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method when heatmaps must be computed"),
     score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "CAM score when heatmaps must be computed"),
-    layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
+    layer: str | None = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
     components: int = typer.Option(BuildConfig.n_components, "--components", min=1, help="Eigen-heatmaps kept per class."),
     bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
     median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),
     batch_size: int = typer.Option(BuildConfig.batch_size, "--batch-size", min=1, help="Images per batch."),
     threads: int = typer.Option(BuildConfig.threads, "--threads", min=1, help="Threads of a build in this process (the result does not depend on them)."),
     chunk_images: int = typer.Option(BuildConfig.chunk_images, "--chunk-images", min=1, help="Images per chunk, the unit of work of a thread or a cluster task. The result depends on it (bit for bit), not on the threads or the scheduler; on a large cluster use a few thousand, since each chunk's partial statistics (about 60 MB per class at 224 px) travel once to be merged (docs/cluster.md)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
-    strategies: Optional[str] = typer.Option(None, "--strategies", help="Also find each built class's strategies: auto (the eigengap chooses how many) or a number (see hmt strategies)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    strategies: str | None = typer.Option(None, "--strategies", help="Also find each built class's strategies: auto (the eigengap chooses how many) or a number (see hmt strategies)."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded the project."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON on stdout."),

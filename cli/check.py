@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,8 +20,8 @@ def check(
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file or row."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images whose declared size is larger."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated classes to use, in this order."),
-    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated classes to use, in this order."),
+    patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
 ) -> None:
     """Check that every image of a data set can be read; list skipped files with reasons.
 

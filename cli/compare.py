@@ -5,23 +5,27 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.templates.build import DEFAULT_OUT
-from heatmap_templates.analysis.compare import DEFAULT_BATCH_SIZE, Comparer, ComparisonRun, collect_images, evaluate_templates
+from heatmap_templates.analysis.compare import (
+    DEFAULT_BATCH_SIZE,
+    Comparer,
+    ComparisonRun,
+    collect_images,
+    evaluate_templates,
+)
+from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE, ImageComparison
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
-from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
-from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
+from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.templates.templates_file import save_check
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
 from hmt_cli.progress import progress_bar
-
 
 
 def _format(value: float | None, spec: str = ".3f") -> str:
@@ -43,7 +47,7 @@ def _table(run: ComparisonRun) -> list[str]:
                      _format(r.predicted_similarity), _format(r.percentile_rank, ".1f"), _flag(r))
                     + ((("-" if r.strategy is None else f"{r.strategy} ({_format(r.strategy_similarity, '.2f')})"),) if with_strategies else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def _write_csv(run: ComparisonRun, path: Path) -> None:
@@ -69,7 +73,7 @@ def _figure_target(figure: Path, many: bool) -> tuple[Path, bool]:
     return figure, is_folder
 
 
-def _draw(result: ImageComparison, out: Path, reference_image) -> Path:  # noqa: ANN001 (ndarray)
+def _draw(result: ImageComparison, out: Path, reference_image) -> Path:
     try:
         from heatmap_templates.present.figures import comparison_figure
     except ImportError:
@@ -86,14 +90,14 @@ def _draw(result: ImageComparison, out: Path, reference_image) -> Path:  # noqa:
 def compare_command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (default: the one the templates were built with)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (default: the one the templates were built with)."),
     similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity with each template"),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Flag a heatmap whose correlation lies below this percentile of its class's leave-one-out correlations."),
     as_json: bool = typer.Option(False, "--json", help="Print every result as JSON on stdout."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write one CSV row per image here."),
-    figure: Optional[Path] = typer.Option(None, "--figure", help="Figure of image, heatmap, template and difference: a .png for one image (the first), or a folder for one per image."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also write one CSV row per image here."),
+    figure: Path | None = typer.Option(None, "--figure", help="Figure of image, heatmap, template and difference: a .png for one image (the first), or a folder for one per image."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
 ) -> None:
@@ -143,18 +147,18 @@ def compare_command(
 def evaluate_templates_command(
     templates: Path = typer.Argument(..., help="Templates file from hmt build-templates."),
     data: Path = typer.Argument(..., help="Labelled images: class folders or a CSV manifest."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
     similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity with each template"),
     atypical_percentile: float = typer.Option(DEFAULT_ATYPICAL_PERCENTILE, "--atypical-percentile", min=0.0, max=100.0,
                                               help="Percentile of the leave-one-out correlations below which a heatmap is atypical."),
-    split: Optional[str] = typer.Option(None, "--split", help="Only this split of a CSV manifest (train, val or test)."),
+    split: str | None = typer.Option(None, "--split", help="Only this split of a CSV manifest (train, val or test)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion test: remove the top q %% of each image's heatmap, of its class template moved into the image, of a random ranking, and the regions outside and inside the lungs; how much does the model's probability fall?"),
     removal: str = registry_option(DEFAULT_REMOVAL, "--removal", REMOVALS, "How removed pixels are filled"),
     deletion_sample: int = typer.Option(DEFAULT_SAMPLE, "--deletion-sample", min=1, help="Images in the deletion test (evenly spaced over the set)."),
-    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Where the findings are: a folder of masks (same relative path as each image, .png) or a CSV of boxes path,label,x,y,width,height; scores each correct image's map and each template."),
+    annotations: Path | None = typer.Option(None, "--annotations", help="Where the findings are: a folder of masks (same relative path as each image, .png) or a CSV of boxes path,label,x,y,width,height; scores each correct image's map and each template."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random ranking and the imputation noise."),
 ) -> None:
     """Measure what templates are worth on a labelled set: template-match accuracy, whether an

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,7 +18,7 @@ def _show_auc(value: float | None) -> str:
 
 @app.command("demo")
 def demo(
-    data: Optional[Path] = typer.Option(None, "--data", help="Run on your own class-folder data instead of the phantom."),
+    data: Path | None = typer.Option(None, "--data", help="Run on your own class-folder data instead of the phantom."),
     out: Path = typer.Option(DEFAULT_DEMO_DIR, "--out", "-o", help="Folder for everything the demo writes."),
     n_per_class: int = typer.Option(DemoSettings.n_per_class, "--n-per-class", min=10, help="Phantoms per class."),
     size: int = typer.Option(DemoSettings.size, "--size", min=64, help="Phantom size in px (the model uses at most 128)."),

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.present.figures import (
     DEFAULT_CMAP,
     DEFAULT_DPI,
@@ -16,6 +15,7 @@ from heatmap_templates.present.figures import (
     parse_formats,
     template_figures,
 )
+from heatmap_templates.templates.build import DEFAULT_OUT
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar
 

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS, INTENSITIES
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD
-from heatmap_templates.explain.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
 from heatmap_templates.data.preprocess import PREPROCESSING
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.explain.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
@@ -26,12 +25,12 @@ def heatmaps(
     out: Path = typer.Option(DEFAULT_STORE, "--out", "-o", help="Heatmap store to write (resumed if it exists)."),
     method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method"),
     score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "Score explained (changes the maps; recorded)"),
-    layer: Optional[str] = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
+    layer: str | None = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (recorded; a resume must keep it)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),
-    preprocessing: Optional[str] = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
-    intensity: Optional[str] = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),
+    preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
+    intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images whose declared size is larger."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
@@ -40,7 +39,7 @@ def heatmaps(
         help="Run the network in float16 with float32 weights: faster on GPUs with tensor cores, slower on CPUs; "
              "maps correlate >= 0.99 with float32 ones. Recorded in the store.",
     ),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    scheduler: str | None = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Run classifier + CAM over every image; store probabilities and every class's map.

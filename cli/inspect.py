@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import typer
 
-from heatmap_templates.templates.build import merge_template_files
 from heatmap_templates.errors import HmtError
-from heatmap_templates.templates.members import class_view
 from heatmap_templates.store import HEATMAPS, file_kind, open_heatmaps
-from heatmap_templates.templates.templates_file import read_strategies, read_templates
 from heatmap_templates.store.hdf5 import jsonable
+from heatmap_templates.templates.build import merge_template_files
+from heatmap_templates.templates.members import class_view
+from heatmap_templates.templates.templates_file import read_strategies, read_templates
 from hmt_cli.main import app
 from hmt_cli.output import command_line
 from hmt_cli.progress import progress_bar
@@ -108,7 +108,7 @@ def _print_templates(summary: dict[str, Any]) -> None:
     if len(similarity["classes"]) > 1:
         typer.echo("template similarity (Pearson):")
         width = max(len(name) for name in similarity["classes"])
-        for name, row in zip(similarity["classes"], similarity["matrix"]):
+        for name, row in zip(similarity["classes"], similarity["matrix"], strict=True):
             typer.echo(f"  {name:<{width}}  " + "  ".join(f"{value:+.3f}" for value in row))
 
 

@@ -57,7 +57,7 @@ def _import_tensorflow_quietly() -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow
 
             tensorflow.config.list_logical_devices()  # device initialisation logs here too
     finally:

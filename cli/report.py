@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.templates.build import DEFAULT_OUT
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
 from heatmap_templates.present.figures import DEFAULT_CMAP
 from heatmap_templates.present.report import DEFAULT_GALLERY_SIZE, write_report
-from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+from heatmap_templates.templates.build import DEFAULT_OUT
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar
@@ -20,8 +19,8 @@ from hmt_cli.progress import progress_bar
 def report_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
     out: Path = typer.Option(Path("templates_out/report"), "--out", "-o", help="Folder of the report (replaced when it holds an earlier report)."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Labelled image folder: evaluate the model and the templates on it for the overview (needs the model)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
+    data: Path | None = typer.Option(None, "--data", help="Labelled image folder: evaluate the model and the templates on it for the overview (needs the model)."),
     single_file: bool = typer.Option(False, "--single-file", help="Embed every image in index.html: one file to send."),
     gallery: int = typer.Option(DEFAULT_GALLERY_SIZE, "--gallery", min=0, help="Thumbnails per gallery (typical, atypical, misclassified) and class."),
     similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity of an image's map to a template"),

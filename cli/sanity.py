@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.analysis.sanity import DEFAULT_SAMPLE, FLAG_SPEARMAN, VARIANTS, run_sanity
+from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.templates.templates_file import save_check
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
@@ -19,12 +18,12 @@ from hmt_cli.progress import progress_bar
 @app.command("sanity")
 def sanity_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records)."),
     class_names: list[str] = typer.Option([], "--class", "-c", help="Class to check (repeatable; default: every class)."),
     sample: int = typer.Option(DEFAULT_SAMPLE, "--sample", min=2, help="Members per class whose maps are recomputed at each step."),
     variant: str = registry_option("cascading", "--variant", VARIANTS, "Randomisation"),
-    shuffled_model: Optional[Path] = typer.Option(None, "--shuffled-model", help="Also compare the templates of a model trained on shuffled labels (hmt train --shuffle-labels): data randomisation."),
+    shuffled_model: Path | None = typer.Option(None, "--shuffled-model", help="Also compare the templates of a model trained on shuffled labels (hmt train --shuffle-labels): data randomisation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the new weights."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),

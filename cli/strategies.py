@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.templates.build import DEFAULT_OUT
-from heatmap_templates.errors import HmtError
-from heatmap_templates.numeric.metrics import lung_field_energy
 from heatmap_templates.analysis.similarity import SIMILARITIES
-from heatmap_templates.templates.templates_file import read_templates
 from heatmap_templates.analysis.strategies import DEFAULT_MAX_K, MIN_STRATEGY_MEMBERS, StrategySettings
 from heatmap_templates.analysis.strategy_search import add_strategies, skipped_classes
+from heatmap_templates.errors import HmtError
+from heatmap_templates.numeric.metrics import lung_field_energy
+from heatmap_templates.templates.build import DEFAULT_OUT
+from heatmap_templates.templates.templates_file import read_templates
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line
@@ -32,7 +31,7 @@ def parse_k(value: str) -> int | None:
 @app.command("strategies")
 def strategies_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
     class_names: list[str] = typer.Option([], "--class", "-c", help="Class to analyse (repeatable; default: every class)."),
     k: str = typer.Option("auto", "--k", help="auto (the eigengap of the affinity graph's spectrum chooses) or a number of strategies."),
     max_k: int = typer.Option(DEFAULT_MAX_K, "--max-k", min=1, help="Most strategies the eigengap may choose."),
@@ -55,7 +54,7 @@ def strategies_command(
         typer.echo(json.dumps({"templates": str(templates), "classes": {
             name: {**result.to_dict(), "clusters": [
                 {**cluster, "lung_field_energy": _energy(strategy.mean, lungs)}
-                for cluster, strategy in zip(result.to_dict()["clusters"], result.strategies)]}
+                for cluster, strategy in zip(result.to_dict()["clusters"], result.strategies, strict=True)]}
             for name, result in results.items()},
             "skipped": {name: f"{count} members; strategies need at least {MIN_STRATEGY_MEMBERS}" for name, count in skipped.items()}},
             indent=2))
@@ -75,6 +74,6 @@ def strategies_command(
     typer.echo(f"added to {templates}; draw them with: hmt figures {templates}")
 
 
-def _energy(mean, lungs) -> float | None:  # noqa: ANN001 (arrays)
+def _energy(mean, lungs) -> float | None:
     """Share of a prototype's mass inside the reference lungs (None without a lung mask)."""
     return None if lungs is None else round(float(lung_field_energy(mean, lungs)), 4)

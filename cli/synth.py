@@ -9,14 +9,14 @@ import typer
 from heatmap_templates.errors import HmtError
 from heatmap_templates.synth import (
     CLASSES,
-    DEFAULT_SHORTCUT_STYLE,
-    SHORTCUTS,
     DEFAULT_N_PER_CLASS,
-    DEFAULT_PREVALENCE,
     DEFAULT_POSE_SPREAD,
+    DEFAULT_PREVALENCE,
     DEFAULT_PREVIEW_EXAMPLES,
+    DEFAULT_SHORTCUT_STYLE,
     DEFAULT_SIZE,
     LESIONS,
+    SHORTCUTS,
     synthesize_dataset,
     synthesize_multi_label,
     write_preview_grid,

@@ -3,24 +3,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from heatmap_templates.model.backbones import BACKBONES
 from heatmap_templates.data.datasets import UNCERTAIN, load_dataset
 from heatmap_templates.data.decode import INTENSITIES
+from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.errors import HmtError, display_path, problems_json
+from heatmap_templates.files import write_text
+from heatmap_templates.model.backbones import BACKBONES
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, load_dataset_for, write_predictions
 from heatmap_templates.model.evaluation import evaluate as evaluate_model
-from heatmap_templates.files import write_text
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD
 from heatmap_templates.model.model_file import load_model, save_model
-from heatmap_templates.data.preprocess import PREPROCESSING
-from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from heatmap_templates.model.recipe import SCHEDULES
+from heatmap_templates.model.training import EpochLog, TrainConfig, save_training_outputs
+from heatmap_templates.model.training import train as train_model
 from heatmap_templates.present.figures import confusion_matrix_figure, training_figures
-from heatmap_templates.model.training import EpochLog, TrainConfig, save_training_outputs, train as train_model
+from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
@@ -56,7 +56,7 @@ def report_lines(report: dict) -> list[str]:
     cell = max(7, *(len(name) for name in names)) + 1
     lines.append("confusion matrix (rows true, columns predicted):")
     lines.append(" " * width + "".join(f"{name:>{cell}}" for name in names))
-    for name, counts in zip(names, report["confusion_matrix"]):
+    for name, counts in zip(names, report["confusion_matrix"], strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{count:>{cell}}" for count in counts))
     for key, reading in report["binary_readings"].items():
         summed, argmax = reading["summed_probability"], reading["argmax"]
@@ -94,9 +94,9 @@ def train(
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs", help="Epochs (the cosine schedule runs them all; the constant schedule stops early on validation loss)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Images per batch."),
     lr: float = typer.Option(TrainConfig.learning_rate, "--lr", help="Adam learning rate."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input side in px (default: 224 VGG/ResNet, 299 Xception, 128 small)."),
+    input_size: int | None = typer.Option(None, "--input-size", help="Square input side in px (default: 224 VGG/ResNet, 299 Xception, 128 small)."),
     seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seed for the split, weights, shuffling and augmentation."),
-    augment: Optional[bool] = typer.Option(TrainConfig.augment, "--augment/--no-augment", help="Random small rotation, shift, zoom and brightness of training images (default: on for `small` on up to 20k images, off for pretrained bases, which train on cached features)."),
+    augment: bool | None = typer.Option(TrainConfig.augment, "--augment/--no-augment", help="Random small rotation, shift, zoom and brightness of training images (default: on for `small` on up to 20k images, off for pretrained bases, which train on cached features)."),
     fine_tune_blocks: int = typer.Option(TrainConfig.fine_tune_blocks, "--fine-tune-blocks", help="After the head converged, also train the base's last N blocks."),
     fine_tune_epochs: int = typer.Option(TrainConfig.fine_tune_epochs, "--fine-tune-epochs", help="Epochs of fine-tuning."),
     fine_tune_lr: float = typer.Option(TrainConfig.fine_tune_learning_rate, "--fine-tune-lr", help="Learning rate for fine-tuning."),
@@ -109,15 +109,15 @@ def train(
     val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of images (by patient) for validation."),
     test_fraction: float = typer.Option(TrainConfig.test_fraction, "--test-fraction", help="Share of images (by patient) for the test split."),
     intensity: str = registry_option(TrainConfig.intensity, "--intensity", INTENSITIES, "How integer pixels are scaled (recorded in the model; every later command decodes the same way)"),
-    binary: Optional[str] = typer.Option(None, "--binary", help="POS[:NEG]: one sigmoid output, class POS against every other class (the negative class is named NEG, default not-POS)."),
+    binary: str | None = typer.Option(None, "--binary", help="POS[:NEG]: one sigmoid output, class POS against every other class (the negative class is named NEG, default not-POS)."),
     multi_label: bool = typer.Option(False, "--multi-label", help="One sigmoid per finding of a CSV manifest (name its columns with --labels)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated finding columns of a CSV manifest (1 positive, 0 negative, -1 uncertain, blank unknown)."),
+    labels: str | None = typer.Option(None, "--labels", help="Comma-separated finding columns of a CSV manifest (1 positive, 0 negative, -1 uncertain, blank unknown)."),
     uncertain: str = registry_option(TrainConfig.uncertain, "--uncertain", UNCERTAIN, "Uncertain findings (-1)"),
-    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
+    patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
     shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Train on randomly permuted labels: a model for the data-randomisation check (hmt sanity --shuffled-model)."),
     memory_budget: float = typer.Option(TrainConfig.memory_budget_gb, "--memory-budget", help="GB of decoded images to hold in memory; a larger data set streams from a disk cache (same split and result)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder for that disk cache (default: the system's temporary folder); removed after training."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Folder for that disk cache (default: the system's temporary folder); removed after training."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (epoch lines stay on stderr)."),
 ) -> None:
@@ -179,18 +179,18 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    model: Optional[Path] = typer.Argument(None, help="Model file (.keras; default: the one the last `hmt train` recorded)."),
-    data: Optional[Path] = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
+    model: Path | None = typer.Argument(None, help="Model file (.keras; default: the one the last `hmt train` recorded)."),
+    data: Path | None = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
     split: str = typer.Option(DEFAULT_SPLIT, "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
-    preprocessing: Optional[str] = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
-    intensity: Optional[str] = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
+    preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
+    intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per batch."),
-    patient_regex: Optional[str] = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
+    patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and confusion_matrix.png."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write one CSV row per image: path, label, predicted, p_<class>..."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for evaluation.json and confusion_matrix.png."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Also write one CSV row per image: path, label, predicted, p_<class>..."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where `hmt train` recorded MODEL and DATA."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),

@@ -79,7 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
-    from heatmap_templates import analysis, data, explain, model, numeric, present, store, synth, templates  # noqa: F401
+    from heatmap_templates import analysis, data, explain, model, numeric, present, store, synth, templates
     from heatmap_templates.analysis.compare import Comparer, evaluate_templates
     from heatmap_templates.analysis.faithfulness import RANKINGS, REMOVALS, run_deletion
     from heatmap_templates.analysis.sanity import VARIANTS, run_sanity

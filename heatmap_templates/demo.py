@@ -101,16 +101,21 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoSummary:
     """Run every stage of hmt (see the module docstring) and return where the outputs are."""
-    from heatmap_templates.templates.build import BuildConfig, build_templates
     from heatmap_templates.analysis.compare import Comparer
-    from heatmap_templates.present.figures import template_figures, training_figures
-    from heatmap_templates.explain.heatmaps import extract_heatmaps
-    from heatmap_templates.present.report import write_report
     from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS
     from heatmap_templates.analysis.strategy_search import add_strategies
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
     from heatmap_templates.model.model_file import save_model
-    from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR, ground_truth_localisation, synthesize_dataset
     from heatmap_templates.model.training import TrainConfig, save_training_outputs, train
+    from heatmap_templates.present.figures import template_figures, training_figures
+    from heatmap_templates.present.report import write_report
+    from heatmap_templates.synth import (
+        CANONICAL_CHEST_FILE,
+        GROUND_TRUTH_DIR,
+        ground_truth_localisation,
+        synthesize_dataset,
+    )
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)

@@ -35,7 +35,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._help: dict[str, str] = {}
 
-    def register(self, name: str, *, help: str) -> Callable[[T], T]:  # noqa: A002 (mirrors typer's help=)
+    def register(self, name: str, *, help: str) -> Callable[[T], T]:
         """Decorator adding ``entry`` under ``name``; a name may be registered once."""
 
         def add(entry: T) -> T:
@@ -44,7 +44,7 @@ class Registry(Generic[T]):
 
         return add
 
-    def add(self, name: str, entry: T, *, help: str) -> None:  # noqa: A002
+    def add(self, name: str, entry: T, *, help: str) -> None:
         """Register ``entry`` under ``name`` (for entries that are not decorated functions)."""
         if name in self._entries:
             raise ValueError(f"{self.what} {name!r} is registered twice")

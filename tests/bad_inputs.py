@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -413,7 +413,7 @@ VALID_IMAGE_WRITERS: tuple[Callable[[Path], ValidImage], ...] = (
 )
 
 
-def _dicom_dataset(stored: np.ndarray, photometric: str):  # noqa: ANN202 (pydicom FileDataset)
+def _dicom_dataset(stored: np.ndarray, photometric: str):
     """A minimal, uncompressed single-frame grayscale DICOM data set around ``stored`` (uint16)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid

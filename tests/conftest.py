@@ -8,7 +8,7 @@ from pathlib import Path
 # OpenBLAS threads oversubscribe the cores (a 1024 x 1024 eigh took 8 s with 2 threads, 0.25 s with 1).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -33,13 +33,13 @@ MODEL_KIND_SIZE = 48
 _FINDINGS = ("bacteria", "covid", "virus")
 
 
-def _train_and_template(root: Path, dataset, **config_fields) -> dict:  # noqa: ANN001 (Dataset)
+def _train_and_template(root: Path, dataset, **config_fields) -> dict:
     """Train a `small` model on ``dataset``, save it, extract its heatmaps and build every class's templates in
     the phantom's canonical frame (so they can be scored against the planted lesions)."""
-    from heatmap_templates.templates.build import BuildConfig, build_templates
     from heatmap_templates.explain.heatmaps import extract_heatmaps
     from heatmap_templates.model.model_file import save_model
     from heatmap_templates.model.training import TrainConfig, train
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     config = TrainConfig(backbone="small", input_size=MODEL_KIND_SIZE, epochs=12, batch_size=16, learning_rate=3e-3,
                          val_fraction=0.2, test_fraction=0.2, augment=False, **config_fields)
@@ -89,12 +89,12 @@ def shortcut_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     With lesions under the marker too, whether a toy model of 12 epochs uses the marker at all depends on the
     seed and on the machine's floating point (ARI with the planted tags 0.39, -0.01, -0.02 for seeds 0-2 on one
     machine); without them it is 1.00 for all three."""
-    from heatmap_templates.templates.build import BuildConfig, build_templates
     from heatmap_templates.data.datasets import load_dataset
     from heatmap_templates.explain.heatmaps import extract_heatmaps
     from heatmap_templates.model.model_file import save_model
-    from heatmap_templates.synth import synthesize_dataset
     from heatmap_templates.model.training import TrainConfig, train
+    from heatmap_templates.synth import synthesize_dataset
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     root = tmp_path_factory.mktemp("shortcut_phantom")
     synthesize_dataset(root / "data", n_per_class=60, size=64, seed=1, classes=("covid", "normal"), workers=1,

@@ -10,12 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_hmt
 from PIL import Image
 
 from heatmap_templates.data.decode import INTENSITIES, LEGACY_INTENSITY, decode_image, used_bits
 from heatmap_templates.errors import HmtError
 from heatmap_templates.model.model_file import ModelInfo, load_model, read_model_info
-from cli_helpers import assert_user_error, run_hmt
 
 SIZE = 48
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_heatmaps import make_centroid_model, make_phantoms
 
-from heatmap_templates.templates.build import BuildConfig, build_templates
-from heatmap_templates.templates.chunks import chunk_bounds
 from heatmap_templates.data.decode import decode_image
 from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps
 from heatmap_templates.project import record_project
 from heatmap_templates.store import HeatmapReader, HeatmapWriter, open_heatmaps
-from heatmap_templates.templates.templates_file import read_templates
 from heatmap_templates.templates.accumulator import LOO_EXACT
-from test_heatmaps import make_centroid_model, make_phantoms
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.chunks import chunk_bounds
+from heatmap_templates.templates.templates_file import read_templates
 
 SIDE = 64
 FAST = {"registration": "none", "n_components": 2, "bootstrap_replicates": 4}
@@ -158,7 +158,7 @@ def test_reference_image_is_stored_as_the_frame(project: dict, tmp_path: Path) -
     assert stored.lung_mask.shape == (SIDE, SIDE) and stored.lung_mask.any()
 
 
-def _hmt_in_process(*args: str):  # noqa: ANN202 (click Result)
+def _hmt_in_process(*args: str):
     from typer.testing import CliRunner
 
     from hmt_cli.main import _register_commands, app

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam import METHODS, CamEngine
 from heatmap_templates.model.layers import default_cam_layer, resolve_layer
-from heatmap_templates.errors import HmtError
 
 GRADIENT_METHODS = [name for name, method in METHODS.items() if method.uses_gradients]
 
@@ -134,7 +134,7 @@ def test_scorecam_matches_per_channel_loop(hand_input: np.ndarray) -> None:
     result = CamEngine(model, "conv", "scorecam", scorecam_chunk=5)(hand_input, targets)
     activations = hand_activations(hand_input.astype(np.float64)).astype(np.float32)
     expected = []
-    for image, maps, target in zip(hand_input, activations, targets):
+    for image, maps, target in zip(hand_input, activations, targets, strict=True):
         weights = []
         for channel in range(maps.shape[-1]):
             mask = tf.image.resize(maps[..., channel : channel + 1], (6, 6), method="bilinear").numpy()
@@ -200,7 +200,7 @@ def test_gradcam_matches_tf_keras_vis(score: str, images: np.ndarray) -> None:
         CategoricalScore(targets), images, penultimate_layer="conv_b", normalize_cam=False, expand_cam=False
     )
     ours = CamEngine(model, "conv_b", "gradcam", score=score)(images, np.array(targets)).raw
-    informative = [(r, o) for r, o in zip(np.asarray(reference), ours) if r.max() > 0]
+    informative = [(r, o) for r, o in zip(np.asarray(reference), ours, strict=True) if r.max() > 0]
     assert len(informative) >= 2  # random weights leave some targets with an all-zero (ReLU'd) map
     for reference_map, our_map in informative:
         assert correlation(reference_map, our_map) >= 0.999
@@ -220,7 +220,7 @@ def test_gradcampp_against_tf_keras_vis(images: np.ndarray) -> None:
         CategoricalScore(targets), images, penultimate_layer="conv_b", normalize_cam=False, expand_cam=False
     )
     ours = CamEngine(model, "conv_b", "gradcampp")(images, np.array(targets)).raw
-    assert np.mean([correlation(r, o) for r, o in zip(np.asarray(reference), ours)]) >= 0.8
+    assert np.mean([correlation(r, o) for r, o in zip(np.asarray(reference), ours, strict=True)]) >= 0.8
 
 
 @pytest.mark.parametrize("method", list(METHODS))

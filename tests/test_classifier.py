@@ -9,22 +9,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from heatmap_templates.model import backbones, model_file, layers as model_layers, objectives, training
+from cli_helpers import assert_user_error, run_hmt
 
 from heatmap_templates import errors
-
-from heatmap_templates.numeric import metrics
-
 from heatmap_templates.data import preprocess
+from heatmap_templates.data.datasets import load_dataset
+from heatmap_templates.data.preprocess import to_model_input
+from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.model import backbones, model_file, objectives, training
 from heatmap_templates.model import evaluation as evaluation_module
+from heatmap_templates.model import layers as model_layers
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.model.training import TrainConfig
-from heatmap_templates.data.datasets import load_dataset
-from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.data.preprocess import to_model_input
+from heatmap_templates.numeric import metrics
 from heatmap_templates.project import load_project, record_project
-from cli_helpers import assert_user_error, run_hmt
 
 TOY_CLASSES = ("covid", "normal", "virus")
 
@@ -32,7 +30,7 @@ TOY_CLASSES = ("covid", "normal", "virus")
 def _write_toy_set(root: Path, n_per_class: int = 8, size: int = 40) -> Path:
     """Three classes of noisy PNGs: a bright blob on the left (covid), none (normal), on the right (virus)."""
     rng = np.random.default_rng(0)
-    for label, blob_x in zip(TOY_CLASSES, (size // 4, None, 3 * size // 4)):
+    for label, blob_x in zip(TOY_CLASSES, (size // 4, None, 3 * size // 4), strict=True):
         folder = root / label
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(n_per_class):
@@ -123,10 +121,10 @@ def test_local_weights_file_round_trip(tmp_path: Path) -> None:
     model_layers.find_base(first).save_weights(path)
     loaded = backbones.build_model("vgg16", 2, 32, str(path))
     fresh = backbones.build_model("vgg16", 2, 32, "none")
-    for saved, restored, random in zip(model_layers.find_base(first).get_weights(), model_layers.find_base(loaded).get_weights(),
-                                       model_layers.find_base(fresh).get_weights()):
+    for saved, restored, _fresh in zip(model_layers.find_base(first).get_weights(), model_layers.find_base(loaded).get_weights(),
+                                       model_layers.find_base(fresh).get_weights(), strict=True):
         np.testing.assert_array_equal(saved, restored)
-    assert not all(np.array_equal(a, b) for a, b in zip(model_layers.find_base(first).get_weights(), model_layers.find_base(fresh).get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(model_layers.find_base(first).get_weights(), model_layers.find_base(fresh).get_weights(), strict=True))
     with pytest.raises(BadFileError, match="cannot load these weights"):
         backbones.build_model("vgg19", 2, 32, str(path))
     with pytest.raises(BadFileError, match="weights file not found"):
@@ -228,9 +226,9 @@ def test_fixed_seed_gives_identical_weights(toy_dir: Path) -> None:
     dataset = load_dataset(toy_dir)
     first = training.train(dataset, config).model.get_weights()
     second = training.train(dataset, config).model.get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     other = training.train(dataset, TrainConfig(**{**config.__dict__, "seed": 1})).model.get_weights()
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_split_is_recorded_patient_free_and_class_weights_balanced(trained_small) -> None:

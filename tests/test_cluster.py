@@ -9,14 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.templates import build as build_module
-from heatmap_templates.explain import heatmaps as heatmaps_module
-from heatmap_templates.templates.build import BuildConfig, build_templates
+
 from heatmap_templates.executors import LocalExecutor, executor_for
+from heatmap_templates.explain import heatmaps as heatmaps_module
 from heatmap_templates.explain.heatmaps import extract_heatmaps
 from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates import build as build_module
+from heatmap_templates.templates.build import BuildConfig, build_templates
 
 distributed = pytest.importorskip("distributed")
 
@@ -29,8 +29,8 @@ CONFIG = BuildConfig(include="all", n_components=2, bootstrap_replicates=4, refe
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Phantoms, a small untrained model, and a store and templates file made in this process."""
     from heatmap_templates.model.backbones import build_model
-    from heatmap_templates.model.model_file import ModelInfo, save_model
     from heatmap_templates.model.layers import default_cam_layer
+    from heatmap_templates.model.model_file import ModelInfo, save_model
     from heatmap_templates.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("cluster")
@@ -46,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "data": root / "data", "model": model_path, "store": store, "templates": templates}
 
 
-def _local_client(processes: bool):  # noqa: ANN202 (generator of a dask Client)
+def _local_client(processes: bool):
     """A Dask LocalCluster of two single-threaded workers, processes or threads of this process, and its client."""
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None)
     client = distributed.Client(cluster)
@@ -71,7 +71,7 @@ def _datasets(path: Path) -> dict[str, bytes]:
     """Every dataset of an HDF5 file as bytes (dtype, shape and values)."""
     contents = {}
     with h5py.File(path, "r") as handle:
-        def visit(name: str, item) -> None:  # noqa: ANN001 (h5py object)
+        def visit(name: str, item) -> None:
             if isinstance(item, h5py.Dataset):
                 value = np.asarray(item[()])
                 contents[name] = repr(value.tolist()).encode() if value.dtype.kind == "O" else value.tobytes()
@@ -109,11 +109,11 @@ def test_the_build_does_not_depend_on_local_threads(world: dict, tmp_path: Path)
     assert [name for name in local if local[name] != threaded[name]] == []
 
 
-def _failing_once(function, marker: Path):  # noqa: ANN001, ANN202
+def _failing_once(function, marker: Path):
     """``function`` that raises once, on the call that finds no ``marker`` file (tasks are copied into their
     workers, so the state that survives a call must live outside the function)."""
 
-    def run(*arguments):  # noqa: ANN002, ANN202
+    def run(*arguments):
         if not marker.exists():
             marker.touch()
             raise RuntimeError("worker lost")
@@ -145,7 +145,7 @@ def test_an_interrupted_cluster_run_keeps_its_chunks_and_resumes(world: dict, in
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     original = heatmaps_module.extract_chunk
 
-    def broken_third_chunk(paths, job):  # noqa: ANN001, ANN202
+    def broken_third_chunk(paths, job):
         if any(path.endswith("normal_0000.png") for path in paths):
             raise RuntimeError("node crashed")
         return original(paths, job)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_hmt
 
-from heatmap_templates.numeric import metrics
 from heatmap_templates.analysis.compare import Comparer, evaluate_templates, separation_report, template_match_report
 from heatmap_templates.analysis.scoring import atypical_reading
 from heatmap_templates.analysis.similarity import cosine_similarity, masked_pearson, similarity_scores
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.templates.normalisation import normalise
+from heatmap_templates.numeric import metrics
 from heatmap_templates.numeric.correlation import pearson
-from cli_helpers import assert_user_error, run_hmt
+from heatmap_templates.templates.normalisation import normalise
 
 SIZE = 64
 CLASSES = ("covid", "normal")
@@ -32,10 +32,11 @@ def _tiny_model(seed: int, path: Path, data: Path | None = None) -> Path:
     when given, so that every class's Grad-CAM maps are alive (a random net leaves some all zero)."""
     import keras
 
-    from heatmap_templates.model import backbones, model_file, layers as model_layers
-    from heatmap_templates.data.decode import decode_image
     from heatmap_templates.data.datasets import load_dataset
+    from heatmap_templates.data.decode import decode_image
     from heatmap_templates.data.preprocess import resize_gray
+    from heatmap_templates.model import backbones, model_file
+    from heatmap_templates.model import layers as model_layers
 
     keras.utils.set_random_seed(seed)
     model = backbones.build_model("small", len(CLASSES), SIZE, "none", dense_units=8, dropout=0.0)
@@ -53,9 +54,9 @@ def _tiny_model(seed: int, path: Path, data: Path | None = None) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Phantoms, a model, its heatmap store and a templates file with both classes (members: every image of the class)."""
-    from heatmap_templates.templates.build import BuildConfig, build_templates
     from heatmap_templates.explain.heatmaps import extract_heatmaps
     from heatmap_templates.synth import synthesize_dataset
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     root = tmp_path_factory.mktemp("compare")
     data = root / "data"
@@ -151,10 +152,10 @@ def test_template_match_and_separation_reports_by_hand() -> None:
 
 def test_similarities_equal_a_recomputation_by_hand(setup: dict, comparer: Comparer) -> None:
     """Decode, classify, register to the stored reference, normalise and correlate, step by step."""
-    from heatmap_templates.templates.prepare import registrar_for
     from heatmap_templates.explain.cam import CamEngine
-    from heatmap_templates.model.model_file import load_model
     from heatmap_templates.explain.heatmaps import load_for_model
+    from heatmap_templates.model.model_file import load_model
+    from heatmap_templates.templates.prepare import registrar_for
     from heatmap_templates.templates.templates_file import read_templates
 
     path = setup["data"] / "covid" / "covid_0002.png"
@@ -250,9 +251,9 @@ def test_evaluate_templates_numbers_by_hand(setup: dict, comparer: Comparer) -> 
     results = comparer.compare([setup["data"] / name for name in CLASSES]).results
     truths = [Path(r.path).parent.name for r in results]
     assert report.n_images == len(results) == 2 * N_PER_CLASS
-    matched = [r.best_match == t for r, t in zip(results, truths)]
+    matched = [r.best_match == t for r, t in zip(results, truths, strict=True)]
     assert report.template_match["accuracy"] == pytest.approx(np.mean(matched))
-    correct = np.array([r.predicted == t for r, t in zip(results, truths)])
+    correct = np.array([r.predicted == t for r, t in zip(results, truths, strict=True)])
     assert report.classification["accuracy"] == pytest.approx(correct.mean())
     scores = np.array([r.predicted_similarity for r in results])
     separation = report.correct_vs_misclassified
@@ -263,7 +264,7 @@ def test_evaluate_templates_numbers_by_hand(setup: dict, comparer: Comparer) -> 
         assert separation["auc"] == pytest.approx(np.mean(pairs))
     lungs = comparer.lung_mask
     for name in CLASSES:
-        energies = [r.lung_field_energy for r, t in zip(results, truths) if t == name]
+        energies = [r.lung_field_energy for r, t in zip(results, truths, strict=True) if t == name]
         assert report.lung_field_energy["by_true_class"][name]["mean"] == pytest.approx(np.mean(energies))
         mean = comparer.file.templates[name].mean
         assert report.lung_field_energy["templates"][name] == pytest.approx(mean[lungs].sum() / mean.sum())

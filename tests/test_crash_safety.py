@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from heatmap_templates.templates.build import BuildConfig, build_templates
-from heatmap_templates.explain.heatmaps import extract_heatmaps
-from heatmap_templates.store import open_heatmaps
-from heatmap_templates.templates.templates_file import read_templates
 from cli_helpers import run_hmt
 from test_reliability import save_tiny_model, write_phantom_set
+
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.store import open_heatmaps
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.templates_file import read_templates
 
 SLOW_APPEND = """
 import time
@@ -84,7 +84,7 @@ def _contents(path: Path) -> dict[str, tuple]:
     batch = next(reader.iter_batches(len(reader)))
     return {p: (s, int(l), int(q), pr.tobytes(), im.tobytes(), raw.tobytes(), up.tobytes())
             for p, s, l, q, pr, im, raw, up in zip(batch.paths, batch.sha256, batch.labels, batch.predicted,
-                                                   batch.probabilities, batch.images, batch.raw, batch.upsampled)}
+                                                   batch.probabilities, batch.images, batch.raw, batch.upsampled, strict=True)}
 
 
 def test_heatmaps_killed_mid_run_resumes_to_the_same_store(setup: dict[str, Path], tmp_path: Path,
@@ -129,7 +129,7 @@ def test_build_templates_killed_while_writing_keeps_the_earlier_file(setup: dict
                  "--registration", "none", "--include", "all", "--bootstrap", "4"]
 
     process = start_hmt(STALL_TEMPLATES_WRITE, arguments, tmp_path)
-    temporaries = lambda: list(tmp_path.glob(".templates.h5.tmp-*"))  # noqa: E731
+    temporaries = lambda: list(tmp_path.glob(".templates.h5.tmp-*"))
     kill_when(process, lambda: bool(temporaries()))
 
     assert out.read_bytes() == earlier  # the atomic rename never happened: the earlier file is untouched

@@ -8,10 +8,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import bad_inputs
 import numpy as np
 import pytest
 
-import bad_inputs
 from heatmap_templates.data.datasets import (
     Dataset,
     Sample,
@@ -60,7 +60,7 @@ def _deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
     """Root can read a chmod-000 file, so simulate the kernel refusing it."""
     real_open = open
 
-    def guarded_open(file, *args, **kwargs):  # noqa: ANN001, ANN202
+    def guarded_open(file, *args, **kwargs):
         if os.fspath(file) == os.fspath(denied):
             raise PermissionError(13, "Permission denied", os.fspath(file))
         return real_open(file, *args, **kwargs)
@@ -242,7 +242,7 @@ def test_decode_samples_reports_progress(tmp_path: Path) -> None:
         def __init__(self) -> None:
             self.events: list[tuple] = []
 
-        def start(self, total, description) -> None:  # noqa: ANN001
+        def start(self, total, description) -> None:
             self.events.append(("start", total))
 
         def advance(self, n: int = 1) -> None:
@@ -318,7 +318,7 @@ def _assert_valid_split(dataset: Dataset, splits: dict[str, list[Sample]], fract
             if sample.patient_id is not None:
                 assert owner.setdefault(sample.patient_id, name) == name, f"patient {sample.patient_id} in two splits"
     totals = dataset.counts()
-    for name, share in zip(("train", "val", "test"), fractions):
+    for name, share in zip(("train", "val", "test"), fractions, strict=True):
         counts = Counter(sample.label for sample in splits[name])
         for label, total in totals.items():
             assert counts[label] >= 1, f"{label} missing from {name}"
@@ -353,7 +353,7 @@ def test_split_honours_csv_split_column() -> None:
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5, 0.5), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
-def test_split_rejects_bad_fractions(fractions) -> None:  # noqa: ANN001
+def test_split_rejects_bad_fractions(fractions) -> None:
     with pytest.raises(HmtError, match="fraction"):
         split_dataset(_synthetic_dataset(), fractions=fractions)
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heatmap_templates.data.decode import MIN_IMAGE_SIDE, decode_image, used_bits
-from heatmap_templates.errors import BadImageError
 from heatmap_templates.data.preprocess import PREPROCESSING, prepare_batch
+from heatmap_templates.errors import BadImageError
 
 FUZZ_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _counter = itertools.count()

@@ -18,10 +18,10 @@ from pathlib import Path
 import h5py  # to read every dataset and attribute back, whatever the schema holds
 import numpy as np
 import pytest
-
-from heatmap_templates.templates.build import BuildConfig, build_templates
-from heatmap_templates.explain.heatmaps import extract_heatmaps
 from test_reliability import save_tiny_model, write_phantom_set
+
+from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.templates.build import BuildConfig, build_templates
 
 VOLATILE_ATTRS = {"created", "command", "heatmap_store"}  # when and how a file was made, and from which input path
 

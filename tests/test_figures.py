@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_templates.present import figures
 from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.present import figures
 
 
 def _blob(shape: tuple[int, int], centre: tuple[float, float], width: float) -> np.ndarray:
@@ -65,8 +65,8 @@ SHAPE = (32, 32)
 def _templates_file(folder: Path, *, classes: tuple[str, ...] = CLASSES, with_record: bool = True, with_reference: bool = True) -> Path:
     """A real templates file from random blob maps (one blob position per class), with or without a model record
     and reference chest image."""
-    from heatmap_templates.templates.templates_file import save_templates
     from heatmap_templates.templates.accumulator import ClassAccumulator, Member
+    from heatmap_templates.templates.templates_file import save_templates
 
     rng = np.random.default_rng(7)
     templates = []
@@ -141,7 +141,7 @@ def test_figures_are_one_journal_column_wide(paper_set) -> None:
 def test_identical_input_gives_identical_bytes(paper_set) -> None:
     first, second = paper_set
     assert first.out_dir != second.out_dir
-    for a, b in zip(first.files, second.files):
+    for a, b in zip(first.files, second.files, strict=True):
         assert a.name == b.name
         assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two runs"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from cli_helpers import assert_user_error, run_hmt
+
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.explain.heatmaps import extract_heatmaps
 from heatmap_templates.model.model_file import load_model

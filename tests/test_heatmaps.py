@@ -13,17 +13,16 @@ import os
 import sys
 from pathlib import Path
 
+import bad_inputs
 import numpy as np
 import pytest
 
-import bad_inputs
-from heatmap_templates.data.decode import decode_image
-from heatmap_templates.errors import display_path
-from heatmap_templates.files import file_sha256
 from heatmap_templates.data.datasets import load_dataset
-from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps, iter_model_batches
+from heatmap_templates.data.decode import decode_image
 from heatmap_templates.data.preprocess import resize_gray, to_model_input
+from heatmap_templates.errors import BadFileError, HmtError, display_path
+from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps, iter_model_batches
+from heatmap_templates.files import file_sha256
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.synth import CLASSES, synthesize_dataset
 
@@ -49,8 +48,8 @@ def make_centroid_model(data: Path, path: Path, input_side: int = INPUT_SIDE) ->
     """
     import keras
 
-    from heatmap_templates.model.model_file import ModelInfo, save_model
     from heatmap_templates.explain.heatmaps import load_for_model
+    from heatmap_templates.model.model_file import ModelInfo, save_model
 
     names = list(CLASSES)
     inputs = keras.Input((input_side, input_side, 1))
@@ -294,7 +293,7 @@ def test_default_store_path_is_named_by_model_hash_and_settings(workspace: dict)
 # ----------------------------------------------------------------------------- CLI
 
 
-def _hmt_in_process(*args: str):  # noqa: ANN202 (click Result)
+def _hmt_in_process(*args: str):
     from typer.testing import CliRunner
 
     from hmt_cli.main import _register_commands, app

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from heatmap_templates.numeric import metrics
 from heatmap_templates.errors import HmtError
+from heatmap_templates.numeric import metrics
 
 CLASSES = ["bacteria", "covid", "normal", "virus"]
 # Five images chosen so that summed-probability and arg-max readings disagree (rows 0 and 3).

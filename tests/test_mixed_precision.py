@@ -12,13 +12,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from test_heatmaps import make_centroid_model, make_phantoms
 
+from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam import CamEngine, mixed_precision_copy
 from heatmap_templates.model.layers import resolve_layer
 from heatmap_templates.model.model_file import ModelInfo, load_model, save_model
-from heatmap_templates.errors import HmtError
 from heatmap_templates.store import open_heatmaps
-from test_heatmaps import make_centroid_model, make_phantoms
 
 SIDE = 40
 
@@ -86,7 +86,7 @@ def test_copy_computes_conv_layers_in_float16_and_keeps_the_head_and_weights_in_
         assert (layer.compute_dtype, layer.variable_dtype) == ("float16", "float32")
         assert model.get_layer(name).compute_dtype == "float32"  # the original is untouched
     assert copy.get_layer("predictions").compute_dtype == "float32"
-    for original, copied in zip(model.get_weights(), copy.get_weights()):
+    for original, copied in zip(model.get_weights(), copy.get_weights(), strict=True):
         np.testing.assert_array_equal(original, copied)
     assert copy(images(1)).dtype == "float32"
 
@@ -142,7 +142,7 @@ def test_subclassed_model_is_a_user_error() -> None:
             self.pool = keras.layers.GlobalAveragePooling2D()
             self.head = keras.layers.Dense(2, activation="softmax")
 
-        def call(self, inputs):  # noqa: ANN001, ANN201
+        def call(self, inputs):
             return self.head(self.pool(self.conv(inputs)))
 
     model = Subclassed()

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_hmt
 from scipy.stats import mannwhitneyu
 
-from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.templates.members import INCLUDES, member_indices
+from heatmap_templates.present.report.collect import is_multi_label
 from heatmap_templates.store import open_heatmaps
-from heatmap_templates.templates.templates_file import read_templates
 from heatmap_templates.synth import ground_truth_localisation
+from heatmap_templates.templates.members import INCLUDES, member_indices
+from heatmap_templates.templates.templates_file import read_templates
 
 FINDINGS = ["bacteria", "covid", "virus"]
 
@@ -124,9 +125,9 @@ def test_multi_label_store_holds_every_finding_per_image(multi_label_phantom: di
     info = multi_label_phantom["result"].info
     assert info.head == "sigmoids" and info.class_names == FINDINGS
     reader = open_heatmaps(multi_label_phantom["store"])
-    assert reader.multi_label and reader.labels.shape == (len(reader), 3)
+    assert is_multi_label(reader) and reader.labels.shape == (len(reader), 3)
     truth = {str(sample.path): row for sample, row in zip(multi_label_phantom["dataset"].samples,
-                                                          multi_label_phantom["dataset"].finding_matrix())}
+                                                          multi_label_phantom["dataset"].finding_matrix(), strict=True)}
     np.testing.assert_array_equal(reader.labels, [truth[str(Path(path).resolve())] if str(Path(path).resolve()) in truth
                                                   else truth[path] for path in reader.paths])
     np.testing.assert_array_equal(reader.predicted, reader.probabilities >= 0.5)

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_hmt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,18 +1,25 @@
 """The training recipe's stabilisers by hand: schedules, weight averaging, batch-norm re-estimation, determinism."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from test_classifier import _write_toy_set
 
 from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.model.evaluation import evaluate
-from heatmap_templates.model.recipe import SCHEDULES, averaging_start, recalibrate_batch_norm, uses_early_stopping, weight_averager
+from heatmap_templates.model.recipe import (
+    SCHEDULES,
+    averaging_start,
+    recalibrate_batch_norm,
+    uses_early_stopping,
+    weight_averager,
+)
 from heatmap_templates.model.training import TrainConfig, train
-from test_classifier import _write_toy_set
 
 
 @pytest.mark.parametrize("name", SCHEDULES.names())
@@ -24,7 +31,7 @@ def test_schedule_starts_peaks_and_ends_where_it_says(name: str) -> None:
         return
     assert not uses_early_stopping(name)
     assert values[0] == pytest.approx(1e-4) and values[10] == pytest.approx(1e-3)  # warm-up from a tenth to the peak
-    assert all(a <= b for a, b in zip(values[:10], values[1:11])) and all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert all(a <= b for a, b in itertools.pairwise(values[:11])) and all(a >= b for a, b in itertools.pairwise(values[10:]))
     assert values[-1] == pytest.approx(1e-5, rel=0.2)  # the cosine ends near 1 % of the peak
 
 
@@ -69,7 +76,7 @@ def test_default_recipe_is_deterministic_and_averages_its_last_epochs(toy: Path)
     config = replace(TrainConfig(backbone="small", input_size=32, batch_size=8, val_fraction=0.25, test_fraction=0.25), epochs=4)
     dataset = load_dataset(toy)
     first, second = train(dataset, config), train(dataset, config)
-    assert all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), second.model.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True))
     phase = first.info.training["phases"][0]
     assert phase["schedule"] == "cosine" and phase["averaged_epochs"] == 1 and phase["batch_norm_recalibrated"]
     assert phase["epochs_run"] == 4 and not phase["stopped_early"] and first.info.training["augmented"]
@@ -78,7 +85,7 @@ def test_default_recipe_is_deterministic_and_averages_its_last_epochs(toy: Path)
     assert first.info.training["val_report"] == first.val_report and first.val_report["n"] == len(first.info.split["val"])
     plain = train(dataset, replace(config, average_last=0.0))
     assert not plain.info.training["phases"][0]["batch_norm_recalibrated"]
-    assert not all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), plain.model.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), plain.model.get_weights(), strict=True))
 
 
 def test_label_smoothing_moves_targets_towards_uniform_for_every_head() -> None:

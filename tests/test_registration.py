@@ -5,15 +5,14 @@ import cv2
 import numpy as np
 import pytest
 
-from heatmap_templates.templates import geometry, lungs, registration
-
 from heatmap_templates import synth
 from heatmap_templates.errors import HmtError
+from heatmap_templates.templates import geometry, lungs, registration
 from heatmap_templates.templates.registration import (
     ECC_FAILED,
     LUNGS_MISMATCH,
-    REGISTRATIONS,
     NO_LUNGS,
+    REGISTRATIONS,
     Alignment,
     Reference,
     Registrar,

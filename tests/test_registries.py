@@ -9,27 +9,27 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_hmt
 
-from heatmap_templates.model.backbones import BACKBONES
-from heatmap_templates.data.datasets import UNCERTAIN
-from heatmap_templates.data.decode import INTENSITIES
 from heatmap_templates.analysis.faithfulness import RANKINGS, REMOVALS
 from heatmap_templates.analysis.sanity import VARIANTS
-from heatmap_templates.model.recipe import SCHEDULES
+from heatmap_templates.analysis.similarity import SIMILARITIES, similarity_scores
+from heatmap_templates.data.datasets import UNCERTAIN
+from heatmap_templates.data.decode import INTENSITIES
+from heatmap_templates.data.preprocess import PREPROCESSING, affine_preprocessing, to_model_input
+from heatmap_templates.errors import HmtError, OptionError
 from heatmap_templates.explain.cam import CamEngine
 from heatmap_templates.explain.cam_methods import METHODS
-from heatmap_templates.errors import HmtError, OptionError
+from heatmap_templates.explain.scores import SCORES
+from heatmap_templates.model.backbones import BACKBONES
 from heatmap_templates.model.heads import HEADS, detect_head, probabilities_of
+from heatmap_templates.model.recipe import SCHEDULES
+from heatmap_templates.registry import Registry
+from heatmap_templates.synth import LESIONS, SHORTCUTS, render_phantom
 from heatmap_templates.templates.members import INCLUDES
 from heatmap_templates.templates.normalisation import NORMALISATIONS, normalise
-from heatmap_templates.data.preprocess import PREPROCESSING, affine_preprocessing, to_model_input
 from heatmap_templates.templates.registration import REGISTRATIONS, Reference, Registrar, fallback_chain
-from heatmap_templates.registry import Registry
-from heatmap_templates.explain.scores import SCORES
-from heatmap_templates.analysis.similarity import SIMILARITIES, similarity_scores
 from heatmap_templates.templates.statistics import STATISTICS, StatisticsConfig
-from heatmap_templates.synth import LESIONS, SHORTCUTS, render_phantom
-from cli_helpers import assert_user_error, run_hmt
 
 REGISTRIES = [BACKBONES, METHODS, HEADS, INCLUDES, NORMALISATIONS, PREPROCESSING, REGISTRATIONS, SCORES, SIMILARITIES,
               STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES, SHORTCUTS, REMOVALS, RANKINGS, VARIANTS]
@@ -198,7 +198,7 @@ def test_head_kind_is_read_from_the_output_layer_and_gives_class_probabilities(h
 @pytest.mark.parametrize("head", HEADS.names())
 def test_every_score_explains_every_class_of_every_head(score: str, head: str) -> None:
     model = _model_with_head(head)
-    refusal = dict(SCORES[score].refuses).get(head)
+    refusal = SCORES[score].refuses_multi_label if HEADS[head].multi_label else None
     if refusal is not None:
         with pytest.raises(HmtError, match="needs exclusive classes"):
             CamEngine(model, "conv", "gradcam", score)

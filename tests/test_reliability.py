@@ -17,18 +17,19 @@ import sys
 import zipfile
 from pathlib import Path
 
+import bad_inputs
 import cv2
 import h5py  # only to craft damaged files and to read every dataset back
 import numpy as np
 import pytest
-
-import bad_inputs
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.model import backbones, model_file, layers as model_layers
+
 from heatmap_templates import synth
-from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.errors import display_path
 from heatmap_templates.explain.heatmaps import extract_heatmaps
+from heatmap_templates.model import backbones, model_file
+from heatmap_templates.model import layers as model_layers
+from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.templates.templates_file import read_templates
 
@@ -396,7 +397,7 @@ def test_hostile_strings_in_csv_and_hdf5_round_trip_as_plain_text(tmp_path: Path
     phantoms = sorted((world["data"] / "covid").iterdir()) + sorted((world["data"] / "normal").iterdir())
     rows = ["path,label"]
     names = [f"{index}_{HOSTILE[index % len(HOSTILE)]}.png" for index in range(len(phantoms))]
-    for index, (file_name, source) in enumerate(zip(names, phantoms)):
+    for index, (file_name, source) in enumerate(zip(names, phantoms, strict=True)):
         shutil.copy(source, folder / file_name)
         label = hostile_class if index < 4 else "normal"
         rows.append('"' + file_name.replace('"', '""') + '","' + label.replace('"', '""') + '"')

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_helpers import assert_user_error, run_hmt
+
 from heatmap_templates.present.report import write_report
 from heatmap_templates.present.report.collect import ROW_COLUMNS
 from heatmap_templates.present.report.thumbnails import overlay_rgb, scaled
@@ -102,11 +102,11 @@ def test_rows_equal_what_compare_reports_for_the_same_images(report: dict) -> No
     data = json.loads(page.rows_json)
     assert data["columns"] == list(ROW_COLUMNS)
     reader = open_heatmaps(report["store"])
-    rows = [dict(zip(data["columns"], row)) for row in data["rows"]]
+    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
     assert [row["path"] for row in rows] == reader.paths
     run = Comparer(report["templates"], model=report["model"]).compare(reader.paths)
     assert len(run.results) == len(rows)
-    for row, result in zip(rows, run.results):
+    for row, result in zip(rows, run.results, strict=True):
         assert row["predicted"] == result.predicted
         assert row["probability"] == pytest.approx(result.probabilities[result.predicted], abs=1e-3)
         assert row["best_template"] == result.best_match
@@ -149,8 +149,8 @@ def test_csv_holds_the_table_rows(report: dict) -> None:
     with open(report["out"] / "images.csv", newline="", encoding="utf-8") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(data["rows"])
-    for line, row in zip(table, data["rows"]):
-        values = dict(zip(data["columns"], row))
+    for line, row in zip(table, data["rows"], strict=True):
+        values = dict(zip(data["columns"], row, strict=True))
         assert line["path"] == values["path"] and line["predicted"] == values["predicted"]
         assert float(line["probability"]) == pytest.approx(values["probability"])
 
@@ -159,7 +159,7 @@ def test_galleries_sort_members_by_leave_one_out_correlation(report: dict) -> No
     page = parse(report["out"] / "index.html")
     template = read_templates(report["templates"]).templates["covid"]
     reader = open_heatmaps(report["store"])
-    by_path = {m.path: float(v) for m, v in zip(template.members, template.loo_correlations)}
+    by_path = {m.path: float(v) for m, v in zip(template.members, template.loo_correlations, strict=True)}
     shown = [reader.paths[int(image["data-thumb"].split("-")[0])] for image in page.gallery_images]
     typical, atypical = shown[:6], shown[6:12]
     assert [by_path[p] for p in typical] == sorted(by_path.values(), reverse=True)[:6]
@@ -180,7 +180,7 @@ def test_a_new_report_replaces_the_old_only_when_complete(report: dict, tmp_path
     before = (out / "index.html").read_bytes()
     import heatmap_templates.present.report as report_module
 
-    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(report_module.html, "page", fail)
@@ -192,7 +192,7 @@ def test_a_new_report_replaces_the_old_only_when_complete(report: dict, tmp_path
 
 def test_report_is_deterministic(report: dict, tmp_path: Path) -> None:
     first = write_report(report["templates"], tmp_path / "a", heatmaps=report["store"], gallery_size=2)
-    second = write_report(report["templates"], tmp_path / "b", heatmaps=report["store"], gallery_size=2)
+    write_report(report["templates"], tmp_path / "b", heatmaps=report["store"], gallery_size=2)
     for path in first.files:
         relative = path.relative_to(tmp_path / "a")
         if relative.name != "report.json":
@@ -238,7 +238,7 @@ def test_binary_and_multi_label_reports(binary_phantom: dict, multi_label_phanto
         assert len(rows) == len(reader)
         if name == "multi":
             label = ROW_COLUMNS.index("label")
-            expected = [", ".join(n for n, v in zip(reader.class_names, values) if v == 1) for values in reader.labels]
+            expected = [", ".join(n for n, v in zip(reader.class_names, values, strict=True) if v == 1) for values in reader.labels]
             assert [row[label] for row in rows] == expected
             assert any(key.endswith("-auc") for key in page.keyed)
         else:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_hmt
 
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.store import HEATMAPS, TEMPLATES, file_kind, open_heatmaps
 from heatmap_templates.templates.templates_file import load_accumulator, read_templates
-from cli_helpers import run_hmt
 
 DATA = Path(__file__).resolve().parent / "data"
 HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}

@@ -17,11 +17,11 @@ from typer.testing import CliRunner, Result
 
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.store import TEMPLATES, HeatmapBatch, HeatmapWriter, open_heatmaps
-from heatmap_templates.templates.templates_file import load_accumulator, read_templates, save_templates
-from hmt_cli.inspect import describe
+from heatmap_templates.templates.accumulator import LOO_EXACT, LOO_MERGED, ClassAccumulator, Member
 from heatmap_templates.templates.build import merge_template_files
 from heatmap_templates.templates.members import member_indices
-from heatmap_templates.templates.accumulator import LOO_EXACT, LOO_MERGED, ClassAccumulator, Member
+from heatmap_templates.templates.templates_file import load_accumulator, read_templates, save_templates
+from hmt_cli.inspect import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (16, 12)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_hmt
 from sklearn.metrics import adjusted_rand_score
 
-from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.templates.build import BuildConfig, build_templates
-from heatmap_templates.store import TEMPLATES
-from heatmap_templates.templates.templates_file import read_strategies, read_templates
 from heatmap_templates.analysis.strategies import StrategySettings, closest_strategy, eigengap_k, find_strategies
 from heatmap_templates.analysis.strategy_search import add_strategies
+from heatmap_templates.store import TEMPLATES
 from heatmap_templates.synth import read_shortcuts
+from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.templates.templates_file import read_strategies, read_templates
 
 SIDE = 48
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_classifier import _write_toy_set
 
 from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.data.disk_arrays import DiskArray
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.model.training import TrainConfig, train
-from test_classifier import _write_toy_set
 
 
 def test_disk_array_reads_what_was_appended_by_slice_index_and_order(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_streamed_training_equals_training_in_memory(toy: Path, tmp_path: Path, 
     assert streamed.info.training["cached_features"] == (backbone == "vgg16")
     assert streamed.info.split == in_memory.info.split
     assert streamed.test_report == in_memory.test_report
-    for streamed_weights, memory_weights in zip(streamed.model.get_weights(), in_memory.model.get_weights()):
+    for streamed_weights, memory_weights in zip(streamed.model.get_weights(), in_memory.model.get_weights(), strict=True):
         np.testing.assert_array_equal(streamed_weights, memory_weights)
     assert not any(tmp_path.iterdir())  # the disk cache is removed
 

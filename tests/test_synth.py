@@ -13,22 +13,22 @@ import pytest
 
 from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.errors import HmtError
-from hmt_cli.main import run
 from heatmap_templates.synth import (
     CLASSES,
+    SHORTCUTS,
     canonical_lesion_probability,
     canonical_lung_mask,
+    carries_shortcut,
     phantom_seed,
     pose_matrix,
     read_poses,
-    render_phantom,
-    SHORTCUTS,
-    carries_shortcut,
     read_shortcuts,
+    render_phantom,
     shortcut_mask,
     synthesize_dataset,
     synthesize_multi_label,
 )
+from hmt_cli.main import run
 
 SIZE = 64
 LESION_CLASSES = ("bacteria", "covid", "virus")
@@ -351,8 +351,8 @@ def test_cli_pose_spread(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypa
 
 def _templates_file(path: Path, maps: dict[str, np.ndarray]) -> Path:
     """A templates file whose class templates are built from copies of the given maps."""
-    from heatmap_templates.templates.templates_file import save_templates
     from heatmap_templates.templates.accumulator import ClassAccumulator, Member
+    from heatmap_templates.templates.templates_file import save_templates
 
     shape = next(iter(maps.values())).shape
     settings = {"model_sha256": "cd" * 32, "class_names": list(CLASSES), "layer": "block4_relu", "cam_method": "gradcam",
@@ -407,10 +407,10 @@ def test_multi_label_set_plants_each_finding_independently_with_its_mask(tmp_pat
     assert dataset.multi_label and len(dataset.samples) == 40
     matrix = dataset.finding_matrix()
     assert matrix.shape == (40, 3)
-    assert {name: int(column.sum()) for name, column in zip(findings, matrix.T)} == summary.counts
+    assert {name: int(column.sum()) for name, column in zip(findings, matrix.T, strict=True)} == summary.counts
     assert (matrix.sum(axis=1) >= 2).any() and (matrix.sum(axis=1) == 0).any()  # co-occurring and empty images
-    for sample, row in zip(dataset.samples, matrix):
-        for name, present in zip(findings, row):
+    for sample, row in zip(dataset.samples, matrix, strict=True):
+        for name, present in zip(findings, row, strict=True):
             mask_path = tmp_path / "ml" / "ground_truth" / "masks" / name / Path(sample.path).name
             assert mask_path.exists() == bool(present)
             if present:

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_helpers import assert_user_error, run_hmt
-from heatmap_templates.analysis.faithfulness import REMOVALS, ImageCase, deletion_test, noisy_linear_imputation, top_mask
-from heatmap_templates.files import file_sha256
-from heatmap_templates.analysis.sanity import randomisation_steps, reinitialise, template_similarity
-from heatmap_templates.templates.templates_file import read_checks
 
+from heatmap_templates.analysis.faithfulness import (
+    REMOVALS,
+    ImageCase,
+    deletion_test,
+    noisy_linear_imputation,
+    top_mask,
+)
+from heatmap_templates.analysis.sanity import randomisation_steps, reinitialise, template_similarity
+from heatmap_templates.files import file_sha256
+from heatmap_templates.templates.templates_file import read_checks
 
 # --------------------------------------------------------------------------- removal
 
@@ -97,8 +102,8 @@ def test_deletion_of_what_the_model_uses_hurts_and_of_nothing_changes_nothing() 
 
 
 def test_steps_run_from_the_head_down_and_reinitialise_only_their_layers(shortcut_phantom: dict) -> None:
-    from heatmap_templates.model.model_file import load_model
     from heatmap_templates.analysis.sanity import model_copy
+    from heatmap_templates.model.model_file import load_model
 
     model, _ = load_model(shortcut_phantom["model"])
     steps = randomisation_steps(model)
@@ -107,9 +112,9 @@ def test_steps_run_from_the_head_down_and_reinitialise_only_their_layers(shortcu
     before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in copy.layers}
     reinitialise([copy.get_layer(layer.name) for layer in steps[2].layers], seed=0)
     for layer in copy.layers:
-        changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights(), strict=True))
         assert changed == (layer.name in {l.name for l in steps[2].layers} and bool(layer.weights)), layer.name
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), [w for name in before for w in before[name]]))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), [w for name in before for w in before[name]], strict=True))
     assert len(randomisation_steps(model, max_steps=3)) == 3
 
 
@@ -169,7 +174,7 @@ def test_kept_sanity_templates_are_the_ones_compared(shortcut_phantom: dict) -> 
     result = run_sanity(shortcut_phantom["templates"], shortcut_phantom["store"], sample=4, keep_templates=True)
     kept = result.templates["covid"]
     assert len(kept) == len(result.steps) + 1
-    for entry, randomised in zip(result.similarity["covid"], kept[1:]):
+    for entry, randomised in zip(result.similarity["covid"], kept[1:], strict=True):
         assert template_similarity(kept[0], randomised) == {key: entry[key] for key in entry if key != "step"}
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_hmt
+from test_reliability import save_tiny_model, write_phantom_set
 
 from heatmap_templates import files
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import fault_reason
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.templates.templates_file import read_templates
-from cli_helpers import assert_user_error, run_hmt
-from test_reliability import save_tiny_model, write_phantom_set
 
 TEMPORARY = ".tmp-"
 _real_fsync = files.fsync_path
@@ -36,8 +36,8 @@ _real_fsync = files.fsync_path
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A phantom set, a tiny model, its heatmap store and a templates file, made once."""
-    from heatmap_templates.templates.build import BuildConfig, build_templates
     from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     root = tmp_path_factory.mktemp("faults")
     data = write_phantom_set(root / "data", 6)
@@ -188,7 +188,7 @@ def test_output_folder_removed_mid_run_stops_with_one_line(setup: dict[str, Path
     out = tmp_path / "run" / "h.h5"
     append = HeatmapWriter.append
 
-    def append_then_remove_the_folder(self, batch) -> None:  # noqa: ANN001
+    def append_then_remove_the_folder(self, batch) -> None:
         append(self, batch)
         shutil.rmtree(out.parent)
 
@@ -271,7 +271,7 @@ def test_model_file_write_failure_leaves_the_previous_model_loadable(setup: dict
     shutil.copy(setup["model"], path)
     model, info = load_model(path)
 
-    def full_disk(self, *args, **kwargs) -> None:  # noqa: ANN001
+    def full_disk(self, *args, **kwargs) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "save", full_disk)

@@ -43,8 +43,8 @@ def main() -> None:
 
     from dask.distributed import Client
 
-    from heatmap_templates.templates.build import build_templates
     from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.templates.build import build_templates
 
     cluster = slurm_cluster(queue=args.queue, jobs=args.jobs)
     cluster.scale(jobs=args.jobs)

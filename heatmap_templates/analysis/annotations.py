@@ -53,7 +53,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.height, image.width
-    except Exception:  # noqa: BLE001 (DICOM and other formats: decode it)
+    except Exception:
         from heatmap_templates.data.decode import decode_image
 
         return tuple(decode_image(path).pixels.shape)  # type: ignore[return-value]
@@ -130,7 +130,7 @@ def summarise(scores: Sequence[dict]) -> dict:
     return summary
 
 
-def template_localisation(template, annotations: Annotations, registrar, image_shape: tuple[int, int]) -> dict:  # noqa: ANN001
+def template_localisation(template, annotations: Annotations, registrar, image_shape: tuple[int, int]) -> dict:
     """A template against the annotation-probability map of its annotated members (moved into the template's frame by
     the registration kept in the file); scores and the number of members it averages."""
     from heatmap_templates.templates.prepare import member_alignment

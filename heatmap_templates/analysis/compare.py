@@ -29,13 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
-from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path, problems_json
-from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE
-from heatmap_templates.model.heads import HEADS, predicted_classes
-from heatmap_templates.numeric.metrics import lung_field_energy, roc_auc
-from heatmap_templates.model.objectives import Objective
-from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.analysis.scoring import (
     ATYPICAL_MEASURE,
     DEFAULT_ATYPICAL_PERCENTILE,
@@ -43,6 +36,13 @@ from heatmap_templates.analysis.scoring import (
     TemplateScorer,
 )
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
+from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path, problems_json
+from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE
+from heatmap_templates.model.heads import HEADS, predicted_classes
+from heatmap_templates.model.objectives import Objective
+from heatmap_templates.numeric.metrics import lung_field_energy, roc_auc
+from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.templates.templates_file import TemplateFile
 
 
@@ -111,8 +111,8 @@ class Comparer(TemplateScorer):
                  threshold: float | None = None, unsafe_load: bool = False) -> None:
         from heatmap_templates.explain.cam import DEFAULT_METHOD, CamEngine
         from heatmap_templates.explain.heatmaps import model_sha256
-        from heatmap_templates.model.model_file import load_model
         from heatmap_templates.explain.scores import DEFAULT_SCORE
+        from heatmap_templates.model.model_file import load_model
 
         super().__init__(templates, similarity=similarity, atypical_percentile=atypical_percentile)
         settings = self.file.settings
@@ -251,10 +251,10 @@ def template_match_report(true_labels: Sequence[str | set[str]], best_matches: S
     truths = [set(truth) if isinstance(truth, (set, frozenset)) else {truth} for truth in true_labels]
     per_class: dict[str, dict] = {}
     for name in template_classes:
-        matches = [best in truth for truth, best in zip(truths, best_matches) if name in truth]
+        matches = [best in truth for truth, best in zip(truths, best_matches, strict=True) if name in truth]
         per_class[name] = {"n": len(matches), "correct": int(sum(matches)),
                            "accuracy": float(np.mean(matches)) if matches else None}
-    scored = [best in truth for truth, best in zip(truths, best_matches) if truth & set(template_classes)]
+    scored = [best in truth for truth, best in zip(truths, best_matches, strict=True) if truth & set(template_classes)]
     hits, total = int(sum(scored)), len(scored)
     return {"n": total, "correct": hits, "accuracy": hits / total if total else None, "per_class": per_class}
 
@@ -344,12 +344,12 @@ def evaluate_templates(
     if not results:
         raise HmtError(f"{display_path(data)}: no image could be scored")
     labels = objective.labels([samples[r.position] for r in results])
-    truths = [{name for name, value in zip(comparer.class_names, row) if value == 1} if objective.multi_label
+    truths = [{name for name, value in zip(comparer.class_names, row, strict=True) if value == 1} if objective.multi_label
               else comparer.class_names[int(row)] for row in labels]
     probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
-    scored = [(r, truth) for r, truth in zip(results, truths) if r.predicted_similarity is not None]
+    scored = [(r, truth) for r, truth in zip(results, truths, strict=True) if r.predicted_similarity is not None]
     energy_by_class = {
-        name: _summary([r.lung_field_energy for r, truth in zip(results, truths)
+        name: _summary([r.lung_field_energy for r, truth in zip(results, truths, strict=True)
                         if name in ({truth} if isinstance(truth, str) else truth) and r.lung_field_energy is not None])
         for name in comparer.class_names
     }
@@ -396,7 +396,7 @@ def evaluate_templates(
     )
 
 
-def _image_localisation(comparer: Comparer, result: ImageComparison, sample, annotations) -> list[dict]:  # noqa: ANN001
+def _image_localisation(comparer: Comparer, result: ImageComparison, sample, annotations) -> list[dict]:
     """Localisation of a correctly classified image's map for its class against its annotation, in the reference
     frame (the annotation moved with the image's registration); empty when it is not scored."""
     from heatmap_templates.numeric.metrics import localisation_scores

@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.templates.geometry import RegistrationError
 from heatmap_templates.model.heads import HEADS, predicted_classes
-from heatmap_templates.templates.lungs import segment_lungs
-from heatmap_templates.registry import Registry
 from heatmap_templates.numeric.resample import upsample_maps
+from heatmap_templates.registry import Registry
+from heatmap_templates.templates.geometry import RegistrationError
+from heatmap_templates.templates.lungs import segment_lungs
 
 DEFAULT_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 DEFAULT_REMOVAL = "road"
@@ -235,14 +235,14 @@ def heatmap_at_image_size(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return upsample_maps(raw, shape)
 
 
-def run_deletion(comparer, paths: Sequence[str], labels: np.ndarray, *, sample: int = DEFAULT_SAMPLE,  # noqa: ANN001 (Comparer)
+def run_deletion(comparer, paths: Sequence[str], labels: np.ndarray, *, sample: int = DEFAULT_SAMPLE,
                  removal: str = DEFAULT_REMOVAL, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
-                 batch_size: int = 32, progress=None) -> DeletionResult:  # noqa: ANN001 (Progress)
+                 batch_size: int = 32, progress=None) -> DeletionResult:
     """The deletion test on an evenly spaced sample of ``sample`` images of a labelled set (``labels``: class index
     per image, -1 unknown), with the comparer's model, CAM engine, registration and templates."""
+    from heatmap_templates.data.preprocess import to_model_input
     from heatmap_templates.errors import SkipLog
     from heatmap_templates.explain.heatmaps import iter_model_batches
-    from heatmap_templates.data.preprocess import to_model_input
     from heatmap_templates.progress import NullProgress
 
     if sample < 1:

@@ -50,7 +50,7 @@ def _has_weights(layer: object) -> bool:
     return bool(getattr(layer, "weights", None)) and not hasattr(layer, "layers")
 
 
-def randomisation_steps(model, max_steps: int = MAX_STEPS) -> list[Step]:  # noqa: ANN001 (keras.Model)
+def randomisation_steps(model, max_steps: int = MAX_STEPS) -> list[Step]:
     """Steps from the output downwards: each layer with weights outside the convolutional blocks (the head) its own
     step, then the blocks (``block5_*``, ``conv5_block3_*``; of the nested base of a transfer-learning model or of a
     flat model), then any other layers with weights (a stem); neighbours are merged into at most ``max_steps``."""
@@ -84,7 +84,7 @@ def reinitialise(layers: Sequence, seed: int) -> None:
     import keras
 
     rng = np.random.default_rng(seed)
-    for position, layer in enumerate(layers):
+    for layer in layers:
         config = layer.get_config()
         for weight in layer.weights:
             name = weight.path.split("/")[-1]
@@ -103,7 +103,7 @@ def reinitialise(layers: Sequence, seed: int) -> None:
             weight.assign(values)
 
 
-def model_copy(model):  # noqa: ANN001, ANN201 (keras.Model -> keras.Model)
+def model_copy(model):
     """A copy with its own weights (same layer names), so randomising it leaves the model in memory and on disk as is."""
     import keras
 
@@ -160,28 +160,28 @@ def flag(result: SanityResult) -> list[str]:
     return flagged
 
 
-def _sample_members(template, size: int) -> list:  # noqa: ANN001 (ClassTemplate)
+def _sample_members(template, size: int) -> list:
     """An evenly spaced, deterministic sample of a template's members."""
     positions = np.unique(np.linspace(0, template.count - 1, min(size, template.count)).astype(np.int64))
     return [template.members[i] for i in positions]
 
 
-def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[str] | None = None,  # noqa: ANN001 (paths)
-               sample: int = DEFAULT_SAMPLE, variant: str = "cascading", seed: int = 0, shuffled_model=None,  # noqa: ANN001
+def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[str] | None = None,
+               sample: int = DEFAULT_SAMPLE, variant: str = "cascading", seed: int = 0, shuffled_model=None,
                batch_size: int = 32, unsafe_load: bool = False, keep_templates: bool = False,
-               progress=None) -> SanityResult:  # noqa: ANN001 (Progress)
+               progress=None) -> SanityResult:
     """The randomisation check of a templates file's classes (see the module docstring). ``keep_templates`` keeps each
     class's sample template before and after each step in ``result.templates`` (for baselines and custom figures)."""
     from pathlib import Path
 
+    from heatmap_templates.analysis.strategy_search import members_store
+    from heatmap_templates.data.preprocess import to_model_input
     from heatmap_templates.explain.cam import CamEngine
     from heatmap_templates.explain.heatmaps import model_sha256
     from heatmap_templates.model.model_file import load_model
-    from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for
-    from heatmap_templates.data.preprocess import to_model_input
     from heatmap_templates.progress import NullProgress
+    from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for
     from heatmap_templates.templates.templates_file import read_templates
-    from heatmap_templates.analysis.strategy_search import members_store
 
     cascading = VARIANTS[variant]
     if sample < 2:
@@ -227,10 +227,10 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
             out[name] = prepare_maps(None, raw[part, k], registrar, settings["normalisation"], alignments=alignments[part]).maps.mean(axis=0)
         return out
 
-    def maps_of(engine) -> np.ndarray:  # noqa: ANN001 (CamEngine)
+    def maps_of(engine) -> np.ndarray:
         return np.concatenate([engine.all_classes(inputs[i:i + batch_size]).raw for i in range(0, len(inputs), batch_size)])
 
-    def engine_for(network, layer: str):  # noqa: ANN001, ANN202
+    def engine_for(network, layer: str):
         return CamEngine(network, layer=layer, method=settings["cam_method"], score=settings["score"], head=info.head,
                          threshold=settings.get("threshold", 0.5))
 
@@ -265,7 +265,7 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     return result
 
 
-def _same_layer(network, layer):  # noqa: ANN001, ANN202
+def _same_layer(network, layer):
     """The layer of a model copy that corresponds to ``layer`` of the original (looked up inside nested bases)."""
     from heatmap_templates.model.layers import walk_layers
 

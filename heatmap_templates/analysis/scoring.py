@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
+from heatmap_templates.analysis.strategies import closest_strategy
 from heatmap_templates.errors import BadFileError, HmtError, display_path
 from heatmap_templates.model.heads import HEADS
 from heatmap_templates.numeric.metrics import lung_field_energy, percentile_rank
 from heatmap_templates.templates.normalisation import DEFAULT_NORMALISATION
 from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps, registrar_for
 from heatmap_templates.templates.registration import DEFAULT_REGISTRATION
-from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
 from heatmap_templates.templates.templates_file import TemplateFile, read_strategies, read_templates
-from heatmap_templates.analysis.strategies import closest_strategy
 
 DEFAULT_ATYPICAL_PERCENTILE = 5.0
 ATYPICAL_MEASURE = "pearson"  # the measure of the stored leave-one-out distribution
@@ -196,7 +196,7 @@ class TemplateScorer:
                 path=display_path(paths[int(position)]),
                 position=int(position),
                 predicted=predicted_name,
-                probabilities={name: float(p) for name, p in zip(self.class_names, probabilities[row])},
+                probabilities={name: float(p) for name, p in zip(self.class_names, probabilities[row], strict=True)},
                 similarities={name: float(scores[row, i]) for i, name in enumerate(self.template_classes)},
                 best_match=self.template_classes[int(np.argmax(scores[row]))] if self.template_classes else None,
                 predicted_similarity=None if t is None else float(scores[row, t]),
@@ -209,7 +209,7 @@ class TemplateScorer:
                 lung_field_energy=None if t is None else float(energies[row, t]),
                 maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted_name].astype(np.float32))
                 if keep_maps and t is not None else None,
-                predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row]) if on],
+                predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row], strict=True) if on],
                 registration_matrix=tuple(float(v) for v in np.ravel(alignments[row].matrix)),
                 strategy=int(nearest[predicted_name][0][row]) + 1 if predicted_name in nearest else None,
                 strategy_similarity=float(nearest[predicted_name][1][row]) if predicted_name in nearest else None,

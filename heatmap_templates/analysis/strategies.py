@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heatmap_templates.errors import HmtError
-from heatmap_templates.store.records import ClassStrategies, Strategy
-from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
-from heatmap_templates.templates.statistics import StatisticsConfig, MeanStd, Consistency
+from heatmap_templates.errors import HmtError
+from heatmap_templates.numeric.resample import downsample
+from heatmap_templates.store.records import ClassStrategies, Strategy
+from heatmap_templates.templates.statistics import Consistency, MeanStd, StatisticsConfig
 
 DEFAULT_MAX_K = 6
 DEFAULT_RESOLUTION = 32  # px of the maps that are clustered

@@ -8,18 +8,25 @@ prototype at full size; the result is added to the templates file atomically.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from heatmap_templates.analysis.strategies import (
+    MIN_STRATEGY_MEMBERS,
+    ClassStrategies,
+    StrategySettings,
+    add_prototypes,
+    cluster_members,
+)
 from heatmap_templates.errors import HmtError, display_path
-from heatmap_templates.templates.prepare import member_alignment, prepare_maps, prepared_member_maps, registrar_for
-from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.numeric.resample import downsample
+from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader, open_heatmaps
+from heatmap_templates.templates.accumulator import ClassAccumulator
+from heatmap_templates.templates.prepare import member_alignment, prepare_maps, prepared_member_maps, registrar_for
 from heatmap_templates.templates.templates_file import TemplateFile, read_templates, save_strategies
-from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, ClassStrategies, StrategySettings, add_prototypes, cluster_members
 
 
 def default_store(file: TemplateFile) -> Path:
@@ -78,12 +85,12 @@ def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.
                 progress.advance(len(positions))
             result = cluster_members(name, small, [member.path for member in template.members], settings, small_lungs)
 
-            def full_maps():  # noqa: ANN202 (iterator of (positions, maps))
+            def full_maps(template: ClassAccumulator, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 for positions, maps in prepared_member_maps(reader, template, registrar, normalisation, k, batch_size=batch_size):
                     progress.advance(len(positions))
                     yield positions, maps
 
-            results[name] = add_prototypes(result, full_maps(), registrar.reference.shape)
+            results[name] = add_prototypes(result, full_maps(template, k), registrar.reference.shape)
         finally:
             progress.finish()
     return results
@@ -123,5 +130,5 @@ def typical_members(templates_path: str | os.PathLike, result: ClassStrategies, 
         alignments = [member_alignment(template.members[i], image_shape) for i in chosen]
         prepared = prepare_maps(batch.images, batch.raw[:, k], registrar, data.settings["normalisation"],
                                 alignments=alignments if all(a is not None for a in alignments) else None)
-        shown[number] = list(zip(prepared.images, prepared.maps))
+        shown[number] = list(zip(prepared.images, prepared.maps, strict=True))
     return shown

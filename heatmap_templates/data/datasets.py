@@ -321,7 +321,7 @@ def _read_csv(manifest: Path) -> tuple[list[dict], dict[str, str], str]:
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise HmtError(f"{shown}: cannot read CSV manifest ({one_line(error)})") from None
     raw_names = reader.fieldnames or []
-    column = {name.strip().lower(): raw for name, raw in zip((name.strip().lower() for name in raw_names), raw_names)}
+    column = {name.strip().lower(): raw for name, raw in zip((name.strip().lower() for name in raw_names), raw_names, strict=True)}
     path_column = column.get("path", column.get("file"))
     if path_column is None:
         raise HmtError(f"{shown}: CSV manifest has no 'path' column (columns: {', '.join(column) or 'none'})")
@@ -356,7 +356,7 @@ def _load_multi_label_csv(manifest: Path, findings: list[str], uncertain: str, p
         if not _new_existing_file(file, row_number, first_row_of, log):
             continue
         split, patient = _split_and_patient(row, file, split_column, patient_column, patient_pattern, where)
-        stratum = next((name for name, value in zip(findings, values) if value == 1), NO_FINDING)
+        stratum = next((name for name, value in zip(findings, values, strict=True) if value == 1), NO_FINDING)
         samples.append(Sample(file, stratum, patient, split, values))
     if not samples:
         raise HmtError(f"{shown}: no usable rows in the CSV manifest")
@@ -447,7 +447,7 @@ def split_dataset(
         free = [keys[index] for index in rng.permutation(len(keys)) if keys[index] not in assignment]
         free.sort(key=lambda key: -len(groups[key]))  # stable: big groups first, ties in random order
         total = sum(len(groups[key]) for key in keys)
-        positive = [name for name, share in zip(SPLIT_NAMES, targets) if share > 0]
+        positive = [name for name, share in zip(SPLIT_NAMES, targets, strict=True) if share > 0]
         # Seed each empty positive-fraction split (smallest share first) with one of the smallest groups.
         for name in sorted(positive, key=lambda name: targets[SPLIT_NAMES.index(name)]):
             if counts[name] == 0 and len(free) > 1 and name != positive[0]:

@@ -288,7 +288,7 @@ def _significant_bits(data: bytes, kind: str) -> int | None:
                 warnings.simplefilter("ignore")
                 with Image.open(io.BytesIO(data)) as header:
                     value = header.tag_v2.get(281)  # MaxSampleValue
-        except Exception:  # noqa: BLE001 (an unreadable tag is an undeclared depth, not a bad file)
+        except Exception:
             return None
         if value is None:
             return None
@@ -421,7 +421,7 @@ def _decode_dicom(data: bytes, shown: str, max_pixels: int) -> DecodedImage:
     return DecodedImage(values.astype(np.float32), (rows or values.shape[0], columns or values.shape[1]), "dicom", bits_stored, spacing)
 
 
-def _apply_voi(modality: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 (pydicom Dataset)
+def _apply_voi(modality: np.ndarray, dataset) -> np.ndarray:
     """Map modality values to [0, 1]: window centre/width, else a VOI LUT, else the image's min-max."""
     values = modality.astype(np.float64)
     center, width = _first_value(dataset.get("WindowCenter")), _first_value(dataset.get("WindowWidth"))
@@ -443,7 +443,7 @@ def _apply_voi(modality: np.ndarray, dataset) -> np.ndarray:  # noqa: ANN001 (py
     return _minmax_unless_unit(values.astype(np.float32)).astype(np.float64) if values.size else values
 
 
-def _first_value(value) -> float | None:  # noqa: ANN001 (pydicom DS or MultiValue)
+def _first_value(value) -> float | None:
     if value is None:
         return None
     try:
@@ -455,7 +455,7 @@ def _first_value(value) -> float | None:  # noqa: ANN001 (pydicom DS or MultiVal
     return number if math.isfinite(number) else None
 
 
-def _dicom_pixel_spacing(dataset) -> tuple[float, float] | None:  # noqa: ANN001 (pydicom Dataset)
+def _dicom_pixel_spacing(dataset) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = dataset.get(keyword)
         if value is not None:

@@ -120,7 +120,7 @@ def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLo
     progress = progress or NullProgress()
     progress.start(len(samples), description)
 
-    def load(sample) -> np.ndarray | BadImageError:  # noqa: ANN001 (Sample)
+    def load(sample) -> np.ndarray | BadImageError:
         try:
             return load_model_image(sample.path, input_size, intensity=intensity)
         except BadImageError as error:
@@ -131,7 +131,7 @@ def load_images(samples: Sequence, input_size: tuple[int, int], skip_log: SkipLo
     kept: list = []
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            for sample, result in zip(samples, pool.map(load, samples)):
+            for sample, result in zip(samples, pool.map(load, samples), strict=True):
                 progress.advance(1)
                 if isinstance(result, BadImageError):
                     skip_log.add_error(result)

@@ -31,11 +31,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.errors import HmtError
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, check_threshold, detect_head
 from heatmap_templates.model.layers import default_cam_layer, output_layer, output_rank, resolve_layer
-from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 
 PREDICTED = "predicted"
 
@@ -158,7 +158,7 @@ class CamEngine:
         if output_rank(self._layer) != 4:
             raise HmtError(f"layer '{self.layer}' does not have a 4-D (N, h, w, C) output; pick a convolutional layer")
         self._output_layer = output_layer(model)
-        self._captures_logits = self.head != "linear"  # a linear head's outputs are its logits
+        self._captures_logits = not HEADS[self.head].outputs_are_logits
         self.num_classes = HEADS[self.head].class_count(int(model.outputs[0].shape[-1]))
         self._scorecam_chunk = scorecam_chunk
         self.trace_count = 0

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from heatmap_templates.registry import Registry
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 DEFAULT_METHOD = "gradcam"
 _SPATIAL = (1, 2)

@@ -24,17 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD
 from heatmap_templates.data.datasets import Dataset
 from heatmap_templates.data.decode import DEFAULT_INTENSITY, DEFAULT_MAX_PIXELS, decode_image
-from heatmap_templates.errors import BadFileError, BadImageError, HmtError, Problem, SkipLog, display_path, problems_json
-from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, load_dataset_for
-from heatmap_templates.executors import Executor, LocalExecutor, executor_for
-from heatmap_templates.files import file_sha256
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD, predicted_classes
 from heatmap_templates.data.preprocess import load_model_image, to_model_input
-from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.errors import (
+    BadFileError,
+    BadImageError,
+    HmtError,
+    Problem,
+    SkipLog,
+    display_path,
+    problems_json,
+)
+from heatmap_templates.executors import Executor, LocalExecutor, executor_for
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD
 from heatmap_templates.explain.scores import DEFAULT_SCORE
+from heatmap_templates.files import file_sha256
+from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, load_dataset_for
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, predicted_classes
+from heatmap_templates.progress import NullProgress, Progress
 
 DEFAULT_STORE = Path("templates_out/heatmaps.h5")
 
@@ -154,7 +162,7 @@ def default_store_path(model_path: str | os.PathLike, method: str, score: str, f
     return Path(folder) / f"heatmaps_{model_sha256(model_path)[:12]}_{method}_{score}.h5"
 
 
-def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:  # noqa: ANN001 (ModelInfo, CamEngine)
+def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:
     """The settings that identify a heatmap store: a store made with other settings is refused.
 
     ``mixed_precision`` is not part of the identity that templates check (``store.HEATMAP_IDENTITY_KEYS``:
@@ -208,7 +216,7 @@ def _hash_samples(dataset: Dataset, skip_log: SkipLog) -> list[tuple[int, str]]:
     return hashed
 
 
-def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT_BATCH_SIZE,
             max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, progress: Progress | None = None,
             executor: Executor | None = None, job: ExtractJob | None = None) -> ExtractionSummary:
     """Classify every image of ``dataset`` with ``engine`` and append probabilities and all-class maps to ``writer``.
@@ -260,7 +268,7 @@ def extract(engine, info, dataset: Dataset, writer, *, batch_size: int = DEFAULT
                     raw=maps.raw.astype(np.float32),
                 ))
                 per_class.update(name for s in samples for name in
-                                 ([n for n, v in zip(dataset.class_names, s.findings) if v == 1] if dataset.multi_label else [s.label]))
+                                 ([n for n, v in zip(dataset.class_names, s.findings, strict=True) if v == 1] if dataset.multi_label else [s.label]))
                 known = labels >= 0 if labels.ndim == 1 else (labels >= 0).all(axis=1)  # every finding known
                 right = is_correct if is_correct.ndim == 1 else is_correct.all(axis=1)
                 correct += int((known & right).sum())
@@ -295,7 +303,7 @@ class ComputedMaps:
     raw: np.ndarray
 
 
-def _local_batches(engine, info, dataset: Dataset, todo: list[tuple[int, str]], batch_size: int,  # noqa: ANN001
+def _local_batches(engine, info, dataset: Dataset, todo: list[tuple[int, str]], batch_size: int,
                    skip_log: SkipLog, max_pixels: int) -> Iterator[tuple[np.ndarray, ComputedMaps, int]]:
     """(positions in ``todo``, maps, images attempted) per batch, computed in this process through tf.data."""
     batches = iter_model_batches(
@@ -316,7 +324,7 @@ def _cluster_batches(executor: Executor, job: ExtractJob, dataset: Dataset, todo
     """The same, computed on a cluster's workers in chunks of :data:`EXTRACT_CHUNK_IMAGES`, in order."""
     starts = list(range(0, len(todo), EXTRACT_CHUNK_IMAGES))
     chunks = [tuple(os.fspath(dataset.samples[i].path) for i, _ in todo[start:start + EXTRACT_CHUNK_IMAGES]) for start in starts]
-    for start, paths, handle in zip(starts, chunks, executor.map(extract_chunk, chunks, job)):
+    for start, paths, handle in zip(starts, chunks, executor.map(extract_chunk, chunks, job), strict=True):
         positions, maps, problems = executor.value(handle)
         for path, reason in problems:
             skip_log.add(path, reason)
@@ -397,11 +405,11 @@ def extract_chunk(paths: Sequence[str], job: ExtractJob) -> tuple[np.ndarray, Co
     return np.asarray(positions, dtype=np.int64), maps, problems
 
 
-def _labeller(info, dataset: Dataset):  # noqa: ANN001, ANN202 (ModelInfo) -> (samples -> labels)
+def _labeller(info, dataset: Dataset):
     """How images of ``dataset`` are labelled in the store for this model: class indices (N,) (-1: a class the
     model does not know), or for a multi-label model the findings (N, L) of a data set with the same findings
     (all -1, unknown, for any other data set)."""
-    if info.head == "sigmoids":
+    if HEADS[info.head].multi_label:
         same = dataset.multi_label and list(dataset.class_names) == list(info.class_names)
         width = len(info.class_names)
         return lambda samples: (np.array([s.findings for s in samples], dtype=np.int32).reshape(len(samples), width) if same

@@ -3,7 +3,7 @@
 A score maps one forward pass (the output layer's logits and the model's outputs, both
 (N, units)) and the model's head kind (:mod:`heatmap_templates.model.heads`) to one number per image
 and class, (N, K); the CAM engine differentiates it. A score may not make sense for every head
-kind (``refuses``): the engine refuses the pair when it is made, in one line. Adding a score is
+kind (``refuses_multi_label``): the engine refuses the pair when it is made, in one line. Adding a score is
 registering one :class:`Score` here. The score is recorded in every heatmap store and templates
 file; a resume or merge with another score is refused.
 """
@@ -21,33 +21,33 @@ DEFAULT_SCORE = "logit"
 
 @dataclass(frozen=True)
 class Score:
-    """``function(logits, outputs, head) -> (N, K)`` tensors; ``refuses`` maps a head kind to the reason it is refused."""
+    """``function(logits, outputs, head) -> (N, K)`` tensors; ``refuses_multi_label``: the reason this score does not
+    apply to a multi-label head (None: it applies to every head)."""
 
     function: Callable
-    refuses: tuple[tuple[str, str], ...] = ()
+    refuses_multi_label: str | None = None
 
-    def __call__(self, logits, outputs, head: str):  # noqa: ANN001, ANN204 (tf.Tensor)
+    def __call__(self, logits, outputs, head: str):
         return self.function(logits, outputs, head)
 
     def check(self, head: str) -> None:
         """HmtError when this score does not apply to models with this head kind."""
-        for refused, reason in self.refuses:
-            if head == refused:
-                raise HmtError(reason)
+        if self.refuses_multi_label is not None and HEADS[head].multi_label:
+            raise HmtError(self.refuses_multi_label)
 
 
 SCORES: Registry[Score] = Registry("score", parameter="score")
 
 
-def _logit(logits, outputs, head: str):  # noqa: ANN001, ANN202 (tf.Tensor)
+def _logit(logits, outputs, head: str):
     return HEADS[head].class_logits(logits)
 
 
-def _probability(logits, outputs, head: str):  # noqa: ANN001, ANN202
+def _probability(logits, outputs, head: str):
     return HEADS[head].probabilities(outputs)
 
 
-def _class_vs_rest(logits, outputs, head: str):  # noqa: ANN001, ANN202
+def _class_vs_rest(logits, outputs, head: str):
     """z_k - log sum_{j != k} exp(z_j): the evidence for class k against all the others (the log-odds of k under
     softmax). A one-output model's logit already is the positive class's evidence against the negative one."""
     import tensorflow as tf
@@ -63,7 +63,7 @@ def _class_vs_rest(logits, outputs, head: str):  # noqa: ANN001, ANN202
 
 SCORES.add("logit", Score(_logit), help="the class's logit, before softmax or sigmoid")
 SCORES.add("probability", Score(_probability), help="the class's probability")
-SCORES.add("class-vs-rest", Score(_class_vs_rest, refuses=(("sigmoids", "score 'class-vs-rest' needs exclusive classes; "
-                                                            "a multi-label (independent sigmoids) model's findings are not "
-                                                            "each other's rest: use logit or probability"),)),
+SCORES.add("class-vs-rest", Score(_class_vs_rest, refuses_multi_label="score 'class-vs-rest' needs exclusive classes; a "
+                                                   "multi-label (independent sigmoids) model's findings are not each "
+                                                   "other's rest: use logit or probability"),
            help="the class's logit minus the log-sum-exp of the others: evidence for it against all the rest")

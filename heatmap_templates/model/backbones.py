@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_templates.errors import BadFileError, HmtError, one_line
+from heatmap_templates.model.heads import EXCLUSIVE_HEAD, HEADS
 from heatmap_templates.registry import Registry
 
 
@@ -41,11 +42,6 @@ BACKBONES.add("xception", BackboneSpec("xception", "Xception", "tf", 299, 71, 3)
 BACKBONES.add("small", BackboneSpec("small", None, "unit", 128, 16, 1), help="compact CNN from scratch, CPU-friendly")
 SMALL_FILTERS = (16, 32, 64, 128)
 DEFAULT_BACKBONE = "vgg19"
-_HEAD_LAYERS = {  # head kind (heads.HEADS) -> (output units, activation) for K classes
-    "softmax": lambda classes: (classes, "softmax"),
-    "sigmoid": lambda classes: (1, "sigmoid"),
-    "sigmoids": lambda classes: (classes, "sigmoid"),
-}
 DEFAULT_WEIGHTS = "auto"  # imagenet, or none for backbones without ImageNet weights
 
 
@@ -78,7 +74,7 @@ def build_model(
     *,
     dense_units: int = 256,
     dropout: float = 0.5,
-    head: str = "softmax",
+    head: str = EXCLUSIVE_HEAD,
 ):
     """Build an untrained classifier: frozen base (nested) + new head, or the flat ``small`` CNN.
 
@@ -107,7 +103,11 @@ def build_model(
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    units, activation = _HEAD_LAYERS[head](num_classes)
+    kind = HEADS[head]
+    if not kind.trainable:
+        raise HmtError(f"hmt does not build a {head!r} head (it reads one); build one of "
+                       f"{', '.join(name for name, h in HEADS.items() if h.trainable)}")
+    units, activation = kind.output_layer(num_classes)
     outputs = keras.layers.Dense(units, activation=activation, name="predictions")(x)
     model = keras.Model(inputs, outputs, name=f"hmt_{backbone}")
     if spec.application is None and weights != "none":
@@ -144,7 +144,7 @@ def _application_base(spec: BackboneSpec, input_shape: tuple[int, int, int], wei
     if weights == "imagenet":
         try:
             return constructor(include_top=False, weights="imagenet", input_shape=input_shape, name=spec.name)
-        except Exception as error:  # noqa: BLE001 (Keras wraps every download failure in a bare Exception)
+        except Exception as error:
             raise HmtError(
                 f"could not download the ImageNet weights for {spec.name} (no network?): {one_line(error, 200)}; "
                 f"pass --weights PATH to a local {spec.name}_weights_tf_dim_ordering_tf_kernels_notop.h5 file, or --weights none"
@@ -161,5 +161,5 @@ def _load_weights_file(model, path: str) -> None:
         raise BadFileError(path, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
     try:
         model.load_weights(path)
-    except Exception as error:  # noqa: BLE001 (Keras raises ValueError, OSError, KeyError... for a wrong file)
+    except Exception as error:
         raise BadFileError(path, f"cannot load these weights into {model.name}: {one_line(error, 200)}") from None

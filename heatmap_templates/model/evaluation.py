@@ -15,13 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.data.datasets import DEFAULT_UNCERTAIN, SPLIT_NAMES, Dataset, dataset_fingerprint, load_dataset, relative_path
+from heatmap_templates.data.datasets import (
+    DEFAULT_UNCERTAIN,
+    SPLIT_NAMES,
+    Dataset,
+    dataset_fingerprint,
+    load_dataset,
+    relative_path,
+)
+from heatmap_templates.data.preprocess import load_images, to_model_input
 from heatmap_templates.errors import HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.files import write_text
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD, predicted_classes, probabilities_of
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, predicted_classes, probabilities_of
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.model.objectives import Objective
-from heatmap_templates.data.preprocess import load_images, to_model_input
 from heatmap_templates.progress import NullProgress, Progress
 
 DEFAULT_BATCH_SIZE = 32
@@ -57,7 +64,7 @@ def load_dataset_for(info: ModelInfo, source: str | os.PathLike, *, patient_rege
                      strict: bool = False) -> Dataset:
     """A data set labelled as the model's labels are: a multi-label model reads its findings' columns of a CSV
     manifest (with the uncertain-label policy it was trained with); any other model reads classes."""
-    if info.head == "sigmoids":
+    if HEADS[info.head].multi_label:
         return load_dataset(source, labels=info.class_names, uncertain=info.training.get("uncertain", DEFAULT_UNCERTAIN),
                             patient_regex=patient_regex, strict=strict)
     return load_dataset(source, patient_regex=patient_regex, strict=strict)
@@ -68,7 +75,7 @@ def model_input(images: np.ndarray, info: ModelInfo) -> np.ndarray:
     return to_model_input(images, info.channels, info.preprocessing)
 
 
-def predict_in_batches(model, images, info: ModelInfo, batch_size: int, progress: Progress | None,  # noqa: ANN001
+def predict_in_batches(model, images, info: ModelInfo, batch_size: int, progress: Progress | None,
                        description: str) -> Iterator[np.ndarray]:
     """``model.predict_on_batch`` over uint8 images (an array, or a DiskArray read batch by batch), one output per batch."""
     progress = progress or NullProgress()
@@ -82,7 +89,7 @@ def predict_in_batches(model, images, info: ModelInfo, batch_size: int, progress
         progress.finish()
 
 
-def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,
                           progress: Progress | None = None) -> np.ndarray:
     """Class probabilities (N, K) for in-memory uint8 images, through the model's head kind."""
     outputs = list(predict_in_batches(model, images, info, batch_size, progress, "classifying"))
@@ -97,7 +104,7 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_s
     return probabilities
 
 
-def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_SPLIT, batch_size: int = DEFAULT_BATCH_SIZE,  # noqa: ANN001
+def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_SPLIT, batch_size: int = DEFAULT_BATCH_SIZE,
              threshold: float = DEFAULT_THRESHOLD, strict: bool = False, progress: Progress | None = None) -> EvaluationResult:
     """Classification report of ``model`` on ``dataset`` (per finding for a multi-label model).
 
@@ -158,10 +165,10 @@ def write_predictions(result: EvaluationResult, class_names: list[str], path: st
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "predicted", *(f"p_{name}" for name in class_names)])
-    for image_path, label, decision, row in zip(result.paths, result.labels, result.predicted, result.probabilities):
+    for image_path, label, decision, row in zip(result.paths, result.labels, result.predicted, result.probabilities, strict=True):
         if np.ndim(label):
-            shown_label = ";".join(name for name, value in zip(class_names, label) if value == 1)
-            shown_decision = ";".join(name for name, value in zip(class_names, decision) if value)
+            shown_label = ";".join(name for name, value in zip(class_names, label, strict=True) if value == 1)
+            shown_decision = ";".join(name for name, value in zip(class_names, decision, strict=True) if value)
         else:
             shown_label, shown_decision = class_names[int(label)], class_names[int(decision)]
         writer.writerow([image_path, shown_label, shown_decision, *(repr(float(p)) for p in row)])

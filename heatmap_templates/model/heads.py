@@ -44,6 +44,20 @@ class Head:
     class_logits: Callable  # logits (N, units) -> (N, K)
     decide: Callable  # (probabilities (N, K), threshold) -> predicted classes (N,), or (N, K) bool for multi-label
 
+    @property
+    def outputs_are_logits(self) -> bool:
+        """The output layer has no activation: its outputs already are the logits (nothing to capture before it)."""
+        return self.activation == "linear"
+
+    @property
+    def trainable(self) -> bool:
+        """hmt builds and trains this head (its losses take probabilities); a logits head is only read."""
+        return not self.outputs_are_logits
+
+    def output_layer(self, classes: int) -> tuple[int, str]:
+        """(units, activation) of the output layer that gives ``classes`` classes with this head."""
+        return (1 if self.single_output else classes), self.activation
+
     def class_count(self, units: int) -> int:
         """Number of classes of an output with ``units`` units."""
         return 2 if self.single_output else units
@@ -56,40 +70,40 @@ class Head:
         return (units == 1) == self.single_output
 
 
-def _identity(values):  # noqa: ANN001, ANN202 (tf.Tensor)
+def _identity(values):
     return values
 
 
-def _most_probable(probabilities, threshold: float):  # noqa: ANN001, ANN202 (array or tensor)
+def _most_probable(probabilities, threshold: float):
     import keras
 
     return keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "int32")
 
 
-def _positive_above(probabilities, threshold: float):  # noqa: ANN001, ANN202
+def _positive_above(probabilities, threshold: float):
     import keras
 
     return keras.ops.cast(probabilities[:, 1] >= threshold, "int32")
 
 
-def _each_above(probabilities, threshold: float):  # noqa: ANN001, ANN202
+def _each_above(probabilities, threshold: float):
     return probabilities >= threshold
 
 
-def _softmax(values):  # noqa: ANN001, ANN202
+def _softmax(values):
     import tensorflow as tf
 
     return tf.nn.softmax(values)
 
 
-def _pair(values):  # noqa: ANN001, ANN202
+def _pair(values):
     """(N, 1) p -> (N, 2) (1 - p, p)."""
     import tensorflow as tf
 
     return tf.concat([1.0 - values, values], axis=-1)
 
 
-def _signed_pair(values):  # noqa: ANN001, ANN202
+def _signed_pair(values):
     """(N, 1) z -> (N, 2) (-z, z): the negative class's logit is the positive one's negation."""
     import tensorflow as tf
 
@@ -102,6 +116,9 @@ HEADS.add("linear", Head("linear", None, False, _softmax, _identity, _most_proba
 HEADS.add("sigmoid", Head("sigmoid", True, False, _pair, _signed_pair, _positive_above), help="one sigmoid output, two classes")
 HEADS.add("sigmoids", Head("sigmoid", False, True, _identity, _identity, _each_above), help="one sigmoid per finding, multi-label")
 DEFAULT_THRESHOLD = 0.5
+EXCLUSIVE_HEAD = "softmax"  # the head hmt trains for exclusive classes
+BINARY_HEAD = "sigmoid"  # ... for one class against the rest
+MULTI_LABEL_HEAD = "sigmoids"  # ... for independent findings
 
 
 def activation_name(layer: object) -> str:
@@ -126,7 +143,7 @@ def head_kind(activation: str, units: int) -> str:
                    f"(hmt reads {', '.join(HEADS.names())} heads)")
 
 
-def detect_head(model) -> str:  # noqa: ANN001 (keras.Model)
+def detect_head(model) -> str:
     """The head kind of a Keras classifier, from its output layer and output width."""
     from heatmap_templates.model.layers import output_layer
 

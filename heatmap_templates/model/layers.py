@@ -23,7 +23,7 @@ def _is_model(layer: object) -> bool:
     return isinstance(layer, keras.Model)
 
 
-def walk_layers(model, prefix: str = "") -> Iterator[tuple[str, object]]:  # noqa: ANN001 (keras.Model)
+def walk_layers(model, prefix: str = "") -> Iterator[tuple[str, object]]:
     """(path, layer) for every layer in model order; a nested model is yielded, then its own layers."""
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
@@ -32,7 +32,7 @@ def walk_layers(model, prefix: str = "") -> Iterator[tuple[str, object]]:  # noq
             yield from walk_layers(layer, prefix=f"{path}/")
 
 
-def find_layers(model, predicate: LayerPredicate) -> list[str]:  # noqa: ANN001
+def find_layers(model, predicate: LayerPredicate) -> list[str]:
     """Paths of the layers (nested ones included) for which ``predicate(layer)`` holds, in model order."""
     return [path for path, layer in walk_layers(model) if predicate(layer)]
 
@@ -59,13 +59,13 @@ def is_cam_candidate(layer: object) -> bool:
     return not _is_model(layer) and not isinstance(layer, skipped) and output_rank(layer) == 4
 
 
-def default_cam_layer(model) -> str | None:  # noqa: ANN001
+def default_cam_layer(model) -> str | None:
     """The last CAM candidate (e.g. ``vgg19/block5_conv4``), or None for a model without one."""
     candidates = find_layers(model, is_cam_candidate)
     return candidates[-1] if candidates else None
 
 
-def resolve_layer(model, name: str) -> tuple[str, object]:  # noqa: ANN001
+def resolve_layer(model, name: str) -> tuple[str, object]:
     """Find a layer by path ('vgg19/block5_conv4') or by a unique plain name inside nested models."""
     paths = [path for path, _ in walk_layers(model)]
     if name not in paths:
@@ -81,7 +81,7 @@ def resolve_layer(model, name: str) -> tuple[str, object]:  # noqa: ANN001
     return name, layer
 
 
-def output_layer(model) -> object:  # noqa: ANN001
+def output_layer(model) -> object:
     """The layer that produces the model's (single) output, looking inside nested models."""
     outputs = model.outputs
     if outputs is None or len(outputs) != 1:
@@ -90,13 +90,13 @@ def output_layer(model) -> object:  # noqa: ANN001
     return output_layer(layer) if _is_model(layer) else layer
 
 
-def find_base(model) -> object | None:  # noqa: ANN001
+def find_base(model) -> object | None:
     """The nested base model of a transfer-learning classifier, or None for flat models."""
     bases = [layer for layer in model.layers if _is_model(layer)]
     return bases[0] if len(bases) == 1 else None
 
 
-def conv_blocks(base) -> list[list]:  # noqa: ANN001
+def conv_blocks(base) -> list[list]:
     """The base's layers grouped into blocks by name (``block5_*``, ``conv5_block3_*``), in order."""
     blocks: dict[str, list] = {}
     for layer in base.layers:
@@ -106,7 +106,7 @@ def conv_blocks(base) -> list[list]:  # noqa: ANN001
     return list(blocks.values())
 
 
-def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:  # noqa: ANN001
+def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
     """Make the last ``n_blocks`` blocks of the nested base trainable (BatchNorm stays frozen); returns their layer names."""
     import keras
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from heatmap_templates._version import __version__
 from heatmap_templates.data.decode import DEFAULT_INTENSITY, INTENSITIES, LEGACY_INTENSITY
+from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.errors import BadFileError, HmtError, display_path, one_line
 from heatmap_templates.files import atomic_path
 from heatmap_templates.model.heads import HEADS, detect_head
 from heatmap_templates.model.layers import default_cam_layer
-from heatmap_templates.data.preprocess import PREPROCESSING
 
 INFO_MEMBER = "hmt_info.json"
 DEFAULT_USER_PREPROCESSING = "unit"
@@ -99,7 +99,7 @@ class ModelInfo:
         return info
 
 
-def json_ready(value):  # noqa: ANN001, ANN201 (any JSON-like value)
+def json_ready(value):
     """A JSON-ready copy with NaN and infinities replaced by None (JSON has no NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -110,7 +110,7 @@ def json_ready(value):  # noqa: ANN001, ANN201 (any JSON-like value)
     return value
 
 
-def _checked_head(model, info: ModelInfo, path: str | Path) -> str:  # noqa: ANN001 (keras.Model)
+def _checked_head(model, info: ModelInfo, path: str | Path) -> str:
     """The model's head kind, checked against the recorded one and against the class names."""
     try:
         head = detect_head(model)
@@ -124,7 +124,7 @@ def _checked_head(model, info: ModelInfo, path: str | Path) -> str:  # noqa: ANN
     return head
 
 
-def save_model(model, info: ModelInfo, path: str | os.PathLike) -> Path:  # noqa: ANN001
+def save_model(model, info: ModelInfo, path: str | os.PathLike) -> Path:
     """Write ``model`` with ``info`` as ``hmt_info.json`` inside the ``.keras`` archive, atomically.
 
     ``info.head`` is set from the model's output layer (a recorded head that disagrees is refused).
@@ -168,7 +168,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequence[str] | None = None,
-               preprocessing: str | None = None, intensity: str | None = None):  # noqa: ANN201 (keras.Model, ModelInfo)
+               preprocessing: str | None = None, intensity: str | None = None):
     """Load a model and its :class:`ModelInfo`: ``(keras.Model, ModelInfo)``.
 
     Keras safe mode is on unless ``unsafe`` (no code from Lambda layers runs). A model without hmt
@@ -187,7 +187,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
     info = read_model_info(path) if is_zip else None
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad file)
+    except Exception as error:
         text = str(error)
         if "safe_mode" in text or "unsafe" in text.lower():
             reason = "contains code (a Lambda layer or custom object) that safe mode will not run; pass --unsafe-load only if you trust the file"
@@ -217,7 +217,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
     return model, info
 
 
-def _info_for_user_model(model, path: Path, classes: list[str], preprocessing: str) -> ModelInfo:  # noqa: ANN001
+def _info_for_user_model(model, path: Path, classes: list[str], preprocessing: str) -> ModelInfo:
     """ModelInfo for a Keras classifier hmt did not train, inferred from its input shape."""
     PREPROCESSING.check(preprocessing)
     if len(classes) < 2:

@@ -19,7 +19,14 @@ import numpy as np
 
 from heatmap_templates.data.datasets import UNKNOWN, Dataset, Sample
 from heatmap_templates.errors import HmtError
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD, predicted_classes
+from heatmap_templates.model.heads import (
+    BINARY_HEAD,
+    DEFAULT_THRESHOLD,
+    EXCLUSIVE_HEAD,
+    HEADS,
+    MULTI_LABEL_HEAD,
+    predicted_classes,
+)
 from heatmap_templates.numeric.metrics import classification_report, multilabel_report
 
 
@@ -33,7 +40,12 @@ class Objective:
 
     @property
     def multi_label(self) -> bool:
-        return self.head == "sigmoids"
+        return HEADS[self.head].multi_label
+
+    @property
+    def single_output(self) -> bool:
+        """One sigmoid unit for two classes: its targets and loss are the positive class's alone."""
+        return bool(HEADS[self.head].single_output)
 
     def labels(self, samples: Sequence[Sample]) -> np.ndarray:
         """Class indices (N,) int64 (-1: a class the model does not know), or findings (N, L) int8."""
@@ -45,7 +57,7 @@ class Objective:
         """What the loss compares the outputs with: one-hot (N, K), positive (N, 1), or findings (N, L) with -1 kept."""
         if self.multi_label:
             return labels.astype(np.float32)
-        if self.head == "sigmoid":
+        if self.single_output:
             return (labels == 1).astype(np.float32)[:, None]
         return np.eye(len(self.class_names), dtype=np.float32)[labels]
 
@@ -64,7 +76,7 @@ class Objective:
             negatives = ((train_labels == 0) & known).sum(axis=0)
             weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
             return masked_binary_crossentropy(weights, label_smoothing), [masked_accuracy]
-        if self.head == "sigmoid":
+        if self.single_output:
             return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), ["accuracy"]
         return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), ["accuracy"]
 
@@ -94,7 +106,7 @@ def objective_for(dataset: Dataset, binary: str | None = None) -> Objective:
     if dataset.multi_label:
         if binary:
             raise HmtError("--binary trains one class against the rest of a class-labelled data set; this one is multi-label")
-        return Objective("sigmoids", list(dataset.class_names))
+        return Objective(MULTI_LABEL_HEAD, list(dataset.class_names))
     if binary:
         positive, _, negative = binary.partition(":")
         positive, negative = positive.strip(), (negative.strip() or f"not-{positive.strip()}")
@@ -102,8 +114,8 @@ def objective_for(dataset: Dataset, binary: str | None = None) -> Objective:
             raise HmtError(f"--binary {positive}: not a class of the data set ({', '.join(dataset.class_names)})")
         if negative == positive:
             raise HmtError(f"--binary: the negative class needs a name of its own, got {negative!r}")
-        return Objective("sigmoid", [negative, positive], [name for name in dataset.class_names if name != positive])
-    return Objective("softmax", list(dataset.class_names))
+        return Objective(BINARY_HEAD, [negative, positive], [name for name in dataset.class_names if name != positive])
+    return Objective(EXCLUSIVE_HEAD, list(dataset.class_names))
 
 
 def label_index(label: str, class_names: Sequence[str], negatives: Sequence[str] = ()) -> int:
@@ -121,14 +133,14 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {int(k): float(labels.size / (present.sum() * counts[k])) for k in range(num_classes) if present[k]}
 
 
-def masked_binary_crossentropy(positive_weights: np.ndarray, label_smoothing: float = 0.0):  # noqa: ANN201 (a Keras loss)
+def masked_binary_crossentropy(positive_weights: np.ndarray, label_smoothing: float = 0.0):
     """Binary cross-entropy per finding, positives weighted by ``positive_weights`` (L,), unknown targets (-1) left out;
     with ``label_smoothing`` s the targets are 1 - s/2 and s/2 (Keras's convention for two outcomes)."""
     import keras
 
     weights = keras.ops.convert_to_tensor(positive_weights, "float32")
 
-    def loss(y_true, y_pred):  # noqa: ANN001, ANN202
+    def loss(y_true, y_pred):
         known = keras.ops.cast(y_true >= 0, "float32")
         positive = keras.ops.cast(y_true > 0.5, "float32")
         probability = keras.ops.clip(keras.ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
@@ -140,7 +152,7 @@ def masked_binary_crossentropy(positive_weights: np.ndarray, label_smoothing: fl
     return loss
 
 
-def masked_accuracy(y_true, y_pred):  # noqa: ANN001, ANN201 (Keras metric)
+def masked_accuracy(y_true, y_pred):
     """Share of known findings decided right at 0.5."""
     import keras
 

@@ -55,7 +55,7 @@ def averaging_start(epochs: int, average_last: float) -> int | None:
     return max(0, epochs - max(1, math.ceil(average_last * epochs)))
 
 
-def weight_averager(start_epoch: int):  # noqa: ANN201 (keras.callbacks.Callback)
+def weight_averager(start_epoch: int):
     """A callback that keeps the running mean of the model's weights at the end of each epoch from ``start_epoch``
     and puts it into the model when training ends."""
     import keras
@@ -74,17 +74,17 @@ def weight_averager(start_epoch: int):  # noqa: ANN201 (keras.callbacks.Callback
             if self.mean is None:
                 self.mean = [np.array(w, dtype=np.float64) for w in weights]
             else:
-                for mean, value in zip(self.mean, weights):
+                for mean, value in zip(self.mean, weights, strict=True):
                     mean += (value - mean) / self.count
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if self.mean is not None:
-                self.model.set_weights([mean.astype(value.dtype) for mean, value in zip(self.mean, self.model.get_weights())])
+                self.model.set_weights([mean.astype(value.dtype) for mean, value in zip(self.mean, self.model.get_weights(), strict=True)])
 
     return WeightAverage()
 
 
-def recalibrate_batch_norm(model, batches) -> bool:  # noqa: ANN001 (keras.Model, iterable of input batches)
+def recalibrate_batch_norm(model, batches) -> bool:
     """Re-estimate the moving statistics of the model's trainable batch-norm layers on ``batches``.
 
     Averaged weights need statistics of their own (an average of the epochs' statistics does not
@@ -106,12 +106,12 @@ def recalibrate_batch_norm(model, batches) -> bool:  # noqa: ANN001 (keras.Model
                 layer.momentum = 1.0 - 1.0 / count
             model(batch, training=True)
     finally:
-        for layer, momentum in zip(layers, momenta):
+        for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
     return True
 
 
-def _all_layers(model):  # noqa: ANN001, ANN202
+def _all_layers(model):
     from heatmap_templates.model.layers import walk_layers
 
     return [layer for _, layer in walk_layers(model)]

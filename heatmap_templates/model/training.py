@@ -26,18 +26,33 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.model.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, as_size, build_model, resolve_weights
-from heatmap_templates.data.datasets import DEFAULT_UNCERTAIN, SPLIT_NAMES, Dataset, Sample, dataset_fingerprint, relative_path, split_dataset
+from heatmap_templates.data.datasets import (
+    DEFAULT_UNCERTAIN,
+    SPLIT_NAMES,
+    Dataset,
+    Sample,
+    dataset_fingerprint,
+    relative_path,
+    split_dataset,
+)
 from heatmap_templates.data.decode import DEFAULT_INTENSITY, INTENSITIES
 from heatmap_templates.data.disk_arrays import DiskArray
-from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
-from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
-from heatmap_templates.files import write_text
-from heatmap_templates.model.objectives import Objective, objective_for
-from heatmap_templates.model.model_file import ModelInfo, companion_path, json_ready
-from heatmap_templates.model.layers import default_cam_layer, find_base, unfreeze_last_blocks
 from heatmap_templates.data.preprocess import affine_preprocessing, load_images
-from heatmap_templates.progress import Progress
+from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
+from heatmap_templates.files import write_text
+from heatmap_templates.model.backbones import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    DEFAULT_WEIGHTS,
+    BackboneSpec,
+    as_size,
+    build_model,
+    resolve_weights,
+)
+from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
+from heatmap_templates.model.layers import default_cam_layer, find_base, unfreeze_last_blocks
+from heatmap_templates.model.model_file import ModelInfo, companion_path, json_ready
+from heatmap_templates.model.objectives import Objective, objective_for
 from heatmap_templates.model.recipe import (
     DEFAULT_SCHEDULE,
     SCHEDULES,
@@ -46,6 +61,7 @@ from heatmap_templates.model.recipe import (
     uses_early_stopping,
     weight_averager,
 )
+from heatmap_templates.progress import Progress
 
 DEFAULT_MEMORY_BUDGET_GB = 4.0  # decoded training data held in memory; more streams from a disk cache
 AUTO_AUGMENT_IMAGES = 20_000  # training images up to which a from-scratch backbone augments by default
@@ -274,7 +290,7 @@ def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Call
 UNDECAYED = ("bias", "gamma", "beta")  # variable names AdamW leaves alone
 
 
-def optimizer(rate: object, weight_decay: float):  # noqa: ANN201 (keras.optimizers.Optimizer)
+def optimizer(rate: object, weight_decay: float):
     """Adam, or AdamW with decoupled ``weight_decay`` (Loshchilov & Hutter 2019) on the kernels only: biases and
     batch-norm scales and offsets are left undecayed, as is usual (decaying them only fights the normalisation)."""
     import keras
@@ -288,7 +304,7 @@ def optimizer(rate: object, weight_decay: float):  # noqa: ANN201 (keras.optimiz
 
 def _fit(model, train_data, val_data, *, epochs: int, learning_rate: float, recipe: TrainConfig, steps_per_epoch: int,
          loss: tuple[object, list], class_weight: dict | None, phase: str, history: list[dict], on_epoch,
-         calibration=None) -> dict:  # noqa: ANN001
+         calibration=None) -> dict:
     """Compile and fit with Adam (AdamW with the config's weight decay) and the objective's ``loss`` (loss, metrics)
     under the config's recipe.
 

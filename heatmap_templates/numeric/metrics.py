@@ -60,9 +60,9 @@ def precision_recall_f1(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     true_positive = np.diag(matrix)
     predicted = matrix.sum(axis=0)
     actual = matrix.sum(axis=1)
-    precision = np.array([_safe_ratio(tp, n) for tp, n in zip(true_positive, predicted)])
-    recall = np.array([_safe_ratio(tp, n) for tp, n in zip(true_positive, actual)])
-    f1 = np.array([_safe_ratio(2 * p * r, p + r) for p, r in zip(precision, recall)])
+    precision = np.array([_safe_ratio(tp, n) for tp, n in zip(true_positive, predicted, strict=True)])
+    recall = np.array([_safe_ratio(tp, n) for tp, n in zip(true_positive, actual, strict=True)])
+    f1 = np.array([_safe_ratio(2 * p * r, p + r) for p, r in zip(precision, recall, strict=True)])
     return precision, recall, f1
 
 

@@ -23,9 +23,19 @@ import numpy as np
 
 from heatmap_templates.errors import BadFileError
 from heatmap_templates.files import ensure_folder
-from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.numeric.resample import upsample_maps
-from heatmap_templates.store.hdf5 import HEATMAPS, atomic_h5, check_identity, jsonable, open_h5, read_root, require_keys, strings, write_root
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store.hdf5 import (
+    HEATMAPS,
+    atomic_h5,
+    check_identity,
+    jsonable,
+    open_h5,
+    read_root,
+    require_keys,
+    strings,
+    write_root,
+)
 
 HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold")
 # A resume must also keep these when the store records them (hmt heatmaps always does), so that the
@@ -212,7 +222,7 @@ class HeatmapWriter:
             with atomic_h5(self.path) as out:
                 write_root(out, HEATMAPS, self.settings, self.command, {"count": total})
                 written = 0
-                for source, keep in zip(sources, selections):
+                for source, keep in zip(sources, selections, strict=True):
                     if not len(keep):
                         continue
                     with open_h5(source) as handle:
@@ -326,10 +336,6 @@ class HeatmapReader:
     def class_names(self) -> list[str]:
         return list(self.settings.get("class_names", []))
 
-    @property
-    def multi_label(self) -> bool:
-        """Whether the store holds one decision per finding (labels, predictions (N, K)) rather than one class per image."""
-        return self.settings.get("head") == "sigmoids"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -382,7 +388,7 @@ def read_at(sources: Sequence[str | Path], locations: np.ndarray, name: str) -> 
         unique_rows, inverse = np.unique(locations[positions, 1], return_inverse=True)
         with open_h5(Path(sources[source_number])) as handle:
             read = _read_rows(handle[name], unique_rows)
-        for position, row in zip(positions, inverse):
+        for position, row in zip(positions, inverse, strict=True):
             values[position] = read[row]
     return np.stack(values)
 

@@ -18,21 +18,28 @@ which registration has more to correct.
 from heatmap_templates.synth.anatomy import MAX_SIZE, MIN_SIZE, canonical_lung_mask
 from heatmap_templates.synth.dataset import (
     CANONICAL_CHEST_FILE,
+    CANONICAL_LUNGS_FILE,
     DEFAULT_N_PER_CLASS,
     DEFAULT_PREVALENCE,
     DEFAULT_SIZE,
-    MULTI_LABEL_FOLDER,
-    CANONICAL_LUNGS_FILE,
     GROUND_TRUTH_DIR,
     MARKER_FILE,
+    MULTI_LABEL_FOLDER,
     SynthSummary,
     read_poses,
     synthesize_dataset,
     synthesize_multi_label,
 )
-from heatmap_templates.synth.ground_truth import LesionTruth, ground_truth_localisation, mass_share, read_lesion_truth, read_shortcuts, shortcut_mask, shortcut_region
+from heatmap_templates.synth.ground_truth import (
+    LesionTruth,
+    ground_truth_localisation,
+    mass_share,
+    read_lesion_truth,
+    read_shortcuts,
+    shortcut_mask,
+    shortcut_region,
+)
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
-from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 from heatmap_templates.synth.preview import DEFAULT_PREVIEW_EXAMPLES, write_preview_grid
 from heatmap_templates.synth.render import (
     DEFAULT_POSE_SPREAD,
@@ -46,6 +53,7 @@ from heatmap_templates.synth.render import (
     pose_matrix,
     render_phantom,
 )
+from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 
 __all__ = [
     "DEFAULT_N_PER_CLASS", "DEFAULT_PREVALENCE", "DEFAULT_SIZE", "MULTI_LABEL_FOLDER", "DEFAULT_PREVIEW_EXAMPLES", "DEFAULT_POSE_SPREAD", "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",

@@ -201,7 +201,7 @@ def polyline_canvas(size: int, curves: list[np.ndarray], weights: Sequence[float
     """
     canvas = np.zeros((size, size), np.uint8)
     scale = size * (1 << _SUBPIXEL_BITS)
-    for curve, weight in zip(curves, weights):
+    for curve, weight in zip(curves, weights, strict=True):
         points = np.round(curve * scale).astype(np.int32)
         cv2.polylines(canvas, [points], False, round(255 * weight), max(1, thickness), cv2.LINE_8, _SUBPIXEL_BITS)
     return canvas.astype(np.float32) / 255.0
@@ -254,7 +254,7 @@ def render_anatomy(anatomy: Anatomy, lungs: np.ndarray, size: int, rng: np.rando
     # Vascular markings: faint tapering branches from the hila (every class has them).
     vessels = []
     weights = []
-    for (hx, hy), lung in zip(hila(anatomy), anatomy.lungs):
+    for (hx, hy), lung in zip(hila(anatomy), anatomy.lungs, strict=True):
         for _ in range(9):
             angle = np.deg2rad(rng.uniform(-75, 80))
             length = rng.uniform(0.10, 0.22)

@@ -28,7 +28,6 @@ from heatmap_templates.files import ensure_folder, write_bytes, write_text
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.synth.anatomy import canonical_lung_mask, check_size
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
-from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 from heatmap_templates.synth.render import (
     DEFAULT_POSE_SPREAD,
     DEFAULT_PROBABILITY_SAMPLES,
@@ -39,6 +38,7 @@ from heatmap_templates.synth.render import (
     phantom_seed,
     render_phantom,
 )
+from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
 
 DEFAULT_N_PER_CLASS = 200
 DEFAULT_SIZE = 256
@@ -146,7 +146,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     write_bytes(path, data.tobytes(), durable=False)
 
 
-def _write_csv(path: Path, header: list[str], rows) -> None:  # noqa: ANN001 (iterable of rows)
+def _write_csv(path: Path, header: list[str], rows) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -357,7 +357,7 @@ def finding_presence(seed: int, index: int, findings: Sequence[str], prevalence:
     """The lesion types image ``index`` of a multi-label phantom set carries: each with chance ``prevalence``."""
     rng = np.random.default_rng([seed, _FINDINGS_STREAM, index])
     draws = rng.random(len(findings))
-    return [name for name, draw in zip(findings, draws) if draw < prevalence]
+    return [name for name, draw in zip(findings, draws, strict=True) if draw < prevalence]
 
 
 def _render_and_write_multi_label(out: Path, indices: Sequence[int], seed: int, size: int, findings: Sequence[str],

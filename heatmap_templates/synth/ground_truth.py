@@ -110,7 +110,7 @@ def shortcut_mask(data_dir: str | os.PathLike, relative_path: str) -> np.ndarray
     return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= 128
 
 
-def shortcut_region(data_dir: str | os.PathLike, members: Sequence, registrar, image_shape: tuple[int, int],  # noqa: ANN001
+def shortcut_region(data_dir: str | os.PathLike, members: Sequence, registrar, image_shape: tuple[int, int],
                     dilation: int) -> np.ndarray:
     """Where a planted shortcut lies in a template's reference frame: each member's shortcut mask (image frame),
     dilated by ``dilation`` px (one CAM cell: a map cannot be sharper), moved with the member's registration, and

@@ -12,7 +12,16 @@ import cv2
 import numpy as np
 
 from heatmap_templates.registry import Registry
-from heatmap_templates.synth.anatomy import Anatomy, Lung, blur, canonical_lung_mask, grid, hila, polyline_canvas, smooth_noise
+from heatmap_templates.synth.anatomy import (
+    Anatomy,
+    Lung,
+    blur,
+    canonical_lung_mask,
+    grid,
+    hila,
+    polyline_canvas,
+    smooth_noise,
+)
 
 LESIONS: Registry = Registry("phantom class", parameter="classes")
 
@@ -26,7 +35,7 @@ def _covid_lesions(anatomy: Anatomy, lung_fields: tuple[np.ndarray, np.ndarray],
     """Bilateral, peripheral, lower-zone ground-glass opacities: hazy blobs along the outer lung edge."""
     ys, xs = grid(size)
     lesion = np.zeros((size, size), np.float32)
-    for lung, field_mask in zip(anatomy.lungs, lung_fields):
+    for lung, field_mask in zip(anatomy.lungs, lung_fields, strict=True):
         for _ in range(int(rng.integers(2, 5))):
             y_norm = rng.uniform(0.52, 0.92) * (lung.costophrenic_y - lung.apex_y) + lung.apex_y
             row = min(size - 1, int(y_norm * size))
@@ -100,7 +109,7 @@ def _virus_lesions(anatomy: Anatomy, lung_fields: tuple[np.ndarray, np.ndarray],
     streaks = []
     weights = []
     haze = np.zeros((size, size), np.float32)
-    for (hx, hy), lung in zip(hila(anatomy), anatomy.lungs):
+    for (hx, hy), lung in zip(hila(anatomy), anatomy.lungs, strict=True):
         for _ in range(int(rng.integers(9, 16))):
             angle = np.deg2rad(rng.uniform(-60, 70))
             direction = np.array([lung.side * np.cos(angle), np.sin(angle)])

@@ -11,7 +11,6 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.present.figures.style import save_figure
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, MARKER_FILE
 
-
 DEFAULT_PREVIEW_EXAMPLES = 4
 
 

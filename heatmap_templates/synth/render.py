@@ -14,7 +14,15 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.synth.anatomy import BACKGROUND, blur, check_size, draw_lung_fields, render_anatomy, sample_anatomy, smooth_noise
+from heatmap_templates.synth.anatomy import (
+    BACKGROUND,
+    blur,
+    check_size,
+    draw_lung_fields,
+    render_anatomy,
+    sample_anatomy,
+    smooth_noise,
+)
 from heatmap_templates.synth.lesions import LESIONS, lesion_intensity
 from heatmap_templates.synth.shortcuts import burn_in
 

@@ -30,6 +30,22 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from heatmap_templates.data.decode import decode_image
+from heatmap_templates.data.preprocess import resize_gray
+from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.executors import Executor, LocalExecutor, executor_for
+from heatmap_templates.files import ensure_folder
+from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store import HeatmapReader, open_heatmaps
+from heatmap_templates.store.hdf5 import check_identity
+from heatmap_templates.templates.accumulator import (
+    DEFAULT_BOOTSTRAP_REPLICATES,
+    DEFAULT_COMPONENTS,
+    LOO_MERGED,
+    LOO_NOT_COMPUTED,
+    ClassTemplate,
+)
 from heatmap_templates.templates.chunks import (
     DEFAULT_CHUNK_IMAGES,
     BuildChunk,
@@ -39,15 +55,8 @@ from heatmap_templates.templates.chunks import (
     merge_partials,
     plan_chunks,
 )
-from heatmap_templates.data.decode import decode_image
-from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE
-from heatmap_templates.executors import Executor, LocalExecutor, executor_for
-from heatmap_templates.files import ensure_folder
 from heatmap_templates.templates.members import DEFAULT_INCLUDE, INCLUDES, member_indices
 from heatmap_templates.templates.normalisation import DEFAULT_NORMALISATION, NORMALISATIONS, median_range
-from heatmap_templates.data.preprocess import resize_gray
-from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.templates.registration import (
     DEFAULT_REFERENCE_ITERATIONS,
     DEFAULT_REGISTRATION,
@@ -58,22 +67,15 @@ from heatmap_templates.templates.registration import (
     reference_from_image,
     registration_summary,
 )
-from heatmap_templates.store import HeatmapReader, open_heatmaps
 from heatmap_templates.templates.templates_file import (
     TEMPLATE_IDENTITY_KEYS,
     TemplateFile,
+    check_same_reference,
     load_accumulator,
+    ordered_classes,
     read_templates,
     save_templates,
-)
-from heatmap_templates.store.hdf5 import check_identity
-from heatmap_templates.templates.templates_file import check_same_reference, ordered_classes, write_templates_file
-from heatmap_templates.templates.accumulator import (
-    DEFAULT_BOOTSTRAP_REPLICATES,
-    DEFAULT_COMPONENTS,
-    LOO_MERGED,
-    LOO_NOT_COMPUTED,
-    ClassTemplate,
+    write_templates_file,
 )
 
 DEFAULT_OUT = Path("templates_out/templates.h5")
@@ -252,7 +254,7 @@ def _build_classes(reader: HeatmapReader, members: dict[str, np.ndarray], refere
 
         partial = executor.fold(merge_partials, executor.map(accumulate_chunk, chunks, settings, done=advance, threaded=True))
         with ThreadPoolExecutor(max_workers=max(1, min(config.threads, len(members)))) as pool:  # the classes at once
-            templates = dict(zip(members, pool.map(lambda name: partial.accumulators[name].finalize(), members)))
+            templates = dict(zip(members, pool.map(lambda name: partial.accumulators[name].finalize(), members), strict=True))
         sums = {name: (np.asarray(template.mean, dtype=np.float64) * template.count, template.count)
                 for name, template in templates.items()}
         offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])

@@ -16,16 +16,17 @@ The chunking does not depend on the executor, so a cluster build equals a local 
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from heatmap_templates.templates.prepare import prepare_maps
-from heatmap_templates.templates.registration import Alignment, Reference, Registrar
 from heatmap_templates.store.heatmap_store import read_at
 from heatmap_templates.templates.accumulator import ClassAccumulator, Member, leave_one_out_correlations
+from heatmap_templates.templates.prepare import prepare_maps
+from heatmap_templates.templates.registration import Alignment, Reference, Registrar
 
 # At most this many images per chunk (chunks are cut equal, chunk_bounds): the unit a thread or a cluster task works on.
 # 256 rather than 512: a 1525-image build makes 6 chunks that share 2 threads evenly, not 3 (365 vs 342 maps/s side by
@@ -81,10 +82,10 @@ def chunk_bounds(images: int, chunk_images: int = DEFAULT_CHUNK_IMAGES) -> list[
     alone on one of two threads for a seventh of a 224-px build."""
     count = -(-images // chunk_images)
     edges = [round(i * images / count) for i in range(count + 1)] if count else [0]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
-def plan_chunks(reader, members: dict[str, np.ndarray], chunk_images: int = DEFAULT_CHUNK_IMAGES) -> list[BuildChunk]:  # noqa: ANN001 (HeatmapReader)
+def plan_chunks(reader, members: dict[str, np.ndarray], chunk_images: int = DEFAULT_CHUNK_IMAGES) -> list[BuildChunk]:
     """Cut the union of ``members`` (store indices per class) into chunks of at most ``chunk_images`` (:func:`chunk_bounds`),
     in store order."""
     union = np.unique(np.concatenate(list(members.values()))) if members else np.zeros(0, np.int64)
@@ -103,7 +104,7 @@ def plan_chunks(reader, members: dict[str, np.ndarray], chunk_images: int = DEFA
     return chunks
 
 
-def _batches(chunk: BuildChunk, batch_size: int):  # noqa: ANN202 (iterator of (start, stop))
+def _batches(chunk: BuildChunk, batch_size: int):
     for start in range(0, len(chunk), batch_size):
         yield start, min(start + batch_size, len(chunk))
 
@@ -136,7 +137,8 @@ def accumulate_chunk(chunk: BuildChunk, settings: BuildSettings, threads: int = 
             found = registrar.estimate_many([image.astype(np.float32) / 255.0 for image in images], threads)
             alignments.extend(found)
 
-            def prepared(pair: tuple[str, np.ndarray]) -> tuple[str, np.ndarray, np.ndarray]:
+            def prepared(pair: tuple[str, np.ndarray], start: int = start, raw: np.ndarray = raw,
+                         found: list[Alignment] = found) -> tuple[str, np.ndarray, np.ndarray]:
                 name, rows = pair
                 local = rows - start
                 maps = prepare_maps(None, raw[local, settings.class_indices[name]], registrar, settings.normalisation,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from heatmap_templates.data.preprocess import resize_gray
 from heatmap_templates.errors import HmtError
 from heatmap_templates.templates.geometry import LUNGS_MISMATCH, NO_LUNGS, RegistrationError, as_image
-from heatmap_templates.data.preprocess import resize_gray
 
 _SEGMENT_SIDE = 128  # lungs are segmented at most at this size (short side): enough detail, bounded cost
 _LUNG_AREA_TOLERANCE = 1.3  # mapped lung areas may differ from the reference's by this factor
@@ -93,7 +93,7 @@ def _segment_pair(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Closing inside each basin bridges the bright rib shadows that cut a lung into stripes.
     closing = _ellipse(int(0.05 * side))
     lungs = []
-    for marker, (y, x) in zip((2, 3), seeds):
+    for marker, (y, x) in zip((2, 3), seeds, strict=True):
         basin = basins == marker
         bridged = cv2.morphologyEx((basin & (dark > 0)).astype(np.uint8), cv2.MORPH_CLOSE, closing) & basin
         _, parts = cv2.connectedComponents(bridged.astype(np.uint8), connectivity=8)

@@ -42,7 +42,7 @@ def class_view(labels: np.ndarray, predicted: np.ndarray, correct: np.ndarray, c
     return labels == class_index, predicted == class_index, np.asarray(correct, dtype=bool)
 
 
-def member_indices(reader, class_index: int, include: str = DEFAULT_INCLUDE) -> np.ndarray:  # noqa: ANN001 (HeatmapReader)
+def member_indices(reader, class_index: int, include: str = DEFAULT_INCLUDE) -> np.ndarray:
     """Store indices of the images whose map for ``class_index`` joins its template under ``include``."""
     rule = INCLUDES[include]
     return np.flatnonzero(rule(*class_view(reader.labels, reader.predicted, reader.correct, class_index)))

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from heatmap_templates.errors import HmtError
+from heatmap_templates.numeric.resample import upsample_maps
 from heatmap_templates.templates.normalisation import normalise
 from heatmap_templates.templates.registration import Alignment, Reference, Registrar
-from heatmap_templates.numeric.resample import upsample_maps
 
 
 @dataclass
@@ -75,9 +75,9 @@ def prepare_maps(images_u8: np.ndarray | None, maps: np.ndarray, registrar: Regi
         found = list(alignments)
         warped_images = None
         if images is not None:
-            warped_images = np.stack([registrar.warp(image, a) for image, a in zip(images, found)]) if images else \
+            warped_images = np.stack([registrar.warp(image, a) for image, a in zip(images, found, strict=True)]) if images else \
                 np.zeros((0, *registrar.reference.shape), np.float32)
-        warped = np.stack([registrar.warp(m, a) for m, a in zip(stored, found)]) if len(stored) else \
+        warped = np.stack([registrar.warp(m, a) for m, a in zip(stored, found, strict=True)]) if len(stored) else \
             np.zeros((0, *stored.shape[1:-2], *registrar.reference.shape), np.float32)
     assert warped is not None
     planes = warped.reshape(-1, *warped.shape[-2:])
@@ -85,7 +85,7 @@ def prepare_maps(images_u8: np.ndarray | None, maps: np.ndarray, registrar: Regi
     return PreparedMaps(found, warped_images, normalised)
 
 
-def member_alignment(member, image_shape: tuple[int, int]) -> Alignment | None:  # noqa: ANN001 (templates.Member)
+def member_alignment(member, image_shape: tuple[int, int]) -> Alignment | None:
     """The alignment a build found for a template member (templates schema 3 keeps it), or None for older files."""
     if member.registration_matrix is None:
         return None
@@ -93,7 +93,7 @@ def member_alignment(member, image_shape: tuple[int, int]) -> Alignment | None: 
                      member.registration_quality, None, tuple(int(v) for v in image_shape))
 
 
-def prepared_member_maps(reader, template, registrar: Registrar, normalisation: str, class_index: int, *,  # noqa: ANN001
+def prepared_member_maps(reader, template, registrar: Registrar, normalisation: str, class_index: int, *,
                          batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The prepared maps of a template's members again, from the heatmap store it was built from: batches of
     (member positions, maps (B, H, W)), in member order. The registration matrices the build kept are reused

@@ -66,7 +66,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from heatmap_templates.data.preprocess import resize_gray
 from heatmap_templates.errors import HmtError
+from heatmap_templates.numeric.correlation import correlation
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.registry import Registry
 from heatmap_templates.templates.geometry import (
     ECC_FAILED,
     IMPLAUSIBLE,
@@ -80,10 +84,6 @@ from heatmap_templates.templates.geometry import (
     resize_matrix,
 )
 from heatmap_templates.templates.lungs import LungFrame, lung_pair, segment_lungs, similarity_to
-from heatmap_templates.data.preprocess import resize_gray
-from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.registry import Registry
-from heatmap_templates.numeric.correlation import correlation
 
 __all__ = ["REGISTRATIONS", "DEFAULT_REGISTRATION", "DEFAULT_REFERENCE_ITERATIONS", "Reference", "Alignment", "Registrar", "RegistrationError", "NO_LUNGS",
            "ECC_FAILED", "IMPLAUSIBLE", "LUNGS_MISMATCH", "segment_lungs", "build_reference", "reference_from_image",
@@ -457,7 +457,7 @@ def build_reference(
     for _ in range(rounds):
         registrar = Registrar(method, reference)
         matrices = []
-        for image, alignment in zip(images, registrar.estimate_many(images, threads, quality=False)):
+        for image, alignment in zip(images, registrar.estimate_many(images, threads, quality=False), strict=True):
             matrix = homogeneous(alignment.matrix) @ invert_affine(resize_matrix(np.shape(image), shape))
             matrices.append((matrix, alignment.method == method))
         progress.advance(len(images))

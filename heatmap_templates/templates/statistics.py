@@ -28,9 +28,9 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from heatmap_templates.registry import Registry
-from heatmap_templates.numeric.resample import downsample, upsample
 from heatmap_templates.numeric.correlation import standardise_rows
+from heatmap_templates.numeric.resample import downsample, upsample
+from heatmap_templates.registry import Registry
 
 
 class RunningStats:

@@ -16,7 +16,6 @@ import numpy as np
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.numeric.correlation import similarity_matrix
-from heatmap_templates.store.heatmap_store import HEATMAP_IDENTITY_KEYS
 from heatmap_templates.store.hdf5 import (
     TEMPLATES,
     atomic_h5,
@@ -32,8 +31,15 @@ from heatmap_templates.store.hdf5 import (
     strings,
     write_root,
 )
+from heatmap_templates.store.heatmap_store import HEATMAP_IDENTITY_KEYS
 from heatmap_templates.store.records import ClassStrategies, Strategy
-from heatmap_templates.templates.accumulator import LOO_NOT_COMPUTED, AccumulatorState, ClassAccumulator, ClassTemplate, Member
+from heatmap_templates.templates.accumulator import (
+    LOO_NOT_COMPUTED,
+    AccumulatorState,
+    ClassAccumulator,
+    ClassTemplate,
+    Member,
+)
 
 TEMPLATE_IDENTITY_KEYS = HEATMAP_IDENTITY_KEYS + ("registration", "normalisation")
 HEATMAP_STORE_ATTRIBUTE = "heatmap_store"  # root attribute: the store the latest build read
@@ -175,7 +181,7 @@ def ordered_classes(names: Iterable[str], settings: Mapping[str, Any]) -> list[s
 
 
 def check_same_reference(path: Path, stored: tuple[np.ndarray | None, np.ndarray | None], wanted: tuple[np.ndarray | None, np.ndarray | None]) -> None:
-    for what, old, new in zip(("reference image", "lung mask"), stored, wanted):
+    for what, old, new in zip(("reference image", "lung mask"), stored, wanted, strict=True):
         if (old is None) != (new is None) or (old is not None and (old.shape != new.shape or not np.allclose(old, new, atol=1e-6))):
             raise BadFileError(path, f"its templates use another {what}; templates in one file must share the registration frame (reuse the stored reference)")
 
@@ -226,7 +232,7 @@ def write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTemp
         with atomic_h5(path) as out:
             write_root(out, TEMPLATES, settings, command, {HEATMAP_STORE_ATTRIBUTE: heatmap_store} if heatmap_store else None)
             reference_group = out.create_group("reference")
-            for name, array in zip(("image", "lung_mask"), reference):
+            for name, array in zip(("image", "lung_mask"), reference, strict=True):
                 if array is not None:
                     compressed(reference_group, name, array)
             out.create_group("templates")

@@ -23,7 +23,13 @@ from heatmap_templates.present.figures.style import (
     publication_style,
     save_deterministic,
 )
-from heatmap_templates.present.figures.templates import DEFAULT_DPI, DEFAULT_EIGEN_COMPONENTS, DEFAULT_WIDTH, FiguresSummary, template_figures
+from heatmap_templates.present.figures.templates import (
+    DEFAULT_DPI,
+    DEFAULT_EIGEN_COMPONENTS,
+    DEFAULT_WIDTH,
+    FiguresSummary,
+    template_figures,
+)
 
 __all__ = [
     "confusion_matrix_figure", "training_curves", "training_figures", "comparison_figure", "COLUMN_WIDTHS", "DEFAULT_CMAP", "DIVERGING_CMAP",

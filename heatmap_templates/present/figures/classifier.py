@@ -35,7 +35,7 @@ def training_curves(history: Sequence[dict], path: str | os.PathLike, *, dpi: in
 def draw_training_curves(figure: Figure, history: Sequence[dict], *, fontsize: float) -> None:
     """The two panels of `training_curves` (loss, accuracy) on `figure`."""
     epochs = np.arange(1, len(history) + 1)
-    for axis, key, label in zip(figure.subplots(1, 2), ("loss", "accuracy"), ("loss (cross-entropy)", "accuracy")):
+    for axis, key, label in zip(figure.subplots(1, 2), ("loss", "accuracy"), ("loss (cross-entropy)", "accuracy"), strict=True):
         train = np.array([row.get(key) if row.get(key) is not None else np.nan for row in history], dtype=float)
         val = np.array([row.get(f"val_{key}") if row.get(f"val_{key}") is not None else np.nan for row in history], dtype=float)
         axis.plot(epochs, train, marker="o", markersize=3, label="training")

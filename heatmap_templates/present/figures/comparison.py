@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from heatmap_templates.data.preprocess import resize_gray
 from heatmap_templates.errors import HmtError
 from heatmap_templates.present.figures.style import (
     COLUMN_WIDTHS,
@@ -23,7 +24,6 @@ from heatmap_templates.present.figures.style import (
     symmetric_limit,
     value_range,
 )
-from heatmap_templates.data.preprocess import resize_gray
 
 
 def comparison_figure(image: np.ndarray, heatmap: np.ndarray, template: np.ndarray, *, title: str, out: str | os.PathLike,

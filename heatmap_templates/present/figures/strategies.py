@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from heatmap_templates.analysis.strategies import ClassStrategies
 from heatmap_templates.present.figures.style import COLUMN_WIDTHS, finite, hide_frame, overlay, value_range
 from heatmap_templates.templates.templates_file import TemplateFile
-from heatmap_templates.analysis.strategies import ClassStrategies
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency (the strategies are at most a few).
 CLUSTER_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -36,7 +36,7 @@ def strategies_figure(file: TemplateFile, result: ClassStrategies, width: str, c
     maps = [finite(strategy.mean) for strategy in result.strategies]
     vmin, vmax = value_range(*maps, *(finite(values) for pairs in shown.values() for _, values in pairs))
     image = None
-    for number, (strategy, values) in enumerate(zip(result.strategies, maps)):
+    for number, (strategy, values) in enumerate(zip(result.strategies, maps, strict=True)):
         axis = axes[0, number]
         image = overlay(axis, values, file.reference_image, cmap=cmap, vmin=vmin, vmax=vmax)
         consistency = "n/a" if strategy.consistency is None else f"{strategy.consistency:.2f}"

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from heatmap_templates.analysis.strategy_search import typical_members
 from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.present.figures.checks import deletion_figure, sanity_figure
 from heatmap_templates.present.figures.classifier import draw_confusion, draw_training_curves
+from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
 from heatmap_templates.present.figures.style import (
     COLOUR_BAR_INCHES,
     COLUMN_WIDTHS,
@@ -35,10 +38,7 @@ from heatmap_templates.present.figures.style import (
     value_range,
 )
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
-from heatmap_templates.present.figures.checks import deletion_figure, sanity_figure
 from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies, read_templates
-from heatmap_templates.analysis.strategy_search import typical_members
 
 DEFAULT_EIGEN_COMPONENTS = 3
 DEFAULT_DPI = 300
@@ -79,7 +79,7 @@ def _draw_class_maps(figure: Figure, axes: np.ndarray, maps: dict[str, np.ndarra
     drawn: dict[str, tuple[float, float]] = {}
     image = None
     flat = axes.ravel()
-    for axis, (name, values) in zip(flat, maps.items()):
+    for axis, (name, values) in zip(flat, maps.items(), strict=False):  # the grid may hold spare axes
         image = overlay(axis, values, background, cmap=cmap, vmin=vmin, vmax=vmax)
         if background is None:
             lung_outline(axis, lung_mask, values.shape)
@@ -192,7 +192,7 @@ def _loo_correlations(file: TemplateFile) -> Figure:
     figure = Figure(figsize=(MATRIX_WIDTH, 2.4), layout="constrained")
     axis = figure.subplots()
     positions = np.arange(1, len(values) + 1)
-    violin_data = [(position, data) for position, data in zip(positions, values.values()) if len(data) > 1 and np.ptp(data) > 0]
+    violin_data = [(position, data) for position, data in zip(positions, values.values(), strict=True) if len(data) > 1 and np.ptp(data) > 0]
     if violin_data:
         parts = axis.violinplot([data for _, data in violin_data], positions=[p for p, _ in violin_data], widths=0.8,
                                 showextrema=False)
@@ -201,7 +201,7 @@ def _loo_correlations(file: TemplateFile) -> Figure:
             body.set_edgecolor("0.4")
             body.set_alpha(1.0)
     spread = np.random.default_rng(0)  # fixed jitter: same input, same picture
-    for position, data in zip(positions, values.values()):
+    for position, data in zip(positions, values.values(), strict=True):
         axis.scatter(position + spread.uniform(-0.12, 0.12, len(data)), data, s=4, color="black", linewidths=0, zorder=3)
         axis.plot([position - 0.25, position + 0.25], [np.median(data)] * 2, color="tab:orange", linewidth=1.2, zorder=4)
     axis.set_xticks(positions, labels=[f"{name}\n(n = {len(data)})" for name, data in values.items()])
@@ -331,7 +331,8 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
         else:
             progress.advance()
         for name, result in read_strategies(file.path).items():
-            write(f"strategies_{name}", lambda: strategies_figure(file, result, width, cmap, _thumbnails(file, result, summary.notes)))
+            write(f"strategies_{name}", lambda result=result: strategies_figure(file, result, width, cmap,
+                                                                                _thumbnails(file, result, summary.notes)))
         checks = read_checks(file.path)
         if "sanity" in checks:
             write("sanity", lambda: sanity_figure(checks["sanity"], width))
@@ -342,7 +343,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     return summary
 
 
-def _thumbnails(file: TemplateFile, result, notes: list[str]) -> dict | None:  # noqa: ANN001 (ClassStrategies)
+def _thumbnails(file: TemplateFile, result, notes: list[str]) -> dict | None:
     """Typical members of each strategy, or None (with a note) when the heatmap store is not at hand."""
     try:
         return typical_members(file.path, result, THUMBNAILS)

@@ -21,17 +21,23 @@ from html import escape
 from pathlib import Path
 
 from heatmap_templates._version import __version__
+from heatmap_templates.analysis.scoring import read_templates_file
+from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
 from heatmap_templates.errors import HmtError, display_path
+from heatmap_templates.files import atomic_folder, write_text
 from heatmap_templates.present.figures import DEFAULT_CMAP, template_figures
 from heatmap_templates.present.figures.templates import model_record
-from heatmap_templates.files import atomic_folder, write_text
-from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.present.report import html
-from heatmap_templates.present.report.collect import DEFAULT_GALLERY_SIZE, ROW_COLUMNS, ReportData, collect, open_store_for
+from heatmap_templates.present.report.collect import (
+    DEFAULT_GALLERY_SIZE,
+    ROW_COLUMNS,
+    ReportData,
+    collect,
+    open_store_for,
+)
 from heatmap_templates.present.report.thumbnails import data_uri
-from heatmap_templates.analysis.scoring import read_templates_file
+from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.hdf5 import jsonable
-from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
 
 REPORT_MARKER = "report.json"  # a folder holding it is an hmt report, which a new report may replace
 FIGURE_DPI = 110

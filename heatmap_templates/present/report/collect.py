@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from heatmap_templates.errors import HmtError, display_path
-from heatmap_templates.numeric.metrics import classification_report, lung_field_energy, multilabel_report
-from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps
-from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes, overlay_rgb
 from heatmap_templates.analysis.scoring import TemplateScorer
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
-from heatmap_templates.store import HeatmapReader
-from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies
 from heatmap_templates.analysis.strategy_search import members_store
+from heatmap_templates.errors import HmtError, display_path
+from heatmap_templates.model.heads import HEADS
+from heatmap_templates.numeric.metrics import classification_report, lung_field_energy, multilabel_report
+from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes, overlay_rgb
+from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store import HeatmapReader
+from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps
+from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies
 
 DEFAULT_GALLERY_SIZE = 24  # thumbnails per gallery (typical, atypical, misclassified) and class
 GALLERIES = ("typical", "atypical", "misclassified")
@@ -96,7 +97,7 @@ class ReportData:
     path_root: str = ""  # the folder every path starts with, which the page leaves out
 
 
-def _rounded(value, digits: int = 4):  # noqa: ANN001, ANN202 (any JSON value)
+def _rounded(value, digits: int = 4):
     if isinstance(value, (float, np.floating)):
         return None if not np.isfinite(value) else round(float(value), digits)
     return value
@@ -122,13 +123,13 @@ def open_store_for(file: TemplateFile, heatmaps: str | os.PathLike | None) -> He
 
 def _label_text(reader: HeatmapReader, i: int) -> str:
     names = reader.class_names
-    if reader.multi_label:
-        return ", ".join(n for n, v in zip(names, reader.labels[i]) if v == 1)
+    if is_multi_label(reader):
+        return ", ".join(n for n, v in zip(names, reader.labels[i], strict=True) if v == 1)
     return names[int(reader.labels[i])] if int(reader.labels[i]) >= 0 else ""
 
 
 def _correct(reader: HeatmapReader, i: int) -> bool | None:
-    if reader.multi_label:
+    if is_multi_label(reader):
         known = reader.labels[i] >= 0
         return bool(np.all(reader.correct[i][known])) if known.any() else None
     return bool(reader.correct[i]) if int(reader.labels[i]) >= 0 else None
@@ -136,7 +137,7 @@ def _correct(reader: HeatmapReader, i: int) -> bool | None:
 
 def _predicted_index(reader: HeatmapReader) -> np.ndarray:
     """Each image's predicted class (N,): the head's decision, or a multi-label model's most probable finding."""
-    if reader.multi_label:
+    if is_multi_label(reader):
         return np.argmax(reader.probabilities, axis=1) if len(reader) else np.zeros(0, np.int64)
     return np.asarray(reader.predicted, np.int64)
 
@@ -144,7 +145,7 @@ def _predicted_index(reader: HeatmapReader) -> np.ndarray:
 def store_metrics(reader: HeatmapReader) -> dict | None:
     """The classifier's metrics over the store's labelled images (every split the heatmaps were computed for)."""
     names = reader.class_names
-    if reader.multi_label:
+    if is_multi_label(reader):
         known = np.any(reader.labels >= 0, axis=1)
         if not known.any():
             return None
@@ -182,7 +183,7 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where:
                 section.galleries["typical"] = [item(int(rows[i]), k, loo[i]) for i in typical]
                 section.galleries["atypical"] = [item(int(rows[i]), k, loo[i]) for i in atypical]
                 section.gallery_totals.update(typical=len(order), atypical=len(order))
-        if reader.multi_label:
+        if is_multi_label(reader):
             known = reader.labels[:, k] >= 0
             wrong = np.flatnonzero(known & ~reader.correct[:, k].astype(bool))
             confidence = np.abs(reader.probabilities[wrong, k] - float(reader.settings.get("threshold", 0.5)))
@@ -252,7 +253,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
             positions = np.arange(start, start + len(batch))
             prepared = prepare_maps(batch.images, batch.raw, scorer.registrar, scorer.normalisation)
             for_templates = PreparedMaps(prepared.alignments, prepared.images, prepared.maps[:, template_columns])
-            findings = reader.predicted[positions].astype(bool) if reader.multi_label else None
+            findings = reader.predicted[positions].astype(bool) if is_multi_label(reader) else None
             for offset, result in enumerate(scorer.score_prepared(reader.paths, positions, reader.probabilities[positions],
                                                                   predicted[positions], for_templates, findings=findings)):
                 i = int(positions[offset])
@@ -279,3 +280,8 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
     return ReportData(templates=file, store=reader, similarity=similarity, rows=rows, classes=sections, thumbnails=thumbnails,
                       store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths))
 
+
+def is_multi_label(reader: HeatmapReader) -> bool:
+    """The store's model has independent findings (its head kind says so, :mod:`heatmap_templates.model.heads`)."""
+    head = reader.settings.get("head")
+    return head is not None and HEADS[head].multi_label

@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE
-from heatmap_templates.present.report.collect import GALLERIES, ROW_COLUMNS, ClassSection, GalleryItem, ImageRow, ReportData
+from heatmap_templates.present.report.collect import (
+    GALLERIES,
+    ROW_COLUMNS,
+    ClassSection,
+    GalleryItem,
+    ImageRow,
+    ReportData,
+)
 
 PAGE_SIZE = 100  # table rows per page
 GALLERY_TITLES = {
@@ -174,9 +181,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, keys: Iter
     keys = list(keys) if keys is not None else [[None] * len(row) for row in rows]
     head = "".join(f"<th scope=\"col\">{escape(str(h))}</th>" for h in header)
     body = []
-    for row, row_keys in zip(rows, keys):
+    for row, row_keys in zip(rows, keys, strict=True):
         first, *rest = row
-        cells = "".join(_cell(value, key) for value, key in zip(rest, row_keys[1:]))
+        cells = "".join(_cell(value, key) for value, key in zip(rest, row_keys[1:], strict=True))
         body.append(f"<tr><th scope=\"row\">{escape(str(first))}</th>{cells}</tr>")
     caption_html = f"<caption class=\"note\">{escape(caption)}</caption>" if caption else ""
     return f"<table class=\"{css}\">{caption_html}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -214,7 +221,7 @@ def classification_html(report: Mapping, prefix: str) -> str:
     keys = [[None] + [f"{prefix}-{name}-{k}" for k in ("support", "precision", "recall", "f1", "auc")] for name in report["per_class"]]
     parts.append(table(header, rows, keys=keys))
     matrix = report["confusion_matrix"]
-    parts.append(table(["true \\ predicted", *names], [[name, *row] for name, row in zip(names, matrix)],
+    parts.append(table(["true \\ predicted", *names], [[name, *row] for name, row in zip(names, matrix, strict=True)],
                        keys=[[None] + [f"{prefix}-cm-{i}-{j}" for j in range(len(names))] for i in range(len(names))],
                        caption="Confusion matrix (rows: true class, columns: predicted class)"))
     readings = report.get("binary_readings") or {}
