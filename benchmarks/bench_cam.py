@@ -5,11 +5,15 @@ so that load from other processes hits all of them alike; warm-up (tracing) is e
 
 Contenders:
 - forward:        ``model(x, training=False)`` inside a ``tf.function`` (the physical limit);
-- hmt gradcam:    ``CamEngine(model)(x, targets)`` (maps at layer and input resolution, numpy);
+- hmt <method>:   ``CamEngine(model, method=...)(x, targets)`` (maps at layer and input resolution, numpy), for
+                  each of ``--methods`` (default gradcam and eigencam; scorecam runs C masked forward passes per
+                  image, 512 on VGG19, so it is left out unless named);
 - tf-keras-vis:   ``Gradcam(model, ReplaceToLinear)(CategoricalScore, x, expand_cam=True, normalize_cam=False)``;
 - per-image loop: the Keras Grad-CAM example (sub-model + eager GradientTape, one image at a time).
+The last two are Grad-CAM peers; ``--no-peers`` leaves them out (a quick run: the forward pass and hmt's methods).
 
-Usage: ``.venv/bin/python benchmarks/bench_cam.py [--batches 2 --batch-size 4 --size 224 --rounds 2]``
+Usage: ``.venv/bin/python benchmarks/bench_cam.py [--batches 2 --batch-size 4 --size 224 --rounds 2
+--methods gradcam eigencam --no-peers]``
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from heatmap_templates.explain.cam import CamEngine
+from heatmap_templates.explain.cam_methods import METHODS
 
 LAYER = "block5_conv4"
 
@@ -39,12 +44,25 @@ def build_model(size: int, num_classes: int = 3) -> keras.Model:
     return keras.Model(base.input, keras.layers.Dense(num_classes, activation="softmax")(pooled))
 
 
-def make_contenders(model: keras.Model, size: int) -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
+def make_contenders(
+    model: keras.Model, size: int, methods: list[str], peers: bool = True
+) -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
     forward = tf.function(
         lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)]
     )
-    engine = CamEngine(model, layer=LAYER, method="gradcam", score="logit")
+    contenders: dict[str, Callable[[np.ndarray, np.ndarray], object]] = {
+        "forward pass (tf.function)": lambda x, t: forward(x).numpy(),
+    }
+    for method in methods:
+        engine = CamEngine(model, layer=LAYER, method=method, score="logit")
+        contenders[f"hmt CamEngine {method}"] = lambda x, t, engine=engine: engine(x, t)
+    if peers:
+        contenders.update(make_peers(model, size))
+    return contenders
 
+
+def make_peers(model: keras.Model, size: int) -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
+    """The Grad-CAM peers: tf-keras-vis and the Keras example's per-image loop."""
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
@@ -65,8 +83,6 @@ def make_contenders(model: keras.Model, size: int) -> dict[str, Callable[[np.nda
         return heatmaps
 
     return {
-        "forward pass (tf.function)": lambda x, t: forward(x).numpy(),
-        "hmt CamEngine gradcam": lambda x, t: engine(x, t),
         "tf-keras-vis Gradcam": lambda x, t: tkv(
             CategoricalScore(list(t)), x, penultimate_layer=LAYER, normalize_cam=False, expand_cam=True
         ),
@@ -80,6 +96,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", choices=METHODS.names(), default=["gradcam", "eigencam"],
+                        help="hmt CAM methods to run; the speed-up column is over the first")
+    parser.add_argument("--no-peers", action="store_true", help="leave out tf-keras-vis and the per-image loop")
     args = parser.parse_args()
 
     model = build_model(args.size)
@@ -89,7 +108,7 @@ def main() -> None:
          rng.integers(0, 3, args.batch_size))
         for _ in range(args.batches)
     ]
-    contenders = make_contenders(model, args.size)
+    contenders = make_contenders(model, args.size, args.methods, peers=not args.no_peers)
     names = list(contenders)
     for name in names:  # warm-up: tracing and first-call allocation, excluded
         contenders[name](*batches[0])

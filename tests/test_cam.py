@@ -9,9 +9,10 @@ import tensorflow as tf
 
 from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam import METHODS, CamEngine
+from heatmap_templates.explain.cam_methods import Inputs
 from heatmap_templates.model.layers import default_cam_layer, resolve_layer
 
-GRADIENT_METHODS = [name for name, method in METHODS.items() if method.uses_gradients]
+GRADIENT_METHODS = [name for name, method in METHODS.items() if method.inputs is Inputs.GRADIENTS]
 
 
 # --- hand-computed model: input (6, 6, 2) -> Conv2D 3x3 valid ReLU (3 ch) -> Flatten -> Dense(2) ---
@@ -341,7 +342,7 @@ def test_dead_relu_gives_zero_map_not_nan(method: str) -> None:
 
 def test_error_paths(images: np.ndarray) -> None:
     dense_only = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
-    with pytest.raises(HmtError, match="model has no convolutional layer with a 4-D output; pass --layer"):
+    with pytest.raises(HmtError, match="model has no convolutional layer with a 4-D output; pass parameter 'layer'"):
         CamEngine(dense_only)
     model = functional_model()
     with pytest.raises(HmtError, match="unknown CAM method 'gradcam2'"):
@@ -361,3 +362,151 @@ def test_error_paths(images: np.ndarray) -> None:
         engine(images, "true")
     with pytest.raises(HmtError, match=r"\(N, H, W, C\) batch"):
         engine(images[0], 0)
+    with pytest.raises(HmtError, match="scorecam_chunk must be at least 1, got 0"):
+        CamEngine(model, method="scorecam", scorecam_chunk=0)
+
+
+# --- EigenCAM and the inputs each method declares ---
+
+
+def numpy_eigencam(activations: np.ndarray) -> np.ndarray:
+    """Per image, by hand: centre the (h*w, C) matrix's channels (as pytorch-grad-cam does), project it on
+    the first right singular vector of numpy's SVD, and flip the sign when the projection's covariance with
+    the channel-summed activation is negative. Before ReLU, float64."""
+    maps = []
+    for image in activations.astype(np.float64):
+        h, w, c = image.shape
+        matrix = image.reshape(h * w, c)
+        centred = matrix - matrix.mean(axis=0)
+        _, singular, right_t = np.linalg.svd(centred, full_matrices=False)
+        assert singular[0] > 1.05 * singular[1]  # a well-defined first component, so the comparison is fair
+        projection = centred @ right_t[0]
+        if np.dot(projection, matrix.sum(axis=1)) < 0:
+            projection = -projection
+        maps.append(projection.reshape(h, w))
+    return np.array(maps)
+
+
+def test_eigencam_matches_hand_computed_svd(hand_input: np.ndarray) -> None:
+    activations = hand_activations(hand_input.astype(np.float64))
+    expected = numpy_eigencam(activations)
+    assert (expected > 0).any() and (expected < 0).any()  # the ReLU and the sign both matter here
+    # The method's map before ReLU (sign included), then the engine's raw map (after ReLU) for any targets.
+    before_relu = METHODS["eigencam"].compute(tf.constant(activations, tf.float32)).numpy()
+    np.testing.assert_allclose(before_relu, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    result = CamEngine(hand_model("softmax"), "conv", "eigencam")(hand_input, np.array([0, 1, 1]))
+    np.testing.assert_allclose(result.raw, np.maximum(expected, 0.0), rtol=1e-4, atol=1e-5 * expected.max())
+    assert result.upsampled.shape == (3, 6, 6)
+
+
+def test_eigencam_is_one_map_for_every_class(images: np.ndarray) -> None:
+    engine = CamEngine(functional_model(), "conv_b", "eigencam")
+    every = engine.all_classes(images)
+    assert every.raw.max() > 0
+    for k in range(engine.num_classes):
+        np.testing.assert_array_equal(every.raw[:, k], every.raw[:, 0])
+        np.testing.assert_array_equal(every.upsampled[:, k], every.upsampled[:, 0])
+        np.testing.assert_allclose(engine(images, k).raw, every.raw[:, 0], rtol=1e-5, atol=1e-7)
+
+
+def test_eigencam_correlates_positively_with_the_channel_sum(images: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = functional_model()
+    below = keras.Model(model.input, model.get_layer("conv_b").output)
+    more_images = np.concatenate([images, np.random.default_rng(7).uniform(0, 1, (12, 32, 32, 3)).astype(np.float32)])
+    activations = below(more_images).numpy()
+    projections = METHODS["eigencam"].compute(tf.constant(activations)).numpy()
+    raw = CamEngine(model, "conv_b", "eigencam")(more_images, 0).raw
+    for activation, projection, raw_map in zip(activations, projections, raw, strict=True):
+        channel_sum = activation.sum(axis=-1)
+        assert correlation(projection, channel_sum) > 0
+        assert correlation(raw_map, channel_sum) > 0
+    # The SVD's own sign is arbitrary: an SVD that returns the opposite (equally valid) singular vectors
+    # must give the same maps, so the sign rule, not the SVD's convention, decides.
+    original_svd = tf.linalg.svd
+
+    def opposite_svd(matrix, *args, **kwargs):
+        singular, left, right = original_svd(matrix, *args, **kwargs)
+        return singular, -left, -right
+
+    monkeypatch.setattr(tf.linalg, "svd", opposite_svd)
+    flipped = METHODS["eigencam"].compute(tf.constant(activations)).numpy()
+    np.testing.assert_allclose(flipped, projections, rtol=1e-5, atol=1e-6 * np.abs(projections).max())
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (a class's method or a layer's call) while the test runs."""
+    calls = [0]
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(("method", "gradients", "forward_passes"), [
+    ("gradcam", True, 1), ("eigencam", False, 1), ("scorecam", False, 2),  # Score-CAM: + its masked passes
+])
+def test_the_engine_computes_gradients_only_for_methods_that_declare_them(
+    method: str, gradients: bool, forward_passes: int, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call traces once: gradients only where declared, and one forward pass (traced once; Score-CAM's
+    masked passes are one more, traced once inside its map_fn) for a method that declares activations only."""
+    model = functional_model()
+    gradient_calls = count_calls(monkeypatch, tf.GradientTape, "gradient")
+    pool = model.get_layer("pool")  # a layer between the input and the CAM layer: runs once per forward pass
+    pool_calls = count_calls(monkeypatch, pool, "call")
+    engine = CamEngine(model, "conv_b", method, scorecam_chunk=8)
+    engine(images, "predicted")
+    assert (gradient_calls[0] > 0) == gradients
+    assert pool_calls[0] == forward_passes
+    engine.all_classes(images)
+    assert (gradient_calls[0] > 0) == gradients
+    assert pool_calls[0] == 2 * forward_passes
+
+
+@pytest.mark.parametrize("kind", list(Inputs))
+def test_each_method_gets_exactly_the_inputs_it_declares(kind: Inputs, images: np.ndarray,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from heatmap_templates.explain.cam_methods import CamMethod, MaskedScores
+
+    received: list[tuple] = []
+
+    def spy(*arguments):
+        received.append(arguments)
+        activations = arguments[0]
+        cam = tf.reduce_sum(activations, axis=-1)
+        return tf.repeat(cam[:, tf.newaxis], 3, axis=1) if kind is Inputs.MASKED_SCORES else cam
+
+    engine = CamEngine(functional_model(), "conv_b", "gradcam", scorecam_chunk=4)
+    monkeypatch.setattr(engine, "_method", CamMethod(spy, kind))  # before the first call, so before tracing
+    result = engine(images, "predicted")
+    (arguments,) = received
+    assert arguments[0].shape[1:] == (13, 13, 8) and arguments[0].dtype == tf.float32
+    if kind is Inputs.GRADIENTS:
+        assert len(arguments) == 2 and arguments[1].shape == arguments[0].shape
+    elif kind is Inputs.MASKED_SCORES:
+        assert len(arguments) == 2 and isinstance(arguments[1], MaskedScores)
+        masked = arguments[1]
+        assert masked.chunk == 4 and masked.num_classes == 3 and masked.images.shape[1:] == (32, 32, 3)
+    else:
+        assert len(arguments) == 1
+    assert result.raw.shape == (4, 13, 13)
+
+
+def test_cam_method_refuses_an_undeclared_input_kind() -> None:
+    from heatmap_templates.explain.cam_methods import CamMethod
+
+    with pytest.raises(TypeError, match="declares its inputs as one of"):
+        CamMethod(lambda activations: activations, "activations")
+
+
+def test_scorecam_chunk_default_belongs_to_score_cam(images: np.ndarray) -> None:
+    from heatmap_templates.explain.cam_methods.scorecam import DEFAULT_CHUNK
+
+    model = functional_model()
+    default = CamEngine(model, "conv_b", "scorecam")(images[:2], [0, 1]).raw
+    explicit = CamEngine(model, "conv_b", "scorecam", scorecam_chunk=DEFAULT_CHUNK)(images[:2], [0, 1]).raw
+    np.testing.assert_array_equal(default, explicit)

@@ -1,10 +1,13 @@
 """The CAM family as one batched engine.
 
 One ``tf.function`` runs the model's forward pass once per batch, records the target layer's
-output ``A`` and the gradient ``dS/dA`` of each image's target score ``S``, and hands both to a
-*method*. A method is only the small part that differs: how channel weights (or an elementwise
-combination) turn ``A`` and ``dS/dA`` into a map. Every reduction runs over the spatial axes of
-one image, never over the batch, so a batched result equals the per-image result.
+output ``A`` and hands it to a *method* (:mod:`heatmap_templates.explain.cam_methods`) with exactly
+the inputs that the method declares (:class:`~heatmap_templates.explain.cam_methods.Inputs`): the
+gradient ``dS/dA`` of each image's target score ``S`` (``GRADIENTS``; only then is a gradient tape
+opened), a function that scores masked inputs (``MASKED_SCORES``: the method builds its masks and
+runs its own forward passes), or nothing more (``ACTIVATIONS``: one class-agnostic map). The engine
+knows no method by name; it dispatches on the declared kind. Every reduction runs over the spatial
+axes of one image, never over the batch, so a batched result equals the per-image result.
 
 The inner layer is captured by wrapping its ``call`` while the function is traced (the trick
 xplique uses) instead of building a sub-model, so Sequential, Functional and Functional models
@@ -32,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
+from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS, Inputs, MaskedScores
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, check_threshold, detect_head
 from heatmap_templates.model.layers import default_cam_layer, output_layer, output_rank, resolve_layer
@@ -119,8 +122,8 @@ class CamEngine:
     :data:`~heatmap_templates.explain.scores.SCORES` (``logit``: the class logit taken from the final
     layer's pre-activation; ``probability``), applied through the model's head kind
     (:mod:`heatmap_templates.model.heads`, read from its output layer unless ``head`` is given).
-    Score-CAM weights channels by the target's probability on each masked input (the paper's
-    definition) and evaluates ``scorecam_chunk`` masked images per forward pass.
+    A method that declares masked scores (Score-CAM) runs ``scorecam_chunk`` masked images per
+    forward pass (None: the method's own default, 32 for Score-CAM); other methods ignore it.
     ``mixed_precision=True`` runs on :func:`mixed_precision_copy` of the model (``self.model``);
     activations and gradients are combined in float32, so only the network runs in float16.
     """
@@ -134,12 +137,12 @@ class CamEngine:
         *,
         head: str | None = None,
         threshold: float = DEFAULT_THRESHOLD,
-        scorecam_chunk: int = 32,
+        scorecam_chunk: int | None = None,
         mixed_precision: bool = False,
     ) -> None:
         self._method = METHODS[method]
         self._score = SCORES[score]
-        if scorecam_chunk < 1:
+        if scorecam_chunk is not None and scorecam_chunk < 1:
             raise HmtError(f"scorecam_chunk must be at least 1, got {scorecam_chunk}")
         if mixed_precision:
             model = mixed_precision_copy(model)
@@ -153,14 +156,14 @@ class CamEngine:
         if layer is None:
             layer = default_cam_layer(model)
             if layer is None:
-                raise HmtError("model has no convolutional layer with a 4-D output; pass --layer")
+                raise HmtError("model has no convolutional layer with a 4-D output; pass $layer", parameters=("layer",))
         self.layer, self._layer = resolve_layer(model, layer)
         if output_rank(self._layer) != 4:
             raise HmtError(f"layer '{self.layer}' does not have a 4-D (N, h, w, C) output; pick a convolutional layer")
         self._output_layer = output_layer(model)
         self._captures_logits = not HEADS[self.head].outputs_are_logits
         self.num_classes = HEADS[self.head].class_count(int(model.outputs[0].shape[-1]))
-        self._scorecam_chunk = scorecam_chunk
+        self._masked_chunk = scorecam_chunk  # handed to a MASKED_SCORES method, which owns its default
         self.trace_count = 0
         input_shape = tuple(model.inputs[0].shape)
         if len(input_shape) != 4:
@@ -237,13 +240,14 @@ class CamEngine:
         return self._probabilities(self.model(images, training=False))
 
     @contextmanager
-    def _capture(self, tape: tf.GradientTape, record: dict[str, list[tf.Tensor]]) -> Iterator[None]:
-        """While tracing, record (and watch) the CAM layer's output and the head's logits."""
+    def _capture(self, tape: tf.GradientTape | None, record: dict[str, list[tf.Tensor]]) -> Iterator[None]:
+        """While tracing, record the CAM layer's output (watched by ``tape``, if any) and the head's logits."""
 
         def capture_activations(original: Callable) -> Callable:
             def call(*args: Any, **kwargs: Any) -> tf.Tensor:
                 output = original(*args, **kwargs)
-                tape.watch(output)
+                if tape is not None:
+                    tape.watch(output)
                 record["activations"].append(output)
                 return output
 
@@ -268,8 +272,9 @@ class CamEngine:
             else:
                 yield
 
-    def _forward(self, images: tf.Tensor, tape: tf.GradientTape) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """One recorded forward pass: (layer activations A, probabilities (N, K), explained scores (N, K))."""
+    def _forward(self, images: tf.Tensor, tape: tf.GradientTape | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One recorded forward pass: (layer activations A, probabilities (N, K), explained scores (N, K));
+        ``tape`` (gradient methods only) watches A."""
         record: dict[str, list[tf.Tensor]] = {"activations": [], "logits": []}
         with self._capture(tape, record):
             outputs = self.model(images, training=False)
@@ -285,7 +290,18 @@ class CamEngine:
         """The method's map (before ReLU) from the gradient of a summed score; images are independent,
         so d(sum)/dA_i = dS_i/dA_i."""
         gradients = tape.gradient(score, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return self._method.combine(tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
+        return self._method.compute(tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
+
+    def _gradient_free_cams(self, images: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:
+        """Every class's map (N, K, h, w), before ReLU, from a method that declares no gradient: the
+        activations alone (one map, the same for every class), or masked scores (the method builds its
+        masked inputs and runs them through ``MaskedScores.probabilities``)."""
+        activations = tf.cast(activations, tf.float32)
+        if self._method.inputs is Inputs.ACTIVATIONS:
+            cam = self._method.compute(activations)
+            return tf.repeat(cam[:, tf.newaxis], self.num_classes, axis=1)
+        masked = MaskedScores(images, self._predict_graph, self.num_classes, self._masked_chunk)
+        return self._method.compute(activations, masked)
 
     def _upsample(self, raw: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
         """Bilinear resize of (..., h, w) maps to the input's (H, W), on the device."""
@@ -295,60 +311,33 @@ class CamEngine:
 
     def _cam_graph(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, ...]:
         self.trace_count += 1  # Python side effect: runs once per trace, never per batch
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            activations, probabilities, chosen = self._forward(images, tape)
-            targets = tf.where(targets < 0, self._predicted(probabilities), targets)
-            total_score = tf.reduce_sum(tf.gather(chosen, targets, axis=1, batch_dims=1))
-        if self._method.uses_gradients:
+        if self._method.inputs is Inputs.GRADIENTS:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                activations, probabilities, chosen = self._forward(images, tape)
+                targets = tf.where(targets < 0, self._predicted(probabilities), targets)
+                total_score = tf.reduce_sum(tf.gather(chosen, targets, axis=1, batch_dims=1))
             cam = self._gradient_cam(tape, total_score, activations)
         else:
-            activations = tf.cast(activations, tf.float32)
-            weights = tf.gather(self._scorecam_scores(images, activations), targets, axis=2, batch_dims=1)
-            cam = self._method.combine(activations, weights)
+            activations, probabilities, _ = self._forward(images, None)
+            targets = tf.where(targets < 0, self._predicted(probabilities), targets)
+            cam = tf.gather(self._gradient_free_cams(images, activations), targets, axis=1, batch_dims=1)
         raw = tf.nn.relu(cam)
         return probabilities, raw, self._upsample(raw, images), targets
 
     def _all_classes_graph(self, images: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        """Maps of every class from ONE forward pass: one backward pass per class (only from the
-        score down to the CAM layer), or, for Score-CAM, the same masked forwards for all classes."""
+        """Maps of every class from ONE forward pass: for a gradient method one backward pass per class
+        (only from the score down to the CAM layer); otherwise the method's maps of every class at once
+        (Score-CAM's masked forwards serve all classes; EigenCAM's one map is every class's)."""
         self.trace_count += 1
-        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-            activations, probabilities, chosen = self._forward(images, tape)
-            class_scores = [tf.reduce_sum(chosen[:, k]) for k in range(self.num_classes)]
-        if self._method.uses_gradients:
+        if self._method.inputs is Inputs.GRADIENTS:
+            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+                activations, probabilities, chosen = self._forward(images, tape)
+                class_scores = [tf.reduce_sum(chosen[:, k]) for k in range(self.num_classes)]
             cams = tf.stack([self._gradient_cam(tape, score, activations) for score in class_scores], axis=1)
+            del tape
         else:
-            activations = tf.cast(activations, tf.float32)
-            weights = self._scorecam_scores(images, activations)
-            cams = tf.stack([self._method.combine(activations, weights[:, :, k]) for k in range(self.num_classes)], axis=1)
-        del tape
+            activations, probabilities, _ = self._forward(images, None)
+            cams = self._gradient_free_cams(images, activations)
         raw = tf.nn.relu(cams)
         return probabilities, raw, self._upsample(raw, images)
-
-    def _scorecam_scores(self, images: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:
-        """Score-CAM channel weights for every class (N, C, K): the class probabilities of the input
-        masked by each channel's upsampled, min-max scaled activation; masked images run in chunks."""
-        batch = tf.shape(activations)[0]
-        channels = tf.shape(activations)[3]
-        chunk = self._scorecam_chunk
-        total = batch * channels
-        num_chunks = (total + chunk - 1) // chunk
-        channel_maps = tf.transpose(activations, (0, 3, 1, 2))  # (N, C, h, w)
-
-        def chunk_scores(chunk_index: tf.Tensor) -> tf.Tensor:
-            flat = tf.minimum(chunk_index * chunk + tf.range(chunk), total - 1)
-            image_index, channel_index = flat // channels, flat % channels
-            maps = tf.gather_nd(channel_maps, tf.stack([image_index, channel_index], axis=1))
-            masks = tf.image.resize(maps[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")
-            low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
-            high = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True)
-            masks = tf.math.divide_no_nan(masks - low, high - low)
-            masked = tf.gather(images, image_index) * masks
-            return self._probabilities(self.model(masked, training=False))
-
-        scores = tf.map_fn(
-            chunk_scores, tf.range(num_chunks),
-            fn_output_signature=tf.TensorSpec((chunk, self.num_classes), tf.float32),
-        )
-        return tf.reshape(tf.reshape(scores, (-1, self.num_classes))[:total], (batch, channels, self.num_classes))
 
