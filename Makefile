@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The wings' layers contract (pyproject.toml, [tool.importlinter]): an import that runs back up fails the build.
+# Habits as checks, configured in pyproject.toml: the wings' layers contract (an import that runs back up fails the
+# build), ruff, and mypy (which reads the CLI's folder cli/ as the package hmt_cli through a link under build/).
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
+	mkdir -p build/mypy && ln -sfn ../../cli build/mypy/hmt_cli
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q

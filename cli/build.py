@@ -12,7 +12,7 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project
-from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, build_templates
+from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, BuildSummary, build_templates
 from heatmap_templates.templates.members import INCLUDES
 from heatmap_templates.templates.normalisation import NORMALISATIONS
 from heatmap_templates.templates.registration import REGISTRATIONS
@@ -57,10 +57,7 @@ def build_templates_command(
 
     Example: hmt build-templates --class covid   (on a cluster: add --scheduler tcp://scheduler:8786)
     """
-    if not class_names and not all_classes:
-        raise HmtError("name a class with --class NAME (repeatable) or use --all-classes")
-    if class_names and all_classes:
-        raise HmtError("use either --class or --all-classes, not both")
+    _check_class_choice(class_names, all_classes)
     config = BuildConfig(
         registration=registration, normalisation=normalisation, include=include,
         reference=str(reference) if reference else None, n_components=components,
@@ -73,16 +70,12 @@ def build_templates_command(
         model = model or Path(project["model"])
         data = data or Path(project["data"])
     if model is not None:
-        from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps
-
-        heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
-        extraction = extract_heatmaps(
-            model, data, heatmaps, method=method, score=score, layer=layer, batch_size=batch_size,
-            unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
+        assert data is not None  # given with the model, or the project's
+        heatmaps = _extract_first(
+            model, data, heatmaps, out, method=method, score=score, layer=layer,
+            batch_size=batch_size, unsafe_load=unsafe_load, scheduler=scheduler, as_json=as_json,
         )
-        if not as_json:
-            typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
-            echo_skipped(extraction.skipped)
+    assert heatmaps is not None  # given, extracted above, or the project's model was
     summary = build_templates(
         heatmaps, None if all_classes else class_names, out, config=config,
         command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
@@ -96,6 +89,35 @@ def build_templates_command(
         typer.echo(json.dumps(summary.to_dict() | ({"strategies": {name: result.to_dict() for name, result in found.items()}}
                                                    if found else {}), indent=2))
         return
+    _echo_build(summary, found, include=include, registration=registration)
+
+
+def _check_class_choice(class_names: list[str], all_classes: bool) -> None:
+    """Stop unless exactly one of --class and --all-classes says which classes to build (a user error, exit 2)."""
+    if not class_names and not all_classes:
+        raise HmtError("name a class with --class NAME (repeatable) or use --all-classes")
+    if class_names and all_classes:
+        raise HmtError("use either --class or --all-classes, not both")
+
+
+def _extract_first(model: Path, data: Path, heatmaps: Path | None, out: Path, *, method: str, score: str,
+                   layer: str | None, batch_size: int, unsafe_load: bool, scheduler: str | None, as_json: bool) -> Path:
+    """Compute (or resume) the store the build reads (default: beside OUT), so nothing is computed twice; its path."""
+    from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps
+
+    heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
+    extraction = extract_heatmaps(
+        model, data, heatmaps, method=method, score=score, layer=layer, batch_size=batch_size,
+        unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
+    )
+    if not as_json:
+        typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")
+        echo_skipped(extraction.skipped)
+    return heatmaps
+
+
+def _echo_build(summary: BuildSummary, found: dict, *, include: str, registration: str) -> None:
+    """Print the build's summary for people: members and consistency per class, registration, strategies."""
     typer.echo(f"templates: {summary.out}")
     for name, count in summary.members.items():
         consistency = summary.mean_pairwise_correlation.get(name)

@@ -36,7 +36,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             sample = next(reader.iter_batches(1))
             shapes = {"image": list(sample.images.shape[1:]), "raw": list(sample.raw.shape[1:])}
         return {
-            "path": str(path), "kind": kind.name, "attrs": _public_attrs(reader.attrs), "settings": reader.settings, "images": len(reader),
+            "path": str(path), "kind": kind.name, "attrs": _public_attrs(reader.attrs), "settings": reader.settings.to_dict(), "images": len(reader),
             "correct": int(np.asarray(reader.correct).reshape(len(reader), -1).all(axis=1).sum()),  # every finding right
             "unknown_label": int((np.asarray(reader.labels).reshape(len(reader), -1) < 0).any(axis=1).sum()), "classes": per_class,
             "shapes": shapes, "pending_shards": reader.pending_shards,
@@ -57,7 +57,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "loo_percentiles": {str(q): float(np.percentile(loo, q)) for q in (5, 25, 50, 75, 95)} if len(loo) else None,
         }
     return {
-        "path": str(path), "kind": kind.name, "attrs": _public_attrs(data.attrs), "settings": data.settings, "classes": classes,
+        "path": str(path), "kind": kind.name, "attrs": _public_attrs(data.attrs), "settings": data.settings.to_dict(), "classes": classes,
         "reference": list(data.reference_image.shape) if data.reference_image is not None else None,
         "similarity": {"classes": data.similarity_classes, "matrix": np.round(data.similarity, 4).tolist()},
     }

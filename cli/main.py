@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
 import typer
 
 from heatmap_templates import __version__
-from heatmap_templates.errors import HmtError, OptionError, display_path
+from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.files import fault_reason
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter off the terminal
+
+# Library parameters whose flag is not the parameter's name with "_" -> "-" (the same flag in every command that has
+# one); user errors name the parameters of the library call, run() names them by these flags.
+PARAMETER_FLAGS = {
+    "unsafe": "--unsafe-load",  # model_file.load_model
+    "gallery_size": "--gallery",  # present.report.write_report
+    "shortcuts": "--shortcut",  # synth.synthesize_dataset (a mapping; the CLI repeats CLASS:FRACTION)
+}
 
 # Commands whose work runs a Keras model; TensorFlow is imported (quietly) only for these.
 TENSORFLOW_COMMANDS = frozenset({"train", "evaluate", "heatmaps", "build-templates", "compare", "evaluate-templates", "demo"})
@@ -77,17 +86,21 @@ def run() -> None:
         _import_tensorflow_quietly()
     try:
         app()
-    except OptionError as error:
-        flag = "--" + error.parameter.replace("_", "-")
-        typer.echo(f"hmt: error: {error.for_flag(flag) if flag in _command_flags(sys.argv[1:2]) else error}", err=True)
-        sys.exit(2)
-    except HmtError as error:
-        typer.echo(f"hmt: error: {error}", err=True)
+    except HmtError as error:  # library parameters named by this command's flags (errors.py, PARAMETER_FLAGS)
+        typer.echo(f"hmt: error: {error.render(parameter_flags(error.parameters, sys.argv[1:2]))}", err=True)
         sys.exit(2)
     except OSError as error:  # an environment fault that no library call turned into a BadFileError
         where = f"{display_path(error.filename)}: " if error.filename else ""
         typer.echo(f"hmt: error: {where}{fault_reason(error)}", err=True)
         sys.exit(2)
+
+
+def parameter_flags(parameters: Iterable[str], command: list[str]) -> dict[str, str]:
+    """The flags of the running ``command`` that stand for library ``parameters``: ``--name-with-dashes``, or the
+    flag PARAMETER_FLAGS gives; a parameter that command has no flag for is left out (its message keeps the library's form)."""
+    flags = _command_flags(command)
+    wanted = {parameter: PARAMETER_FLAGS.get(parameter, "--" + parameter.replace("_", "-")) for parameter in parameters}
+    return {parameter: flag for parameter, flag in wanted.items() if flag in flags}
 
 
 def _command_flags(command: list[str]) -> set[str]:

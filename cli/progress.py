@@ -9,6 +9,7 @@ from rich.progress import (
     MofNCompleteColumn,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -38,7 +39,7 @@ class RichProgress:
     def __init__(self, unit: str = "images") -> None:
         self._unit = unit
         self._bar: RichProgressBar | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def start(self, total: int | None, description: str) -> None:
         self.finish()
@@ -57,7 +58,7 @@ class RichProgress:
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.advance(self._task, n)
 
     def finish(self) -> None:

@@ -17,8 +17,9 @@ from heatmap_templates.model.evaluation import evaluate as evaluate_model
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD
 from heatmap_templates.model.model_file import load_model, save_model
 from heatmap_templates.model.recipe import SCHEDULES
-from heatmap_templates.model.training import EpochLog, TrainConfig, save_training_outputs
+from heatmap_templates.model.training import EpochLog, TrainConfig, TrainResult
 from heatmap_templates.model.training import train as train_model
+from heatmap_templates.model.training_files import save_training_outputs
 from heatmap_templates.present.figures import confusion_matrix_figure, training_figures
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
 from hmt_cli.choices import registry_option
@@ -137,10 +138,7 @@ def train(
         memory_budget_gb=memory_budget, cache_dir=str(cache_dir) if cache_dir else None, shuffle_labels=shuffle_labels,
     )
     config.validate()
-    if out.suffix != ".keras":
-        raise HmtError(f"{display_path(out)}: the model file must end in .keras")
-    if multi_label != (labels is not None):
-        raise HmtError("--multi-label trains on the finding columns named by --labels; give both or neither")
+    _check_outputs_and_labels(out, multi_label, labels)
     dataset = load_dataset(data, labels=labels.split(",") if labels else None, uncertain=uncertain, patient_regex=patient_regex,
                            strict=strict)
     result = train_model(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
@@ -148,22 +146,39 @@ def train(
     written = {"model": model_path, **save_training_outputs(result, model_path), **training_figures(result, model_path)}
     written["project"] = record_project(model=model_path, data=data, folder=project_dir)
     if as_json:
-        summary = {
-            "files": {key: str(path) for key, path in written.items()},
-            "class_names": result.info.class_names,
-            "split_counts": result.split_counts,
-            "epochs_run": len(result.history),
-            "seconds": round(result.seconds, 2),
-            "val_accuracy": None if result.val_report is None else result.val_report.get("accuracy"),
-            "val_report": result.val_report,
-            "test_accuracy": None if result.test_report is None else result.test_report.get("accuracy"),
-            "test_report": result.test_report,
-            "skipped": problems_json(result.problems),
-        }
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(_training_json(result, written), indent=2))
         return
+    _echo_training(result, written, backbone=backbone, root=dataset.root)
+
+
+def _check_outputs_and_labels(out: Path, multi_label: bool, labels: str | None) -> None:
+    """Stop before any image is read when the model's file name or the finding columns cannot work (exit 2)."""
+    if out.suffix != ".keras":
+        raise HmtError(f"{display_path(out)}: the model file must end in .keras")
+    if multi_label != (labels is not None):
+        raise HmtError("--multi-label trains on the finding columns named by --labels; give both or neither")
+
+
+def _training_json(result: TrainResult, written: dict[str, Path]) -> dict:
+    """The training summary for `--json`: the files written, the split, the epochs and the reports, for scripts."""
+    return {
+        "files": {key: str(path) for key, path in written.items()},
+        "class_names": result.info.class_names,
+        "split_counts": result.split_counts,
+        "epochs_run": len(result.history),
+        "seconds": round(result.seconds, 2),
+        "val_accuracy": None if result.val_report is None else result.val_report.get("accuracy"),
+        "val_report": result.val_report,
+        "test_accuracy": None if result.test_report is None else result.test_report.get("accuracy"),
+        "test_report": result.test_report,
+        "skipped": problems_json(result.problems),
+    }
+
+
+def _echo_training(result: TrainResult, written: dict[str, Path], *, backbone: str, root: Path) -> None:
+    """Print the training summary for people: the split, the files written, skipped inputs and the headline scores."""
     counts = ", ".join(f"{name} {sum(c.values())}" for name, c in result.split_counts.items())
-    typer.echo(f"trained {backbone} on {display_path(dataset.root)} ({counts} images) in {result.seconds:.1f} s")
+    typer.echo(f"trained {backbone} on {display_path(root)} ({counts} images) in {result.seconds:.1f} s")
     for key, path in written.items():
         typer.echo(f"  {key:<10} {display_path(path)}")
     echo_skipped(result.problems)

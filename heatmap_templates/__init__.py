@@ -32,13 +32,15 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "model.training", "train": "model.training", "ModelInfo": "model.model_file",
     "save_model": "model.model_file", "load_model": "model.model_file", "evaluate": "model.evaluation",
     # explain
-    "CamEngine": "explain.cam", "extract": "explain.heatmaps", "extract_heatmaps": "explain.heatmaps",
+    "CamEngine": "explain.cam", "engine_for": "explain.engine_choice", "extract": "explain.heatmaps",
+    "extract_heatmaps": "explain.heatmaps",
     # store
-    "HeatmapWriter": "store", "HeatmapReader": "store", "open_heatmaps": "store",
+    "HeatmapWriter": "store", "HeatmapReader": "store", "open_heatmaps": "store", "HeatmapSettings": "store.settings",
     # templates
     "Registrar": "templates.registration", "prepare_maps": "templates.prepare", "ClassAccumulator": "templates.accumulator",
     "BuildConfig": "templates.build", "build_templates": "templates.build", "merge_template_files": "templates.build",
-    "TemplateFile": "templates.templates_file", "read_templates": "templates.templates_file",
+    "TemplateFile": "templates.templates_file", "TemplateSettings": "templates.template_settings",
+    "read_templates": "templates.templates_file",
     "save_templates": "templates.templates_file",
     # analysis
     "TemplateScorer": "analysis.scoring", "Comparer": "analysis.compare", "evaluate_templates": "analysis.compare",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
     from heatmap_templates.demo import run_demo
     from heatmap_templates.explain.cam import CamEngine
     from heatmap_templates.explain.cam_methods import METHODS
+    from heatmap_templates.explain.engine_choice import engine_for
     from heatmap_templates.explain.heatmaps import extract, extract_heatmaps
     from heatmap_templates.explain.scores import SCORES
     from heatmap_templates.model.backbones import BACKBONES
@@ -104,6 +107,7 @@ if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
     from heatmap_templates.present.figures import comparison_figure, template_figures
     from heatmap_templates.present.report import write_report
     from heatmap_templates.store import HeatmapReader, HeatmapWriter, open_heatmaps
+    from heatmap_templates.store.settings import HeatmapSettings
     from heatmap_templates.synth import ground_truth_localisation, synthesize_dataset
     from heatmap_templates.synth.lesions import LESIONS
     from heatmap_templates.synth.shortcuts import SHORTCUTS
@@ -114,4 +118,5 @@ if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
     from heatmap_templates.templates.prepare import prepare_maps
     from heatmap_templates.templates.registration import REGISTRATIONS, Registrar
     from heatmap_templates.templates.statistics import STATISTICS
+    from heatmap_templates.templates.template_settings import TemplateSettings
     from heatmap_templates.templates.templates_file import TemplateFile, read_templates, save_templates

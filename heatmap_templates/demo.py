@@ -21,11 +21,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heatmap_templates.data.datasets import Dataset, load_dataset, relative_path
 from heatmap_templates.errors import HmtError, Problem, display_path, problems_json
 from heatmap_templates.files import ensure_folder, write_text
 from heatmap_templates.progress import Progress
+
+if TYPE_CHECKING:  # for annotations only: the stages' modules (TensorFlow among them) load when a stage runs
+    from heatmap_templates.analysis.compare import ComparisonRun
+    from heatmap_templates.explain.heatmaps import ExtractionSummary
+    from heatmap_templates.model.training import TrainResult
+    from heatmap_templates.templates.build import BuildSummary
 
 DEFAULT_DEMO_DIR = Path("templates_out/demo")
 COMPARED_IMAGES = 8
@@ -101,99 +108,53 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoSummary:
     """Run every stage of hmt (see the module docstring) and return where the outputs are."""
-    from heatmap_templates.analysis.compare import Comparer
-    from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS
-    from heatmap_templates.analysis.strategy_search import add_strategies
-    from heatmap_templates.explain.heatmaps import extract_heatmaps
-    from heatmap_templates.model.model_file import save_model
-    from heatmap_templates.model.training import TrainConfig, save_training_outputs, train
-    from heatmap_templates.present.figures import template_figures, training_figures
+    from heatmap_templates.present.figures import template_figures
     from heatmap_templates.present.report import write_report
-    from heatmap_templates.synth import (
-        CANONICAL_CHEST_FILE,
-        GROUND_TRUTH_DIR,
-        ground_truth_localisation,
-        synthesize_dataset,
-    )
-    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)
     ensure_folder(out_dir, out_dir)
     step = on_step or (lambda message: None)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
+    watch = _Stopwatch()
 
     if data is None:
-        data_dir = out_dir / "data"
-        step(f"synthesising {4 * settings.n_per_class} phantoms at {settings.size} px into {data_dir}")
-        synthesize_dataset(data_dir, n_per_class=settings.n_per_class, size=settings.size, seed=settings.seed, progress=progress)
-        lap("synth")
+        data_dir = _synthesise(out_dir / "data", settings, step=step, progress=progress)
+        watch.lap("synth")
     else:
         data_dir = Path(data)
     dataset = load_dataset(data_dir)
 
-    step(f"training the small CNN on {len(dataset.samples)} images ({', '.join(dataset.class_names)})")
-    config = TrainConfig(backbone="small", input_size=min(settings.size, 128), epochs=settings.epochs,
-                         seed=settings.seed, batch_size=settings.batch_size)
-    result = train(dataset, config, progress=progress)
-    model_path = out_dir / "model.keras"
-    save_model(result.model, result.info, model_path)
-    save_training_outputs(result, model_path)
-    training_figures(result, model_path)
-    lap("train")
+    result, model_path = _train_small_cnn(dataset, out_dir, settings, step=step, progress=progress)
+    watch.lap("train")
 
-    step("extracting Grad-CAM heatmaps of the training images")
-    held_in = set(result.info.split.get("train", [])) | set(result.info.split.get("val", []))
-    manifest = _write_manifest(dataset, held_in, out_dir / "templates_manifest.csv")
-    heatmaps_path = out_dir / "heatmaps.h5"
-    extraction = extract_heatmaps(model_path, manifest, heatmaps_path, batch_size=settings.batch_size, progress=progress)
-    lap("heatmaps")
+    heatmaps_path, extraction = _extract_held_in(dataset, result.info.split, model_path, out_dir, settings,
+                                                 step=step, progress=progress)
+    watch.lap("heatmaps")
 
-    step("registering heatmaps and building a template for every class")
-    templates_path = out_dir / "templates.h5"
-    if templates_path.exists():
-        templates_path.unlink()  # a fresh demo run rebuilds its templates rather than adding to them
     # On the phantom, templates are built in its canonical frame so they can be scored against the
     # ground-truth lesion maps; on user data the reference is built from the data.
-    reference = None if data is not None else str(data_dir / GROUND_TRUTH_DIR / CANONICAL_CHEST_FILE)
-    build = build_templates(heatmaps_path, None, templates_path,
-                            config=BuildConfig(batch_size=settings.batch_size, reference=reference), progress=progress)
-    lap("templates")
+    templates_path, build = _build_every_class(heatmaps_path, out_dir, settings, phantom=data_dir if data is None else None,
+                                               step=step, progress=progress)
+    watch.lap("templates")
 
-    step("finding the strategies within each class")
-    eligible = [name for name, count in build.members.items() if count >= MIN_STRATEGY_MEMBERS]
-    strategies = {name: result.k for name, result in add_strategies(templates_path, heatmaps_path, eligible, progress=progress).items()} \
-        if eligible else {}
-    lap("strategies")
+    strategies = _find_strategies(templates_path, heatmaps_path, build.members, step=step, progress=progress)
+    watch.lap("strategies")
 
     ground_truth = None
     if data is None:
-        step("scoring the templates against the phantom's ground-truth lesion maps")
-        ground_truth = ground_truth_localisation(templates_path, data_dir)
-        lap("ground truth")
+        ground_truth = _score_ground_truth(templates_path, data_dir, step=step)
+        watch.lap("ground truth")
 
-    labels = {relative_path(sample, dataset.root): sample.label for sample in dataset.samples}
-    test_split = sorted(result.info.split.get("test", []))
-    chosen = test_split[:: max(1, len(test_split) // COMPARED_IMAGES)][:COMPARED_IMAGES]
-    step(f"comparing {len(chosen)} held-out test images with the templates")
-    comparison = Comparer(templates_path, model=model_path).compare([dataset.root / path for path in chosen], batch_size=settings.batch_size)
-    comparisons = [{"true": labels.get(chosen[item.position]), **item.to_dict()} for item in comparison.results]
-    lap("compare")
+    comparison, comparisons = _compare_test_images(dataset, result.info.split, templates_path, model_path, settings, step=step)
+    watch.lap("compare")
 
     step("drawing the figures")
     figures = template_figures(templates_path, out_dir / "figures", formats=("png", "pdf"), dpi=200)
-    lap("figures")
+    watch.lap("figures")
 
     step("writing the report")
     report = write_report(templates_path, out_dir / "report", heatmaps=heatmaps_path, batch_size=settings.batch_size, progress=progress)
-    lap("report")
+    watch.lap("report")
 
     return DemoSummary(
         out_dir=out_dir,
@@ -208,6 +169,111 @@ def run_demo(
         strategies=strategies,
         comparisons=comparisons,
         ground_truth_auc=ground_truth,
-        seconds=seconds,
+        seconds=watch.seconds,
         skipped=[*result.problems, *extraction.skipped, *comparison.skipped],
     )
+
+
+class _Stopwatch:
+    """The seconds of each stage (the summary's ``seconds``), each measured from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Record the time since the last lap under ``name``, so the stages' times add up to the whole run."""
+        now = time.perf_counter()
+        self.seconds[name] = now - self._clock
+        self._clock = now
+
+
+def _synthesise(data_dir: Path, settings: DemoSettings, *, step: Callable[[str], None], progress: Progress | None) -> Path:
+    """Write the phantom data set (four classes, known lesions) the demo runs on when no data is given; its folder."""
+    from heatmap_templates.synth import synthesize_dataset
+
+    step(f"synthesising {4 * settings.n_per_class} phantoms at {settings.size} px into {data_dir}")
+    synthesize_dataset(data_dir, n_per_class=settings.n_per_class, size=settings.size, seed=settings.seed, progress=progress)
+    return data_dir
+
+
+def _train_small_cnn(dataset: Dataset, out_dir: Path, settings: DemoSettings, *, step: Callable[[str], None],
+                     progress: Progress | None) -> tuple[TrainResult, Path]:
+    """Train the compact CNN and write it with its companions (history, evaluation, figures): the model every later stage uses."""
+    from heatmap_templates.model.model_file import save_model
+    from heatmap_templates.model.training import TrainConfig, train
+    from heatmap_templates.model.training_files import save_training_outputs
+    from heatmap_templates.present.figures import training_figures
+
+    step(f"training the small CNN on {len(dataset.samples)} images ({', '.join(dataset.class_names)})")
+    config = TrainConfig(backbone="small", input_size=min(settings.size, 128), epochs=settings.epochs,
+                         seed=settings.seed, batch_size=settings.batch_size)
+    result = train(dataset, config, progress=progress)
+    model_path = out_dir / "model.keras"
+    save_model(result.model, result.info, model_path)
+    save_training_outputs(result, model_path)
+    training_figures(result, model_path)
+    return result, model_path
+
+
+def _extract_held_in(dataset: Dataset, split: dict[str, list[str]], model_path: Path, out_dir: Path, settings: DemoSettings, *,
+                     step: Callable[[str], None], progress: Progress | None) -> tuple[Path, ExtractionSummary]:
+    """Heatmaps of the training and validation images only, so the test images stay unseen by the templates."""
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+
+    step("extracting Grad-CAM heatmaps of the training images")
+    held_in = set(split.get("train", [])) | set(split.get("val", []))
+    manifest = _write_manifest(dataset, held_in, out_dir / "templates_manifest.csv")
+    heatmaps_path = out_dir / "heatmaps.h5"
+    extraction = extract_heatmaps(model_path, manifest, heatmaps_path, batch_size=settings.batch_size, progress=progress)
+    return heatmaps_path, extraction
+
+
+def _build_every_class(heatmaps_path: Path, out_dir: Path, settings: DemoSettings, *, phantom: Path | None,
+                       step: Callable[[str], None], progress: Progress | None) -> tuple[Path, BuildSummary]:
+    """A fresh templates file with every class's template (in the phantom's canonical frame when ``phantom`` is its folder)."""
+    from heatmap_templates.synth import CANONICAL_CHEST_FILE, GROUND_TRUTH_DIR
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+
+    step("registering heatmaps and building a template for every class")
+    templates_path = out_dir / "templates.h5"
+    if templates_path.exists():
+        templates_path.unlink()  # a fresh demo run rebuilds its templates rather than adding to them
+    reference = None if phantom is None else str(phantom / GROUND_TRUTH_DIR / CANONICAL_CHEST_FILE)
+    build = build_templates(heatmaps_path, None, templates_path,
+                            config=BuildConfig(batch_size=settings.batch_size, reference=reference), progress=progress)
+    return templates_path, build
+
+
+def _find_strategies(templates_path: Path, heatmaps_path: Path, members: dict[str, int], *,
+                     step: Callable[[str], None], progress: Progress | None) -> dict[str, int]:
+    """The number of strategies found in each class with enough members to cluster (stored in the templates file)."""
+    from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS
+    from heatmap_templates.analysis.strategy_search import add_strategies
+
+    step("finding the strategies within each class")
+    eligible = [name for name, count in members.items() if count >= MIN_STRATEGY_MEMBERS]
+    return {name: result.k for name, result in add_strategies(templates_path, heatmaps_path, eligible, progress=progress).items()} \
+        if eligible else {}
+
+
+def _score_ground_truth(templates_path: Path, data_dir: Path, *, step: Callable[[str], None]) -> dict[str, dict]:
+    """How well each template finds the phantom's known lesions (pixel ROC AUC per class): the demo's own check."""
+    from heatmap_templates.synth import ground_truth_localisation
+
+    step("scoring the templates against the phantom's ground-truth lesion maps")
+    return ground_truth_localisation(templates_path, data_dir)
+
+
+def _compare_test_images(dataset: Dataset, split: dict[str, list[str]], templates_path: Path, model_path: Path,
+                         settings: DemoSettings, *, step: Callable[[str], None]) -> tuple[ComparisonRun, list[dict]]:
+    """Compare a few held-out test images, spread over the split, with the templates; the run and its rows with true labels."""
+    from heatmap_templates.analysis.compare import Comparer
+
+    labels = {relative_path(sample, dataset.root): sample.label for sample in dataset.samples}
+    test_split = sorted(split.get("test", []))
+    chosen = test_split[:: max(1, len(test_split) // COMPARED_IMAGES)][:COMPARED_IMAGES]
+    step(f"comparing {len(chosen)} held-out test images with the templates")
+    comparison = Comparer(templates_path, model=model_path).compare([dataset.root / path for path in chosen], batch_size=settings.batch_size)
+    comparisons = [{"true": labels.get(chosen[item.position]), **item.to_dict()} for item in comparison.results]
+    return comparison, comparisons

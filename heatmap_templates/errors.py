@@ -1,8 +1,19 @@
 """Error types shared by every stage, and the log of inputs a run skipped.
 
 `HmtError` is a *user* error: the CLI prints its message on one line and exits with code 2,
-never a traceback. Library users catch it like any other exception. `OptionError` names the
-library parameter and its allowed values, so the CLI can name its own flag instead.
+never a traceback. Library users catch it like any other exception.
+
+Library errors speak of parameters; the CLI maps parameters to flags. A message that names a
+parameter of the call writes it as the placeholder ``$name`` (string.Template's syntax, so an
+f-string needs no escaping) and lists the names in ``parameters``::
+
+    raise HmtError("model has no 4-D layer; name one with $layer", parameters=("layer",))
+
+``str(error)`` is the library's form, each placeholder written ``parameter 'layer'`` (the keyword a
+library user passes); ``error.render({"layer": "--layer"})`` writes any other form, which is what the
+CLI does with the running command's flags (``hmt_cli.main.run``), keeping the library's form for a
+parameter that command has no flag for. `OptionError` (a value outside a parameter's choices) is the
+same idea with a message of its own shape. No library message names a CLI flag (``tests/test_errors.py``).
 
 Runs never stop at a bad input file: they record a :class:`Problem` in a :class:`SkipLog` and
 report the log at the end (``strict`` runs raise on the first one instead).
@@ -10,13 +21,31 @@ report the log at the end (``strict`` runs raise on the first one instead).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 
 class HmtError(Exception):
-    """A problem the user can fix (bad argument, bad file, missing input); exit code 2."""
+    """A problem the user can fix (bad argument, bad file, missing input); exit code 2.
+
+    ``parameters``: the library parameters the message names, each as ``$name`` (module docstring);
+    ``template`` keeps the message with its placeholders, ``str(error)`` is its library form.
+    """
+
+    def __init__(self, *args: object, parameters: Sequence[str] = ()) -> None:
+        self.parameters = tuple(parameters)
+        self.template = str(args[0]) if args else ""
+        super().__init__(*((self.render({}), *args[1:]) if self.parameters and args else args))
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message with each parameter in ``names`` written as given (the CLI: its flag), every
+        other parameter in the library's form, ``parameter 'name'``."""
+        if not self.parameters:
+            return self.template
+        placeholder = re.compile(r"\$(" + "|".join(map(re.escape, self.parameters)) + r")\b")
+        return placeholder.sub(lambda found: names.get(found[1], f"parameter {found[1]!r}"), self.template)
 
 
 class OptionError(HmtError):
@@ -27,7 +56,12 @@ class OptionError(HmtError):
         self.value = value
         self.what = what
         self.choices = tuple(choices)
-        super().__init__(f"unknown {what} {value!r}; choose one of {', '.join(self.choices)}")
+        super().__init__(f"unknown {what} {value!r}; choose one of {', '.join(self.choices)}", parameters=(parameter,))
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The library's message, or :meth:`for_flag`'s when ``names`` gives the parameter a flag."""
+        flag = names.get(self.parameter)
+        return super().render(names) if flag is None else self.for_flag(flag)
 
     def for_flag(self, flag: str) -> str:
         """The message with the CLI's flag named, e.g. "unknown registration 'x' (--registration); ..."."""
@@ -44,12 +78,14 @@ class BadImageError(HmtError):
 
 
 class BadFileError(HmtError):
-    """A model, template or heatmap file cannot be used (wrong kind, corrupt, incompatible, unwritable)."""
+    """A model, template or heatmap file cannot be used (wrong kind, corrupt, incompatible, unwritable).
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    ``reason`` may name ``parameters`` as ``$name`` (module docstring); the attribute is its library form."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, *, parameters: Sequence[str] = ()) -> None:
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {reason}", parameters=parameters)
+        self.reason = HmtError(reason, parameters=parameters).render({})
 
 
 def one_line(error: BaseException, limit: int = 120) -> str:

@@ -8,7 +8,7 @@ than a balanced tree keeps one running result in memory (a tree holds log2(chunk
 each as large as a template's state); each combine is an exact merge that costs a few array
 additions, small beside a chunk's work.
 
-``--scheduler`` (:func:`executor_for`):
+``scheduler`` (:func:`executor_for`; the CLI's ``--scheduler``):
 
 - none (default): this process, ``threads`` chunks at a time in threads (one chunk: threads inside it);
 - ``local:N``: a Dask ``LocalCluster`` of N worker processes on this machine;
@@ -94,7 +94,7 @@ class LocalExecutor:
             while running:
                 item, future = running.popleft()
                 result = future.result()
-                if (following := next(waiting, _END)) is not _END:  # keep every thread busy while the caller folds
+                if (following := next(waiting, None)) is not None:  # keep every thread busy while the caller folds
                     running.append((following[1], pool.submit(call, *following)))
                 if done is not None:
                     done(item)
@@ -112,7 +112,6 @@ class LocalExecutor:
         return None
 
 
-_END = object()
 
 
 def _fold(combine: Callable[[T, T], T], items: Iterable[T]) -> T:
@@ -177,7 +176,7 @@ class DaskExecutor:
 
 
 def executor_for(scheduler: str | Any | None, *, threads: int = 1) -> Executor:
-    """The executor of a ``--scheduler`` value (see the module docstring), or of a ``dask.distributed.Client``."""
+    """The executor of a ``scheduler`` value (see the module docstring), or of a ``dask.distributed.Client``."""
     if scheduler is None or scheduler == "":
         return LocalExecutor(threads)
     if not isinstance(scheduler, str):
@@ -185,15 +184,15 @@ def executor_for(scheduler: str | Any | None, *, threads: int = 1) -> Executor:
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as error:
-        raise HmtError("--scheduler needs Dask: pip install 'dask[distributed]'") from error
+        raise HmtError("$scheduler needs Dask: pip install 'dask[distributed]'", parameters=("scheduler",)) from error
     if scheduler.startswith("local:"):
         count = scheduler.split(":", 1)[1]
         if not count.isdigit() or int(count) < 1:
-            raise HmtError(f"--scheduler local:N needs a number of workers N >= 1, got {scheduler!r}")
+            raise HmtError(f"$scheduler: local:N needs a number of workers N >= 1, got {scheduler!r}", parameters=("scheduler",))
         cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None)
         return DaskExecutor(Client(cluster), owns_client=True)
     try:
         client = Client(scheduler, timeout="20s")
     except (OSError, TimeoutError, ValueError) as error:
-        raise HmtError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({error})") from None
+        raise HmtError(f"$scheduler: cannot reach a Dask scheduler at {scheduler} ({error})", parameters=("scheduler",)) from None
     return DaskExecutor(client, owns_client=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from heatmap_templates.errors import BadFileError
+from heatmap_templates.errors import BadFileError, display_path
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -59,7 +59,7 @@ def fault_reason(error: BaseException) -> str:
 
 def write_fault(path: str | os.PathLike, error: BaseException) -> BadFileError:
     """The one-line error for a failed write of ``path``: ``<path>: cannot write (<reason>)``."""
-    return BadFileError(path, f"cannot write ({fault_reason(error)})")
+    return BadFileError(display_path(path), f"cannot write ({fault_reason(error)})")
 
 
 def ensure_folder(folder: Path, target: Path) -> None:

@@ -159,7 +159,7 @@ def test_training_records_the_intensity_and_heatmaps_decode_with_it(tmp_path: Pa
         code, _, err = run_hmt(["heatmaps", model, tmp_path / "data", "--out", store], capsys, monkeypatch)
         assert code == 0, err
         reader = open_heatmaps(store)
-        assert reader.settings["intensity"] == intensity
+        assert reader.settings.intensity == intensity
         assert next(reader.iter_batches(8)).images.max() in brightest
     code, _, err = run_hmt(["train", tmp_path / "data", "--intensity", "loud"], capsys, monkeypatch)
     assert_user_error(code, err, "unknown intensity 'loud' (--intensity); choose one of bits, full, minmax")

@@ -89,8 +89,8 @@ def test_none_minmax_template_is_the_numpy_mean_and_std_of_the_members(project: 
     np.testing.assert_allclose([m.probability for m in template.members], reader.probabilities[members, k], rtol=1e-6)
     assert first_build["summary"].registration["methods"] == {"none": len(members)}
     settings = first_build["file"].settings
-    assert (settings["registration"], settings["normalisation"], settings["include"]) == ("none", "minmax", "correct")
-    assert settings["model_sha256"] == reader.settings["model_sha256"]
+    assert (settings.registration, settings.normalisation, settings.include) == ("none", "minmax", "correct")
+    assert settings.model_sha256 == reader.settings.model_sha256
 
 
 def test_leave_one_out_correlations_equal_brute_force(project: dict, first_build: dict) -> None:

@@ -139,7 +139,7 @@ def test_imagenet_download_failure_suggests_a_local_file(monkeypatch: pytest.Mon
     import keras.src.utils.file_utils as file_utils
 
     monkeypatch.setattr(file_utils, "get_file", _fail_download)  # no network is touched
-    with pytest.raises(HmtError, match=r"could not download the ImageNet weights for vgg16.*--weights PATH"):
+    with pytest.raises(HmtError, match=r"could not download the ImageNet weights for vgg16.*set parameter 'weights' to the path"):
         backbones.build_model("vgg16", 2, 32, "imagenet")
     with pytest.raises(HmtError, match="no ImageNet weights"):
         backbones.build_model("small", 2, 32, "imagenet")
@@ -151,7 +151,7 @@ def test_cli_imagenet_failure_is_one_line(toy_dir: Path, tmp_path: Path, capsys,
     monkeypatch.setattr(file_utils, "get_file", _fail_download)
     code, _, err = run_hmt(["train", str(toy_dir), "--backbone", "vgg16", "--input-size", "32", "--epochs", "1",
                             "--out", str(tmp_path / "m.keras"), "--project-dir", str(tmp_path)], capsys, monkeypatch)
-    assert_user_error(code, err, "ImageNet weights", "--weights PATH")
+    assert_user_error(code, err, "ImageNet weights", "set --weights to the path")
 
 
 # --------------------------------------------------------------------------- metadata and files
@@ -197,7 +197,7 @@ def test_user_model_needs_class_names(tmp_path: Path) -> None:
                              keras.layers.Dense(2, activation="softmax")])
     path = tmp_path / "user.keras"
     user.save(path)
-    with pytest.raises(HmtError, match="--classes"):
+    with pytest.raises(HmtError, match="parameter 'classes'"):
         model_file.load_model(path)
     _, info = model_file.load_model(path, classes=["cat", "dog"], preprocessing="tf")
     assert (info.input_size, info.channels, info.preprocessing, info.cam_layer) == ((24, 24), 3, "tf", "conv")
@@ -212,7 +212,7 @@ def test_lambda_layer_refused_in_safe_mode(tmp_path: Path) -> None:
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2.0)(inputs)))
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
-    with pytest.raises(BadFileError, match="--unsafe-load"):
+    with pytest.raises(BadFileError, match="pass parameter 'unsafe' only if you trust the file"):
         model_file.load_model(path, classes=["a", "b"])
     model, _ = model_file.load_model(path, classes=["a", "b"], unsafe=True)
     assert model.output_shape == (None, 2)
@@ -257,11 +257,26 @@ def test_augmentation_stays_in_range_and_varies() -> None:
 
 @pytest.mark.parametrize("mode", preprocess.PREPROCESSING.names())
 @pytest.mark.parametrize("channels", [1, 3])
-def test_pipeline_preprocessing_equals_preprocess_module(mode: str, channels: int) -> None:
-    scale, offset = preprocess.affine_preprocessing(channels, mode)
-    batch = np.random.default_rng(1).random((2, 5, 5)).astype(np.float32)
-    expected = to_model_input(batch, channels, mode)
-    np.testing.assert_allclose(np.repeat(batch[..., None], channels, axis=-1) * scale + offset, expected, rtol=1e-5, atol=1e-4)
+def test_one_file_gives_the_same_tensor_through_numpy_and_tf_data(mode: str, channels: int, tmp_path: Path) -> None:
+    """Extraction's numpy path and training's tf.data path feed a model the same numbers for the same file, and both
+    equal the mode's definition computed here by hand: (pixel / 255 * multiplier - mean) / std per channel."""
+    rng = np.random.default_rng(7)
+    picture = (np.linspace(0, 255, 50)[None, :] * np.ones((37, 1)) * 0.7 + rng.integers(0, 70, (37, 50))).astype(np.uint8)
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), picture)
+    image = preprocess.load_model_image(path, (24, 32))
+    numpy_input = to_model_input(image[None], channels, mode)
+    info = ModelInfo(class_names=["a", "b"], backbone="small", input_size=(24, 32), channels=channels, preprocessing=mode,
+                     cam_layer=None)
+    (pipeline_input, _), = training.image_pipeline(image[None], np.zeros((1, 2), np.float32), info, batch_size=1)
+    entry = preprocess.PREPROCESSING[mode]
+    mean, std = np.array(entry.mean), np.array(entry.std)
+    if channels == 1:
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    by_hand = (image[None, ..., None] / 255.0 * entry.multiplier - mean) / std
+    assert numpy_input.shape == tuple(pipeline_input.shape) == (1, 24, 32, channels)
+    np.testing.assert_allclose(pipeline_input.numpy(), numpy_input, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(numpy_input, by_hand, rtol=1e-5, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -163,13 +163,13 @@ def test_similarities_equal_a_recomputation_by_hand(setup: dict, comparer: Compa
     stored = read_templates(setup["templates"])
     model, info = load_model(setup["model"])
     model_input, image_u8 = load_for_model(path, info.input_size, info.channels, info.preprocessing)
-    cam = CamEngine(model, layer=stored.settings["layer"], method=stored.settings["cam_method"]).all_classes(model_input[None])
-    registrar = registrar_for(stored.settings["registration"], stored.reference_image, stored.lung_mask)
+    cam = CamEngine(model, layer=stored.settings.layer, method=stored.settings.cam_method).all_classes(model_input[None])
+    registrar = registrar_for(stored.settings.registration, stored.reference_image, stored.lung_mask)
     alignment = registrar.estimate(image_u8.astype(np.float32) / 255.0)
     assert result.predicted == CLASSES[int(cam.probabilities[0].argmax())]
     for k, name in enumerate(CLASSES):
         registered = registrar.warp(cam.upsampled[0, k], alignment)
-        expected = pearson(normalise(registered, stored.settings["normalisation"])[None], stored.templates[name].mean[None])[0]
+        expected = pearson(normalise(registered, stored.settings.normalisation)[None], stored.templates[name].mean[None])[0]
         assert result.similarities[name] == pytest.approx(expected, abs=1e-5)  # the store's upsampler vs TensorFlow's
         assert result.probabilities[name] == pytest.approx(float(cam.probabilities[0, k]), abs=1e-6)
     assert result.best_match == max(result.similarities, key=result.similarities.get)
@@ -223,7 +223,7 @@ def test_moved_model_needs_model_option(setup: dict) -> None:
     moved = setup["model"].with_name("moved.keras")
     setup["model"].rename(moved)
     try:
-        with pytest.raises(HmtError, match="give it with --model"):
+        with pytest.raises(HmtError, match="give it with parameter 'model'"):
             Comparer(setup["templates"])
         [result] = Comparer(setup["templates"], model=moved).compare([setup["data"] / "covid" / "covid_0001.png"]).results
         assert set(result.similarities) == set(CLASSES)

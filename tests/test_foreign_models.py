@@ -83,7 +83,7 @@ def test_a_model_that_rescales_inside_takes_pixels_and_matches_the_unit_model(da
     _, info = load_model(tmp_path / "rescaling.keras", classes=list(CLASSES), preprocessing="pixels")
     assert info.cam_layer == "features"  # the Rescaling layer is 4-D but not a CAM candidate
     inside = _store(tmp_path / "rescaling.keras", data, tmp_path / "inside.h5", preprocessing="pixels")
-    assert inside["settings"]["preprocessing"] == "pixels"
+    assert inside["settings"].preprocessing == "pixels"
     _assert_same_maps(inside, _store(tmp_path / "plain.keras", data, tmp_path / "plain.h5", preprocessing="unit"))
 
 
@@ -123,7 +123,7 @@ def test_a_one_output_sigmoid_model_gives_both_classes_maps(data: Path, tmp_path
     threshold = float(np.median(p))
     moved = _store(tmp_path / "binary.keras", data, tmp_path / "moved.h5", classes=["normal", "covid"], threshold=threshold)
     np.testing.assert_array_equal(moved["predicted"], (p >= threshold).astype(int))
-    assert moved["settings"]["threshold"] == pytest.approx(threshold)
+    assert moved["settings"].threshold == pytest.approx(threshold)
 
 
 def _inputs(data: Path) -> np.ndarray:

@@ -167,7 +167,7 @@ def test_store_holds_what_the_cam_engine_gives_in_dataset_order(workspace: dict)
     assert (summary.correct, summary.incorrect) == (int(stored.correct.sum()), int((~stored.correct).sum()))
     assert summary.per_class == {name: 6 for name in CLASSES}
     assert summary.skipped == []
-    assert reader.settings["layer"] == "features" and reader.settings["cam_method"] == "gradcam" and reader.settings["score"] == "logit"
+    assert (reader.settings.layer, reader.settings.cam_method, reader.settings.score) == ("features", "gradcam", "logit")
     progress = workspace["progress"]
     assert (progress.total, progress.advanced, progress.finished) == (24, 24, True)
 

@@ -166,8 +166,8 @@ def test_cli_flag_runs_and_is_recorded_in_the_store(tmp_path: Path, capsys: pyte
         assert exit_info.value.code == 0, capsys.readouterr().err
         assert '"computed": 8' in capsys.readouterr().out
         outputs[bool(flag)] = open_heatmaps(out)
-    assert outputs[True].settings["mixed_precision"] is True
-    assert outputs[False].settings["mixed_precision"] is False
+    assert outputs[True].settings.mixed_precision is True
+    assert outputs[False].settings.mixed_precision is False
     half, full = (next(outputs[key].iter_batches(batch_size=len(outputs[key]))) for key in (True, False))
     assert half.paths == full.paths
     np.testing.assert_allclose(half.probabilities, full.probabilities, atol=1e-2)

@@ -40,8 +40,8 @@ def test_binary_model_is_one_sigmoid_and_its_store_holds_both_classes(binary_pha
     info = binary_phantom["result"].info
     assert info.head == "sigmoid" and info.class_names == ["not-covid", "covid"] and info.negatives == ["bacteria", "normal"]
     reader = open_heatmaps(binary_phantom["store"])
-    assert reader.class_names == ["not-covid", "covid"] and reader.settings["head"] == "sigmoid"
-    assert reader.settings["threshold"] == 0.5
+    assert reader.class_names == ["not-covid", "covid"] and reader.settings.head == "sigmoid"
+    assert reader.settings.threshold == 0.5
     labels = np.array([1 if Path(path).parent.name == "covid" else 0 for path in reader.paths])
     np.testing.assert_array_equal(reader.labels, labels)  # bacteria and normal images are the negative class
     assert reader.probabilities.shape == (len(reader), 2)

@@ -54,3 +54,39 @@ def test_readme_tour_runs_as_written(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (tmp_path / "templates_out/templates.h5").is_file()
     assert any(re.match(r"template_means\.(pdf|svg|png)$", p.name) for p in (tmp_path / "figures").iterdir())
     assert (tmp_path / "templates_out/report/index.html").is_file()
+
+
+# Every list of choices the README shows, written `--flag a|b|c`, must be its registry's list (the CLI's choices and
+# --help come from the same registries). A registry added here must have such a list in the README.
+README_CHOICES = {
+    "--backbone": "heatmap_templates.model.backbones:BACKBONES",
+    "--method": "heatmap_templates.explain.cam_methods:METHODS",
+    "--score": "heatmap_templates.explain.scores:SCORES",
+    "--registration": "heatmap_templates.templates.registration:REGISTRATIONS",
+    "--normalisation": "heatmap_templates.templates.normalisation:NORMALISATIONS",
+    "--include": "heatmap_templates.templates.members:INCLUDES",
+    "--similarity": "heatmap_templates.analysis.similarity:SIMILARITIES",
+    "--preprocessing": "heatmap_templates.data.preprocess:PREPROCESSING",
+    "--schedule": "heatmap_templates.model.recipe:SCHEDULES",
+}
+_CHOICE_LIST = re.compile(r"`(--[a-z-]+) ([a-z0-9+_-]+(?:\|[a-z0-9+_-]+)+)`")
+
+
+def _registry(location: str):
+    import importlib
+
+    module, name = location.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_readme_lists_of_choices_are_the_registries() -> None:
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # a list may wrap across lines
+    found: dict[str, list[list[str]]] = {}
+    for flag, choices in _CHOICE_LIST.findall(text):
+        found.setdefault(flag, []).append(choices.split("|"))
+    assert set(README_CHOICES) <= set(found), f"README shows no `--flag a|b` list for {sorted(set(README_CHOICES) - set(found))}"
+    for flag, lists in found.items():
+        assert flag in README_CHOICES, f"README lists choices of {flag}; add its registry to README_CHOICES"
+        names = _registry(README_CHOICES[flag]).names()
+        for listed in lists:
+            assert sorted(listed) == sorted(names), f"README's {flag} list {listed} differs from the registry's {names}"

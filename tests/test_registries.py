@@ -239,3 +239,27 @@ def test_class_vs_rest_by_hand() -> None:
     one = tf.constant([[0.7], [-1.2]])
     np.testing.assert_allclose(SCORES["class-vs-rest"](one, tf.sigmoid(one), "sigmoid").numpy(),
                                SCORES["logit"](one, tf.sigmoid(one), "sigmoid").numpy())
+
+
+# Each method a paper can cite says which: a "Reference:" line with a link in its docstring (the entry's own function or
+# class; for a record such as CamMethod, the callables it holds).
+CITED = [METHODS, SIMILARITIES, REGISTRATIONS, STATISTICS]
+
+
+def _own_docstrings(entry: object) -> str:
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(entry) and not isinstance(entry, type):
+        held = [getattr(entry, field.name) for field in dataclasses.fields(entry)]
+        return "\n".join(inspect.getdoc(value) or "" for value in held if callable(value) and not isinstance(value, type))
+    return getattr(entry, "__doc__", None) or ""
+
+
+@pytest.mark.parametrize("registry, name", [(registry, name) for registry in CITED for name in registry.names()],
+                         ids=lambda value: value.what if isinstance(value, Registry) else str(value))
+def test_every_method_names_its_reference_with_a_link(registry: Registry, name: str) -> None:
+    import re
+
+    text = _own_docstrings(registry[name])
+    assert re.search(r"Reference:[^\n]*(\n[^\n]*)?(https?://|arXiv:)", text), f"{registry.what} {name!r}: no Reference line with a link"

@@ -84,7 +84,7 @@ def test_heatmap_store_round_trip_resume_and_selection(tmp_path: Path) -> None:
         assert {"data/img_0008.png", f"{8:064x}"} <= writer.done and "data/img_0009.png" not in writer.done
         writer.append(make_batch(9, 3))
     reader = open_heatmaps(path)
-    assert len(reader) == 12 and reader.settings == HEATMAP_SETTINGS
+    assert len(reader) == 12 and reader.settings.to_dict() == HEATMAP_SETTINGS
     everything = make_batch(0, 12)
     assert reader.paths == [f"data/img_{i:04d}.png" for i in range(12)]
     picked = [10, 1, 7]
@@ -284,7 +284,7 @@ def test_templates_round_trip_and_adding_a_class(tmp_path: Path) -> None:
     save_templates(path, TEMPLATE_SETTINGS, [built], reference_image=REFERENCE, lung_mask=LUNGS, command="hmt build-templates --class covid")
     _save_class(path, "normal", 100, 9)  # adds, keeps covid
     data = read_templates(path, expected_model_sha256="ab" * 32)
-    assert list(data.templates) == ["covid", "normal"] and data.settings == TEMPLATE_SETTINGS
+    assert list(data.templates) == ["covid", "normal"] and data.settings.to_dict() == TEMPLATE_SETTINGS
     assert data.attrs["kind"] == "hmt-templates" and data.attrs["schema_version"] == TEMPLATES.version and data.attrs["layer"] == "block/conv"
     np.testing.assert_array_equal(data.reference_image, REFERENCE)
     np.testing.assert_array_equal(data.lung_mask, LUNGS)

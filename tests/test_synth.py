@@ -457,7 +457,7 @@ def test_shortcut_arguments_are_checked(tmp_path: Path) -> None:
         synthesize_dataset(tmp_path / "a", n_per_class=2, size=SIZE, classes=("covid", "normal"), shortcuts={"virus": 0.5})
     with pytest.raises(HmtError, match=r"in \(0, 1\]"):
         synthesize_dataset(tmp_path / "b", n_per_class=2, size=SIZE, classes=("covid", "normal"), shortcuts={"covid": 0.0})
-    with pytest.raises(HmtError, match="shortcut-lesions"):
+    with pytest.raises(HmtError, match="parameter 'shortcut_lesions' must be between 0 and 1"):
         synthesize_dataset(tmp_path / "c", n_per_class=2, size=SIZE, classes=("covid",), shortcuts={"covid": 0.5}, shortcut_lesions=1.5)
 
 

@@ -1,6 +1,6 @@
 """Annotations of where findings are, and scoring heatmaps and templates against them.
 
-Two forms (``--annotations PATH``):
+Two forms (``evaluate_templates(..., annotations=PATH)``; the CLI's ``--annotations``):
 
 - a **folder of masks**: for an image at ``<data>/<relative path>``, its mask is
   ``<folder>/<relative path>`` with the extension ``.png`` (non-zero = annotated), in the image's own
@@ -56,7 +56,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     except Exception:
         from heatmap_templates.data.decode import decode_image
 
-        return tuple(decode_image(path).pixels.shape)  # type: ignore[return-value]
+        return tuple(decode_image(path).pixels.shape)
 
 
 def read_annotations(source: str | os.PathLike, images: Sequence[tuple[str, str, Path]], size: tuple[int, int]) -> Annotations:

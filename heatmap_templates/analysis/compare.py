@@ -2,7 +2,8 @@
 
 A :class:`Comparer` is made from a templates file. It loads the model recorded there (or one
 given, which must be the same file by content hash) and a CAM engine with the recorded layer,
-method and score, once. Images then stream through the same tf.data pipeline as extraction
+method, score and threshold (a threshold given beats the recorded one:
+:func:`~heatmap_templates.explain.engine_choice.engine_for`), once. Images then stream through the same tf.data pipeline as extraction
 (:func:`~heatmap_templates.explain.heatmaps.iter_model_batches`) in batches; each batch's probabilities and
 every class's CAM map come from one forward pass, and :class:`~heatmap_templates.analysis.scoring.TemplateScorer`
 (which a Comparer is) scores them: maps prepared exactly as build prepared the members', a similarity with
@@ -26,6 +27,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +46,10 @@ from heatmap_templates.model.objectives import Objective
 from heatmap_templates.numeric.metrics import lung_field_energy, roc_auc
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.templates.templates_file import TemplateFile
+
+if TYPE_CHECKING:  # annotations only: the annotations module (and OpenCV) loads when annotations are given
+    from heatmap_templates.analysis.annotations import Annotations
+    from heatmap_templates.data.datasets import Dataset, Sample
 
 
 @dataclass
@@ -109,31 +115,28 @@ class Comparer(TemplateScorer):
     def __init__(self, templates: str | os.PathLike | TemplateFile, *, model: str | os.PathLike | None = None,
                  similarity: str = DEFAULT_SIMILARITY, atypical_percentile: float = DEFAULT_ATYPICAL_PERCENTILE,
                  threshold: float | None = None, unsafe_load: bool = False) -> None:
-        from heatmap_templates.explain.cam import DEFAULT_METHOD, CamEngine
+        from heatmap_templates.explain.engine_choice import engine_for
         from heatmap_templates.explain.heatmaps import model_sha256
-        from heatmap_templates.explain.scores import DEFAULT_SCORE
         from heatmap_templates.model.model_file import load_model
 
         super().__init__(templates, similarity=similarity, atypical_percentile=atypical_percentile)
         settings = self.file.settings
-        model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
+        model_path = Path(model) if model is not None else Path(settings.model_path or "")
         if model is None and not model_path.is_file():
             raise HmtError(f"{display_path(self.file.path)}: the model it was built with ({display_path(model_path)}) "
-                           "is not there; give it with --model")
+                           "is not there; give it with $model", parameters=("model",))
         if not model_path.is_file():
             raise BadFileError(model_path, "no such model file")
         sha = model_sha256(model_path)
-        if sha != settings.get("model_sha256"):
+        if sha != settings.model_sha256:
             raise BadFileError(model_path, f"is not the model that {display_path(self.file.path)} was built with "
-                                           f"(sha256 {sha[:12]} vs {str(settings.get('model_sha256'))[:12]})")
+                                           f"(sha256 {sha[:12]} vs {settings.model_sha256[:12]})")
         # The same file (by content hash) has the same classes; a model without hmt metadata gets the
         # recorded class names, which load_model checks against its output size.
         self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=None if _has_info(model_path) else self.class_names,
-                                           preprocessing=settings.get("preprocessing"))
+                                           preprocessing=settings.preprocessing)
         self.model_path = model_path
-        self.engine = CamEngine(self.model, layer=settings.get("layer"), method=settings.get("cam_method", DEFAULT_METHOD),
-                                score=settings.get("score", DEFAULT_SCORE), head=self.info.head,
-                                threshold=settings["threshold"] if threshold is None else threshold)
+        self.engine = engine_for(settings, self.model, self.info, threshold=threshold)
         self.multi_label = HEADS[self.engine.head].multi_label
 
     def iter_results(self, paths: Sequence[str | os.PathLike], *, skip_log: SkipLog, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -212,8 +215,8 @@ class TemplateEvaluation:
     lung_field_energy: dict  # per true class (images' predicted-class maps) and per template
     classification: dict  # metrics.classification_report over the same images
     skipped: list[Problem] = field(default_factory=list)
-    faithfulness: dict | None = None  # deletion curves (--faithfulness)
-    localisation: dict | None = None  # against annotations (--annotations)
+    faithfulness: dict | None = None  # deletion curves (faithfulness=True)
+    localisation: dict | None = None  # against annotations (annotations=PATH)
 
     def to_dict(self) -> dict:
         return {
@@ -319,20 +322,70 @@ def evaluate_templates(
     objective = Objective(comparer.engine.head, comparer.class_names, comparer.info.negatives)
     dataset = load_dataset_for(comparer.info, data)
     check_labels_fit(objective, dataset)
+    samples = _split_samples(dataset, split, data)
+    skip_log = SkipLog(False, dataset.problems)
+    found = None if annotations is None else _read_annotations(annotations, comparer, dataset, samples, data)
+    results, image_scores = _score_images(comparer, samples, found, data, skip_log=skip_log, batch_size=batch_size,
+                                          progress=progress)
+    labels = objective.labels([samples[r.position] for r in results])
+    truths = [{name for name, value in zip(comparer.class_names, row, strict=True) if value == 1} if objective.multi_label
+              else comparer.class_names[int(row)] for row in labels]
+    probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
+    scored = [(r, truth) for r, truth in zip(results, truths, strict=True) if r.predicted_similarity is not None]
+    scored_similarities = [r.predicted_similarity for r, _ in scored if r.predicted_similarity is not None]
+    energy = _energy_report(comparer, results, truths)
+    deletion = None
+    if faithfulness:
+        deletion = _deletion_curves(comparer, [samples[r.position] for r in results], labels, objective.multi_label,
+                                    sample=deletion_sample, removal=removal, seed=seed, batch_size=batch_size,
+                                    progress=progress)
+    localisation = None if found is None else _localisation(comparer, found, image_scores)
+    return TemplateEvaluation(
+        templates=display_path(comparer.file.path),
+        data=display_path(data),
+        similarity=similarity,
+        n_images=len(results),
+        class_names=list(comparer.class_names),
+        template_classes=list(comparer.template_classes),
+        template_match=template_match_report(truths, [r.best_match for r in results], comparer.template_classes),
+        correct_vs_misclassified=separation_report(
+            scored_similarities, [r.predicted in ({truth} if isinstance(truth, str) else truth) for r, truth in scored],
+            [r.atypical for r, _ in scored]),
+        lung_field_energy=energy,
+        faithfulness=deletion,
+        localisation=localisation,
+        classification=objective.report(probabilities, labels, comparer.engine.threshold),
+        skipped=skip_log.problems,
+    )
+
+
+def _split_samples(dataset: Dataset, split: str | None, data: str | os.PathLike) -> list[Sample]:
+    """The samples evaluated: every one, or those of one split of a CSV (a user error when that split is empty)."""
     samples = dataset.samples
     if split is not None:
         samples = [sample for sample in samples if sample.split == split]
         if not samples:
             raise HmtError(f"{display_path(data)}: no images in split {split!r}")
-    skip_log = SkipLog(False, dataset.problems)
-    found = None
-    if annotations is not None:
-        from heatmap_templates.analysis.annotations import check_annotated, read_annotations
+    return samples
 
-        members = [(m.path, name, dataset.root) for name, t in comparer.file.templates.items() for m in t.members]
-        found = read_annotations(annotations, [(str(s.path), s.label, dataset.root) for s in samples] + members,
-                                 tuple(int(v) for v in comparer.info.input_size))
-        check_annotated(found, display_path(data))
+
+def _read_annotations(annotations: str | os.PathLike, comparer: Comparer, dataset: Dataset, samples: Sequence[Sample],
+                      data: str | os.PathLike) -> Annotations:
+    """The annotations of the evaluated images and of the templates' members, at input size, read before any image
+    is scored so that a file matching nothing stops the run early."""
+    from heatmap_templates.analysis.annotations import check_annotated, read_annotations
+
+    members = [(m.path, name, dataset.root) for name, t in comparer.file.templates.items() for m in t.members]
+    found = read_annotations(annotations, [(str(s.path), s.label, dataset.root) for s in samples] + members,
+                             (int(comparer.info.input_size[0]), int(comparer.info.input_size[1])))
+    check_annotated(found, display_path(data))
+    return found
+
+
+def _score_images(comparer: Comparer, samples: Sequence[Sample], found: Annotations | None, data: str | os.PathLike, *,
+                  skip_log: SkipLog, batch_size: int, progress: Progress | None) -> tuple[list[ImageComparison], list[dict]]:
+    """Every sample scored against the templates, and (with annotations) each image's localisation, scored as it
+    streams past so that no image's maps are held; stops when no image could be scored."""
     image_scores: list[dict] = []
     results = []
     for result in comparer.iter_results([s.path for s in samples], skip_log=skip_log, batch_size=batch_size, progress=progress,
@@ -343,11 +396,12 @@ def evaluate_templates(
         results.append(result)
     if not results:
         raise HmtError(f"{display_path(data)}: no image could be scored")
-    labels = objective.labels([samples[r.position] for r in results])
-    truths = [{name for name, value in zip(comparer.class_names, row, strict=True) if value == 1} if objective.multi_label
-              else comparer.class_names[int(row)] for row in labels]
-    probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
-    scored = [(r, truth) for r, truth in zip(results, truths, strict=True) if r.predicted_similarity is not None]
+    return results, image_scores
+
+
+def _energy_report(comparer: Comparer, results: Sequence[ImageComparison], truths: Sequence[str | set[str]]) -> dict:
+    """Lung-field energy of the images' predicted-class maps per true class and of each template, beside the lung
+    area's share of the image (what a map spread evenly would score)."""
     energy_by_class = {
         name: _summary([r.lung_field_energy for r, truth in zip(results, truths, strict=True)
                         if name in ({truth} if isinstance(truth, str) else truth) and r.lung_field_energy is not None])
@@ -355,45 +409,34 @@ def evaluate_templates(
     }
     template_energy = {name: float(lung_field_energy(comparer.file.templates[name].mean, comparer.lung_mask))
                        for name in comparer.template_classes}
-    deletion = None
-    if faithfulness:
-        from heatmap_templates.analysis.faithfulness import run_deletion
+    return {
+        "lung_area_fraction": float(comparer.lung_mask.mean()),
+        "by_true_class": energy_by_class,
+        "templates": template_energy,
+    }
 
-        single = np.asarray(labels) if not objective.multi_label else np.full(len(results), -1)
-        deletion = run_deletion(comparer, [str(samples[r.position].path) for r in results], single, sample=deletion_sample,
-                                removal=removal, seed=seed, batch_size=batch_size, progress=progress).to_dict()
-    localisation = None
-    if found is not None:
-        from heatmap_templates.analysis.annotations import summarise, template_localisation
 
-        image_shape = tuple(int(v) for v in comparer.info.input_size)
-        localisation = {
-            "annotations": display_path(found.source),
-            "images": summarise(image_scores),
-            "templates": {name: template_localisation(template, found, comparer.registrar, image_shape)
-                          for name, template in comparer.file.templates.items()},
-        }
-    return TemplateEvaluation(
-        templates=display_path(comparer.file.path),
-        data=display_path(data),
-        similarity=similarity,
-        n_images=len(results),
-        class_names=list(comparer.class_names),
-        template_classes=list(comparer.template_classes),
-        template_match=template_match_report(truths, [r.best_match for r in results], comparer.template_classes),
-        correct_vs_misclassified=separation_report(
-            [r.predicted_similarity for r, _ in scored], [r.predicted in ({truth} if isinstance(truth, str) else truth) for r, truth in scored],
-            [r.atypical for r, _ in scored]),
-        lung_field_energy={
-            "lung_area_fraction": float(comparer.lung_mask.mean()),
-            "by_true_class": energy_by_class,
-            "templates": template_energy,
-        },
-        faithfulness=deletion,
-        localisation=localisation,
-        classification=objective.report(probabilities, labels, comparer.engine.threshold),
-        skipped=skip_log.problems,
-    )
+def _deletion_curves(comparer: Comparer, samples: Sequence[Sample], labels: np.ndarray, multi_label: bool, *, sample: int,
+                     removal: str, seed: int, batch_size: int, progress: Progress | None) -> dict:
+    """The deletion test on the scored images (their class index, -1 for multi-label: unknown), as its JSON record."""
+    from heatmap_templates.analysis.faithfulness import run_deletion
+
+    single = np.asarray(labels) if not multi_label else np.full(len(samples), -1)
+    return run_deletion(comparer, [str(s.path) for s in samples], single, sample=sample,
+                        removal=removal, seed=seed, batch_size=batch_size, progress=progress).to_dict()
+
+
+def _localisation(comparer: Comparer, found: Annotations, image_scores: Sequence[dict]) -> dict:
+    """The images' localisation scores summarised, and each template against its annotated members' masks."""
+    from heatmap_templates.analysis.annotations import summarise, template_localisation
+
+    image_shape = (int(comparer.info.input_size[0]), int(comparer.info.input_size[1]))
+    return {
+        "annotations": display_path(found.source),
+        "images": summarise(image_scores),
+        "templates": {name: template_localisation(template, found, comparer.registrar, image_shape)
+                      for name, template in comparer.file.templates.items()},
+    }
 
 
 def _image_localisation(comparer: Comparer, result: ImageComparison, sample, annotations) -> list[dict]:
@@ -413,7 +456,7 @@ def _image_localisation(comparer: Comparer, result: ImageComparison, sample, ann
     if mask is None:
         return []
     alignment = Alignment(np.reshape(result.registration_matrix, (2, 3)), result.registration_method, result.registration_quality,
-                          None, tuple(int(v) for v in comparer.info.input_size))
+                          None, (int(comparer.info.input_size[0]), int(comparer.info.input_size[1])))
     moved = comparer.registrar.warp(mask.astype(np.float32), alignment) >= 0.5
     if not moved.any():
         return []

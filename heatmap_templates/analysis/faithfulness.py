@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from heatmap_templates.data.preprocess import unit_pixels
 from heatmap_templates.errors import HmtError
 from heatmap_templates.model.heads import HEADS, predicted_classes
 from heatmap_templates.numeric.resample import upsample_maps
@@ -259,7 +260,7 @@ def run_deletion(comparer, paths: Sequence[str], labels: np.ndarray, *, sample: 
             result = engine.all_classes(batch.inputs)
             for row, position in enumerate(batch.positions):
                 target = int(result.targets[row])
-                image = batch.images[row].astype(np.float32) / 255.0
+                image = unit_pixels(batch.images[row])
                 alignment = registrar.estimate(image)
                 name = comparer.class_names[target]
                 template = comparer.file.templates.get(name)

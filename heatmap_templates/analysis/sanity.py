@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from heatmap_templates.data.preprocess import unit_pixels
 from heatmap_templates.errors import HmtError
 from heatmap_templates.registry import Registry
 
@@ -36,6 +37,14 @@ _INITIALIZER_OF = {"kernel": "kernel_initializer", "bias": "bias_initializer", "
 VARIANTS: Registry[bool] = Registry("randomisation variant", parameter="variant")
 VARIANTS.add("cascading", True, help="re-initialise from the head down, keeping the earlier steps randomised")
 VARIANTS.add("independent", False, help="re-initialise one step alone")
+
+
+def _block_name(layer_name: str) -> str:
+    """The block a convolutional layer belongs to (``block4`` of ``block4_conv1``, ``conv3_block2`` of ResNet's)."""
+    match = _BLOCK.match(layer_name)
+    if match is None:
+        raise HmtError(f"layer {layer_name!r} is in no convolutional block")
+    return match.group(1)
 
 
 @dataclass
@@ -64,7 +73,7 @@ def randomisation_steps(model, max_steps: int = MAX_STEPS) -> list[Step]:
     in_blocks = {id(layer) for block in blocks for layer in block}
     head = [layer for layer in model.layers if _has_weights(layer) and id(layer) not in in_blocks]
     units: list[Step] = [Step(layer.name, [layer]) for layer in reversed(head)]
-    units += [Step(f"{prefix}{_BLOCK.match(block[0].name).group(1)}", block) for block in reversed(blocks)]
+    units += [Step(f"{prefix}{_block_name(block[0].name)}", block) for block in reversed(blocks)]
     if base is not None:
         stem = [layer for layer in base.layers if _has_weights(layer) and id(layer) not in in_blocks]
         if stem:
@@ -92,10 +101,10 @@ def reinitialise(layers: Sequence, seed: int) -> None:
             shape = tuple(weight.shape)
             if initializer_config is not None:
                 initializer = keras.initializers.get(initializer_config)
-                settings = initializer.get_config()
-                if "seed" in settings:
-                    settings["seed"] = int(rng.integers(2**31))
-                    initializer = initializer.__class__(**settings)
+                arguments = initializer.get_config()
+                if "seed" in arguments:
+                    arguments["seed"] = int(rng.integers(2**31))
+                    initializer = initializer.__class__(**arguments)
                 values = np.asarray(initializer(shape, dtype=weight.dtype))
             else:
                 current = np.asarray(weight.numpy())
@@ -172,15 +181,11 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
                progress=None) -> SanityResult:
     """The randomisation check of a templates file's classes (see the module docstring). ``keep_templates`` keeps each
     class's sample template before and after each step in ``result.templates`` (for baselines and custom figures)."""
-    from pathlib import Path
-
     from heatmap_templates.analysis.strategy_search import members_store
     from heatmap_templates.data.preprocess import to_model_input
-    from heatmap_templates.explain.cam import CamEngine
-    from heatmap_templates.explain.heatmaps import model_sha256
-    from heatmap_templates.model.model_file import load_model
+    from heatmap_templates.explain.engine_choice import engine_for
     from heatmap_templates.progress import NullProgress
-    from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for
+    from heatmap_templates.templates.prepare import registrar_for
     from heatmap_templates.templates.templates_file import read_templates
 
     cascading = VARIANTS[variant]
@@ -190,49 +195,19 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     data = read_templates(templates_path)
     settings = data.settings
     reader = members_store(data, heatmaps)
-    model_path = Path(model) if model is not None else Path(str(settings.get("model_path", "")))
-    if not model_path.is_file():
-        raise HmtError(f"{templates_path}: the model it was built with ({model_path}) is not there; give it with --model")
-    if model_sha256(model_path) != settings.get("model_sha256"):
-        raise HmtError(f"{model_path}: is not the model the templates were built with")
-    trained, info = load_model(model_path, unsafe=unsafe_load, classes=settings.get("class_names"))
+    trained, info = _load_built_model(templates_path, model, settings, unsafe_load=unsafe_load)
     wanted = list(data.templates) if classes is None else list(classes)
     unknown = [name for name in wanted if name not in data.templates]
     if unknown:
         raise HmtError(f"{templates_path}: has no template of class {unknown[0]!r}")
-    registrar = registrar_for(settings["registration"], data.reference_image, data.lung_mask)
-    image_shape = tuple(int(v) for v in reader.settings["input_size"])
-    where = {path: index for index, path in enumerate(reader.paths)}
+    registrar = registrar_for(settings.registration, data.reference_image, data.lung_mask)
     members = {name: _sample_members(data.templates[name], sample) for name in wanted}
-    missing = [m.path for name in wanted for m in members[name] if m.path not in where]
-    if missing:
-        raise HmtError(f"{reader.path}: holds no maps of {missing[0]}; give the heatmap store the templates were built from")
-    indices = np.array([where[m.path] for name in wanted for m in members[name]])
-    alignments = [member_alignment(m, image_shape) for name in wanted for m in members[name]]
-    (stored,) = reader.iter_batches(len(indices), indices)
-    if any(a is None for a in alignments):  # a templates file older than schema 3: register the images again
-        alignments = registrar.estimate_many([image.astype(np.float32) / 255.0 for image in stored.images])
+    stored, alignments = _read_members(reader, wanted, members, registrar)
     inputs = to_model_input(stored.images, info.channels, info.preprocessing)
-    spans, start = {}, 0
-    for name in wanted:
-        spans[name] = slice(start, start + len(members[name]))
-        start += len(members[name])
-
-    def templates_of(raw: np.ndarray) -> dict[str, np.ndarray]:
-        """Each class's sample template from all-class maps (N, K, h, w) of the sampled images."""
-        out = {}
-        for name in wanted:
-            k = reader.class_names.index(name)
-            part = spans[name]
-            out[name] = prepare_maps(None, raw[part, k], registrar, settings["normalisation"], alignments=alignments[part]).maps.mean(axis=0)
-        return out
+    templates_of = _SampleTemplates(wanted, members, reader.class_names, registrar, settings.normalisation, alignments)
 
     def maps_of(engine) -> np.ndarray:
-        return np.concatenate([engine.all_classes(inputs[i:i + batch_size]).raw for i in range(0, len(inputs), batch_size)])
-
-    def engine_for(network, layer: str):
-        return CamEngine(network, layer=layer, method=settings["cam_method"], score=settings["score"], head=info.head,
-                         threshold=settings.get("threshold", 0.5))
+        return _maps_of(engine, inputs, batch_size)
 
     original = templates_of(stored.raw)
     steps = randomisation_steps(trained)
@@ -242,27 +217,110 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
         result.templates = {name: [original[name]] for name in wanted}
     progress.start(len(steps), f"randomising ({variant})")
     network = model_copy(trained)  # one copy and one traced engine: re-initialising assigns its variables in place
-    engine = engine_for(network, settings["layer"])
+    engine = engine_for(settings, network, info)  # the CAM the templates were built with
+    _randomise_steps(result, steps, trained, network, lambda: templates_of(maps_of(engine)), original, wanted,
+                     cascading=cascading, seed=seed, keep_templates=keep_templates, progress=progress)
+    progress.finish()
+    result.flagged = flag(result)
+    if shuffled_model is not None:
+        shuffled, shuffled_info = _load_shuffled_model(shuffled_model, info, unsafe_load=unsafe_load)
+        randomised = templates_of(maps_of(engine_for(settings, shuffled, shuffled_info)))  # recorded layer, not its default
+        result.data_randomisation = {name: template_similarity(original[name], randomised[name]) for name in wanted}
+    return result
+
+
+def _load_built_model(templates_path, model, settings, *, unsafe_load: bool):
+    """The model the templates were built with (``model``, or the recorded path), checked by content hash so that the
+    check randomises the network that made the maps; (keras model, ModelInfo)."""
+    from pathlib import Path
+
+    from heatmap_templates.explain.heatmaps import model_sha256
+    from heatmap_templates.model.model_file import load_model
+
+    model_path = Path(model) if model is not None else Path(settings.model_path or "")
+    if not model_path.is_file():
+        raise HmtError(f"{templates_path}: the model it was built with ({model_path}) is not there; give it with $model",
+                       parameters=("model",))
+    if model_sha256(model_path) != settings.model_sha256:
+        raise HmtError(f"{model_path}: is not the model the templates were built with")
+    return load_model(model_path, unsafe=unsafe_load, classes=list(settings.class_names))
+
+
+def _read_members(reader, wanted: Sequence[str], members: dict[str, list], registrar) -> tuple:
+    """The sampled members' stored images and maps (one batch, class by class) and each one's registration (kept in
+    the file, or estimated again for files older than schema 3), so templates are prepared as the build did."""
+    from heatmap_templates.templates.prepare import member_alignment
+
+    image_shape = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
+    where = {path: index for index, path in enumerate(reader.paths)}
+    missing = [m.path for name in wanted for m in members[name] if m.path not in where]
+    if missing:
+        raise HmtError(f"{reader.path}: holds no maps of {missing[0]}; give the heatmap store the templates were built from")
+    indices = np.array([where[m.path] for name in wanted for m in members[name]])
+    alignments = [member_alignment(m, image_shape) for name in wanted for m in members[name]]
+    (stored,) = reader.iter_batches(len(indices), indices)
+    if any(a is None for a in alignments):  # a templates file older than schema 3: register the images again
+        alignments = registrar.estimate_many([unit_pixels(image) for image in stored.images])
+    return stored, alignments
+
+
+class _SampleTemplates:
+    """Each class's sample template from all-class maps (N, K, h, w) of the sampled images, prepared as the build
+    prepares members' maps, so the trained and the randomised templates compare like for like."""
+
+    def __init__(self, wanted: Sequence[str], members: dict[str, list], class_names: Sequence[str], registrar,
+                 normalisation: str, alignments: list) -> None:
+        self.wanted, self.class_names, self.registrar = list(wanted), class_names, registrar
+        self.normalisation, self.alignments = normalisation, alignments
+        self.spans, start = {}, 0
+        for name in wanted:
+            self.spans[name] = slice(start, start + len(members[name]))
+            start += len(members[name])
+
+    def __call__(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """The templates of ``raw``'s maps, by class."""
+        from heatmap_templates.templates.prepare import prepare_maps
+
+        out = {}
+        for name in self.wanted:
+            k = self.class_names.index(name)
+            part = self.spans[name]
+            out[name] = prepare_maps(None, raw[part, k], self.registrar, self.normalisation,
+                                     alignments=self.alignments[part]).maps.mean(axis=0)
+        return out
+
+
+def _maps_of(engine, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Every class's raw CAM maps of ``inputs`` from ``engine``, a batch at a time (bounded memory)."""
+    return np.concatenate([engine.all_classes(inputs[i:i + batch_size]).raw for i in range(0, len(inputs), batch_size)])
+
+
+def _randomise_steps(result: SanityResult, steps: Sequence, trained, network, templates_now, original: dict[str, np.ndarray],
+                     wanted: Sequence[str], *, cascading: bool, seed: int, keep_templates: bool, progress) -> None:
+    """Re-initialise the copy ``network`` step by step (cascading, or each step alone from the trained weights) and
+    record each class's template similarity to the trained one after every step (``templates_now`` recomputes them)."""
     trained_weights = trained.get_weights()
     for number, step in enumerate(steps):
         if not cascading:
             network.set_weights(trained_weights)
         reinitialise([_same_layer(network, layer) for layer in step.layers], seed + number)
-        randomised = templates_of(maps_of(engine))
+        randomised = templates_now()
         for name in wanted:
             result.similarity[name].append({"step": step.name, **template_similarity(original[name], randomised[name])})
             if keep_templates:
+                assert result.templates is not None  # kept when asked for
                 result.templates[name].append(randomised[name])
         progress.advance()
-    progress.finish()
-    result.flagged = flag(result)
-    if shuffled_model is not None:
-        shuffled, shuffled_info = load_model(shuffled_model, unsafe=unsafe_load)
-        if list(shuffled_info.class_names) != list(info.class_names):
-            raise HmtError(f"{shuffled_model}: classes {shuffled_info.class_names} differ from the templates' {info.class_names}")
-        randomised = templates_of(maps_of(engine_for(shuffled, shuffled_info.cam_layer or settings["layer"])))
-        result.data_randomisation = {name: template_similarity(original[name], randomised[name]) for name in wanted}
-    return result
+
+
+def _load_shuffled_model(shuffled_model, info, *, unsafe_load: bool):
+    """The model trained on shuffled labels, for data randomisation; its classes must be the templates' own."""
+    from heatmap_templates.model.model_file import load_model
+
+    shuffled, shuffled_info = load_model(shuffled_model, unsafe=unsafe_load)
+    if list(shuffled_info.class_names) != list(info.class_names):
+        raise HmtError(f"{shuffled_model}: classes {shuffled_info.class_names} differ from the templates' {info.class_names}")
+    return shuffled, shuffled_info
 
 
 def _same_layer(network, layer):

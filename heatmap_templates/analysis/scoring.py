@@ -27,9 +27,7 @@ from heatmap_templates.analysis.strategies import closest_strategy
 from heatmap_templates.errors import BadFileError, HmtError, display_path
 from heatmap_templates.model.heads import HEADS
 from heatmap_templates.numeric.metrics import lung_field_energy, percentile_rank
-from heatmap_templates.templates.normalisation import DEFAULT_NORMALISATION
 from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps, registrar_for
-from heatmap_templates.templates.registration import DEFAULT_REGISTRATION
 from heatmap_templates.templates.templates_file import TemplateFile, read_strategies, read_templates
 
 DEFAULT_ATYPICAL_PERCENTILE = 5.0
@@ -144,12 +142,12 @@ class TemplateScorer:
             raise BadFileError(self.file.path, "has no registration reference; rebuild it with hmt build-templates")
         if not self.file.templates:
             raise BadFileError(self.file.path, "holds no class templates")
-        self.class_names = [str(name) for name in settings.get("class_names", [])]
-        self.multi_label = settings.get("head") is not None and HEADS[str(settings["head"])].multi_label
+        self.class_names = list(settings.class_names)
+        self.multi_label = settings.head is not None and HEADS[settings.head].multi_label
         self.similarity = similarity
         self.atypical_percentile = float(atypical_percentile)
-        self.normalisation = str(settings.get("normalisation", DEFAULT_NORMALISATION))
-        self.registrar = registrar_for(str(settings.get("registration", DEFAULT_REGISTRATION)), self.file.reference_image, self.file.lung_mask)
+        self.normalisation = settings.normalisation
+        self.registrar = registrar_for(settings.registration, self.file.reference_image, self.file.lung_mask)
         self.strategies = read_strategies(self.file.path)  # per class, when `hmt strategies` added them
         self.lung_mask = np.asarray(self.file.lung_mask, dtype=bool)
         self.template_classes = [name for name in self.class_names if name in self.file.templates]
@@ -175,19 +173,19 @@ class TemplateScorer:
                        keep_maps: bool = False) -> Iterator[ImageComparison]:
         """:meth:`score` of maps already prepared by :meth:`prepare_maps` (for callers that also use the maps)."""
         probabilities = np.asarray(probabilities, dtype=np.float64)
-        alignments, warped_images, normalised = prepared.alignments, prepared.images, prepared.maps
+        alignments, warped_images, normalised = prepared.alignments, prepared.images, np.asarray(prepared.maps)
         scores = np.stack([similarity_scores(normalised[:, t], self._means[name], self.similarity, self.lung_mask)
                            for t, name in enumerate(self.template_classes)], axis=1)
         correlations = scores if self.similarity == ATYPICAL_MEASURE else np.stack(
             [similarity_scores(normalised[:, t], self._means[name]) for t, name in enumerate(self.template_classes)], axis=1)
-        energies = lung_field_energy(normalised.reshape(-1, *normalised.shape[-2:]), self.lung_mask).reshape(normalised.shape[:2])
+        energies = np.asarray(lung_field_energy(normalised.reshape(-1, *normalised.shape[-2:]), self.lung_mask)).reshape(normalised.shape[:2])
         nearest = {}
-        for t, name in enumerate(self.template_classes):
+        for column, name in enumerate(self.template_classes):
             if name in self.strategies:
-                nearest[name] = closest_strategy(normalised[:, t], self.strategies[name], self.similarity, self.lung_mask)
+                nearest[name] = closest_strategy(normalised[:, column], self.strategies[name], self.similarity, self.lung_mask)
         for row, position in enumerate(positions):
             predicted_name = self.class_names[int(predicted[row])]
-            t = self.template_classes.index(predicted_name) if predicted_name in self.template_classes else None
+            t: int | None = self.template_classes.index(predicted_name) if predicted_name in self.template_classes else None
             reading = None
             if t is not None:
                 reading = atypical_reading(float(correlations[row, t]), self.file.templates[predicted_name].loo_correlations,
@@ -208,7 +206,7 @@ class TemplateScorer:
                 registration_quality=float(alignments[row].quality),
                 lung_field_energy=None if t is None else float(energies[row, t]),
                 maps=ComparisonMaps(warped_images[row], normalised[row, t], self._means[predicted_name].astype(np.float32))
-                if keep_maps and t is not None else None,
+                if keep_maps and t is not None and warped_images is not None else None,
                 predicted_findings=None if findings is None else [n for n, on in zip(self.class_names, findings[row], strict=True) if on],
                 registration_matrix=tuple(float(v) for v in np.ravel(alignments[row].matrix)),
                 strategy=int(nearest[predicted_name][0][row]) + 1 if predicted_name in nearest else None,

@@ -23,13 +23,20 @@ SIMILARITIES: Registry[SimilarityFunction] = Registry("similarity", parameter="s
 
 @SIMILARITIES.register("pearson", help="Pearson correlation over the frame, the papers' measure")
 def pearson_similarity(maps: np.ndarray, template: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
-    """Pearson correlation of each map with the template."""
+    """Pearson correlation of each map with the template.
+
+    Reference: Pearson (1895), "Note on regression and inheritance in the case of two parents",
+    https://doi.org/10.1098/rspl.1895.0041; the measure of Lucas et al. (2020), https://doi.org/10.1109/BIBE50027.2020.00077.
+    """
     return pearson(maps, np.broadcast_to(np.asarray(template), np.shape(maps)))
 
 
 @SIMILARITIES.register("pearson-lungs", help="Pearson correlation inside the reference lung mask")
 def masked_pearson(maps: np.ndarray, template: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
-    """Pearson correlation of each map with the template over ``lung_mask`` pixels only."""
+    """Pearson correlation of each map with the template over ``lung_mask`` pixels only.
+
+    Reference: Pearson (1895), https://doi.org/10.1098/rspl.1895.0041, restricted to the lung fields.
+    """
     if lung_mask is None or not np.any(lung_mask):
         raise HmtError("similarity 'pearson-lungs' needs a non-empty lung mask")
     inside = np.asarray(lung_mask, dtype=bool).ravel()
@@ -40,7 +47,11 @@ def masked_pearson(maps: np.ndarray, template: np.ndarray, lung_mask: np.ndarray
 
 @SIMILARITIES.register("cosine", help="cosine of the angle between map and template")
 def cosine_similarity(maps: np.ndarray, template: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
-    """Cosine of the angle between each map and the template (0 when either is all zero)."""
+    """Cosine of the angle between each map and the template (0 when either is all zero).
+
+    Reference: Salton, Wong & Yang (1975), "A vector space model for automatic indexing",
+    https://doi.org/10.1145/361219.361220.
+    """
     values = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
     reference = np.asarray(template, dtype=np.float64).ravel()
     norms = np.linalg.norm(values, axis=1) * np.linalg.norm(reference)
@@ -53,6 +64,9 @@ def ssim_similarity(maps: np.ndarray, template: np.ndarray, lung_mask: np.ndarra
     """Structural similarity (scikit-image, 7 x 7 windows, smaller for tiny maps) of each map with the template.
 
     The data range is that of the map and template together (1.0 when both are constant and equal).
+
+    Reference: Wang, Bovik, Sheikh & Simoncelli (2004), "Image quality assessment: from error visibility to
+    structural similarity", https://doi.org/10.1109/TIP.2003.819861.
     """
     from skimage.metrics import structural_similarity
 

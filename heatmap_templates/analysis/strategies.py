@@ -97,7 +97,7 @@ def spectral_embedding(affinity: np.ndarray, dimensions: int) -> tuple[np.ndarra
     from scipy.sparse.csgraph import laplacian
 
     lap = laplacian(affinity, normed=True)
-    values, vectors = np.linalg.eigh(lap)
+    values, vectors = np.linalg.eigh(np.asarray(lap))
     dimensions = min(dimensions, len(values))
     vectors = vectors[:, :dimensions]
     signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dimensions)])  # deterministic signs
@@ -179,7 +179,7 @@ class _Prototypes:
     """Streaming prototype (mean, std) and consistency of each cluster through the template statistics."""
 
     def __init__(self, k: int, shape: tuple[int, int]) -> None:
-        config = StatisticsConfig(shape=tuple(shape), pca_size=1, n_components=1, bootstrap_replicates=0, median=False,
+        config = StatisticsConfig(shape=(int(shape[0]), int(shape[1])), pca_size=1, n_components=1, bootstrap_replicates=0, median=False,
                                   median_bins=1, median_range=None)
         self.moments = [MeanStd(config) for _ in range(k)]
         self.consistency = [Consistency(config) for _ in range(k)]
@@ -225,7 +225,7 @@ def cluster_members(class_name: str, small: np.ndarray, member_paths: Sequence[s
         members = np.flatnonzero(labels == j)
         typicality[members] = similarity_scores(small[members], small[members].mean(axis=0), settings.similarity, small_lungs)
     empty = np.zeros((0, 0))
-    strategies = [Strategy(int((labels == j).sum()), [member_paths[i] for i in np.flatnonzero(labels == j)], empty, empty, None)
+    strategies = [Strategy(int((labels == j).sum()), [member_paths[int(i)] for i in np.flatnonzero(labels == j)], empty, empty, None)
                   for j in range(k)]
     return ClassStrategies(
         class_name=class_name, k=k, chosen_by="given" if settings.k is not None else "eigengap",

@@ -24,7 +24,7 @@ from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader, open_heatmaps
-from heatmap_templates.templates.accumulator import ClassAccumulator
+from heatmap_templates.templates.accumulator import ClassTemplate
 from heatmap_templates.templates.prepare import member_alignment, prepare_maps, prepared_member_maps, registrar_for
 from heatmap_templates.templates.templates_file import TemplateFile, read_templates, save_strategies
 
@@ -35,14 +35,15 @@ def default_store(file: TemplateFile) -> Path:
     if recorded and (Path(recorded).exists() or Path(recorded + ".parts").is_dir()):
         return Path(recorded)
     where = f" ({recorded} is gone)" if recorded else ""
-    raise HmtError(f"{file.path}: the heatmap store it was built from is not known{where}; give it with --heatmaps")
+    raise HmtError(f"{file.path}: the heatmap store it was built from is not known{where}; give it with $heatmaps",
+                   parameters=("heatmaps",))
 
 
 def members_store(file: TemplateFile, heatmaps: str | os.PathLike | None = None) -> HeatmapReader:
     """The heatmap store that holds a templates file's members (``heatmaps``, else the one the file records), refused
     when it holds another model's maps."""
     reader = open_heatmaps(heatmaps if heatmaps is not None else default_store(file))
-    if reader.settings.get("model_sha256") != file.settings.get("model_sha256"):
+    if reader.settings.model_sha256 != file.settings.model_sha256:
         raise HmtError(f"{display_path(reader.path)}: was made with another model than {display_path(file.path)}; "
                        "give the store the templates were built from")
     return reader
@@ -69,8 +70,8 @@ def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.
     unknown = [name for name in wanted if name not in data.templates]
     if unknown:
         raise HmtError(f"{templates_path}: has no template of class {unknown[0]!r} (it has {', '.join(data.templates)})")
-    registrar = registrar_for(data.settings["registration"], data.reference_image, data.lung_mask)
-    normalisation = data.settings["normalisation"]
+    registrar = registrar_for(data.settings.registration, data.reference_image, data.lung_mask)
+    normalisation = data.settings.normalisation
     side = settings.resolution
     small_lungs = downsample(np.asarray(data.lung_mask, np.float32), (side, side)) >= 0.5
     results = {}
@@ -85,7 +86,7 @@ def find_class_strategies(templates_path: str | os.PathLike, heatmaps: str | os.
                 progress.advance(len(positions))
             result = cluster_members(name, small, [member.path for member in template.members], settings, small_lungs)
 
-            def full_maps(template: ClassAccumulator, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            def full_maps(template: ClassTemplate, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 for positions, maps in prepared_member_maps(reader, template, registrar, normalisation, k, batch_size=batch_size):
                     progress.advance(len(positions))
                     yield positions, maps
@@ -116,9 +117,9 @@ def typical_members(templates_path: str | os.PathLike, result: ClassStrategies, 
     data = read_templates(templates_path)
     reader = members_store(data, heatmaps)
     template = data.templates[result.class_name]
-    registrar = registrar_for(data.settings["registration"], data.reference_image, data.lung_mask)
+    registrar = registrar_for(data.settings.registration, data.reference_image, data.lung_mask)
     where = {path: index for index, path in enumerate(reader.paths)}
-    image_shape = tuple(int(v) for v in reader.settings["input_size"])
+    image_shape = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
     k = reader.class_names.index(result.class_name)
     shown: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for number in range(result.k):
@@ -127,8 +128,10 @@ def typical_members(templates_path: str | os.PathLike, result: ClassStrategies, 
         if not len(chosen):
             continue
         (batch,) = reader.iter_batches(len(chosen), [where[template.members[i].path] for i in chosen])
-        alignments = [member_alignment(template.members[i], image_shape) for i in chosen]
-        prepared = prepare_maps(batch.images, batch.raw[:, k], registrar, data.settings["normalisation"],
-                                alignments=alignments if all(a is not None for a in alignments) else None)
+        found = [member_alignment(template.members[i], image_shape) for i in chosen]
+        alignments = [alignment for alignment in found if alignment is not None]
+        prepared = prepare_maps(batch.images, batch.raw[:, k], registrar, data.settings.normalisation,
+                                alignments=alignments if len(alignments) == len(found) else None)
+        assert prepared.images is not None  # prepared with their images
         shown[number] = list(zip(prepared.images, prepared.maps, strict=True))
     return shown

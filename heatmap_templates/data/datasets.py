@@ -86,7 +86,8 @@ class Dataset:
     def counts(self) -> dict[str, int]:
         """Number of samples per class (positive samples per finding), in ``class_names`` order."""
         if self.multi_label:
-            return {name: sum(1 for sample in self.samples if sample.findings[k] == 1) for k, name in enumerate(self.class_names)}
+            return {name: sum(1 for sample in self.samples if sample.findings is not None and sample.findings[k] == 1)
+                    for k, name in enumerate(self.class_names)}
         counter = Counter(sample.label for sample in self.samples)
         return {name: counter.get(name, 0) for name in self.class_names}
 
@@ -150,7 +151,8 @@ def load_dataset(
     log = SkipLog(strict)
     if findings is not None:
         if path.suffix.lower() != ".csv" or path.is_dir():
-            raise HmtError(f"{display_path(path)}: --labels reads finding columns of a CSV manifest, not a folder")
+            raise HmtError(f"{display_path(path)}: $labels reads finding columns of a CSV manifest, not a folder",
+                           parameters=("labels",))
         dataset = _load_multi_label_csv(path, findings, uncertain, patient_pattern, log)
     elif path.is_dir():
         dataset = _load_folder(path, wanted, patient_pattern, log)
@@ -179,7 +181,7 @@ def _normalise_findings(labels: Iterable[str] | None) -> list[str] | None:
         return None
     names = [name.strip() for name in labels if name.strip()]
     if not names or len(set(names)) != len(names):
-        raise HmtError(f"--labels needs distinct finding column names, got {', '.join(names) or '(none)'}")
+        raise HmtError(f"$labels needs distinct finding column names, got {', '.join(names) or '(none)'}", parameters=("labels",))
     return names
 
 
@@ -204,6 +206,7 @@ def patient_id_from_name(name: str, patient_regex: re.Pattern[str] | str | None 
     """
     if patient_regex is not None:
         pattern = _compile_patient_regex(patient_regex) if isinstance(patient_regex, str) else patient_regex
+        assert pattern is not None  # compiled from a str
         match = pattern.search(name)
         return match.group(1) if match and match.group(1) else None
     for pattern, template in _DEFAULT_PATIENT_RULES:
@@ -336,7 +339,8 @@ def _load_multi_label_csv(manifest: Path, findings: list[str], uncertain: str, p
     rows, column, path_column = _read_csv(manifest)
     missing = [name for name in findings if name.strip().lower() not in column]
     if missing:
-        raise HmtError(f"{shown}: CSV manifest has no column {missing[0]!r} for --labels (columns: {', '.join(column)})")
+        raise HmtError(f"{shown}: CSV manifest has no column {missing[0]!r} for $labels (columns: {', '.join(column)})",
+                       parameters=("labels",))
     finding_columns = [column[name.strip().lower()] for name in findings]
     split_column, patient_column = column.get("split"), column.get("patient_id")
     samples: list[Sample] = []
@@ -390,7 +394,7 @@ def _new_existing_file(file: Path, row_number: int, first_row_of: dict[Path, int
 
 
 def _split_and_patient(row: dict, file: Path, split_column: str | None, patient_column: str | None,
-                       patient_pattern: re.Pattern[str] | None, where: str) -> tuple[str | None, str]:
+                       patient_pattern: re.Pattern[str] | None, where: str) -> tuple[str | None, str | None]:
     """A manifest row's split (None when not given) and patient id (its column, else the file-name rules)."""
     split = _parse_split((row.get(split_column) or "") if split_column else "", where)
     patient = ((row.get(patient_column) or "").strip() if patient_column else "") or patient_id_from_name(file.name, patient_pattern)
@@ -474,7 +478,7 @@ def _check_fractions(fractions: tuple[float, float, float]) -> tuple[float, floa
         raise HmtError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     if values[0] <= 0:
         raise HmtError("the train fraction must be positive")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 # --------------------------------------------------------------------------- whole-data-set pass

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.TiffImagePlugin import TiffImageFile
 
 from heatmap_templates.errors import BadImageError, display_path, one_line
 from heatmap_templates.registry import Registry
@@ -287,7 +288,7 @@ def _significant_bits(data: bytes, kind: str) -> int | None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with Image.open(io.BytesIO(data)) as header:
-                    value = header.tag_v2.get(281)  # MaxSampleValue
+                    value = header.tag_v2.get(281) if isinstance(header, TiffImageFile) else None  # MaxSampleValue
         except Exception:
             return None
         if value is None:

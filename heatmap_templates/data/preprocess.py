@@ -5,11 +5,13 @@ Training, evaluation, heatmap extraction and comparison all do the same three st
 1. decode the file (:func:`heatmap_templates.data.decode.decode_image`: float32 gray in [0, 1]);
 2. resize to the model's input size and quantise once to uint8 (:func:`load_model_image`): the
    image the heatmap store keeps and registration later works on;
-3. the model's preprocessing mode (:data:`PREPROCESSING`), an affine map of the [0, 1] pixel
-   value per channel, applied in numpy (:func:`to_model_input`) or inside a tf.data graph with
-   the same numbers (:func:`affine_preprocessing`).
+3. uint8 -> [0, 1] (:func:`unit_pixels`) and the model's preprocessing mode (:data:`PREPROCESSING`), an
+   affine map of the [0, 1] pixel value per channel (:func:`input_from_unit`). Both functions are written once
+   for numpy arrays and TensorFlow tensors alike: :func:`to_model_input` calls them in numpy, the training
+   pipeline inside its tf.data graph (training may augment the [0, 1] images in between).
 
-So a model sees exactly the same numbers for an image whichever command feeds it.
+So a model sees exactly the same numbers for an image whichever command feeds it (a test feeds one file
+through both paths).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,15 +92,30 @@ def affine_preprocessing(channels: int, mode: str) -> tuple[np.ndarray, np.ndarr
     return PREPROCESSING[mode].affine(channels)
 
 
+def unit_pixels(values: Any) -> Any:
+    """uint8 pixels (0-255) -> float32 in [0, 1]: the one conversion, for a numpy array or a TensorFlow tensor."""
+    if isinstance(values, np.ndarray | np.generic | list | tuple):
+        return np.asarray(values).astype(np.float32) / np.float32(255.0)
+    import tensorflow as tf
+
+    return tf.cast(values, tf.float32) / 255.0
+
+
+def input_from_unit(unit: Any, channels: int, mode: str) -> Any:
+    """(N, H, W) gray pixels in [0, 1] -> (N, H, W, channels) model input = pixel * scale + offset per channel,
+    for a numpy array or a TensorFlow tensor alike (the gray value broadcasts to every channel)."""
+    scale, offset = affine_preprocessing(channels, mode)
+    return unit[..., None] * scale + offset
+
+
 def to_model_input(batch: np.ndarray, channels: int, mode: str) -> np.ndarray:
     """Map a (N, H, W) batch of uint8 images (or [0, 1] floats) to (N, H, W, channels) float32 model input.
 
     Modes follow ``keras.applications`` (see :data:`PREPROCESSING`).
     """
-    scale, offset = affine_preprocessing(channels, mode)
     values = np.asarray(batch)
-    unit = values.astype(np.float32) / np.float32(255.0) if values.dtype == np.uint8 else values.astype(np.float32)
-    return unit[..., None] * scale + offset
+    unit = unit_pixels(values) if values.dtype == np.uint8 else values.astype(np.float32)
+    return input_from_unit(unit, channels, mode)
 
 
 def prepare_batch(images: Sequence[np.ndarray], input_size: tuple[int, int], channels: int, mode: str) -> np.ndarray:

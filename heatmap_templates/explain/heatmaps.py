@@ -37,12 +37,12 @@ from heatmap_templates.errors import (
     problems_json,
 )
 from heatmap_templates.executors import Executor, LocalExecutor, executor_for
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD
-from heatmap_templates.explain.scores import DEFAULT_SCORE
+from heatmap_templates.explain.engine_choice import engine_for
 from heatmap_templates.files import file_sha256
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, load_dataset_for
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, predicted_classes
+from heatmap_templates.model.heads import HEADS, predicted_classes
 from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store.settings import HeatmapSettings
 
 DEFAULT_STORE = Path("templates_out/heatmaps.h5")
 
@@ -88,7 +88,7 @@ class ModelBatch:
     images: np.ndarray
 
 
-def load_for_model(path: str | os.PathLike, input_size: tuple[int, int], channels: int, mode: str,
+def load_for_model(path: str | os.PathLike | bytes, input_size: tuple[int, int], channels: int, mode: str,
                    max_pixels: int = DEFAULT_MAX_PIXELS, intensity: str = DEFAULT_INTENSITY) -> tuple[np.ndarray, np.ndarray]:
     """Load one file: (model input (H, W, C) float32, grayscale (H, W) uint8), as every command does.
 
@@ -162,29 +162,29 @@ def default_store_path(model_path: str | os.PathLike, method: str, score: str, f
     return Path(folder) / f"heatmaps_{model_sha256(model_path)[:12]}_{method}_{score}.h5"
 
 
-def heatmap_settings(model_path: str | os.PathLike, info, engine) -> dict:
-    """The settings that identify a heatmap store: a store made with other settings is refused.
+def heatmap_settings(model_path: str | os.PathLike, info, engine) -> HeatmapSettings:
+    """The settings a heatmap store records: a store made with other identity settings is refused.
 
-    ``mixed_precision`` is not part of the identity that templates check (``store.HEATMAP_IDENTITY_KEYS``:
+    ``mixed_precision`` is not part of the identity that templates check (``HeatmapSettings.identity()``:
     float16 maps agree with float32 ones to a correlation of 0.99 or more), but a resume may not switch it
-    (``store.RESUME_KEYS``), so the store's record is true of every image in it.
+    (``identity(resume=True)``), so the store's record is true of every image in it.
     """
-    return {
-        "model_sha256": model_sha256(model_path),
-        "model_path": str(Path(model_path).resolve()),
-        "class_names": list(info.class_names),
-        "layer": engine.layer,
-        "cam_method": engine.method,
-        "score": engine.score,
-        "input_size": [int(v) for v in info.input_size],
-        "channels": int(info.channels),
-        "preprocessing": info.preprocessing,
-        "intensity": info.intensity,
-        "backbone": info.backbone,
-        "head": engine.head,
-        "threshold": engine.threshold,
-        "mixed_precision": bool(engine.mixed_precision),
-    }
+    return HeatmapSettings(
+        model_sha256=model_sha256(model_path),
+        model_path=str(Path(model_path).resolve()),
+        class_names=tuple(info.class_names),
+        layer=engine.layer,
+        cam_method=engine.method,
+        score=engine.score,
+        input_size=(int(info.input_size[0]), int(info.input_size[1])),
+        channels=int(info.channels),
+        preprocessing=info.preprocessing,
+        intensity=info.intensity,
+        backbone=info.backbone,
+        head=engine.head,
+        threshold=engine.threshold,
+        mixed_precision=bool(engine.mixed_precision),
+    )
 
 
 def _unreadable_reason(path: str | os.PathLike, error: OSError) -> str:
@@ -362,15 +362,15 @@ def _worker_engine(job: ExtractJob) -> tuple:
     """(engine, info) of ``job`` in this process, loaded on first use (the model file checked against its hash)."""
     with _WORKER_LOCK:
         if job not in _WORKER_ENGINES:
-            from heatmap_templates.explain.cam import CamEngine
             from heatmap_templates.model.model_file import load_model
 
             if model_sha256(job.model_path) != job.model_sha256:
                 raise BadFileError(job.model_path, "the model file on this worker differs from the one the run started with")
             model, info = load_model(job.model_path, unsafe=job.unsafe_load, classes=job.classes,
                                      preprocessing=job.preprocessing, intensity=job.intensity)
-            engine = CamEngine(model, layer=job.layer, method=job.method, score=job.score, head=info.head,
-                               threshold=job.threshold, mixed_precision=job.mixed_precision)
+            # the choice the run made, given whole: the same engine as the one that started it
+            engine = engine_for(None, model, info, layer=job.layer, method=job.method, score=job.score,
+                                threshold=job.threshold, mixed_precision=job.mixed_precision)
             _WORKER_ENGINES[job] = (engine, info)
         return _WORKER_ENGINES[job]
 
@@ -422,10 +422,10 @@ def extract_heatmaps(
     data: str | os.PathLike | Dataset,
     out: str | os.PathLike = DEFAULT_STORE,
     *,
-    method: str = DEFAULT_METHOD,
-    score: str = DEFAULT_SCORE,
+    method: str | None = None,
+    score: str | None = None,
     layer: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     classes: Sequence[str] | None = None,
     preprocessing: str | None = None,
@@ -441,12 +441,13 @@ def extract_heatmaps(
     """Path-based :func:`extract`: load the model, build the engine and the store writer, run.
 
     ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; ``classes``,
-    ``preprocessing`` and ``intensity`` describe a model without hmt metadata. ``mixed_precision``
+    ``preprocessing`` and ``intensity`` describe a model without hmt metadata. ``method``, ``score``, ``layer`` and
+    ``threshold`` not given are the defaults (:func:`heatmap_templates.explain.engine_choice.engine_for`: the model's
+    CAM layer, ``gradcam``, ``logit``, 0.5). ``mixed_precision``
     runs the network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded.
     ``scheduler`` runs the images on a Dask cluster (``local:N``, an address or a ``Client``;
     :func:`heatmap_templates.executors.executor_for`); the store is written here.
     """
-    from heatmap_templates.explain.cam import CamEngine
     from heatmap_templates.model.model_file import load_model
     from heatmap_templates.store import HeatmapWriter
 
@@ -455,15 +456,16 @@ def extract_heatmaps(
     model, info = load_model(model_path, unsafe=unsafe_load, classes=classes, preprocessing=preprocessing, intensity=intensity)
     if layer is None and info.cam_layer is None:
         raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
-    engine = CamEngine(model, layer=layer or info.cam_layer, method=method, score=score, head=info.head,
-                       threshold=threshold, mixed_precision=mixed_precision)
+    # Nothing is recorded yet (a resume with other settings is refused by the writer): given, else the default.
+    engine = engine_for(None, model, info, layer=layer, method=method, score=score, threshold=threshold,
+                        mixed_precision=mixed_precision)
     dataset = data if isinstance(data, Dataset) else load_dataset_for(info, data, strict=strict)
     settings = heatmap_settings(model_path, info, engine)
     writer = HeatmapWriter(out, settings, command=command)
     if scheduler is None:
         return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
                        progress=progress)
-    job = ExtractJob(str(Path(model_path).resolve()), settings["model_sha256"], tuple(classes) if classes else None,
+    job = ExtractJob(str(Path(model_path).resolve()), settings.model_sha256, tuple(classes) if classes else None,
                      preprocessing, intensity, unsafe_load, engine.layer, engine.method, engine.score, engine.threshold,
                      bool(engine.mixed_precision), batch_size, max_pixels)
     executor = executor_for(scheduler)

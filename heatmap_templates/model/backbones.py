@@ -54,7 +54,7 @@ def resolve_weights(backbone: str, weights: str | None) -> str:
     if choice.lower() in ("imagenet", "none"):
         choice = choice.lower()
     if choice == "imagenet" and spec.application is None:
-        raise HmtError(f"`{backbone}` has no ImageNet weights; use --weights none or a weights file")
+        raise HmtError(f"`{backbone}` has no ImageNet weights; set $weights to none or to a weights file", parameters=("weights",))
     return choice
 
 
@@ -140,6 +140,7 @@ def _application_base(spec: BackboneSpec, input_shape: tuple[int, int, int], wei
     """A keras.applications base without its top, with ImageNet, local or random weights."""
     import keras
 
+    assert spec.application is not None, spec.name  # the small CNN has no keras.applications base
     constructor = getattr(keras.applications, spec.application)
     if weights == "imagenet":
         try:
@@ -147,7 +148,8 @@ def _application_base(spec: BackboneSpec, input_shape: tuple[int, int, int], wei
         except Exception as error:
             raise HmtError(
                 f"could not download the ImageNet weights for {spec.name} (no network?): {one_line(error, 200)}; "
-                f"pass --weights PATH to a local {spec.name}_weights_tf_dim_ordering_tf_kernels_notop.h5 file, or --weights none"
+                f"set $weights to the path of a local {spec.name}_weights_tf_dim_ordering_tf_kernels_notop.h5 file, or to none",
+                parameters=("weights",),
             ) from None
     base = constructor(include_top=False, weights=None, input_shape=input_shape, name=spec.name)
     if weights != "none":
@@ -158,7 +160,8 @@ def _application_base(spec: BackboneSpec, input_shape: tuple[int, int, int], wei
 def _load_weights_file(model, path: str) -> None:
     """Load a local weights file into ``model``; a missing or mismatched file is a :class:`BadFileError`."""
     if not Path(path).is_file():
-        raise BadFileError(path, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
+        raise BadFileError(path, "weights file not found ($weights takes imagenet, none, or the path of a weights file)",
+                           parameters=("weights",))
     try:
         model.load_weights(path)
     except Exception as error:

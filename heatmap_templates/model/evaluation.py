@@ -23,6 +23,7 @@ from heatmap_templates.data.datasets import (
     load_dataset,
     relative_path,
 )
+from heatmap_templates.data.disk_arrays import DiskArray
 from heatmap_templates.data.preprocess import load_images, to_model_input
 from heatmap_templates.errors import HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.files import write_text
@@ -64,7 +65,7 @@ def load_dataset_for(info: ModelInfo, source: str | os.PathLike, *, patient_rege
                      strict: bool = False) -> Dataset:
     """A data set labelled as the model's labels are: a multi-label model reads its findings' columns of a CSV
     manifest (with the uncertain-label policy it was trained with); any other model reads classes."""
-    if HEADS[info.head].multi_label:
+    if HEADS[info.head_kind].multi_label:
         return load_dataset(source, labels=info.class_names, uncertain=info.training.get("uncertain", DEFAULT_UNCERTAIN),
                             patient_regex=patient_regex, strict=strict)
     return load_dataset(source, patient_regex=patient_regex, strict=strict)
@@ -89,7 +90,7 @@ def predict_in_batches(model, images, info: ModelInfo, batch_size: int, progress
         progress.finish()
 
 
-def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE,
+def predict_probabilities(model, info: ModelInfo, images: np.ndarray | DiskArray, *, batch_size: int = DEFAULT_BATCH_SIZE,
                           progress: Progress | None = None) -> np.ndarray:
     """Class probabilities (N, K) for in-memory uint8 images, through the model's head kind."""
     outputs = list(predict_in_batches(model, images, info, batch_size, progress, "classifying"))
@@ -98,7 +99,7 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray, *, batch_s
     values = np.concatenate(outputs)
     if not np.all(np.isfinite(values)):
         raise HmtError("the model produced non-finite outputs (NaN or infinity)")
-    probabilities = probabilities_of(values, info.head)
+    probabilities = probabilities_of(values, info.head_kind)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(info.class_names):
         raise HmtError(f"the model outputs shape {values.shape[1:]}, expected scores of {len(info.class_names)} classes")
     return probabilities
@@ -111,12 +112,12 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     ``split`` (test, val, train) selects the images of that split recorded in the model's metadata,
     but only when ``dataset`` is the data set the model was trained on (same fingerprint);
     otherwise, and for ``all``, every image is evaluated and a note says so. ``threshold`` decides
-    a one-output or multi-label model's predictions. A one-against-the-rest model (``--binary``)
+    a one-output or multi-label model's predictions. A one-against-the-rest model (``TrainConfig.binary``)
     counts the data set's other classes as its negative class.
     """
     if split not in EVALUATION_SPLITS:
         raise HmtError(f"unknown split {split!r}; choose test, val, train or all")
-    objective = Objective(info.head, info.class_names, info.negatives)
+    objective = Objective(info.head_kind, info.class_names, info.negatives)
     check_labels_fit(objective, dataset)
     notes: list[str] = []
     samples = list(dataset.samples)
@@ -150,7 +151,8 @@ def check_labels_fit(objective: Objective, dataset: Dataset) -> None:
         if objective.multi_label != dataset.multi_label or list(dataset.class_names) != objective.class_names:
             kind = "findings" if objective.multi_label else "classes"
             raise HmtError(f"{where}: the data set's labels ({', '.join(dataset.class_names)}) are not the model's {kind} "
-                           f"({', '.join(objective.class_names)}); multi-label models need --labels with the same findings")
+                           f"({', '.join(objective.class_names)}); a multi-label model needs a data set loaded with $labels "
+                           "set to the same findings", parameters=("labels",))
         return
     unknown = sorted({s.label for s in dataset.samples if objective.labels([s])[0] < 0})
     if unknown:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from heatmap_templates.errors import HmtError
 
@@ -23,7 +24,7 @@ def _is_model(layer: object) -> bool:
     return isinstance(layer, keras.Model)
 
 
-def walk_layers(model, prefix: str = "") -> Iterator[tuple[str, object]]:
+def walk_layers(model, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(path, layer) for every layer in model order; a nested model is yielded, then its own layers."""
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
@@ -90,7 +91,7 @@ def output_layer(model) -> object:
     return output_layer(layer) if _is_model(layer) else layer
 
 
-def find_base(model) -> object | None:
+def find_base(model) -> Any:
     """The nested base model of a transfer-learning classifier, or None for flat models."""
     bases = [layer for layer in model.layers if _is_model(layer)]
     return bases[0] if len(bases) == 1 else None

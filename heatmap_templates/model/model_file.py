@@ -38,7 +38,7 @@ class ModelInfo:
     (:data:`heatmap_templates.model.heads.HEADS`), read from the output layer when the model is saved or loaded.
     ``intensity`` is how integer pixels were scaled in training (:data:`heatmap_templates.data.decode.INTENSITIES`);
     every later command decodes the same way. ``negatives`` are the data set's classes that a model trained
-    one-against-the-rest (``--binary``) groups into its negative class.
+    one-against-the-rest (``TrainConfig.binary``) groups into its negative class.
     """
 
     class_names: list[str]
@@ -54,6 +54,13 @@ class ModelInfo:
     head: str | None = None
     intensity: str = DEFAULT_INTENSITY
     negatives: list[str] = field(default_factory=list)  # data-set classes a one-against-the-rest model calls negative
+
+    @property
+    def head_kind(self) -> str:
+        """The head kind (:data:`heatmap_templates.model.heads.HEADS`), known once the model is loaded or saved."""
+        if self.head is None:
+            raise HmtError("the model's head kind is not known until the model is loaded or saved")
+        return self.head
 
     def label_index(self, label: str) -> int:
         """This model's class index of a data set's label (-1: a class it does not know)."""
@@ -190,25 +197,26 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
     except Exception as error:
         text = str(error)
         if "safe_mode" in text or "unsafe" in text.lower():
-            reason = "contains code (a Lambda layer or custom object) that safe mode will not run; pass --unsafe-load only if you trust the file"
-        else:
-            reason = f"cannot load the model: {one_line(error, 200)}"
-        raise BadFileError(path, reason) from None
+            raise BadFileError(path, "contains code (a Lambda layer or custom object) that safe mode will not run; "
+                                     "pass $unsafe only if you trust the file", parameters=("unsafe",)) from None
+        raise BadFileError(path, f"cannot load the model: {one_line(error, 200)}") from None
     if not isinstance(model, keras.Model):
         raise BadFileError(path, "the file does not hold a Keras model")
     if classes is not None:
         classes = [name.strip() for name in classes if name.strip()]
     if info is None:
         if not classes:
-            raise HmtError(f"{display_path(path)} has no hmt metadata; give its class names in output order with --classes a,b,c")
+            raise HmtError(f"{display_path(path)} has no hmt metadata; give its class names in output order with $classes",
+                           parameters=("classes",))
         info = _info_for_user_model(model, path, classes, preprocessing or DEFAULT_USER_PREPROCESSING)
         info.intensity = INTENSITIES.check(intensity or DEFAULT_INTENSITY)
     else:
         if intensity and intensity != info.intensity:
-            raise HmtError(f"--intensity {intensity} does not match the model's recorded intensity {info.intensity} "
-                           "(it was trained on images decoded that way)")
+            raise HmtError(f"$intensity: {intensity} does not match the model's recorded intensity {info.intensity} "
+                           "(it was trained on images decoded that way)", parameters=("intensity",))
         if classes and list(classes) != info.class_names:
-            raise HmtError(f"--classes {','.join(classes)} does not match the model's recorded classes {','.join(info.class_names)}")
+            raise HmtError(f"$classes: {','.join(classes)} does not match the model's recorded classes {','.join(info.class_names)}",
+                           parameters=("classes",))
         if preprocessing:
             info.preprocessing = PREPROCESSING.check(preprocessing)
     if not isinstance(model.output_shape, tuple):
@@ -221,9 +229,9 @@ def _info_for_user_model(model, path: Path, classes: list[str], preprocessing: s
     """ModelInfo for a Keras classifier hmt did not train, inferred from its input shape."""
     PREPROCESSING.check(preprocessing)
     if len(classes) < 2:
-        raise HmtError(f"--classes needs at least 2 class names, got {len(classes)}")
+        raise HmtError(f"$classes needs at least 2 class names, got {len(classes)}", parameters=("classes",))
     if len(set(classes)) != len(classes):
-        raise HmtError(f"--classes lists a class twice: {','.join(classes)}")
+        raise HmtError(f"$classes lists a class twice: {','.join(classes)}", parameters=("classes",))
     shape = model.input_shape
     if not (isinstance(shape, tuple) and len(shape) == 4):
         raise BadFileError(path, f"expected one image input (N, H, W, C), the model takes {shape}")

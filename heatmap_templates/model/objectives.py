@@ -105,15 +105,17 @@ def objective_for(dataset: Dataset, binary: str | None = None) -> Objective:
     ``POS`` or ``POS:NEG``, the negative class named ``not-POS`` by default), or its exclusive classes."""
     if dataset.multi_label:
         if binary:
-            raise HmtError("--binary trains one class against the rest of a class-labelled data set; this one is multi-label")
+            raise HmtError("$binary trains one class against the rest of a class-labelled data set; this one is multi-label",
+                           parameters=("binary",))
         return Objective(MULTI_LABEL_HEAD, list(dataset.class_names))
     if binary:
         positive, _, negative = binary.partition(":")
         positive, negative = positive.strip(), (negative.strip() or f"not-{positive.strip()}")
         if positive not in dataset.class_names:
-            raise HmtError(f"--binary {positive}: not a class of the data set ({', '.join(dataset.class_names)})")
+            raise HmtError(f"$binary: {positive!r} is not a class of the data set ({', '.join(dataset.class_names)})",
+                           parameters=("binary",))
         if negative == positive:
-            raise HmtError(f"--binary: the negative class needs a name of its own, got {negative!r}")
+            raise HmtError(f"$binary: the negative class needs a name of its own, got {negative!r}", parameters=("binary",))
         return Objective(BINARY_HEAD, [negative, positive], [name for name in dataset.class_names if name != positive])
     return Objective(EXCLUSIVE_HEAD, list(dataset.class_names))
 

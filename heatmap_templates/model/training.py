@@ -10,11 +10,7 @@ model too, :mod:`heatmap_templates.data.preprocess`); the model's preprocessing 
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -37,9 +33,8 @@ from heatmap_templates.data.datasets import (
 )
 from heatmap_templates.data.decode import DEFAULT_INTENSITY, INTENSITIES
 from heatmap_templates.data.disk_arrays import DiskArray
-from heatmap_templates.data.preprocess import affine_preprocessing, load_images
+from heatmap_templates.data.preprocess import input_from_unit, load_images, unit_pixels
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
-from heatmap_templates.files import write_text
 from heatmap_templates.model.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -51,7 +46,7 @@ from heatmap_templates.model.backbones import (
 )
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
 from heatmap_templates.model.layers import default_cam_layer, find_base, unfreeze_last_blocks
-from heatmap_templates.model.model_file import ModelInfo, companion_path, json_ready
+from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.model.objectives import Objective, objective_for
 from heatmap_templates.model.recipe import (
     DEFAULT_SCHEDULE,
@@ -113,9 +108,11 @@ class TrainConfig:
         if self.input_size is not None and self.input_size < spec.min_input_side:
             raise HmtError(f"{self.backbone} needs an input size of at least {spec.min_input_side} px, got {self.input_size}")
         if self.fine_tune_blocks < 0 or self.fine_tune_epochs < 0:
-            raise HmtError("--fine-tune-blocks and fine-tune epochs must not be negative")
+            raise HmtError("$fine_tune_blocks and $fine_tune_epochs must not be negative",
+                           parameters=("fine_tune_blocks", "fine_tune_epochs"))
         if self.fine_tune_blocks and spec.application is None:
-            raise HmtError("`small` trains every layer from scratch; --fine-tune-blocks applies to pretrained backbones only")
+            raise HmtError("`small` trains every layer from scratch; $fine_tune_blocks applies to pretrained backbones only",
+                           parameters=("fine_tune_blocks",))
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise HmtError("validation and test fractions must be in [0, 1) and leave images for training")
         INTENSITIES.check(self.intensity)
@@ -128,7 +125,8 @@ class TrainConfig:
             raise HmtError(f"weight decay must be in [0, 1), got {self.weight_decay}")
         weights = resolve_weights(self.backbone, self.weights)
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
-            raise BadFileError(weights, "weights file not found (use --weights imagenet, none, or the path of a weights file)")
+            raise BadFileError(weights, "weights file not found ($weights takes imagenet, none, or the path of a weights file)",
+                               parameters=("weights",))
         if not 0 <= self.dropout < 1 or self.dense_units < 1:
             raise HmtError("dropout must be in [0, 1) and dense units at least 1")
         if not self.memory_budget_gb > 0:
@@ -199,11 +197,9 @@ def image_pipeline(images: np.ndarray | DiskArray, targets: np.ndarray, info: Mo
     """tf.data over in-memory uint8 images: shuffle, batch, to [0, 1], augment (optional, training only), preprocess."""
     import tensorflow as tf
 
-    scale, offset = affine_preprocessing(info.channels, info.preprocessing)
-
     @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
     def to_unit(x, y):
-        return tf.cast(x, tf.float32) / 255.0, y
+        return unit_pixels(x), y
 
     dataset = rows_dataset(images, targets, batch_size, shuffle_seed=shuffle_seed).map(to_unit, num_parallel_calls=tf.data.AUTOTUNE)
     if augment_seed is not None:
@@ -216,10 +212,7 @@ def image_pipeline(images: np.ndarray | DiskArray, targets: np.ndarray, info: Mo
 
     @tf.autograph.experimental.do_not_convert
     def to_input(x, y):
-        x = x[..., None]
-        if info.channels == 3:
-            x = tf.repeat(x, 3, axis=-1)
-        return x * scale + offset, y
+        return input_from_unit(x, info.channels, info.preprocessing), y
 
     return dataset.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -366,8 +359,8 @@ def head_model(model):
     return keras.Model(features, model.get_layer("predictions")(x), name="hmt_head")
 
 
-def fit_head_on_features(model, train_features: np.ndarray, train_targets: np.ndarray,
-                         val_features: np.ndarray | None, val_targets: np.ndarray | None, *, epochs: int,
+def fit_head_on_features(model, train_features: np.ndarray | DiskArray, train_targets: np.ndarray,
+                         val_features: np.ndarray | DiskArray | None, val_targets: np.ndarray | None, *, epochs: int,
                          learning_rate: float, batch_size: int, seed: int, recipe: TrainConfig | None = None,
                          loss: tuple[object, list] = ("categorical_crossentropy", ["accuracy"]),
                          class_weight: dict | None = None, history: list[dict] | None = None,
@@ -380,7 +373,7 @@ def fit_head_on_features(model, train_features: np.ndarray, train_targets: np.nd
     history = [] if history is None else history
     train_data = rows_dataset(train_features, train_targets, batch_size, shuffle_seed=seed)
     val_data = None
-    if val_features is not None and len(val_features):
+    if val_features is not None and val_targets is not None and len(val_features):
         val_data = rows_dataset(val_features, val_targets, batch_size)
     return _fit(head_model(model), train_data, val_data, epochs=epochs, learning_rate=learning_rate,
                 recipe=recipe or TrainConfig(), steps_per_epoch=math.ceil(len(train_features) / batch_size),
@@ -462,22 +455,8 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     class_names = objective.class_names
     model = build_model(config.backbone, len(class_names), size, weights, dense_units=config.dense_units,
                         dropout=config.dropout, head=objective.head)
-    fractions = (1.0 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
-    splits = split_dataset(dataset, fractions=fractions, seed=config.seed)  # by the data set's own classes
     skip_log = SkipLog(config.strict, dataset.problems)
-    images: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
-    kept: dict[str, list[Sample]] = {}
-    for name in SPLIT_NAMES:
-        images[name], kept[name] = load_images(splits[name], size, skip_log, intensity=config.intensity, progress=progress,
-                                               description=f"decoding {name} images",
-                                               to_disk=None if cache is None else cache / f"{name}_images.u8")
-        labels[name] = objective.labels(kept[name])
-    if config.shuffle_labels:  # the labels no longer say anything about the images (Adebayo et al. 2018)
-        labels["train"] = np.random.default_rng(config.seed).permutation(labels["train"])
-    missing = objective.missing(labels["train"])
-    if missing:
-        raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
+    images, labels, kept = _decode_splits(dataset, config, objective, size, skip_log, progress, cache)
 
     info = ModelInfo(
         class_names=class_names, backbone=config.backbone, input_size=size, channels=spec.channels,
@@ -488,37 +467,16 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     class_weight = objective.class_weight(labels["train"])
     loss = objective.loss_and_metrics(labels["train"], config.label_smoothing)
     targets = {name: objective.targets(labels[name]) for name in SPLIT_NAMES}
-    has_val = len(images["val"]) > 0
     history: list[dict] = []
-    phases = []
     augment = _augments(config, spec, len(images["train"]))
     cached = config.cache_features and spec.application is not None and not augment
-    if cached:
-        features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress,
-                                          to_disk=None if cache is None else cache / f"{name}_features.f32")
-                    for name in ("train", "val")}
-        phases.append(fit_head_on_features(
-            model, features["train"], targets["train"], features["val"] if has_val else None, targets["val"],
-            epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
-            recipe=config, loss=loss, class_weight=class_weight, history=history, on_epoch=on_epoch))
-    else:
-        phases.append(_fit_full(model, info, images, targets, config, augment, config.epochs, config.learning_rate,
-                                "head" if spec.application else "train", loss, class_weight, history, on_epoch))
-    if config.fine_tune_blocks and config.fine_tune_epochs:
-        unfreeze_last_blocks(model, config.fine_tune_blocks)
-        phases.append(_fit_full(model, info, images, targets, config, augment, config.fine_tune_epochs,
-                                config.fine_tune_learning_rate, "fine-tune", loss, class_weight, history, on_epoch))
-        find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
+    phases = _fit_phases(model, info, images, targets, config, spec, augment=augment, cached=cached, loss=loss,
+                         class_weight=class_weight, history=history, progress=progress, on_epoch=on_epoch, cache=cache)
 
     # The model as delivered: the last epoch's validation numbers in the history predate the weight averaging, so the
     # validation split is scored again; that, not the test split, is what a recipe or a setting is chosen on.
-    def split_report(name: str) -> dict | None:
-        if not len(images[name]):
-            return None
-        probabilities = predict_probabilities(model, info, images[name], batch_size=config.batch_size, progress=progress)
-        return objective.report(probabilities, labels[name])
-
-    val_report, test_report = split_report("val"), split_report("test")
+    val_report = _split_report(model, info, objective, images["val"], labels["val"], config, progress)
+    test_report = _split_report(model, info, objective, images["test"], labels["test"], config, progress)
     seconds = time.perf_counter() - started
     split_counts = {name: objective.counts(labels[name]) for name in SPLIT_NAMES}
     info.training = {
@@ -545,6 +503,64 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
                        split_counts=split_counts, seconds=seconds)
 
 
+def _decode_splits(dataset: Dataset, config: TrainConfig, objective: Objective, size: tuple[int, int], skip_log: SkipLog,
+                   progress: Progress | None, cache: Path | None,
+                   ) -> tuple[dict[str, np.ndarray | DiskArray], dict[str, np.ndarray], dict[str, list[Sample]]]:
+    """Split by patient and decode each split at input size (into ``cache`` files when given): images, labels, samples
+    kept. Stops when a class has no usable training image, since the model could not learn it."""
+    fractions = (1.0 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
+    splits = split_dataset(dataset, fractions=fractions, seed=config.seed)  # by the data set's own classes
+    images: dict[str, np.ndarray | DiskArray] = {}
+    labels: dict[str, np.ndarray] = {}
+    kept: dict[str, list[Sample]] = {}
+    for name in SPLIT_NAMES:
+        images[name], kept[name] = load_images(splits[name], size, skip_log, intensity=config.intensity, progress=progress,
+                                               description=f"decoding {name} images",
+                                               to_disk=None if cache is None else cache / f"{name}_images.u8")
+        labels[name] = objective.labels(kept[name])
+    if config.shuffle_labels:  # the labels no longer say anything about the images (Adebayo et al. 2018)
+        labels["train"] = np.random.default_rng(config.seed).permutation(labels["train"])
+    missing = objective.missing(labels["train"])
+    if missing:
+        raise HmtError(f"{display_path(dataset.root)}: no usable training images for class {', '.join(missing)}")
+    return images, labels, kept
+
+
+def _fit_phases(model, info: ModelInfo, images: dict, targets: dict, config: TrainConfig, spec: BackboneSpec, *,
+                augment: bool, cached: bool, loss: tuple[object, list], class_weight: dict | None, history: list[dict],
+                progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None, cache: Path | None) -> list[dict]:
+    """Fit the head (on cached pooled features when ``cached``, else on images), then fine-tune the base's last blocks
+    when asked; the phases' records, in order (``history`` gets every epoch)."""
+    phases = []
+    if cached:
+        has_val = len(images["val"]) > 0
+        features = {name: pooled_features(model, images[name], info, batch_size=config.batch_size, progress=progress,
+                                          to_disk=None if cache is None else cache / f"{name}_features.f32")
+                    for name in ("train", "val")}
+        phases.append(fit_head_on_features(
+            model, features["train"], targets["train"], features["val"] if has_val else None, targets["val"],
+            epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
+            recipe=config, loss=loss, class_weight=class_weight, history=history, on_epoch=on_epoch))
+    else:
+        phases.append(_fit_full(model, info, images, targets, config, augment, config.epochs, config.learning_rate,
+                                "head" if spec.application else "train", loss, class_weight, history, on_epoch))
+    if config.fine_tune_blocks and config.fine_tune_epochs:
+        unfreeze_last_blocks(model, config.fine_tune_blocks)
+        phases.append(_fit_full(model, info, images, targets, config, augment, config.fine_tune_epochs,
+                                config.fine_tune_learning_rate, "fine-tune", loss, class_weight, history, on_epoch))
+        find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
+    return phases
+
+
+def _split_report(model, info: ModelInfo, objective: Objective, images: np.ndarray | DiskArray, labels: np.ndarray,
+                  config: TrainConfig, progress: Progress | None) -> dict | None:
+    """The objective's report of the trained model on one split's images (None for an empty split)."""
+    if not len(images):
+        return None
+    probabilities = predict_probabilities(model, info, images, batch_size=config.batch_size, progress=progress)
+    return objective.report(probabilities, labels)
+
+
 def _augments(config: TrainConfig, spec: BackboneSpec, train_images: int) -> bool:
     """Whether training augments: as asked, or (``augment=None``) for a backbone trained from scratch on a small
     data set, where it matters most; a frozen pretrained base keeps its fast cached-feature training."""
@@ -567,29 +583,3 @@ def _fit_full(model, info: ModelInfo, images: dict, targets: dict, config: Train
     return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, recipe=config,
                 steps_per_epoch=math.ceil(len(images["train"]) / config.batch_size), loss=loss, class_weight=class_weight,
                 phase=phase, history=history, on_epoch=on_epoch, calibration=calibration)
-
-
-# --------------------------------------------------------------------------- files beside the model
-
-
-def write_history_csv(history: list[dict], path: str | os.PathLike) -> Path:
-    """One row per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy, seconds."""
-    columns = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
-    return write_text(path, buffer.getvalue())
-
-
-def save_training_outputs(result: TrainResult, model_path: str | os.PathLike) -> dict[str, Path]:
-    """Write the data files `hmt train` leaves beside the model: the history CSV and, when there is a test split,
-    its evaluation JSON. Returns the paths by kind. The companion figures (curves, confusion matrix) are drawn by
-    the caller with :func:`heatmap_templates.present.figures.training_figures`: training sits below the figures."""
-    written = {"history": write_history_csv(result.history, companion_path(model_path, "history.csv"))}
-    if result.test_report is not None:
-        evaluation = {"split": "test", "requested_split": "test", "notes": [], **result.test_report}
-        written["evaluation"] = write_text(companion_path(model_path, "evaluation.json"),
-                                           json.dumps(json_ready(evaluation), indent=2) + "\n")
-    return written

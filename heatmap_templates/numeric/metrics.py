@@ -140,8 +140,7 @@ def _reading(probabilities: np.ndarray, labels: np.ndarray, positive_classes: li
     in_group[positive_classes] = True
     actual = in_group[labels]
     positive_probability = probabilities[:, in_group].sum(axis=1)
-    summed = binary_metrics(positive_probability > 0.5, actual)
-    summed["auc"] = roc_auc(positive_probability, actual)
+    summed = {**binary_metrics(positive_probability > 0.5, actual), "auc": roc_auc(positive_probability, actual)}
     argmax = binary_metrics(in_group[probabilities.argmax(axis=1)], actual)
     return {
         "positive": positive_name,

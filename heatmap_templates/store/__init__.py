@@ -11,7 +11,8 @@ Two kinds of file, each with its own schema version and self-describing through 
   the accumulators, so it lives in the templates wing above this package): per-class templates, their
   consistency statistics, the exact accumulator state that merging needs, and each class's strategies.
 
-Plain records that files hold and several stages read (a class's strategies) are :mod:`.records`.
+Plain records that files hold and several stages read (a class's strategies) are :mod:`.records`; the typed
+settings a heatmap store records (:class:`~.settings.HeatmapSettings`, identity settings marked) are :mod:`.settings`.
 
 Shared plumbing (atomic writes, safe reads, versions, identity checks) is :mod:`.hdf5`.
 """
@@ -25,8 +26,9 @@ from heatmap_templates.store.heatmap_store import (
     open_heatmaps,
 )
 from heatmap_templates.store.records import ClassStrategies, Strategy
+from heatmap_templates.store.settings import HeatmapSettings
 
 __all__ = [
     "HEATMAPS", "TEMPLATES", "FileKind", "file_kind", "HEATMAP_IDENTITY_KEYS", "RESUME_KEYS", "HeatmapBatch",
-    "HeatmapReader", "HeatmapWriter", "open_heatmaps", "ClassStrategies", "Strategy",
+    "HeatmapReader", "HeatmapWriter", "HeatmapSettings", "open_heatmaps", "ClassStrategies", "Strategy",
 ]

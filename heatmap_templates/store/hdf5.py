@@ -28,24 +28,17 @@ from heatmap_templates.files import atomic_path
 
 @dataclass(frozen=True)
 class FileKind:
-    """One kind of hmt file: its ``kind`` attribute, the schema version written, the versions read, and the
-    settings that files of earlier versions did not record, with the value every such file was made with."""
+    """One kind of hmt file: its ``kind`` attribute, the schema version written and the versions read. The settings
+    that files of earlier versions did not record are completed by the typed settings
+    (:class:`heatmap_templates.store.settings.HeatmapSettings`: their defaults are the values such files were made with)."""
 
     name: str
     version: int
     readable: tuple[int, ...]
-    defaults: tuple[tuple[str, Any], ...] = ()
-
-    def completed(self, settings: Mapping[str, Any]) -> dict:
-        """``settings`` with the settings an earlier version did not record filled in."""
-        return {**dict(self.defaults), **settings}
 
 
-# Recorded since heatmap store v2 / templates v2; files of v1 were all decoded with `full` scaling
-# and decided by argmax (a 0.5 threshold for every head they could hold).
-_RECORDED_SINCE_V2 = (("intensity", "full"), ("threshold", 0.5))
-HEATMAPS = FileKind("hmt-heatmaps", 3, (1, 2, 3), _RECORDED_SINCE_V2)  # v3: no upsampled copy of the maps
-TEMPLATES = FileKind("hmt-templates", 5, (1, 2, 3, 4, 5), _RECORDED_SINCE_V2)  # v3: registration matrices; v4: strategies; v5: checks
+HEATMAPS = FileKind("hmt-heatmaps", 3, (1, 2, 3))  # v2: intensity, threshold recorded; v3: no upsampled copy of the maps
+TEMPLATES = FileKind("hmt-templates", 5, (1, 2, 3, 4, 5))  # v2: as the store; v3: registration matrices; v4: strategies; v5: checks
 KINDS = {kind.name: kind for kind in (HEATMAPS, TEMPLATES)}
 
 
@@ -132,8 +125,8 @@ def _simple_attribute(value: Any) -> bool:
 
 
 def read_root(handle: h5py.File, path: Path, kind: FileKind) -> tuple[dict, dict]:
-    """(root attributes, settings) after checking kind and schema version (any of ``kind.readable``); the
-    settings are completed with those an earlier version did not record."""
+    """(root attributes, settings as recorded) after checking kind and schema version (any of ``kind.readable``);
+    the typed settings (``HeatmapSettings.read``) complete those an earlier version did not record."""
     attrs = {key: decode(handle.attrs[key]) for key in handle.attrs}
     found = attrs.get("kind")
     if found is None:
@@ -150,7 +143,7 @@ def read_root(handle: h5py.File, path: Path, kind: FileKind) -> tuple[dict, dict
         raise BadFileError(path, "damaged 'settings' attribute (not JSON)") from None
     if not isinstance(settings, dict):
         raise BadFileError(path, "damaged 'settings' attribute (not a JSON object)")
-    return attrs, kind.completed(settings)
+    return attrs, settings
 
 
 def _show(value: Any) -> str:
@@ -158,17 +151,11 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_identity(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any], keys: Sequence[str]) -> None:
-    """BadFileError naming the first identity setting that differs."""
-    for key in keys:
+def check_identity(path: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any], keys: Sequence[str] | None = None) -> None:
+    """BadFileError naming the first identity setting (of ``keys``, default: those of ``wanted``) that differs."""
+    for key in wanted if keys is None else keys:
         if jsonable(stored.get(key)) != jsonable(wanted.get(key)):
             raise BadFileError(path, f"made with {key}={_show(stored.get(key))}, not {_show(wanted.get(key))}; use another output file or the same settings")
-
-
-def require_keys(settings: Mapping[str, Any], keys: Sequence[str], what: str) -> None:
-    missing = [key for key in keys if key not in settings]
-    if missing:
-        raise ValueError(f"{what} settings lack {', '.join(missing)}")
 
 
 def strings(dataset: h5py.Dataset) -> list[str]:

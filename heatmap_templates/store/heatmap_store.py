@@ -12,6 +12,7 @@ intact final file, and a rerun resumes from ``HeatmapWriter.done``. Schema: docs
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,19 +29,15 @@ from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.hdf5 import (
     HEATMAPS,
     atomic_h5,
-    check_identity,
-    jsonable,
     open_h5,
     read_root,
-    require_keys,
     strings,
     write_root,
 )
+from heatmap_templates.store.settings import HeatmapSettings
 
-HEATMAP_IDENTITY_KEYS = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold")
-# A resume must also keep these when the store records them (hmt heatmaps always does), so that the
-# settings a finished store records are true of every image in it.
-RESUME_KEYS = HEATMAP_IDENTITY_KEYS + ("mixed_precision", "intensity")
+HEATMAP_IDENTITY_KEYS = HeatmapSettings.IDENTITY_KEYS
+RESUME_KEYS = HeatmapSettings.RESUME_KEYS
 
 _SHARD_NAME = re.compile(r"^(\d+)\.h5$")
 _COPY_ROWS = 64
@@ -144,12 +141,13 @@ class HeatmapWriter:
     non-h5py readers).
     """
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, command: str = "", compression: str = "lzf", chunk_images: int = 16) -> None:
-        require_keys(settings, HEATMAP_IDENTITY_KEYS, "heatmap store")
+    def __init__(self, path: str | os.PathLike[str], settings: HeatmapSettings | Mapping[str, Any], *, command: str = "",
+                 compression: str = "lzf", chunk_images: int = 16) -> None:
+        settings = HeatmapSettings.of(settings)  # ValueError naming the settings a dict lacks
         if compression not in ("gzip", "lzf"):
             raise ValueError(f"compression must be gzip or lzf, not {compression!r}")
         self.path = Path(path)
-        self.settings = HEATMAPS.completed(jsonable(dict(settings)))
+        self.settings = settings
         self.command = command
         self.compression = compression
         self.chunk_images = max(1, chunk_images)
@@ -160,8 +158,8 @@ class HeatmapWriter:
         self._next_shard = 0
         for source in _heatmap_sources(self.path):
             with open_h5(source) as handle:
-                _, stored = read_root(handle, source, HEATMAPS)
-                check_identity(source, stored, self.settings, RESUME_KEYS)
+                _, recorded = read_root(handle, source, HEATMAPS)
+                HeatmapSettings.read(recorded, source).check_same(source, self.settings, resume=True)
                 if "path" in handle:
                     paths = strings(handle["path"])
                     self.stored += len(set(paths) - self.done)
@@ -181,7 +179,7 @@ class HeatmapWriter:
         """Store one batch durably as its own shard file."""
         if not len(batch):
             return
-        batch.check(len(self.settings["class_names"]), self.settings["input_size"])
+        batch.check(len(self.settings.class_names), self.settings.input_size)
         parts = _parts_dir(self.path)
         if not self._parts_made:  # made once: a shard folder removed mid-run stops the run instead of restarting it
             ensure_folder(parts, self.path)
@@ -190,7 +188,7 @@ class HeatmapWriter:
             self._next_shard += 1
         try:
             with atomic_h5(parts / f"{self._next_shard:06d}.h5", create_folder=False) as handle:
-                write_root(handle, HEATMAPS, self.settings, self.command, {"count": len(batch), "shard": True})
+                write_root(handle, HEATMAPS, self.settings.to_dict(), self.command, {"count": len(batch), "shard": True})
                 _write_batch_datasets(handle, batch)
         except BadFileError as error:
             raise BadFileError(self.path, f"{error.reason}; the {self.stored} images stored before are kept and a rerun "
@@ -207,10 +205,11 @@ class HeatmapWriter:
         if self.path.exists() and not shards:
             return self.path
         sources = _heatmap_sources(self.path)
-        selections, total, seen = [], 0, set()
+        selections: list[np.ndarray] = []
+        total, seen = 0, set()
         for source in sources:  # the first row for each image path wins
             with open_h5(source) as handle:
-                keep = []
+                keep: list[int] = []
                 for index, image_path in enumerate(strings(handle["path"]) if "path" in handle else []):
                     if image_path not in seen:
                         seen.add(image_path)
@@ -220,16 +219,16 @@ class HeatmapWriter:
         progress.start(total, "merging heatmap store")
         try:
             with atomic_h5(self.path) as out:
-                write_root(out, HEATMAPS, self.settings, self.command, {"count": total})
+                write_root(out, HEATMAPS, self.settings.to_dict(), self.command, {"count": total})
                 written = 0
-                for source, keep in zip(sources, selections, strict=True):
-                    if not len(keep):
+                for source, kept in zip(sources, selections, strict=True):
+                    if not len(kept):
                         continue
                     with open_h5(source) as handle:
                         if written == 0:
                             self._create_datasets(out, handle, total)
-                        for start in range(0, len(keep), _COPY_ROWS):
-                            rows = keep[start : start + _COPY_ROWS]
+                        for start in range(0, len(kept), _COPY_ROWS):
+                            rows = kept[start : start + _COPY_ROWS]
                             for name in _BATCH_FIELDS:
                                 out[name][written : written + len(rows)] = _read_rows(handle[name], rows)
                             written += len(rows)
@@ -293,22 +292,27 @@ class HeatmapReader:
     the file it needs, so no HDF5 handle stays open between calls.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.sources = _heatmap_sources(self.path)
         if not self.sources:
             raise BadFileError(self.path, "no such heatmap store (neither the file nor its .parts folder exists)")
         self.pending_shards = len(_shard_paths(self.path))
-        self.settings: dict = {}
+        self.settings: HeatmapSettings  # the first file's; every other file must have the same identity settings
         self.attrs: dict = {}
-        locations, paths, sha256, columns, seen = [], [], [], {"label": [], "predicted": [], "probabilities": [], "correct": []}, set()
+        locations: list[tuple[int, int]] = []
+        paths: list[str] = []
+        sha256: list[str] = []
+        columns: dict[str, list[np.ndarray]] = {"label": [], "predicted": [], "probabilities": [], "correct": []}
+        seen: set[str] = set()
         for number, source in enumerate(self.sources):
             with open_h5(source) as handle:
-                attrs, settings = read_root(handle, source, HEATMAPS)
+                attrs, recorded = read_root(handle, source, HEATMAPS)
+                settings = HeatmapSettings.read(recorded, source)
                 if number == 0:
                     self.settings, self.attrs = settings, attrs
                 else:
-                    check_identity(source, settings, self.settings, HEATMAP_IDENTITY_KEYS)
+                    settings.check_same(source, self.settings)
                 if "path" not in handle:
                     continue
                 source_paths = strings(handle["path"])
@@ -323,7 +327,7 @@ class HeatmapReader:
                 paths.extend(source_paths[i] for i in keep)
                 sha256.extend(source_hashes[i] for i in keep)
                 locations.extend((number, i) for i in keep)
-        class_count = len(self.settings.get("class_names", []))
+        class_count = len(self.settings.class_names)
         self.paths: list[str] = paths
         self.sha256: list[str] = sha256
         self.labels = np.concatenate(columns["label"]) if paths else np.zeros(0, np.int32)
@@ -334,7 +338,7 @@ class HeatmapReader:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.settings.get("class_names", []))
+        return list(self.settings.class_names)
 
 
     def __len__(self) -> int:
@@ -393,7 +397,7 @@ def read_at(sources: Sequence[str | Path], locations: np.ndarray, name: str) -> 
     return np.stack(values)
 
 
-def open_heatmaps(path: str | Path) -> HeatmapReader:
+def open_heatmaps(path: str | os.PathLike[str]) -> HeatmapReader:
     """Open a heatmap store for reading (BadFileError for a missing, foreign or damaged file)."""
     return HeatmapReader(path)
 

@@ -223,6 +223,7 @@ def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, 
         _write_png(out / label / name, _to_uint8(phantom.image))
         _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
         if carries:
+            assert phantom.shortcut_mask is not None  # a phantom rendered with a shortcut has its mask
             _write_png(out / GROUND_TRUTH_DIR / SHORTCUT_MASKS_DIR / label / name, phantom.shortcut_mask.astype(np.uint8) * 255)
         pose = phantom.pose
         row = [f"{label}/{name}", label, *(repr(float(value)) for value in (pose.dx, pose.dy, pose.angle_deg, pose.scale)),
@@ -273,20 +274,52 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     started = time.perf_counter()
     chosen = _validate(n_per_class, size, seed, classes, pose_spread)
     shortcuts = dict(shortcuts or {})
-    SHORTCUTS.check(shortcut_style)
-    for label, fraction in shortcuts.items():
-        if label not in chosen:
-            raise HmtError(f"--shortcut {label}:{fraction}: {label} is not one of the classes made ({', '.join(chosen)})")
-        if not 0.0 < fraction <= 1.0:
-            raise HmtError(f"--shortcut {label}:{fraction}: the fraction of images must be in (0, 1]")
-    if not 0.0 <= shortcut_lesions <= 1.0:
-        raise HmtError(f"--shortcut-lesions must be between 0 and 1, got {shortcut_lesions}")
+    _check_shortcuts(shortcuts, chosen, shortcut_style, shortcut_lesions)
     if probability_samples < 1:
         raise HmtError(f"probability_samples must be at least 1, got {probability_samples}")
     workers = _default_workers() if workers is None else workers
     if workers < 1:
         raise HmtError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
+    _make_folders(out, chosen, shortcuts)
+    truth = out / GROUND_TRUTH_DIR
+    written = _render_all(out, chosen, n_per_class=n_per_class, size=size, seed=seed, pose_spread=pose_spread,
+                          shortcuts=shortcuts, shortcut_style=shortcut_style, shortcut_lesions=shortcut_lesions,
+                          probability_samples=probability_samples, workers=workers, progress=progress or NullProgress())
+
+    order = {label: position for position, label in enumerate(chosen)}
+    written.sort(key=lambda item: (order[item.label], item.index))
+    _write_tables(out, written)
+    _write_canonical_frame(truth, written, size)
+    write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
+                                                    samples=probability_samples, threshold=LESION_THRESHOLD,
+                                                    pose_spread=pose_spread, min_box=MIN_BOX_PIXELS))
+    record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
+              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
+              "shortcuts": shortcuts, "shortcut_style": shortcut_style, "shortcut_lesions": shortcut_lesions}
+    write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
+    lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
+                       for label in chosen}
+    carried = {label: sum(1 for item in written if item.label == label and item.shortcut) for label in shortcuts}
+    return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,
+                        time.perf_counter() - started, carried)
+
+
+def _check_shortcuts(shortcuts: dict[str, float], chosen: Sequence[str], style: str, lesions: float) -> None:
+    """Stop before anything is written when a planted shortcut names a class not made or a share out of range."""
+    SHORTCUTS.check(style)
+    for label, fraction in shortcuts.items():
+        if label not in chosen:
+            raise HmtError(f"$shortcuts: class {label!r} is not one of the classes made ({', '.join(chosen)})",
+                           parameters=("shortcuts",))
+        if not 0.0 < fraction <= 1.0:
+            raise HmtError(f"$shortcuts: the fraction of {label}'s images must be in (0, 1], got {fraction}", parameters=("shortcuts",))
+    if not 0.0 <= lesions <= 1.0:
+        raise HmtError(f"$shortcut_lesions must be between 0 and 1, got {lesions}", parameters=("shortcut_lesions",))
+
+
+def _make_folders(out: Path, chosen: Sequence[str], shortcuts: dict[str, float]) -> None:
+    """Empty (or replace) the output folder and make every class's image, mask and shortcut-mask folder, so workers only write files."""
     _prepare_out_dir(out)
     truth = out / GROUND_TRUTH_DIR
     for label in chosen:
@@ -294,12 +327,17 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
         ensure_folder(truth / "masks" / label, out)
     for label in shortcuts:
         ensure_folder(truth / SHORTCUT_MASKS_DIR / label, out)
-    progress = progress or NullProgress()
-    progress.start(len(chosen) * n_per_class, "synthesising phantoms")
 
+
+def _render_all(out: Path, chosen: Sequence[str], *, n_per_class: int, size: int, seed: int, pose_spread: float,
+                shortcuts: dict[str, float], shortcut_style: str, shortcut_lesions: float, probability_samples: int,
+                workers: int, progress: Progress) -> list[_Written]:
+    """Render and write every image (in chunks of 16, in ``workers`` processes) and each class's lesion-probability map;
+    what was written, in completion order (the caller sorts it)."""
+    progress.start(len(chosen) * n_per_class, "synthesising phantoms")
     chunk = 16
     image_jobs = [(label, range(first, min(first + chunk, n_per_class))) for label in chosen for first in range(0, n_per_class, chunk)]
-    probability_jobs = [(truth / f"lesion_probability_{label}.npy", label) for label in chosen]
+    probability_jobs = [(out / GROUND_TRUTH_DIR / f"lesion_probability_{label}.npy", label) for label in chosen]
     written: list[_Written] = []
     if workers == 1:
         for label, indices in image_jobs:
@@ -320,18 +358,25 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                 batch = future.result()
                 written += batch
                 progress.advance(len(batch))
-            for future in probability_futures:
-                future.result()
+            for pending in probability_futures:
+                pending.result()
     progress.finish()
+    return written
 
-    order = {label: position for position, label in enumerate(chosen)}
-    written.sort(key=lambda item: (order[item.label], item.index))
+
+def _write_tables(out: Path, written: Sequence[_Written]) -> None:
+    """The manifest beside the images and the ground-truth tables (poses, shortcuts, lesion boxes), one row per image."""
+    truth = out / GROUND_TRUTH_DIR
     _write_csv(out / "manifest.csv", ["path", "label", "patient_id"],
                ([item.pose_row[0], item.label, item.pose_row[-1]] for item in written))
     _write_csv(truth / "poses.csv", ["path", "label", *_POSE_COLUMNS, "patient_id"], (item.pose_row for item in written))
     _write_csv(truth / SHORTCUTS_FILE, ["path", "shortcut"], ([item.pose_row[0], "1" if item.shortcut else "0"] for item in written))
     _write_csv(truth / BOXES_FILE, ["path", "label", "x", "y", "width", "height"],
                ([f"../{item.pose_row[0]}", item.label, *map(str, box)] for item in written for box in item.boxes))
+
+
+def _write_canonical_frame(truth: Path, written: Sequence[_Written], size: int) -> None:
+    """The canonical lung mask and mean chest: the registration reference that puts templates in the truth's frame."""
     _write_png(truth / CANONICAL_LUNGS_FILE, canonical_lung_mask(size).astype(np.uint8) * 255)
     # Summed in a fixed order (class, then index), so the mean is the same for any number of workers.
     canonical_total = np.zeros((size, size), np.float64)
@@ -339,18 +384,6 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
         if item.canonical_sum is not None:
             canonical_total += item.canonical_sum
     _write_png(truth / CANONICAL_CHEST_FILE, _to_uint8(canonical_total / len(written)))
-    write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
-                                                    samples=probability_samples, threshold=LESION_THRESHOLD,
-                                                    pose_spread=pose_spread, min_box=MIN_BOX_PIXELS))
-    record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
-              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
-              "shortcuts": shortcuts, "shortcut_style": shortcut_style, "shortcut_lesions": shortcut_lesions}
-    write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
-    lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
-                       for label in chosen}
-    carried = {label: sum(1 for item in written if item.label == label and item.shortcut) for label in shortcuts}
-    return SynthSummary(out, chosen, n_per_class, size, seed, {label: n_per_class for label in chosen}, lesion_fraction,
-                        time.perf_counter() - started, carried)
 
 
 def finding_presence(seed: int, index: int, findings: Sequence[str], prevalence: float) -> list[str]:
@@ -372,6 +405,7 @@ def _render_and_write_multi_label(out: Path, indices: Sequence[int], seed: int, 
                                  findings=present)
         canonical_sum += phantom.canonical_image
         _write_png(out / MULTI_LABEL_FOLDER / name, _to_uint8(phantom.image))
+        assert phantom.finding_masks is not None  # rendered with findings
         for finding in present:
             _write_png(out / GROUND_TRUTH_DIR / "masks" / finding / name, phantom.finding_masks[finding].astype(np.uint8) * 255)
         pose = phantom.pose
@@ -390,7 +424,7 @@ def synthesize_multi_label(out_dir: str | Path, *, n_images: int, size: int = DE
                            progress: Progress | None = None) -> SynthSummary:
     """Write a multi-label phantom set: ``images/img_NNNN.png``, each carrying every lesion type of ``findings``
     independently with chance ``prevalence``, and ``manifest.csv`` with one 0/1 column per finding (read it with
-    ``--labels``). Ground truth as for the class-folder set: each finding's masks under ``ground_truth/masks/<finding>/``
+    ``load_dataset(..., labels=findings)``). Ground truth as for the class-folder set: each finding's masks under ``ground_truth/masks/<finding>/``
     (written for the images that carry it), its canonical lesion-probability map, poses, lungs and chest.
     """
     started = time.perf_counter()

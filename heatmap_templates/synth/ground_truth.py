@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from heatmap_templates.errors import HmtError
+from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.numeric.metrics import localisation_auc
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, SHORTCUT_MASKS_DIR, SHORTCUTS_FILE
 
@@ -107,7 +107,10 @@ def shortcut_mask(data_dir: str | os.PathLike, relative_path: str) -> np.ndarray
     path = Path(data_dir) / GROUND_TRUTH_DIR / SHORTCUT_MASKS_DIR / relative_path
     if not path.is_file():
         return None
-    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= 128
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise HmtError(f"{display_path(path)}: cannot read the phantom's shortcut mask")
+    return mask >= 128
 
 
 def shortcut_region(data_dir: str | os.PathLike, members: Sequence, registrar, image_shape: tuple[int, int],

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from heatmap_templates.errors import HmtError
+from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.present.figures.style import save_figure
 from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, MARKER_FILE
 
@@ -26,7 +26,7 @@ def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = 
     record = json.loads(marker.read_text())
     classes = record["classes"]
     shown = max(1, min(n_examples, record["n_per_class"]))
-    lungs = cv2.imread(str(out / GROUND_TRUTH_DIR / CANONICAL_LUNGS_FILE), cv2.IMREAD_GRAYSCALE)
+    lungs = _read_gray(out / GROUND_TRUTH_DIR / CANONICAL_LUNGS_FILE)
 
     figure = Figure(figsize=(2.0 * (shown + 1), 2.1 * len(classes)), dpi=90)
     FigureCanvasAgg(figure)
@@ -34,8 +34,8 @@ def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = 
     for row, label in enumerate(classes):
         for column in range(shown):
             name = f"{label}_{column:04d}.png"
-            image = cv2.imread(str(out / label / name), cv2.IMREAD_GRAYSCALE)
-            mask = cv2.imread(str(out / GROUND_TRUTH_DIR / "masks" / label / name), cv2.IMREAD_GRAYSCALE)
+            image = _read_gray(out / label / name)
+            mask = _read_gray(out / GROUND_TRUTH_DIR / "masks" / label / name)
             axis = axes[row, column]
             axis.imshow(image, cmap="gray", vmin=0, vmax=255)
             if mask.any():
@@ -55,3 +55,11 @@ def write_preview_grid(out_dir: str | Path, path: str | Path, n_examples: int = 
     target = Path(path)
     save_figure(figure, target, dpi=90, tight=False)
     return target
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """A PNG the phantom has just written, as 8-bit gray."""
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise HmtError(f"{display_path(path)}: cannot read the phantom's own image")
+    return image

@@ -97,7 +97,7 @@ def pose_matrix(dx: float, dy: float, angle_deg: float, scale: float, size: int)
     """The 2 x 3 canonical -> image matrix: rotate and scale about the centre, then shift."""
     centre = ((size - 1) / 2.0, (size - 1) / 2.0)
     matrix = cv2.getRotationMatrix2D(centre, angle_deg, scale)
-    matrix[:, 2] += (dx, dy)
+    matrix[:, 2] += np.array((dx, dy))
     return matrix
 
 
@@ -165,7 +165,7 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
         canonical = canonical + lesion
 
     pose = _sample_pose(rng["pose"], size, pose_spread)
-    image = cv2.warpAffine(canonical, pose.matrix, (size, size), flags=cv2.INTER_LINEAR,
+    image: np.ndarray = cv2.warpAffine(canonical, pose.matrix, (size, size), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=BACKGROUND)
     mask = _warp_mask(canonical_mask.astype(np.float32), pose)
     lungs = _warp_mask(lung_fields[0] + lung_fields[1], pose)

@@ -164,7 +164,7 @@ class ClassAccumulator:
         self.normalisation = normalisation
         self.statistics_config = StatisticsConfig(
             shape=self.shape, pca_size=pca_size, n_components=n_components, bootstrap_replicates=bootstrap_replicates,
-            median=median, median_bins=median_bins, median_range=tuple(median_range) if median else None)
+            median=median, median_bins=median_bins, median_range=median_range if median else None)
         self._statistics = {name: statistic for name, factory in STATISTICS.items()
                             if (statistic := factory(self.statistics_config)) is not None}
         self.count = 0

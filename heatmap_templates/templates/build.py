@@ -31,14 +31,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from heatmap_templates.data.decode import decode_image
-from heatmap_templates.data.preprocess import resize_gray
+from heatmap_templates.data.preprocess import resize_gray, unit_pixels
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.executors import Executor, LocalExecutor, executor_for
 from heatmap_templates.files import ensure_folder
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.store import HeatmapReader, open_heatmaps
-from heatmap_templates.store.hdf5 import check_identity
+from heatmap_templates.store import HeatmapReader, HeatmapSettings, open_heatmaps
 from heatmap_templates.templates.accumulator import (
     DEFAULT_BOOTSTRAP_REPLICATES,
     DEFAULT_COMPONENTS,
@@ -67,8 +66,8 @@ from heatmap_templates.templates.registration import (
     reference_from_image,
     registration_summary,
 )
+from heatmap_templates.templates.template_settings import TemplateSettings
 from heatmap_templates.templates.templates_file import (
-    TEMPLATE_IDENTITY_KEYS,
     TemplateFile,
     check_same_reference,
     load_accumulator,
@@ -134,35 +133,31 @@ class BuiltTemplates:
 
     templates: list[ClassTemplate]
     reference: Reference
-    settings: dict
+    settings: TemplateSettings
     empty_classes: list[str]
     registration: dict
 
 
-def templates_settings(heatmap_settings: dict, config: BuildConfig) -> dict:
+def templates_settings(heatmap_settings: HeatmapSettings, config: BuildConfig) -> TemplateSettings:
     """Settings recorded in a templates file: the heatmap store's plus how the templates were built."""
-    return {
-        **heatmap_settings,
-        "registration": config.registration,
-        "normalisation": config.normalisation,
-        "include": config.include,
-    }
+    return TemplateSettings.built_from(heatmap_settings, registration=config.registration,
+                                       normalisation=config.normalisation, include=config.include)
 
 
 def _choose_reference(reader: HeatmapReader, existing: TemplateFile | None, config: BuildConfig, member_indices: np.ndarray,
                       progress: Progress) -> Reference:
     """The user's image, else the reference stored in an existing output file, else a data-built mean."""
     if config.reference is not None:
-        input_size = tuple(int(v) for v in reader.settings["input_size"])
-        decoded = decode_image(config.reference, intensity=reader.settings["intensity"])
-        return reference_from_image(resize_gray(decoded.pixels, input_size))  # type: ignore[arg-type]
+        input_size = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
+        decoded = decode_image(config.reference, intensity=reader.settings.intensity)
+        return reference_from_image(resize_gray(decoded.pixels, input_size))
     if existing is not None and existing.reference_image is not None and existing.lung_mask is not None:
         return Reference(existing.reference_image, existing.lung_mask)
     if not len(member_indices):
         raise HmtError("no member images to build a registration reference from")
     # An evenly spaced, deterministic sample of the members keeps the reference cost bounded.
     chosen = np.sort(member_indices)[np.linspace(0, len(member_indices) - 1, min(REFERENCE_SAMPLE, len(member_indices))).astype(int)]
-    images = [image.astype(np.float32) / 255.0 for image in reader.read_field("image", np.unique(chosen))]
+    images = [unit_pixels(image) for image in reader.read_field("image", np.unique(chosen))]
     method = "affine" if config.registration == "lungs" else config.registration
     return build_reference(images, iterations=config.reference_iterations, method=method, progress=progress, threads=config.threads)
 
@@ -199,7 +194,7 @@ def build(reader: HeatmapReader, classes: Sequence[str] | None, *, config: Build
         reference = _choose_reference(reader, existing, config, all_members, progress)
         templates, alignments = _build_classes(reader, {name: members[name] for name in wanted}, reference, config, executor,
                                                progress) if wanted else ([], [])
-    return BuiltTemplates(templates, reference, templates_settings(dict(reader.settings), config), empty,
+    return BuiltTemplates(templates, reference, templates_settings(reader.settings, config), empty,
                           registration_summary(config.registration, alignments))
 
 
@@ -285,7 +280,7 @@ def merge_template_files(inputs: Sequence[str | Path], output: str | Path, *, co
     files = [read_templates(path) for path in inputs]
     first = files[0]
     for other in files[1:]:
-        check_identity(other.path, other.settings, first.settings, TEMPLATE_IDENTITY_KEYS)
+        other.settings.check_same(other.path, first.settings)
         check_same_reference(other.path, (other.reference_image, other.lung_mask), (first.reference_image, first.lung_mask))
     merged: dict[str, ClassTemplate] = {}
     names = ordered_classes({n for f in files for n in f.templates}, first.settings)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from heatmap_templates.data.preprocess import unit_pixels
 from heatmap_templates.store.heatmap_store import read_at
 from heatmap_templates.templates.accumulator import ClassAccumulator, Member, leave_one_out_correlations
 from heatmap_templates.templates.prepare import prepare_maps
@@ -134,7 +135,7 @@ def accumulate_chunk(chunk: BuildChunk, settings: BuildSettings, threads: int = 
         for start, stop in _batches(chunk, settings.batch_size):
             images = read_at(chunk.sources, chunk.locations[start:stop], "image")
             raw = read_at(chunk.sources, chunk.locations[start:stop], "raw")
-            found = registrar.estimate_many([image.astype(np.float32) / 255.0 for image in images], threads)
+            found = registrar.estimate_many([unit_pixels(image) for image in images], threads)
             alignments.extend(found)
 
             def prepared(pair: tuple[str, np.ndarray], start: int = start, raw: np.ndarray = raw,

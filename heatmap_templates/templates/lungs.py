@@ -166,7 +166,9 @@ class LungFrame:
 
     @classmethod
     def from_pair(cls, left: np.ndarray, right: np.ndarray) -> LungFrame:
-        centroids, areas, outlines = [], [], []
+        centroids: list[np.ndarray] = []
+        areas: list[float] = []
+        outlines: list[np.ndarray] = []
         for mask in (left, right):
             pixels = mask.astype(np.uint8)
             moments = cv2.moments(pixels, binaryImage=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heatmap_templates.data.preprocess import unit_pixels
 from heatmap_templates.errors import HmtError
 from heatmap_templates.numeric.resample import upsample_maps
 from heatmap_templates.templates.normalisation import normalise
@@ -32,8 +33,10 @@ class PreparedMaps:
     maps: np.ndarray
 
 
-def registrar_for(method: str, reference_image: np.ndarray, lung_mask: np.ndarray) -> Registrar:
+def registrar_for(method: str, reference_image: np.ndarray | None, lung_mask: np.ndarray | None) -> Registrar:
     """The registrar that a templates file's stored reference and method describe."""
+    if reference_image is None or lung_mask is None:
+        raise HmtError("the templates file holds no registration reference (image and lung mask)")
     return Registrar(method, Reference(np.asarray(reference_image, np.float32), np.asarray(lung_mask, bool)))
 
 
@@ -63,13 +66,15 @@ def prepare_maps(images_u8: np.ndarray | None, maps: np.ndarray, registrar: Regi
     """
     if images_u8 is None and (alignments is None or len(alignments) != len(maps)):
         raise HmtError("maps without their images need one alignment each")
-    images = None if images_u8 is None else [np.asarray(image, dtype=np.float32) / 255.0 for image in images_u8]
+    images = None if images_u8 is None else [unit_pixels(image) for image in images_u8]
     if images_u8 is not None:
         shape = np.shape(images_u8)[1:]
     else:
+        assert alignments is not None  # checked above
         shape = alignments[0].image_shape if len(alignments) and alignments[0].image_shape else registrar.reference.shape
     stored = upsample_maps(maps, shape) if len(maps) else np.asarray(maps, np.float32)
     if alignments is None:
+        assert images is not None  # checked above
         found, warped_images, warped = registrar.register_batch(images, list(stored))
     else:
         found = list(alignments)
@@ -90,7 +95,7 @@ def member_alignment(member, image_shape: tuple[int, int]) -> Alignment | None:
     if member.registration_matrix is None:
         return None
     return Alignment(np.reshape(np.asarray(member.registration_matrix, dtype=np.float64), (2, 3)), member.registration_method,
-                     member.registration_quality, None, tuple(int(v) for v in image_shape))
+                     member.registration_quality, None, (int(image_shape[0]), int(image_shape[1])))
 
 
 def prepared_member_maps(reader, template, registrar: Registrar, normalisation: str, class_index: int, *,
@@ -103,12 +108,13 @@ def prepared_member_maps(reader, template, registrar: Registrar, normalisation: 
     if missing:
         raise HmtError(f"{reader.path}: holds no maps of {len(missing)} member(s) of class {template.class_name!r} "
                        f"(e.g. {missing[0]}); give the heatmap store the templates were built from")
-    image_shape = tuple(int(v) for v in reader.settings["input_size"])
+    image_shape = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
     for start in range(0, len(template.members), batch_size):
         members = template.members[start:start + batch_size]
         indices = np.array([where[member.path] for member in members])
-        alignments = [member_alignment(member, image_shape) for member in members]
-        if all(alignment is not None for alignment in alignments):
+        found = [member_alignment(member, image_shape) for member in members]
+        alignments = [alignment for alignment in found if alignment is not None]
+        if len(alignments) == len(found):
             raw = next(reader.iter_raw(len(indices), indices))
             maps = prepare_maps(None, raw[:, class_index], registrar, normalisation, alignments=alignments).maps
         else:

@@ -10,7 +10,7 @@ Public API
   bool lung mask. ``build_reference(images, iterations=2, method="affine", progress=None)`` builds
   it from data (an iterative mean of aligned images; its lung mask is where at least half of the
   aligned images' lung masks agree); ``reference_from_image(image)`` wraps a given image
-  (``--reference image.png``) with its segmented lungs.
+  (the CLI's ``--reference image.png``) with its segmented lungs.
 - Lung segmentation is :mod:`heatmap_templates.templates.lungs` (``segment_lungs``); the ``lungs`` method
   and the reference's lung mask use it.
 - ``Registrar(method, reference)`` with ``method`` in the registry ``REGISTRATIONS``:
@@ -120,7 +120,7 @@ class Reference:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.image.shape  # type: ignore[return-value]
+        return self.image.shape
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,19 @@ REGISTRATIONS: Registry[RegistrationMethod] = Registry("registration method", pa
 
 
 def _identity(registrar: Registrar, image: np.ndarray) -> np.ndarray:
+    """No alignment: the image is only resized to the reference frame (the papers' implicit choice).
+
+    Reference: Lucas et al. (2020), https://doi.org/10.1109/BIBE50027.2020.00077 (no registration described).
+    """
     return np.eye(3)
 
 
 def _affine(registrar: Registrar, image: np.ndarray) -> np.ndarray:
-    """ECC from the identity (images at model input size are roughly framed); if that fails, from the lungs similarity."""
+    """ECC from the identity (images at model input size are roughly framed); if that fails, from the lungs similarity.
+
+    Reference: Evangelidis & Psarakis (2008), "Parametric image alignment using enhanced correlation coefficient
+    maximization", https://doi.org/10.1109/TPAMI.2008.113 (OpenCV's findTransformECC).
+    """
     try:
         return registrar.ecc(image, np.eye(3))
     except RegistrationError as first_failure:
@@ -168,6 +176,11 @@ def _affine(registrar: Registrar, image: np.ndarray) -> np.ndarray:
 
 
 def _lungs(registrar: Registrar, image: np.ndarray) -> np.ndarray:
+    """A similarity transform that maps the segmented lung fields' orientation, box and centre onto the reference's.
+
+    Reference: van Ginneken, Stegmann & Loog (2006), "Segmentation of anatomical structures in chest radiographs",
+    https://doi.org/10.1016/j.media.2005.02.002 (lung fields as the landmark of a chest radiograph's frame).
+    """
     return registrar.lungs_similarity(image)
 
 
@@ -269,7 +282,7 @@ class Registrar:
             full = (matrix @ to_reference_size)[:2]
             reason = "; ".join(failures) or None
             score = self._quality(resized, matrix) if quality else float("nan")
-            alignment = Alignment(full, method, score, reason, pixels.shape)  # type: ignore[arg-type]
+            alignment = Alignment(full, method, score, reason, pixels.shape)
             with self._counting:
                 self._methods_used[method] += 1
                 if reason is not None:
@@ -292,7 +305,7 @@ class Registrar:
                 if self._reference_lungs is None:
                     raise RegistrationError(NO_LUNGS, "in the reference")
                 guess = similarity_to(LungFrame.from_pair(*lung_pair(image)), self._reference_lungs)
-                check_plausible(guess, image.shape, self.reference.shape)  # type: ignore[arg-type]
+                check_plausible(guess, image.shape, self.reference.shape)
             except RegistrationError as error:
                 guess = error
             self._current.lungs_guess = guess
@@ -307,7 +320,7 @@ class Registrar:
             level_image = resize_gray(image, level_reference.shape)
             level_warp = to_level @ warp @ from_level
             try:
-                _, found = cv2.findTransformECC(
+                _, found = cv2.findTransformECC(  # type: ignore[call-overload]  # OpenCV's stubs omit the optional mask
                     level_reference,
                     level_image,
                     level_warp[:2].astype(np.float32),
@@ -322,7 +335,7 @@ class Registrar:
         if not np.isfinite(warp).all() or abs(warp[0, 0] * warp[1, 1] - warp[0, 1] * warp[1, 0]) < 1e-12:
             raise RegistrationError(IMPLAUSIBLE)
         matrix = invert_affine(warp)
-        check_plausible(matrix, image.shape, self.reference.shape)  # type: ignore[arg-type]
+        check_plausible(matrix, image.shape, self.reference.shape)
         return matrix
 
     def _quality(self, resized: np.ndarray, matrix: np.ndarray) -> float:
@@ -345,7 +358,7 @@ class Registrar:
         plane_shape = data.shape[-2:]
         matrix = homogeneous(alignment.matrix)
         if alignment.image_shape is not None and tuple(plane_shape) != tuple(alignment.image_shape):
-            matrix = matrix @ resize_matrix(plane_shape, alignment.image_shape)  # type: ignore[arg-type]
+            matrix = matrix @ resize_matrix(plane_shape, alignment.image_shape)
         height, width = self.reference.shape
         planes = data.reshape(-1, *plane_shape)
         out = np.empty((planes.shape[0], height, width), dtype=data.dtype)
@@ -419,7 +432,7 @@ def registration_summary(method: str, alignments: Sequence[Alignment]) -> dict[s
 
 
 def reference_from_image(image: np.ndarray) -> Reference:
-    """A reference from one given image (``--reference image.png``), with its segmented lungs."""
+    """A reference from one given image (the CLI's ``--reference image.png``), with its segmented lungs."""
     pixels = as_image(image, "reference image")
     return Reference(pixels, segment_lungs(pixels))
 
@@ -448,7 +461,7 @@ def build_reference(
     if iterations < 0:
         raise HmtError(f"iterations must be >= 0, got {iterations}")
     progress = progress or NullProgress()
-    shape: tuple[int, int] = as_image(images[0]).shape  # type: ignore[assignment]
+    shape: tuple[int, int] = as_image(images[0]).shape
     rounds = 0 if method == "none" else iterations
     progress.start(len(images) * (rounds + 1), "building the registration reference")
     frames = _frames(images, shape, threads)

@@ -151,7 +151,9 @@ def _top_eigenpairs(symmetric: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     dim = symmetric.shape[0]
     if 4 * k < dim and np.any(symmetric):
         try:
-            return scipy.sparse.linalg.eigsh(symmetric, k=k, which="LA", v0=np.random.default_rng(0).standard_normal(dim), tol=0)
+            return scipy.sparse.linalg.eigsh(  # type: ignore[call-overload]  # scipy-stubs match no overload for v0 here
+                np.asarray(symmetric, dtype=np.float64), k=k, which="LA",
+                v0=np.random.default_rng(0).standard_normal(dim), tol=0.0)
         except scipy.sparse.linalg.ArpackError:
             pass
     return scipy.linalg.eigh(symmetric, subset_by_index=(dim - k, dim - 1))
@@ -330,7 +332,11 @@ STATISTICS: Registry[StatisticFactory] = Registry("template statistic", paramete
 
 
 class MeanStd:
-    """Per-pixel mean and standard deviation (the template and its spread)."""
+    """Per-pixel mean and standard deviation (the template and its spread).
+
+    Reference: Welford (1962), https://doi.org/10.1080/00401706.1962.10490022, per batch; Chan, Golub & LeVeque
+    (1979), "Updating formulae and a pairwise algorithm for computing sample variances", to merge.
+    """
 
     def __init__(self, config: StatisticsConfig) -> None:
         self.stats = RunningStats(config.shape)
@@ -357,7 +363,10 @@ class MeanStd:
 
 
 class EigenHeatmaps:
-    """Eigen-heatmaps: principal components of the area-downsampled maps (the papers' eigenfaces)."""
+    """Eigen-heatmaps: principal components of the area-downsampled maps (the papers' eigenfaces).
+
+    Reference: Turk & Pentland (1991), "Eigenfaces for recognition", https://doi.org/10.1162/jocn.1991.3.1.71.
+    """
 
     def __init__(self, config: StatisticsConfig) -> None:
         self.shape = config.shape
@@ -394,7 +403,10 @@ class EigenHeatmaps:
 
 
 class PixelMedian:
-    """Approximate per-pixel median from mergeable per-pixel histograms (only for bounded normalisations)."""
+    """Approximate per-pixel median from mergeable per-pixel histograms (only for bounded normalisations).
+
+    Reference: Tibshirani (2008), "Fast computation of the median by successive binning", https://arxiv.org/abs/0806.3301.
+    """
 
     def __init__(self, config: StatisticsConfig) -> None:
         assert config.median_range is not None  # the factory creates it only with a range
@@ -420,7 +432,11 @@ class PixelMedian:
 
 
 class Band:
-    """Bootstrap confidence band of the template mean (2.5th and 97.5th percentiles per pixel)."""
+    """Bootstrap confidence band of the template mean (2.5th and 97.5th percentiles per pixel).
+
+    Reference: Hanley & MacGibbon (2006), "Creating non-parametric bootstrap samples using Poisson frequencies",
+    https://doi.org/10.1016/j.cmpb.2006.04.006; Efron & Tibshirani (1993), An Introduction to the Bootstrap.
+    """
 
     def __init__(self, config: StatisticsConfig) -> None:
         self.bootstrap = BootstrapBand(config.shape, config.bootstrap_replicates)
@@ -447,7 +463,11 @@ class Band:
 
 
 class Consistency:
-    """Mean pairwise Pearson correlation of the members' maps."""
+    """Mean pairwise Pearson correlation of the members' maps.
+
+    Reference: Lucas et al. (2020), https://doi.org/10.1109/BIBE50027.2020.00077 (templates consistent within a
+    class); Pearson (1895), https://doi.org/10.1098/rspl.1895.0041.
+    """
 
     def __init__(self, config: StatisticsConfig) -> None:
         self.pairwise = PairwiseCorrelation(config.shape[0] * config.shape[1])
@@ -475,6 +495,14 @@ class Consistency:
 
 STATISTICS.add("mean_std", MeanStd, help="per-pixel mean (the template) and standard deviation")
 STATISTICS.add("eigen", EigenHeatmaps, help="eigen-heatmaps (PCA of the downsampled maps)")
-STATISTICS.add("median", lambda config: PixelMedian(config) if config.median else None, help="per-pixel median")
+def _median_if_asked(config: StatisticsConfig) -> PixelMedian | None:
+    """The per-pixel median when the build asks for one (bounded normalisations only).
+
+    Reference: Tibshirani (2008), "Fast computation of the median by successive binning", https://arxiv.org/abs/0806.3301.
+    """
+    return PixelMedian(config) if config.median else None
+
+
+STATISTICS.add("median", _median_if_asked, help="per-pixel median")
 STATISTICS.add("band", Band, help="Poisson bootstrap band of the mean")
 STATISTICS.add("consistency", Consistency, help="mean pairwise correlation of the members")

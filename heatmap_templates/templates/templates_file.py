@@ -4,7 +4,8 @@ the exact accumulator state that merging needs. Schema: docs/hdf5_schema.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +20,18 @@ from heatmap_templates.numeric.correlation import similarity_matrix
 from heatmap_templates.store.hdf5 import (
     TEMPLATES,
     atomic_h5,
-    check_identity,
     compressed,
     decode,
     jsonable,
     now,
     open_h5,
     read_root,
-    require_keys,
     string_dataset,
     strings,
     write_root,
 )
-from heatmap_templates.store.heatmap_store import HEATMAP_IDENTITY_KEYS
 from heatmap_templates.store.records import ClassStrategies, Strategy
+from heatmap_templates.store.settings import HeatmapSettings
 from heatmap_templates.templates.accumulator import (
     LOO_NOT_COMPUTED,
     AccumulatorState,
@@ -40,8 +39,9 @@ from heatmap_templates.templates.accumulator import (
     ClassTemplate,
     Member,
 )
+from heatmap_templates.templates.template_settings import TemplateSettings
 
-TEMPLATE_IDENTITY_KEYS = HEATMAP_IDENTITY_KEYS + ("registration", "normalisation")
+TEMPLATE_IDENTITY_KEYS = TemplateSettings.IDENTITY_KEYS
 HEATMAP_STORE_ATTRIBUTE = "heatmap_store"  # root attribute: the store the latest build read
 
 
@@ -51,7 +51,7 @@ class TemplateFile:
 
     path: Path
     attrs: dict
-    settings: dict
+    settings: TemplateSettings
     reference_image: np.ndarray | None
     lung_mask: np.ndarray | None
     templates: dict[str, ClassTemplate]
@@ -148,13 +148,14 @@ def _read_template(root: h5py.File, name: str, load_state: bool) -> ClassTemplat
     )
 
 
-def read_templates(path: str | Path, *, expected_model_sha256: str | None = None, load_state: bool = False) -> TemplateFile:
+def read_templates(path: str | os.PathLike[str], *, expected_model_sha256: str | None = None, load_state: bool = False) -> TemplateFile:
     """Read a templates file; BadFileError for a foreign, damaged, newer or other-model file."""
     path = Path(path)
     with open_h5(path) as handle:
-        attrs, settings = read_root(handle, path, TEMPLATES)
-        if expected_model_sha256 is not None and settings.get("model_sha256") != expected_model_sha256:
-            raise BadFileError(path, f"templates were built with model {str(settings.get('model_sha256'))[:12]}, not {expected_model_sha256[:12]}; rebuild them for this model")
+        attrs, recorded = read_root(handle, path, TEMPLATES)
+        settings = TemplateSettings.read(recorded, path)
+        if expected_model_sha256 is not None and settings.model_sha256 != expected_model_sha256:
+            raise BadFileError(path, f"templates were built with model {settings.model_sha256[:12]}, not {expected_model_sha256[:12]}; rebuild them for this model")
         names = list(handle["templates"]) if "templates" in handle else []
         templates = {name: _read_template(handle, name, load_state) for name in ordered_classes(names, settings)}
         similarity = handle["consistency/similarity"][...] if "consistency/similarity" in handle else np.zeros((0, 0))
@@ -174,21 +175,25 @@ def _check_finite(path: Path, template: ClassTemplate) -> None:
             raise BadFileError(path, f"damaged file: non-finite values in the {field} of class {template.class_name!r}")
 
 
-def ordered_classes(names: Iterable[str], settings: Mapping[str, Any]) -> list[str]:
+def ordered_classes(names: Iterable[str], settings: HeatmapSettings) -> list[str]:
     """Class names in the model's class order, unknown ones after them alphabetically."""
-    order = {name: i for i, name in enumerate(settings.get("class_names", []))}
+    order = {name: i for i, name in enumerate(settings.class_names)}
     return sorted(names, key=lambda name: (order.get(name, len(order)), name))
 
 
-def check_same_reference(path: Path, stored: tuple[np.ndarray | None, np.ndarray | None], wanted: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+def check_same_reference(path: Path, stored: Sequence[np.ndarray | None], wanted: Sequence[np.ndarray | None]) -> None:
     for what, old, new in zip(("reference image", "lung mask"), stored, wanted, strict=True):
-        if (old is None) != (new is None) or (old is not None and (old.shape != new.shape or not np.allclose(old, new, atol=1e-6))):
+        if old is None or new is None:
+            differs = (old is None) != (new is None)
+        else:
+            differs = old.shape != new.shape or not np.allclose(old, new, atol=1e-6)
+        if differs:
             raise BadFileError(path, f"its templates use another {what}; templates in one file must share the registration frame (reuse the stored reference)")
 
 
 def save_templates(
     path: str | Path,
-    settings: Mapping[str, Any],
+    settings: TemplateSettings | Mapping[str, Any],
     templates: Iterable[ClassTemplate],
     *,
     reference_image: np.ndarray | None = None,
@@ -198,15 +203,13 @@ def save_templates(
 ) -> Path:
     """Write templates (atomically), adding to or replacing classes of an existing compatible file.
 
-    `settings` must hold TEMPLATE_IDENTITY_KEYS; anything else JSON-serialisable (e.g. what
-    compare needs to rerun the pipeline: preprocessing, channels) is stored too. An existing
-    file must have the same identity settings and reference, else BadFileError. ``heatmap_store``
-    (root attribute, like the command: where this file's maps came from) lets strategies and checks
-    find the members' maps again.
+    `settings` are :class:`TemplateSettings` (or their dict, which must hold TEMPLATE_IDENTITY_KEYS); settings
+    hmt does not know are stored too. An existing file must have the same identity settings and reference, else
+    BadFileError. ``heatmap_store`` (root attribute, like the command: where this file's maps came from) lets
+    strategies and checks find the members' maps again.
     """
     path = Path(path)
-    settings = TEMPLATES.completed(jsonable(dict(settings)))
-    require_keys(settings, TEMPLATE_IDENTITY_KEYS, "templates file")
+    settings = TemplateSettings.of(settings)  # ValueError naming the settings a dict lacks
     new = {template.class_name: template for template in templates}
     for name in new:
         _check_class_name(name)
@@ -215,22 +218,22 @@ def save_templates(
     existing_file = path if path.exists() else None
     if existing_file is not None:
         with open_h5(path) as handle:
-            _, stored = read_root(handle, path, TEMPLATES)
-            check_identity(path, stored, settings, TEMPLATE_IDENTITY_KEYS)
+            _, recorded = read_root(handle, path, TEMPLATES)
+            TemplateSettings.read(recorded, path).check_same(path, settings)
             stored_reference = tuple(handle[f"reference/{n}"][...] if f"reference/{n}" in handle else None for n in ("image", "lung_mask"))
         check_same_reference(path, stored_reference, reference)
     write_templates_file(path, settings, new, reference, command, existing_file, heatmap_store)
     return path
 
 
-def write_templates_file(path: Path, settings: dict, new: Mapping[str, ClassTemplate], reference: tuple, command: str,
+def write_templates_file(path: Path, settings: TemplateSettings, new: Mapping[str, ClassTemplate], reference: tuple, command: str,
                          existing_file: Path | None, heatmap_store: str | None = None) -> None:
     """New file: kept classes copied from `existing_file`, `new` classes written, similarity recomputed."""
     means: dict[str, np.ndarray] = {name: np.asarray(t.mean) for name, t in new.items()}
     source = h5py.File(existing_file, "r") if existing_file is not None else None
     try:
         with atomic_h5(path) as out:
-            write_root(out, TEMPLATES, settings, command, {HEATMAP_STORE_ATTRIBUTE: heatmap_store} if heatmap_store else None)
+            write_root(out, TEMPLATES, settings.to_dict(), command, {HEATMAP_STORE_ATTRIBUTE: heatmap_store} if heatmap_store else None)
             reference_group = out.create_group("reference")
             for name, array in zip(("image", "lung_mask"), reference, strict=True):
                 if array is not None:
@@ -282,7 +285,7 @@ def _rewritten(path: Path, existing: TemplateFile, group_name: str, keep: Callab
     with h5py.File(path, "r") as source, atomic_h5(path) as out:
         attrs = {key: decode(value) for key, value in source.attrs.items()}
         store = attrs.get(HEATMAP_STORE_ATTRIBUTE)
-        write_root(out, TEMPLATES, existing.settings, str(attrs.get("command", "")),
+        write_root(out, TEMPLATES, existing.settings.to_dict(), str(attrs.get("command", "")),
                    {HEATMAP_STORE_ATTRIBUTE: store} if store else None)
         for key in source:
             if key != group_name:
@@ -321,7 +324,7 @@ def _write_strategies(root: h5py.File, result: ClassStrategies, command: str) ->
         compressed(cluster, "std", np.asarray(strategy.std, dtype=np.float32))
 
 
-def save_strategies(path: str | Path, results: Mapping[str, ClassStrategies], *, command: str = "") -> Path:
+def save_strategies(path: str | os.PathLike[str], results: Mapping[str, ClassStrategies], *, command: str = "") -> Path:
     """Add (or replace) the strategies of some classes in a templates file, atomically; the rest is copied as it
     is and the file is written at the current schema version."""
     path = Path(path)

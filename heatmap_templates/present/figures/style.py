@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from heatmap_templates.errors import HmtError
 from heatmap_templates.files import atomic_path
@@ -63,7 +64,7 @@ _DETERMINISTIC_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None},
 @contextlib.contextmanager
 def publication_style() -> Iterator[None]:
     """Fonts, sizes and embedding settings for paper figures; draw *and* save inside it (restored on exit)."""
-    with matplotlib.rc_context(_PUBLICATION_RC):
+    with matplotlib.rc_context(_PUBLICATION_RC):  # type: ignore[arg-type]  # matplotlib types rc keys as Literals
         yield
 
 
@@ -172,7 +173,9 @@ def panel_figure(rows: int, columns: int, width_inches: float, aspect: float, *,
                 ((TALLEST_FIGURE_INCHES - 0.1) / rows - title_inches) / aspect)
     height = rows * (panel * aspect + title_inches) + 0.1 + extra_height
     figure = Figure(figsize=(columns * panel + COLOUR_BAR_INCHES, height), layout="constrained")
-    figure.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
+    engine = figure.get_layout_engine()
+    assert isinstance(engine, ConstrainedLayoutEngine)
+    engine.set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
     return figure, np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from heatmap_templates.present.figures.style import (
     value_range,
 )
 from heatmap_templates.progress import NullProgress, Progress
+from heatmap_templates.store.records import ClassStrategies
 from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies, read_templates
 
 DEFAULT_EIGEN_COMPONENTS = 3
@@ -88,6 +90,7 @@ def _draw_class_maps(figure: Figure, axes: np.ndarray, maps: dict[str, np.ndarra
         drawn[name] = (float(low), float(high))
     for axis in flat[len(maps):]:
         axis.set_axis_off()
+    assert image is not None  # at least one class is drawn
     colour_bar = figure.colorbar(image, ax=list(flat), shrink=0.85, aspect=25)
     colour_bar.set_label(label)
     return drawn
@@ -101,7 +104,7 @@ def _template_means(file: TemplateFile, width: str, cmap: str) -> tuple[Figure, 
     rows, columns = panel_grid(len(names), width)
     shape = next(iter(maps.values())).shape
     figure, axes = panel_figure(rows, columns, COLUMN_WIDTHS[width], shape[0] / shape[1])
-    normalisation = file.settings.get("normalisation") or next(iter(file.templates.values())).normalisation
+    normalisation = file.settings.normalisation
     drawn = _draw_class_maps(figure, axes, maps, titles, background=file.reference_image, lung_mask=file.lung_mask,
                              cmap=cmap, label=f"mean heatmap ({normalisation})")
     return figure, drawn
@@ -153,7 +156,9 @@ def _eigen_heatmaps(file: TemplateFile, width: str, components: int) -> tuple[Fi
             axis.set_title(f"{name}\n{title}" if classes_across and component == 0 else title)
             if not classes_across and component == 0:
                 axis.set_ylabel(name)
-            drawn[f"{name}/PC{component + 1}"] = tuple(float(v) for v in axis.images[-1].get_clim())
+            low, high = axis.images[-1].get_clim()
+            drawn[f"{name}/PC{component + 1}"] = (float(low), float(high))
+    assert image is not None  # at least one component is drawn
     figure.colorbar(image, ax=list(axes.ravel()), shrink=0.85, aspect=25, label="component loading")
     return figure, drawn
 
@@ -196,7 +201,7 @@ def _loo_correlations(file: TemplateFile) -> Figure:
     if violin_data:
         parts = axis.violinplot([data for _, data in violin_data], positions=[p for p, _ in violin_data], widths=0.8,
                                 showextrema=False)
-        for body in parts["bodies"]:
+        for body in list(parts["bodies"]):  # type: ignore[call-overload]  # a list of PolyCollections, typed as one
             body.set_facecolor("0.75")
             body.set_edgecolor("0.4")
             body.set_alpha(1.0)
@@ -213,11 +218,11 @@ def _loo_correlations(file: TemplateFile) -> Figure:
 
 def model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | None, dict | None]:
     """Training history and test evaluation stored beside the model the templates were built with (None when absent)."""
-    model_path = file.settings.get("model_path")
-    if not model_path:
+    recorded = file.settings.model_path
+    if not recorded:
         notes.append("the templates file records no model path: training curves and confusion matrix skipped")
         return None, None
-    model_path = Path(model_path)
+    model_path = Path(recorded)
     history_path = model_path.with_name(f"{model_path.stem}.history.csv")
     evaluation_path = model_path.with_name(f"{model_path.stem}.evaluation.json")
     history = None
@@ -260,6 +265,17 @@ def _read_history(path: Path) -> list[dict]:
     return rows
 
 
+def _check_drawing_options(cmap: str, width: str, components: int, dpi: int) -> None:
+    """Stop before the templates file is read when a drawing option is out of range (a user error, exit 2)."""
+    check_cmap(cmap)
+    if width not in COLUMN_WIDTHS:
+        raise HmtError(f"unknown figure width {width!r}; use single (3.5 in) or double (7.2 in)")
+    if components < 1:
+        raise HmtError(f"$components must be at least 1, got {components}", parameters=("components",))
+    if dpi < 10:
+        raise HmtError(f"$dpi must be at least 10, got {dpi}", parameters=("dpi",))
+
+
 def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str | os.PathLike, *,
                      formats: Sequence[str] = FIGURE_FORMATS, dpi: int = DEFAULT_DPI, cmap: str = DEFAULT_CMAP,
                      width: str = DEFAULT_WIDTH, components: int = DEFAULT_EIGEN_COMPONENTS,
@@ -276,13 +292,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     are one column wide. Identical input gives byte-identical files.
     """
     formats = parse_formats(formats)
-    check_cmap(cmap)
-    if width not in COLUMN_WIDTHS:
-        raise HmtError(f"unknown figure width {width!r}; use single (3.5 in) or double (7.2 in)")
-    if components < 1:
-        raise HmtError(f"--components must be at least 1, got {components}")
-    if dpi < 10:
-        raise HmtError(f"--dpi must be at least 10, got {dpi}")
+    _check_drawing_options(cmap, width, components, dpi)
     file = templates if isinstance(templates, TemplateFile) else read_templates(templates)
     if not file.templates:
         raise BadFileError(file.path, "holds no class templates to draw")
@@ -331,8 +341,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
         else:
             progress.advance()
         for name, result in read_strategies(file.path).items():
-            write(f"strategies_{name}", lambda result=result: strategies_figure(file, result, width, cmap,
-                                                                                _thumbnails(file, result, summary.notes)))
+            write(f"strategies_{name}", functools.partial(_strategies, file, result, width, cmap, summary.notes))
         checks = read_checks(file.path)
         if "sanity" in checks:
             write("sanity", lambda: sanity_figure(checks["sanity"], width))
@@ -341,6 +350,11 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     finally:
         progress.finish()
     return summary
+
+
+def _strategies(file: TemplateFile, result: ClassStrategies, width: str, cmap: str, notes: list[str]) -> Figure:
+    """One class's strategies figure with its members' thumbnails (drawn when ``write`` calls it)."""
+    return strategies_figure(file, result, width, cmap, _thumbnails(file, result, notes))
 
 
 def _thumbnails(file: TemplateFile, result, notes: list[str]) -> dict | None:
@@ -370,7 +384,9 @@ def _training(history: list[dict], width: str) -> Figure:
     draw_training_curves(figure, history, fontsize=7)
     handles, labels = figure.axes[0].get_legend_handles_labels()
     for axis in figure.axes:
-        axis.get_legend().remove()
+        legend = axis.get_legend()
+        if legend is not None:
+            legend.remove()
         for line in axis.lines:
             line.set_markersize(3 if len(history) <= 15 else 1.5)
     figure.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)

@@ -90,12 +90,12 @@ def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str,
     store = data.store
     pairs = [
         ("templates file", display_path(data.templates.path)), ("heatmap store", f"{display_path(store.path)} ({len(store)} images)"),
-        ("model", f"{settings.get('model_path')} (sha256 {str(settings.get('model_sha256'))[:12]})"),
-        ("classes", ", ".join(store.class_names)), ("head", store.settings.get("head")),
-        ("input size", " × ".join(str(v) for v in store.settings.get("input_size", []))),
-        ("CAM", f"{settings.get('cam_method')} at layer {settings.get('layer')}, score {settings.get('score')}"),
-        ("decision threshold", store.settings.get("threshold")),
-        ("registration", settings.get("registration")), ("normalisation", settings.get("normalisation")),
+        ("model", f"{settings.model_path} (sha256 {settings.model_sha256[:12]})"),
+        ("classes", ", ".join(store.class_names)), ("head", store.settings.head),
+        ("input size", " × ".join(str(v) for v in store.settings.input_size)),
+        ("CAM", f"{settings.cam_method} at layer {settings.layer}, score {settings.score}"),
+        ("decision threshold", store.settings.threshold),
+        ("registration", settings.registration), ("normalisation", settings.normalisation),
         ("similarity", data.similarity),
     ]
     parts = [html.settings_table(pairs)]
@@ -134,6 +134,7 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
     reader = open_store_for(file, heatmaps)
     notes: list[str] = []
     template_evaluation = None
+    evaluation: dict | None
     if data is not None:
         from heatmap_templates.analysis.compare import evaluate_templates
 
@@ -144,7 +145,8 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
     else:
         _, evaluation = model_record(file, notes)
         evaluation_source = ("the test split of the evaluation saved beside the model" if evaluation is not None else
-                             "No evaluation is saved beside the model; give --data DIR to evaluate on a labelled set.")
+                             "No evaluation is saved beside the model; give the report a labelled data set "
+                             "(write_report's data, or hmt report --data DIR) to evaluate on it.")
     report = collect(file, reader, similarity=similarity, gallery_size=gallery_size, cmap=cmap, batch_size=batch_size, progress=progress)
     with atomic_folder(out) as folder:
         figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")

@@ -149,7 +149,7 @@ def store_metrics(reader: HeatmapReader) -> dict | None:
         known = np.any(reader.labels >= 0, axis=1)
         if not known.any():
             return None
-        return multilabel_report(reader.probabilities[known], reader.labels[known], names, float(reader.settings.get("threshold", 0.5)))
+        return multilabel_report(reader.probabilities[known], reader.labels[known], names, float(reader.settings.threshold))
     known = reader.labels >= 0
     if not known.any():
         return None
@@ -186,7 +186,7 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where:
         if is_multi_label(reader):
             known = reader.labels[:, k] >= 0
             wrong = np.flatnonzero(known & ~reader.correct[:, k].astype(bool))
-            confidence = np.abs(reader.probabilities[wrong, k] - float(reader.settings.get("threshold", 0.5)))
+            confidence = np.abs(reader.probabilities[wrong, k] - float(reader.settings.threshold))
             chosen = [(int(i), k) for i in wrong[np.argsort(-confidence, kind="stable")][:size]]
         else:
             wrong = np.flatnonzero((reader.labels == k) & ~reader.correct.astype(bool))
@@ -227,7 +227,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
             progress: Progress | None = None) -> ReportData:
     """Score every image of ``reader`` against ``file``'s templates and draw the thumbnails the galleries show."""
     if gallery_size < 0:
-        raise HmtError(f"--gallery must be 0 or more, got {gallery_size}")
+        raise HmtError(f"$gallery_size must be 0 or more, got {gallery_size}", parameters=("gallery_size",))
     scorer = TemplateScorer(file, similarity=similarity)
     if reader.class_names != scorer.class_names:
         raise HmtError(f"{display_path(reader.path)}: its classes {reader.class_names} are not the templates' {scorer.class_names}")
@@ -258,6 +258,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
                                                                   predicted[positions], for_templates, findings=findings)):
                 i = int(positions[offset])
                 for key, k in wanted.get(i, {}).items():
+                    assert prepared.images is not None  # prepared with their images
                     thumbnails[key] = jpeg_bytes(overlay_rgb(prepared.images[offset], prepared.maps[offset, k], table))
                 if result.lung_field_energy is not None:
                     energies.setdefault(result.predicted, []).append(result.lung_field_energy)
@@ -283,5 +284,5 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
 
 def is_multi_label(reader: HeatmapReader) -> bool:
     """The store's model has independent findings (its head kind says so, :mod:`heatmap_templates.model.heads`)."""
-    head = reader.settings.get("head")
+    head = reader.settings.head
     return head is not None and HEADS[head].multi_label

@@ -41,7 +41,7 @@ def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, table: np.ndarray, side:
     weight = scaled(heatmap)
     colour = table[np.round(weight * 255).astype(np.uint8)].astype(np.float32) / 255.0
     alpha = (OVERLAY_OPACITY * weight)[..., None]
-    blended = (1.0 - alpha) * gray[..., None] + alpha * colour
+    blended: np.ndarray = (1.0 - alpha) * gray[..., None] + alpha * colour
     height, width = blended.shape[:2]
     factor = side / max(height, width)
     if factor != 1.0:
