@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
+from prerequisites import missing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -22,7 +23,7 @@ CXR4_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr
 def cxr4_dir() -> Path:
     """The optional real chest X-ray set beside the project; tests using it skip when it is absent."""
     if not (CXR4_DIR / "manifest.csv").is_file():
-        pytest.skip("../shared/data/cxr4 is not present")
+        missing("../shared/data/cxr4 is not present (CI has it beside the project)")
     return CXR4_DIR
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import distributed  # a dependency (dask[distributed]): its absence fails here, it does not skip
 import h5py
 import numpy as np
 import pytest
@@ -17,8 +18,6 @@ from heatmap_templates.explain.heatmaps import extract_heatmaps
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.templates import build as build_module
 from heatmap_templates.templates.build import BuildConfig, build_templates
-
-distributed = pytest.importorskip("distributed")
 
 SIZE = 32
 CLASSES = ("covid", "normal")
@@ -176,7 +175,7 @@ def test_the_slurm_example_writes_a_job_script_for_one_gpu_worker_per_job() -> N
     """docs/examples/slurm.py (the docs/cluster.md example): the job script dask-jobqueue would submit."""
     import importlib.util
 
-    pytest.importorskip("dask_jobqueue")
+    import dask_jobqueue  # noqa: F401  # a dev dependency: the example needs it
     path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "slurm.py"
     spec = importlib.util.spec_from_file_location("slurm_example", path)
     example = importlib.util.module_from_spec(spec)

@@ -49,3 +49,14 @@ def test_no_module_over_600_lines():
         if lines > MAX_MODULE_LINES:
             long.append(f"{path.relative_to(ROOT)} ({lines} lines)")
     assert not long, f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(long)
+
+
+def test_tests_skip_only_through_the_prerequisites_helper() -> None:
+    """A skipped test tests nothing: a test may skip only for a missing machine prerequisite, through
+    tests/prerequisites.py (which fails instead under CI), never because a function or command is absent."""
+    tests = Path(__file__).resolve().parent
+    allowed = ("prerequisites.py", Path(__file__).name)  # the helper itself, and this test's own word list
+    offenders = [f"{path.name}:{number}" for path in sorted(tests.glob("*.py")) if path.name not in allowed
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if any(word in line for word in ("pytest.skip(", "importorskip(", "mark.skipif(", "mark.skip("))]
+    assert not offenders, offenders

@@ -275,8 +275,6 @@ def test_evaluate_templates_numbers_by_hand(setup: dict, comparer: Comparer) -> 
 
 
 def test_cli_table_json_csv_and_figure(setup: dict, tmp_path: Path, capsys, monkeypatch) -> None:
-    if not hasattr(pytest.importorskip("heatmap_templates.present.figures"), "comparison_figure"):
-        pytest.skip("heatmap_templates.present.figures.comparison_figure is not in this checkout")
     pair = [str(setup["data"] / "covid" / "covid_0000.png"), str(setup["data"] / "normal" / "normal_0000.png")]
     templates = ["--templates", str(setup["templates"])]
     code, out, _ = run_hmt(["compare", *pair, *templates, "--csv", str(tmp_path / "scores.csv"), "--figure", str(tmp_path / "figures")],

@@ -101,13 +101,6 @@ def hmt(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path
     return lambda *args: run_hmt(list(args), capsys, monkeypatch)
 
 
-def _has_command(name: str) -> bool:
-    """Whether `hmt NAME` exists yet (compare and evaluate-templates land after this file)."""
-    from hmt_cli.main import _register_commands, app
-
-    _register_commands()
-    return any(command.name == name for command in app.registered_commands)
-
 
 # --------------------------------------------------------------------------- models
 
@@ -257,7 +250,6 @@ def test_templates_from_another_model_are_not_mixed(world: dict[str, Path], tmp_
     assert list(read_templates(out).templates) == ["covid"]
 
 
-@pytest.mark.skipif(not _has_command("compare"), reason="hmt compare has not landed")
 @pytest.mark.parametrize("name", ["truncated_templates", "random_bytes", "future_templates", "nan_templates"])
 def test_compare_refuses_damaged_and_future_templates(name: str, damaged: dict[str, Path], world: dict[str, Path], hmt) -> None:
     image = next((world["data"] / "covid").iterdir())
@@ -265,14 +257,12 @@ def test_compare_refuses_damaged_and_future_templates(name: str, damaged: dict[s
     assert_user_error(code, err, str(damaged[name]))
 
 
-@pytest.mark.skipif(not _has_command("evaluate-templates"), reason="hmt evaluate-templates has not landed")
 @pytest.mark.parametrize("name", ["truncated_templates", "random_bytes", "future_templates"])
 def test_evaluate_templates_refuses_damaged_and_future_templates(name: str, damaged: dict[str, Path], world: dict[str, Path], hmt) -> None:
     code, _, err = hmt("evaluate-templates", damaged[name], world["data"], "--model", world["model"])
     assert_user_error(code, err, str(damaged[name]))
 
 
-@pytest.mark.skipif(not _has_command("compare"), reason="hmt compare has not landed")
 def test_compare_refuses_templates_of_another_model(world: dict[str, Path], tmp_path: Path, hmt) -> None:
     other_model = save_tiny_model(tmp_path / "other.keras", classes=("effusion", "normal"), seed=1)
     image = next((world["data"] / "covid").iterdir())

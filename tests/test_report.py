@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_user_error, run_hmt
+from prerequisites import missing
 
 from heatmap_templates.present.report import write_report
 from heatmap_templates.present.report.collect import ROW_COLUMNS
@@ -265,7 +266,7 @@ def test_the_report_runs_in_a_real_browser(report: dict, tmp_path: Path) -> None
     """Headless Chromium opens the report from disk: the script marks the page ready and fills the table."""
     browser = _browser()
     if browser is None:
-        pytest.skip("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
+        missing("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
     flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     url = (report["out"] / "index.html").resolve().as_uri()

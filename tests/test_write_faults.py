@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_user_error, run_hmt
+from prerequisites import missing
 from test_reliability import save_tiny_model, write_phantom_set
 
 from heatmap_templates import files
@@ -219,10 +220,10 @@ def _mounted(source: str | Path, target: Path, *options: str) -> Iterator[None]:
     """``mount OPTIONS SOURCE TARGET`` for the block; skips the test where this machine cannot mount (not root, no capability)."""
     target.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None or os.geteuid() != 0:
-        pytest.skip("mounting needs root: the condition cannot be created here")
+        missing("mounting needs root: the condition cannot be created here")
     done = subprocess.run(["mount", *options, str(source), str(target)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount here ({done.stderr.strip()}): the condition cannot be created")
+        missing(f"cannot mount here ({done.stderr.strip()}): the condition cannot be created")
     try:
         yield
     finally:
