@@ -96,7 +96,7 @@ def true_pose_templates(store: Path, data: Path, out: Path, include: str) -> Pat
 
     reader = open_heatmaps(store)
     poses = {(data / relative).resolve(): pose for relative, pose in read_poses(data).items()}
-    size = tuple(int(v) for v in reader.settings["input_size"])
+    size = tuple(int(v) for v in reader.settings.input_size)
     templates = []
     for class_index, name in enumerate(reader.class_names):
         accumulator = ClassAccumulator(name, size, n_components=8, bootstrap_replicates=20)
@@ -110,7 +110,7 @@ def true_pose_templates(store: Path, data: Path, out: Path, include: str) -> Pat
         if accumulator.count:
             templates.append(accumulator.finalize())
     out.unlink(missing_ok=True)
-    settings = dict(reader.settings) | {"registration": "true-pose", "normalisation": "minmax"}
+    settings = reader.settings.to_dict() | {"registration": "true-pose", "normalisation": "minmax"}
     return save_templates(out, settings, templates)
 
 

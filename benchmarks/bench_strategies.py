@@ -142,7 +142,7 @@ def strategy_truth(data: Path, trained: dict, size: int, cell: int) -> dict:
     tagged = read_shortcuts(data)
     root = data.resolve()
     planted = np.array([tagged[Path(m.path).resolve().relative_to(root).as_posix()] for m in template.members])
-    registrar = registrar_for(file.settings["registration"], file.reference_image, file.lung_mask)
+    registrar = registrar_for(file.settings.registration, file.reference_image, file.lung_mask)
     # The marker region dilated by each of DILATIONS CAM cells: a last-layer unit sees the marker from a few cells away
     # (its receptive field), so even a map of a model that looks only at the marker is a blob several cells wide.
     regions = [shortcut_region(data, template.members, registrar, (size, size), r * cell) for r in DILATIONS]

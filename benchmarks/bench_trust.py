@@ -61,8 +61,8 @@ def sobel_templates(templates: Path, store: Path, sample: int) -> dict[str, np.n
     """Per class, the Sobel edge magnitude of the members run_sanity samples, prepared and averaged like a template."""
     data = read_templates(templates)
     reader = open_heatmaps(store)
-    registrar = registrar_for(data.settings["registration"], data.reference_image, data.lung_mask)
-    shape = tuple(int(v) for v in reader.settings["input_size"])
+    registrar = registrar_for(data.settings.registration, data.reference_image, data.lung_mask)
+    shape = tuple(int(v) for v in reader.settings.input_size)
     where = {path: i for i, path in enumerate(reader.paths)}
     out = {}
     for name, template in data.templates.items():
@@ -70,7 +70,7 @@ def sobel_templates(templates: Path, store: Path, sample: int) -> dict[str, np.n
         (batch,) = reader.iter_batches(len(members), [where[m.path] for m in members])
         edges = np.stack([sobel(image.astype(np.float32) / 255.0) for image in batch.images]).astype(np.float32)
         alignments = [member_alignment(m, shape) for m in members]
-        prepared = prepare_maps(None if all(alignments) else batch.images, edges, registrar, data.settings["normalisation"],
+        prepared = prepare_maps(None if all(alignments) else batch.images, edges, registrar, data.settings.normalisation,
                                 alignments=alignments if all(alignments) else None)
         out[name] = prepared.maps.mean(axis=0)
     return out
@@ -130,7 +130,7 @@ def phantom(args: argparse.Namespace, root: Path) -> dict:
 def cxr4(folder: Path, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     templates, store, test = folder / "templates.h5", folder / "heatmaps_train.h5", folder / "test.csv"
-    model = Path(read_templates(templates).settings["model_path"])
+    model = Path(read_templates(templates).settings.model_path)
     print("cxr4 sanity ...", flush=True)
     sanity = sanity_with_baseline(templates, store, model, args.sample)
     print("cxr4 deletion ...", flush=True)

@@ -10,10 +10,7 @@ import h5py
 import pytest
 
 from heatmap_templates.errors import BadFileError
-from heatmap_templates.explain.cam_methods import DEFAULT_METHOD
 from heatmap_templates.explain.engine_choice import choose_cam, engine_for
-from heatmap_templates.explain.scores import DEFAULT_SCORE
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.store import HeatmapSettings, open_heatmaps
 from heatmap_templates.templates.template_settings import TemplateSettings
@@ -29,9 +26,9 @@ RECORDED = HeatmapSettings(model_sha256="ab" * 32, class_names=CLASSES, layer="c
 # name in CamChoice: (given, recorded in RECORDED, default)
 CASES = {
     "layer": ("given/conv", "conv1", INFO.cam_layer),
-    "method": ("layercam", "hirescam", DEFAULT_METHOD),
-    "score": ("class_vs_rest", "probability", DEFAULT_SCORE),
-    "threshold": (0.7, 0.3, DEFAULT_THRESHOLD),
+    "method": ("layercam", "hirescam", "gradcam"),
+    "score": ("class-vs-rest", "probability", "logit"),
+    "threshold": (0.7, 0.3, 0.5),
 }
 
 
@@ -128,7 +125,7 @@ def test_extraction_records_what_was_given_and_engine_for_builds_it(toy: dict) -
     assert _cam(engine_for(settings, model, info)) == ("conv1", "hirescam", "probability", 0.3)
     assert _cam(engine_for(settings, model, info, layer="features", method="gradcam", score="logit", threshold=0.6)) == (
         "features", "gradcam", "logit", 0.6)
-    assert _cam(engine_for(None, model, info)) == ("features", DEFAULT_METHOD, DEFAULT_SCORE, DEFAULT_THRESHOLD)
+    assert _cam(engine_for(None, model, info)) == ("features", "gradcam", "logit", 0.5)  # the documented defaults
 
 
 def test_compare_follows_the_rule(toy: dict) -> None:
@@ -179,3 +176,19 @@ def test_settings_round_trip_keep_unknown_settings_and_mark_the_identity() -> No
         HeatmapSettings.read({key: value for key, value in data.items() if key != "layer"}, "x.h5")
     with pytest.raises(BadFileError, match="input_size is not a list of integers"):
         HeatmapSettings.read(data | {"input_size": ["a", "b"]}, "x.h5")
+
+
+def test_sanity_refuses_a_shuffled_model_without_the_templates_layer(toy: dict) -> None:
+    """The recorded layer is the one compared: a shuffled-label model that lacks it is refused, naming the layer."""
+    import keras
+
+    from heatmap_templates.analysis.sanity import run_sanity
+    from heatmap_templates.errors import HmtError
+    from heatmap_templates.model.model_file import save_model
+
+    inputs = keras.Input((SIDE, SIDE, 1))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="other_features")(inputs)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(keras.layers.GlobalAveragePooling2D()(features))
+    other = save_model(keras.Model(inputs, outputs), INFO, toy["root"] / "other.keras")
+    with pytest.raises(HmtError, match="has no layer 'conv1', the layer the templates were built at"):
+        run_sanity(toy["templates"], toy["store"], sample=3, shuffled_model=other)

@@ -223,7 +223,7 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
     progress.finish()
     result.flagged = flag(result)
     if shuffled_model is not None:
-        shuffled, shuffled_info = _load_shuffled_model(shuffled_model, info, unsafe_load=unsafe_load)
+        shuffled, shuffled_info = _load_shuffled_model(shuffled_model, info, settings.layer, unsafe_load=unsafe_load)
         randomised = templates_of(maps_of(engine_for(settings, shuffled, shuffled_info)))  # recorded layer, not its default
         result.data_randomisation = {name: template_similarity(original[name], randomised[name]) for name in wanted}
     return result
@@ -243,7 +243,7 @@ def _load_built_model(templates_path, model, settings, *, unsafe_load: bool):
                        parameters=("model",))
     if model_sha256(model_path) != settings.model_sha256:
         raise HmtError(f"{model_path}: is not the model the templates were built with")
-    return load_model(model_path, unsafe=unsafe_load, classes=list(settings.class_names))
+    return load_model(model_path, unsafe=unsafe_load, classes=list(settings.class_names), head=settings.head)
 
 
 def _read_members(reader, wanted: Sequence[str], members: dict[str, list], registrar) -> tuple:
@@ -313,13 +313,18 @@ def _randomise_steps(result: SanityResult, steps: Sequence, trained, network, te
         progress.advance()
 
 
-def _load_shuffled_model(shuffled_model, info, *, unsafe_load: bool):
-    """The model trained on shuffled labels, for data randomisation; its classes must be the templates' own."""
+def _load_shuffled_model(shuffled_model, info, layer: str, *, unsafe_load: bool):
+    """The model trained on shuffled labels, for data randomisation; its classes must be the templates' own, and it
+    must have the layer the templates were built at (its maps are compared with theirs)."""
+    from heatmap_templates.model.layers import walk_layers
     from heatmap_templates.model.model_file import load_model
 
     shuffled, shuffled_info = load_model(shuffled_model, unsafe=unsafe_load)
     if list(shuffled_info.class_names) != list(info.class_names):
         raise HmtError(f"{shuffled_model}: classes {shuffled_info.class_names} differ from the templates' {info.class_names}")
+    if layer not in {path for path, _ in walk_layers(shuffled)} | {found.name for _, found in walk_layers(shuffled)}:
+        raise HmtError(f"{shuffled_model}: has no layer {layer!r}, the layer the templates were built at; train it with "
+                       "the same backbone")
     return shuffled, shuffled_info
 
 
