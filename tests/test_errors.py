@@ -142,3 +142,18 @@ def test_train_errors_name_the_flags_of_hmt_train(tmp_path: Path, capsys, monkey
         objective_for(load_dataset(tmp_path / "data"), "nosuch")
     code, _, err = run_hmt(["train", "data", "--backbone", "small", "--binary", "nosuch"], capsys, monkeypatch)
     assert_user_error(code, err, "hmt: error: --binary: 'nosuch' is not a class of the data set (covid, normal)")
+
+
+def test_every_parameter_a_message_names_is_a_flag_of_some_command() -> None:
+    """A parameter named in a library message is one a user can set: some command has its flag (a typo such as
+    ``$heatmap`` for ``heatmaps`` would leave CLI users reading the library's form)."""
+    from hmt_cli.main import _register_commands
+
+    _register_commands()
+    declared = {name for path in sorted((ROOT / "heatmap_templates").rglob("*.py"))
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.Raise) and node.exc is not None for name in (_declared_parameters(node) or ())}
+    assert len(declared) >= 10
+    commands = [name for name in (command.name for command in app.registered_commands) if name]
+    reachable = {parameter for command in commands for parameter in parameter_flags(declared, [command])}
+    assert declared <= reachable, f"parameters no command has a flag for: {sorted(declared - reachable)}"
