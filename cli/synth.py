@@ -28,7 +28,7 @@ from hmt_cli.progress import progress_bar
 
 @app.command("synth")
 def synth(
-    out_dir: Path = typer.Argument(..., help="Output folder: new, empty, or a previous `hmt synth` output (replaced)."),
+    out_dir: Path = typer.Argument(..., help="Output folder: new, empty, or a previous `hmt synth` output holding nothing else (replaced whole)."),
     n_per_class: int = typer.Option(DEFAULT_N_PER_CLASS, "--n-per-class", "-n", help="Images per class."),
     size: int = typer.Option(DEFAULT_SIZE, "--size", help="Image side in pixels (square images)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes bit-identical files."),

@@ -20,6 +20,7 @@ report the log at the end (``strict`` runs raise on the first one instead).
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,6 +59,10 @@ class OptionError(HmtError):
         self.choices = tuple(choices)
         super().__init__(f"unknown {what} {value!r}; choose one of {', '.join(self.choices)}", parameters=(parameter,))
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its arguments (it may come from a worker process)."""
+        return type(self), (self.parameter, self.value, self.what, self.choices)
+
     def render(self, names: Mapping[str, str]) -> str:
         """The library's message, or :meth:`for_flag`'s when ``names`` gives the parameter a flag."""
         flag = names.get(self.parameter)
@@ -76,6 +81,10 @@ class BadImageError(HmtError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its arguments (it may come from a worker process)."""
+        return type(self), (self.path, self.reason)
+
 
 class BadFileError(HmtError):
     """A model, template or heatmap file cannot be used (wrong kind, corrupt, incompatible, unwritable).
@@ -86,6 +95,11 @@ class BadFileError(HmtError):
         self.path = str(path)
         super().__init__(f"{self.path}: {reason}", parameters=parameters)
         self.reason = HmtError(reason, parameters=parameters).render({})
+        self._given = reason
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its arguments: a worker process's error (`hmt synth`, a Dask cluster) reaches the caller whole."""
+        return functools.partial(type(self), parameters=self.parameters), (self.path, self._given)
 
 
 def one_line(error: BaseException, limit: int = 120) -> str:

@@ -235,11 +235,16 @@ def test_refuses_a_foreign_folder_and_replaces_a_previous_output(tmp_path: Path)
 
     out = tmp_path / "out"
     synthesize_dataset(out, n_per_class=3, size=SIZE, probability_samples=1, workers=1)
-    (out / "covid" / "keep_me.txt").write_text("user file")
+    (out / "covid" / "keep_me.txt").write_text("user file")  # the new set replaces the whole folder: refused, kept
+    with pytest.raises(HmtError, match=r"holds files that `hmt synth` did not write \(covid/keep_me.txt\)"):
+        synthesize_dataset(out, n_per_class=1, size=SIZE, classes=("covid",), probability_samples=1, workers=1)
+    assert len(list((out / "covid").iterdir())) == 4 and (out / "virus").is_dir()
+    (out / "covid" / "keep_me.txt").unlink()
     synthesize_dataset(out, n_per_class=1, size=SIZE, classes=("covid",), probability_samples=1, workers=1)
-    assert sorted(path.name for path in (out / "covid").iterdir()) == ["covid_0000.png", "keep_me.txt"]
+    assert sorted(path.name for path in (out / "covid").iterdir()) == ["covid_0000.png"]
     assert not (out / "virus").exists()
     assert sorted(path.name for path in (out / "ground_truth").glob("*.npy")) == ["lesion_probability_covid.npy"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["foreign", "out"], "no temporary or old folder left"
 
 
 def _hmt_in_process(arguments: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:

@@ -9,10 +9,11 @@ parsed, nothing is evaluated.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,18 +65,102 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
+class _GuardedFile:
+    """The file object HDF5 writes through (h5py's ``fileobj`` driver): HDF5 never sees a failed write.
+
+    HDF5 1.14 (h5py 3.14) does not survive one. A chunk flushed when a dataset object is freed fails inside
+    the finaliser, which prints "Exception ignored ... OSError: [Errno 28]", and closing the file after that
+    crashes the process (a segmentation fault in ``H5Fclose``, or at exit in the library's own clean-up,
+    which flushes a file left open through a Python object that no longer exists). So the first OSError
+    of a write is recorded instead of raised and every later write is dropped (the file is discarded):
+    HDF5 goes on along its ordinary paths and closes cleanly, and :func:`atomic_h5` raises the recorded
+    error once the file is closed. Reads past what reached the disk read zeros, as HDF5's own driver does.
+    """
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self.raw = raw
+        self.error: OSError | None = None
+        self.dropping = False  # the file will be discarded: write nothing more
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view and self.error is None and not self.dropping:
+            try:
+                view = view[self.raw.write(view) or 0:]  # a nearly full disk takes part of a write, then refuses the rest
+            except OSError as error:
+                self.error = error
+        return size
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and (count := self.raw.readinto(view[done:])):
+            done += count
+        view[done:] = bytes(len(view) - done)
+        return len(view)
+
+    def read(self, size: int = -1) -> bytes:
+        """What h5py takes a file object by (it reads through :meth:`readinto`)."""
+        return self.raw.read(size) or b""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None and not self.dropping:
+            try:
+                return self.raw.truncate(size)
+            except OSError as error:
+                self.error = error
+        return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        """Nothing to flush: the file is unbuffered (:func:`atomic_path` fsyncs it once it is closed)."""
+
+
+_GUARDS: dict[int, _GuardedFile] = {}  # id of an open atomic_h5 file -> its file object
+
+
 @contextmanager
 def atomic_h5(path: Path, *, create_folder: bool = True) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name, flush it to disk, then rename it over ``path``
     (see :func:`heatmap_templates.files.atomic_path`; a failed write is a one-line BadFileError).
 
-    HDF5 writes through a Python file object: a full disk then surfaces as an ordinary OSError.
-    Writing by path, HDF5 1.14 (h5py 3.14) prints a traceback for every object it frees after the
-    failed write and can crash the process (seen here on a full tmpfs); the speed is the same.
+    HDF5 writes through a :class:`_GuardedFile`, so a full disk is one ordinary OSError raised here, after
+    HDF5 has closed the file cleanly (writing by path or through a plain file object, h5py 3.14 / HDF5 1.14
+    printed finaliser tracebacks and crashed the process). On any exception the file is closed without
+    writing more and no h5py object of it stays open. :func:`check_writes` raises a failed write early.
     """
-    with atomic_path(path, create_folder=create_folder) as temporary, open(temporary, "w+b") as raw, \
-            h5py.File(raw, "w") as handle:
-        yield handle
+    with atomic_path(path, create_folder=create_folder) as temporary, open(temporary, "w+b", buffering=0) as raw:
+        guard = _GuardedFile(raw)
+        handle = h5py.File(guard, "w")
+        _GUARDS[id(handle)] = guard
+        try:
+            yield handle
+        except BaseException as error:
+            guard.dropping = True
+            with suppress(Exception):  # closes every object of the file; with nothing written it has nothing to fail on
+                handle.close()
+            if guard.error is not None and isinstance(error, Exception):
+                raise guard.error from None  # the cause (a full disk), not what HDF5 made of the dropped writes
+            raise
+        finally:
+            _GUARDS.pop(id(handle), None)
+        handle.close()
+        if guard.error is not None:
+            raise guard.error
+
+
+def check_writes(handle: h5py.File) -> None:
+    """Raise the OSError of a failed write into ``handle`` (a file of :func:`atomic_h5`) now, not when it closes:
+    a long copy stops at a full disk instead of going on writing into nothing."""
+    guard = _GUARDS.get(id(handle))
+    if guard is not None and guard.error is not None:
+        raise guard.error
 
 
 @contextmanager

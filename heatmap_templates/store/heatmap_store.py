@@ -29,6 +29,7 @@ from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.hdf5 import (
     HEATMAPS,
     atomic_h5,
+    check_writes,
     open_h5,
     read_root,
     strings,
@@ -233,6 +234,7 @@ class HeatmapWriter:
                                 out[name][written : written + len(rows)] = _read_rows(handle[name], rows)
                             written += len(rows)
                             progress.advance(len(rows))
+                            check_writes(out)  # a full disk stops the copy here (atomic_h5 raises it as the cause)
         except BadFileError as error:
             if Path(error.path) != self.path:
                 raise

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from heatmap_templates.errors import HmtError
-from heatmap_templates.files import ensure_folder, write_bytes, write_text
+from heatmap_templates.files import atomic_folder, ensure_folder, write_bytes, write_text
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.synth.anatomy import canonical_lung_mask, check_size
 from heatmap_templates.synth.lesions import CLASSES, LESIONS
@@ -102,40 +102,33 @@ def _validate(n_per_class: int, size: int, seed: int, classes: Sequence[str], po
     return chosen
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``, or clear a previous synth output there; refuse anything else non-empty."""
+# What a synth run writes, as paths relative to its folder: anything else there is the user's.
+_SYNTH_FILE = re.compile(rf"manifest\.csv|(?P<label>\w+)/(?P=label)_\d+\.png|{MULTI_LABEL_FOLDER}/{_MULTI_LABEL_NAME}_\d+\.png"
+                         rf"|{GROUND_TRUTH_DIR}/[\w.]+\.(?:md|json|csv|png|npy)"
+                         rf"|{GROUND_TRUTH_DIR}/(?:masks|{SHORTCUT_MASKS_DIR})/\w+/\w+_\d+\.png")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse, before anything is drawn, an ``out_dir`` that is neither new, nor empty, nor a previous synth output
+    holding only what synth wrote: the new set replaces the whole folder (:func:`atomic_folder`), so a stale larger
+    set does not survive a smaller one, a full disk leaves the previous set as it was, and nothing else may go with it."""
     if out_dir.exists() and not out_dir.is_dir():
         raise HmtError(f"{out_dir}: exists and is not a folder")
-    if not out_dir.exists():
-        ensure_folder(out_dir, out_dir)
-        return
-    if not any(out_dir.iterdir()):
+    if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     marker = out_dir / GROUND_TRUTH_DIR / MARKER_FILE
     if not marker.is_file():
         raise HmtError(f"{out_dir}: folder is not empty and is not a previous `hmt synth` output; choose a new or empty folder")
     try:
-        previous = json.loads(marker.read_text())
-        previous_classes = [label for label in previous["classes"] if label in CLASSES]
+        json.loads(marker.read_text())["classes"]
     except (ValueError, KeyError, TypeError) as error:
         raise HmtError(f"{marker}: cannot read the previous synth record ({error}); remove the folder by hand") from error
-    # Remove only what a previous run wrote, so a stale larger set does not survive a smaller one.
-    folders = [(out_dir / label, label) for label in previous_classes] + [(out_dir / MULTI_LABEL_FOLDER, _MULTI_LABEL_NAME)]
-    folders += [(out_dir / GROUND_TRUTH_DIR / kind / label, rf"(?:{re.escape(label)}|{_MULTI_LABEL_NAME})")
-                for label in previous_classes for kind in ("masks", SHORTCUT_MASKS_DIR)]
-    for folder, name in folders:
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if re.fullmatch(rf"{name}_\d+\.png", path.name):
-                    path.unlink()
-            if not any(folder.iterdir()):
-                folder.rmdir()
-    for kind in ("masks", SHORTCUT_MASKS_DIR):
-        masks = out_dir / GROUND_TRUTH_DIR / kind
-        if masks.is_dir() and not any(masks.iterdir()):
-            masks.rmdir()
-    for path in (out_dir / GROUND_TRUTH_DIR).glob("lesion_probability_*.npy"):
-        path.unlink()
+    foreign = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                     if not p.is_dir() and not _SYNTH_FILE.fullmatch(p.relative_to(out_dir).as_posix()))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise HmtError(f"{out_dir}: holds files that `hmt synth` did not write ({shown}); the new set replaces the whole "
+                       "folder, so move them or choose a new folder")
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -260,7 +253,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                        shortcut_style: str = DEFAULT_SHORTCUT_STYLE, shortcut_lesions: float = 1.0) -> SynthSummary:
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
-    ``out_dir`` must be new, empty, or a previous synth output (which is replaced). ``workers``
+    ``out_dir`` must be new, empty, or a previous synth output holding nothing else (the new set is written beside it
+    and replaces it whole; a failed run leaves it as it was). ``workers``
     processes share the work (default: the CPU count, at most 8); every image has its own seed,
     so the files are identical for any number of workers. ``pose_spread`` (0 to 4) multiplies
     the random pose's shift and rotation ranges and its log-scale range: 1.0 is the default pose
@@ -281,23 +275,24 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     if workers < 1:
         raise HmtError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
-    _make_folders(out, chosen, shortcuts)
-    truth = out / GROUND_TRUTH_DIR
-    written = _render_all(out, chosen, n_per_class=n_per_class, size=size, seed=seed, pose_spread=pose_spread,
-                          shortcuts=shortcuts, shortcut_style=shortcut_style, shortcut_lesions=shortcut_lesions,
-                          probability_samples=probability_samples, workers=workers, progress=progress or NullProgress())
-
-    order = {label: position for position, label in enumerate(chosen)}
-    written.sort(key=lambda item: (order[item.label], item.index))
-    _write_tables(out, written)
-    _write_canonical_frame(truth, written, size)
-    write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
-                                                    samples=probability_samples, threshold=LESION_THRESHOLD,
-                                                    pose_spread=pose_spread, min_box=MIN_BOX_PIXELS))
-    record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
-              "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
-              "shortcuts": shortcuts, "shortcut_style": shortcut_style, "shortcut_lesions": shortcut_lesions}
-    write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
+    _check_out_dir(out)
+    with atomic_folder(out) as folder:  # written whole beside `out`, then swapped in
+        _make_folders(folder, chosen, shortcuts)
+        truth = folder / GROUND_TRUTH_DIR
+        written = _render_all(folder, chosen, n_per_class=n_per_class, size=size, seed=seed, pose_spread=pose_spread,
+                              shortcuts=shortcuts, shortcut_style=shortcut_style, shortcut_lesions=shortcut_lesions,
+                              probability_samples=probability_samples, workers=workers, progress=progress or NullProgress())
+        order = {label: position for position, label in enumerate(chosen)}
+        written.sort(key=lambda item: (order[item.label], item.index))
+        _write_tables(folder, written)
+        _write_canonical_frame(truth, written, size)
+        write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
+                                                        samples=probability_samples, threshold=LESION_THRESHOLD,
+                                                        pose_spread=pose_spread, min_box=MIN_BOX_PIXELS))
+        record = {"generator": "hmt synth", "n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(chosen),
+                  "probability_samples": probability_samples, "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread,
+                  "shortcuts": shortcuts, "shortcut_style": shortcut_style, "shortcut_lesions": shortcut_lesions}
+        write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
     lesion_fraction = {label: sum(item.mask_pixels for item in written if item.label == label) / (n_per_class * size * size)
                        for label in chosen}
     carried = {label: sum(1 for item in written if item.label == label and item.shortcut) for label in shortcuts}
@@ -319,8 +314,7 @@ def _check_shortcuts(shortcuts: dict[str, float], chosen: Sequence[str], style: 
 
 
 def _make_folders(out: Path, chosen: Sequence[str], shortcuts: dict[str, float]) -> None:
-    """Empty (or replace) the output folder and make every class's image, mask and shortcut-mask folder, so workers only write files."""
-    _prepare_out_dir(out)
+    """Make every class's image, mask and shortcut-mask folder in the new set's folder, so workers only write files."""
     truth = out / GROUND_TRUTH_DIR
     for label in chosen:
         ensure_folder(out / label, out)
@@ -434,12 +428,21 @@ def synthesize_multi_label(out_dir: str | Path, *, n_images: int, size: int = DE
     if not 0.0 < prevalence < 1.0:
         raise HmtError(f"the prevalence of each finding must lie between 0 and 1, got {prevalence}")
     out = Path(out_dir)
-    _prepare_out_dir(out)
+    _check_out_dir(out)
+    with atomic_folder(out) as folder:  # written whole beside `out`, then swapped in
+        written = _write_multi_label(folder, n_images, size, seed, chosen, prevalence, probability_samples, pose_spread,
+                                     progress or NullProgress())
+    counts = {name: sum(1 for item in written if name in item.label.split(";")) for name in chosen}
+    return SynthSummary(out, chosen, n_images, size, seed, counts, {}, time.perf_counter() - started)
+
+
+def _write_multi_label(out: Path, n_images: int, size: int, seed: int, chosen: Sequence[str], prevalence: float,
+                       probability_samples: int, pose_spread: float, progress: Progress) -> list[_Written]:
+    """Every file of a multi-label phantom set, into ``out`` (the new set's folder); what was written, in order."""
     truth = out / GROUND_TRUTH_DIR
     ensure_folder(out / MULTI_LABEL_FOLDER, out)
     for name in chosen:
         ensure_folder(truth / "masks" / name, out)
-    progress = progress or NullProgress()
     progress.start(n_images, "synthesising multi-label phantoms")
     written: list[_Written] = []
     for first in range(0, n_images, 16):
@@ -459,8 +462,7 @@ def synthesize_multi_label(out_dir: str | Path, *, n_images: int, size: int = DE
               "classes": list(chosen), "prevalence": prevalence, "probability_samples": probability_samples,
               "lesion_threshold": LESION_THRESHOLD, "pose_spread": pose_spread}
     write_text(truth / MARKER_FILE, json.dumps(record, indent=2) + "\n")
-    counts = {name: sum(1 for item in written if name in item.label.split(";")) for name in chosen}
-    return SynthSummary(out, chosen, n_images, size, seed, counts, {}, time.perf_counter() - started)
+    return written
 
 
 def read_poses(out_dir: str | Path) -> dict[str, Pose]:

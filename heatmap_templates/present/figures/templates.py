@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 
 from heatmap_templates.analysis.strategy_search import typical_members
 from heatmap_templates.errors import BadFileError, HmtError
+from heatmap_templates.files import atomic_folder
 from heatmap_templates.present.figures.checks import deletion_figure, sanity_figure
 from heatmap_templates.present.figures.classifier import draw_confusion, draw_training_curves
 from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
@@ -68,6 +70,25 @@ class FiguresSummary:
             "notes": list(self.notes),
         }
 
+
+# The figures `template_figures` draws (strategies_<class> one per class), each as <name>.<format>.
+FIGURE_NAMES = ("template_means", "template_std", "eigen_heatmaps", "similarity", "loo_correlations", "confusion_matrix",
+                "training_curves", "sanity", "deletion")
+_FIGURE_FILE = re.compile(rf"(?:{'|'.join(FIGURE_NAMES)}|strategies_.+)\.(?:{'|'.join(FIGURE_FORMATS)})")
+
+
+def check_figures_folder(out_dir: Path) -> None:
+    """Refuse, before anything is drawn, a folder that holds anything but figures: the new figures replace it whole,
+    and what they would replace must be nothing the user still needs."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise BadFileError(out_dir, "exists and is not a folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not (p.is_file() and _FIGURE_FILE.fullmatch(p.name)))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise BadFileError(out_dir, f"holds files that are not hmt figures ({shown}); the figures replace the whole folder, "
+                                    "so give a new or empty folder")
 
 
 def _pairwise_text(value: float | None) -> str:
@@ -289,7 +310,9 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     each class whose strategies the file holds (with typical members when its heatmap store is at hand); sanity
     and deletion when `hmt sanity` and `hmt evaluate-templates --faithfulness` stored their results. `width` is `single`
     (3.5 in) or `double` (7.2 in) for the panel grids and curves; the matrices and the LOO plot
-    are one column wide. Identical input gives byte-identical files.
+    are one column wide. Identical input gives byte-identical files. The figures are drawn into a new folder that
+    then replaces `out_dir` whole (:func:`heatmap_templates.files.atomic_folder`), so `out_dir` must be new, empty or
+    hold only figures.
     """
     formats = parse_formats(formats)
     _check_drawing_options(cmap, width, components, dpi)
@@ -297,6 +320,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     if not file.templates:
         raise BadFileError(file.path, "holds no class templates to draw")
     out_dir = Path(out_dir)
+    check_figures_folder(out_dir)
     summary = FiguresSummary(out_dir=out_dir)
     history, evaluation = model_record(file, summary.notes)
     progress = progress or NullProgress()
@@ -307,7 +331,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
         with publication_style():
             result = draw()
             figure, drawn = result if isinstance(result, tuple) else (result, None)
-            paths = [save_deterministic(figure, out_dir / f"{name}.{kind}", dpi) for kind in formats]
+            paths = [out_dir / save_deterministic(figure, folder / f"{name}.{kind}", dpi).name for kind in formats]
         summary.figures[name] = paths
         summary.files.extend(paths)
         if drawn is not None:
@@ -315,38 +339,39 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
         progress.advance()
 
     try:
-        write("template_means", lambda: _template_means(file, width, cmap))
-        write("template_std", lambda: _template_std(file, width, cmap))
-        if any(len(t.components) for t in file.templates.values()):
-            write("eigen_heatmaps", lambda: _eigen_heatmaps(file, width, components))
-        else:
-            summary.notes.append("no class has eigen-heatmaps (too few members): eigen-heatmaps skipped")
-            progress.advance()
-        if len(file.similarity_classes) > 1:
-            write("similarity", lambda: _similarity(file))
-        else:
-            summary.notes.append("one class only: similarity matrix skipped")
-            progress.advance()
-        if any(len(t.loo_correlations) for t in file.templates.values()):
-            write("loo_correlations", lambda: _loo_correlations(file))
-        else:
-            summary.notes.append("no leave-one-out correlations stored: their distribution plot skipped")
-            progress.advance()
-        if evaluation is not None:
-            write("confusion_matrix", lambda: _confusion(evaluation))
-        else:
-            progress.advance()
-        if history is not None:
-            write("training_curves", lambda: _training(history, width))
-        else:
-            progress.advance()
-        for name, result in read_strategies(file.path).items():
-            write(f"strategies_{name}", functools.partial(_strategies, file, result, width, cmap, summary.notes))
-        checks = read_checks(file.path)
-        if "sanity" in checks:
-            write("sanity", lambda: sanity_figure(checks["sanity"], width))
-        if "faithfulness" in checks:
-            write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
+        with atomic_folder(out_dir) as folder:  # `write` draws into it
+            write("template_means", lambda: _template_means(file, width, cmap))
+            write("template_std", lambda: _template_std(file, width, cmap))
+            if any(len(t.components) for t in file.templates.values()):
+                write("eigen_heatmaps", lambda: _eigen_heatmaps(file, width, components))
+            else:
+                summary.notes.append("no class has eigen-heatmaps (too few members): eigen-heatmaps skipped")
+                progress.advance()
+            if len(file.similarity_classes) > 1:
+                write("similarity", lambda: _similarity(file))
+            else:
+                summary.notes.append("one class only: similarity matrix skipped")
+                progress.advance()
+            if any(len(t.loo_correlations) for t in file.templates.values()):
+                write("loo_correlations", lambda: _loo_correlations(file))
+            else:
+                summary.notes.append("no leave-one-out correlations stored: their distribution plot skipped")
+                progress.advance()
+            if evaluation is not None:
+                write("confusion_matrix", lambda: _confusion(evaluation))
+            else:
+                progress.advance()
+            if history is not None:
+                write("training_curves", lambda: _training(history, width))
+            else:
+                progress.advance()
+            for name, result in read_strategies(file.path).items():
+                write(f"strategies_{name}", functools.partial(_strategies, file, result, width, cmap, summary.notes))
+            checks = read_checks(file.path)
+            if "sanity" in checks:
+                write("sanity", lambda: sanity_figure(checks["sanity"], width))
+            if "faithfulness" in checks:
+                write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
     finally:
         progress.finish()
     return summary
