@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hmt-installed
 
-.PHONY: test lint demo install clean
+.PHONY: test lint faults demo install clean
 
 install: $(STAMP)
 
@@ -22,7 +22,12 @@ lint: $(STAMP)
 	mkdir -p build/mypy && ln -sfn ../../cli build/mypy/hmt_cli
 	$(BIN)/mypy
 
-test: lint
+# Fault injection: each tests/faults/*.patch plants a deliberate fault in a copy of the source, and the tests its
+# header names must fail on it (tests/faults/run.py; under a minute). tests/test_faults.py keeps the patches applying.
+faults: $(STAMP)
+	$(BIN)/python tests/faults/run.py
+
+test: lint faults
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

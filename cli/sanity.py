@@ -59,10 +59,10 @@ def sanity_command(
         typer.echo("  shuffled-label model: " + ", ".join(
             f"{name} {_shown(entry['spearman'])}" for name, entry in result.data_randomisation.items()))
     if result.flagged:
-        typer.echo(f"FLAGGED: {', '.join(result.flagged)}: Spearman >= {FLAG_SPEARMAN} with every layer randomised; "
+        typer.echo(f"FLAGGED: {', '.join(result.flagged)}: |Spearman| >= {FLAG_SPEARMAN} with every layer randomised; "
                    "such a template reflects the images, not what the model learnt")
     else:
-        typer.echo(f"no template stays similar (Spearman >= {FLAG_SPEARMAN}) once the model is randomised: they depend on the model")
+        typer.echo(f"no template stays similar (|Spearman| >= {FLAG_SPEARMAN}) once the model is randomised: they depend on the model")
     typer.echo(f"stored in {templates}; draw with: hmt figures {templates}")
 
 

@@ -11,7 +11,13 @@ import pytest
 from cli_helpers import assert_user_error, run_hmt
 from sklearn.metrics import adjusted_rand_score
 
-from heatmap_templates.analysis.strategies import StrategySettings, closest_strategy, eigengap_k, find_strategies
+from heatmap_templates.analysis.strategies import (
+    StrategySettings,
+    closest_strategy,
+    eigengap_k,
+    find_strategies,
+    stability,
+)
 from heatmap_templates.analysis.strategy_search import add_strategies
 from heatmap_templates.store import TEMPLATES
 from heatmap_templates.synth import read_shortcuts
@@ -65,6 +71,23 @@ def test_one_group_gives_one_strategy() -> None:
     single = np.array([blob + 0.3 * rng.random((SIDE, SIDE)) for _ in range(40)], np.float32)
     result = find_strategies("normal", single, [f"p{i}" for i in range(len(single))], StrategySettings(resolution=16))
     assert result.k == 1 and result.strategies[0].size == len(single) and result.stability["mean_ari"] is None
+
+
+def test_stability_with_k_given_is_below_one_without_stable_clusters_and_equals_a_hand_computed_case() -> None:
+    """The stability compares the clustering's labels with each bootstrap resample's own clustering (same K)."""
+    noise = np.random.default_rng(10).random((30, 16, 16)).astype(np.float32)  # members without any stable clusters
+    settings = StrategySettings(k=2, resolution=16)
+    unstable = find_strategies("normal", noise, [f"p{i}" for i in range(len(noise))], settings)
+    assert unstable.k == 2 and unstable.stability["resamples"] == 20
+    assert unstable.stability["mean_ari"] < 0.6  # measured 0.20
+    # By hand: labels that put every member in one cluster against any resample's two clusters of sizes b_1, b_2.
+    # ARI = (index - expected) / (max - expected), index = sum_ij C(n_ij, 2) = C(b_1, 2) + C(b_2, 2); the labels'
+    # sum_i C(a_i, 2) = C(n, 2), so expected = C(n, 2) (C(b_1, 2) + C(b_2, 2)) / C(n, 2) = index: ARI 0 for every resample.
+    one = stability(noise, np.zeros(len(noise), np.int64), 2, settings, None)
+    assert one == {"mean_ari": 0.0, "std_ari": 0.0, "resamples": 20}
+    maps, groups = _blob_groups(per_group=10)
+    two = groups < 2  # two planted groups: every resample splits them again (ARI 1)
+    assert stability(maps[two, ::3, ::3], groups[two], 2, settings, None) == {"mean_ari": 1.0, "std_ari": 0.0, "resamples": 20}
 
 
 @pytest.mark.parametrize(("eigenvalues", "expected"), [

@@ -8,8 +8,16 @@ the blocks of a Keras application base, otherwise single layers; at most :data:`
 step the maps of a sample of each template's members are computed again, prepared exactly as the
 build prepared them, and averaged into a template; its similarity to the template of the same sample
 under the trained model is reported (Spearman rank correlation, SciPy; SSIM, scikit-image). A template
-whose Spearman correlation stays at or above :data:`FLAG_SPEARMAN` once every step is randomised
-reflects the images, not the model, and is flagged. Maps that become all zero are reported as such.
+whose Spearman correlation stays at or above :data:`FLAG_SPEARMAN` in absolute value once every step is
+randomised reflects the images, not the model, and is flagged (:func:`flag`): a structure that survives the
+randomisation inverted is still not the model's (a random head can flip a map's sign and keep the image's
+edges; Adebayo et al. compare maps with and without their sign for the same reason, and show that maps
+which pass for explanations can look like an edge detector's output, which does not depend on any model).
+Maps that become all zero are reported as such; they count as lost only where the trained model's were not
+all zero already (an all-zero template that stays all zero did not depend on the weights either).
+
+Reference: Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim (2018), "Sanity checks for saliency maps",
+NeurIPS, https://arxiv.org/abs/1810.03292.
 
 Data randomisation (a model trained on shuffled labels, ``hmt train --shuffle-labels``) compares that
 model's templates of the same sample the same way.
@@ -123,19 +131,22 @@ def model_copy(model):
 
 def template_similarity(original: np.ndarray, randomised: np.ndarray) -> dict:
     """Spearman rank correlation (SciPy) and SSIM (scikit-image, on the original's value range) of two templates;
-    ``all_zero`` when the randomised one has no signal (then both are None, not NaN)."""
+    ``all_zero`` when the randomised one has no signal (then both are None, not NaN), ``original_all_zero`` when the
+    original had none either (see :func:`holds`)."""
     from scipy.stats import spearmanr
     from skimage.metrics import structural_similarity
 
     a, b = np.asarray(original, np.float64), np.asarray(randomised, np.float64)
+    original_all_zero = not np.nan_to_num(a).any()
     if not np.isfinite(b).all() or np.ptp(b) == 0:
-        return {"spearman": None, "ssim": None, "all_zero": bool(np.nan_to_num(b).max() == 0), "constant": True}
+        return {"spearman": None, "ssim": None, "all_zero": bool(np.nan_to_num(b).max() == 0), "constant": True,
+                "original_all_zero": original_all_zero}
     if np.ptp(a) == 0:
-        return {"spearman": None, "ssim": None, "all_zero": False, "constant": False}
+        return {"spearman": None, "ssim": None, "all_zero": False, "constant": False, "original_all_zero": original_all_zero}
     spearman = float(spearmanr(a.ravel(), b.ravel()).statistic)
     scaled_b = (b - b.min()) / np.ptp(b) * np.ptp(a) + a.min()  # SSIM compares structure on the original's range
     ssim = float(structural_similarity(a, scaled_b, data_range=float(np.ptp(a))))
-    return {"spearman": spearman, "ssim": ssim, "all_zero": False, "constant": False}
+    return {"spearman": spearman, "ssim": ssim, "all_zero": False, "constant": False, "original_all_zero": False}
 
 
 @dataclass
@@ -157,14 +168,24 @@ class SanityResult:
                 "notes": list(self.notes)}
 
 
+def holds(entry: dict) -> bool:
+    """Whether a randomised template still holds the trained one (an entry of :func:`template_similarity`): its
+    Spearman correlation is at least FLAG_SPEARMAN in absolute value (inverted, a structure is still not the
+    model's), or it is all zero where the trained one was all zero too (an all-zero map is lost only where the
+    trained one was not)."""
+    if entry.get("all_zero"):
+        return bool(entry.get("original_all_zero"))
+    value = entry.get("spearman")
+    return value is not None and abs(value) >= FLAG_SPEARMAN
+
+
 def flag(result: SanityResult) -> list[str]:
-    """Classes whose template keeps a Spearman correlation >= FLAG_SPEARMAN with every step randomised (cascading: the
-    last step; independent: every step)."""
+    """Classes whose template still :func:`holds` with every step randomised (cascading: the last step; independent:
+    every step). Reference: Adebayo et al. (2018), https://arxiv.org/abs/1810.03292 (see the module docstring)."""
     flagged = []
     for name, entries in result.similarity.items():
         considered = entries[-1:] if result.variant == "cascading" else entries
-        values = [entry["spearman"] for entry in considered]
-        if values and all(value is not None and value >= FLAG_SPEARMAN for value in values):
+        if considered and all(holds(entry) for entry in considered):
             flagged.append(name)
     return flagged
 

@@ -12,7 +12,7 @@ RANKING_STYLES = {"heatmap": ("-", "o"), "template": ("--", "s"), "random": (":"
 
 def sanity_figure(result: dict, width: str) -> Figure:
     """Spearman (solid) and SSIM (dashed) of each class's template with the trained model's, against the number of
-    randomised steps (0: the trained model), one colour per class; the flag line at the threshold."""
+    randomised steps (0: the trained model), one colour per class; the flag lines at plus and minus the threshold."""
     figure = Figure(figsize=(COLUMN_WIDTHS[width] * 0.6, 2.6), layout="constrained")
     axis = figure.subplots()
     steps = ["trained"] + list(result["steps"])
@@ -26,7 +26,8 @@ def sanity_figure(result: dict, width: str) -> Figure:
         zero = [i + 1 for i, entry in enumerate(entries) if entry.get("all_zero")]
         if zero:
             axis.plot(zero, [0.0] * len(zero), "x", color=colour, label=f"{name}: all-zero maps")
-    axis.axhline(result.get("flag_spearman", 0.5), color="0.5", linewidth=0.6)
+    for sign in (1.0, -1.0):  # flagged where |Spearman| stays at or above the threshold
+        axis.axhline(sign * result.get("flag_spearman", 0.5), color="0.5", linewidth=0.6)
     axis.set_xticks(positions, steps, rotation=45, ha="right")
     axis.set_ylim(-1.05, 1.05)
     axis.set_ylabel("similarity to the trained template")

@@ -320,7 +320,7 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
         parts.append(f"<h3>Model randomisation ({escape(sanity['variant'])})</h3>")
         parts.append("<p>Spearman correlation of each class's sample template with the trained model's after each step; "
                      "a template that stays similar once the weights are random does not depend on what the model learned."
-                     f" Flagged (Spearman &ge; {sanity['flag_spearman']:g} to the end): "
+                     f" Flagged (|Spearman| &ge; {sanity['flag_spearman']:g} to the end): "
                      f"<strong>{escape(', '.join(sanity['flagged']) or 'none')}</strong>.</p>")
         rows = [[name, *[entry.get("spearman") for entry in entries]] for name, entries in sanity["similarity"].items()]
         parts.append(table(["class", *steps], rows, keys=[[None] + [f"sanity-{_slug(name)}-{i}" for i in range(len(steps))]
