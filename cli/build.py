@@ -8,6 +8,7 @@ import typer
 
 from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
 from heatmap_templates.analysis.strategy_search import add_strategies
+from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
@@ -16,7 +17,7 @@ from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, BuildSum
 from heatmap_templates.templates.members import INCLUDES
 from heatmap_templates.templates.normalisation import NORMALISATIONS
 from heatmap_templates.templates.registration import REGISTRATIONS
-from hmt_cli.choices import registry_option
+from hmt_cli.choices import head_option, labels_option, names, registry_option, uncertain_option
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -38,6 +39,11 @@ def build_templates_command(
     method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method when heatmaps must be computed"),
     score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "CAM score when heatmaps must be computed"),
     layer: str | None = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata (default --labels)."),
+    labels: str | None = labels_option(),
+    uncertain: str | None = uncertain_option(),
+    head: str | None = head_option(),
+    preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
     components: int = typer.Option(BuildConfig.n_components, "--components", min=1, help="Eigen-heatmaps kept per class."),
     bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
     median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),
@@ -65,15 +71,13 @@ def build_templates_command(
     )
     config.validate()  # before any heatmap is computed
     strategy_k = parse_k(strategies) if strategies is not None else None
-    if model is None and heatmaps is None or model is not None and data is None:
-        project = load_project(project_dir)
-        model = model or Path(project["model"])
-        data = data or Path(project["data"])
+    brought = {"classes": names(classes), "labels": names(labels), "uncertain": uncertain, "head": head, "preprocessing": preprocessing}
+    model, data = _model_and_data(model, data, heatmaps, project_dir, brought)
     if model is not None:
         assert data is not None  # given with the model, or the project's
         heatmaps = _extract_first(
             model, data, heatmaps, out, method=method, score=score, layer=layer,
-            batch_size=batch_size, unsafe_load=unsafe_load, scheduler=scheduler, as_json=as_json,
+            batch_size=batch_size, unsafe_load=unsafe_load, scheduler=scheduler, as_json=as_json, brought=brought,
         )
     assert heatmaps is not None  # given, extracted above, or the project's model was
     summary = build_templates(
@@ -100,15 +104,30 @@ def _check_class_choice(class_names: list[str], all_classes: bool) -> None:
         raise HmtError("use either --class or --all-classes, not both")
 
 
+def _model_and_data(model: Path | None, data: Path | None, heatmaps: Path | None, project_dir: Path,
+                    brought: dict) -> tuple[Path | None, Path | None]:
+    """MODEL and DATA, the last `hmt train`'s where needed; (None, None) to build from --heatmaps alone, which records
+    how its data set was read (so the options that say how, ``brought``, are refused there)."""
+    if model is None and heatmaps is None or model is not None and data is None:
+        project = load_project(project_dir)
+        return model or Path(project["model"]), data or Path(project["data"])
+    if model is None and any(value is not None for value in brought.values()):
+        given = ", ".join("--" + key for key, value in brought.items() if value is not None)
+        raise HmtError(f"{given}: say how MODEL and DATA are read; a store given alone (--heatmaps) records that itself")
+    return model, data
+
+
 def _extract_first(model: Path, data: Path, heatmaps: Path | None, out: Path, *, method: str, score: str,
-                   layer: str | None, batch_size: int, unsafe_load: bool, scheduler: str | None, as_json: bool) -> Path:
-    """Compute (or resume) the store the build reads (default: beside OUT), so nothing is computed twice; its path."""
+                   layer: str | None, batch_size: int, unsafe_load: bool, scheduler: str | None, as_json: bool,
+                   brought: dict) -> Path:
+    """Compute (or resume) the store the build reads (default: beside OUT), so nothing is computed twice; its path.
+    ``brought``: how to read the data set and a model without hmt metadata (classes, labels, uncertain, head, ...)."""
     from heatmap_templates.explain.heatmaps import default_store_path, extract_heatmaps
 
     heatmaps = heatmaps or default_store_path(model, method, score, out.parent)
     extraction = extract_heatmaps(
         model, data, heatmaps, method=method, score=score, layer=layer, batch_size=batch_size,
-        unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json), scheduler=scheduler,
+        unsafe_load=unsafe_load, command=command_line(), progress=progress_bar(as_json), scheduler=scheduler, **brought,
     )
     if not as_json:
         typer.echo(f"heatmaps: {heatmaps} ({extraction.computed} computed, {extraction.resumed} reused, {len(extraction.skipped)} skipped)")

@@ -1,10 +1,13 @@
-"""Options whose choices are a registry's names: help, completion and validation generated from the registry."""
+"""Options whose choices are a registry's names: help, completion and validation generated from the registry; and the
+options every command that reads a data set or a brought model shares (--labels, --uncertain, --head)."""
 from __future__ import annotations
 
 from typing import Any
 
 import typer
 
+from heatmap_templates.data.datasets import UNCERTAIN
+from heatmap_templates.model.heads import HEADS
 from heatmap_templates.registry import Registry
 
 
@@ -16,3 +19,31 @@ def registry_option(default: Any, flag: str, registry: Registry, lead: str) -> A
         return value if value is None else registry.check(value)
 
     return typer.Option(default, flag, help=registry.help_text(lead), autocompletion=registry.names, callback=check)
+
+
+def labels_option(recorded: bool = False) -> Any:
+    """--labels: a multi-label model's finding columns of a CSV manifest (``recorded``: default the store's record)."""
+    default = "the store's record, else " if recorded else ""
+    return typer.Option(None, "--labels", help="Comma-separated finding columns of a CSV manifest, in the model's output order "
+                                               "(1 positive, 0 negative, -1 uncertain, blank unknown; other columns ignored); "
+                                               f"default: {default}the columns named like the model's findings. A model "
+                                               "without hmt metadata takes them as its class names (--classes). Recorded.")
+
+
+def uncertain_option(recorded: bool = False) -> Any:
+    """--uncertain: the policy for uncertain (-1) findings of a multi-label data set."""
+    default = "the store's record, else " if recorded else ""
+    return registry_option(None, "--uncertain", UNCERTAIN, f"Uncertain findings (-1) (default: {default}the model's "
+                                                             "training policy, else ignore; recorded)")
+
+
+def head_option() -> Any:
+    """--head: the head kind of a model without hmt metadata, named instead of read from its output layer."""
+    return registry_option(None, "--head", HEADS, "Head kind, instead of the one read from the output layer: a linear "
+                                                  "output (logits) read as sigmoid or sigmoids is read through sigmoid "
+                                                  "(recorded)")
+
+
+def names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names (--classes, --labels), blanks dropped; None when not given."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]

@@ -12,7 +12,6 @@ from heatmap_templates.analysis.compare import (
     DEFAULT_BATCH_SIZE,
     Comparer,
     ComparisonRun,
-    collect_images,
     evaluate_templates,
 )
 from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
@@ -22,7 +21,7 @@ from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
 from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.templates.templates_file import save_check
-from hmt_cli.choices import registry_option
+from hmt_cli.choices import labels_option, names, registry_option, uncertain_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -51,17 +50,22 @@ def _table(run: ComparisonRun) -> list[str]:
 
 
 def _write_csv(run: ComparisonRun, path: Path) -> None:
-    """One row per image: the summary columns, then p_<class> and sim_<class> columns."""
+    """One row per image: the summary columns (``label`` too when a manifest gave true labels: a class, or the positive
+    findings joined by ';'), then p_<class> and sim_<class> columns."""
     fixed = ["path", "predicted", "best_match", "predicted_similarity", "predicted_correlation", "percentile_rank",
              "atypical_threshold", "atypical", "registration_method", "registration_quality", "lung_field_energy",
              "strategy", "strategy_similarity"]
+    if any(result.label is not None for result in run.results):
+        fixed.insert(1, "label")
     columns = fixed + [f"p_{name}" for name in run.class_names] + [f"sim_{name}" for name in run.template_classes]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for result in run.results:
         record = result.to_dict()
-        writer.writerow([("" if record[key] is None else record[key]) for key in fixed]
+        if isinstance(result.label, dict):
+            record["label"] = ";".join(name for name, value in result.label.items() if value == 1)
+        writer.writerow([("" if record.get(key) is None else record[key]) for key in fixed]
                         + [record["probabilities"][name] for name in run.class_names]
                         + [record["similarities"][name] for name in run.template_classes])
     write_text(path, buffer.getvalue())
@@ -88,7 +92,7 @@ def _draw(result: ImageComparison, out: Path, reference_image) -> Path:
 
 @app.command("compare")
 def compare_command(
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    images: list[Path] = typer.Argument(..., help="Image files, folders (searched recursively) and/or CSV manifests (their images, with each one's true label)."),
     templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (default: the one the templates were built with)."),
@@ -100,16 +104,19 @@ def compare_command(
     figure: Path | None = typer.Option(None, "--figure", help="Figure of image, heatmap, template and difference: a .png for one image (the first), or a folder for one per image."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
+    labels: str | None = labels_option(recorded=True),
+    uncertain: str | None = uncertain_option(recorded=True),
 ) -> None:
     """Score images against the class templates: predicted class, similarity with each template,
-    best-matching template, and whether the predicted class's heatmap is atypical.
+    best-matching template, and whether the predicted class's heatmap is atypical. A CSV manifest's images
+    are scored with their true labels (read as the templates' store read its data set, or with --labels).
 
     Example: hmt compare new_xray.png more_xrays/ --templates templates_out/templates.h5 --csv scores.csv
     """
     comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, threshold=threshold,
                         unsafe_load=unsafe_load)
     skip_log = SkipLog()
-    paths = collect_images(images, skip_log)
+    paths, truths = comparer.collect(images, skip_log, labels=names(labels), uncertain=uncertain)
     target, one_per_image = _figure_target(figure, len(paths) > 1) if figure is not None else (None, False)
     results: list[ImageComparison] = []
     figures: list[Path] = []
@@ -119,6 +126,7 @@ def compare_command(
             out = target / f"{result.position:05d}_{Path(result.path).stem}.png" if one_per_image else target
             figures.append(_draw(result, out, comparer.file.reference_image))
         result.maps = None  # drawn (or not wanted): do not keep every map of a large folder
+        result.label = truths[result.position]
         results.append(result)
     run = comparer.run_record(results, skip_log.problems)
     if not results:
@@ -160,6 +168,8 @@ def evaluate_templates_command(
     deletion_sample: int = typer.Option(DEFAULT_SAMPLE, "--deletion-sample", min=1, help="Images in the deletion test (evenly spaced over the set)."),
     annotations: Path | None = typer.Option(None, "--annotations", help="Where the findings are: a folder of masks (same relative path as each image, .png) or a CSV of boxes path,label,x,y,width,height; scores each correct image's map and each template."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random ranking and the imputation noise."),
+    labels: str | None = labels_option(recorded=True),
+    uncertain: str | None = uncertain_option(recorded=True),
 ) -> None:
     """Measure what templates are worth on a labelled set: template-match accuracy, whether an
     atypical heatmap predicts a wrong answer (ROC AUC), and lung-field energy per class; with
@@ -171,7 +181,8 @@ def evaluate_templates_command(
     report = evaluate_templates(templates, data, model=model, similarity=similarity, atypical_percentile=atypical_percentile,
                                 split=split, batch_size=batch_size, unsafe_load=unsafe_load,
                                 progress=progress_bar(as_json), faithfulness=faithfulness, removal=removal,
-                                deletion_sample=deletion_sample, annotations=annotations, seed=seed)
+                                deletion_sample=deletion_sample, annotations=annotations, seed=seed,
+                                labels=names(labels), uncertain=uncertain)
     if report.faithfulness is not None:
         save_check(templates, "faithfulness", report.faithfulness | {"data": str(data)}, command=command_line())
     if report.localisation is not None:

@@ -12,7 +12,7 @@ from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.explain.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD
-from hmt_cli.choices import registry_option
+from hmt_cli.choices import head_option, labels_option, names, registry_option, uncertain_option
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -28,7 +28,10 @@ def heatmaps(
     layer: str | None = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (recorded; a resume must keep it)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata)."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata; default --labels)."),
+    labels: str | None = labels_option(),
+    uncertain: str | None = uncertain_option(),
+    head: str | None = head_option(),
     preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
     intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
@@ -51,11 +54,15 @@ def heatmaps(
 
     Example: hmt heatmaps templates_out/model.keras data/ --out templates_out/heatmaps.h5
     (on a cluster: add --scheduler tcp://scheduler:8786; see docs/cluster.md)
+
+    Your own multi-label model and a CheXpert-style CSV: hmt heatmaps chexnet.h5 train.csv --labels Edema,Consolidation
+    --head sigmoids (--head only when its output layer is linear: logits)
     """
     summary = extract_heatmaps(
         model, data, out,
         method=method, score=score, layer=layer, threshold=threshold, batch_size=batch_size,
-        classes=[c.strip() for c in classes.split(",")] if classes else None, preprocessing=preprocessing, intensity=intensity,
+        classes=names(classes), preprocessing=preprocessing, intensity=intensity,
+        head=head, labels=names(labels), uncertain=uncertain,
         unsafe_load=unsafe_load, max_pixels=max_pixels, strict=strict, mixed_precision=mixed_precision,
         command=command_line(),
         progress=progress_bar(as_json), scheduler=scheduler,

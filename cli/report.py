@@ -10,7 +10,7 @@ from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITI
 from heatmap_templates.present.figures import DEFAULT_CMAP
 from heatmap_templates.present.report import DEFAULT_GALLERY_SIZE, write_report
 from heatmap_templates.templates.build import DEFAULT_OUT
-from hmt_cli.choices import registry_option
+from hmt_cli.choices import labels_option, names, registry_option, uncertain_option
 from hmt_cli.main import app
 from hmt_cli.progress import progress_bar
 
@@ -20,7 +20,9 @@ def report_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
     out: Path = typer.Option(Path("templates_out/report"), "--out", "-o", help="Folder of the report (replaced when it holds an earlier report)."),
     heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from (default: the one the file records)."),
-    data: Path | None = typer.Option(None, "--data", help="Labelled image folder: evaluate the model and the templates on it for the overview (needs the model)."),
+    data: Path | None = typer.Option(None, "--data", help="Labelled image folder or CSV manifest: evaluate the model and the templates on it for the overview (needs the model)."),
+    labels: str | None = labels_option(recorded=True),
+    uncertain: str | None = uncertain_option(recorded=True),
     single_file: bool = typer.Option(False, "--single-file", help="Embed every image in index.html: one file to send."),
     gallery: int = typer.Option(DEFAULT_GALLERY_SIZE, "--gallery", min=0, help="Thumbnails per gallery (typical, atypical, misclassified) and class."),
     similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity of an image's map to a template"),
@@ -35,7 +37,8 @@ def report_command(
     Example: hmt report templates_out/templates.h5 --out templates_out/report --single-file
     """
     summary = write_report(templates, out, heatmaps=heatmaps, data=data, single_file=single_file, gallery_size=gallery,
-                           similarity=similarity, cmap=cmap, progress=progress_bar(as_json))
+                           similarity=similarity, cmap=cmap, progress=progress_bar(as_json), labels=names(labels),
+                           uncertain=uncertain)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

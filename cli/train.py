@@ -22,7 +22,7 @@ from heatmap_templates.model.training import train as train_model
 from heatmap_templates.model.training_files import save_training_outputs
 from heatmap_templates.present.figures import confusion_matrix_figure, training_figures
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
-from hmt_cli.choices import registry_option
+from hmt_cli.choices import head_option, labels_option, names, registry_option, uncertain_option
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
 from hmt_cli.progress import progress_bar
@@ -197,7 +197,10 @@ def evaluate(
     model: Path | None = typer.Argument(None, help="Model file (.keras; default: the one the last `hmt train` recorded)."),
     data: Path | None = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
     split: str = typer.Option(DEFAULT_SPLIT, "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata (default --labels)."),
+    labels: str | None = labels_option(),
+    uncertain: str | None = uncertain_option(),
+    head: str | None = head_option(),
     preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
     intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
@@ -212,7 +215,9 @@ def evaluate(
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix, one-vs-rest ROC AUC and covid / normal binary readings.
 
-    Works for any Keras classifier given its class names (--classes) when it has no hmt metadata.
+    Works for any Keras classifier given its class names (--classes) when it has no hmt metadata; a multi-label one
+    reads the CSV columns --labels names (per-finding AUC, unknown findings left out). Such a model records no split:
+    the CSV's split column chooses --split's images, or every image is evaluated when there is none.
 
     Example: hmt evaluate templates_out/model.keras data/phantom --split test --out templates_out/eval
     """
@@ -220,9 +225,9 @@ def evaluate(
         project = load_project(project_dir)
         model = model or Path(project["model"])
         data = data or Path(project["data"])
-    class_list = classes.split(",") if classes else None
-    keras_model, info = load_model(model, unsafe=unsafe_load, classes=class_list, preprocessing=preprocessing, intensity=intensity)
-    dataset = load_dataset_for(info, data, patient_regex=patient_regex, strict=strict)
+    keras_model, info = load_model(model, unsafe=unsafe_load, classes=names(classes), preprocessing=preprocessing, intensity=intensity,
+                                   head=head, labels=names(labels))
+    dataset = load_dataset_for(info, data, labels=names(labels), uncertain=uncertain, patient_regex=patient_regex, strict=strict)
     result = evaluate_model(keras_model, info, dataset, split=split, batch_size=batch_size, threshold=threshold, strict=strict,
                             progress=progress_bar(as_json))
     output = {"model": str(model), "data": str(data), **result.to_dict()}

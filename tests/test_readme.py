@@ -68,6 +68,8 @@ README_CHOICES = {
     "--similarity": "heatmap_templates.analysis.similarity:SIMILARITIES",
     "--preprocessing": "heatmap_templates.data.preprocess:PREPROCESSING",
     "--schedule": "heatmap_templates.model.recipe:SCHEDULES",
+    "--head": "heatmap_templates.model.heads:HEADS",
+    "--uncertain": "heatmap_templates.data.datasets:UNCERTAIN",
 }
 _CHOICE_LIST = re.compile(r"`(--[a-z-]+) ([a-z0-9+_-]+(?:\|[a-z0-9+_-]+)+)`")
 

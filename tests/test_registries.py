@@ -22,7 +22,7 @@ from heatmap_templates.explain.cam import CamEngine
 from heatmap_templates.explain.cam_methods import METHODS
 from heatmap_templates.explain.scores import SCORES
 from heatmap_templates.model.backbones import BACKBONES
-from heatmap_templates.model.heads import HEADS, detect_head, probabilities_of
+from heatmap_templates.model.heads import HEADS, detect_head, probabilities_of, reads_logits
 from heatmap_templates.model.recipe import SCHEDULES
 from heatmap_templates.registry import Registry
 from heatmap_templates.synth import LESIONS, SHORTCUTS, render_phantom
@@ -44,6 +44,8 @@ CLI_CHOICES = [
     (["compare", "x.png"], "--similarity", SIMILARITIES),
     (["train", "data"], "--backbone", BACKBONES),
     (["evaluate", "m.keras", "data"], "--preprocessing", PREPROCESSING),
+    (["heatmaps", "m.keras", "data"], "--head", HEADS),
+    (["heatmaps", "m.keras", "data"], "--uncertain", UNCERTAIN),
     (["train", "data"], "--schedule", SCHEDULES),
     (["train", "data"], "--uncertain", UNCERTAIN),
     (["train", "data"], "--intensity", INTENSITIES),
@@ -170,12 +172,13 @@ def test_statistic_merge_of_halves_equals_one_pass_and_its_state_restores(name: 
 # --------------------------------------------------------------------------- head kinds and scores
 
 
-def _model_with_head(head: str) -> keras.Model:
-    """A tiny CNN whose output layer is of the given head kind (3 classes, or one output for ``sigmoid``)."""
+def _model_with_head(head: str, *, logits: bool = False) -> keras.Model:
+    """A tiny CNN whose output layer is of the given head kind (3 classes, or one output for ``sigmoid``); ``logits``:
+    the same weights with a linear output layer."""
     inputs = keras.Input((12, 12, 1))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs))
     units = 1 if head == "sigmoid" else 3
-    activation = {"softmax": "softmax", "linear": None, "sigmoid": "sigmoid", "sigmoids": "sigmoid"}[head]
+    activation = None if logits else {"softmax": "softmax", "linear": None, "sigmoid": "sigmoid", "sigmoids": "sigmoid"}[head]
     model = keras.Model(inputs, keras.layers.Dense(units, activation=activation, name="out")(features))
     rng = np.random.default_rng(3)
     model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
@@ -211,6 +214,25 @@ def test_every_score_explains_every_class_of_every_head(score: str, head: str) -
     assert np.isfinite(result.raw).all() and result.raw.min() >= 0
     one = engine(images, np.full(4, classes - 1))
     np.testing.assert_allclose(one.raw, result.raw[:, classes - 1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("score", SCORES.names())
+@pytest.mark.parametrize("head", HEADS.names())
+def test_every_head_named_on_a_linear_output_reads_its_logits_like_its_own_output_layer(score: str, head: str) -> None:
+    """--head: the logits of a linear output read as any head kind give the probabilities and maps of the model whose
+    output layer applies that kind's activation (the same weights)."""
+    if SCORES[score].refuses_multi_label is not None and HEADS[head].multi_label:
+        return  # refused for this head whatever its output layer (the test above)
+    logits_model, own = _model_with_head(head, logits=True), _model_with_head(head)
+    named = CamEngine(logits_model, "conv", "gradcam", score, head=head)
+    assert named.head == detect_head(logits_model, head) and (named.head == head or HEADS[named.head].outputs_are_logits)
+    images = np.random.default_rng(6).uniform(0, 1, (3, 12, 12, 1)).astype(np.float32)
+    expected, result = CamEngine(own, "conv", "gradcam", score).all_classes(images), named.all_classes(images)
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.raw, expected.raw, rtol=1e-4, atol=1e-6)
+    outputs = logits_model.predict_on_batch(images)
+    np.testing.assert_allclose(probabilities_of(outputs, named.head, from_logits=reads_logits(logits_model, named.head)),
+                               expected.probabilities, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- preprocessing modes

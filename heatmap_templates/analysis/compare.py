@@ -132,9 +132,11 @@ class Comparer(TemplateScorer):
             raise BadFileError(model_path, f"is not the model that {display_path(self.file.path)} was built with "
                                            f"(sha256 {sha[:12]} vs {settings.model_sha256[:12]})")
         # The same file (by content hash) has the same classes; a model without hmt metadata gets the
-        # recorded class names, which load_model checks against its output size.
-        self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=None if _has_info(model_path) else self.class_names,
-                                           preprocessing=settings.preprocessing)
+        # recorded class names (which load_model checks against its output size), pixel scaling and head kind.
+        brought = not _has_info(model_path)
+        self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=self.class_names if brought else None,
+                                           preprocessing=settings.preprocessing, intensity=settings.intensity if brought else None,
+                                           head=settings.head)
         self.model_path = model_path
         self.engine = engine_for(settings, self.model, self.info, threshold=threshold)
         self.multi_label = HEADS[self.engine.head].multi_label
@@ -165,12 +167,49 @@ class Comparer(TemplateScorer):
             progress.finish()
 
     def compare(self, inputs: Sequence[str | os.PathLike], *, batch_size: int = DEFAULT_BATCH_SIZE, keep_maps: bool = False,
-                strict: bool = False, progress: Progress | None = None) -> ComparisonRun:
-        """Score files and folders (searched recursively); see :meth:`iter_results`."""
+                strict: bool = False, progress: Progress | None = None, labels: Sequence[str] | None = None,
+                uncertain: str | None = None) -> ComparisonRun:
+        """Score files, folders (searched recursively) and CSV manifests (:meth:`collect`); see :meth:`iter_results`."""
         skip_log = SkipLog(strict)
-        paths = collect_images(inputs, skip_log)
+        paths, truths = self.collect(inputs, skip_log, labels=labels, uncertain=uncertain)
         results = list(self.iter_results(paths, skip_log=skip_log, batch_size=batch_size, keep_maps=keep_maps, progress=progress))
+        for result in results:
+            result.label = truths[result.position]
         return self.run_record(results, skip_log.problems)
+
+    def load_dataset(self, data: str | os.PathLike, *, labels: Sequence[str] | None = None, uncertain: str | None = None,
+                     strict: bool = False) -> Dataset:
+        """A labelled data set read as the templates' store read its own: ``labels`` and ``uncertain`` given, else those
+        recorded, else the model's own (:func:`~heatmap_templates.model.evaluation.load_dataset_for`)."""
+        from heatmap_templates.model.evaluation import load_dataset_for
+
+        settings = self.file.settings
+        return load_dataset_for(self.info, data, labels=labels if labels is not None else settings.labels,
+                                uncertain=uncertain if uncertain is not None else settings.uncertain, strict=strict)
+
+    def collect(self, inputs: Sequence[str | os.PathLike], skip_log: SkipLog, *, labels: Sequence[str] | None = None,
+                uncertain: str | None = None) -> tuple[list[Path], list[str | dict[str, int] | None]]:
+        """The image files of ``inputs`` (:func:`collect_images`; a ``.csv`` is a manifest, read by :meth:`load_dataset`,
+        whose rows are images) and each one's true label: a class name, a multi-label image's findings (1 / 0 / -1
+        unknown by name), or None for an image outside a manifest."""
+        paths: list[Path] = []
+        truths: list[str | dict[str, int] | None] = []
+        manifests = [Path(item) for item in inputs if Path(item).suffix.lower() == ".csv" and Path(item).is_file()]
+        if (labels is not None or uncertain is not None) and not manifests:
+            raise HmtError("$labels and $uncertain read a CSV manifest; none is among the inputs", parameters=("labels", "uncertain"))
+        for item in inputs:
+            if Path(item) in manifests:
+                dataset = self.load_dataset(item, labels=labels, uncertain=uncertain, strict=skip_log.strict)
+                for problem in dataset.problems:
+                    skip_log.add(problem.path, problem.reason)
+                paths += [sample.path for sample in dataset.samples]
+                truths += [sample.label if sample.findings is None else dict(zip(dataset.class_names, sample.findings, strict=True))
+                           for sample in dataset.samples]
+            else:
+                found = collect_images([item], skip_log)
+                paths += found
+                truths += [None] * len(found)
+        return paths, truths
 
     def run_record(self, results: list[ImageComparison], skipped: list[Problem]) -> ComparisonRun:
         """Wrap results with this comparer's settings."""
@@ -305,8 +344,12 @@ def evaluate_templates(
     deletion_sample: int = 100,
     annotations: str | os.PathLike | None = None,
     seed: int = 0,
+    labels: Sequence[str] | None = None,
+    uncertain: str | None = None,
 ) -> TemplateEvaluation:
     """Score a labelled set (class folders or CSV; ``split`` keeps one split of a CSV) against the templates.
+    A multi-label model's CSV is read with ``labels`` and ``uncertain`` given, else as the store recorded
+    (:meth:`Comparer.load_dataset`).
 
     Reports template-match accuracy (best-matching template == true class), the ROC AUC of the
     predicted class's similarity for separating correct from misclassified images, lung-field
@@ -316,27 +359,27 @@ def evaluate_templates(
     ``deletion_sample`` images; with ``annotations`` (a mask folder or a box CSV), localisation of each
     correctly classified image's map and of each template (:mod:`heatmap_templates.analysis.annotations`).
     """
-    from heatmap_templates.model.evaluation import check_labels_fit, load_dataset_for
+    from heatmap_templates.model.evaluation import check_labels_fit
 
     comparer = Comparer(templates, model=model, similarity=similarity, atypical_percentile=atypical_percentile, unsafe_load=unsafe_load)
     objective = Objective(comparer.engine.head, comparer.class_names, comparer.info.negatives)
-    dataset = load_dataset_for(comparer.info, data)
+    dataset = comparer.load_dataset(data, labels=labels, uncertain=uncertain)
     check_labels_fit(objective, dataset)
     samples = _split_samples(dataset, split, data)
     skip_log = SkipLog(False, dataset.problems)
     found = None if annotations is None else _read_annotations(annotations, comparer, dataset, samples, data)
     results, image_scores = _score_images(comparer, samples, found, data, skip_log=skip_log, batch_size=batch_size,
                                           progress=progress)
-    labels = objective.labels([samples[r.position] for r in results])
+    targets = objective.labels([samples[r.position] for r in results])
     truths = [{name for name, value in zip(comparer.class_names, row, strict=True) if value == 1} if objective.multi_label
-              else comparer.class_names[int(row)] for row in labels]
+              else comparer.class_names[int(row)] for row in targets]
     probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
     scored = [(r, truth) for r, truth in zip(results, truths, strict=True) if r.predicted_similarity is not None]
     scored_similarities = [r.predicted_similarity for r, _ in scored if r.predicted_similarity is not None]
     energy = _energy_report(comparer, results, truths)
     deletion = None
     if faithfulness:
-        deletion = _deletion_curves(comparer, [samples[r.position] for r in results], labels, objective.multi_label,
+        deletion = _deletion_curves(comparer, [samples[r.position] for r in results], targets, objective.multi_label,
                                     sample=deletion_sample, removal=removal, seed=seed, batch_size=batch_size,
                                     progress=progress)
     localisation = None if found is None else _localisation(comparer, found, image_scores)
@@ -354,7 +397,7 @@ def evaluate_templates(
         lung_field_energy=energy,
         faithfulness=deletion,
         localisation=localisation,
-        classification=objective.report(probabilities, labels, comparer.engine.threshold),
+        classification=objective.report(probabilities, targets, comparer.engine.threshold),
         skipped=skip_log.problems,
     )
 

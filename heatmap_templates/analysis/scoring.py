@@ -93,10 +93,12 @@ class ImageComparison:
     strategy: int | None = None  # the predicted class's strategy (1-based) whose prototype the map resembles most
     strategy_similarity: float | None = None
     registration_matrix: tuple[float, ...] | None = None  # image -> reference (2, 3), row-major (not in to_dict)
+    label: str | dict[str, int] | None = None  # true class, or findings (1 / 0 / -1 unknown), of an image from a manifest
 
     def to_dict(self) -> dict:
         return {
             "path": self.path,
+            **({} if self.label is None else {"label": self.label}),
             "predicted": self.predicted,
             "probabilities": {name: round(value, 6) for name, value in self.probabilities.items()},
             "similarities": {name: round(value, 6) for name, value in self.similarities.items()},

@@ -37,7 +37,7 @@ import tensorflow as tf
 from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS, Inputs, MaskedScores
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, check_threshold, detect_head
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, check_threshold, detect_head, reads_logits
 from heatmap_templates.model.layers import default_cam_layer, output_layer, output_rank, resolve_layer
 
 PREDICTED = "predicted"
@@ -150,7 +150,7 @@ class CamEngine:
         self.model = model
         self.method = method
         self.score = score
-        self.head = HEADS.check(head) if head is not None else detect_head(model)
+        self.head = detect_head(model, HEADS.check(head) if head is not None else None)
         self.threshold = check_threshold(threshold)
         self._score.check(self.head)
         if layer is None:
@@ -161,7 +161,9 @@ class CamEngine:
         if output_rank(self._layer) != 4:
             raise HmtError(f"layer '{self.layer}' does not have a 4-D (N, h, w, C) output; pick a convolutional layer")
         self._output_layer = output_layer(model)
-        self._captures_logits = not HEADS[self.head].outputs_are_logits
+        # A linear output read as sigmoid(s) (a named head): its outputs are the logits, activated here.
+        self._activates_outputs = reads_logits(model, self.head)
+        self._captures_logits = not HEADS[self.head].outputs_are_logits and not self._activates_outputs
         self.num_classes = HEADS[self.head].class_count(int(model.outputs[0].shape[-1]))
         self._masked_chunk = scorecam_chunk  # handed to a MASKED_SCORES method, which owns its default
         self.trace_count = 0
@@ -226,7 +228,11 @@ class CamEngine:
 
     def _probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
         """Model outputs as class probabilities (N, K), as the head kind says."""
-        return HEADS[self.head].probabilities(tf.cast(outputs, tf.float32))
+        return HEADS[self.head].probabilities(self._activated(tf.cast(outputs, tf.float32)))
+
+    def _activated(self, outputs: tf.Tensor) -> tf.Tensor:
+        """The head's outputs: the model's, or, for logits read through a named head, that head's activation of them."""
+        return HEADS[self.head].activate(outputs) if self._activates_outputs else outputs
 
     def _predicted(self, probabilities: tf.Tensor) -> tf.Tensor:
         """The predicted class of each image (N,) int32: the head's decision at the threshold; for a multi-label
@@ -282,8 +288,8 @@ class CamEngine:
             runs = len(record["activations"])
             raise HmtError(f"layer '{self.layer}' ran {runs} times in one forward pass; pick a layer used once")
         outputs = tf.cast(outputs, tf.float32)
-        logits = tf.cast(record["logits"][0], tf.float32) if record["logits"] else outputs
-        chosen = self._score(logits, outputs, self.head)
+        logits = tf.cast(record["logits"][0], tf.float32) if record["logits"] else outputs  # no capture: outputs are logits
+        chosen = self._score(logits, self._activated(outputs), self.head)
         return record["activations"][0], self._probabilities(outputs), chosen
 
     def _gradient_cam(self, tape: tf.GradientTape, score: tf.Tensor, activations: tf.Tensor) -> tf.Tensor:

@@ -162,12 +162,15 @@ def default_store_path(model_path: str | os.PathLike, method: str, score: str, f
     return Path(folder) / f"heatmaps_{model_sha256(model_path)[:12]}_{method}_{score}.h5"
 
 
-def heatmap_settings(model_path: str | os.PathLike, info, engine) -> HeatmapSettings:
+def heatmap_settings(model_path: str | os.PathLike, info, engine, *, labels: Sequence[str] | None = None,
+                     uncertain: str | None = None) -> HeatmapSettings:
     """The settings a heatmap store records: a store made with other identity settings is refused.
 
     ``mixed_precision`` is not part of the identity that templates check (``HeatmapSettings.identity()``:
     float16 maps agree with float32 ones to a correlation of 0.99 or more), but a resume may not switch it
-    (``identity(resume=True)``), so the store's record is true of every image in it.
+    (``identity(resume=True)``), so the store's record is true of every image in it. ``labels`` and ``uncertain``
+    (how a multi-label model's data set was read, :func:`~heatmap_templates.model.evaluation.load_dataset_for`) are
+    recorded as given, so later commands read data sets the same way.
     """
     return HeatmapSettings(
         model_sha256=model_sha256(model_path),
@@ -184,6 +187,8 @@ def heatmap_settings(model_path: str | os.PathLike, info, engine) -> HeatmapSett
         head=engine.head,
         threshold=engine.threshold,
         mixed_precision=bool(engine.mixed_precision),
+        labels=None if labels is None else tuple(name.strip() for name in labels),
+        uncertain=uncertain,
     )
 
 
@@ -352,6 +357,7 @@ class ExtractJob:
     mixed_precision: bool
     batch_size: int
     max_pixels: int
+    head: str | None = None  # the head kind the run read the model with (named or read from its output layer)
 
 
 _WORKER_ENGINES: dict[ExtractJob, tuple] = {}  # per worker process: each job's model is loaded once
@@ -367,7 +373,7 @@ def _worker_engine(job: ExtractJob) -> tuple:
             if model_sha256(job.model_path) != job.model_sha256:
                 raise BadFileError(job.model_path, "the model file on this worker differs from the one the run started with")
             model, info = load_model(job.model_path, unsafe=job.unsafe_load, classes=job.classes,
-                                     preprocessing=job.preprocessing, intensity=job.intensity)
+                                     preprocessing=job.preprocessing, intensity=job.intensity, head=job.head)
             # the choice the run made, given whole: the same engine as the one that started it
             engine = engine_for(None, model, info, layer=job.layer, method=job.method, score=job.score,
                                 threshold=job.threshold, mixed_precision=job.mixed_precision)
@@ -430,6 +436,9 @@ def extract_heatmaps(
     classes: Sequence[str] | None = None,
     preprocessing: str | None = None,
     intensity: str | None = None,
+    head: str | None = None,
+    labels: Sequence[str] | None = None,
+    uncertain: str | None = None,
     unsafe_load: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,
@@ -440,8 +449,12 @@ def extract_heatmaps(
 ) -> ExtractionSummary:
     """Path-based :func:`extract`: load the model, build the engine and the store writer, run.
 
-    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; ``classes``,
-    ``preprocessing`` and ``intensity`` describe a model without hmt metadata. ``method``, ``score``, ``layer`` and
+    ``data`` is a class-folder root, a CSV manifest or a loaded :class:`Dataset`; ``classes`` (default: ``labels``),
+    ``preprocessing`` and ``intensity`` describe a model without hmt metadata, ``head`` names its head kind (a linear
+    output read as independent sigmoids: :func:`heatmap_templates.model.heads.head_kind`). ``labels`` (a multi-label
+    model's finding columns of a CSV, in its output order) and ``uncertain`` (the policy for -1 cells) say how a
+    multi-label data set is read (:func:`~heatmap_templates.model.evaluation.load_dataset_for`); both are recorded.
+    ``method``, ``score``, ``layer`` and
     ``threshold`` not given are the defaults (:func:`heatmap_templates.explain.engine_choice.engine_for`: the model's
     CAM layer, ``gradcam``, ``logit``, 0.5). ``mixed_precision``
     runs the network in float16 (faster on GPUs with tensor cores, slower on CPUs) and is recorded.
@@ -453,21 +466,22 @@ def extract_heatmaps(
 
     if batch_size < 1:
         raise HmtError(f"batch size must be at least 1, got {batch_size}")
-    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes, preprocessing=preprocessing, intensity=intensity)
+    model, info = load_model(model_path, unsafe=unsafe_load, classes=classes, preprocessing=preprocessing, intensity=intensity,
+                             head=head, labels=labels)
     if layer is None and info.cam_layer is None:
         raise BadFileError(model_path, "the model has no convolutional layer (no 4-D output) to compute a CAM on")
     # Nothing is recorded yet (a resume with other settings is refused by the writer): given, else the default.
     engine = engine_for(None, model, info, layer=layer, method=method, score=score, threshold=threshold,
                         mixed_precision=mixed_precision)
-    dataset = data if isinstance(data, Dataset) else load_dataset_for(info, data, strict=strict)
-    settings = heatmap_settings(model_path, info, engine)
+    dataset = data if isinstance(data, Dataset) else load_dataset_for(info, data, labels=labels, uncertain=uncertain, strict=strict)
+    settings = heatmap_settings(model_path, info, engine, labels=labels, uncertain=uncertain)
     writer = HeatmapWriter(out, settings, command=command)
     if scheduler is None:
         return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,
                        progress=progress)
-    job = ExtractJob(str(Path(model_path).resolve()), settings.model_sha256, tuple(classes) if classes else None,
+    job = ExtractJob(str(Path(model_path).resolve()), settings.model_sha256, tuple(info.class_names),
                      preprocessing, intensity, unsafe_load, engine.layer, engine.method, engine.score, engine.threshold,
-                     bool(engine.mixed_precision), batch_size, max_pixels)
+                     bool(engine.mixed_precision), batch_size, max_pixels, engine.head)
     executor = executor_for(scheduler)
     try:
         return extract(engine, info, dataset, writer, batch_size=batch_size, max_pixels=max_pixels, strict=strict,

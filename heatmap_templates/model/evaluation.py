@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from heatmap_templates.data.datasets import (
     DEFAULT_UNCERTAIN,
     SPLIT_NAMES,
     Dataset,
+    Sample,
     dataset_fingerprint,
     load_dataset,
     relative_path,
@@ -27,7 +28,7 @@ from heatmap_templates.data.disk_arrays import DiskArray
 from heatmap_templates.data.preprocess import load_images, to_model_input
 from heatmap_templates.errors import HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.files import write_text
-from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, predicted_classes, probabilities_of
+from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, predicted_classes, probabilities_of, reads_logits
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.model.objectives import Objective
 from heatmap_templates.progress import NullProgress, Progress
@@ -61,14 +62,34 @@ class EvaluationResult:
         }
 
 
-def load_dataset_for(info: ModelInfo, source: str | os.PathLike, *, patient_regex: str | None = None,
-                     strict: bool = False) -> Dataset:
-    """A data set labelled as the model's labels are: a multi-label model reads its findings' columns of a CSV
-    manifest (with the uncertain-label policy it was trained with); any other model reads classes."""
-    if HEADS[info.head_kind].multi_label:
-        return load_dataset(source, labels=info.class_names, uncertain=info.training.get("uncertain", DEFAULT_UNCERTAIN),
-                            patient_regex=patient_regex, strict=strict)
-    return load_dataset(source, patient_regex=patient_regex, strict=strict)
+def load_dataset_for(info: ModelInfo, source: str | os.PathLike, *, labels: Sequence[str] | None = None,
+                     uncertain: str | None = None, patient_regex: str | None = None, strict: bool = False) -> Dataset:
+    """A data set labelled as the model's labels are: a multi-label model reads its findings from the columns of a CSV
+    manifest named ``labels`` (in its output order; default: named like its findings) with the ``uncertain``-label
+    policy (default: the one it was trained with, else ``ignore``), the data set's findings named as the model's;
+    any other model reads classes (and refuses ``labels`` and ``uncertain``)."""
+    if not HEADS[info.head_kind].multi_label:
+        if labels is not None or uncertain is not None:
+            raise HmtError(f"$labels and $uncertain read the findings of a multi-label model; this model's head is "
+                           f"{info.head_kind} (one class per image; a linear output meant as independent sigmoids is "
+                           "read as such with $head sigmoids)", parameters=("labels", "uncertain", "head"))
+        return load_dataset(source, patient_regex=patient_regex, strict=strict)
+    columns = [name.strip() for name in labels] if labels is not None else list(info.class_names)
+    if len(columns) != len(info.class_names):
+        raise HmtError(f"$labels names {len(columns)} finding columns; the model has {len(info.class_names)} outputs "
+                       f"({', '.join(info.class_names)})", parameters=("labels",))
+    policy = uncertain if uncertain is not None else info.training.get("uncertain", DEFAULT_UNCERTAIN)
+    dataset = load_dataset(source, labels=columns, uncertain=policy, patient_regex=patient_regex, strict=strict)
+    return _named_as_model(dataset, list(info.class_names))
+
+
+def _named_as_model(dataset: Dataset, names: list[str]) -> Dataset:
+    """A multi-label data set whose findings (columns in the model's output order) carry the model's finding names."""
+    if list(dataset.class_names) == names:
+        return dataset
+    renamed = dict(zip(dataset.class_names, names, strict=True))
+    samples = [replace(sample, label=renamed.get(sample.label, sample.label)) for sample in dataset.samples]
+    return replace(dataset, samples=samples, class_names=names)
 
 
 def model_input(images: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -99,7 +120,7 @@ def predict_probabilities(model, info: ModelInfo, images: np.ndarray | DiskArray
     values = np.concatenate(outputs)
     if not np.all(np.isfinite(values)):
         raise HmtError("the model produced non-finite outputs (NaN or infinity)")
-    probabilities = probabilities_of(values, info.head_kind)
+    probabilities = probabilities_of(values, info.head_kind, from_logits=reads_logits(model, info.head_kind))
     if probabilities.ndim != 2 or probabilities.shape[1] != len(info.class_names):
         raise HmtError(f"the model outputs shape {values.shape[1:]}, expected scores of {len(info.class_names)} classes")
     return probabilities
@@ -110,7 +131,8 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     """Classification report of ``model`` on ``dataset`` (per finding for a multi-label model).
 
     ``split`` (test, val, train) selects the images of that split recorded in the model's metadata,
-    but only when ``dataset`` is the data set the model was trained on (same fingerprint);
+    but only when ``dataset`` is the data set the model was trained on (same fingerprint); a model that records no
+    split (one hmt did not train) takes that split from a CSV ``split`` column when the data set has one;
     otherwise, and for ``all``, every image is evaluated and a note says so. ``threshold`` decides
     a one-output or multi-label model's predictions. A one-against-the-rest model (``TrainConfig.binary``)
     counts the data set's other classes as its negative class.
@@ -119,17 +141,7 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
         raise HmtError(f"unknown split {split!r}; choose test, val, train or all")
     objective = Objective(info.head_kind, info.class_names, info.negatives)
     check_labels_fit(objective, dataset)
-    notes: list[str] = []
-    samples = list(dataset.samples)
-    used = "all"
-    if split != "all":
-        if info.split.get(split) is not None and info.dataset_fingerprint == dataset_fingerprint(dataset):
-            wanted = set(info.split[split])
-            samples = [s for s in samples if relative_path(s, dataset.root) in wanted]
-            used = split
-        else:
-            notes.append(f"DATA is not the data set this model was trained on (or the model records no split): "
-                         f"evaluating all {len(samples)} images instead of the {split} split")
+    samples, used, notes = _evaluated_samples(info, dataset, split)
     if not samples:
         raise HmtError(f"{display_path(dataset.root)}: the {split} split has no images")
     skip_log = SkipLog(strict, dataset.problems)
@@ -142,6 +154,22 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     return EvaluationResult(report=report, split=used, requested_split=split, problems=skip_log.problems, notes=notes,
                             paths=[display_path(s.path) for s in kept], labels=labels, probabilities=probabilities,
                             predicted=predicted_classes(probabilities, objective.head, threshold))
+
+
+def _evaluated_samples(info: ModelInfo, dataset: Dataset, split: str) -> tuple[list[Sample], str, list[str]]:
+    """(samples, split used, notes): the model's recorded ``split`` of its own data set; for a model that records no
+    split (one hmt did not train) the rows of a CSV ``split`` column; otherwise every image, with a note."""
+    samples = list(dataset.samples)
+    if split == "all":
+        return samples, "all", []
+    if info.split.get(split) is not None and info.dataset_fingerprint == dataset_fingerprint(dataset):
+        wanted = set(info.split[split])
+        return [s for s in samples if relative_path(s, dataset.root) in wanted], split, []
+    if not info.split and any(s.split is not None for s in samples):
+        return [s for s in samples if s.split == split], split, [f"the model records no split: the {split} rows of DATA's split column"]
+    reason = ("the model records no split and DATA has no split column" if not info.split
+              else f"DATA is not the data set this model was trained on (or the model records no {split} split)")
+    return samples, "all", [f"{reason}: evaluating all {len(samples)} images instead of the {split} split"]
 
 
 def check_labels_fit(objective: Objective, dataset: Dataset) -> None:

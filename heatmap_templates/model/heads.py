@@ -21,6 +21,13 @@ multi-label model whose "classes" are findings that can be present together.
 The predicted class is the most probable one for exclusive classes, ``p >= threshold`` for a
 one-output sigmoid (default 0.5, recorded in the heatmap store), and for independent sigmoids every
 finding with ``p >= threshold`` (an (N, L) boolean array instead of (N,) class indices).
+
+A model whose output layer has no activation gives logits; many brought multi-label models are such,
+meant as independent sigmoids. The head kind may then be *named* instead of read (:func:`head_kind`'s
+``wanted``, ``--head``): a linear output read as ``sigmoid`` or ``sigmoids`` keeps its outputs as the class
+logits and takes its probabilities through that kind's activation (:meth:`Head.activate`; :func:`reads_logits`
+says when a model's outputs need it), so the ``logit`` score explains z and the probabilities are sigmoid(z).
+Read as ``softmax``, a linear output is the ``linear`` kind.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ class Head:
     probabilities: Callable  # outputs (N, units) -> (N, K)
     class_logits: Callable  # logits (N, units) -> (N, K)
     decide: Callable  # (probabilities (N, K), threshold) -> predicted classes (N,), or (N, K) bool for multi-label
+    activate: Callable  # logits (N, units) -> outputs (N, units): this kind's activation (identity for a logits head)
 
     @property
     def outputs_are_logits(self) -> bool:
@@ -96,6 +104,12 @@ def _softmax(values):
     return tf.nn.softmax(values)
 
 
+def _sigmoid(values):
+    import tensorflow as tf
+
+    return tf.sigmoid(values)
+
+
 def _pair(values):
     """(N, 1) p -> (N, 2) (1 - p, p)."""
     import tensorflow as tf
@@ -111,10 +125,14 @@ def _signed_pair(values):
 
 
 HEADS: Registry[Head] = Registry("head kind", parameter="head")
-HEADS.add("softmax", Head("softmax", None, False, _identity, _identity, _most_probable), help="K exclusive classes, softmax output")
-HEADS.add("linear", Head("linear", None, False, _softmax, _identity, _most_probable), help="K exclusive classes, logits output")
-HEADS.add("sigmoid", Head("sigmoid", True, False, _pair, _signed_pair, _positive_above), help="one sigmoid output, two classes")
-HEADS.add("sigmoids", Head("sigmoid", False, True, _identity, _identity, _each_above), help="one sigmoid per finding, multi-label")
+HEADS.add("softmax", Head("softmax", None, False, _identity, _identity, _most_probable, _softmax),
+          help="K exclusive classes, softmax output")
+HEADS.add("linear", Head("linear", None, False, _softmax, _identity, _most_probable, _identity),
+          help="K exclusive classes, logits output")
+HEADS.add("sigmoid", Head("sigmoid", True, False, _pair, _signed_pair, _positive_above, _sigmoid),
+          help="one sigmoid output, two classes (a linear output: its logit)")
+HEADS.add("sigmoids", Head("sigmoid", False, True, _identity, _identity, _each_above, _sigmoid),
+          help="one sigmoid per finding, multi-label (a linear output: their logits)")
 DEFAULT_THRESHOLD = 0.5
 EXCLUSIVE_HEAD = "softmax"  # the head hmt trains for exclusive classes
 BINARY_HEAD = "sigmoid"  # ... for one class against the rest
@@ -134,21 +152,50 @@ def activation_name(layer: object) -> str:
     return "linear" if name in ("linear", "identity") else name
 
 
-def head_kind(activation: str, units: int) -> str:
-    """The registered head kind of an output with this activation and width; HmtError when none fits."""
-    for name, head in HEADS.items():
-        if head.matches(activation, units):
-            return name
-    raise HmtError(f"unsupported classifier output: {units} unit(s) with {activation} activation "
-                   f"(hmt reads {', '.join(HEADS.names())} heads)")
+def head_kind(activation: str, units: int, wanted: str | None = None) -> str:
+    """The registered head kind of an output with this activation and width; HmtError when none fits.
+
+    ``wanted`` names the kind instead (an override): it must fit the width, and an output layer with an activation of
+    its own must be that kind's; a linear output (logits) may be read as any kind (see the module docstring), and is
+    the registered logits kind where one reads them the same way (``softmax`` over logits is ``linear``).
+    """
+    if wanted is None:
+        for name, head in HEADS.items():
+            if head.matches(activation, units):
+                return name
+        unsupported = f"unsupported classifier output: {units} unit(s) with {activation} activation"
+        if activation == "linear":
+            raise HmtError(f"{unsupported}; a linear output (logits) is read as the head kind $head names", parameters=("head",))
+        raise HmtError(f"{unsupported} (hmt reads {', '.join(HEADS.names())} heads)")
+    head = HEADS[wanted]
+    if not head.matches(head.activation, units):
+        width = "one output unit" if head.single_output else "two or more output units"
+        raise HmtError(f"$head {wanted} reads {width}; the model has {units}", parameters=("head",))
+    if head.activation == activation:
+        return wanted
+    if activation != "linear":
+        raise HmtError(f"$head {wanted}: the model's output layer applies {activation} itself; only a linear output "
+                       "(logits) can be read as another head kind", parameters=("head",))
+    same = [name for name, entry in HEADS.items() if entry.outputs_are_logits
+            and (entry.single_output, entry.multi_label) == (head.single_output, head.multi_label)]
+    return same[0] if same else wanted
 
 
-def detect_head(model) -> str:
-    """The head kind of a Keras classifier, from its output layer and output width."""
+def detect_head(model, wanted: str | None = None) -> str:
+    """The head kind of a Keras classifier, from its output layer and output width (``wanted``: named, see
+    :func:`head_kind`)."""
     from heatmap_templates.model.layers import output_layer
 
     units = model.outputs[0].shape[-1]
-    return head_kind(activation_name(output_layer(model)), int(units))
+    return head_kind(activation_name(output_layer(model)), int(units), wanted)
+
+
+def reads_logits(model, head: str) -> bool:
+    """Whether ``head`` reads ``model``'s outputs as logits through its own activation (:meth:`Head.activate`): a linear
+    output layer read as a kind whose outputs are not logits (sigmoid, sigmoids)."""
+    from heatmap_templates.model.layers import output_layer
+
+    return activation_name(output_layer(model)) == "linear" and not HEADS[head].outputs_are_logits
 
 
 def check_threshold(threshold: float) -> float:
@@ -166,9 +213,12 @@ def predicted_classes(probabilities: np.ndarray, head: str, threshold: float = D
     return np.asarray(HEADS[head].decide(values, check_threshold(threshold)))
 
 
-def probabilities_of(outputs: np.ndarray, head: str) -> np.ndarray:
-    """Class probabilities (N, K) float64 of model outputs (N, units) computed outside a graph."""
+def probabilities_of(outputs: np.ndarray, head: str, *, from_logits: bool = False) -> np.ndarray:
+    """Class probabilities (N, K) float64 of model outputs (N, units) computed outside a graph; ``from_logits``: the
+    outputs are logits that the head reads through its activation (:func:`reads_logits`)."""
     import tensorflow as tf
 
     values = tf.convert_to_tensor(np.asarray(outputs, dtype=np.float32))
+    if from_logits:
+        values = HEADS[head].activate(values)
     return np.asarray(HEADS[head].probabilities(values), dtype=np.float64)

@@ -117,11 +117,18 @@ def json_ready(value):
     return value
 
 
-def _checked_head(model, info: ModelInfo, path: str | Path) -> str:
-    """The model's head kind, checked against the recorded one and against the class names."""
+def _checked_head(model, info: ModelInfo, path: str | Path, wanted: str | None = None) -> str:
+    """The model's head kind (``wanted``: named, :func:`heatmap_templates.model.heads.head_kind`), checked against the
+    recorded one and against the class names."""
+    if wanted is not None:
+        HEADS.check(wanted)
+        if info.head is not None and wanted != info.head:
+            raise HmtError(f"$head {wanted} does not match the model's recorded head {info.head}", parameters=("head",))
     try:
-        head = detect_head(model)
+        head = detect_head(model, wanted)
     except HmtError as error:
+        if error.parameters:  # a head named or to be named: the user's to fix
+            raise HmtError(f"{display_path(path)}: {error.template}", parameters=error.parameters) from None
         raise BadFileError(path, str(error)) from None
     if info.head is not None and info.head != head:
         raise BadFileError(path, f"its metadata records a {info.head} head, but the output layer is a {head} head")
@@ -175,15 +182,18 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequence[str] | None = None,
-               preprocessing: str | None = None, intensity: str | None = None):
+               preprocessing: str | None = None, intensity: str | None = None, head: str | None = None,
+               labels: Sequence[str] | None = None):
     """Load a model and its :class:`ModelInfo`: ``(keras.Model, ModelInfo)``.
 
     Keras safe mode is on unless ``unsafe`` (no code from Lambda layers runs). A model without hmt
-    metadata (a user's own classifier) needs ``classes`` (names in output order); its input size
+    metadata (a user's own classifier) needs ``classes`` (names in output order; default ``labels``, the finding
+    columns its data set is read with); its input size
     and channels come from ``model.input_shape``, its preprocessing is ``preprocessing`` or
     ``unit``, its intensity mode ``intensity`` or ``bits``, and its CAM layer is the last 4-D layer.
-    The head kind is read from the output layer. A model with metadata keeps its recorded intensity
-    (another one is refused: the model was trained on images decoded that way).
+    The head kind is read from the output layer, or named by ``head`` (a linear output read as independent
+    sigmoids: :func:`heatmap_templates.model.heads.head_kind`). A model with metadata keeps its recorded intensity
+    and head (others are refused: the model was trained on images decoded that way, with that head).
     """
     import keras
 
@@ -205,9 +215,10 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
     if classes is not None:
         classes = [name.strip() for name in classes if name.strip()]
     if info is None:
+        classes = classes or ([name.strip() for name in labels if name.strip()] if labels is not None else None)
         if not classes:
-            raise HmtError(f"{display_path(path)} has no hmt metadata; give its class names in output order with $classes",
-                           parameters=("classes",))
+            raise HmtError(f"{display_path(path)} has no hmt metadata; give its class names in output order with $classes "
+                           "(or its finding columns with $labels)", parameters=("classes", "labels"))
         info = _info_for_user_model(model, path, classes, preprocessing or DEFAULT_USER_PREPROCESSING)
         info.intensity = INTENSITIES.check(intensity or DEFAULT_INTENSITY)
     else:
@@ -221,7 +232,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, classes: Sequen
             info.preprocessing = PREPROCESSING.check(preprocessing)
     if not isinstance(model.output_shape, tuple):
         raise BadFileError(path, f"the model's output {model.output_shape} is not one class-score vector")
-    info.head = _checked_head(model, info, path)
+    info.head = _checked_head(model, info, path, head)
     return model, info
 
 

@@ -27,7 +27,12 @@ class HeatmapSettings:
     """What made a heatmap store's maps. :meth:`identity` holds the settings a store made with other values is
     refused for (by a reader over its shards and by templates); a resume must also keep :attr:`RESUME_KEYS`."""
 
-    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold")
+    # head, labels and uncertain can differ for one model (a named head; the finding columns and uncertain-label policy a
+    # data set is read with). Files that predate them read as their default: labels and uncertain None (the model's
+    # own findings and policy); a file without a head (schema 1) made its maps with the head read from the model's
+    # output layer, which is what a run without a named head records, so the head is compared where both record one.
+    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "class_names", "layer", "cam_method", "score", "input_size", "threshold",
+                                                "head", "labels", "uncertain")
     # A resume must also keep these (hmt heatmaps always records them), so the settings of a finished store are true
     # of every image in it.
     RESUME_KEYS: ClassVar[tuple[str, ...]] = IDENTITY_KEYS + ("mixed_precision", "intensity")
@@ -48,6 +53,10 @@ class HeatmapSettings:
     backbone: str | None = None
     head: str | None = None  # the head kind (model.heads.HEADS); None in files of version 1
     mixed_precision: bool | None = None
+    # A multi-label model's data set: the CSV columns read as its findings (in its output order) and the policy for
+    # uncertain (-1) cells (data.datasets.UNCERTAIN); None: its own finding names and training policy (else ignore).
+    labels: tuple[str, ...] | None = None
+    uncertain: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)  # settings this hmt does not know, kept as they are
 
     @classmethod
@@ -58,10 +67,12 @@ class HeatmapSettings:
         if missing:
             raise ValueError(f"{cls.WHAT} settings lack {', '.join(missing)}")
         values = {f.name: data[f.name] for f in known if f.name in data and data[f.name] is not None}
-        for name in ("class_names", "input_size"):
-            values[name] = _sequence(name, values[name])
-        if not all(isinstance(v, str) for v in values["class_names"]):
-            raise ValueError(f"{cls.WHAT} setting class_names is not a list of names")
+        for name in ("class_names", "input_size", "labels"):
+            if name in values:
+                values[name] = _sequence(name, values[name])
+        for name in ("class_names", "labels"):
+            if not all(isinstance(v, str) for v in values.get(name, ())):
+                raise ValueError(f"{cls.WHAT} setting {name} is not a list of names")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values["input_size"]):
             raise ValueError(f"{cls.WHAT} setting input_size is not a list of integers")
         names = {f.name for f in known}
@@ -97,7 +108,9 @@ class HeatmapSettings:
     def check_same(self, path: str | Path, wanted: HeatmapSettings, *, resume: bool = False) -> None:
         """BadFileError when ``wanted`` differs from these settings (those of the file at ``path``) in an identity
         setting (``resume``: or one a resume must keep), naming the first such setting."""
-        check_identity(Path(path), self.identity(resume=resume), wanted.identity(resume=resume))
+        stored, given = self.identity(resume=resume), wanted.identity(resume=resume)
+        keys = [key for key in given if key != "head" or (stored[key] is not None and given[key] is not None)]
+        check_identity(Path(path), stored, given, keys)
 
 
 def _sequence(name: str, value: Any) -> tuple:

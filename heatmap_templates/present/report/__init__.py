@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -125,8 +126,10 @@ def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str,
 def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatmaps: str | os.PathLike | None = None,
                  data: str | os.PathLike | None = None, single_file: bool = False, gallery_size: int = DEFAULT_GALLERY_SIZE,
                  similarity: str = DEFAULT_SIMILARITY, cmap: str = DEFAULT_CMAP, batch_size: int = 64,
-                 progress: Progress | None = None) -> ReportSummary:
-    """Write the report of a templates file (see the module docstring) and return what was written."""
+                 progress: Progress | None = None, labels: Sequence[str] | None = None,
+                 uncertain: str | None = None) -> ReportSummary:
+    """Write the report of a templates file (see the module docstring) and return what was written; ``data`` (a
+    multi-label model's CSV: read with ``labels`` and ``uncertain`` given, else as the store recorded)."""
     out = Path(out)
     _check_out(out)
     progress = progress or NullProgress()
@@ -138,7 +141,8 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
     if data is not None:
         from heatmap_templates.analysis.compare import evaluate_templates
 
-        result = evaluate_templates(file.path, data, similarity=similarity, batch_size=batch_size, progress=progress)
+        result = evaluate_templates(file.path, data, similarity=similarity, batch_size=batch_size, progress=progress,
+                                    labels=labels, uncertain=uncertain)
         template_evaluation = result.to_dict()
         evaluation, evaluation_source = result.classification, f"evaluated on {display_path(data)} ({result.n_images} images)"
         notes += [f"{p.path}: {p.reason}" for p in result.skipped]
