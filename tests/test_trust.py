@@ -398,3 +398,24 @@ def test_data_randomisation_with_a_model_trained_on_shuffled_labels(shortcut_pha
     assert result["variant"] == "independent" and set(result["data_randomisation"]) == {"covid"}
     code, _, err = run_hmt(["sanity", templates, "--heatmaps", shortcut_phantom["store"], "--variant", "sideways"], capsys, monkeypatch)
     assert_user_error(code, err, "unknown variant 'sideways'")
+
+
+def test_a_result_stored_under_the_signed_rule_is_shown_by_todays_rule() -> None:
+    """A sanity result stored before the |rho| rule lists only what the signed rule flagged; the report recomputes the
+    flags from the stored similarities (virus at rho -0.55 after the last step, as cxr4's, is flagged today)."""
+    from heatmap_templates.analysis.sanity import flagged_of
+    from heatmap_templates.present.report.html import checks_html
+
+    stored = {"variant": "cascading", "steps": ["predictions", "block1"], "sample": {"covid": 3, "virus": 3},
+              "flagged": [], "flag_spearman": 0.5,
+              "similarity": {"covid": [{"spearman": 0.9, "ssim": 0.8, "all_zero": False, "constant": False},
+                                       {"spearman": -0.12, "ssim": 0.1, "all_zero": False, "constant": False}],
+                             "virus": [{"spearman": 0.56, "ssim": 0.4, "all_zero": False, "constant": False},
+                                       {"spearman": -0.55, "ssim": 0.2, "all_zero": False, "constant": False}]}}
+    assert flagged_of(stored) == ["virus"]
+    independent = dict(stored, variant="independent")
+    assert flagged_of(independent) == ["virus"]  # |rho| >= 0.5 at every step
+    independent["similarity"] = dict(stored["similarity"], virus=[{"spearman": 0.2, "all_zero": False}, {"spearman": -0.55}])
+    assert flagged_of(independent) == []
+    html = checks_html({"sanity": stored}, lambda name: name, {})
+    assert "<strong>virus</strong>" in html

@@ -25,8 +25,9 @@ model's templates of the same sample the same way.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,7 @@ class SanityResult:
                 "notes": list(self.notes)}
 
 
-def holds(entry: dict) -> bool:
+def holds(entry: Mapping[str, Any]) -> bool:
     """Whether a randomised template still holds the trained one (an entry of :func:`template_similarity`): its
     Spearman correlation is at least FLAG_SPEARMAN in absolute value (inverted, a structure is still not the
     model's), or it is all zero where the trained one was all zero too (an all-zero map is lost only where the
@@ -182,9 +183,19 @@ def holds(entry: dict) -> bool:
 def flag(result: SanityResult) -> list[str]:
     """Classes whose template still :func:`holds` with every step randomised (cascading: the last step; independent:
     every step). Reference: Adebayo et al. (2018), https://arxiv.org/abs/1810.03292 (see the module docstring)."""
+    return _flagged(result.variant, result.similarity)
+
+
+def flagged_of(stored: Mapping[str, Any]) -> list[str]:
+    """The flagged classes of a stored sanity result by today's rule, recomputed from its similarities: a result
+    stored before the |rho| rule recorded the classes its signed rule flagged (an inverted template was not)."""
+    return _flagged(str(stored.get("variant", "cascading")), stored.get("similarity", {}))
+
+
+def _flagged(variant: str, similarity: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
     flagged = []
-    for name, entries in result.similarity.items():
-        considered = entries[-1:] if result.variant == "cascading" else entries
+    for name, entries in similarity.items():
+        considered = list(entries[-1:]) if variant == "cascading" else list(entries)
         if considered and all(holds(entry) for entry in considered):
             flagged.append(name)
     return flagged
@@ -252,11 +263,12 @@ def run_sanity(templates_path, heatmaps=None, *, model=None, classes: Sequence[s
 
 def _load_built_model(templates_path, model, settings, *, unsafe_load: bool):
     """The model the templates were built with (``model``, or the recorded path), checked by content hash so that the
-    check randomises the network that made the maps; (keras model, ModelInfo)."""
+    check randomises the network that made the maps, loaded as it made them (a model without hmt metadata with the
+    recorded preprocessing, pixel scaling, classes and head); (keras model, ModelInfo)."""
     from pathlib import Path
 
+    from heatmap_templates.analysis.compare import load_recorded_model
     from heatmap_templates.explain.heatmaps import model_sha256
-    from heatmap_templates.model.model_file import load_model
 
     model_path = Path(model) if model is not None else Path(settings.model_path or "")
     if not model_path.is_file():
@@ -264,7 +276,7 @@ def _load_built_model(templates_path, model, settings, *, unsafe_load: bool):
                        parameters=("model",))
     if model_sha256(model_path) != settings.model_sha256:
         raise HmtError(f"{model_path}: is not the model the templates were built with")
-    return load_model(model_path, unsafe=unsafe_load, classes=list(settings.class_names), head=settings.head)
+    return load_recorded_model(model_path, settings, unsafe_load=unsafe_load)  # the input its maps were made with
 
 
 def _read_members(reader, wanted: Sequence[str], members: dict[str, list], registrar) -> tuple:

@@ -9,6 +9,7 @@ parsed, nothing is evaluated.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
@@ -87,9 +88,14 @@ class _GuardedFile:
         size = len(view)
         while view and self.error is None and not self.dropping:
             try:
-                view = view[self.raw.write(view) or 0:]  # a nearly full disk takes part of a write, then refuses the rest
+                written = self.raw.write(view)  # a nearly full disk takes part of a write, then refuses the rest
             except OSError as error:
                 self.error = error
+                break
+            if not written:  # nothing taken and no error: record one rather than loop
+                self.error = OSError(errno.EIO, "the file took no bytes")
+                break
+            view = view[written:]
         return size
 
     def readinto(self, buffer: Any) -> int:
@@ -150,7 +156,10 @@ def atomic_h5(path: Path, *, create_folder: bool = True) -> Iterator[h5py.File]:
             raise
         finally:
             _GUARDS.pop(id(handle), None)
-        handle.close()
+        try:
+            handle.close()
+        finally:
+            guard.dropping = True  # nothing HDF5 might still flush (at exit, say) reaches a file that is done
         if guard.error is not None:
             raise guard.error
 

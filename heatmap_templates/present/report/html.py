@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 
+from heatmap_templates.analysis.sanity import flagged_of
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE
 from heatmap_templates.present.report.collect import (
     GALLERIES,
@@ -321,7 +322,7 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
         parts.append("<p>Spearman correlation of each class's sample template with the trained model's after each step; "
                      "a template that stays similar once the weights are random does not depend on what the model learned."
                      f" Flagged (|Spearman| &ge; {sanity['flag_spearman']:g} to the end): "
-                     f"<strong>{escape(', '.join(sanity['flagged']) or 'none')}</strong>.</p>")
+                     f"<strong>{escape(', '.join(flagged_of(sanity)) or 'none')}</strong>.</p>")
         rows = [[name, *[entry.get("spearman") for entry in entries]] for name, entries in sanity["similarity"].items()]
         parts.append(table(["class", *steps], rows, keys=[[None] + [f"sanity-{_slug(name)}-{i}" for i in range(len(steps))]
                                                           for name in sanity["similarity"]]))
