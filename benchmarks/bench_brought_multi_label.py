@@ -42,6 +42,8 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_heatmaps import BatchClock  # the same progress sink that times each batch
+
 from heatmap_templates.explain.heatmaps import extract_heatmaps, load_for_model
 from heatmap_templates.synth import synthesize_multi_label
 
@@ -50,24 +52,6 @@ OTHERS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opac
           "Atelectasis", "Pneumothorax", "Pleural Effusion", "Fracture", "Support Devices"]
 FINDINGS = PHANTOM + OTHERS  # the model's output order
 SIZE = 224
-
-
-class BatchClock:
-    """Progress sink that timestamps every finished batch."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.sizes: list[int] = []
-
-    def start(self, total: int | None, description: str) -> None:
-        self.times, self.sizes = [time.perf_counter()], []
-
-    def advance(self, n: int = 1) -> None:
-        self.times.append(time.perf_counter())
-        self.sizes.append(n)
-
-    def finish(self) -> None:
-        pass
 
 
 def write_chexpert_csv(data: Path, seed: int = 0) -> Path:
