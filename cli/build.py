@@ -8,6 +8,7 @@ import typer
 
 from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
 from heatmap_templates.analysis.strategy_search import add_strategies
+from heatmap_templates.data.decode import INTENSITIES
 from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
@@ -44,6 +45,7 @@ def build_templates_command(
     uncertain: str | None = uncertain_option(),
     head: str | None = head_option(),
     preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
+    intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
     components: int = typer.Option(BuildConfig.n_components, "--components", min=1, help="Eigen-heatmaps kept per class."),
     bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
     median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),
@@ -71,7 +73,8 @@ def build_templates_command(
     )
     config.validate()  # before any heatmap is computed
     strategy_k = parse_k(strategies) if strategies is not None else None
-    brought = {"classes": names(classes), "labels": names(labels), "uncertain": uncertain, "head": head, "preprocessing": preprocessing}
+    brought = {"classes": names(classes), "labels": names(labels), "uncertain": uncertain, "head": head, "preprocessing": preprocessing,
+               "intensity": intensity}
     model, data = _model_and_data(model, data, heatmaps, project_dir, brought)
     if model is not None:
         assert data is not None  # given with the model, or the project's

@@ -92,7 +92,7 @@ def _draw(result: ImageComparison, out: Path, reference_image) -> Path:
 
 @app.command("compare")
 def compare_command(
-    images: list[Path] = typer.Argument(..., help="Image files, folders (searched recursively) and/or CSV manifests (their images, with each one's true label)."),
+    images: list[Path] = typer.Argument(..., help="Image files, folders (searched recursively) and/or CSV manifests (a .csv with a path column: its images, with each one's true label; another .csv is skipped like any file that is no image)."),
     templates: Path = typer.Option(DEFAULT_OUT, "--templates", "-t", help="Templates file from hmt build-templates."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Model file (default: the one the templates file records; must be the same file)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (default: the one the templates were built with)."),

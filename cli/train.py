@@ -217,7 +217,8 @@ def evaluate(
 
     Works for any Keras classifier given its class names (--classes) when it has no hmt metadata; a multi-label one
     reads the CSV columns --labels names (per-finding AUC, unknown findings left out). Such a model records no split:
-    the CSV's split column chooses --split's images, or every image is evaluated when there is none.
+    the CSV's split column chooses --split's images, or every image is evaluated when it has none of them (or there
+    is no such column).
 
     Example: hmt evaluate templates_out/model.keras data/phantom --split test --out templates_out/eval
     """

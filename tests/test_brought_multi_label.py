@@ -177,6 +177,97 @@ def test_evaluate_takes_the_csv_split_column_for_a_model_without_a_recorded_spli
     report = json.loads(out)
     assert report["split"] == "test" and report["n"] == len(range(0, len(rows), 3))
 
+    # a split column without rows of the split asked for: every image, with a note naming that split
+    with open(split_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "split"])
+        writer.writeheader()
+        writer.writerows({**row, "split": "val" if index % 3 == 0 else "train"} for index, row in enumerate(rows))
+    for split in ("test", "train"):
+        code, out, err = run_hmt(["evaluate", brought["model"], split_csv, "--labels", LABELS, "--head", "sigmoids",
+                                  "--split", split, "--json"], capsys, monkeypatch)
+        assert code == 0, err
+        report = json.loads(out)
+        if split == "test":
+            assert (report["split"], report["requested_split"], report["n"]) == ("all", "test", len(rows))
+            assert "split column has no test rows" in report["notes"][0] and "instead of the test split" in report["notes"][0]
+        else:
+            assert (report["split"], report["n"]) == ("train", len(rows) - len(range(0, len(rows), 3)))
+
+
+@pytest.fixture(scope="module")
+def torch_input(brought: dict) -> dict:
+    """A store of the brought model fed `torch` inputs from `minmax`-scaled pixels (neither the default) and templates
+    of every finding built from it."""
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+
+    store, templates = brought["root"] / "torch_heatmaps.h5", brought["root"] / "torch_templates.h5"
+    extract_heatmaps(brought["model"], brought["csv"], store, labels=COLUMNS, uncertain="zero", head="sigmoids",
+                     preprocessing="torch", intensity="minmax", batch_size=8)
+    build_templates(store, None, templates, config=BuildConfig(include="all", registration="none", bootstrap_replicates=2,
+                                                               n_components=1, batch_size=8))
+    return {"store": store, "templates": templates}
+
+
+def test_sanity_feeds_a_brought_model_the_input_its_maps_were_made_with(torch_input: dict, monkeypatch) -> None:
+    """With no weight re-initialised, every step's maps are the trained model's: its sample template must be the one of
+    the stored maps, which a model fed `unit` inputs instead of the recorded `torch` ones does not make."""
+    import heatmap_templates.analysis.sanity as sanity
+
+    loaded = []
+    load = sanity._load_built_model
+
+    def spy(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(sanity, "_load_built_model", spy)
+    monkeypatch.setattr(sanity, "reinitialise", lambda layers, seed: None)
+    result = sanity.run_sanity(torch_input["templates"], torch_input["store"], sample=4, keep_templates=True)
+    info = loaded[0][1]
+    assert (info.preprocessing, info.intensity, info.head, info.class_names) == ("torch", "minmax", "sigmoids", COLUMNS)
+    assert result.templates and set(result.templates) == set(read_templates(torch_input["templates"]).templates)
+    for trained, *steps in result.templates.values():
+        for step in steps:
+            np.testing.assert_allclose(step, trained, rtol=1e-4, atol=1e-5)
+
+
+def test_build_templates_resumes_a_store_made_with_an_intensity(torch_input: dict, brought: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    base = ["build-templates", brought["model"], brought["csv"], "--heatmaps", torch_input["store"], "--labels", LABELS,
+            "--uncertain", "zero", "--head", "sigmoids", "--preprocessing", "torch", "--all-classes", "--registration", "none",
+            "--bootstrap", "2", "--components", "1", "--out", tmp_path / "t.h5"]
+    code, _, err = run_hmt(base, capsys, monkeypatch)  # the default intensity (bits) is not the store's
+    assert_user_error(code, err, "intensity")
+    code, out, err = run_hmt([*base, "--intensity", "minmax"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "(0 computed, 24 reused, 0 skipped)" in out
+
+
+def test_compare_reads_a_csv_with_a_path_column_as_a_manifest_and_skips_any_other(
+        torch_input: dict, brought: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    """A stray CSV among the inputs (a shell glob's scores.csv) is a bad input skipped at the end, not a manifest that
+    stops the run; a CSV with a path column (here `Path`) is read as one."""
+    scores = tmp_path / "scores.csv"
+    scores.write_text("image,similarity\na.png,0.5\n")
+    image = next(brought["data"].rglob("*.png"))
+    code, out, err = run_hmt(["compare", image, scores, "--templates", torch_input["templates"], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    run = json.loads(out)
+    assert [Path(result["path"]).resolve() for result in run["results"]] == [image.resolve()]
+    assert [Path(problem["path"]).resolve() for problem in run["skipped"]] == [scores.resolve()]
+    code, out, err = run_hmt(["compare", brought["csv"], scores, "--templates", torch_input["templates"], "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    run = json.loads(out)
+    expected = _expected_findings(brought["csv"], uncertain=0)
+    assert len(run["results"]) == len(expected) and len(run["skipped"]) == 1
+    for result in run["results"]:
+        assert list(result["label"].values()) == expected[Path(result["path"]).resolve().as_posix()]
+    code, _, err = run_hmt(["compare", image, scores, "--labels", LABELS, "--templates", torch_input["templates"]],
+                           capsys, monkeypatch)
+    assert_user_error(code, err, "none is among the inputs")
+
 
 def test_label_settings_are_identity_settings_and_older_files_read_as_their_defaults() -> None:
     from heatmap_templates.errors import BadFileError

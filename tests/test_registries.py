@@ -49,6 +49,7 @@ CLI_CHOICES = [
     (["train", "data"], "--schedule", SCHEDULES),
     (["train", "data"], "--uncertain", UNCERTAIN),
     (["train", "data"], "--intensity", INTENSITIES),
+    (["build-templates", "m.keras", "data", "--all-classes"], "--intensity", INTENSITIES),
     (["synth", "out"], "--shortcut-style", SHORTCUTS),
     (["strategies", "t.h5"], "--similarity", SIMILARITIES),
     (["evaluate-templates", "t.h5", "data"], "--removal", REMOVALS),

@@ -117,7 +117,6 @@ class Comparer(TemplateScorer):
                  threshold: float | None = None, unsafe_load: bool = False) -> None:
         from heatmap_templates.explain.engine_choice import engine_for
         from heatmap_templates.explain.heatmaps import model_sha256
-        from heatmap_templates.model.model_file import load_model
 
         super().__init__(templates, similarity=similarity, atypical_percentile=atypical_percentile)
         settings = self.file.settings
@@ -131,12 +130,7 @@ class Comparer(TemplateScorer):
         if sha != settings.model_sha256:
             raise BadFileError(model_path, f"is not the model that {display_path(self.file.path)} was built with "
                                            f"(sha256 {sha[:12]} vs {settings.model_sha256[:12]})")
-        # The same file (by content hash) has the same classes; a model without hmt metadata gets the
-        # recorded class names (which load_model checks against its output size), pixel scaling and head kind.
-        brought = not _has_info(model_path)
-        self.model, self.info = load_model(model_path, unsafe=unsafe_load, classes=self.class_names if brought else None,
-                                           preprocessing=settings.preprocessing, intensity=settings.intensity if brought else None,
-                                           head=settings.head)
+        self.model, self.info = load_recorded_model(model_path, settings, unsafe_load=unsafe_load)
         self.model_path = model_path
         self.engine = engine_for(settings, self.model, self.info, threshold=threshold)
         self.multi_label = HEADS[self.engine.head].multi_label
@@ -189,12 +183,15 @@ class Comparer(TemplateScorer):
 
     def collect(self, inputs: Sequence[str | os.PathLike], skip_log: SkipLog, *, labels: Sequence[str] | None = None,
                 uncertain: str | None = None) -> tuple[list[Path], list[str | dict[str, int] | None]]:
-        """The image files of ``inputs`` (:func:`collect_images`; a ``.csv`` is a manifest, read by :meth:`load_dataset`,
-        whose rows are images) and each one's true label: a class name, a multi-label image's findings (1 / 0 / -1
-        unknown by name), or None for an image outside a manifest."""
+        """The image files of ``inputs`` (:func:`collect_images`; a CSV manifest, a ``.csv`` with a path column
+        (:func:`~heatmap_templates.data.datasets.is_manifest`), is read by :meth:`load_dataset` and its rows are images;
+        another CSV is a file like any other, skipped when it does not decode) and each one's true label: a class name,
+        a multi-label image's findings (1 / 0 / -1 unknown by name), or None for an image outside a manifest."""
+        from heatmap_templates.data.datasets import is_manifest
+
         paths: list[Path] = []
         truths: list[str | dict[str, int] | None] = []
-        manifests = [Path(item) for item in inputs if Path(item).suffix.lower() == ".csv" and Path(item).is_file()]
+        manifests = [Path(item) for item in inputs if is_manifest(item)]
         if (labels is not None or uncertain is not None) and not manifests:
             raise HmtError("$labels and $uncertain read a CSV manifest; none is among the inputs", parameters=("labels", "uncertain"))
         for item in inputs:
@@ -228,6 +225,19 @@ class Comparer(TemplateScorer):
         findings = predicted_classes(probabilities, self.engine.head, self.engine.threshold) if self.multi_label else None
         # targets: the head's decision (a multi-label model's top finding)
         yield from self.score(paths, positions, probabilities, result.targets, images_u8, result.raw, findings=findings, keep_maps=keep_maps)
+
+
+def load_recorded_model(model_path: Path, settings, *, unsafe_load: bool = False):
+    """The model a store or templates file was made with (already checked by content hash), loaded as it was when its
+    maps were made: (keras model, ModelInfo). Every model gets the recorded preprocessing and head kind; a model without
+    hmt metadata also the recorded class names (which load_model checks against its output size) and pixel scaling (a
+    model with metadata keeps its own, the same file's)."""
+    from heatmap_templates.model.model_file import load_model
+
+    brought = not _has_info(model_path)
+    return load_model(model_path, unsafe=unsafe_load, classes=list(settings.class_names) if brought else None,
+                      preprocessing=settings.preprocessing, intensity=settings.intensity if brought else None,
+                      head=settings.head)
 
 
 def _has_info(model_path: Path) -> bool:

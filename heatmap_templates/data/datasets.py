@@ -323,12 +323,35 @@ def _read_csv(manifest: Path) -> tuple[list[dict], dict[str, str], str]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise HmtError(f"{shown}: cannot read CSV manifest ({one_line(error)})") from None
-    raw_names = reader.fieldnames or []
-    column = {name.strip().lower(): raw for name, raw in zip((name.strip().lower() for name in raw_names), raw_names, strict=True)}
-    path_column = column.get("path", column.get("file"))
+    column = _columns(reader.fieldnames or [])
+    path_column = _path_column(column)
     if path_column is None:
         raise HmtError(f"{shown}: CSV manifest has no 'path' column (columns: {', '.join(column) or 'none'})")
     return rows, column, path_column
+
+
+def _columns(raw_names: Iterable[str]) -> dict[str, str]:
+    """A CSV header's columns by their lower-case, stripped name."""
+    return {raw.strip().lower(): raw for raw in raw_names}
+
+
+def _path_column(column: dict[str, str]) -> str | None:
+    """The name of a manifest's path column (``path``, or cxr4's ``file``), None when the header has none."""
+    return column.get("path", column.get("file"))
+
+
+def is_manifest(path: str | os.PathLike) -> bool:
+    """Whether a file is a CSV manifest :func:`load_dataset` reads: a ``.csv`` file whose header has a path column.
+    Any other CSV (a table of scores, a file that cannot be read) is not one."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return _path_column(_columns(header)) is not None
 
 
 def _load_multi_label_csv(manifest: Path, findings: list[str], uncertain: str, patient_pattern: re.Pattern[str] | None,

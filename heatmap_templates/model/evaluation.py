@@ -132,7 +132,7 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
 
     ``split`` (test, val, train) selects the images of that split recorded in the model's metadata,
     but only when ``dataset`` is the data set the model was trained on (same fingerprint); a model that records no
-    split (one hmt did not train) takes that split from a CSV ``split`` column when the data set has one;
+    split (one hmt did not train) takes that split from a CSV ``split`` column when it has rows of that split;
     otherwise, and for ``all``, every image is evaluated and a note says so. ``threshold`` decides
     a one-output or multi-label model's predictions. A one-against-the-rest model (``TrainConfig.binary``)
     counts the data set's other classes as its negative class.
@@ -158,17 +158,23 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
 
 def _evaluated_samples(info: ModelInfo, dataset: Dataset, split: str) -> tuple[list[Sample], str, list[str]]:
     """(samples, split used, notes): the model's recorded ``split`` of its own data set; for a model that records no
-    split (one hmt did not train) the rows of a CSV ``split`` column; otherwise every image, with a note."""
+    split (one hmt did not train) the rows of a CSV ``split`` column that has rows of it; otherwise every image, with a
+    note naming the split asked for."""
     samples = list(dataset.samples)
     if split == "all":
         return samples, "all", []
     if info.split.get(split) is not None and info.dataset_fingerprint == dataset_fingerprint(dataset):
         wanted = set(info.split[split])
         return [s for s in samples if relative_path(s, dataset.root) in wanted], split, []
-    if not info.split and any(s.split is not None for s in samples):
-        return [s for s in samples if s.split == split], split, [f"the model records no split: the {split} rows of DATA's split column"]
-    reason = ("the model records no split and DATA has no split column" if not info.split
-              else f"DATA is not the data set this model was trained on (or the model records no {split} split)")
+    in_split = [s for s in samples if s.split == split]
+    if not info.split and in_split:
+        return in_split, split, [f"the model records no split: the {split} rows of DATA's split column"]
+    if info.split:
+        reason = f"DATA is not the data set this model was trained on (or the model records no {split} split)"
+    elif any(s.split is not None for s in samples):
+        reason = f"the model records no split and DATA's split column has no {split} rows"
+    else:
+        reason = "the model records no split and DATA has no split column"
     return samples, "all", [f"{reason}: evaluating all {len(samples)} images instead of the {split} split"]
 
 
