@@ -8,8 +8,6 @@ import typer
 
 from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings
 from heatmap_templates.analysis.strategy_search import add_strategies
-from heatmap_templates.data.decode import INTENSITIES
-from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
@@ -18,7 +16,16 @@ from heatmap_templates.templates.build import DEFAULT_OUT, BuildConfig, BuildSum
 from heatmap_templates.templates.members import INCLUDES
 from heatmap_templates.templates.normalisation import NORMALISATIONS
 from heatmap_templates.templates.registration import REGISTRATIONS
-from hmt_cli.choices import head_option, labels_option, names, registry_option, uncertain_option
+from hmt_cli.choices import (
+    classes_option,
+    head_option,
+    intensity_option,
+    labels_option,
+    names,
+    preprocessing_option,
+    registry_option,
+    uncertain_option,
+)
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -40,12 +47,12 @@ def build_templates_command(
     method: str = registry_option(DEFAULT_METHOD, "--method", METHODS, "CAM method when heatmaps must be computed"),
     score: str = registry_option(DEFAULT_SCORE, "--score", SCORES, "CAM score when heatmaps must be computed"),
     layer: str | None = typer.Option(None, "--layer", help="CAM layer when heatmaps must be computed."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata (default --labels)."),
+    classes: str | None = classes_option(),
     labels: str | None = labels_option(),
     uncertain: str | None = uncertain_option(),
     head: str | None = head_option(),
-    preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
-    intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
+    preprocessing: str | None = preprocessing_option(),
+    intensity: str | None = intensity_option(),
     components: int = typer.Option(BuildConfig.n_components, "--components", min=1, help="Eigen-heatmaps kept per class."),
     bootstrap: int = typer.Option(BuildConfig.bootstrap_replicates, "--bootstrap", min=2, help="Bootstrap replicates for the template's confidence band."),
     median: bool = typer.Option(BuildConfig.median, "--median/--no-median", help="Also store the per-pixel median."),

@@ -1,5 +1,6 @@
 """Options whose choices are a registry's names: help, completion and validation generated from the registry; and the
-options every command that reads a data set or a brought model shares (--labels, --uncertain, --head)."""
+options every command that reads a data set or a brought model shares (--classes, --labels, --uncertain, --head,
+--preprocessing, --intensity)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,8 @@ from typing import Any
 import typer
 
 from heatmap_templates.data.datasets import UNCERTAIN
+from heatmap_templates.data.decode import INTENSITIES
+from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.model.heads import HEADS
 from heatmap_templates.registry import Registry
 
@@ -35,6 +38,22 @@ def uncertain_option(recorded: bool = False) -> Any:
     default = "the store's record, else " if recorded else ""
     return registry_option(None, "--uncertain", UNCERTAIN, f"Uncertain findings (-1) (default: {default}the model's "
                                                              "training policy, else ignore; recorded)")
+
+
+def classes_option() -> Any:
+    """--classes: the class names of a model without hmt metadata, in its output order."""
+    return typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt "
+                                                "metadata (default --labels).")
+
+
+def preprocessing_option() -> Any:
+    """--preprocessing: the input mode of a model without hmt metadata."""
+    return registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)")
+
+
+def intensity_option() -> Any:
+    """--intensity: how a model without hmt metadata saw integer pixels."""
+    return registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)")
 
 
 def head_option() -> Any:

@@ -6,13 +6,21 @@ from pathlib import Path
 
 import typer
 
-from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS, INTENSITIES
-from heatmap_templates.data.preprocess import PREPROCESSING
+from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS
 from heatmap_templates.explain.heatmaps import DEFAULT_BATCH_SIZE, DEFAULT_STORE, extract_heatmaps
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD
-from hmt_cli.choices import head_option, labels_option, names, registry_option, uncertain_option
+from hmt_cli.choices import (
+    classes_option,
+    head_option,
+    intensity_option,
+    labels_option,
+    names,
+    preprocessing_option,
+    registry_option,
+    uncertain_option,
+)
 from hmt_cli.main import app
 from hmt_cli.output import SCHEDULER_HELP, command_line, echo_skipped
 from hmt_cli.progress import progress_bar
@@ -28,12 +36,12 @@ def heatmaps(
     layer: str | None = typer.Option(None, "--layer", help="CAM layer, nested names with '/', e.g. vgg19/block5_conv4 (default: the model's record or the last 4-D layer)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Decision threshold of a one-output (binary) or multi-label model (recorded; a resume must keep it)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order (models without hmt metadata; default --labels)."),
+    classes: str | None = classes_option(),
     labels: str | None = labels_option(),
     uncertain: str | None = uncertain_option(),
     head: str | None = head_option(),
-    preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
-    intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
+    preprocessing: str | None = preprocessing_option(),
+    intensity: str | None = intensity_option(),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images whose declared size is larger."),
     strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad file."),

@@ -8,7 +8,6 @@ import typer
 
 from heatmap_templates.data.datasets import UNCERTAIN, load_dataset
 from heatmap_templates.data.decode import INTENSITIES
-from heatmap_templates.data.preprocess import PREPROCESSING
 from heatmap_templates.errors import HmtError, display_path, problems_json
 from heatmap_templates.files import write_text
 from heatmap_templates.model.backbones import BACKBONES
@@ -22,7 +21,16 @@ from heatmap_templates.model.training import train as train_model
 from heatmap_templates.model.training_files import save_training_outputs
 from heatmap_templates.present.figures import confusion_matrix_figure, training_figures
 from heatmap_templates.project import DEFAULT_PROJECT_FOLDER, load_project, record_project
-from hmt_cli.choices import head_option, labels_option, names, registry_option, uncertain_option
+from hmt_cli.choices import (
+    classes_option,
+    head_option,
+    intensity_option,
+    labels_option,
+    names,
+    preprocessing_option,
+    registry_option,
+    uncertain_option,
+)
 from hmt_cli.main import app
 from hmt_cli.output import echo_skipped
 from hmt_cli.progress import progress_bar
@@ -197,12 +205,12 @@ def evaluate(
     model: Path | None = typer.Argument(None, help="Model file (.keras; default: the one the last `hmt train` recorded)."),
     data: Path | None = typer.Argument(None, help="Labelled data set (default: the one the last `hmt train` recorded)."),
     split: str = typer.Option(DEFAULT_SPLIT, "--split", help="test, val or train (the split stored in the model; only for its own data set), or all."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names in output order, for a model without hmt metadata (default --labels)."),
+    classes: str | None = classes_option(),
     labels: str | None = labels_option(),
     uncertain: str | None = uncertain_option(),
     head: str | None = head_option(),
-    preprocessing: str | None = registry_option(None, "--preprocessing", PREPROCESSING, "Input mode for a model without hmt metadata (default unit)"),
-    intensity: str | None = registry_option(None, "--intensity", INTENSITIES, "Pixel scaling for a model without hmt metadata (default bits)"),
+    preprocessing: str | None = preprocessing_option(),
+    intensity: str | None = intensity_option(),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Load models that contain code (Lambda layers); only for files you trust."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Images per batch."),
     patient_regex: str | None = typer.Option(None, "--patient-regex", help="Regex with one group: the patient id in file names."),
