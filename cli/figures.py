@@ -23,7 +23,7 @@ from hmt_cli.progress import progress_bar
 @app.command("figures")
 def figures_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
-    out: Path = typer.Option(Path("templates_out/figures"), "--out", "-o", help="Folder for the figure files: new, empty, or earlier figures (replaced whole)."),
+    out: Path = typer.Option(Path("templates_out/figures"), "--out", "-o", help="Folder for the figure files: new, empty, or earlier figures (replaced; those in formats not drawn now are kept)."),
     formats: str = typer.Option(",".join(FIGURE_FORMATS), "--format", help="Comma-separated formats: pdf, svg, png."),
     dpi: int = typer.Option(DEFAULT_DPI, "--dpi", help="Resolution of PNG files and of images inside PDF/SVG."),
     cmap: str = typer.Option(DEFAULT_CMAP, "--cmap", help="Colour map of the heatmaps: cividis (default) or viridis are colour-blind safe; jet to match older papers."),

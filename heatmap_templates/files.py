@@ -15,8 +15,9 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -157,34 +158,122 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on a clean exit it replaces ``path`` (a report and its images).
+def atomic_folder(path: str | os.PathLike, *, earlier: Iterable[str] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder to build an output folder in (a report, figures, a phantom set); on a clean exit
+    its files become the folder ``path``. On any exception the temporary folder is removed and ``path`` is left as it was.
 
-    The previous folder is moved aside before the new one is renamed into place and removed after, so at
-    every moment one complete folder exists (under ``path`` or, between the two renames, under its old name).
-    On any exception the temporary folder is removed and ``path`` is left as it was.
+    ``path`` is resolved first (``.`` is the working directory by its real name). Usually the temporary folder is beside
+    it and replaces it whole: the previous folder is moved aside, the new one renamed into place, the previous one
+    removed, so at every moment one complete folder exists. A folder that cannot be replaced (a mount point such as a
+    tmpfs or a container's bind volume, a symbolic link to a folder, the working directory or a folder holding it, one
+    whose parent cannot hold the temporary folder or whose rename fails) is written in place: the new files are moved
+    into it one by one, each by an atomic rename (from a temporary folder inside it when it is a mount point), then the
+    files of the previous output that no new file replaced are removed. ``earlier`` lists those (paths relative to
+    ``path``, as the caller's check recognised them; None: every file in the folder); nothing else there is touched.
     """
-    import shutil
-
-    path = Path(path)
-    ensure_folder(path.parent, path)
-    temporary = path.with_name(f"{temporary_prefix(path)}{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{socket.gethostname()}-{os.getpid()}")
+    given = Path(path)
+    target = given.resolve()
+    shown = given if given.name not in ("", "..") else target  # the folder as errors name it
+    in_place = target.is_dir() and not _replaceable(given, target)
+    temporary = _temporary_folder(target, shown, beside=not (in_place and is_mount_point(target)))
+    in_place = in_place or temporary.parent == target
     try:
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
         yield temporary
-        if path.exists():
-            os.replace(path, old)
-        os.replace(temporary, path)
-        fsync_path(path.parent)
+        if in_place or not _swapped(temporary, target):
+            _move_into(temporary, target, earlier)
+        shutil.rmtree(temporary, ignore_errors=True)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.replace(old, path)
         if isinstance(error, BadFileError) and error.path.startswith(str(temporary)):  # a file inside: name the folder
-            raise BadFileError(path, error.reason) from None
+            raise BadFileError(shown, error.reason) from None
         if isinstance(error, OSError) or _is_write_fault(error):
-            raise write_fault(path, error) from None
+            raise write_fault(shown, error) from None
+        raise
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is a mount point, a bind mount of a folder of the same file system included (which
+    :func:`os.path.ismount` misses: Linux lists it in /proc/self/mountinfo)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        table = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return False
+    mount_points = (_OCTAL_ESCAPE.sub(lambda found: chr(int(found.group(1), 8)), fields[4])
+                    for fields in map(str.split, table.splitlines()) if len(fields) > 4)
+    return str(path) in mount_points
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # /proc/self/mountinfo writes a space in a path as \040
+
+
+def _replaceable(given: Path, target: Path) -> bool:
+    """Whether the existing folder ``target`` (``given`` resolved) may be replaced whole by renames: not when ``given``
+    is a symbolic link (it would become a folder), ``target`` a mount point, or the working directory inside it."""
+    with suppress(OSError):  # a working directory that was removed holds nothing
+        working = Path.cwd().resolve()
+        if working == target or target in working.parents:
+            return False
+    return not given.is_symlink() and not is_mount_point(target)
+
+
+def _temporary_folder(target: Path, shown: Path, *, beside: bool) -> Path:
+    """Make an empty temporary folder: beside ``target`` (``beside``) where its parent can hold it, else inside it."""
+    name = f"{temporary_prefix(target)}{os.getpid()}"
+    places = [target.parent, target] if beside else [target]
+    if beside:
+        ensure_folder(target.parent, shown)
+    for place in places:
+        temporary = place / name
+        shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            temporary.mkdir()
+            return temporary
+        except OSError as error:
+            if place == places[-1] or not target.is_dir():  # no folder to write in place
+                raise write_fault(shown, error) from None
+    raise AssertionError("unreachable")  # the last place returns or raises
+
+
+def _swapped(temporary: Path, target: Path) -> bool:
+    """Rename ``temporary`` to ``target``, the previous ``target`` moved aside first and removed after; False, with
+    nothing changed, when the previous folder cannot be renamed (busy, on another mount, not permitted)."""
+    old = target.with_name(f".{target.name}.old-{socket.gethostname()}-{os.getpid()}")
+    if target.exists():
+        try:
+            os.replace(target, old)
+        except OSError as error:
+            if error.errno in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EINVAL):
+                return False
+            raise
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+    fsync_path(target.parent)
+    return True
+
+
+def _move_into(temporary: Path, target: Path, earlier: Iterable[str] | None) -> None:
+    """Move every file of ``temporary`` into ``target`` (an atomic rename each), then remove the files of ``earlier``
+    (None: every file in ``target`` outside ``temporary``) that no new file replaced and the folders that leaves empty."""
+    new = sorted(p.relative_to(temporary).as_posix() for p in temporary.rglob("*") if not p.is_dir())
+    for relative in new:
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temporary / relative, destination)
+    if earlier is None:
+        earlier = [p.relative_to(target).as_posix() for p in target.rglob("*")
+                   if not p.is_dir() and temporary not in p.parents]
+    for relative in set(earlier) - set(new):
+        stale = target / relative
+        stale.unlink(missing_ok=True)
+        for folder in stale.parents:
+            if folder == target or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    fsync_path(target)

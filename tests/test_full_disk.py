@@ -13,16 +13,12 @@ an in-process test could not see. Mounting needs root: elsewhere the tests skip,
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from prerequisites import missing
+from prerequisites import mounted
 
 DRIVER = Path(__file__).with_name("full_disk_driver.py")
 DISK_SIZE = "192m"  # room for a templates file (about 28 MB: its PCA state) three times over, and the filler's pages
@@ -32,19 +28,9 @@ WRITERS = ["heatmaps", "heatmaps onto an earlier store", "build-templates", "mer
 PHASES = ["start", "final"]
 
 
-@contextmanager
-def _tmpfs(target: Path, size: str) -> Iterator[None]:
+def _tmpfs(target: Path, size: str):
     """A tmpfs of ``size`` mounted at ``target`` for the block (a missing prerequisite where this machine cannot mount)."""
-    target.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        missing("mounting a tmpfs needs root: a full disk cannot be made here")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)], capture_output=True, text=True)
-    if done.returncode != 0:
-        missing(f"cannot mount a tmpfs here ({done.stderr.strip()}): a full disk cannot be made")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    return mounted("tmpfs", target, "-t", "tmpfs", "-o", f"size={size}")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,12 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import assert_user_error, run_hmt
-from prerequisites import missing
+from prerequisites import mounted
 from test_reliability import save_tiny_model, write_phantom_set
 
 from heatmap_templates import files
@@ -218,25 +216,10 @@ def test_failed_finalize_keeps_every_shard_and_the_rerun_finishes_the_store(setu
 # --------------------------------------------------------------------------- real conditions
 
 
-@contextmanager
-def _mounted(source: str | Path, target: Path, *options: str) -> Iterator[None]:
-    """``mount OPTIONS SOURCE TARGET`` for the block; skips the test where this machine cannot mount (not root, no capability)."""
-    target.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        missing("mounting needs root: the condition cannot be created here")
-    done = subprocess.run(["mount", *options, str(source), str(target)], capture_output=True, text=True)
-    if done.returncode != 0:
-        missing(f"cannot mount here ({done.stderr.strip()}): the condition cannot be created")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 def test_full_disk_during_heatmaps_exits_2_and_a_rerun_with_space_resumes(setup: dict[str, Path], tmp_path: Path,
                                                                           capsys, monkeypatch) -> None:
     disk = tmp_path / "disk"
-    with _mounted("tmpfs", disk, "-t", "tmpfs", "-o", "size=64k"):  # a few shards fit, not the whole store
+    with mounted("tmpfs", disk, "-t", "tmpfs", "-o", "size=64k"):  # a few shards fit, not the whole store
         out = disk / "h.h5"
         arguments = ["heatmaps", setup["model"], setup["data"], "--out", out, "--batch-size", "2", "--json"]
         code, _, err = run_hmt(arguments, capsys, monkeypatch)
@@ -254,7 +237,7 @@ def test_read_only_file_system_refuses_each_output_in_one_line(setup: dict[str, 
     folder = tmp_path / "read_only"
     folder.mkdir()
     shutil.copy(setup["templates"], folder / "templates.h5")
-    with _mounted(folder, folder, "--bind", "-o", "ro"):
+    with mounted(folder, folder, "--bind", "-o", "ro"):
         for arguments, target in [
             (["build-templates", "--heatmaps", setup["store"], "--all-classes", "--registration", "none", "--include", "all",
               "--bootstrap", "4", "--out", folder / "templates.h5"], folder / "templates.h5"),

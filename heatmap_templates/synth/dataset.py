@@ -102,33 +102,49 @@ def _validate(n_per_class: int, size: int, seed: int, classes: Sequence[str], po
     return chosen
 
 
-# What a synth run writes, as paths relative to its folder: anything else there is the user's.
-_SYNTH_FILE = re.compile(rf"manifest\.csv|(?P<label>\w+)/(?P=label)_\d+\.png|{MULTI_LABEL_FOLDER}/{_MULTI_LABEL_NAME}_\d+\.png"
-                         rf"|{GROUND_TRUTH_DIR}/[\w.]+\.(?:md|json|csv|png|npy)"
-                         rf"|{GROUND_TRUTH_DIR}/(?:masks|{SHORTCUT_MASKS_DIR})/\w+/\w+_\d+\.png")
+def _synth_files(classes: Sequence[str], multi_label: bool) -> re.Pattern[str]:
+    """The paths (relative to its folder) a synth run of ``classes`` writes, exactly: anything else there is the user's."""
+    labels = "|".join(map(re.escape, classes))
+    number = r"_\d{4,}\.png"
+    tables: tuple[str, ...]
+    if multi_label:
+        images = rf"{MULTI_LABEL_FOLDER}/{_MULTI_LABEL_NAME}{number}|{GROUND_TRUTH_DIR}/masks/(?:{labels})/{_MULTI_LABEL_NAME}{number}"
+        tables = ("poses.csv",)
+    else:
+        images = (rf"(?P<label>{labels})/(?P=label){number}"
+                  rf"|{GROUND_TRUTH_DIR}/(?:masks|{SHORTCUT_MASKS_DIR})/(?P<masked>{labels})/(?P=masked){number}")
+        tables = ("README.md", "poses.csv", SHORTCUTS_FILE, BOXES_FILE)
+    truth = [*tables, MARKER_FILE, CANONICAL_CHEST_FILE, CANONICAL_LUNGS_FILE, *(f"lesion_probability_{c}.npy" for c in classes)]
+    return re.compile("|".join([r"manifest\.csv", images, *(re.escape(f"{GROUND_TRUTH_DIR}/{name}") for name in truth)]))
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def _check_out_dir(out_dir: Path) -> list[str]:
     """Refuse, before anything is drawn, an ``out_dir`` that is neither new, nor empty, nor a previous synth output
-    holding only what synth wrote: the new set replaces the whole folder (:func:`atomic_folder`), so a stale larger
-    set does not survive a smaller one, a full disk leaves the previous set as it was, and nothing else may go with it."""
+    holding only what synth wrote (the exact names, of the classes its ``synth.json`` records); else the files of that
+    earlier set, which the new one replaces (:func:`atomic_folder`: a stale larger set does not survive a smaller one, a
+    full disk leaves the previous set as it was, and nothing else may go with it)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise HmtError(f"{out_dir}: exists and is not a folder")
     if not out_dir.exists() or not any(out_dir.iterdir()):
-        return
+        return []
     marker = out_dir / GROUND_TRUTH_DIR / MARKER_FILE
     if not marker.is_file():
         raise HmtError(f"{out_dir}: folder is not empty and is not a previous `hmt synth` output; choose a new or empty folder")
     try:
-        json.loads(marker.read_text())["classes"]
-    except (ValueError, KeyError, TypeError) as error:
+        record = json.loads(marker.read_text())
+        classes = record["classes"]
+        if not isinstance(classes, list) or not all(isinstance(name, str) and name for name in classes):
+            raise TypeError(f"classes {classes!r} is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise HmtError(f"{marker}: cannot read the previous synth record ({error}); remove the folder by hand") from error
-    foreign = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                     if not p.is_dir() and not _SYNTH_FILE.fullmatch(p.relative_to(out_dir).as_posix()))
+    ours = _synth_files(classes, record.get("multi_label") is True)
+    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if not p.is_dir())
+    foreign = [name for name in files if not ours.fullmatch(name)]
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise HmtError(f"{out_dir}: holds files that `hmt synth` did not write ({shown}); the new set replaces the whole "
                        "folder, so move them or choose a new folder")
+    return files
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -254,7 +270,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     """Write a class-per-folder phantom data set with its ground truth (layout in ground_truth/README.md).
 
     ``out_dir`` must be new, empty, or a previous synth output holding nothing else (the new set is written beside it
-    and replaces it whole; a failed run leaves it as it was). ``workers``
+    and replaces it whole, or, for a mount point or a symbolic link, is moved into it file by file; a failed run leaves
+    it as it was: :func:`~heatmap_templates.files.atomic_folder`). ``workers``
     processes share the work (default: the CPU count, at most 8); every image has its own seed,
     so the files are identical for any number of workers. ``pose_spread`` (0 to 4) multiplies
     the random pose's shift and rotation ranges and its log-scale range: 1.0 is the default pose
@@ -275,8 +292,8 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
     if workers < 1:
         raise HmtError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
-    _check_out_dir(out)
-    with atomic_folder(out) as folder:  # written whole beside `out`, then swapped in
+    earlier = _check_out_dir(out)
+    with atomic_folder(out, earlier=earlier) as folder:  # written whole, then swapped in (or moved into a mount point)
         _make_folders(folder, chosen, shortcuts)
         truth = folder / GROUND_TRUTH_DIR
         written = _render_all(folder, chosen, n_per_class=n_per_class, size=size, seed=seed, pose_spread=pose_spread,
@@ -428,8 +445,8 @@ def synthesize_multi_label(out_dir: str | Path, *, n_images: int, size: int = DE
     if not 0.0 < prevalence < 1.0:
         raise HmtError(f"the prevalence of each finding must lie between 0 and 1, got {prevalence}")
     out = Path(out_dir)
-    _check_out_dir(out)
-    with atomic_folder(out) as folder:  # written whole beside `out`, then swapped in
+    earlier = _check_out_dir(out)
+    with atomic_folder(out, earlier=earlier) as folder:  # written whole, then swapped in (or moved into a mount point)
         written = _write_multi_label(folder, n_images, size, seed, chosen, prevalence, probability_samples, pose_spread,
                                      progress or NullProgress())
     counts = {name: sum(1 for item in written if name in item.label.split(";")) for name in chosen}

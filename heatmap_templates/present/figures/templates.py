@@ -6,7 +6,7 @@ import functools
 import json
 import math
 import os
-import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,21 +74,35 @@ class FiguresSummary:
 # The figures `template_figures` draws (strategies_<class> one per class), each as <name>.<format>.
 FIGURE_NAMES = ("template_means", "template_std", "eigen_heatmaps", "similarity", "loo_correlations", "confusion_matrix",
                 "training_curves", "sanity", "deletion")
-_FIGURE_FILE = re.compile(rf"(?:{'|'.join(FIGURE_NAMES)}|strategies_.+)\.(?:{'|'.join(FIGURE_FORMATS)})")
 
 
-def check_figures_folder(out_dir: Path) -> None:
-    """Refuse, before anything is drawn, a folder that holds anything but figures: the new figures replace it whole,
-    and what they would replace must be nothing the user still needs."""
+def check_figures_folder(out_dir: Path, classes: Sequence[str]) -> list[str]:
+    """Refuse, before anything is drawn, a folder that holds anything but the figures `template_figures` draws for
+    ``classes`` (each name in each format; strategies_<class> of those classes only): the new figures replace them,
+    and what they would replace must be nothing the user still needs. Else the names of the earlier figures there."""
     if not out_dir.exists():
-        return
+        return []
     if not out_dir.is_dir():
         raise BadFileError(out_dir, "exists and is not a folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not (p.is_file() and _FIGURE_FILE.fullmatch(p.name)))
+    names = (*FIGURE_NAMES, *(f"strategies_{name}" for name in classes))
+    ours = {f"{name}.{kind}" for name in names for kind in FIGURE_FORMATS}
+    entries = sorted(out_dir.iterdir())
+    foreign = [p.name for p in entries if not (p.name in ours and p.is_file())]
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise BadFileError(out_dir, f"holds files that are not hmt figures ({shown}); the figures replace the whole folder, "
                                     "so give a new or empty folder")
+    return [p.name for p in entries]
+
+
+def _carry_over(out_dir: Path, earlier: Sequence[str], formats: Sequence[str], folder: Path, notes: list[str]) -> None:
+    """Copy the earlier figures of the formats not drawn this time into the new folder, so they stay (with a note)."""
+    kept = [name for name in earlier if name.rsplit(".", 1)[-1] not in formats]
+    for name in kept:
+        shutil.copyfile(out_dir / name, folder / name)
+    if kept:
+        notes.append(f"kept {len(kept)} earlier figure files in the formats not drawn this time "
+                     f"({', '.join(sorted({name.rsplit('.', 1)[-1] for name in kept}))}); they may be from earlier input")
 
 
 def _pairwise_text(value: float | None) -> str:
@@ -312,7 +326,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     (3.5 in) or `double` (7.2 in) for the panel grids and curves; the matrices and the LOO plot
     are one column wide. Identical input gives byte-identical files. The figures are drawn into a new folder that
     then replaces `out_dir` whole (:func:`heatmap_templates.files.atomic_folder`), so `out_dir` must be new, empty or
-    hold only figures.
+    hold only figures (of this file's classes); earlier figures in the formats not drawn this time are kept (a note says so).
     """
     formats = parse_formats(formats)
     _check_drawing_options(cmap, width, components, dpi)
@@ -320,7 +334,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     if not file.templates:
         raise BadFileError(file.path, "holds no class templates to draw")
     out_dir = Path(out_dir)
-    check_figures_folder(out_dir)
+    earlier = check_figures_folder(out_dir, list(file.templates))
     summary = FiguresSummary(out_dir=out_dir)
     history, evaluation = model_record(file, summary.notes)
     progress = progress or NullProgress()
@@ -339,7 +353,8 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
         progress.advance()
 
     try:
-        with atomic_folder(out_dir) as folder:  # `write` draws into it
+        with atomic_folder(out_dir, earlier=earlier) as folder:  # `write` draws into it
+            _carry_over(out_dir, earlier, formats, folder, summary.notes)
             write("template_means", lambda: _template_means(file, width, cmap))
             write("template_std", lambda: _template_std(file, width, cmap))
             if any(len(t.components) for t in file.templates.values()):
