@@ -212,6 +212,16 @@ def test_cli_report_and_its_user_errors(report: dict, tmp_path: Path, capsys: py
     code, out, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", foreign], capsys, monkeypatch)
     assert_user_error(code, err, "thesis", "not an hmt report folder")
     assert (foreign / "chapter1.tex").read_text() == "precious"
+    (tmp_path / "r" / "notes.md").write_text("mine")  # an earlier report with a file of the user's: refused, kept
+    code, out, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", tmp_path / "r"], capsys, monkeypatch)
+    assert_user_error(code, err, "notes.md", "holds files an hmt report does not write")
+    assert (tmp_path / "r" / "notes.md").read_text() == "mine" and (tmp_path / "r" / "index.html").is_file()
+    (tmp_path / "r" / "notes.md").unlink()
+    monkeypatch.chdir(tmp_path / "r")  # the earlier report as the working folder: rewritten in place
+    code, out, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", ".", "--gallery", "1"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert (tmp_path / "r" / "index.html").is_file() and not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")]
     code, out, err = run_hmt(["report", tmp_path / "missing.h5", "--out", tmp_path / "r2"], capsys, monkeypatch)
     assert_user_error(code, err, "missing.h5")
     code, out, err = run_hmt(["report", "--help"], capsys, monkeypatch)

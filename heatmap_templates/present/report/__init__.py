@@ -72,9 +72,28 @@ class ReportSummary:
                 "total_bytes": self.total_bytes, "images": self.images, "thumbnails": self.thumbnails, "notes": list(self.notes)}
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_MARKER).is_file())):
+REPORT_FILES = ("index.html", REPORT_MARKER, "images.csv")  # a report's own files at its top
+REPORT_FOLDERS = ("figures", "images")  # ... and its folders of files
+
+
+def _check_out(out: Path) -> list[str]:
+    """The files of an earlier report in ``out`` (none for a new or empty folder), which the new report replaces;
+    HmtError for anything else, before any work: a folder that is not a report, or a report holding other files."""
+    if not out.exists():
+        return []
+    if not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_MARKER).is_file()):
         raise HmtError(f"{display_path(out)}: exists and is not an hmt report folder; give a new or empty folder")
+    earlier, foreign = [], []
+    for path in sorted(out.rglob("*")):
+        if path.is_dir():
+            continue
+        parts = path.relative_to(out).parts
+        own = (len(parts) == 1 and parts[0] in REPORT_FILES) or (len(parts) == 2 and parts[0] in REPORT_FOLDERS)
+        (earlier if own else foreign).append("/".join(parts))
+    if foreign:
+        raise HmtError(f"{display_path(out)}: holds files an hmt report does not write ({', '.join(foreign[:3])}); "
+                       "give a new or empty folder")
+    return earlier
 
 
 def _rows_csv(data: ReportData) -> str:
@@ -131,7 +150,7 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
     """Write the report of a templates file (see the module docstring) and return what was written; ``data`` (a
     multi-label model's CSV: read with ``labels`` and ``uncertain`` given, else as the store recorded)."""
     out = Path(out)
-    _check_out(out)
+    earlier = _check_out(out)
     progress = progress or NullProgress()
     file = read_templates_file(templates)
     reader = open_store_for(file, heatmaps)
@@ -152,7 +171,7 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
                              "No evaluation is saved beside the model; give the report a labelled data set "
                              "(write_report's data, or hmt report --data DIR) to evaluate on it.")
     report = collect(file, reader, similarity=similarity, gallery_size=gallery_size, cmap=cmap, batch_size=batch_size, progress=progress)
-    with atomic_folder(out) as folder:
+    with atomic_folder(out, earlier=earlier) as folder:
         figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")
         notes += figures_summary.notes
         figures = {name: f"figures/{paths[0].name}" for name, paths in figures_summary.figures.items()}
