@@ -83,7 +83,8 @@ def _check_out(out: Path) -> list[str]:
         return []
     if not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_MARKER).is_file()):
         raise HmtError(f"{display_path(out)}: exists and is not an hmt report folder; give a new or empty folder")
-    earlier, foreign = [], []
+    earlier: list[str] = []
+    foreign: list[str] = []
     for path in sorted(out.rglob("*")):
         if path.is_dir():
             continue
