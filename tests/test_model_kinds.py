@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import assert_user_error, run_hmt
 from scipy.stats import mannwhitneyu
 
-from heatmap_templates.present.report.collect import is_multi_label
+from heatmap_templates.model.heads import is_multi_label
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.synth import ground_truth_localisation
 from heatmap_templates.templates.members import INCLUDES, member_indices
@@ -125,7 +125,7 @@ def test_multi_label_store_holds_every_finding_per_image(multi_label_phantom: di
     info = multi_label_phantom["result"].info
     assert info.head == "sigmoids" and info.class_names == FINDINGS
     reader = open_heatmaps(multi_label_phantom["store"])
-    assert is_multi_label(reader) and reader.labels.shape == (len(reader), 3)
+    assert is_multi_label(reader.settings.head) and reader.labels.shape == (len(reader), 3)
     truth = {str(sample.path): row for sample, row in zip(multi_label_phantom["dataset"].samples,
                                                           multi_label_phantom["dataset"].finding_matrix(), strict=True)}
     np.testing.assert_array_equal(reader.labels, [truth[str(Path(path).resolve())] if str(Path(path).resolve()) in truth

@@ -349,15 +349,17 @@ def _randomise_steps(result: SanityResult, steps: Sequence, trained, network, te
 def _load_shuffled_model(shuffled_model, info, layer: str, *, unsafe_load: bool):
     """The model trained on shuffled labels, for data randomisation; its classes must be the templates' own, and it
     must have the layer the templates were built at (its maps are compared with theirs)."""
-    from heatmap_templates.model.layers import walk_layers
+    from heatmap_templates.model.layers import resolve_layer
     from heatmap_templates.model.model_file import load_model
 
     shuffled, shuffled_info = load_model(shuffled_model, unsafe=unsafe_load)
     if list(shuffled_info.class_names) != list(info.class_names):
         raise HmtError(f"{shuffled_model}: classes {shuffled_info.class_names} differ from the templates' {info.class_names}")
-    if layer not in {path for path, _ in walk_layers(shuffled)} | {found.name for _, found in walk_layers(shuffled)}:
+    try:
+        resolve_layer(shuffled, layer)  # the engine's own lookup: a path, or a unique plain name
+    except HmtError:
         raise HmtError(f"{shuffled_model}: has no layer {layer!r}, the layer the templates were built at; train it with "
-                       "the same backbone")
+                       "the same backbone") from None
     return shuffled, shuffled_info
 
 

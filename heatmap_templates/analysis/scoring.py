@@ -25,7 +25,7 @@ import numpy as np
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_scores
 from heatmap_templates.analysis.strategies import closest_strategy
 from heatmap_templates.errors import BadFileError, HmtError, display_path
-from heatmap_templates.model.heads import HEADS
+from heatmap_templates.model.heads import is_multi_label
 from heatmap_templates.numeric.metrics import lung_field_energy, percentile_rank
 from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps, registrar_for
 from heatmap_templates.templates.templates_file import TemplateFile, read_strategies, read_templates
@@ -145,7 +145,7 @@ class TemplateScorer:
         if not self.file.templates:
             raise BadFileError(self.file.path, "holds no class templates")
         self.class_names = list(settings.class_names)
-        self.multi_label = settings.head is not None and HEADS[settings.head].multi_label
+        self.multi_label = is_multi_label(settings.head)
         self.similarity = similarity
         self.atypical_percentile = float(atypical_percentile)
         self.normalisation = settings.normalisation

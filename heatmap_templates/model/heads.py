@@ -198,6 +198,12 @@ def reads_logits(model, head: str) -> bool:
     return activation_name(output_layer(model)) == "linear" and not HEADS[head].outputs_are_logits
 
 
+def is_multi_label(head: str | None) -> bool:
+    """Whether a recorded head kind has independent findings (None: a file written before heads were recorded, whose
+    models had exclusive classes)."""
+    return head is not None and HEADS[head].multi_label
+
+
 def check_threshold(threshold: float) -> float:
     """A decision threshold, which must lie strictly between 0 and 1."""
     if not 0.0 < float(threshold) < 1.0:

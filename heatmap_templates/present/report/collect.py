@@ -16,7 +16,7 @@ from heatmap_templates.analysis.scoring import TemplateScorer
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
 from heatmap_templates.analysis.strategy_search import members_store
 from heatmap_templates.errors import HmtError, display_path
-from heatmap_templates.model.heads import HEADS
+from heatmap_templates.model.heads import is_multi_label
 from heatmap_templates.numeric.metrics import classification_report, lung_field_energy, multilabel_report
 from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes, overlay_rgb
 from heatmap_templates.progress import NullProgress, Progress
@@ -123,13 +123,13 @@ def open_store_for(file: TemplateFile, heatmaps: str | os.PathLike | None) -> He
 
 def _label_text(reader: HeatmapReader, i: int) -> str:
     names = reader.class_names
-    if is_multi_label(reader):
+    if is_multi_label(reader.settings.head):
         return ", ".join(n for n, v in zip(names, reader.labels[i], strict=True) if v == 1)
     return names[int(reader.labels[i])] if int(reader.labels[i]) >= 0 else ""
 
 
 def _correct(reader: HeatmapReader, i: int) -> bool | None:
-    if is_multi_label(reader):
+    if is_multi_label(reader.settings.head):
         known = reader.labels[i] >= 0
         return bool(np.all(reader.correct[i][known])) if known.any() else None
     return bool(reader.correct[i]) if int(reader.labels[i]) >= 0 else None
@@ -137,7 +137,7 @@ def _correct(reader: HeatmapReader, i: int) -> bool | None:
 
 def _predicted_index(reader: HeatmapReader) -> np.ndarray:
     """Each image's predicted class (N,): the head's decision, or a multi-label model's most probable finding."""
-    if is_multi_label(reader):
+    if is_multi_label(reader.settings.head):
         return np.argmax(reader.probabilities, axis=1) if len(reader) else np.zeros(0, np.int64)
     return np.asarray(reader.predicted, np.int64)
 
@@ -145,7 +145,7 @@ def _predicted_index(reader: HeatmapReader) -> np.ndarray:
 def store_metrics(reader: HeatmapReader) -> dict | None:
     """The classifier's metrics over the store's labelled images (every split the heatmaps were computed for)."""
     names = reader.class_names
-    if is_multi_label(reader):
+    if is_multi_label(reader.settings.head):
         known = np.any(reader.labels >= 0, axis=1)
         if not known.any():
             return None
@@ -183,7 +183,7 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where:
                 section.galleries["typical"] = [item(int(rows[i]), k, loo[i]) for i in typical]
                 section.galleries["atypical"] = [item(int(rows[i]), k, loo[i]) for i in atypical]
                 section.gallery_totals.update(typical=len(order), atypical=len(order))
-        if is_multi_label(reader):
+        if is_multi_label(reader.settings.head):
             known = reader.labels[:, k] >= 0
             wrong = np.flatnonzero(known & ~reader.correct[:, k].astype(bool))
             confidence = np.abs(reader.probabilities[wrong, k] - float(reader.settings.threshold))
@@ -253,7 +253,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
             positions = np.arange(start, start + len(batch))
             prepared = prepare_maps(batch.images, batch.raw, scorer.registrar, scorer.normalisation)
             for_templates = PreparedMaps(prepared.alignments, prepared.images, prepared.maps[:, template_columns])
-            findings = reader.predicted[positions].astype(bool) if is_multi_label(reader) else None
+            findings = reader.predicted[positions].astype(bool) if is_multi_label(reader.settings.head) else None
             for offset, result in enumerate(scorer.score_prepared(reader.paths, positions, reader.probabilities[positions],
                                                                   predicted[positions], for_templates, findings=findings)):
                 i = int(positions[offset])
@@ -280,9 +280,3 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
     _template_numbers(file, sections, energies)
     return ReportData(templates=file, store=reader, similarity=similarity, rows=rows, classes=sections, thumbnails=thumbnails,
                       store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths))
-
-
-def is_multi_label(reader: HeatmapReader) -> bool:
-    """The store's model has independent findings (its head kind says so, :mod:`heatmap_templates.model.heads`)."""
-    head = reader.settings.head
-    return head is not None and HEADS[head].multi_label
