@@ -19,6 +19,7 @@ from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE, Imag
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
+from heatmap_templates.synth.ground_truth import phantom_body_masks
 from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.templates.templates_file import save_check
 from hmt_cli.choices import labels_option, names, registry_option, uncertain_option
@@ -163,9 +164,10 @@ def evaluate_templates_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per batch."),
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
-    faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion test: remove the top q %% of each image's heatmap, of its class template moved into the image, of a random ranking, and the regions outside and inside the lungs; how much does the model's probability fall?"),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion test: remove the top (and the bottom) q %% of each image's heatmap and of its class template moved into the image, and, as baselines of the same area, random pixels, random smooth regions in the body and the ranked region moved; and the lungs against the rest and against an equal area elsewhere; how much does the model's probability fall (with 95 %% intervals)?"),
     removal: str = registry_option(DEFAULT_REMOVAL, "--removal", REMOVALS, "How removed pixels are filled"),
     deletion_sample: int = typer.Option(DEFAULT_SAMPLE, "--deletion-sample", min=1, help="Images in the deletion test (evenly spaced over the set)."),
+    body_masks: Path | None = typer.Option(None, "--body-masks", help="Each image's body mask for the deletion test's baselines: a folder of masks with the images' relative paths (.png). Default: a phantom set's ground_truth/body when present, else Otsu's threshold of each image."),
     annotations: Path | None = typer.Option(None, "--annotations", help="Where the findings are: a folder of masks (same relative path as each image, .png) or a CSV of boxes path,label,x,y,width,height; scores each correct image's map and each template."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random ranking and the imputation noise."),
     labels: str | None = labels_option(recorded=True),
@@ -181,7 +183,8 @@ def evaluate_templates_command(
     report = evaluate_templates(templates, data, model=model, similarity=similarity, atypical_percentile=atypical_percentile,
                                 split=split, batch_size=batch_size, unsafe_load=unsafe_load,
                                 progress=progress_bar(as_json), faithfulness=faithfulness, removal=removal,
-                                deletion_sample=deletion_sample, annotations=annotations, seed=seed,
+                                deletion_sample=deletion_sample, body_masks=body_masks or (phantom_body_masks(data) if faithfulness else None),
+                                annotations=annotations, seed=seed,
                                 labels=names(labels), uncertain=uncertain)
     if report.faithfulness is not None:
         save_check(templates, "faithfulness", report.faithfulness | {"data": str(data)}, command=command_line())
@@ -219,21 +222,62 @@ def evaluate_templates_command(
     echo_skipped(report.skipped)
 
 
+_CURVE_NAMES = {"random": "random pixels", "smooth": "smooth regions", "moved_heatmap": "moved heatmap",
+                "moved_template": "moved template"}
+_REGION_NAMES = {"outside_lungs": "everything outside the lungs", "lungs": "the lungs",
+                 "lungs_area_elsewhere": "smooth regions of the lungs' area outside them"}
+
+
+def _interval(value: float | None, ci: list | None, digits: int = 3) -> str:
+    """A number with its 95 % interval, e.g. ``0.412 [0.380, 0.447]``; ``-`` when undefined."""
+    if value is None:
+        return "-"
+    if not ci or ci[0] is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def deletion_lines(result: dict) -> list[str]:
-    """The deletion test as a readable table: mean probability of the predicted class per removed share."""
+    """The deletion test as a readable table: mean probability of the predicted class per removed share, the AOPC
+    ratios against each baseline and the fixed regions, each with its 95 % interval (earlier checks: their means)."""
     fractions = result["fractions"]
-    lines = [f"deletion ({result['removal']} removal, {result['n_images']} images): mean probability of the predicted class",
-             "  removed      " + "  ".join(f"{f:>5.0%}" for f in fractions) + "   area   AOPC"]
+    body = result.get("body")
+    source = f", body masks: {body.get('given', 0)} given, {body.get('otsu', 0)} Otsu" if body else ""
+    lines = [f"deletion ({result['removal']} removal, {result['n_images']} images{source}): mean probability of the predicted class",
+             "  removed              " + "  ".join(f"{f:>5.0%}" for f in fractions) + "   area   AOPC [95 % CI]"]
     for name, curve in result["curves"].items():
-        lines.append(f"  {name:<11}  " + "  ".join(f"{p:5.3f}" for p in curve["probability"])
-                     + f"  {curve['area']:.3f}  {curve['aopc']:.3f}  (n={curve['n']})")
-    ratio = result.get("template_vs_random")
-    if ratio is not None:
-        lines.append(f"  deleting the template's region lowers the probability {ratio:.1f} x as much as random deletion (AOPC)")
+        for label, shown in ((name, curve), (f"{name} LeRF", curve.get("lerf"))):
+            if shown is None:
+                continue
+            points = dict(zip(shown.get("fractions", fractions), shown["probability"] or [], strict=False))
+            row = "  ".join("  -  " if points.get(f) is None else f"{points[f]:5.3f}" for f in fractions)
+            area = "  -  " if shown.get("area") is None else f"{shown['area']:.3f}"
+            lines.append(f"  {_CURVE_NAMES.get(label, label):<19}  {row}  {area}  "
+                         f"{_interval(shown.get('aopc'), shown.get('aopc_ci'))}  (n={shown['n']})")
+    ratios = result.get("ratios")
+    if ratios:
+        lines.append("  AOPC ratio, ranking / baseline of the same area [95 % CI over images]:")
+        for key, ratio in ratios.items():
+            ranking, baseline = key.split("_vs_")
+            lines.append(f"    {ranking} / {_CURVE_NAMES.get(baseline, baseline)}: {_interval(ratio['value'], ratio['ci'], 2)}"
+                         f" (n={ratio['n']})")
+    elif result.get("template_vs_random") is not None:
+        lines.append(f"  deleting the template's region lowers the probability {result['template_vs_random']:.1f} x as much "
+                     "as random deletion (AOPC)")
+    for name, curve in result["curves"].items():
+        if "morf_minus_lerf" in curve:
+            difference = curve["morf_minus_lerf"]
+            lines.append(f"  {name}: AOPC most-relevant first minus least-relevant first "
+                         f"{_interval(difference['value'], difference['ci'])} (n={difference['n']})")
     for name, region in result["regions"].items():
-        shown = {"outside_lungs": "everything outside the lungs", "lungs": "the lungs"}.get(name, name)
-        accuracy = "" if region["accuracy"] is None else f", accuracy {region['accuracy_before']:.3f} -> {region['accuracy']:.3f}"
-        lines.append(f"  remove the {shown}: probability {region['probability']:.3f} (drop {region['drop']:.3f}){accuracy} (n={region['n']})")
+        accuracy = "" if region.get("accuracy") is None else \
+            f", accuracy {region['accuracy_before']:.3f} -> {_interval(region['accuracy'], region.get('accuracy_ci'))}"
+        lines.append(f"  remove {_REGION_NAMES.get(name, name)}: probability {region['probability']:.3f} "
+                     f"(drop {_interval(region['drop'], region.get('drop_ci'))}){accuracy} (n={region['n']})")
+    comparison = result.get("comparisons", {}).get("lungs_vs_elsewhere")
+    if comparison:
+        lines.append(f"  lungs vs an equal area elsewhere in the body: drop difference "
+                     f"{_interval(comparison['value'], comparison['ci'])} (n={comparison['n']})")
     lines += [f"  note: {note}" for note in result.get("notes", [])]
     return lines
 

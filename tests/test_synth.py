@@ -87,7 +87,7 @@ def test_smaller_set_is_a_prefix_and_classes_are_independent(tmp_path: Path) -> 
     synthesize_dataset(tmp_path / "large", n_per_class=4, size=SIZE, seed=3, probability_samples=2, workers=1)
     small, large = _files(tmp_path / "small"), _files(tmp_path / "large")
     images = [key for key in small if key.endswith(".png") and "canonical" not in key]
-    assert len(images) == 8  # 2 classes x 2 images + their masks
+    assert len(images) == 16  # 2 classes x 2 images + their lesion, body and lung masks
     for key in images:
         assert small[key] == large[key], key
     small_poses = read_poses(tmp_path / "small")
@@ -455,6 +455,24 @@ def test_planted_shortcut_is_in_the_chosen_share_of_images_where_its_mask_says(t
         else:
             assert mask is None and np.array_equal(after, before)  # images without it are untouched
     assert read_shortcuts(plain) == {path: False for path in carried}
+    with open(planted / "manifest.csv", newline="") as handle:  # the tags in the manifest, so commands can select them
+        rows = list(csv.DictReader(handle))
+    assert [row["path"] for row in rows if row["shortcut"] == "1"] == tagged and len(rows) == 24
+    with open(plain / "manifest.csv", newline="") as handle:
+        assert "shortcut" not in (csv.DictReader(handle).fieldnames or [])
+
+
+def test_each_images_body_and_lungs_are_written_as_rendered(tmp_path: Path) -> None:
+    synthesize_dataset(tmp_path, n_per_class=2, size=SIZE, seed=6, classes=("bacteria",), workers=1, probability_samples=2)
+    for index in range(2):
+        phantom = render_phantom(phantom_seed(6, "bacteria", index), "bacteria", SIZE)
+        name = f"bacteria/bacteria_{index:04d}.png"
+        body = _read_gray(tmp_path / "ground_truth" / "body" / name) > 0
+        lungs = _read_gray(tmp_path / "ground_truth" / "lungs" / name) > 0
+        np.testing.assert_array_equal(body, phantom.body_mask)
+        np.testing.assert_array_equal(lungs, phantom.lung_mask)
+        image = _read_gray(tmp_path / name).astype(float)
+        assert image[body].mean() > image[~body].mean() + 60 and (lungs <= body).all()
 
 
 def test_shortcut_arguments_are_checked(tmp_path: Path) -> None:

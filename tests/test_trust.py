@@ -105,7 +105,7 @@ def test_deletion_of_what_the_model_uses_hurts_and_of_nothing_changes_nothing() 
     assert template["probability"][-1] == pytest.approx(original) and template["aopc"] == pytest.approx(0.0)
     assert heatmap["area"] < random["area"] and random["aopc"] > 0
     assert result.to_dict()["template_vs_random"] == pytest.approx(0.0)
-    assert set(result.regions) == {"outside_lungs", "lungs"} and result.regions["lungs"]["n"] == 6
+    assert set(result.regions) == {"outside_lungs", "lungs", "lungs_area_elsewhere"} and result.regions["lungs"]["n"] == 6
 
 
 def _reader(region: np.ndarray, seed: int):
@@ -132,7 +132,8 @@ def test_each_fixed_region_removes_its_own_pixels_under_its_own_label(removal: s
     for reads in ("lungs", "outside_lungs"):
         predict = _reader(lungs if reads == "lungs" else ~lungs, seed=7)
         result = deletion_test(predict, cases, np.ones(4, int), np.ones(4, int), [lungs] * 4, fractions=(0.0,), removal=removal)
-        assert set(result.regions) == {"lungs", "outside_lungs"} and all(r["n"] == 4 for r in result.regions.values())
+        assert set(result.regions) == {"lungs", "outside_lungs", "lungs_area_elsewhere"}
+        assert all(r["n"] == 4 for r in result.regions.values())
         drops[reads] = {name: region["drop"] for name, region in result.regions.items()}
     assert drops["outside_lungs"]["lungs"] == 0.0 and drops["lungs"]["outside_lungs"] == 0.0  # nothing else changed
     assert abs(drops["lungs"]["lungs"]) > 0.01 and abs(drops["outside_lungs"]["outside_lungs"]) > 0.01
@@ -355,6 +356,9 @@ def test_sanity_faithfulness_and_localisation_on_the_phantom(shortcut_phantom: d
     deletion = report["faithfulness"]
     assert deletion["fractions"][0] == 0.0 and deletion["curves"]["heatmap"]["drop"][0] == 0.0
     assert deletion["curves"]["heatmap"]["aopc"] > deletion["curves"]["random"]["aopc"]  # the model uses what its maps mark
+    assert deletion["body"] == {"given": deletion["n_images"], "otsu": 0}  # the phantom's exact body masks, found by themselves
+    assert set(deletion["ratios"]) == {f"{r}_vs_{b}" for r in ("heatmap", "template") for b in ("random", "smooth", "moved")}
+    assert all(len(curve["per_image_aopc"]) == deletion["n_images"] for curve in deletion["curves"].values())
     covid = report["localisation"]["templates"]["covid"]
     assert covid["annotated_members"] == read_checks(templates)["localisation"]["templates"]["covid"]["annotated_members"] > 0
     assert covid["pixel_auc"] > 0.7  # the covid template lies on the planted lesions (measured 0.94)
@@ -370,6 +374,9 @@ def test_sanity_faithfulness_and_localisation_on_the_phantom(shortcut_phantom: d
     page = write_report(templates, tmp_path / "report", heatmaps=shortcut_phantom["store"], gallery_size=1).index.read_text()
     for ranking, curve in deletion["curves"].items():
         assert f'data-key="deletion-{ranking}-aopc">{curve["aopc"]:.3f}<' in page
+    ratio = deletion["ratios"]["template_vs_smooth"]
+    assert f'data-key="deletion-ratio-template_vs_smooth">{ratio["value"]:.3f}<' in page
+    assert f'{ratio["value"]:.2f} [{ratio["ci"][0]:.2f}, {ratio["ci"][1]:.2f}]' in page
     assert entries[-1]["spearman"] is None or f'data-key="sanity-covid-5">{entries[-1]["spearman"]:.3f}<' in page
     assert "figures/sanity.png" in page and "figures/deletion.png" in page
 

@@ -24,8 +24,9 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -352,6 +353,7 @@ def evaluate_templates(
     faithfulness: bool = False,
     removal: str = "road",
     deletion_sample: int = 100,
+    body_masks: str | os.PathLike | None = None,
     annotations: str | os.PathLike | None = None,
     seed: int = 0,
     labels: Sequence[str] | None = None,
@@ -366,7 +368,8 @@ def evaluate_templates(
     energy (the share of the predicted class's registered, normalised map inside the reference
     lung mask) per true class and of each template, and the classification metrics. With
     ``faithfulness``, the deletion test (:mod:`heatmap_templates.analysis.faithfulness`) on a sample of
-    ``deletion_sample`` images; with ``annotations`` (a mask folder or a box CSV), localisation of each
+    ``deletion_sample`` images (``body_masks``: a folder of each image's body mask, as an annotation mask folder, for
+    its like-for-like baselines; else Otsu's threshold of each image); with ``annotations`` (a mask folder or a box CSV), localisation of each
     correctly classified image's map and of each template (:mod:`heatmap_templates.analysis.annotations`).
     """
     from heatmap_templates.model.evaluation import check_labels_fit
@@ -391,7 +394,7 @@ def evaluate_templates(
     if faithfulness:
         deletion = _deletion_curves(comparer, [samples[r.position] for r in results], targets, objective.multi_label,
                                     sample=deletion_sample, removal=removal, seed=seed, batch_size=batch_size,
-                                    progress=progress)
+                                    progress=progress, body_masks=body_masks, root=dataset.root)
     localisation = None if found is None else _localisation(comparer, found, image_scores)
     return TemplateEvaluation(
         templates=display_path(comparer.file.path),
@@ -470,13 +473,30 @@ def _energy_report(comparer: Comparer, results: Sequence[ImageComparison], truth
 
 
 def _deletion_curves(comparer: Comparer, samples: Sequence[Sample], labels: np.ndarray, multi_label: bool, *, sample: int,
-                     removal: str, seed: int, batch_size: int, progress: Progress | None) -> dict:
-    """The deletion test on the scored images (their class index, -1 for multi-label: unknown), as its JSON record."""
+                     removal: str, seed: int, batch_size: int, progress: Progress | None,
+                     body_masks: str | os.PathLike | None = None, root: Path | None = None) -> dict:
+    """The deletion test on the scored images (their class index, -1 for multi-label: unknown), as its JSON record;
+    intervals resample patients where the data set knows them."""
     from heatmap_templates.analysis.faithfulness import run_deletion
 
     single = np.asarray(labels) if not multi_label else np.full(len(samples), -1)
-    return run_deletion(comparer, [str(s.path) for s in samples], single, sample=sample,
-                        removal=removal, seed=seed, batch_size=batch_size, progress=progress).to_dict()
+    paths = [str(s.path) for s in samples]
+    bodies: Callable[[str], np.ndarray | None] | None = None
+    if body_masks is not None:
+        from heatmap_templates.analysis.annotations import read_annotations
+
+        if not Path(body_masks).is_dir():
+            raise BadFileError(Path(body_masks), "body masks must be a folder of masks named as the images (.png)")
+        found = read_annotations(body_masks, [(path, "body", root or Path(path).parent) for path in paths],
+                                 (int(comparer.info.input_size[0]), int(comparer.info.input_size[1])))
+        if not len(found):
+            raise HmtError(f"{display_path(body_masks)}: no body mask matches any image of the deletion test")
+        bodies = partial(found.for_image, label="body")
+
+    patients = [s.patient_id for s in samples]
+    groups = patients if any(p is not None for p in patients) and len(set(patients)) < len(patients) else None
+    return run_deletion(comparer, paths, single, sample=sample, removal=removal, seed=seed, batch_size=batch_size,
+                        progress=progress, bodies=bodies, groups=groups).to_dict()
 
 
 def _localisation(comparer: Comparer, found: Annotations, image_scores: Sequence[dict]) -> dict:

@@ -221,6 +221,15 @@ def hila(anatomy: Anatomy) -> list[tuple[float, float]]:
     return [(lung.medial_x + lung.side * 0.045, 0.5 * (lung.apex_y + lung.costophrenic_y) + 0.02) for lung in anatomy.lungs]
 
 
+def draw_body(anatomy: Anatomy, size: int) -> np.ndarray:
+    """The body (torso with shoulders and neck) in the canonical frame, anti-aliased, float32 in [0, 1]."""
+    hw = anatomy.body_half_width
+    torso = np.array([[0.5 - 0.08, -0.05], [0.5 - 0.08, 0.06], [0.5 - hw + 0.06, 0.10], [0.5 - hw, 0.18], [0.5 - hw - 0.01, 0.60],
+                      [0.5 - hw + 0.02, 1.05], [0.5 + hw - 0.02, 1.05], [0.5 + hw + 0.01, 0.60], [0.5 + hw, 0.18],
+                      [0.5 + hw - 0.06, 0.10], [0.5 + 0.08, 0.06], [0.5 + 0.08, -0.05]])
+    return _fill(size, torso)
+
+
 def render_anatomy(anatomy: Anatomy, lungs: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Lesion-free canonical radiograph (float32, not yet clipped)."""
     px = size / 256.0
@@ -231,10 +240,7 @@ def render_anatomy(anatomy: Anatomy, lungs: np.ndarray, size: int, rng: np.rando
 
     # Body: torso with shoulders and neck, a little denser towards the abdomen.
     hw = anatomy.body_half_width
-    torso = np.array([[0.5 - 0.08, -0.05], [0.5 - 0.08, 0.06], [0.5 - hw + 0.06, 0.10], [0.5 - hw, 0.18], [0.5 - hw - 0.01, 0.60],
-                      [0.5 - hw + 0.02, 1.05], [0.5 + hw - 0.02, 1.05], [0.5 + hw + 0.01, 0.60], [0.5 + hw, 0.18],
-                      [0.5 + hw - 0.06, 0.10], [0.5 + 0.08, 0.06], [0.5 + 0.08, -0.05]])
-    body = blur(_fill(size, torso), 3.0 * px)
+    body = blur(draw_body(anatomy, size), 3.0 * px)
     lateral_falloff = 1.0 - 0.15 * np.clip(np.abs(columns - 0.5) / hw, 0, 1) ** 4  # thinner tissue at the edges
     image += body * (anatomy.soft_tissue * lateral_falloff + (0.08 * np.clip(rows - 0.6, 0, 1) - BACKGROUND))
 

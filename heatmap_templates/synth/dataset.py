@@ -52,6 +52,8 @@ SHORTCUTS_FILE = "shortcuts.csv"  # path,shortcut (0/1) for every image
 BOXES_FILE = "boxes.csv"  # path,label,x,y,width,height: each lesion component's bounding box (annotations as boxes)
 MIN_BOX_PIXELS = 4  # lesion components smaller than this are not boxed
 SHORTCUT_MASKS_DIR = "shortcut_masks"  # <class>/<image>.png for the images that carry a planted shortcut
+BODY_MASKS_DIR = "body"  # <class>/<image>.png: each image's body (a mask folder: `--body-masks`)
+LUNG_MASKS_DIR = "lungs"  # <class>/<image>.png: each image's true lung fields
 CANONICAL_CHEST_FILE = "canonical_chest.png"
 CANONICAL_LUNGS_FILE = "canonical_lungs.png"
 _POSE_COLUMNS = ("dx", "dy", "angle_deg", "scale", "a00", "a01", "a02", "a10", "a11", "a12")
@@ -112,7 +114,7 @@ def _synth_files(classes: Sequence[str], multi_label: bool) -> re.Pattern[str]:
         tables = ("poses.csv",)
     else:
         images = (rf"(?P<label>{labels})/(?P=label){number}"
-                  rf"|{GROUND_TRUTH_DIR}/(?:masks|{SHORTCUT_MASKS_DIR})/(?P<masked>{labels})/(?P=masked){number}")
+                  rf"|{GROUND_TRUTH_DIR}/(?:masks|{SHORTCUT_MASKS_DIR}|{BODY_MASKS_DIR}|{LUNG_MASKS_DIR})/(?P<masked>{labels})/(?P=masked){number}")
         tables = ("README.md", "poses.csv", SHORTCUTS_FILE, BOXES_FILE)
     truth = [*tables, MARKER_FILE, CANONICAL_CHEST_FILE, CANONICAL_LUNGS_FILE, *(f"lesion_probability_{c}.npy" for c in classes)]
     return re.compile("|".join([r"manifest\.csv", images, *(re.escape(f"{GROUND_TRUTH_DIR}/{name}") for name in truth)]))
@@ -175,8 +177,13 @@ scales 0.9 to 1.1; the spread multiplies the shift and rotation ranges and the e
 Re-running with the same arguments reproduces every file bit for bit.
 
 - `../<class>/<class>_NNNN.png`: the 8-bit grayscale images (x-ray polarity: bone and tissue bright, air dark).
-- `../manifest.csv`: `path,label,patient_id` for every image (each image is its own patient).
+- `../manifest.csv`: `path,label,patient_id` for every image (each image is its own patient), and with planted
+  shortcuts a `shortcut` column (1 where the image carries one), so that commands can select the tagged images.
 - `masks/<class>/<class>_NNNN.png`: each image's lesion mask in the image frame (255 = lesion; all 0 for `normal`).
+- `body/<class>/<class>_NNNN.png`: each image's body (torso, shoulders, neck) in the image frame (255 = body): the exact
+  body mask of the deletion test's baselines (`hmt evaluate-templates --faithfulness --body-masks`).
+- `lungs/<class>/<class>_NNNN.png`: each image's true lung fields in the image frame (255 = lung): the truth for lung
+  segmentation.
 - `poses.csv`: `path,label,dx,dy,angle_deg,scale,a00,a01,a02,a10,a11,a12,patient_id`. The image is the canonical
   drawing warped by `cv2.warpAffine(canonical, [[a00, a01, a02], [a10, a11, a12]], (size, size))`: rotation by
   `angle_deg` (counter-clockwise on screen) and `scale` about the image centre ((size - 1) / 2), then a shift of
@@ -231,6 +238,9 @@ def _render_and_write(out: Path, label: str, indices: Sequence[int], seed: int, 
         canonical_sum += phantom.canonical_image
         _write_png(out / label / name, _to_uint8(phantom.image))
         _write_png(out / GROUND_TRUTH_DIR / "masks" / label / name, phantom.lesion_mask.astype(np.uint8) * 255)
+        assert phantom.body_mask is not None  # every rendered phantom has its body
+        _write_png(out / GROUND_TRUTH_DIR / BODY_MASKS_DIR / label / name, phantom.body_mask.astype(np.uint8) * 255)
+        _write_png(out / GROUND_TRUTH_DIR / LUNG_MASKS_DIR / label / name, phantom.lung_mask.astype(np.uint8) * 255)
         if carries:
             assert phantom.shortcut_mask is not None  # a phantom rendered with a shortcut has its mask
             _write_png(out / GROUND_TRUTH_DIR / SHORTCUT_MASKS_DIR / label / name, phantom.shortcut_mask.astype(np.uint8) * 255)
@@ -301,7 +311,7 @@ def synthesize_dataset(out_dir: str | Path, *, n_per_class: int = DEFAULT_N_PER_
                               probability_samples=probability_samples, workers=workers, progress=progress or NullProgress())
         order = {label: position for position, label in enumerate(chosen)}
         written.sort(key=lambda item: (order[item.label], item.index))
-        _write_tables(folder, written)
+        _write_tables(folder, written, tagged=bool(shortcuts))
         _write_canonical_frame(truth, written, size)
         write_text(truth / "README.md", _README.format(n=n_per_class, size=size, seed=seed, classes=", ".join(chosen),
                                                         samples=probability_samples, threshold=LESION_THRESHOLD,
@@ -335,7 +345,8 @@ def _make_folders(out: Path, chosen: Sequence[str], shortcuts: dict[str, float])
     truth = out / GROUND_TRUTH_DIR
     for label in chosen:
         ensure_folder(out / label, out)
-        ensure_folder(truth / "masks" / label, out)
+        for kind in ("masks", BODY_MASKS_DIR, LUNG_MASKS_DIR):
+            ensure_folder(truth / kind / label, out)
     for label in shortcuts:
         ensure_folder(truth / SHORTCUT_MASKS_DIR / label, out)
 
@@ -375,11 +386,13 @@ def _render_all(out: Path, chosen: Sequence[str], *, n_per_class: int, size: int
     return written
 
 
-def _write_tables(out: Path, written: Sequence[_Written]) -> None:
-    """The manifest beside the images and the ground-truth tables (poses, shortcuts, lesion boxes), one row per image."""
+def _write_tables(out: Path, written: Sequence[_Written], *, tagged: bool = False) -> None:
+    """The manifest beside the images (with ``tagged``, a ``shortcut`` column) and the ground-truth tables (poses,
+    shortcuts, lesion boxes), one row per image."""
     truth = out / GROUND_TRUTH_DIR
-    _write_csv(out / "manifest.csv", ["path", "label", "patient_id"],
-               ([item.pose_row[0], item.label, item.pose_row[-1]] for item in written))
+    _write_csv(out / "manifest.csv", ["path", "label", "patient_id", *(["shortcut"] if tagged else [])],
+               ([item.pose_row[0], item.label, item.pose_row[-1], *(["1" if item.shortcut else "0"] if tagged else [])]
+                for item in written))
     _write_csv(truth / "poses.csv", ["path", "label", *_POSE_COLUMNS, "patient_id"], (item.pose_row for item in written))
     _write_csv(truth / SHORTCUTS_FILE, ["path", "shortcut"], ([item.pose_row[0], "1" if item.shortcut else "0"] for item in written))
     _write_csv(truth / BOXES_FILE, ["path", "label", "x", "y", "width", "height"],

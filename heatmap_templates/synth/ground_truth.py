@@ -17,7 +17,13 @@ import numpy as np
 
 from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.numeric.metrics import localisation_auc
-from heatmap_templates.synth.dataset import CANONICAL_LUNGS_FILE, GROUND_TRUTH_DIR, SHORTCUT_MASKS_DIR, SHORTCUTS_FILE
+from heatmap_templates.synth.dataset import (
+    BODY_MASKS_DIR,
+    CANONICAL_LUNGS_FILE,
+    GROUND_TRUTH_DIR,
+    SHORTCUT_MASKS_DIR,
+    SHORTCUTS_FILE,
+)
 
 _PROBABILITY_PREFIX = "lesion_probability_"
 
@@ -41,6 +47,13 @@ class LesionTruth:
         probabilities = {name: cv2.resize(values, size, interpolation=cv2.INTER_AREA) for name, values in self.probabilities.items()}
         lungs = cv2.resize(self.lungs.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
         return LesionTruth(probabilities, lungs, self.folder)
+
+
+def phantom_body_masks(data: str | os.PathLike) -> Path | None:
+    """The folder of each image's exact body mask of a `hmt synth` set (its folder or its manifest), else None."""
+    folder = Path(data) if Path(data).is_dir() else Path(data).parent
+    masks = folder / GROUND_TRUTH_DIR / BODY_MASKS_DIR
+    return masks if masks.is_dir() else None
 
 
 def read_lesion_truth(data_dir: str | os.PathLike) -> LesionTruth:

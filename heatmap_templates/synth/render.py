@@ -18,6 +18,7 @@ from heatmap_templates.synth.anatomy import (
     BACKGROUND,
     blur,
     check_size,
+    draw_body,
     draw_lung_fields,
     render_anatomy,
     sample_anatomy,
@@ -67,6 +68,7 @@ class Phantom:
     canonical_image: np.ndarray = field(repr=False)
     finding_masks: dict[str, np.ndarray] | None = field(default=None, repr=False)  # multi-label: per finding, image frame
     shortcut_mask: np.ndarray | None = field(default=None, repr=False)  # the planted shortcut's pixels, image frame
+    body_mask: np.ndarray | None = field(default=None, repr=False)  # the body (torso, shoulders, neck), image frame
 
 
 def phantom_seed(seed: int, label: str, index: int) -> np.random.SeedSequence:
@@ -185,7 +187,7 @@ def render_phantom(seed: np.random.SeedSequence | int | Sequence[int], label: st
     finding_masks = {name: _warp_mask((values >= LESION_THRESHOLD).astype(np.float32), pose) for name, values in per_finding.items()}
     return Phantom(image=image, lesion_mask=mask, canonical_lesion_mask=canonical_mask, lung_mask=lungs, pose=pose, label=label,
                    canonical_image=canonical_image, finding_masks=finding_masks if findings is not None else None,
-                   shortcut_mask=shortcut_mask)
+                   shortcut_mask=shortcut_mask, body_mask=_warp_mask(draw_body(anatomy, size), pose))
 
 
 def canonical_lesion_probability(label: str, size: int = 256, n_samples: int = DEFAULT_PROBABILITY_SAMPLES,

@@ -7,8 +7,6 @@ from matplotlib.figure import Figure
 from heatmap_templates.present.figures.strategies import strategy_colour
 from heatmap_templates.present.figures.style import COLUMN_WIDTHS
 
-RANKING_STYLES = {"heatmap": ("-", "o"), "template": ("--", "s"), "random": (":", "^")}  # line and marker, not colour alone
-
 
 def sanity_figure(result: dict, width: str) -> Figure:
     """Spearman (solid) and SSIM (dashed) of each class's template with the trained model's, against the number of
@@ -36,25 +34,45 @@ def sanity_figure(result: dict, width: str) -> Figure:
     return figure
 
 
+CURVE_STYLES = {"heatmap": ("-", "o"), "template": ("--", "s"), "random": (":", "^"), "smooth": ("-.", "v"),
+                "moved_heatmap": ((0, (1, 1)), "D"), "moved_template": ((0, (3, 1, 1, 1)), "P")}  # line and marker, not colour alone
+REGION_LABELS = {"outside_lungs": "outside\nremoved", "lungs": "lungs\nremoved", "lungs_area_elsewhere": "lungs' area\nelsewhere"}
+
+
+def _values(points: list | None) -> np.ndarray:
+    return np.array([np.nan if value is None else value for value in points or []], np.float64)
+
+
 def deletion_figure(result: dict, width: str) -> Figure:
-    """Mean probability of the predicted class against the removed share, per ranking; the fixed regions as bars."""
-    figure = Figure(figsize=(COLUMN_WIDTHS[width] * 0.75, 2.4), layout="constrained")
+    """Mean probability of the predicted class against the removed share, per ranking (most relevant first; least
+    relevant first as a thin line of the same colour) and baseline; the fixed regions as bars with 95 % intervals."""
+    figure = Figure(figsize=(COLUMN_WIDTHS[width] * 0.8, 2.6), layout="constrained")
     curves, bars = figure.subplots(1, 2, width_ratios=(2, 1))
-    fractions = np.asarray(result["fractions"]) * 100
     for number, (name, curve) in enumerate(result["curves"].items()):
-        line, marker = RANKING_STYLES.get(name, ("-", "o"))
-        curves.plot(fractions, curve["probability"], line, marker=marker, markersize=3, color=strategy_colour(number),
-                    label=f"{name} (area {curve['area']:.2f}, n={curve['n']})")
+        line, marker = CURVE_STYLES.get(name, ("-", "o"))
+        colour = strategy_colour(number)
+        fractions = np.asarray(curve.get("fractions", result["fractions"])) * 100
+        area = "" if curve.get("area") is None else f"area {curve['area']:.2f}, "
+        curves.plot(fractions, _values(curve["probability"]), linestyle=line, marker=marker, markersize=3, color=colour,
+                    label=f"{name} ({area}n={curve['n']})")
+        if curve.get("lerf"):
+            curves.plot(fractions, _values(curve["lerf"]["probability"]), linestyle=line, linewidth=0.7, marker=marker,
+                        markersize=2, markerfacecolor="none", color=colour, label=f"{name}, least relevant first")
     curves.set_xlabel("pixels removed (%)")
     curves.set_ylabel("probability of the predicted class")
     curves.set_ylim(0, 1.02)
     curves.set_title(f"deletion ({result['removal']})")
-    curves.legend(fontsize=6, frameon=False)
+    curves.legend(fontsize=5, frameon=False)
     regions = result.get("regions", {})
-    names = [name for name in ("outside_lungs", "lungs") if name in regions]
-    labels = {"outside_lungs": "outside\nremoved", "lungs": "lungs\nremoved"}
-    bars.bar(range(len(names)), [regions[name]["probability"] for name in names], color="0.6")
-    bars.set_xticks(range(len(names)), [labels[name] for name in names])
+    names = [name for name in REGION_LABELS if name in regions]
+    heights = [regions[name]["probability"] for name in names]
+    errors = None
+    if all(regions[name].get("drop_ci") and regions[name]["drop_ci"][0] is not None for name in names) and names:
+        # mean probability = mean original - mean drop: the drop's interval, mirrored
+        errors = np.array([[regions[n]["drop_ci"][1] - regions[n]["drop"], regions[n]["drop"] - regions[n]["drop_ci"][0]]
+                           for n in names]).T
+    bars.bar(range(len(names)), heights, yerr=errors, capsize=2, color="0.6")
+    bars.set_xticks(range(len(names)), [REGION_LABELS[name] for name in names], fontsize=6)
     bars.set_ylim(0, 1.02)
     bars.set_title("regions")
     return figure

@@ -330,16 +330,7 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
             parts.append(figure(source, figures["sanity"], "Template similarity as the model is randomised"))
     deletion = checks.get("faithfulness")
     if deletion:
-        parts.append(f"<h3>Deletion ({escape(deletion['removal'])}, {deletion['n_images']} images)</h3>")
-        rows = [[name, curve.get("area"), curve.get("aopc")] for name, curve in deletion["curves"].items()]
-        parts.append(table(["ranking", "deletion area (lower: more faithful)", "AOPC (higher: more faithful)"], rows,
-                           keys=[[None, f"deletion-{name}-area", f"deletion-{name}-aopc"] for name in deletion["curves"]]))
-        parts.append(f"<p>Template / random AOPC: <span data-key=\"deletion-ratio\">{number(deletion.get('template_vs_random'))}</span>.</p>")
-        if deletion.get("regions"):
-            rows = [[name, r.get("probability"), r.get("drop"), r.get("accuracy")] for name, r in deletion["regions"].items()]
-            parts.append(table(["region removed", "mean probability", "mean drop", "accuracy"], rows))
-        if "deletion" in figures:
-            parts.append(figure(source, figures["deletion"], "Deletion curves"))
+        parts.append(deletion_html(deletion, source, figures))
     localisation = checks.get("localisation")
     if localisation:
         parts.append(f"<h3>Localisation against {escape(str(localisation.get('annotations')))}</h3>")
@@ -359,6 +350,66 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
 def rows_json(rows: Sequence[ImageRow], path_root: str) -> str:
     payload = {"columns": list(ROW_COLUMNS), "page_size": PAGE_SIZE, "path_root": path_root, "rows": [row.values() for row in rows]}
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+
+
+DELETION_NAMES = {"random": "random pixels", "smooth": "random smooth regions", "moved_heatmap": "heatmap region moved",
+                  "moved_template": "template region moved", "outside_lungs": "everything outside the lungs",
+                  "lungs": "the lungs", "lungs_area_elsewhere": "smooth regions of the lungs' area outside them"}
+
+
+def interval(value: float | None, ci: Sequence | None, digits: int = 3) -> str:
+    """A number with its 95 % interval as the page prints it: ``0.412 [0.380, 0.447]``."""
+    if value is None or not ci or ci[0] is None:
+        return number(value, digits)
+    return f"{number(value, digits)} [{number(ci[0], digits)}, {number(ci[1], digits)}]"
+
+
+def deletion_html(deletion: Mapping, source: Source, figures: Mapping[str, str]) -> str:
+    """The deletion check: AOPC per ranking (most and least relevant first) and baseline, the ratios against each
+    baseline of the same area and the fixed regions, with their 95 % intervals (a check of layout 1: its means)."""
+    body = deletion.get("body")
+    parts = [f"<h3>Deletion ({escape(deletion['removal'])}, {deletion['n_images']} images)</h3>",
+             "<p>Remove the top q % of a ranking of each image's pixels and watch the probability of the predicted class "
+             "fall; AOPC is the mean fall over the removed shares (higher: the ranking marks what the model uses). "
+             "Baselines remove the same area: random pixels (which imputation fills back almost perfectly: a weak "
+             "change), random smooth regions inside the body, and the ranked region moved elsewhere in the body; only the "
+             "last two compare a region with a region. Intervals: 95 % bootstrap over images."
+             + (f" Body masks: {body.get('given', 0)} given, {body.get('otsu', 0)} from Otsu's threshold." if body else "")
+             + "</p>"]
+    rows, keys = [], []
+    for name, curve in deletion["curves"].items():
+        for label, shown in ((name, curve), (f"{name}, least relevant first", curve.get("lerf"))):
+            if shown is not None:
+                rows.append([DELETION_NAMES.get(label, label), shown.get("area"), shown.get("aopc"),
+                             interval(shown.get("aopc"), shown.get("aopc_ci")) if shown.get("aopc_ci") else "–", shown.get("n")])
+                keys.append([None, f"deletion-{label}-area", f"deletion-{label}-aopc", None, None] if label == name else [None] * 5)
+    parts.append(table(["removed", "deletion area (lower: more faithful)", "AOPC (higher: more faithful)", "AOPC [95 % CI]",
+                        "images"], rows, keys=keys))
+    ratios = deletion.get("ratios")
+    if ratios:
+        rows = [[f"{key.split('_vs_')[0]} / {DELETION_NAMES.get(key.split('_vs_')[1], key.split('_vs_')[1])}", ratio["value"],
+                 interval(ratio["value"], ratio["ci"], 2), ratio["n"]] for key, ratio in ratios.items()]
+        parts.append(table(["AOPC ratio", "ratio", "ratio [95 % CI]", "images"], rows,
+                           keys=[[None, f"deletion-ratio-{key}", None, None] for key in ratios]))
+        differences = [(name, curve["morf_minus_lerf"]) for name, curve in deletion["curves"].items() if "morf_minus_lerf" in curve]
+        if differences:
+            parts.append("<p>AOPC most relevant first minus least relevant first (above 0: the ranking orders the pixels "
+                         "as the model uses them): " + "; ".join(f"{escape(name)} {escape(interval(d['value'], d['ci']))}"
+                                                                 for name, d in differences) + ".</p>")
+    else:
+        parts.append(f"<p>Template / random AOPC: <span data-key=\"deletion-ratio\">{number(deletion.get('template_vs_random'))}</span>.</p>")
+    if deletion.get("regions"):
+        rows = [[DELETION_NAMES.get(name, name), r.get("probability"), interval(r.get("drop"), r.get("drop_ci")),
+                 interval(r.get("accuracy"), r.get("accuracy_ci")), r.get("n")] for name, r in deletion["regions"].items()]
+        parts.append(table(["region removed", "mean probability", "mean drop [95 % CI]", "accuracy [95 % CI]", "images"], rows))
+        comparison = deletion.get("comparisons", {}).get("lungs_vs_elsewhere")
+        if comparison:
+            parts.append("<p>The lungs against an equal area elsewhere in the body (like for like): drop difference "
+                         f"<span data-key=\"deletion-lungs-vs-elsewhere\">{escape(interval(comparison['value'], comparison['ci']))}"
+                         f"</span> (n = {comparison['n']}).</p>")
+    if "deletion" in figures:
+        parts.append(figure(source, figures["deletion"], "Deletion curves"))
+    return "".join(parts)
 
 
 def table_section(data: ReportData, csv_source: str) -> str:
