@@ -422,6 +422,7 @@ def main() -> None:
         print(f"level {row.percent} % (tagged lesions {row.lesions:g}) ...", flush=True)
         record = run_level(row, work, args, fresh_cache)
         report["rows"].append(record)
+        args.out.write_text(json.dumps(report, indent=2))  # the rows so far, should a later level fail
         print(json.dumps(record, indent=1), flush=True)
     report["smallest_found"] = smallest_found(report["rows"])
     report["seconds"] = round(time.perf_counter() - started, 1)

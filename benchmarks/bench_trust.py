@@ -8,8 +8,9 @@ One command, one run:
      image-only baseline: the Sobel edge magnitude of the same images, prepared and averaged like a template. The
      baseline does not depend on the model, so its curve is 1 at every step by construction (it would be flagged);
      what it shows is how edge-like the templates of the randomised model become (Spearman with the baseline).
-   - deletion (`evaluate-templates --faithfulness`, ROAD): template vs random ranking (AOPC ratio), the image's
-     own heatmap, and the fixed lung / outside-lung regions;
+   - deletion (`evaluate-templates --faithfulness`, ROAD, the phantom's exact body masks): the template and the image's
+     own heatmap, most and least relevant first, against random pixels, random smooth regions and the moved region
+     (AOPC ratios with 95 % intervals), and the lungs against everything outside them and an equal area elsewhere;
    - localisation (`--annotations` with the phantom's lesion boxes): pointing game, energy pointing game, pixel AUC.
 2. **cxr4** (``--cxr4 DIR``: the output folder of ``benchmarks/real_data_report.py``, with its model, training-part
    store, templates and test manifest): the same three (localisation only where annotations exist: none for cxr4),
@@ -93,11 +94,23 @@ def sanity_with_baseline(templates: Path, store: Path, model: Path, sample: int)
     return {"steps": result.steps, "sample": result.sample, "flagged": result.flagged, "classes": classes}
 
 
-def deletion_summary(report: dict) -> dict:
-    faith = report["faithfulness"]
-    return {"n_images": faith["n_images"], "removal": faith["removal"], "template_vs_random_aopc": faith["template_vs_random"],
-            "curves": {name: {"aopc": c["aopc"], "area": c["area"], "n": c["n"]} for name, c in faith["curves"].items()},
-            "regions": faith["regions"]}
+def _without_per_image(record: dict) -> dict:
+    return {key: value for key, value in record.items() if not key.startswith("per_image")}
+
+
+def deletion_summary(faith: dict) -> dict:
+    """The deletion check's numbers without the per-image lists: AOPC with intervals per curve (LeRF and MoRF - LeRF
+    for the rankings), the ratios against each baseline, the regions and the lungs against an equal area elsewhere."""
+    curves = {}
+    for name, c in faith["curves"].items():
+        curves[name] = {"aopc": c["aopc"], "aopc_ci": c.get("aopc_ci"), "area": c["area"], "n": c["n"]}
+        if "lerf" in c:
+            curves[name] |= {"lerf_aopc": c["lerf"]["aopc"], "lerf_aopc_ci": c["lerf"]["aopc_ci"],
+                             "morf_minus_lerf": c["morf_minus_lerf"]}
+    return {"n_images": faith["n_images"], "removal": faith["removal"], "body": faith.get("body"),
+            "template_vs_random_aopc": faith["template_vs_random"], "ratios": faith.get("ratios"), "curves": curves,
+            "regions": {name: _without_per_image(r) for name, r in faith["regions"].items()},
+            "comparisons": faith.get("comparisons")}
 
 
 def phantom(args: argparse.Namespace, root: Path) -> dict:
@@ -111,20 +124,27 @@ def phantom(args: argparse.Namespace, root: Path) -> dict:
     extract_heatmaps(model, dataset, store, batch_size=32)
     templates = root / "templates.h5"
     build_templates(store, None, templates, config=BuildConfig(reference=str(data / "ground_truth" / "canonical_chest.png")))
-    test = root / "test.csv"
+    test = data / "test.csv"  # beside the images: its paths are relative to the set, as the body masks' are
     with open(test, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label"])
         for relative in result.info.split["test"]:
-            writer.writerow([str(data / relative), Path(relative).parts[0]])
+            writer.writerow([relative, Path(relative).parts[0]])
     print("phantom model trained; sanity ...", flush=True)
     sanity = sanity_with_baseline(templates, store, model, args.sample)
     print("deletion and localisation ...", flush=True)
     report = evaluate_templates(templates, test, faithfulness=True, deletion_sample=args.deletion_sample,
-                                annotations=data / "ground_truth" / "boxes.csv").to_dict()
+                                body_masks=data / "ground_truth" / "body", annotations=data / "ground_truth" / "boxes.csv").to_dict()
     return {"n_per_class": args.n_per_class, "size": args.size, "test_accuracy": result.test_report["accuracy"],
-            "n_test": report["n_images"], "sanity": sanity, "deletion": deletion_summary(report),
+            "n_test": report["n_images"], "sanity": sanity, "deletion": deletion_summary(report["faithfulness"]),
             "localisation": report["localisation"], "seconds": round(time.perf_counter() - started)}
+
+
+def patient_of(path: str) -> str:
+    """cxr4's patient id of an image (the data set's own naming rules), so that intervals resample patients."""
+    from heatmap_templates.data.datasets import patient_id_from_name
+
+    return patient_id_from_name(Path(path).name) or f"image:{path}"  # unknown: the image is its own patient
 
 
 def cxr4(folder: Path, args: argparse.Namespace) -> dict:
@@ -140,9 +160,11 @@ def cxr4(folder: Path, args: argparse.Namespace) -> dict:
     covid = [row["path"] for row in rows if row["label"] == "covid"]
     comparer = Comparer(templates, model=model)
     covid_index = comparer.class_names.index("covid")
-    regions = run_deletion(comparer, covid, np.full(len(covid), covid_index), sample=len(covid)).regions
-    return {"folder": str(folder), "n_test": report["n_images"], "sanity": sanity, "deletion": deletion_summary(report),
-            "covid_regions": regions, "n_covid_test": len(covid), "seconds": round(time.perf_counter() - started)}
+    covid_only = run_deletion(comparer, covid, np.full(len(covid), covid_index), sample=len(covid),
+                              groups=[patient_of(path) for path in covid]).to_dict()
+    return {"folder": str(folder), "n_test": report["n_images"], "sanity": sanity,
+            "deletion": deletion_summary(report["faithfulness"]),
+            "covid_regions": deletion_summary(covid_only)["regions"], "covid_lungs_vs_elsewhere": covid_only["comparisons"], "n_covid_test": len(covid), "seconds": round(time.perf_counter() - started)}
 
 
 def main() -> None:

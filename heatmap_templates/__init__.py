@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "TemplateScorer": "analysis.scoring", "Comparer": "analysis.compare", "evaluate_templates": "analysis.compare",
     "StrategySettings": "analysis.strategies", "find_strategies": "analysis.strategies",
     "add_strategies": "analysis.strategy_search", "run_sanity": "analysis.sanity", "run_deletion": "analysis.faithfulness",
+    "ContrastSettings": "analysis.contrast", "run_contrast": "analysis.contrast", "permutation_test": "numeric.permutation",
+    "bootstrap_interval": "numeric.bootstrap", "mean_interval": "numeric.bootstrap",
     # present
     "template_figures": "present.figures", "comparison_figure": "present.figures", "write_report": "present.report",
     # phantom and demo
@@ -57,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "NORMALISATIONS": "templates.normalisation", "STATISTICS": "templates.statistics", "INCLUDES": "templates.members",
     "SIMILARITIES": "analysis.similarity", "VARIANTS": "analysis.sanity", "RANKINGS": "analysis.faithfulness",
     "REMOVALS": "analysis.faithfulness", "LESIONS": "synth.lesions", "SHORTCUTS": "synth.shortcuts",
+    "GROUP_KINDS": "analysis.contrast_groups", "TAILS": "numeric.permutation", "CORRECTIONS": "numeric.permutation",
 }
 # The wings and packages, reachable as attributes (heatmap_templates.templates) without an import of their own.
 _SUBPACKAGES = ("data", "model", "explain", "templates", "analysis", "present", "store", "numeric", "synth")
@@ -83,6 +86,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
     from heatmap_templates import analysis, data, explain, model, numeric, present, store, synth, templates
     from heatmap_templates.analysis.compare import Comparer, evaluate_templates
+    from heatmap_templates.analysis.contrast import ContrastSettings, run_contrast
+    from heatmap_templates.analysis.contrast_groups import GROUP_KINDS
     from heatmap_templates.analysis.faithfulness import RANKINGS, REMOVALS, run_deletion
     from heatmap_templates.analysis.sanity import VARIANTS, run_sanity
     from heatmap_templates.analysis.scoring import TemplateScorer
@@ -104,6 +109,8 @@ if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
     from heatmap_templates.model.model_file import ModelInfo, load_model, save_model
     from heatmap_templates.model.recipe import SCHEDULES
     from heatmap_templates.model.training import TrainConfig, train
+    from heatmap_templates.numeric.bootstrap import bootstrap_interval, mean_interval
+    from heatmap_templates.numeric.permutation import CORRECTIONS, TAILS, permutation_test
     from heatmap_templates.present.figures import comparison_figure, template_figures
     from heatmap_templates.present.report import write_report
     from heatmap_templates.store import HeatmapReader, HeatmapWriter, open_heatmaps

@@ -70,6 +70,8 @@ README_CHOICES = {
     "--schedule": "heatmap_templates.model.recipe:SCHEDULES",
     "--head": "heatmap_templates.model.heads:HEADS",
     "--uncertain": "heatmap_templates.data.datasets:UNCERTAIN",
+    "--correction": "heatmap_templates.numeric.permutation:CORRECTIONS",
+    "--tail": "heatmap_templates.numeric.permutation:TAILS",
 }
 _CHOICE_LIST = re.compile(r"`(--[a-z-]+) ([a-z0-9+_-]+(?:\|[a-z0-9+_-]+)+)`")
 

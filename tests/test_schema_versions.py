@@ -14,7 +14,7 @@ from heatmap_templates.templates.templates_file import load_accumulator, read_te
 
 DATA = Path(__file__).resolve().parent / "data"
 HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}
-TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4, 5)}
+TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4, 5, 6)}
 
 
 def test_every_readable_version_has_a_file_here() -> None:
@@ -85,3 +85,12 @@ def test_checks_read_from_schema_5_and_are_absent_before() -> None:
     for version, path in TEMPLATE_FILES.items():
         checks = read_checks(path)
         assert (list(checks) == ["localisation"]) if version >= 5 else checks == {}
+
+
+def test_contrasts_read_from_version_6_and_earlier_files_have_none() -> None:
+    from heatmap_templates.templates.templates_file import read_contrasts
+
+    assert all(read_contrasts(TEMPLATE_FILES[version]) == {} for version in range(1, 6))
+    (contrast,) = read_contrasts(TEMPLATE_FILES[6]).values()
+    assert contrast["group_a"] == "class:covid" and contrast["maps"]["t"].shape == (3, 3) and len(contrast["clusters"]) == 2
+    assert "tfce" not in contrast["maps"] and contrast["maps"]["t"][1, 1] == pytest.approx(-3.1)

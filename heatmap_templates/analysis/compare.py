@@ -493,8 +493,8 @@ def _deletion_curves(comparer: Comparer, samples: Sequence[Sample], labels: np.n
             raise HmtError(f"{display_path(body_masks)}: no body mask matches any image of the deletion test")
         bodies = partial(found.for_image, label="body")
 
-    patients = [s.patient_id for s in samples]
-    groups = patients if any(p is not None for p in patients) and len(set(patients)) < len(patients) else None
+    patients = [s.patient_id or f"image:{s.path}" for s in samples]  # an image of unknown patient is its own
+    groups = patients if len(set(patients)) < len(patients) else None
     return run_deletion(comparer, paths, single, sample=sample, removal=removal, seed=seed, batch_size=batch_size,
                         progress=progress, bodies=bodies, groups=groups).to_dict()
 

@@ -406,3 +406,54 @@ def read_checks(path: str | Path) -> dict[str, dict]:
             except (KeyError, json.JSONDecodeError):
                 raise BadFileError(path, f"damaged check {name!r} (its result is not JSON)") from None
         return checks
+
+
+# --------------------------------------------------------------------------- contrasts (schema 6)
+
+CONTRASTS_GROUP = "contrasts"
+CONTRAST_MAPS = ("t", "p", "p_uncorrected", "effect", "tfce")
+
+
+def contrast_key(name: str) -> str:
+    """The HDF5 group name of a contrast: its name with every character other than letters, digits, '-' and '_'
+    replaced by '_' (the name itself is kept in the record)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "contrast"
+
+
+def save_contrast(path: str | Path, name: str, record: Mapping[str, Any], maps: Mapping[str, np.ndarray | None], *,
+                  command: str = "") -> Path:
+    """Store one contrast under /contrasts/<key>: its maps (t, p, p_uncorrected, effect, tfce where present) as
+    datasets and its record (JSON), atomically, replacing an earlier contrast of the same key."""
+    path = Path(path)
+    existing = read_templates(path)
+    key = contrast_key(name)
+    with _rewritten(path, existing, CONTRASTS_GROUP, lambda other: other != key) as (_, contrasts):
+        group = contrasts.create_group(key)
+        for map_name, values in maps.items():
+            if values is not None:
+                group.create_dataset(map_name, data=np.asarray(values, np.float32))
+        group.attrs["result"] = json.dumps(jsonable(dict(record) | {"name": name}), sort_keys=True)
+        group.attrs["command"] = command
+        group.attrs["created"] = now()
+    return path
+
+
+def read_contrasts(path: str | Path) -> dict[str, dict]:
+    """The contrasts of a templates file by name: each record with its maps under ``maps`` (empty for files of
+    schema < 6 or without contrasts)."""
+    path = Path(path)
+    with open_h5(path) as handle:
+        read_root(handle, path, TEMPLATES)
+        if CONTRASTS_GROUP not in handle:
+            return {}
+        contrasts = {}
+        for key in handle[CONTRASTS_GROUP]:
+            group = handle[f"{CONTRASTS_GROUP}/{key}"]
+            try:
+                record = json.loads(decode(group.attrs["result"]))
+            except (KeyError, json.JSONDecodeError):
+                raise BadFileError(path, f"damaged contrast {key!r} (its record is not JSON)") from None
+            record["maps"] = {name: group[name][...] for name in CONTRAST_MAPS if name in group}
+            record["command"] = str(decode(group.attrs.get("command", "")))
+            contrasts[record.get("name", key)] = record
+        return contrasts

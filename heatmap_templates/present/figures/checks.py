@@ -1,6 +1,8 @@
 """Figures of the checks stored in a templates file: randomisation (`hmt sanity`) and deletion faithfulness."""
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -75,4 +77,40 @@ def deletion_figure(result: dict, width: str) -> Figure:
     bars.set_xticks(range(len(names)), [REGION_LABELS[name] for name in names], fontsize=6)
     bars.set_ylim(0, 1.02)
     bars.set_title("regions")
+    return figure
+
+
+CONTRAST_CMAP = "RdBu_r"  # ColorBrewer's diverging red-blue: colour-blind safe, 0 white
+
+
+def contrast_figure(record: dict, reference: np.ndarray | None, width: str) -> Figure:
+    """A contrast's t-map over the reference chest (diverging, symmetric about 0), significant clusters outlined (black,
+    p < alpha), and beside it Cohen's d; the peak of each cluster marked with its number as in the table."""
+    maps = record["maps"]
+    t, p, effect = (np.asarray(maps[name], np.float64) for name in ("t", "p", "effect"))
+    alpha = record["settings"]["alpha"]
+    figure = Figure(figsize=(COLUMN_WIDTHS[width] * 0.8, 2.6), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for axis, values, label in ((axes[0], t, "t (A - B)"), (axes[1], effect, "Cohen's d (A - B)")):
+        limit = max(float(np.abs(values).max()), 1e-9)
+        height, width_px = values.shape
+        extent = (0.0, float(width_px), float(height), 0.0)
+        if reference is not None:
+            axis.imshow(reference, cmap="gray", extent=extent, interpolation="bilinear")
+        image = axis.imshow(values, cmap=CONTRAST_CMAP, vmin=-limit, vmax=limit, extent=extent, interpolation="nearest",
+                            alpha=0.65 if reference is not None else None)
+        significant = p < alpha
+        if significant.any():
+            axis.contour(np.arange(width_px) + 0.5, np.arange(height) + 0.5, significant.astype(float), levels=[0.5],
+                         colors="black", linewidths=1.0)
+        figure.colorbar(image, ax=axis, shrink=0.8).set_label(label)
+        axis.set_axis_off()
+    for number, cluster in enumerate(record.get("clusters", []), start=1):
+        y, x = cluster["peak"]
+        axes[0].annotate(str(number), (x + 0.5, y + 0.5), color="black", fontsize=7, ha="center", va="center",
+                         bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white", "linewidth": 0.5})
+    groups = record["group_a"] + (f" vs {record['group_b']}" if record.get("group_b") and not record.get("paired") else "")
+    axes[0].set_title(f"{textwrap.fill(groups, 48)}\n{record['settings']['correction']}, p < {alpha:g}: {len(record.get('clusters', []))} cluster(s)",
+                      fontsize=7)
+    axes[1].set_title(f"n = {record['n_a']}" + ("" if record.get("paired") else f" vs {record['n_b']}"), fontsize=7)
     return figure

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from heatmap_templates.analysis.strategy_search import typical_members
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.files import atomic_folder
-from heatmap_templates.present.figures.checks import deletion_figure, sanity_figure
+from heatmap_templates.present.figures.checks import contrast_figure, deletion_figure, sanity_figure
 from heatmap_templates.present.figures.classifier import draw_confusion, draw_training_curves
 from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
 from heatmap_templates.present.figures.style import (
@@ -42,7 +42,14 @@ from heatmap_templates.present.figures.style import (
 )
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.records import ClassStrategies
-from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies, read_templates
+from heatmap_templates.templates.templates_file import (
+    TemplateFile,
+    contrast_key,
+    read_checks,
+    read_contrasts,
+    read_strategies,
+    read_templates,
+)
 
 DEFAULT_EIGEN_COMPONENTS = 3
 DEFAULT_DPI = 300
@@ -76,7 +83,7 @@ FIGURE_NAMES = ("template_means", "template_std", "eigen_heatmaps", "similarity"
                 "training_curves", "sanity", "deletion")
 
 
-def check_figures_folder(out_dir: Path, classes: Sequence[str]) -> list[str]:
+def check_figures_folder(out_dir: Path, classes: Sequence[str], contrasts: Sequence[str] = ()) -> list[str]:
     """Refuse, before anything is drawn, a folder that holds anything but the figures `template_figures` draws for
     ``classes`` (each name in each format; strategies_<class> of those classes only): the new figures replace them,
     and what they would replace must be nothing the user still needs. Else the names of the earlier figures there."""
@@ -84,7 +91,7 @@ def check_figures_folder(out_dir: Path, classes: Sequence[str]) -> list[str]:
         return []
     if not out_dir.is_dir():
         raise BadFileError(out_dir, "exists and is not a folder")
-    names = (*FIGURE_NAMES, *(f"strategies_{name}" for name in classes))
+    names = (*FIGURE_NAMES, *(f"strategies_{name}" for name in classes), *(f"contrast_{contrast_key(n)}" for n in contrasts))
     ours = {f"{name}.{kind}" for name in names for kind in FIGURE_FORMATS}
     entries = sorted(out_dir.iterdir())
     foreign = [p.name for p in entries if not (p.name in ours and p.is_file())]
@@ -322,7 +329,8 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     loo_correlations, and, when the model's record beside it has them, confusion_matrix and
     training_curves (a note in the summary says what was skipped and why); strategies_<class> for
     each class whose strategies the file holds (with typical members when its heatmap store is at hand); sanity
-    and deletion when `hmt sanity` and `hmt evaluate-templates --faithfulness` stored their results. `width` is `single`
+    and deletion when `hmt sanity` and `hmt evaluate-templates --faithfulness` stored their results; contrast_<key> for
+    each stored `hmt contrast`. `width` is `single`
     (3.5 in) or `double` (7.2 in) for the panel grids and curves; the matrices and the LOO plot
     are one column wide. Identical input gives byte-identical files. The figures are drawn into a new folder that
     then replaces `out_dir` whole (:func:`heatmap_templates.files.atomic_folder`), so `out_dir` must be new, empty or
@@ -334,7 +342,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
     if not file.templates:
         raise BadFileError(file.path, "holds no class templates to draw")
     out_dir = Path(out_dir)
-    earlier = check_figures_folder(out_dir, list(file.templates))
+    earlier = check_figures_folder(out_dir, list(file.templates), list(read_contrasts(file.path)))
     summary = FiguresSummary(out_dir=out_dir)
     history, evaluation = model_record(file, summary.notes)
     progress = progress or NullProgress()
@@ -382,14 +390,30 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
                 progress.advance()
             for name, result in read_strategies(file.path).items():
                 write(f"strategies_{name}", functools.partial(_strategies, file, result, width, cmap, summary.notes))
-            checks = read_checks(file.path)
-            if "sanity" in checks:
-                write("sanity", lambda: sanity_figure(checks["sanity"], width))
-            if "faithfulness" in checks:
-                write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
+            _stored_results(file, write, width)
     finally:
         progress.finish()
     return summary
+
+
+def _stored_results(file: TemplateFile, write: Callable, width: str) -> None:
+    """The figures of the checks and contrasts stored in the file."""
+    checks = read_checks(file.path)
+    if "sanity" in checks:
+        write("sanity", lambda: sanity_figure(checks["sanity"], width))
+    if "faithfulness" in checks:
+        write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
+    for contrast_name, record in read_contrasts(file.path).items():
+        write(f"contrast_{contrast_key(contrast_name)}", functools.partial(_contrast, file, record, width))
+
+
+def _contrast(file: TemplateFile, record: dict, width: str) -> Figure:
+    """A contrast over the reference chest area-averaged to the contrast grid's resolution (the frame it was run in)."""
+    from heatmap_templates.numeric.resample import downsample
+
+    shape = np.shape(record["maps"]["t"])
+    reference = None if file.reference_image is None else downsample(file.reference_image, (shape[0] * 8, shape[1] * 8))
+    return contrast_figure(record, reference, width)
 
 
 def _strategies(file: TemplateFile, result: ClassStrategies, width: str, cmap: str, notes: list[str]) -> Figure:

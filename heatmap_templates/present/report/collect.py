@@ -22,7 +22,7 @@ from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader
 from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps
-from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_strategies
+from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_contrasts, read_strategies
 
 DEFAULT_GALLERY_SIZE = 24  # thumbnails per gallery (typical, atypical, misclassified) and class
 GALLERIES = ("typical", "atypical", "misclassified")
@@ -95,6 +95,7 @@ class ReportData:
     store_metrics: dict | None  # classification over the store's labelled images
     checks: dict[str, dict]
     path_root: str = ""  # the folder every path starts with, which the page leaves out
+    contrasts: dict[str, dict] = field(default_factory=dict)  # hmt contrast results by name
 
 
 def _rounded(value, digits: int = 4):
@@ -279,4 +280,5 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
         progress.finish()
     _template_numbers(file, sections, energies)
     return ReportData(templates=file, store=reader, similarity=similarity, rows=rows, classes=sections, thumbnails=thumbnails,
-                      store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths))
+                      store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths),
+                      contrasts=read_contrasts(file.path))

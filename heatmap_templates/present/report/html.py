@@ -309,8 +309,11 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
-def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str, str]) -> str:
-    """Sanity (model randomisation), faithfulness (deletion) and localisation, as far as the file holds them."""
+def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str, str],
+                contrasts: Mapping[str, dict] | None = None) -> str:
+    """Sanity (model randomisation), faithfulness (deletion), localisation and contrasts, as far as the file holds them."""
+    if contrasts:
+        return checks_html(checks, source, figures) + contrasts_html(contrasts, source, figures)
     if not checks:
         return ("<p class=\"note\">No checks are stored in the templates file yet: run <code>hmt sanity</code> and "
                 "<code>hmt evaluate-templates --faithfulness --annotations</code> to add them.</p>")
@@ -409,6 +412,39 @@ def deletion_html(deletion: Mapping, source: Source, figures: Mapping[str, str])
                          f"</span> (n = {comparison['n']}).</p>")
     if "deletion" in figures:
         parts.append(figure(source, figures["deletion"], "Deletion curves"))
+    return "".join(parts)
+
+
+def contrasts_html(contrasts: Mapping[str, dict], source: Source, figures: Mapping[str, str]) -> str:
+    """Each stored contrast: the groups, the test, its significant clusters and the null check, with its figure."""
+    from heatmap_templates.templates.templates_file import contrast_key
+
+    parts = ["<h3>Contrasts (pixel-wise permutation tests)</h3>",
+             "<p>Each pixel's difference between two groups of registered, normalised maps, tested by permutation with the "
+             "whole map corrected for (family-wise: max-T or TFCE; or FDR). Clusters are connected significant pixels; "
+             "peaks are given as shares of the frame's height and width.</p>"]
+    for name, record in contrasts.items():
+        settings = record["settings"]
+        key = contrast_key(name)
+        groups = escape(record["group_a"]) + ("" if record.get("paired") else f" vs {escape(str(record['group_b']))}")
+        parts.append(f"<h4>{escape(name)}</h4><p>{groups}: {record['n_a']} and {record['n_b']} maps "
+                     f"({record['patients_a']} and {record['patients_b']} patients), {escape(settings['tail'])}, "
+                     f"{escape(settings['correction'])}, {record['permutations']} permutations"
+                     f"{' (every relabelling)' if record.get('exact') else ''}, alpha {settings['alpha']:g}: "
+                     f"<span data-key=\"contrast-{escape(key)}-clusters\">{len(record['clusters'])}</span> significant cluster(s).</p>")
+        if record["clusters"]:
+            rows = [[str(number), c["direction"], c["extent_percent"], f"({c['peak_frame'][0]:.2f}, {c['peak_frame'][1]:.2f})",
+                     c["peak_t"], c["mean_effect"], c["p"], c.get("zone") or "–"] for number, c in enumerate(record["clusters"], 1)]
+            parts.append(table(["cluster", "direction", "extent (% of frame)", "peak (row, column)", "peak t", "mean d", "p",
+                                "zone"], rows))
+        check = record.get("null_check")
+        if check:
+            parts.append(f"<p>Null check: {check['with_significant_pixels']} of {check['runs']} random halvings of the first "
+                         f"group had a significant pixel ({escape(interval(check['share'], check['share_ci']))}; expected "
+                         f"about {check['alpha']:g}).</p>")
+        figure_name = f"contrast_{key}"
+        if figure_name in figures:
+            parts.append(figure(source, figures[figure_name], f"Contrast {name}: t-map and Cohen's d"))
     return "".join(parts)
 
 
