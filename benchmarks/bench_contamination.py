@@ -18,7 +18,11 @@ Grad-CAM maps extracted, templates built in the canonical frame, and five detect
    kept where it is >= 0.5. Every covid member's mask is where the marker is or would be (the draw comes from the
    image's own shortcut stream whether it carries the marker or not; for tagged members it is exactly its
    ``ground_truth/shortcut_masks`` file, checked), so the region is the same at every level, level 0 included.
-3. **contrast** tagged vs untagged: needs `hmt contrast` (issue 28); not yet measured.
+3. **contrast** tagged vs untagged covid images (`hmt contrast`'s `run_contrast`, groups
+   ``column:tag=1,label=covid@covid`` and ``column:tag=0,label=covid@covid`` of a CSV of the tags, one-sided
+   greater, max-T, ``--permutations``): finds = a significant cluster (A > B) whose peak lies on the marker region
+   moved to the contrast grid. At level 0, where nobody is tagged, the tags are the images that *would* carry the
+   marker at 50 % (a random half of covid): the false-alarm row.
 4. **deletion**: for tagged covid images, the drop of the covid probability when the marker (its mask dilated by one
    pixel for the burn-in's blur) is removed (ROAD imputation) minus the mean drop over ``--draws`` random smooth
    regions of the same area inside the body and off the marker (smoothness one CAM cell); mean of the per-image
@@ -41,6 +45,7 @@ Smoke test: ``--size 48 --n-per-class 12 --epochs 1 --levels 0,50 --fresh 20 --d
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -57,6 +62,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
+from heatmap_templates.analysis.contrast import ContrastSettings, run_contrast
 from heatmap_templates.analysis.deletion_regions import smooth_random_region
 from heatmap_templates.analysis.faithfulness import REMOVALS
 from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings, find_strategies
@@ -68,6 +74,7 @@ from heatmap_templates.model.heads import predicted_classes
 from heatmap_templates.model.model_file import ModelInfo, save_model
 from heatmap_templates.model.training import TrainConfig, train
 from heatmap_templates.numeric.bootstrap import mean_interval
+from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.present.figures.style import COLUMN_WIDTHS, publication_style, save_deterministic
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.synth import (
@@ -75,6 +82,7 @@ from heatmap_templates.synth import (
     DEFAULT_SHORTCUT_STYLE,
     GROUND_TRUTH_DIR,
     SHORTCUTS,
+    carries_shortcut,
     mass_share,
     phantom_seed,
     read_shortcuts,
@@ -91,7 +99,6 @@ from heatmap_templates.templates.templates_file import read_templates
 CLASSES = ("bacteria", "covid", "normal", "virus")
 TAGGED, CONTROL = "covid", "normal"  # the class that carries the marker; the untagged class it is compared with
 DETECTORS = ("strategies", "energy", "contrast", "deletion", "accuracy")
-NOT_MEASURED = "not yet measured (issue 28)"
 ARI_FINDS = 0.5
 MIN_IMAGES = 5  # an interval over fewer rows is reported but not judged (a bootstrap of one or two rows is no interval)
 ROAD_DILATION_PX = 1  # the burn-in is softened by a 0.7-px blur: the removed marker takes its one-pixel fringe along
@@ -261,6 +268,29 @@ def energy_readout(trained: Trained, covid: tuple[list, np.ndarray], tagged: np.
             "covid_untagged_mean": float(shares[~tagged].mean()) if (~tagged).any() else None, "finds": finds}
 
 
+def contrast_readout(trained: Trained, folder: Path, region: np.ndarray, percent: int, args: argparse.Namespace) -> dict:
+    """Tagged against untagged covid images, pixel by pixel (``hmt contrast``): does a significant cluster peak on the
+    marker region? At level 0, the would-be tags of 50 % (a random half) give the false-alarm row."""
+    tags = read_shortcuts(trained.data)
+    table = folder / "tags.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "tag"])
+        for relative, flag in tags.items():
+            label = relative.split("/")[0]
+            tag = flag if percent else (label == TAGGED and carries_shortcut(args.seed, TAGGED, image_index(relative), 0.5))
+            writer.writerow([str(trained.data / relative), label, int(bool(tag))])
+    settings = ContrastSettings(tail="greater", permutations=args.permutations, seed=args.seed)
+    result = run_contrast(trained.templates, f"column:tag=1,label={TAGGED}@{TAGGED}", f"column:tag=0,label={TAGGED}@{TAGGED}",
+                          heatmaps=trained.store, columns=table, settings=settings)
+    on_marker = downsample(region.astype(np.float64), result.test.t.shape) > 0
+    hits = [c for c in result.clusters if c["direction"] == "a > b" and on_marker[tuple(c["peak"])]]
+    return {"n_tagged": result.n[0], "n_untagged": result.n[1], "clusters": result.clusters, "clusters_on_marker": len(hits),
+            "min_p": float(result.test.p.min()), "max_t": float(result.test.t.max()),
+            "marker_cells": int(on_marker.sum()), "grid": list(result.test.t.shape),
+            "tags": "real" if percent else "would-be tags of 50 % (nobody tagged)", "finds": bool(hits)}
+
+
 # --------------------------------------------------------------------------- detectors 4 and 5
 
 
@@ -358,7 +388,9 @@ def run_level(row: Row, work: Path, args: argparse.Namespace, fresh_cache: dict[
     record["tagged_images"] = sum(1 for path, flag in tags.items() if flag and path.startswith(f"{TAGGED}/"))
     record["strategies"] = strategies_readout(trained, *covid, tagged) if covid else {"finds": None, "note": "no covid template"}
     record["energy"] = energy_readout(trained, covid, tagged, args, cell) if covid else {"finds": None, "note": "no covid template"}
-    record["contrast"] = {"finds": None, "note": NOT_MEASURED}
+    region = marker_region(trained, covid[0], args, cell)[0] if covid else None
+    record["contrast"] = contrast_readout(trained, folder, region, row.percent, args) if region is not None else \
+        {"finds": None, "note": "no covid template"}
     if row.lesions not in fresh_cache:
         fresh_cache[row.lesions] = fresh_phantoms(args.fresh_seed, args.fresh, args.size, args.style, row.lesions)
     fresh = fresh_cache[row.lesions]
@@ -380,6 +412,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=96, help="phantom side and model input (px)")
     parser.add_argument("--n-per-class", type=int, default=120)
+    parser.add_argument("--permutations", type=int, default=1000, help="permutations of the tagged-vs-untagged contrast")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="the phantoms' and training's seed (the same at every level)")
@@ -461,11 +494,20 @@ def readouts(row: dict) -> dict[str, str]:
     return {
         "strategies": f"K={strategies.get('k', 'n/a')}, ARI {ari}" + (f" ({strategies['note']})" if "note" in strategies else ""),
         "energy": energy.get("note") or f"covid {_ci(energy['covid'])} vs normal {_ci(energy['normal'])}",
-        "contrast": NOT_MEASURED,
+        "contrast": contrast_text(row["contrast"]),
         "deletion": deletion.get("note") or f"{_ci(deletion['difference'])}" + (" (test images)" if deletion["images"].endswith("test images") else ""),
         "accuracy": f"{_ci(accuracy['with_marker'], 2)} / {_ci(accuracy['without_marker'], 2)}; "
                     f"diff {_ci(accuracy['difference'], 2)}",
     }
+
+
+def contrast_text(record: dict) -> str:
+    if "note" in record:
+        return record["note"]
+    peaks = [c for c in record["clusters"] if c["direction"] == "a > b"]
+    best = f"; strongest A > B cluster p {peaks[0]['p']:.4f}, {peaks[0]['extent_percent']:.1f} % of the frame" if peaks else ""
+    return (f"{record['n_tagged']} vs {record['n_untagged']} images, {len(record['clusters'])} cluster(s), "
+            f"{record['clusters_on_marker']} peaking on the marker{best}")
 
 
 def markdown_table(report: dict) -> str:
@@ -484,7 +526,7 @@ def markdown_table(report: dict) -> str:
     smallest = report["smallest_found"]
     lines.append("")
     lines.append("smallest contamination each detector finds (tagged lesions kept): " + "; ".join(
-        f"{name} {'not measured' if name == 'contrast' else ('none' if smallest[name] is None else f'{smallest[name]} %')}"
+        f"{name} {'none' if smallest[name] is None else f'{smallest[name]} %'}"
         for name in DETECTORS))
     return "\n".join(lines)
 
@@ -533,8 +575,13 @@ def contamination_figure(rows: list[dict], path: Path) -> Path:
         _series(energy, rows, lambda r: r["energy"].get("covid"), COLOURS["covid"], "o", "marker energy: covid members")
         _series(energy, rows, lambda r: r["energy"].get("normal"), COLOURS["normal"], "s", "marker energy: normal members")
         energy.set(title="2 marker energy", ylabel="share of map mass on the marker")
-        contrast.text(0.5, 0.5, "not yet measured\n(issue 28)", ha="center", va="center", transform=contrast.transAxes)
-        contrast.set(title="3 contrast tagged vs untagged", yticks=[])
+        _series(contrast, rows, lambda r: {"value": r["contrast"].get("max_t"), "ci": [None, None]}, COLOURS["covid"], "s",
+                "contrast: largest t, tagged > untagged")
+        for r in rows:
+            if r["contrast"].get("finds") is not None:
+                contrast.annotate("on marker" if r["contrast"]["finds"] else "no", (r["percent"], r["contrast"]["max_t"]),
+                                  textcoords="offset points", xytext=(0, 5), ha="center", fontsize=5)
+        contrast.set(title="3 contrast tagged vs untagged", ylabel="largest t (max-T test)")
         _series(deletion, rows, lambda r: r["deletion"].get("difference"), COLOURS["covid"], "D",
                 "deletion: marker drop - random-region drop")
         deletion.axhline(0.0, color="0.5", linewidth=0.6)
@@ -548,7 +595,7 @@ def contamination_figure(rows: list[dict], path: Path) -> Path:
             axis.set_xlim(min(levels) - 6, max(levels) + 8)
             axis.tick_params(labelbottom=True)
         figure.supxlabel("covid images carrying the marker (%)")
-        handles = [h for axis in (strategies, energy, deletion, accuracy) for h in axis.get_legend_handles_labels()[0]]
+        handles = [h for axis in (strategies, energy, contrast, deletion, accuracy) for h in axis.get_legend_handles_labels()[0]]
         handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
                               label="open marker: tagged images without lesions"))
         key.axis("off")

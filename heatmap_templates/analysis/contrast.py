@@ -211,7 +211,8 @@ def run_contrast(templates: str | os.PathLike, group_a: str, group_b: str | None
     maps_b = group_maps(reader, b.rows, reader.class_names.index(b.class_name), registrar, normalisation, grid, alignments, progress)
     progress.finish()
     test = permutation_test(maps_a, maps_b, grid, units=a.patients + b.patients, tail=settings.tail,
-                            correction=settings.correction, permutations=settings.permutations, seed=settings.seed)
+                            correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
+                            progress=progress)
     result = ContrastResult(name or f"{a.spec.text} vs {b.spec.text}", a.spec.text, b.spec.text, (a.class_name, b.class_name),
                             False, (a.n, b.n), (len(set(a.patients)), len(set(b.patients))), settings, test,
                             significant_clusters(test, settings.alpha))
@@ -245,7 +246,8 @@ def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, regist
     second = group_maps(other, other_rows, other.class_names.index(other_class), registrar, normalisation, grid, {}, progress)
     progress.finish()
     test = permutation_test(first - second, None, grid, paired=True, units=a.patients, tail=settings.tail,
-                            correction=settings.correction, permutations=settings.permutations, seed=settings.seed)
+                            correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
+                            progress=progress)
     label = f"{a.spec.text} ({display_path(reader.path)} - {display_path(other.path)})"
     return ContrastResult(name or label, a.spec.text, spec_b.text if spec_b else None, (a.class_name, other_class), True,
                           (a.n, a.n), (len(set(a.patients)),) * 2, settings, test, significant_clusters(test, settings.alpha),

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from heatmap_templates.errors import HmtError
+from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.registry import Registry
 
 DEFAULT_PERMUTATIONS = 5000
@@ -225,7 +226,7 @@ def _products(weights: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def permutation_test(a: np.ndarray, b: np.ndarray | None, shape: tuple[int, int], *, paired: bool = False,
                      units: Sequence | None = None, tail: str = "two-sided", correction: str = "maxt",
-                     permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0) -> PermutationResult:
+                     permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, progress: Progress | None = None) -> PermutationResult:
     """Pixel-wise test of maps ``a`` (Na, P) against ``b`` (Nb, P), or of paired differences ``a`` (``paired``,
     ``b`` None) against 0, with ``shape`` = (H, W), P = H * W. ``units`` (one id per map of a then b; paired: per
     difference) are patients moved whole."""
@@ -255,12 +256,17 @@ def permutation_test(a: np.ndarray, b: np.ndarray | None, shape: tuple[int, int]
     # Welch's t does not change when every map shifts alike: centred, the sums of squares lose no precision
     centred = values if paired else values - values.mean(axis=0)
     all_sum, all_squares = centred.sum(axis=0), (centred * centred).sum(axis=0)
-    return _run(blocks, centred, all_sum, all_squares, in_a, total, exact, shape, tail, correction, effect)
+    progress = progress or NullProgress()
+    progress.start(total, f"permutations ({correction})")
+    try:
+        return _run(blocks, centred, all_sum, all_squares, in_a, total, exact, shape, tail, correction, effect, progress)
+    finally:
+        progress.finish()
 
 
 def _run(blocks: Iterator[np.ndarray], centred: np.ndarray, all_sum: np.ndarray, all_squares: np.ndarray,
          in_a: np.ndarray | None, total: int, exact: bool, shape: tuple[int, int], tail: str, correction: str,
-         effect: np.ndarray) -> PermutationResult:
+         effect: np.ndarray, progress: Progress) -> PermutationResult:
     """Every block of relabellings: the statistic maps, the per-pixel exceedances and the null's maxima."""
     observed: np.ndarray | None = None
     observed_tfce: np.ndarray | None = None
@@ -288,6 +294,7 @@ def _run(blocks: Iterator[np.ndarray], centred: np.ndarray, all_sum: np.ndarray,
             maxima.append(np.array([np.abs(enhance(row)).max() for row in t]))
         else:
             maxima.append(statistic.max(axis=1))
+        progress.advance(len(weights))
     assert observed is not None
     null = np.concatenate(maxima)
     p_uncorrected = exceed / total
