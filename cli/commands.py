@@ -10,6 +10,7 @@ from hmt_cli import build  # noqa: F401
 from hmt_cli import strategies  # noqa: F401
 from hmt_cli import sanity  # noqa: F401
 from hmt_cli import contrast  # noqa: F401
+from hmt_cli import zones  # noqa: F401
 from hmt_cli import compare  # noqa: F401
 from hmt_cli import figures  # noqa: F401
 from hmt_cli import report  # noqa: F401

@@ -73,11 +73,12 @@ def contrast_lines(record: dict) -> list[str]:
         lines.append(f"  no pixel significant at alpha {settings['alpha']:g}")
     else:
         lines.append(f"  {len(clusters)} significant cluster(s) at alpha {settings['alpha']:g}:")
-        lines.append("    direction  extent    peak (row, col of frame)  peak t   mean d     p")
+        lines.append("    direction  extent    peak (row, col of frame)  peak t   mean d     p       zone")
         for cluster in clusters:
             y, x = cluster["peak_frame"]
             lines.append(f"    {cluster['direction']:<9}  {cluster['extent_percent']:5.1f} %   ({y:.2f}, {x:.2f})"
-                         f"               {cluster['peak_t']:6.2f}  {cluster['mean_effect']:6.2f}  {cluster['p']:.4f}")
+                         f"               {cluster['peak_t']:6.2f}  {cluster['mean_effect']:6.2f}  {cluster['p']:.4f}  "
+                         f"{cluster.get('zone') or '- (run hmt zones)'}")
     check = record.get("null_check")
     if check:
         low, high = check["share_ci"]

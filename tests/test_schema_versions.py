@@ -14,7 +14,7 @@ from heatmap_templates.templates.templates_file import load_accumulator, read_te
 
 DATA = Path(__file__).resolve().parent / "data"
 HEATMAP_FILES = {version: DATA / f"heatmaps_v{version}.h5" for version in (1, 2, 3)}
-TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4, 5, 6)}
+TEMPLATE_FILES = {version: DATA / f"templates_v{version}.h5" for version in (1, 2, 3, 4, 5, 6, 7)}
 
 
 def test_every_readable_version_has_a_file_here() -> None:
@@ -94,3 +94,14 @@ def test_contrasts_read_from_version_6_and_earlier_files_have_none() -> None:
     (contrast,) = read_contrasts(TEMPLATE_FILES[6]).values()
     assert contrast["group_a"] == "class:covid" and contrast["maps"]["t"].shape == (3, 3) and len(contrast["clusters"]) == 2
     assert "tfce" not in contrast["maps"] and contrast["maps"]["t"][1, 1] == pytest.approx(-3.1)
+
+
+def test_zones_read_from_version_7_and_earlier_files_have_none() -> None:
+    from heatmap_templates.analysis.zones import ZONE_NAMES
+    from heatmap_templates.templates.templates_file import read_zones
+
+    assert all(read_zones(TEMPLATE_FILES[version]) is None for version in range(1, 7))
+    zones = read_zones(TEMPLATE_FILES[7])
+    assert zones is not None and zones["names"] == list(ZONE_NAMES) and zones["atlas_labels"].shape == (8, 8)
+    assert set(zones["classes"]) == {"covid", "normal"}
+    assert sum(row["share"] for row in zones["classes"]["covid"]["zones"].values()) == pytest.approx(1.0)

@@ -116,6 +116,18 @@ def significant_clusters(result: PermutationResult, alpha: float) -> list[dict]:
     return sorted(clusters, key=lambda c: (-c["pixels"], c["p"]))
 
 
+def name_zones(clusters: list[dict], templates_path) -> list[dict]:
+    """Each cluster's peak named by the zone atlas of `hmt zones` (kept in the templates file), when it has one."""
+    from heatmap_templates.analysis.zones import ZoneAtlas, zone_of
+    from heatmap_templates.templates.templates_file import read_zones
+
+    zones = read_zones(templates_path)
+    if zones is None:
+        return clusters
+    atlas = ZoneAtlas(zones["atlas_labels"], zones["atlas"]["source"])
+    return [cluster | {"zone": zone_of(atlas, *cluster["peak_frame"])} for cluster in clusters]
+
+
 def _grid(store_shape: tuple[int, int], frame: tuple[int, int], resolution: int | None) -> tuple[int, int]:
     """The contrast grid: the CAM grid of the store, or ``resolution`` rows (columns in the frame's proportion)."""
     if resolution is None:
@@ -215,7 +227,7 @@ def run_contrast(templates: str | os.PathLike, group_a: str, group_b: str | None
                             progress=progress)
     result = ContrastResult(name or f"{a.spec.text} vs {b.spec.text}", a.spec.text, b.spec.text, (a.class_name, b.class_name),
                             False, (a.n, b.n), (len(set(a.patients)), len(set(b.patients))), settings, test,
-                            significant_clusters(test, settings.alpha))
+                            name_zones(significant_clusters(test, settings.alpha), file.path))
     if settings.null_check:
         result.null_check = _null_check(maps_a, a.patients, grid, settings, progress)
     return result
@@ -250,5 +262,5 @@ def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, regist
                             progress=progress)
     label = f"{a.spec.text} ({display_path(reader.path)} - {display_path(other.path)})"
     return ContrastResult(name or label, a.spec.text, spec_b.text if spec_b else None, (a.class_name, other_class), True,
-                          (a.n, a.n), (len(set(a.patients)),) * 2, settings, test, significant_clusters(test, settings.alpha),
-                          other=display_path(other.path))
+                          (a.n, a.n), (len(set(a.patients)),) * 2, settings, test,
+                          name_zones(significant_clusters(test, settings.alpha), file.path), other=display_path(other.path))

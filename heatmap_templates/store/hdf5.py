@@ -40,8 +40,8 @@ class FileKind:
 
 
 HEATMAPS = FileKind("hmt-heatmaps", 3, (1, 2, 3))  # v2: intensity, threshold recorded; v3: no upsampled copy of the maps
-TEMPLATES = FileKind("hmt-templates", 6, (1, 2, 3, 4, 5, 6))  # v2: as the store; v3: registration matrices; v4: strategies;
-# v5: checks; v6: contrasts
+TEMPLATES = FileKind("hmt-templates", 7, (1, 2, 3, 4, 5, 6, 7))  # v2: as the store; v3: registration matrices;
+# v4: strategies; v5: checks; v6: contrasts; v7: zones
 KINDS = {kind.name: kind for kind in (HEATMAPS, TEMPLATES)}
 
 

@@ -178,6 +178,12 @@ def canonical_lung_mask(size: int) -> np.ndarray:
     return (left + right) >= 0.5
 
 
+def canonical_body_mask(size: int) -> np.ndarray:
+    """Boolean body mask (torso, shoulders, neck) of the mean anatomy in the canonical frame."""
+    check_size(size)
+    return draw_body(nominal_anatomy(), size) >= 0.5
+
+
 def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in about [-1, 1]: a cells x cells random grid upsampled smoothly."""
     grid = rng.standard_normal((cells, cells)).astype(np.float32)

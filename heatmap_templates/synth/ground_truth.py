@@ -56,6 +56,22 @@ def phantom_body_masks(data: str | os.PathLike) -> Path | None:
     return masks if masks.is_dir() else None
 
 
+def canonical_anatomy(data_dir: str | os.PathLike, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The exact lungs and body of a `hmt synth` set's canonical frame (the mean anatomy), at ``shape`` (H, W): what a
+    zone atlas of templates built in that frame is made from (the phantom's truth instead of segmentation)."""
+    from heatmap_templates.synth.anatomy import canonical_body_mask
+
+    truth = read_lesion_truth(data_dir)
+    size = truth.lungs.shape[0]
+    body = canonical_body_mask(size)
+    if truth.lungs.shape[0] * shape[1] != truth.lungs.shape[1] * shape[0]:
+        raise HmtError(f"{truth.folder}: the phantom's canonical frame {truth.lungs.shape} has other proportions than "
+                       f"the templates' frame {tuple(shape)}")
+    resize = [cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) >= 0.5
+              for mask in (truth.lungs, body)]
+    return resize[0], resize[1]
+
+
 def read_lesion_truth(data_dir: str | os.PathLike) -> LesionTruth:
     """The lesion-probability maps and canonical lungs of an `hmt synth` output (HmtError for another folder)."""
     folder = Path(data_dir) / GROUND_TRUTH_DIR

@@ -457,3 +457,60 @@ def read_contrasts(path: str | Path) -> dict[str, dict]:
             record["command"] = str(decode(group.attrs.get("command", "")))
             contrasts[record.get("name", key)] = record
         return contrasts
+
+
+def bootstrap_replicate_means(path: str | Path, class_name: str) -> np.ndarray | None:
+    """The template's bootstrap replicate means (B, H, W), from the accumulator state the file keeps: the mean of
+    each replicate's Poisson-weighted members (what the template's band is made of). None when the file keeps no
+    replicates of that class (built with none)."""
+    path = Path(path)
+    with open_h5(path) as handle:
+        read_root(handle, path, TEMPLATES)
+        group = handle.get(f"templates/{class_name}/state")
+        if group is None or "bootstrap_sums" not in group or "bootstrap_weights" not in group:
+            return None
+        sums, weights = group["bootstrap_sums"][...], group["bootstrap_weights"][...]
+        shape = handle[f"templates/{class_name}/mean"].shape
+    if not len(weights):
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / weights[:, None]
+    return means[weights > 0].reshape(-1, *shape)
+
+
+# --------------------------------------------------------------------------- zones (schema 7)
+
+ZONES_GROUP = "zones"
+
+
+def save_zones(path: str | Path, record: Mapping[str, Any], labels: np.ndarray, names: Sequence[str], *, command: str = "") -> Path:
+    """Store the zone atlas (labels (H, W) into ``names``) and the zone table (JSON) under /zones, atomically,
+    replacing an earlier one."""
+    path = Path(path)
+    existing = read_templates(path)
+    with _rewritten(path, existing, ZONES_GROUP, lambda key: False) as (_, group):
+        group.create_dataset("atlas", data=np.asarray(labels, np.uint8), compression="gzip")
+        string_dataset(group, "names", list(names))
+        group.attrs["result"] = json.dumps(jsonable(dict(record)), sort_keys=True)
+        group.attrs["command"] = command
+        group.attrs["created"] = now()
+    return path
+
+
+def read_zones(path: str | Path) -> dict | None:
+    """The zone table of a templates file with its atlas (``atlas``: labels, ``names``), None for files without one
+    (schema < 7, or `hmt zones` not run)."""
+    path = Path(path)
+    with open_h5(path) as handle:
+        read_root(handle, path, TEMPLATES)
+        if ZONES_GROUP not in handle or "atlas" not in handle[ZONES_GROUP]:
+            return None
+        group = handle[ZONES_GROUP]
+        try:
+            record = json.loads(decode(group.attrs["result"]))
+        except (KeyError, json.JSONDecodeError):
+            raise BadFileError(path, "damaged zone table (its record is not JSON)") from None
+        record["atlas_labels"] = group["atlas"][...].astype(np.int64)
+        record["names"] = strings(group["names"])
+        record["command"] = str(decode(group.attrs.get("command", "")))
+        return record

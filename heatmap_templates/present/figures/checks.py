@@ -5,6 +5,7 @@ import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from heatmap_templates.present.figures.strategies import strategy_colour
 from heatmap_templates.present.figures.style import COLUMN_WIDTHS
@@ -113,4 +114,51 @@ def contrast_figure(record: dict, reference: np.ndarray | None, width: str) -> F
     axes[0].set_title(f"{textwrap.fill(groups, 48)}\n{record['settings']['correction']}, p < {alpha:g}: {len(record.get('clusters', []))} cluster(s)",
                       fontsize=7)
     axes[1].set_title(f"n = {record['n_a']}" + ("" if record.get("paired") else f" vs {record['n_b']}"), fontsize=7)
+    return figure
+
+
+ZONE_SHORT = {"mediastinum": "MED", "upper_body": "UB", "chest_wall": "CW", "below_diaphragm": "BD", "outside_body": "OUT",
+              "border": "BRD"}  # lung zones: initials, e.g. RLP = right lower peripheral
+ZONE_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")  # Okabe-Ito
+
+
+def zones_figure(record: dict, reference: np.ndarray | None, width: str) -> Figure:
+    """The zone atlas over the reference chest (zone outlines and short labels; the patient's right on the image's
+    left), and per class (and strategy) the enrichment of each zone with its 95 % interval (1: a uniform map)."""
+    from matplotlib.colors import ListedColormap
+
+    labels = np.asarray(record["atlas_labels"])
+    names = list(record["names"])
+    columns = dict(record["classes"])
+    for name, strategies in record.get("strategies", {}).items():
+        columns |= {f"{name} s{number}": entry for number, entry in strategies.items()}
+    figure = Figure(figsize=(COLUMN_WIDTHS[width], 3.2), layout="constrained")
+    atlas_axis, bars = figure.subplots(1, 2, width_ratios=(1, 2.2))
+    if reference is not None:
+        atlas_axis.imshow(reference, cmap="gray", extent=(0, labels.shape[1], labels.shape[0], 0))
+    cycle = ListedColormap([ZONE_COLOURS[i % len(ZONE_COLOURS)] for i in range(len(names))])
+    atlas_axis.imshow(labels, cmap=cycle, vmin=-0.5, vmax=len(names) - 0.5, alpha=0.35, interpolation="nearest",
+                      extent=(0, labels.shape[1], labels.shape[0], 0))
+    for index in np.unique(labels):
+        atlas_axis.contour((labels == index).astype(float), levels=[0.5], colors="black", linewidths=0.4,
+                           extent=(0, labels.shape[1], 0, labels.shape[0]), origin="upper")
+        inside = ndimage.distance_transform_edt(np.pad(labels == index, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(np.argmax(inside), inside.shape)  # the zone's most interior pixel: a ring's label on the ring
+        atlas_axis.text(x + 0.5, y + 0.5, ZONE_SHORT.get(names[index], "".join(p[0] for p in names[index].split("_")).upper()),
+                        fontsize=4, ha="center", va="center")
+    atlas_axis.set_title(f"zones ({record['atlas']['source']}); R = patient's right", fontsize=7)
+    atlas_axis.set_axis_off()
+    positions = np.arange(len(names))
+    step = 0.8 / max(len(columns), 1)
+    for number, (name, entry) in enumerate(columns.items()):
+        values = np.array([np.nan if entry["zones"][z]["enrichment"] is None else entry["zones"][z]["enrichment"] for z in names])
+        low = np.array([np.nan if entry["zones"][z]["enrichment_ci"][0] is None else entry["zones"][z]["enrichment_ci"][0] for z in names])
+        high = np.array([np.nan if entry["zones"][z]["enrichment_ci"][1] is None else entry["zones"][z]["enrichment_ci"][1] for z in names])
+        errors = np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0)
+        bars.bar(positions - 0.4 + step * (number + 0.5), np.nan_to_num(values), step, yerr=errors, capsize=1,
+                 color=ZONE_COLOURS[number % len(ZONE_COLOURS)], label=name, error_kw={"linewidth": 0.5})
+    bars.axhline(1.0, color="0.4", linewidth=0.6, linestyle="--")
+    bars.set_xticks(positions, [n.replace("_", " ") for n in names], rotation=60, ha="right", fontsize=5)
+    bars.set_ylabel("enrichment (share / area)")
+    bars.legend(fontsize=5, frameon=False, ncols=2)
     return figure

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from heatmap_templates.analysis.strategy_search import typical_members
 from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.files import atomic_folder
-from heatmap_templates.present.figures.checks import contrast_figure, deletion_figure, sanity_figure
+from heatmap_templates.present.figures.checks import contrast_figure, deletion_figure, sanity_figure, zones_figure
 from heatmap_templates.present.figures.classifier import draw_confusion, draw_training_curves
 from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
 from heatmap_templates.present.figures.style import (
@@ -49,6 +49,7 @@ from heatmap_templates.templates.templates_file import (
     read_contrasts,
     read_strategies,
     read_templates,
+    read_zones,
 )
 
 DEFAULT_EIGEN_COMPONENTS = 3
@@ -80,7 +81,7 @@ class FiguresSummary:
 
 # The figures `template_figures` draws (strategies_<class> one per class), each as <name>.<format>.
 FIGURE_NAMES = ("template_means", "template_std", "eigen_heatmaps", "similarity", "loo_correlations", "confusion_matrix",
-                "training_curves", "sanity", "deletion")
+                "training_curves", "sanity", "deletion", "zones")
 
 
 def check_figures_folder(out_dir: Path, classes: Sequence[str], contrasts: Sequence[str] = ()) -> list[str]:
@@ -405,6 +406,9 @@ def _stored_results(file: TemplateFile, write: Callable, width: str) -> None:
         write("deletion", lambda: deletion_figure(checks["faithfulness"], width))
     for contrast_name, record in read_contrasts(file.path).items():
         write(f"contrast_{contrast_key(contrast_name)}", functools.partial(_contrast, file, record, width))
+    zones = read_zones(file.path)
+    if zones is not None:
+        write("zones", lambda: zones_figure(zones, file.reference_image, width))
 
 
 def _contrast(file: TemplateFile, record: dict, width: str) -> Figure:

@@ -197,7 +197,7 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
                   "Page weight: {weight}.")
         page = html.page(title=f"hmt report: {Path(file.path).name}", overview=overview, templates=template_html,
                          classes=[s.name for s in report.classes], class_html=class_html,
-                         checks=html.checks_html(report.checks, source, figures, report.contrasts), data=report, csv_source=csv_source, footer=footer)
+                         checks=html.checks_html(report.checks, source, figures, report.contrasts, report.zones), data=report, csv_source=csv_source, footer=footer)
         page_bytes = len(page.replace("{weight}", "").encode("utf-8"))
         page = page.replace("{weight}", f"index.html {page_bytes / 1024:.0f} KiB" +
                             ("" if single_file else f", {(page_bytes + asset_bytes) / 1024:.0f} KiB with its images and figures"))

@@ -22,7 +22,13 @@ from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader
 from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps
-from heatmap_templates.templates.templates_file import TemplateFile, read_checks, read_contrasts, read_strategies
+from heatmap_templates.templates.templates_file import (
+    TemplateFile,
+    read_checks,
+    read_contrasts,
+    read_strategies,
+    read_zones,
+)
 
 DEFAULT_GALLERY_SIZE = 24  # thumbnails per gallery (typical, atypical, misclassified) and class
 GALLERIES = ("typical", "atypical", "misclassified")
@@ -96,6 +102,7 @@ class ReportData:
     checks: dict[str, dict]
     path_root: str = ""  # the folder every path starts with, which the page leaves out
     contrasts: dict[str, dict] = field(default_factory=dict)  # hmt contrast results by name
+    zones: dict | None = None  # the hmt zones table
 
 
 def _rounded(value, digits: int = 4):
@@ -281,4 +288,4 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
     _template_numbers(file, sections, energies)
     return ReportData(templates=file, store=reader, similarity=similarity, rows=rows, classes=sections, thumbnails=thumbnails,
                       store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths),
-                      contrasts=read_contrasts(file.path))
+                      contrasts=read_contrasts(file.path), zones=read_zones(file.path))

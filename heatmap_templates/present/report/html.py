@@ -310,10 +310,12 @@ def _slug(name: str) -> str:
 
 
 def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str, str],
-                contrasts: Mapping[str, dict] | None = None) -> str:
-    """Sanity (model randomisation), faithfulness (deletion), localisation and contrasts, as far as the file holds them."""
-    if contrasts:
-        return checks_html(checks, source, figures) + contrasts_html(contrasts, source, figures)
+                contrasts: Mapping[str, dict] | None = None, zones: Mapping | None = None) -> str:
+    """Sanity (model randomisation), faithfulness (deletion), localisation, zones and contrasts, as far as the file
+    holds them."""
+    if contrasts or zones:
+        return (checks_html(checks, source, figures) + (zones_html(zones, source, figures) if zones else "")
+                + (contrasts_html(contrasts, source, figures) if contrasts else ""))
     if not checks:
         return ("<p class=\"note\">No checks are stored in the templates file yet: run <code>hmt sanity</code> and "
                 "<code>hmt evaluate-templates --faithfulness --annotations</code> to add them.</p>")
@@ -412,6 +414,27 @@ def deletion_html(deletion: Mapping, source: Source, figures: Mapping[str, str])
                          f"</span> (n = {comparison['n']}).</p>")
     if "deletion" in figures:
         parts.append(figure(source, figures["deletion"], "Deletion curves"))
+    return "".join(parts)
+
+
+def zones_html(zones: Mapping, source: Source, figures: Mapping[str, str]) -> str:
+    """The zone table: per class (and strategy) each zone's enrichment with its 95 % interval, and the figure."""
+    columns = dict(zones["classes"])
+    for name, strategies in zones.get("strategies", {}).items():
+        columns |= {f"{name} strategy {number}": entry for number, entry in strategies.items()}
+    names = list(zones["names"])
+    rows, keys = [], []
+    for zone in names:
+        rows.append([zone.replace("_", " "), zones["atlas"]["areas"][zone],
+                     *[interval(entry["zones"][zone]["enrichment"], entry["zones"][zone]["enrichment_ci"], 2) for entry in columns.values()]])
+        keys.append([None, f"zones-area-{zone}", *[f"zones-{_slug(name)}-{zone}" for name in columns]])
+    parts = ["<h3>Zones</h3>",
+             f"<p>Each zone's enrichment: its share of the map's positive energy over its share of the frame (1: what a "
+             f"uniform map puts there), with a 95 % interval ({escape(zones['atlas']['source'])} atlas; the patient's right "
+             "lung is on the image's left).</p>",
+             table(["zone", "area (share of frame)", *columns], rows, keys=keys)]
+    if "zones" in figures:
+        parts.append(figure(source, figures["zones"], "Zone atlas and each zone's enrichment"))
     return "".join(parts)
 
 
