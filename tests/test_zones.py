@@ -11,7 +11,15 @@ import pytest
 from cli_helpers import run_hmt
 from scipy import stats
 
-from heatmap_templates.analysis.zones import LUNG_ZONES, ZONE_NAMES, ZoneAtlas, zone_atlas, zone_of, zone_profile, zone_shares
+from heatmap_templates.analysis.zones import (
+    LUNG_ZONES,
+    ZONE_NAMES,
+    ZoneAtlas,
+    zone_atlas,
+    zone_of,
+    zone_profile,
+    zone_shares,
+)
 from heatmap_templates.errors import HmtError
 from heatmap_templates.synth.anatomy import canonical_body_mask, canonical_lung_mask
 from heatmap_templates.synth.render import canonical_lesion_probability
