@@ -17,6 +17,8 @@ from heatmap_templates.analysis.compare import (
 from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, DEFAULT_SAMPLE, REMOVALS
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE, ImageComparison
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+from heatmap_templates.analysis.zone_report import file_atlas
+from heatmap_templates.analysis.zones import zone_comparison
 from heatmap_templates.errors import HmtError, SkipLog
 from heatmap_templates.files import write_text
 from heatmap_templates.synth.ground_truth import phantom_body_masks
@@ -107,6 +109,7 @@ def compare_command(
     unsafe_load: bool = typer.Option(False, "--unsafe-load", help="Allow code in Lambda layers when loading the model (trusted files only)."),
     labels: str | None = labels_option(recorded=True),
     uncertain: str | None = uncertain_option(recorded=True),
+    zones: bool = typer.Option(False, "--zones", help="Also each image's anatomical zone profile beside its best template's (the atlas of `hmt zones`, else one built from the reference)."),
 ) -> None:
     """Score images against the class templates: predicted class, similarity with each template,
     best-matching template, and whether the predicted class's heatmap is atypical. A CSV manifest's images
@@ -121,11 +124,15 @@ def compare_command(
     target, one_per_image = _figure_target(figure, len(paths) > 1) if figure is not None else (None, False)
     results: list[ImageComparison] = []
     figures: list[Path] = []
-    for result in comparer.iter_results(paths, skip_log=skip_log, batch_size=batch_size, keep_maps=target is not None,
+    atlas = file_atlas(comparer.file) if zones else None
+    profiles: dict[int, dict] = {}
+    for result in comparer.iter_results(paths, skip_log=skip_log, batch_size=batch_size, keep_maps=target is not None or zones,
                                         progress=progress_bar(as_json)):
         if target is not None and result.maps is not None and (one_per_image or not figures):
             out = target / f"{result.position:05d}_{Path(result.path).stem}.png" if one_per_image else target
             figures.append(_draw(result, out, comparer.file.reference_image))
+        if atlas is not None and result.maps is not None:
+            profiles[result.position] = zone_comparison(result.maps.heatmap, result.maps.template, atlas)
         result.maps = None  # drawn (or not wanted): do not keep every map of a large folder
         result.label = truths[result.position]
         results.append(result)
@@ -136,10 +143,19 @@ def compare_command(
     if csv_out is not None:
         _write_csv(run, csv_out)
     if as_json:
-        typer.echo(json.dumps(run.to_dict(), indent=2))
+        record = run.to_dict()
+        if zones:
+            for entry, result in zip(record["results"], run.results, strict=True):
+                entry["zones"] = profiles.get(result.position)
+        typer.echo(json.dumps(record, indent=2))
         return
     for line in _table(run):
         typer.echo(line)
+    for result in run.results if zones else []:
+        profile = profiles.get(result.position)
+        shown = "no template of the predicted class" if profile is None else (
+            f"image {', '.join(profile['image_most_enriched'])}; template {', '.join(profile['template_most_enriched'])}")
+        typer.echo(f"zones of {Path(result.path).name} (most enriched first): {shown}")
     typer.echo(f"templates: {run.templates} ({', '.join(run.template_classes)}); model: {run.model}; "
                f"atypical: Pearson below the {atypical_percentile:g}th percentile of the class's leave-one-out correlations")
     if csv_out is not None:

@@ -132,3 +132,17 @@ def test_hmt_zones_stores_draws_and_reports_its_table(shortcut_phantom: dict, tm
     border = stored["classes"]["covid"]["zones"]["border"]
     assert "<h3>Zones</h3>" in page and "figures/zones.png" in page
     assert f'{border["enrichment"]:.2f} [{border["enrichment_ci"][0]:.2f}, {border["enrichment_ci"][1]:.2f}]' in page
+
+
+def test_compare_zones_puts_each_images_profile_beside_its_templates(shortcut_phantom: dict, capsys, monkeypatch) -> None:
+    images = sorted((shortcut_phantom["data"] / "covid").glob("*.png"))[:2]
+    code, out, err = run_hmt(["compare", *images, "--templates", shortcut_phantom["templates"], "--zones", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    for entry in json.loads(out)["results"]:
+        zones = entry["zones"]
+        if entry["predicted"] != "covid":
+            assert zones is None  # no template of the predicted class to compare with
+            continue
+        assert set(zones["image"]) == set(ZONE_NAMES) and sum(zones["image"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert sum(zones["template"].values()) == pytest.approx(1.0, abs=1e-4) and len(zones["image_most_enriched"]) == 3

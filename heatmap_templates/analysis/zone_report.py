@@ -152,3 +152,13 @@ def cam_cell(file, store=None) -> float | None:
         return None
     raw = next(store.iter_raw(1, np.array([0])))
     return float(file.reference_image.shape[0] / raw.shape[-2])
+
+
+def file_atlas(file) -> ZoneAtlas:
+    """The zone atlas `hmt zones` stored in a read templates file, else one built from its reference now."""
+    from heatmap_templates.templates.templates_file import read_zones
+
+    stored = read_zones(file.path)
+    if stored is not None:
+        return ZoneAtlas(stored["atlas_labels"], stored["atlas"]["source"])
+    return atlas_of(file, cell=cam_cell(file))

@@ -154,3 +154,17 @@ def zone_of(atlas: ZoneAtlas, row_share: float, column_share: float) -> str:
     y = min(height - 1, max(0, int(row_share * height)))
     x = min(width - 1, max(0, int(column_share * width)))
     return ZONE_NAMES[int(atlas.labels[y, x])]
+
+
+def zone_comparison(heatmap: np.ndarray, template: np.ndarray, atlas: ZoneAtlas, top: int = 3) -> dict:
+    """An image's zone profile beside its template's (both in the template frame): per zone the energy share of each
+    and the image's enrichment, and the ``top`` most enriched zones of each."""
+    image, reference = zone_profile(heatmap, atlas), zone_profile(template, atlas)
+
+    def leading(profile: dict) -> list[str]:
+        ranked = [zone for zone in ZONE_NAMES if profile[zone]["enrichment"] == profile[zone]["enrichment"]]  # not NaN
+        return sorted(ranked, key=lambda zone: -profile[zone]["enrichment"])[:top]
+
+    return {"image": {zone: round(image[zone]["share"], 6) for zone in ZONE_NAMES},
+            "template": {zone: round(reference[zone]["share"], 6) for zone in ZONE_NAMES},
+            "image_most_enriched": leading(image), "template_most_enriched": leading(reference)}
