@@ -110,3 +110,30 @@ def shortcut_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     build_templates(store, ["covid"], templates, config=BuildConfig(
         reference=str(root / "data" / "ground_truth" / "canonical_chest.png"), bootstrap_replicates=4, n_components=2))
     return {"root": root, "data": root / "data", "model": model, "store": store, "templates": templates}
+
+
+@pytest.fixture(scope="session")
+def zone_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """covid, normal and virus phantoms at 96 px (a 48-px model's 6 x 6 CAM cannot resolve lung zones), a `small`
+    model of 12 epochs, its store and the covid and virus templates in the canonical frame; made once per session
+    (about half a minute)."""
+    from heatmap_templates.data.datasets import load_dataset
+    from heatmap_templates.explain.heatmaps import extract_heatmaps
+    from heatmap_templates.model.model_file import save_model
+    from heatmap_templates.model.training import TrainConfig, train
+    from heatmap_templates.synth import synthesize_dataset
+    from heatmap_templates.templates.build import BuildConfig, build_templates
+
+    root = tmp_path_factory.mktemp("zone_phantom")
+    synthesize_dataset(root / "data", n_per_class=40, size=96, seed=2, classes=("covid", "normal", "virus"), workers=1,
+                       probability_samples=16)
+    dataset = load_dataset(root / "data")
+    result = train(dataset, TrainConfig(backbone="small", input_size=96, epochs=12, batch_size=16, learning_rate=3e-3,
+                                        val_fraction=0.2, test_fraction=0.2, augment=False))
+    model = save_model(result.model, result.info, root / "model.keras")
+    store = root / "heatmaps.h5"
+    extract_heatmaps(model, dataset, store, batch_size=32)
+    templates = root / "templates.h5"
+    build_templates(store, ["covid", "virus"], templates, config=BuildConfig(
+        reference=str(root / "data" / "ground_truth" / "canonical_chest.png"), bootstrap_replicates=4, n_components=2))
+    return {"root": root, "data": root / "data", "model": model, "store": store, "templates": templates}

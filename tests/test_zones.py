@@ -146,3 +146,24 @@ def test_compare_zones_puts_each_images_profile_beside_its_templates(shortcut_ph
             continue
         assert set(zones["image"]) == set(ZONE_NAMES) and sum(zones["image"].values()) == pytest.approx(1.0, abs=1e-4)
         assert sum(zones["template"].values()) == pytest.approx(1.0, abs=1e-4) and len(zones["image_most_enriched"]) == 3
+
+
+def test_a_trained_models_templates_read_as_the_planted_lesions_do(zone_phantom: dict) -> None:
+    """At 96 px: over the 12 lung zones, the covid and virus templates rank the zones as their planted lesion priors
+    do (measured Spearman 0.74-0.94 over three seeds; the benchmark asks 0.8 of a fully trained model), covid's most
+    enriched lung zone is peripheral and virus's central."""
+    from heatmap_templates.analysis.zone_report import run_zones
+    from heatmap_templates.synth.ground_truth import canonical_anatomy, read_lesion_truth
+    from heatmap_templates.templates.templates_file import read_templates
+
+    frame = read_templates(zone_phantom["templates"]).reference_image
+    lungs, body = canonical_anatomy(zone_phantom["data"], frame.shape)
+    record, atlas = run_zones(zone_phantom["templates"], zone_phantom["store"], lungs=lungs, body=body)
+    truth = read_lesion_truth(zone_phantom["data"]).resized(frame.shape)
+    for label, depth in (("covid", "peripheral"), ("virus", "central")):
+        zones = record["classes"][label]["zones"]
+        prior = zone_profile(truth.probabilities[label], atlas)
+        template = [zones[z]["enrichment"] for z in LUNG_ZONES]
+        rho = stats.spearmanr(template, [prior[z]["enrichment"] for z in LUNG_ZONES]).statistic
+        assert rho >= 0.5, (label, rho)
+        assert LUNG_ZONES[int(np.argmax(template))].endswith(depth), (label, template)
