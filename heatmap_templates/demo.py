@@ -47,6 +47,9 @@ class DemoSettings:
     epochs: int = 15
     seed: int = 0
     batch_size: int = 32
+    sanity_sample: int = 8  # members per class whose maps the randomisation check recomputes
+    deletion_sample: int = 16  # test images of the deletion test
+    contrast_permutations: int = 1000
 
 
 @dataclass
@@ -65,6 +68,7 @@ class DemoSummary:
     strategies: dict[str, int]  # the number of strategies found in each class with enough members
     comparisons: list[dict]
     ground_truth_auc: dict[str, dict[str, float | None]] | None
+    evidence: dict = field(default_factory=dict)  # the checks' headline numbers: sanity, deletion, zones, contrast
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[Problem] = field(default_factory=list)
 
@@ -82,6 +86,7 @@ class DemoSummary:
             "strategies": dict(self.strategies),
             "comparisons": self.comparisons,
             "ground_truth_auc": self.ground_truth_auc,
+            "evidence": self.evidence,
             "seconds": {step: round(value, 1) for step, value in self.seconds.items()},
             "skipped": problems_json(self.skipped),
         }
@@ -145,6 +150,9 @@ def run_demo(
         ground_truth = _score_ground_truth(templates_path, data_dir, step=step)
         watch.lap("ground truth")
 
+    evidence = _evidence(dataset, result.info.split, templates_path, heatmaps_path, out_dir, settings,
+                         phantom=data_dir if data is None else None, step=step, watch=watch)
+
     comparison, comparisons = _compare_test_images(dataset, result.info.split, templates_path, model_path, settings, step=step)
     watch.lap("compare")
 
@@ -169,6 +177,7 @@ def run_demo(
         strategies=strategies,
         comparisons=comparisons,
         ground_truth_auc=ground_truth,
+        evidence=evidence,
         seconds=watch.seconds,
         skipped=[*result.problems, *extraction.skipped, *comparison.skipped],
     )
@@ -255,6 +264,57 @@ def _find_strategies(templates_path: Path, heatmaps_path: Path, members: dict[st
     eligible = [name for name, count in members.items() if count >= MIN_STRATEGY_MEMBERS]
     return {name: result.k for name, result in add_strategies(templates_path, heatmaps_path, eligible, progress=progress).items()} \
         if eligible else {}
+
+
+def _evidence(dataset: Dataset, split: dict[str, list[str]], templates_path: Path, heatmaps_path: Path, out_dir: Path,
+              settings: DemoSettings, *, phantom: Path | None, step: Callable[[str], None], watch: _Stopwatch) -> dict:
+    """The checks a reviewer asks for, at small settings, stored in the templates file so the report shows every
+    section: zones, a contrast (virus > normal where both exist), model randomisation, and the deletion test."""
+    from heatmap_templates.analysis.compare import evaluate_templates
+    from heatmap_templates.analysis.contrast import ContrastSettings, run_contrast
+    from heatmap_templates.analysis.sanity import run_sanity
+    from heatmap_templates.analysis.zone_report import run_zones
+    from heatmap_templates.analysis.zones import LUNG_ZONES, ZONE_NAMES
+    from heatmap_templates.templates.templates_file import read_templates, save_check, save_contrast, save_zones
+
+    evidence: dict = {}
+    step("zones: where each template's energy lies")
+    lungs = body_mask = None
+    frame = read_templates(templates_path).reference_image
+    if phantom is not None and frame is not None:
+        from heatmap_templates.synth.ground_truth import canonical_anatomy
+
+        lungs, body_mask = canonical_anatomy(phantom, frame.shape)
+    record, atlas = run_zones(templates_path, heatmaps_path, seed=settings.seed, lungs=lungs, body=body_mask)
+    save_zones(templates_path, record, atlas.labels, ZONE_NAMES, command="hmt demo")
+    evidence["zones_lung_energy"] = {name: round(sum(entry["zones"][z]["share"] for z in LUNG_ZONES), 3)
+                                     for name, entry in record["classes"].items()}
+    watch.lap("zones")
+    classes = set(read_templates(templates_path).templates)
+    if {"virus", "normal"} <= {sample.label for sample in dataset.samples} and "virus" in classes:
+        step("contrast: virus > normal, pixel by pixel")
+        contrast = run_contrast(templates_path, "images:virus", "images:normal", heatmaps=heatmaps_path,
+                                settings=ContrastSettings(tail="greater", permutations=settings.contrast_permutations, seed=settings.seed))
+        test = contrast.test
+        save_contrast(templates_path, contrast.name, contrast.to_dict(),
+                      {"t": test.t, "p": test.p, "p_uncorrected": test.p_uncorrected, "effect": test.effect}, command="hmt demo")
+        evidence["contrast"] = {"name": contrast.name, "clusters": len(contrast.clusters)}
+        watch.lap("contrast")
+    step("model randomisation (sanity)")
+    sanity = run_sanity(templates_path, heatmaps_path, sample=settings.sanity_sample, seed=settings.seed)
+    save_check(templates_path, "sanity", sanity.to_dict(), command="hmt demo")
+    evidence["sanity_flagged"] = list(sanity.flagged)
+    watch.lap("sanity")
+    step("deletion test (faithfulness) on held-out test images")
+    manifest = _write_manifest(dataset, set(split.get("test", [])), out_dir / "test.csv")
+    body = None if phantom is None else phantom / "ground_truth" / "body"
+    report = evaluate_templates(templates_path, manifest, faithfulness=True, deletion_sample=settings.deletion_sample,
+                                body_masks=body if body is not None and body.is_dir() else None, seed=settings.seed)
+    if report.faithfulness is not None:
+        save_check(templates_path, "faithfulness", report.faithfulness | {"data": str(manifest)}, command="hmt demo")
+        evidence["template_vs_smooth"] = report.faithfulness.get("ratios", {}).get("template_vs_smooth")
+    watch.lap("deletion")
+    return evidence
 
 
 def _score_ground_truth(templates_path: Path, data_dir: Path, *, step: Callable[[str], None]) -> dict[str, dict]:
