@@ -113,30 +113,46 @@ def tfce(values: np.ndarray, *, h: float = TFCE_H, e: float = TFCE_E, steps: int
     """Threshold-free cluster enhancement of the positive part of a 2-D map: for each height h_k = k dh
     (k = 1..steps, dh = max / steps) the 4-connected clusters of pixels >= h_k, each pixel adding
     extent^E h_k^H dh of its cluster. 0 where the map is not positive."""
+    return tfce_batch(np.asarray(values, np.float64)[None], h=h, e=e, steps=steps)[0]
+
+
+_STACKED_FOUR = np.zeros((3, 3, 3), bool)
+_STACKED_FOUR[1] = FOUR_CONNECTED  # 4-connected within each map, never across maps
+
+
+def tfce_batch(values: np.ndarray, *, h: float = TFCE_H, e: float = TFCE_E, steps: int = TFCE_STEPS) -> np.ndarray:
+    """:func:`tfce` of each map of a (P, H, W) stack, one labelling per height for the whole stack: with each map's
+    own step dh_j = max_j / steps, pixel x of map j is above height k when x / dh_j >= k, a condition on the integer
+    k shared by every map."""
     values = np.asarray(values, np.float64)
-    top = float(values.max(initial=0.0))
+    tops = values.reshape(len(values), -1).max(axis=1, initial=0.0)
     enhanced = np.zeros(values.shape)
-    if top <= 0:
+    live = tops > 0
+    if not live.any():
         return enhanced
-    step = top / steps
+    step = np.where(live, tops / steps, 1.0)
+    scaled = np.where(live[:, None, None], values / step[:, None, None], 0.0)
     for k in range(1, steps + 1):
-        height = k * step
-        labels, count = ndimage.label(values >= height - 1e-12 * top, structure=FOUR_CONNECTED)
+        labels, count = ndimage.label(scaled >= k - 1e-9, structure=_STACKED_FOUR)
         if not count:
             break
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        enhanced += sizes[labels] ** e * height ** h * step
+        sizes = np.bincount(labels.ravel()).astype(np.float64)
+        sizes[0] = 0.0
+        enhanced += sizes[labels] ** e * ((k * step) ** h * step)[:, None, None]
     return enhanced
-
-
 def signed_tfce(t: np.ndarray, tail: str) -> np.ndarray:
-    """TFCE under ``tail``: of t (greater), of -t (less, returned negative), or both signs (two-sided, signed)."""
+    """TFCE under ``tail`` of one map or a (P, H, W) stack: of t (greater), of -t (less, returned negative), or both
+    signs (two-sided, signed)."""
+    stack = np.asarray(t, np.float64)
+    single = stack.ndim == 2
+    stack = stack[None] if single else stack
     if tail == "greater":
-        return tfce(t)
-    if tail == "less":
-        return -tfce(-t)
-    return tfce(t) - tfce(-t)
+        out = tfce_batch(stack)
+    elif tail == "less":
+        out = -tfce_batch(-stack)
+    else:
+        out = tfce_batch(stack) - tfce_batch(-stack)
+    return out[0] if single else out
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -291,7 +307,7 @@ def _run(blocks: Iterator[np.ndarray], centred: np.ndarray, all_sum: np.ndarray,
         statistic = tailed(t, tail)
         exceed += (statistic >= tailed(observed, tail)[None, :] - 1e-12).sum(axis=0)
         if correction == "tfce":
-            maxima.append(np.array([np.abs(enhance(row)).max() for row in t]))
+            maxima.append(np.abs(signed_tfce(t.reshape(-1, *shape), tail)).reshape(len(t), -1).max(axis=1))
         else:
             maxima.append(statistic.max(axis=1))
         progress.advance(len(weights))
