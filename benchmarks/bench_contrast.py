@@ -105,30 +105,35 @@ def calibration(files: dict, args: argparse.Namespace) -> dict:
 
 
 def power(files: dict, args: argparse.Namespace) -> dict:
-    """virus > normal: where the significant pixels lie against the planted virus prior, and the t-map's pixel AUC."""
+    """virus > normal: where the significant pixels lie against the planted virus prior, and the t-map's pixel AUC;
+    with each group's own class map (the default: virus images' virus map against normal images' normal map), and with
+    the virus map of both groups (``column:label=...@virus``: where the model's virus evidence differs)."""
     file = read_templates(files["templates"])
     assert file.reference_image is not None  # every build keeps its reference
     truth = read_lesion_truth(files["data"]).resized(file.reference_image.shape)
     prior = truth.probabilities["virus"]
     positive = prior >= PRIOR_FRACTION * prior.max()
+    manifest = files["data"] / "manifest.csv"
     out = {}
-    for correction in ("maxt", "tfce"):
-        result = run_contrast(files["templates"], "images:virus", "images:normal", heatmaps=files["store"],
-                              settings=ContrastSettings(tail="greater", correction=correction, permutations=args.permutations,
-                                                        seed=args.seed))
-        grid = result.test.t.shape
-        cell = file.reference_image.shape[0] / grid[0]
-        dilated = ndimage.binary_dilation(positive, iterations=int(round(2 * cell)))
-        inside = downsample(dilated.astype(np.float64), grid) >= 0.5
-        significant = result.test.p < 0.05
-        out[correction] = {
-            "n": list(result.n), "significant_cells": int(significant.sum()), "cells": int(significant.size),
-            "share_inside_prior_dilated": float(inside[significant].mean()) if significant.any() else None,
-            "t_pixel_auc_vs_prior": pixel_auc(result.test.t, downsample(positive.astype(np.float64), grid)),
-            "clusters": result.clusters[:5],
-        }
-        print(f"power {correction}: {out[correction]['share_inside_prior_dilated']}, AUC {out[correction]['t_pixel_auc_vs_prior']}",
-              flush=True)
+    for maps, groups in (("own class maps", ("images:virus", "images:normal")),
+                         ("virus map of both", ("column:label=virus@virus", "column:label=normal@virus"))):
+        for correction in ("maxt", "tfce"):
+            result = run_contrast(files["templates"], *groups, heatmaps=files["store"], columns=manifest,
+                                  settings=ContrastSettings(tail="greater", correction=correction, permutations=args.permutations,
+                                                            seed=args.seed))
+            grid = result.test.t.shape
+            cell = file.reference_image.shape[0] / grid[0]
+            dilated = ndimage.binary_dilation(positive, iterations=int(round(2 * cell)))
+            inside = downsample(dilated.astype(np.float64), grid) >= 0.5
+            significant = result.test.p < 0.05
+            key = f"{maps}, {correction}"
+            out[key] = {
+                "groups": list(groups), "n": list(result.n), "significant_cells": int(significant.sum()), "cells": int(significant.size),
+                "share_inside_prior_dilated": float(inside[significant].mean()) if significant.any() else None,
+                "t_pixel_auc_vs_prior": pixel_auc(result.test.t, downsample(positive.astype(np.float64), grid)),
+                "clusters": result.clusters[:5],
+            }
+            print(f"power {key}: {out[key]['share_inside_prior_dilated']}, AUC {out[key]['t_pixel_auc_vs_prior']}", flush=True)
     return out
 
 
