@@ -27,6 +27,7 @@ from heatmap_templates.templates.templates_file import save_check
 from hmt_cli.choices import labels_option, names, registry_option, uncertain_option
 from hmt_cli.main import app
 from hmt_cli.output import command_line, echo_skipped
+from hmt_cli.output import interval_text as _interval
 from hmt_cli.progress import progress_bar
 
 
@@ -211,15 +212,20 @@ def evaluate_templates_command(
         return
     match = report.template_match
     typer.echo(f"{report.n_images} images, templates for {', '.join(report.template_classes)} ({report.similarity})")
-    if report.classification.get("multi_label"):
-        typer.echo(f"classification macro AUC: {_format(report.classification['macro']['auc'])} (per finding: --json)")
+    classification = report.classification
+    if classification.get("multi_label"):
+        typer.echo(f"classification macro AUC: {_interval(classification['macro']['auc'], classification['macro'].get('auc_ci'))} "
+                   f"(n={classification['n']}; per finding: --json)")
     else:
-        typer.echo(f"classification accuracy: {report.classification['accuracy']:.3f}")
-    typer.echo(f"template-match accuracy: {_format(match['accuracy'])} ({match['correct']}/{match['n']})")
+        typer.echo(f"classification accuracy: {_interval(classification['accuracy'], classification.get('accuracy_ci'))} "
+                   f"(n={classification['n']})")
+    typer.echo(f"template-match accuracy [95 % CI]: {_interval(match['accuracy'], match.get('accuracy_ci'))} "
+               f"({match['correct']}/{match['n']})")
     for name, row in match["per_class"].items():
-        typer.echo(f"  {name}: {_format(row['accuracy'])} ({row['correct']}/{row['n']})")
+        typer.echo(f"  {name}: {_interval(row['accuracy'], row.get('accuracy_ci'))} ({row['correct']}/{row['n']})")
     separation = report.correct_vs_misclassified
-    auc = _format(separation["auc"]) if separation["auc"] is not None else f"undefined ({separation['auc_undefined_reason']})"
+    auc = _interval(separation["auc"], separation.get("auc_ci")) if separation["auc"] is not None \
+        else f"undefined ({separation['auc_undefined_reason']})"
     typer.echo(f"similarity AUC, correct vs misclassified: {auc} "
                f"({separation['n_correct']} correct, {separation['n_misclassified']} misclassified)")
     typer.echo(f"  flagged atypical: {_format(separation['atypical_share_correct'])} of correct, "
@@ -228,7 +234,11 @@ def evaluate_templates_command(
     typer.echo(f"lung-field energy (lung area = {energy['lung_area_fraction']:.3f} of the frame):")
     for name, row in energy["by_true_class"].items():
         template_value = energy["templates"].get(name)
-        typer.echo(f"  {name}: images {_format(row['mean'])} (n={row['n']}), template {_format(template_value)}")
+        template_text = _interval(template_value, energy.get("templates_ci", {}).get(name))
+        members = f" (n={energy['templates_n'][name]} members)" if name in energy.get("templates_n", {}) else ""
+        typer.echo(f"  {name}: images {_interval(row['mean'], row.get('mean_ci'))} (n={row['n']}), template {template_text}{members}")
+    if energy.get("templates_ci_note"):
+        typer.echo(f"  note: {energy['templates_ci_note']}")
     if report.faithfulness is not None:
         for line in deletion_lines(report.faithfulness):
             typer.echo(line)
@@ -242,15 +252,6 @@ _CURVE_NAMES = {"random": "random pixels", "smooth": "smooth regions", "moved_he
                 "moved_template": "moved template"}
 _REGION_NAMES = {"outside_lungs": "everything outside the lungs", "lungs": "the lungs",
                  "lungs_area_elsewhere": "smooth regions of the lungs' area outside them"}
-
-
-def _interval(value: float | None, ci: list | None, digits: int = 3) -> str:
-    """A number with its 95 % interval, e.g. ``0.412 [0.380, 0.447]``; ``-`` when undefined."""
-    if value is None:
-        return "-"
-    if not ci or ci[0] is None:
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 def deletion_lines(result: dict) -> list[str]:

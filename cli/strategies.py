@@ -61,9 +61,12 @@ def strategies_command(
         return
     for name, result in results.items():
         stability = result.stability.get("mean_ari")
-        shown = "n/a" if stability is None else f"{stability:.2f} +- {result.stability['std_ari']:.2f}"
+        spread = result.stability.get("ari_ci")
+        shown = "n/a" if stability is None else (f"{stability:.2f} +- {result.stability['std_ari']:.2f}"
+                                                 + (f" [{spread[0]:.2f}, {spread[1]:.2f}]" if spread else ""))
         typer.echo(f"{name}: {result.k} strateg{'y' if result.k == 1 else 'ies'} ({result.chosen_by}; "
-                   f"stability, adjusted Rand index over {result.stability['resamples']} resamples: {shown})")
+                   f"stability, adjusted Rand index over {result.stability['resamples']} resamples: {shown}"
+                   f"{' (mean +- sd [2.5th, 97.5th percentiles])' if spread else ''})")
         for number, strategy in enumerate(result.strategies, start=1):
             consistency = "n/a" if strategy.consistency is None else f"{strategy.consistency:.3f}"
             energy = _energy(strategy.mean, lungs)

@@ -32,7 +32,7 @@ from hmt_cli.choices import (
     uncertain_option,
 )
 from hmt_cli.main import app
-from hmt_cli.output import echo_skipped
+from hmt_cli.output import echo_skipped, interval_text
 from hmt_cli.progress import progress_bar
 
 
@@ -55,13 +55,14 @@ def report_lines(report: dict) -> list[str]:
         return _finding_lines(report)
     names = report["class_names"]
     width = max(10, *(len(name) for name in names))
-    lines = [f"accuracy {report['accuracy']:.3f} on {report['n']} images (macro F1 {report['macro']['f1']:.3f}, "
-             f"macro AUC {_fmt(report['macro']['auc'])})",
-             f"{'class':<{width}}  precision  recall  f1     auc    support"]
+    macro = report["macro"]
+    lines = [f"accuracy {interval_text(report['accuracy'], report.get('accuracy_ci'))} on {report['n']} images "
+             f"(macro F1 {interval_text(macro['f1'], macro.get('f1_ci'))}, macro AUC {interval_text(macro['auc'], macro.get('auc_ci'))})",
+             f"{'class':<{width}}  precision  recall  f1     auc    support  auc [95 % CI]"]
     for name in names:
         row = report["per_class"][name]
         lines.append(f"{name:<{width}}  {row['precision']:.3f}      {row['recall']:.3f}   {row['f1']:.3f}  "
-                     f"{_fmt(row['auc'])}  {row['support']}")
+                     f"{_fmt(row['auc'])}  {row['support']:<7}  {interval_text(row['auc'], row.get('auc_ci'))}")
     cell = max(7, *(len(name) for name in names)) + 1
     lines.append("confusion matrix (rows true, columns predicted):")
     lines.append(" " * width + "".join(f"{name:>{cell}}" for name in names))
@@ -74,24 +75,37 @@ def report_lines(report: dict) -> list[str]:
                      f"spec {summed['specificity']:.3f}  F1 {summed['f1']:.3f}  AUC {_fmt(summed['auc'])}")
         lines.append(f"  mapped arg-max        acc {argmax['accuracy']:.3f}  sens {argmax['sensitivity']:.3f}  "
                      f"spec {argmax['specificity']:.3f}  F1 {argmax['f1']:.3f}")
-    return lines
+        if "accuracy_ci" in summed:
+            lines.append(f"  [95 % CI] summed: acc {interval_text(summed['accuracy'], summed['accuracy_ci'])}, AUC "
+                         f"{interval_text(summed['auc'], summed.get('auc_ci'))}; arg-max: acc "
+                         f"{interval_text(argmax['accuracy'], argmax.get('accuracy_ci'))}")
+    return lines + _interval_note(report)
+
+
+def _interval_note(report: dict) -> list[str]:
+    """How the report's [95 % CI] were computed (reports written before them have none)."""
+    how = report.get("bootstrap")
+    if not how:
+        return []
+    return [f"[95 % CI]: {how['method']} over {how['units']} {how['unit']}s, {how['resamples']} resamples"]
 
 
 def _finding_lines(report: dict) -> list[str]:
     width = max(10, *(len(name) for name in report["class_names"]))
-    lines = [f"multi-label, {report['n']} images, threshold {report['threshold']:g}: macro AUC {_fmt(report['macro']['auc'])}, "
-             f"macro F1 {report['macro']['f1']:.3f}",
-             f"{'finding':<{width}}  known  positive  auc    sens   spec   f1"]
+    macro = report["macro"]
+    lines = [f"multi-label, {report['n']} images, threshold {report['threshold']:g}: macro AUC "
+             f"{interval_text(macro['auc'], macro.get('auc_ci'))}, macro F1 {interval_text(macro['f1'], macro.get('f1_ci'))}",
+             f"{'finding':<{width}}  known  positive  auc    sens   spec   f1     auc [95 % CI]"]
     for name, row in report["per_finding"].items():
         lines.append(f"{name:<{width}}  {row['n']:>5}  {row['positives']:>8}  {_fmt(row['auc'])}  {row['sensitivity']:.3f}  "
-                     f"{row['specificity']:.3f}  {row['f1']:.3f}")
-    return lines
+                     f"{row['specificity']:.3f}  {row['f1']:.3f}  {interval_text(row['auc'], row.get('auc_ci'))}")
+    return lines + _interval_note(report)
 
 
 def _headline(report: dict, split: str = "test") -> str:
     if report.get("multi_label"):
-        return f"{split} macro AUC: {_fmt(report['macro']['auc'])}"
-    return f"{split} accuracy: {report['accuracy']:.3f}"
+        return f"{split} macro AUC: {interval_text(report['macro']['auc'], report['macro'].get('auc_ci'))}"
+    return f"{split} accuracy: {interval_text(report['accuracy'], report.get('accuracy_ci'))}"
 
 
 @app.command("train")

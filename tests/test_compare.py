@@ -137,7 +137,8 @@ def test_similarity_measures_by_hand() -> None:
 def test_template_match_and_separation_reports_by_hand() -> None:
     report = template_match_report(["a", "a", "b", "c"], ["a", "b", "b", "a"], ["a", "b"])
     assert report["n"] == 3 and report["correct"] == 2 and report["accuracy"] == pytest.approx(2 / 3)
-    assert report["per_class"]["a"] == {"n": 2, "correct": 1, "accuracy": 0.5}
+    assert {key: report["per_class"]["a"][key] for key in ("n", "correct", "accuracy")} == {"n": 2, "correct": 1, "accuracy": 0.5}
+    assert report["per_class"]["a"]["accuracy_ci"] == [0.0, 1.0]  # two images, one hit: a resample's share is 0, 1/2 or 1
     separation = separation_report([0.9, 0.8, 0.3, 0.5], [True, True, False, False], [False, None, True, False])
     assert separation["auc"] == 1.0 and separation["n_correct"] == 2 and separation["n_misclassified"] == 2
     assert separation["atypical_share_correct"] == 0.0 and separation["atypical_share_misclassified"] == 0.5

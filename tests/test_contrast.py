@@ -115,7 +115,7 @@ def test_paired_differences_find_a_change_planted_in_a_second_store(shortcut_pha
     (["column:shortcut=1@covid", "images:covid"], "share"),
     (["images:covid", "images:nothing"], "no class 'nothing'"),
     (["kind:covid", "images:normal"], "write one of class:NAME"),
-    (["strategy:covid/1", "images:normal"], "no strategies of class 'covid'"),
+    (["strategy:normal/1", "images:covid"], "no strategies of class 'normal'"),  # normal has no template
     (["column:patient_id=covid_0001@covid", "images:normal"], "at least 2 per group"),
 ])
 def test_bad_groups_are_refused_with_one_line(shortcut_phantom: dict, templates: Path, groups: list[str], message: str,

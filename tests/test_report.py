@@ -236,6 +236,9 @@ def test_report_with_data_evaluates_the_model_and_templates(report: dict, tmp_pa
     expected = evaluate_templates(report["templates"], report["data"])
     assert page_number(page.keyed["template-match"]) == pytest.approx(expected.template_match["accuracy"], abs=5e-4)
     assert page_number(page.keyed["eval-accuracy"]) == pytest.approx(expected.classification["accuracy"], abs=5e-4)
+    for key, ci in (("template-match-ci", expected.template_match["accuracy_ci"]),
+                    ("eval-accuracy-ci", expected.classification["accuracy_ci"])):  # the interval beside the number, seeded
+        assert page.keyed[key] == f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def test_binary_and_multi_label_reports(binary_phantom: dict, multi_label_phantom: dict, tmp_path: Path) -> None:

@@ -84,10 +84,31 @@ def test_stability_with_k_given_is_below_one_without_stable_clusters_and_equals_
     # ARI = (index - expected) / (max - expected), index = sum_ij C(n_ij, 2) = C(b_1, 2) + C(b_2, 2); the labels'
     # sum_i C(a_i, 2) = C(n, 2), so expected = C(n, 2) (C(b_1, 2) + C(b_2, 2)) / C(n, 2) = index: ARI 0 for every resample.
     one = stability(noise, np.zeros(len(noise), np.int64), 2, settings, None)
-    assert one == {"mean_ari": 0.0, "std_ari": 0.0, "resamples": 20}
+    assert one == {"mean_ari": 0.0, "std_ari": 0.0, "resamples": 20, "ari_ci": [0.0, 0.0]}
     maps, groups = _blob_groups(per_group=10)
     two = groups < 2  # two planted groups: every resample splits them again (ARI 1)
-    assert stability(maps[two, ::3, ::3], groups[two], 2, settings, None) == {"mean_ari": 1.0, "std_ari": 0.0, "resamples": 20}
+    assert stability(maps[two, ::3, ::3], groups[two], 2, settings, None) == {"mean_ari": 1.0, "std_ari": 0.0, "resamples": 20,
+                                                                              "ari_ci": [1.0, 1.0]}
+
+
+def test_stability_interval_is_the_spread_of_the_resampled_indices(monkeypatch) -> None:
+    """``ari_ci``: the 2.5th and 97.5th percentiles of the resamples' adjusted Rand indices (recorded as scikit-learn
+    computes them), around their mean."""
+    import sklearn.metrics
+
+    seen: list[float] = []
+
+    def recorded(*labels) -> float:
+        seen.append(float(adjusted_rand_score(*labels)))
+        return seen[-1]
+
+    monkeypatch.setattr(sklearn.metrics, "adjusted_rand_score", recorded)
+    noise = np.random.default_rng(11).random((24, 16, 16)).astype(np.float32)
+    settings = StrategySettings(k=2, resolution=16)
+    result = stability(noise, np.arange(24) % 2, 2, settings, None)
+    assert len(seen) == result["resamples"] == 20
+    assert result["ari_ci"] == pytest.approx(list(np.percentile(seen, [2.5, 97.5])), abs=1e-12)
+    assert result["ari_ci"][0] <= result["mean_ari"] <= result["ari_ci"][1] and result["ari_ci"][0] < result["ari_ci"][1]
 
 
 @pytest.mark.parametrize(("eigenvalues", "expected"), [

@@ -39,14 +39,16 @@ from heatmap_templates.analysis.scoring import (
     TemplateScorer,
 )
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
+from heatmap_templates.data.datasets import patient_groups
 from heatmap_templates.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path, problems_json
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE
 from heatmap_templates.model.heads import HEADS, predicted_classes
 from heatmap_templates.model.objectives import Objective
-from heatmap_templates.numeric.metrics import lung_field_energy, roc_auc
+from heatmap_templates.numeric.bootstrap import mean_interval
+from heatmap_templates.numeric.metrics import add_interval, auc_interval, interval_ci, lung_field_energy, roc_auc
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.templates.templates_file import TemplateFile
+from heatmap_templates.templates.templates_file import TemplateFile, replicate_interval
 
 if TYPE_CHECKING:  # annotations only: the annotations module (and OpenCV) loads when annotations are given
     from heatmap_templates.analysis.annotations import Annotations
@@ -286,35 +288,49 @@ class TemplateEvaluation:
         }
 
 
-def _summary(values: list[float]) -> dict:
-    """n, mean and median of a list of numbers (None when empty)."""
+def _summary(values: list[float], groups: Sequence | None = None) -> dict:
+    """n, mean (with its 95 % bootstrap interval ``mean_ci``, whole ``groups``) and median of a list of numbers
+    (None when empty)."""
     if not values:
-        return {"n": 0, "mean": None, "median": None}
-    return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values))}
+        return {"n": 0, "mean": None, "median": None, "mean_ci": None}
+    mean = mean_interval(values, groups=groups)
+    return {"n": len(values), "mean": float(np.mean(values)), "median": float(np.median(values)), "mean_ci": interval_ci(mean)}
+
+
+def _rows_of(groups: Sequence | None, rows: Sequence[int]) -> list | None:
+    """The groups (patients) of some rows, in their order (None without groups)."""
+    return None if groups is None else [groups[i] for i in rows]
 
 
 def template_match_report(true_labels: Sequence[str | set[str]], best_matches: Sequence[str | None],
-                          template_classes: Sequence[str]) -> dict:
+                          template_classes: Sequence[str], *, groups: Sequence | None = None) -> dict:
     """Accuracy of the best-matching template as a classifier, overall and per true class.
 
     Only images whose true class has a template count (another image can never match). A
     multi-label image's true label is the set of its positive findings: the best-matching template
-    is right when it is one of them, and the image counts for each of its findings.
+    is right when it is one of them, and the image counts for each of its findings. Each accuracy has its 95 %
+    bootstrap interval (``accuracy_ci``) over its images, a patient's images together with ``groups`` (one per image).
     """
     truths = [set(truth) if isinstance(truth, (set, frozenset)) else {truth} for truth in true_labels]
+    hit = [best in truth for truth, best in zip(truths, best_matches, strict=True)]
     per_class: dict[str, dict] = {}
     for name in template_classes:
-        matches = [best in truth for truth, best in zip(truths, best_matches, strict=True) if name in truth]
+        rows = [i for i, truth in enumerate(truths) if name in truth]
+        matches = [hit[i] for i in rows]
         per_class[name] = {"n": len(matches), "correct": int(sum(matches)),
-                           "accuracy": float(np.mean(matches)) if matches else None}
-    scored = [best in truth for truth, best in zip(truths, best_matches, strict=True) if truth & set(template_classes)]
-    hits, total = int(sum(scored)), len(scored)
-    return {"n": total, "correct": hits, "accuracy": hits / total if total else None, "per_class": per_class}
+                           "accuracy": float(np.mean(matches)) if matches else None,
+                           "accuracy_ci": interval_ci(mean_interval(matches, groups=_rows_of(groups, rows)))}
+    rows = [i for i, truth in enumerate(truths) if truth & set(template_classes)]
+    hits, total = int(sum(hit[i] for i in rows)), len(rows)
+    return {"n": total, "correct": hits, "accuracy": hits / total if total else None, "per_class": per_class,
+            "accuracy_ci": interval_ci(mean_interval([hit[i] for i in rows], groups=_rows_of(groups, rows)))}
 
 
-def separation_report(scores: Sequence[float], correct: Sequence[bool], atypical: Sequence[bool | None]) -> dict:
+def separation_report(scores: Sequence[float], correct: Sequence[bool], atypical: Sequence[bool | None], *,
+                      groups: Sequence | None = None) -> dict:
     """ROC AUC of ``scores`` for telling correct (positive) from misclassified images, with counts,
-    and how often each group was flagged atypical. The AUC is None with a reason when a group is empty."""
+    and how often each group was flagged atypical. The AUC is None with a reason when a group is empty; its 95 %
+    bootstrap interval (``auc_ci``) resamples the images (whole ``groups``), resamples lacking a group dropped and counted."""
     correct_array = np.asarray(correct, dtype=bool)
     n_correct = int(correct_array.sum())
     n_wrong = int(correct_array.size - n_correct)
@@ -329,14 +345,15 @@ def separation_report(scores: Sequence[float], correct: Sequence[bool], atypical
         considered = group & known
         return float(flags[considered].mean()) if considered.any() else None
 
-    return {
+    return add_interval({
         "auc": auc,
         "auc_undefined_reason": reason,
         "n_correct": n_correct,
         "n_misclassified": n_wrong,
         "atypical_share_correct": flagged_share(correct_array),
         "atypical_share_misclassified": flagged_share(~correct_array),
-    }
+        "n": n_correct + n_wrong,
+    }, "auc", auc_interval(np.asarray(scores, dtype=np.float64), correct_array, groups=groups))
 
 
 def evaluate_templates(
@@ -384,12 +401,14 @@ def evaluate_templates(
     results, image_scores = _score_images(comparer, samples, found, data, skip_log=skip_log, batch_size=batch_size,
                                           progress=progress)
     targets = objective.labels([samples[r.position] for r in results])
+    groups = patient_groups([samples[r.position] for r in results])  # the intervals' units: patients where known
     truths = [{name for name, value in zip(comparer.class_names, row, strict=True) if value == 1} if objective.multi_label
               else comparer.class_names[int(row)] for row in targets]
     probabilities = np.array([[r.probabilities[name] for name in comparer.class_names] for r in results])
-    scored = [(r, truth) for r, truth in zip(results, truths, strict=True) if r.predicted_similarity is not None]
+    scored_rows = [i for i, r in enumerate(results) if r.predicted_similarity is not None]
+    scored = [(results[i], truths[i]) for i in scored_rows]
     scored_similarities = [r.predicted_similarity for r, _ in scored if r.predicted_similarity is not None]
-    energy = _energy_report(comparer, results, truths)
+    energy = _energy_report(comparer, results, truths, groups)
     deletion = None
     if faithfulness:
         deletion = _deletion_curves(comparer, [samples[r.position] for r in results], targets, objective.multi_label,
@@ -403,14 +422,14 @@ def evaluate_templates(
         n_images=len(results),
         class_names=list(comparer.class_names),
         template_classes=list(comparer.template_classes),
-        template_match=template_match_report(truths, [r.best_match for r in results], comparer.template_classes),
+        template_match=template_match_report(truths, [r.best_match for r in results], comparer.template_classes, groups=groups),
         correct_vs_misclassified=separation_report(
             scored_similarities, [r.predicted in ({truth} if isinstance(truth, str) else truth) for r, truth in scored],
-            [r.atypical for r, _ in scored]),
+            [r.atypical for r, _ in scored], groups=_rows_of(groups, scored_rows)),
         lung_field_energy=energy,
         faithfulness=deletion,
         localisation=localisation,
-        classification=objective.report(probabilities, targets, comparer.engine.threshold),
+        classification=objective.report(probabilities, targets, comparer.engine.threshold, groups=groups),
         skipped=skip_log.problems,
     )
 
@@ -455,20 +474,32 @@ def _score_images(comparer: Comparer, samples: Sequence[Sample], found: Annotati
     return results, image_scores
 
 
-def _energy_report(comparer: Comparer, results: Sequence[ImageComparison], truths: Sequence[str | set[str]]) -> dict:
-    """Lung-field energy of the images' predicted-class maps per true class and of each template, beside the lung
-    area's share of the image (what a map spread evenly would score)."""
-    energy_by_class = {
-        name: _summary([r.lung_field_energy for r, truth in zip(results, truths, strict=True)
-                        if name in ({truth} if isinstance(truth, str) else truth) and r.lung_field_energy is not None])
-        for name in comparer.class_names
-    }
+def _energy_report(comparer: Comparer, results: Sequence[ImageComparison], truths: Sequence[str | set[str]],
+                   groups: Sequence | None = None) -> dict:
+    """Lung-field energy of the images' predicted-class maps per true class (the mean with its 95 % bootstrap interval
+    over the images, whole ``groups``) and of each template (``templates_ci``: the 2.5th and 97.5th percentiles of the
+    energies of the template's stored bootstrap replicate means), beside the lung area's share of the image (what a
+    map spread evenly would score)."""
+    energy_by_class = {}
+    for name in comparer.class_names:
+        rows = [i for i, (r, truth) in enumerate(zip(results, truths, strict=True))
+                if name in ({truth} if isinstance(truth, str) else truth) and r.lung_field_energy is not None]
+        values = [energy for i in rows if (energy := results[i].lung_field_energy) is not None]
+        energy_by_class[name] = _summary(values, _rows_of(groups, rows))
     template_energy = {name: float(lung_field_energy(comparer.file.templates[name].mean, comparer.lung_mask))
                        for name in comparer.template_classes}
+    replicates = {name: replicate_interval(comparer.file.path, name, partial(lung_field_energy, lung_mask=comparer.lung_mask))
+                  for name in comparer.template_classes}
+    missing = [name for name, (ci, _) in replicates.items() if ci is None]
     return {
         "lung_area_fraction": float(comparer.lung_mask.mean()),
         "by_true_class": energy_by_class,
         "templates": template_energy,
+        "templates_ci": {name: ci for name, (ci, _) in replicates.items()},
+        "templates_n": {name: comparer.file.templates[name].count for name in comparer.template_classes},
+        "templates_replicates": {name: count for name, (_, count) in replicates.items()},
+        **({"templates_ci_note": f"no interval for {', '.join(missing)}: the templates file keeps no bootstrap replicates "
+            "of the template mean (built with 0 replicates, or its band state is not stored)"} if missing else {}),
     }
 
 
@@ -487,14 +518,15 @@ def _deletion_curves(comparer: Comparer, samples: Sequence[Sample], labels: np.n
 
         if not Path(body_masks).is_dir():
             raise BadFileError(Path(body_masks), "body masks must be a folder of masks named as the images (.png)")
-        found = read_annotations(body_masks, [(path, "body", root or Path(path).parent) for path in paths],
-                                 (int(comparer.info.input_size[0]), int(comparer.info.input_size[1])))
+        size = (int(comparer.info.input_size[0]), int(comparer.info.input_size[1]))
+        found = read_annotations(body_masks, [(path, "body", root or Path(path).parent) for path in paths], size)
+        if not len(found):  # a phantom's <data>/ground_truth/body names images relative to <data>, wherever the list is
+            found = read_annotations(body_masks, [(path, "body", Path(body_masks).resolve().parent.parent) for path in paths], size)
         if not len(found):
             raise HmtError(f"{display_path(body_masks)}: no body mask matches any image of the deletion test")
         bodies = partial(found.for_image, label="body")
 
-    patients = [s.patient_id or f"image:{s.path}" for s in samples]  # an image of unknown patient is its own
-    groups = patients if len(set(patients)) < len(patients) else None
+    groups = patient_groups(samples)  # an image of unknown patient is its own
     return run_deletion(comparer, paths, single, sample=sample, removal=removal, seed=seed, batch_size=batch_size,
                         progress=progress, bodies=bodies, groups=groups).to_dict()
 

@@ -208,5 +208,5 @@ def check_groups(a: Group, b: Group | None, minimum: int = 2) -> None:
         shared = np.intersect1d(a.rows, b.rows)
         if len(shared):
             raise HmtError(f"groups {a.spec.text!r} and {b.spec.text!r} share {len(shared)} image(s); choose disjoint "
-                           "groups (or --other for a paired contrast of the same images)")
+                           "groups (or $other for a paired contrast of the same images)", parameters=("other",))
 

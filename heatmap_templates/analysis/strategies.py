@@ -157,11 +157,12 @@ def _cluster(maps: np.ndarray, settings: StrategySettings, k: int | None, lung_m
 def stability(maps: np.ndarray, labels: np.ndarray, k: int, settings: StrategySettings,
               lung_mask: np.ndarray | None) -> dict:
     """Adjusted Rand index between the clustering and the clusterings (same K) of bootstrap resamples of the maps,
-    compared on the resampled members (mean, standard deviation, resamples)."""
+    compared on the resampled members (mean, standard deviation, resamples, and ``ari_ci``: the 2.5th and 97.5th
+    percentiles of the resamples' indices, their spread)."""
     from sklearn.metrics import adjusted_rand_score
 
     if k == 1 or settings.stability_resamples == 0 or len(maps) < 4:
-        return {"mean_ari": None, "std_ari": None, "resamples": 0}
+        return {"mean_ari": None, "std_ari": None, "resamples": 0, "ari_ci": None}
     rng = np.random.default_rng(settings.seed)
     scores = []
     for _ in range(settings.stability_resamples):
@@ -171,8 +172,9 @@ def stability(maps: np.ndarray, labels: np.ndarray, k: int, settings: StrategySe
         resampled, _, _, _ = _cluster(maps[chosen], settings, k, lung_mask)
         scores.append(adjusted_rand_score(labels[chosen], resampled))
     if not scores:
-        return {"mean_ari": None, "std_ari": None, "resamples": 0}
-    return {"mean_ari": float(np.mean(scores)), "std_ari": float(np.std(scores)), "resamples": len(scores)}
+        return {"mean_ari": None, "std_ari": None, "resamples": 0, "ari_ci": None}
+    return {"mean_ari": float(np.mean(scores)), "std_ari": float(np.std(scores)), "resamples": len(scores),
+            "ari_ci": [float(v) for v in np.percentile(scores, [2.5, 97.5])]}
 
 
 class _Prototypes:

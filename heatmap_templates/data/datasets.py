@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -214,6 +214,13 @@ def patient_id_from_name(name: str, patient_regex: re.Pattern[str] | str | None 
         if match:
             return template.format(*match.groups())
     return None
+
+
+def patient_groups(samples: Sequence[Sample]) -> list[str] | None:
+    """Each sample's unit in a bootstrap over patients (its patient id; an image of unknown patient is its own), or
+    None when every image is its own unit (resampling images is then the same)."""
+    groups = [f"patient:{s.patient_id}" if s.patient_id else f"image:{s.path}" for s in samples]
+    return groups if len(set(groups)) < len(groups) else None
 
 
 def _is_hidden(name: str) -> bool:

@@ -22,6 +22,7 @@ from heatmap_templates.data.datasets import (
     Sample,
     dataset_fingerprint,
     load_dataset,
+    patient_groups,
     relative_path,
 )
 from heatmap_templates.data.disk_arrays import DiskArray
@@ -135,7 +136,8 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
     split (one hmt did not train) takes that split from a CSV ``split`` column when it has rows of that split;
     otherwise, and for ``all``, every image is evaluated and a note says so. ``threshold`` decides
     a one-output or multi-label model's predictions. A one-against-the-rest model (``TrainConfig.binary``)
-    counts the data set's other classes as its negative class.
+    counts the data set's other classes as its negative class. The report's 95 % intervals resample the evaluated
+    images, a patient's images together where the data set knows patients.
     """
     if split not in EVALUATION_SPLITS:
         raise HmtError(f"unknown split {split!r}; choose test, val, train or all")
@@ -150,7 +152,7 @@ def evaluate(model, info: ModelInfo, dataset: Dataset, *, split: str = DEFAULT_S
         raise HmtError(f"{display_path(dataset.root)}: none of the {len(samples)} images could be decoded")
     labels = objective.labels(kept)
     probabilities = predict_probabilities(model, info, images, batch_size=batch_size, progress=progress)
-    report = objective.report(probabilities, labels, threshold)
+    report = objective.report(probabilities, labels, threshold, groups=patient_groups(kept))
     return EvaluationResult(report=report, split=used, requested_split=split, problems=skip_log.problems, notes=notes,
                             paths=[display_path(s.path) for s in kept], labels=labels, probabilities=probabilities,
                             predicted=predicted_classes(probabilities, objective.head, threshold))

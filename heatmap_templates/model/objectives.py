@@ -86,12 +86,15 @@ class Objective:
             return [name for k, name in enumerate(self.class_names) if not np.any(train_labels[:, k] == 1)]
         return [name for k, name in enumerate(self.class_names) if not np.any(train_labels == k)]
 
-    def report(self, probabilities: np.ndarray, labels: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        """The evaluation report: classification metrics, or per-finding metrics for a multi-label model."""
+    def report(self, probabilities: np.ndarray, labels: np.ndarray, threshold: float = DEFAULT_THRESHOLD, *,
+               groups: Sequence | None = None) -> dict:
+        """The evaluation report: classification metrics, or per-finding metrics for a multi-label model; its 95 %
+        intervals resample the images, whole patients with ``groups`` (one id per image, e.g.
+        :func:`~heatmap_templates.data.datasets.patient_groups`)."""
         if self.multi_label:
-            return multilabel_report(probabilities, labels, self.class_names, threshold)
+            return multilabel_report(probabilities, labels, self.class_names, threshold, groups=groups)
         return classification_report(probabilities, labels, self.class_names,
-                                     predicted=predicted_classes(probabilities, self.head, threshold))
+                                     predicted=predicted_classes(probabilities, self.head, threshold), groups=groups)
 
     def counts(self, labels: np.ndarray) -> dict[str, int]:
         """Images per class, or positive images per finding."""

@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,6 +28,7 @@ from heatmap_templates.data.datasets import (
     Dataset,
     Sample,
     dataset_fingerprint,
+    patient_groups,
     relative_path,
     split_dataset,
 )
@@ -475,8 +476,8 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
 
     # The model as delivered: the last epoch's validation numbers in the history predate the weight averaging, so the
     # validation split is scored again; that, not the test split, is what a recipe or a setting is chosen on.
-    val_report = _split_report(model, info, objective, images["val"], labels["val"], config, progress)
-    test_report = _split_report(model, info, objective, images["test"], labels["test"], config, progress)
+    val_report = _split_report(model, info, objective, images["val"], labels["val"], config, progress, kept["val"])
+    test_report = _split_report(model, info, objective, images["test"], labels["test"], config, progress, kept["test"])
     seconds = time.perf_counter() - started
     split_counts = {name: objective.counts(labels[name]) for name in SPLIT_NAMES}
     info.training = {
@@ -553,12 +554,13 @@ def _fit_phases(model, info: ModelInfo, images: dict, targets: dict, config: Tra
 
 
 def _split_report(model, info: ModelInfo, objective: Objective, images: np.ndarray | DiskArray, labels: np.ndarray,
-                  config: TrainConfig, progress: Progress | None) -> dict | None:
-    """The objective's report of the trained model on one split's images (None for an empty split)."""
+                  config: TrainConfig, progress: Progress | None, samples: Sequence[Sample]) -> dict | None:
+    """The objective's report of the trained model on one split's images (None for an empty split); its intervals
+    resample the split's patients."""
     if not len(images):
         return None
     probabilities = predict_probabilities(model, info, images, batch_size=config.batch_size, progress=progress)
-    return objective.report(probabilities, labels)
+    return objective.report(probabilities, labels, groups=patient_groups(samples))
 
 
 def _augments(config: TrainConfig, spec: BackboneSpec, train_images: int) -> bool:

@@ -3,17 +3,26 @@
 Every function here is pure (arrays in, numbers or dicts of numbers out) and never returns NaN:
 a ratio with an empty denominator is 0.0, and an AUC that is undefined (one class absent) is None.
 Other stages add their own measures (localisation, lung-field energy) as further functions.
+The reports give their accuracies, AUCs and F1s a 95 % interval (``<key>_ci``, None where the number is undefined)
+from the shared bootstrap (:mod:`heatmap_templates.numeric.bootstrap`) through :class:`RowResampler`.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from heatmap_templates.errors import HmtError
+from heatmap_templates.numeric.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, bootstrap_interval
 
 __all__ = [
     "confusion_matrix",
     "precision_recall_f1",
     "roc_auc",
+    "RowResampler",
+    "auc_interval",
+    "interval_ci",
+    "add_interval",
     "one_vs_rest_auc",
     "binary_metrics",
     "binary_readings",
@@ -89,6 +98,107 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float(u_statistic / (n_positive * n_negative))
 
 
+# --------------------------------------------------------------------------- 95 % intervals of the reports' numbers
+
+
+def _tie_index(scores: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each score's position among the distinct scores (ties share one), and how many distinct scores there are."""
+    values, inverse = np.unique(np.asarray(scores, np.float64), return_inverse=True)
+    return inverse.ravel(), len(values)
+
+
+def _weighted_auc(ties: tuple[np.ndarray, int], positive: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC with row weights: the sum over (positive i, negative j) of w_i w_j ([s_i > s_j] + [s_i = s_j] / 2) over
+    W_pos W_neg, which for a resample's draw counts is the resample's own Mann-Whitney AUC; NaN when a class weighs 0."""
+    inverse, size = ties
+    on_positive = np.bincount(inverse, weights=weights * positive, minlength=size)
+    on_negative = np.bincount(inverse, weights=weights * ~positive, minlength=size)
+    total_positive, total_negative = on_positive.sum(), on_negative.sum()
+    if total_positive <= 0 or total_negative <= 0:
+        return float("nan")
+    below = np.cumsum(on_negative) - on_negative
+    # elementwise products and sums, not ``@``: a threaded BLAS call costs more than this whole function on a busy machine
+    return float(np.sum(on_positive * (below + 0.5 * on_negative)) / (total_positive * total_negative))
+
+
+def _weighted_share(hits: np.ndarray, weights: np.ndarray) -> float:
+    total = weights.sum()
+    return float(np.sum(weights * hits) / total) if total > 0 else float("nan")
+
+
+def _weighted_f1(decided: np.ndarray, actual: np.ndarray, weights: np.ndarray) -> float:
+    """F1 = 2 tp / (2 tp + fp + fn) of weighted rows (0.0 without a positive decision or truth, as binary_metrics)."""
+    tp, fp, fn = (float(np.sum(weights * (decided & actual))), float(np.sum(weights * (decided & ~actual))),
+                  float(np.sum(weights * (~decided & actual))))
+    return _safe_ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def _mean_defined(values: Sequence[float]) -> float:
+    defined = [value for value in values if np.isfinite(value)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+class RowResampler:
+    """Percentile-bootstrap 95 % intervals of several numbers computed over the same rows (images), from the same
+    resamples (:func:`~heatmap_templates.numeric.bootstrap.bootstrap_interval`, whole groups with ``groups``, seeded).
+
+    A resample is handed to a statistic as weights on the original rows (how often it drew each row), so that a
+    resample's AUC or confusion matrix needs neither a copy of the rows nor a new ranking: the same value as the
+    statistic of the resampled rows, in O(N)."""
+
+    def __init__(self, n: int, groups: Sequence | None = None, seed: int = 0, resamples: int = DEFAULT_RESAMPLES) -> None:
+        self.n, self.groups, self.seed, self.resamples = int(n), groups, seed, resamples
+
+    def of(self, statistic: Callable[[np.ndarray], float]) -> Interval:
+        """The interval of ``statistic(weights)`` (weights (N,): 1.0 each for the data themselves; NaN: undefined)."""
+        def resampled(rows: np.ndarray) -> float:
+            return statistic(np.bincount(rows, minlength=self.n).astype(np.float64))
+
+        return bootstrap_interval(resampled, np.arange(self.n), groups=self.groups, seed=self.seed, resamples=self.resamples)
+
+    def share(self, hits: np.ndarray, rows: np.ndarray | None = None) -> Interval:
+        """A share (accuracy) of boolean ``hits`` over the rows (or the masked ``rows`` of every resample)."""
+        values, keep = np.asarray(hits, np.float64), _mask(rows, self.n)
+        return self.of(lambda weights: _weighted_share(values[keep], weights[keep]))
+
+    def auc(self, scores: np.ndarray, positive: np.ndarray, rows: np.ndarray | None = None) -> Interval:
+        """ROC AUC of ``scores`` for ``positive`` (over the masked ``rows``); resamples lacking a class are dropped."""
+        keep = _mask(rows, self.n)
+        ties, actual = _tie_index(np.asarray(scores)[keep]), np.asarray(positive, bool)[keep]
+        return self.of(lambda weights: _weighted_auc(ties, actual, weights[keep]))
+
+
+def _mask(rows: np.ndarray | None, n: int) -> np.ndarray:
+    return np.ones(n, bool) if rows is None else np.asarray(rows, bool)
+
+
+def auc_interval(scores: np.ndarray | Sequence[float], positive: np.ndarray | Sequence[bool], *, groups: Sequence | None = None,
+                 seed: int = 0, resamples: int = DEFAULT_RESAMPLES) -> Interval:
+    """:func:`roc_auc` with its percentile-bootstrap 95 % interval over rows (whole ``groups``); resamples without a
+    positive or a negative are dropped and counted."""
+    values = np.asarray(scores, np.float64).ravel()
+    return RowResampler(len(values), groups, seed, resamples).auc(values, np.asarray(positive, bool).ravel())
+
+
+def interval_ci(interval: Interval) -> list[float | None] | None:
+    """An interval's [low, high] as a report keeps it beside its number: None where the number is undefined."""
+    return None if interval.estimate is None else interval.ci
+
+
+def add_interval(record: dict, key: str, interval: Interval) -> dict:
+    """``record[<key>_ci]`` beside ``record[key]``, and ``<key>_dropped_resamples`` when some resamples were undefined."""
+    record[f"{key}_ci"] = interval_ci(interval)
+    if interval.dropped and interval.estimate is not None:
+        record[f"{key}_dropped_resamples"] = interval.dropped
+    return record
+
+
+def _bootstrap_record(n: int, groups: Sequence | None, resamples: int = DEFAULT_RESAMPLES) -> dict:
+    """How a report's intervals were computed."""
+    return {"confidence": DEFAULT_CONFIDENCE, "resamples": resamples, "method": "percentile bootstrap",
+            "unit": "image" if groups is None else "patient", "units": n if groups is None else len(set(groups))}
+
+
 def one_vs_rest_auc(probabilities: np.ndarray, y_true: np.ndarray) -> list[float | None]:
     """ROC AUC of each class's probability for separating that class from all others."""
     probs = np.asarray(probabilities, dtype=np.float64)
@@ -129,7 +239,8 @@ def is_normal_class(name: str) -> bool:
     return name.lower() == "normal"
 
 
-def _reading(probabilities: np.ndarray, labels: np.ndarray, positive_classes: list[int], positive_name: str) -> dict:
+def _reading(probabilities: np.ndarray, labels: np.ndarray, positive_classes: list[int], positive_name: str,
+             resampler: RowResampler | None = None) -> dict:
     """One binary reading of a K-class output, by summed probabilities and by the mapped arg-max.
 
     Summed: the probability of the positive group is the sum of its classes' softmax outputs and
@@ -142,6 +253,10 @@ def _reading(probabilities: np.ndarray, labels: np.ndarray, positive_classes: li
     positive_probability = probabilities[:, in_group].sum(axis=1)
     summed = {**binary_metrics(positive_probability > 0.5, actual), "auc": roc_auc(positive_probability, actual)}
     argmax = binary_metrics(in_group[probabilities.argmax(axis=1)], actual)
+    if resampler is not None:  # 95 % intervals of the accuracies and the AUC
+        add_interval(summed, "accuracy", resampler.share((positive_probability > 0.5) == actual))
+        add_interval(summed, "auc", resampler.auc(positive_probability, actual))
+        add_interval(argmax, "accuracy", resampler.share(in_group[probabilities.argmax(axis=1)] == actual))
     return {
         "positive": positive_name,
         "n_positive": int(actual.sum()),
@@ -151,12 +266,14 @@ def _reading(probabilities: np.ndarray, labels: np.ndarray, positive_classes: li
     }
 
 
-def binary_readings(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str]) -> dict[str, dict]:
+def binary_readings(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str], *,
+                    resampler: RowResampler | None = None) -> dict[str, dict]:
     """The first paper's binary readings of a multi-class output, when the classes allow them.
 
     ``covid_vs_noncovid`` (positive: covid) when a covid class exists, and ``normal_vs_abnormal``
     (positive: abnormal, i.e. every class but normal) when a normal class exists; each computed
-    both by summing softmax probabilities and by mapping the arg-max (see ``_reading``).
+    both by summing softmax probabilities and by mapping the arg-max (see ``_reading``); with a ``resampler`` over the
+    rows, the accuracies and the AUC get their 95 % intervals (``accuracy_ci``, ``auc_ci``).
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
@@ -165,16 +282,16 @@ def binary_readings(probabilities: np.ndarray, y_true: np.ndarray, class_names: 
     readings: dict[str, dict] = {}
     covid = [k for k, name in enumerate(class_names) if is_covid_class(name)]
     if covid and len(covid) < len(class_names):
-        readings["covid_vs_noncovid"] = _reading(probs, labels, covid, "covid")
+        readings["covid_vs_noncovid"] = _reading(probs, labels, covid, "covid", resampler)
     normal = [k for k, name in enumerate(class_names) if is_normal_class(name)]
     if normal and len(normal) < len(class_names):
         abnormal = [k for k in range(len(class_names)) if k not in normal]
-        readings["normal_vs_abnormal"] = _reading(probs, labels, abnormal, "abnormal")
+        readings["normal_vs_abnormal"] = _reading(probs, labels, abnormal, "abnormal", resampler)
     return readings
 
 
 def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_names: list[str], *,
-                          predicted: np.ndarray | None = None) -> dict:
+                          predicted: np.ndarray | None = None, groups: Sequence | None = None, seed: int = 0) -> dict:
     """Everything `hmt evaluate` reports, as a JSON-ready dict.
 
     Keys: ``n``, ``accuracy``, ``class_names``, ``confusion_matrix`` (rows true, columns predicted),
@@ -182,6 +299,11 @@ def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_n
     F1 over classes present in the data; mean AUC over classes where it is defined) and
     ``binary_readings``. ``predicted`` are the model's decisions (default: the most probable class;
     a one-output sigmoid model decides at its threshold).
+
+    Intervals (:func:`_classification_intervals`): ``accuracy_ci``, each class's ``auc_ci`` (and ``n``, the images
+    its one-vs-rest AUC rests on), ``macro`` ``f1_ci`` and ``auc_ci``, the binary readings' accuracies and AUC
+    (``accuracy_ci``, ``auc_ci``), 95 % percentile bootstrap over the images,
+    whole patients with ``groups`` (one id per image), seeded by ``seed``; ``bootstrap`` says how.
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
@@ -199,7 +321,8 @@ def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_n
     support = matrix.sum(axis=1)
     present = support > 0
     defined_aucs = [auc for auc in aucs if auc is not None]
-    return {
+    resampler = RowResampler(labels.size, groups, seed)
+    report: dict = {
         "n": int(labels.size),
         "accuracy": _safe_ratio(np.trace(matrix), labels.size),
         "class_names": list(class_names),
@@ -220,16 +343,45 @@ def classification_report(probabilities: np.ndarray, y_true: np.ndarray, class_n
             "f1": float(f1[present].mean()) if present.any() else 0.0,
             "auc": float(np.mean(defined_aucs)) if defined_aucs else None,
         },
-        "binary_readings": binary_readings(probs, labels, class_names),
+        "binary_readings": binary_readings(probs, labels, class_names, resampler=resampler),
     }
+    return _classification_intervals(report, probs, labels, predictions, resampler)
 
 
-def multilabel_report(probabilities: np.ndarray, findings: np.ndarray, names: list[str], threshold: float = 0.5) -> dict:
+def _classification_intervals(report: dict, probs: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                              resampler: RowResampler) -> dict:
+    """``report`` with the intervals of its accuracy, per-class and macro AUCs and macro F1 (every number recomputed
+    on each resample as on the data; resamples where one is undefined, e.g. a class absent, dropped and counted)."""
+    k = probs.shape[1]
+    add_interval(report, "accuracy", resampler.share(labels == predictions))
+    positives = [labels == j for j in range(k)]
+    ties = [_tie_index(probs[:, j]) for j in range(k)]
+    for j, name in enumerate(report["class_names"]):
+        report["per_class"][name]["n"] = int(labels.size)
+        add_interval(report["per_class"][name], "auc", resampler.auc(probs[:, j], positives[j]))
+
+    def macro_f1(weights: np.ndarray) -> float:
+        matrix = np.bincount(labels * k + predictions, weights=weights, minlength=k * k).reshape(k, k)
+        present = matrix.sum(axis=1) > 0
+        return float(precision_recall_f1(matrix)[2][present].mean()) if present.any() else 0.0
+
+    add_interval(report["macro"], "f1", resampler.of(macro_f1))
+    add_interval(report["macro"], "auc", resampler.of(
+        lambda weights: _mean_defined([_weighted_auc(ties[j], positives[j], weights) for j in range(k)])))
+    report["macro"]["n"] = int(labels.size)
+    report["bootstrap"] = _bootstrap_record(labels.size, resampler.groups, resampler.resamples)
+    return report
+
+
+def multilabel_report(probabilities: np.ndarray, findings: np.ndarray, names: list[str], threshold: float = 0.5, *,
+                      groups: Sequence | None = None, seed: int = 0) -> dict:
     """Per-finding metrics of a multi-label model, each over the images where that finding is known.
 
     ``findings`` (N, L): 1 positive, 0 negative, -1 unknown (left out). Per finding: ``n`` known,
     ``positives``, ``auc`` (None when undefined) and the decision at ``threshold`` (accuracy,
     sensitivity, specificity, precision, F1). ``macro`` averages the defined AUCs and the F1s.
+    Intervals: each finding's ``auc_ci`` and ``accuracy_ci``, ``macro`` ``auc_ci`` and ``f1_ci``: 95 % percentile
+    bootstrap over the images (whole patients with ``groups``), each finding over its known images of a resample.
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     values = np.asarray(findings)
@@ -245,7 +397,7 @@ def multilabel_report(probabilities: np.ndarray, findings: np.ndarray, names: li
         per_finding[name] = {"n": int(known.sum()), "positives": int(actual.sum()),
                              "auc": roc_auc(probs[known, k], actual) if known.any() else None, **decision}
     aucs = [row["auc"] for row in per_finding.values() if row["auc"] is not None]
-    return {
+    report: dict = {
         "n": int(len(probs)),
         "multi_label": True,
         "class_names": list(names),
@@ -254,6 +406,26 @@ def multilabel_report(probabilities: np.ndarray, findings: np.ndarray, names: li
         "macro": {"auc": float(np.mean(aucs)) if aucs else None,
                   "f1": float(np.mean([row["f1"] for row in per_finding.values()])) if per_finding else 0.0},
     }
+    return _multilabel_intervals(report, probs, values, threshold, RowResampler(len(probs), groups, seed))
+
+
+def _multilabel_intervals(report: dict, probs: np.ndarray, values: np.ndarray, threshold: float, resampler: RowResampler) -> dict:
+    """``report`` with each finding's AUC and accuracy interval and the macro AUC's and F1's, over resampled images."""
+    known = values >= 0
+    actual, decided = values == 1, probs >= threshold
+    for k, row in enumerate(report["per_finding"].values()):
+        add_interval(row, "auc", resampler.auc(probs[:, k], actual[:, k], known[:, k]))
+        add_interval(row, "accuracy", resampler.share(decided[:, k] == actual[:, k], known[:, k]))
+    findings = range(values.shape[1])
+    ties = [_tie_index(probs[known[:, k], k]) for k in findings]
+    add_interval(report["macro"], "auc", resampler.of(lambda weights: _mean_defined(
+        [_weighted_auc(ties[k], actual[known[:, k], k], weights[known[:, k]]) for k in findings])))
+    add_interval(report["macro"], "f1", resampler.of(lambda weights: float(np.mean(
+        [_weighted_f1(decided[known[:, k], k], actual[known[:, k], k], weights[known[:, k]]) for k in findings]))
+        if len(findings) else 0.0))
+    report["macro"]["n"] = int(len(probs))
+    report["bootstrap"] = _bootstrap_record(len(probs), resampler.groups, resampler.resamples)
+    return report
 
 
 # --------------------------------------------------------------------------- heatmaps against masks (compare stage)

@@ -268,6 +268,16 @@ def _read_class_state(path: Path, class_name: str) -> AccumulatorState:
         return _read_state(group, _read_members(group["members"]))
 
 
+def replicate_interval(path: str | Path, class_name: str, measure: Callable[[np.ndarray], Any]) -> tuple[list[float] | None, int]:
+    """The 2.5th and 97.5th percentiles of ``measure`` ((B, H, W) -> (B,)) over the template's bootstrap replicate
+    means (:func:`bootstrap_replicate_means`) and the replicates they rest on; (None, 0) when the file keeps none."""
+    means = bootstrap_replicate_means(path, class_name)
+    if means is None or not len(means):
+        return None, 0
+    values = np.atleast_1d(np.asarray(measure(means), np.float64))
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])], len(values)
+
+
 def load_accumulator(path: str | Path, class_name: str) -> ClassAccumulator:
     """The exact accumulator stored for one class (to add images to it or merge it)."""
     path = Path(path)

@@ -63,6 +63,8 @@ def strategies_figure(file: TemplateFile, result: ClassStrategies, width: str, c
                 hide_frame(axis)
                 axis.set_ylabel(f"strategy {number + 1}", color=strategy_colour(number))
     stability = result.stability.get("mean_ari")
-    stable = "" if stability is None else f"; stability (ARI over resamples) {stability:.2f}"
+    spread = result.stability.get("ari_ci")
+    stable = "" if stability is None else f"; stability (ARI over resamples) {stability:.2f}" + \
+        (f" [{spread[0]:.2f}, {spread[1]:.2f}]" if spread else "")
     figure.suptitle(f"{result.class_name}: {k} strateg{'y' if k == 1 else 'ies'} ({result.chosen_by}){stable}")
     return figure

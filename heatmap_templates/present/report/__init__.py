@@ -132,10 +132,13 @@ def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str,
         match = template_evaluation["template_match"]
         separation = template_evaluation["correct_vs_misclassified"]
         parts.append(f"<h3>Templates on {escape(template_evaluation['data'])}</h3><p>Best-matching template = true class for "
-                     f"<span data-key=\"template-match\">{html.number(match['accuracy'])}</span> of {match['n']} images; "
+                     f"<span data-key=\"template-match\">{html.number(match['accuracy'])}</span>"
+                     f"{html.ci_span(match.get('accuracy_ci'), 'template-match-ci')} of {match['n']} images; "
                      f"the predicted class's similarity separates correct from misclassified images with ROC AUC "
-                     f"<span data-key=\"separation-auc\">{html.number(separation['auc'])}</span> "
-                     f"({separation['n_correct']} correct, {separation['n_misclassified']} misclassified).</p>")
+                     f"<span data-key=\"separation-auc\">{html.number(separation['auc'])}</span>"
+                     f"{html.ci_span(separation.get('auc_ci'), 'separation-auc-ci')} "
+                     f"({separation['n_correct']} correct, {separation['n_misclassified']} misclassified; brackets: "
+                     "95 % bootstrap intervals over the images).</p>")
     if data.store_metrics is not None:
         parts.append("<details><summary>Classifier on the heatmap store's images</summary><p class=\"note\">Every labelled image "
                      "the heatmaps were computed for, whatever its split (training images included): not a held-out estimate.</p>"

@@ -8,16 +8,21 @@ misclassified images (the most confident mistakes first), each a thumbnail of th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from heatmap_templates.analysis.scoring import TemplateScorer
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
 from heatmap_templates.analysis.strategy_search import members_store
+from heatmap_templates.data.datasets import Sample, patient_groups, patient_id_from_name
 from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.model.heads import is_multi_label
-from heatmap_templates.numeric.metrics import classification_report, lung_field_energy, multilabel_report
+from heatmap_templates.numeric.bootstrap import mean_interval
+from heatmap_templates.numeric.metrics import classification_report, interval_ci, lung_field_energy, multilabel_report
 from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes, overlay_rgb
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader
@@ -28,6 +33,7 @@ from heatmap_templates.templates.templates_file import (
     read_contrasts,
     read_strategies,
     read_zones,
+    replicate_interval,
 )
 
 DEFAULT_GALLERY_SIZE = 24  # thumbnails per gallery (typical, atypical, misclassified) and class
@@ -83,6 +89,8 @@ class ClassSection:
     loo_range: tuple[float, float] | None = None
     template_lung_energy: float | None = None
     predicted_lung_energy: float | None = None  # mean over the images predicted as the class
+    template_lung_energy_ci: list[float] | None = None  # 2.5th and 97.5th percentiles over the template's bootstrap replicates
+    predicted_lung_energy_ci: list | None = None  # 95 % bootstrap interval of the mean over those images (patients by file name)
     strategies: dict | None = None
     galleries: dict[str, list[GalleryItem]] = field(default_factory=dict)
     gallery_totals: dict[str, int] = field(default_factory=dict)  # how many images each gallery could show
@@ -150,18 +158,26 @@ def _predicted_index(reader: HeatmapReader) -> np.ndarray:
     return np.asarray(reader.predicted, np.int64)
 
 
+def store_groups(paths: Sequence[str]) -> list[str] | None:
+    """The patients of a store's images for the intervals, by the file-name rules (the store keeps no patient column;
+    :func:`~heatmap_templates.data.datasets.patient_id_from_name`); None when every image is its own."""
+    return patient_groups([Sample(Path(path), "", patient_id_from_name(Path(path).name)) for path in paths])
+
+
 def store_metrics(reader: HeatmapReader) -> dict | None:
-    """The classifier's metrics over the store's labelled images (every split the heatmaps were computed for)."""
+    """The classifier's metrics over the store's labelled images (every split the heatmaps were computed for), with
+    intervals over their patients as far as the file names tell them."""
     names = reader.class_names
-    if is_multi_label(reader.settings.head):
-        known = np.any(reader.labels >= 0, axis=1)
-        if not known.any():
-            return None
-        return multilabel_report(reader.probabilities[known], reader.labels[known], names, float(reader.settings.threshold))
-    known = reader.labels >= 0
+    multi = is_multi_label(reader.settings.head)
+    known = np.any(reader.labels >= 0, axis=1) if multi else reader.labels >= 0
     if not known.any():
         return None
-    return classification_report(reader.probabilities[known], reader.labels[known], names, predicted=reader.predicted[known])
+    groups = store_groups([path for path, keep in zip(reader.paths, known, strict=True) if keep])
+    if multi:
+        return multilabel_report(reader.probabilities[known], reader.labels[known], names, float(reader.settings.threshold),
+                                 groups=groups)
+    return classification_report(reader.probabilities[known], reader.labels[known], names, predicted=reader.predicted[known],
+                                 groups=groups)
 
 
 def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where: dict[str, int],
@@ -206,9 +222,9 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where:
     return sections, wanted
 
 
-def _template_numbers(file: TemplateFile, sections: list[ClassSection], energies: dict[str, list[float]]) -> None:
-    """Consistency, lung-field energy (the template's and the mean of the images predicted as the class) and strategies
-    of each class with a template."""
+def _template_numbers(file: TemplateFile, sections: list[ClassSection], energies: dict[str, list[tuple[float, str]]]) -> None:
+    """Consistency, lung-field energy (the template's and the mean of the images predicted as the class, each with its
+    95 % interval) and strategies of each class with a template; ``energies``: (energy, path) of each class's images."""
     lungs = np.asarray(file.lung_mask, bool)
     strategies = read_strategies(file.path)
     for section in sections:
@@ -222,8 +238,11 @@ def _template_numbers(file: TemplateFile, sections: list[ClassSection], energies
             section.loo_median = float(np.median(loo))
             section.loo_range = (float(loo.min()), float(loo.max()))
         section.template_lung_energy = float(lung_field_energy(np.asarray(template.mean), lungs))
-        values = energies.get(section.name, [])
+        section.template_lung_energy_ci, _ = replicate_interval(file.path, section.name, partial(lung_field_energy, lung_mask=lungs))
+        values = [energy for energy, _ in energies.get(section.name, [])]
         section.predicted_lung_energy = float(np.mean(values)) if values else None
+        groups = store_groups([path for _, path in energies.get(section.name, [])])
+        section.predicted_lung_energy_ci = interval_ci(mean_interval(values, groups=groups)) if values else None
         if section.name in strategies:
             result = strategies[section.name]
             section.strategies = {"k": result.k, "chosen_by": result.chosen_by, "stability": result.stability,
@@ -251,7 +270,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
             if member.path in where:
                 members.setdefault(where[member.path], []).append((name, float(loo[position]) if position < loo.size else None))
     rows: list[ImageRow] = []
-    energies: dict[str, list[float]] = {}
+    energies: dict[str, list[tuple[float, str]]] = {}
     thumbnails: dict[str, bytes] = {}
     progress = progress or NullProgress()
     progress.start(len(reader), "scoring the store's images")
@@ -269,7 +288,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
                     assert prepared.images is not None  # prepared with their images
                     thumbnails[key] = jpeg_bytes(overlay_rgb(prepared.images[offset], prepared.maps[offset, k], table))
                 if result.lung_field_energy is not None:
-                    energies.setdefault(result.predicted, []).append(result.lung_field_energy)
+                    energies.setdefault(result.predicted, []).append((result.lung_field_energy, reader.paths[i]))
                 own = f"{i}-{int(predicted[i])}"
                 membership = members.get(i, [])
                 rows.append(ImageRow(

@@ -43,7 +43,7 @@ header, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 16px; }
 header { padding-top: 12px; border-bottom: 1px solid var(--line); }
 nav a { margin-right: 14px; color: var(--accent); }
 h1 { font-size: 1.5em; margin: 0.3em 0; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid var(--line); }
-h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; } .muted { color: var(--muted); } .note { color: var(--muted); font-size: 0.92em; }
+h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; } .muted { color: var(--muted); } .note { color: var(--muted); font-size: 0.92em; } .ci { color: var(--muted); }
 table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: var(--band); } td.num { text-align: right; }
@@ -204,22 +204,27 @@ def figure(source: Source, name: str, caption: str) -> str:
 def classification_html(report: Mapping, prefix: str) -> str:
     """Accuracy, per-class metrics, the confusion matrix and binary readings of a classification report."""
     if report.get("multi_label"):
-        header = ["finding", "n known", "positives", "ROC AUC", "sensitivity", "specificity", "F1"]
+        header = ["finding", "n known", "positives", "ROC AUC", "sensitivity", "specificity", "F1", "ROC AUC [95 % CI]"]
         rows, keys = [], []
         for name, values in report["per_finding"].items():
-            rows.append([name, values["n"], values["positives"], values["auc"], values.get("sensitivity"), values.get("specificity"), values.get("f1")])
-            keys.append([None] + [f"{prefix}-{name}-{k}" for k in ("n", "positives", "auc", "sensitivity", "specificity", "f1")])
+            rows.append([name, values["n"], values["positives"], values["auc"], values.get("sensitivity"), values.get("specificity"),
+                         values.get("f1"), interval(values["auc"], values.get("auc_ci"))])
+            keys.append([None] + [f"{prefix}-{name}-{k}" for k in ("n", "positives", "auc", "sensitivity", "specificity", "f1", "auc-ci")])
         macro = report["macro"]
         return (f"<p>{report['n']} images, threshold {report['threshold']:g}; macro ROC AUC "
-                f"<span data-key=\"{prefix}-macro-auc\">{number(macro['auc'])}</span>, macro F1 "
-                f"<span data-key=\"{prefix}-macro-f1\">{number(macro['f1'])}</span>.</p>" + table(header, rows, keys=keys))
-    names = report["class_names"]
-    parts = [f"<p>{report['n']} images; accuracy <span data-key=\"{prefix}-accuracy\">{number(report['accuracy'])}</span>, "
-             f"macro F1 <span data-key=\"{prefix}-macro-f1\">{number(report['macro']['f1'])}</span>, macro ROC AUC "
-             f"<span data-key=\"{prefix}-macro-auc\">{number(report['macro']['auc'])}</span>.</p>"]
-    header = ["class", "support", "precision", "recall", "F1", "ROC AUC (one vs rest)"]
-    rows = [[name, v["support"], v["precision"], v["recall"], v["f1"], v["auc"]] for name, v in report["per_class"].items()]
-    keys = [[None] + [f"{prefix}-{name}-{k}" for k in ("support", "precision", "recall", "f1", "auc")] for name in report["per_class"]]
+                f"<span data-key=\"{prefix}-macro-auc\">{number(macro['auc'])}</span>{ci_span(macro.get('auc_ci'), f'{prefix}-macro-auc-ci')}, "
+                f"macro F1 <span data-key=\"{prefix}-macro-f1\">{number(macro['f1'])}</span>{ci_span(macro.get('f1_ci'), f'{prefix}-macro-f1-ci')}"
+                f".{_intervals_note(report)}</p>" + table(header, rows, keys=keys))
+    names, macro = report["class_names"], report["macro"]
+    parts = [f"<p>{report['n']} images; accuracy <span data-key=\"{prefix}-accuracy\">{number(report['accuracy'])}</span>"
+             f"{ci_span(report.get('accuracy_ci'), f'{prefix}-accuracy-ci')}, "
+             f"macro F1 <span data-key=\"{prefix}-macro-f1\">{number(macro['f1'])}</span>{ci_span(macro.get('f1_ci'), f'{prefix}-macro-f1-ci')}, "
+             f"macro ROC AUC <span data-key=\"{prefix}-macro-auc\">{number(macro['auc'])}</span>"
+             f"{ci_span(macro.get('auc_ci'), f'{prefix}-macro-auc-ci')}.{_intervals_note(report)}</p>"]
+    header = ["class", "support", "precision", "recall", "F1", "ROC AUC (one vs rest)", "ROC AUC [95 % CI]"]
+    rows = [[name, v["support"], v["precision"], v["recall"], v["f1"], v["auc"], interval(v["auc"], v.get("auc_ci"))]
+            for name, v in report["per_class"].items()]
+    keys = [[None] + [f"{prefix}-{name}-{k}" for k in ("support", "precision", "recall", "f1", "auc", "auc-ci")] for name in report["per_class"]]
     parts.append(table(header, rows, keys=keys))
     matrix = report["confusion_matrix"]
     parts.append(table(["true \\ predicted", *names], [[name, *row] for name, row in zip(names, matrix, strict=True)],
@@ -227,15 +232,25 @@ def classification_html(report: Mapping, prefix: str) -> str:
                        caption="Confusion matrix (rows: true class, columns: predicted class)"))
     readings = report.get("binary_readings") or {}
     if readings:
-        header = ["reading", "decision", "positives / negatives", "sensitivity", "specificity", "F1", "ROC AUC"]
+        header = ["reading", "decision", "positives / negatives", "sensitivity", "specificity", "F1", "ROC AUC",
+                  "accuracy [95 % CI]", "ROC AUC [95 % CI]"]
         rows = []
         for name, r in readings.items():
             for decision, title in (("summed_probability", "summed probability > 0.5"), ("argmax", "arg-max in the group")):
                 m = r[decision]
-                rows.append([name, title, f"{r['n_positive']} / {r['n_negative']}", m["sensitivity"], m["specificity"], m["f1"], m.get("auc")])
+                rows.append([name, title, f"{r['n_positive']} / {r['n_negative']}", m["sensitivity"], m["specificity"], m["f1"], m.get("auc"),
+                             interval(m.get("accuracy"), m.get("accuracy_ci")),
+                             interval(m["auc"], m.get("auc_ci")) if m.get("auc") is not None else "–"])
         parts.append(table(header, rows, caption="Binary readings of the multi-class output (positive: " +
                            ", ".join(r["positive"] for r in readings.values()) + ")"))
     return "".join(parts)
+
+
+def _intervals_note(report: Mapping) -> str:
+    """How a report's bracketed 95 % intervals were computed (a report written before them has none)."""
+    how = report.get("bootstrap")
+    return "" if not how else (f" <span class=\"note\">[95 % CI]: {escape(how['method'])} over {how['units']} "
+                               f"{escape(how['unit'])}s.</span>")
 
 
 def _caption(row: ImageRow, item: GalleryItem | None = None) -> str:
@@ -278,14 +293,19 @@ def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Sourc
         parts.append(settings_table([
             ("members", section.members), ("mean pairwise correlation", number(section.mean_pairwise_correlation)),
             ("leave-one-out r, median (range)", f"{number(section.loo_median)} ({number(low)} to {number(high)})"),
-            ("lung-field energy of the template", number(section.template_lung_energy)),
-            ("mean lung-field energy of images predicted " + section.name, number(section.predicted_lung_energy)),
+            ("lung-field energy of the template [95 % CI over its bootstrap replicates]",
+             interval(section.template_lung_energy, section.template_lung_energy_ci)),
+            ("mean lung-field energy of images predicted " + section.name + " [95 % CI]",
+             interval(section.predicted_lung_energy, section.predicted_lung_energy_ci)),
         ]))
         if section.strategies:
             s = section.strategies
             ari = (s.get("stability") or {}).get("mean_ari")
+            spread = (s.get("stability") or {}).get("ari_ci")
             parts.append(f"<h3>Strategies</h3><p>{s['k']} strateg{'y' if s['k'] == 1 else 'ies'} (K chosen by {escape(s['chosen_by'])};"
-                         f" stability: mean adjusted Rand index over bootstrap resamples {number(ari)}).</p>")
+                         f" stability: mean adjusted Rand index over bootstrap resamples {number(ari)}"
+                         f"{ci_span(spread, f'strategy-{_slug(section.name)}-ari-ci', 2)}"
+                         f"{', in brackets the 2.5th to 97.5th percentiles of the resamples' if spread else ''}).</p>")
             parts.append(table(["strategy", "members", "consistency"],
                                [[i + 1, c["size"], c["consistency"]] for i, c in enumerate(s["clusters"])],
                                keys=[[None, f"strategy-{_slug(section.name)}-{i + 1}-size", None] for i in range(len(s["clusters"]))]))
@@ -367,6 +387,15 @@ def interval(value: float | None, ci: Sequence | None, digits: int = 3) -> str:
     if value is None or not ci or ci[0] is None:
         return number(value, digits)
     return f"{number(value, digits)} [{number(ci[0], digits)}, {number(ci[1], digits)}]"
+
+
+def ci_span(ci: Sequence | None, key: str | None = None, digits: int = 3) -> str:
+    """A 95 % interval to place after a number's own element: `` <span class="ci">[0.380, 0.447]</span>`` ('' without
+    one), so that the number's ``data-key`` text stays the number."""
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    attribute = f' data-key="{escape(key)}"' if key else ""
+    return f' <span class="ci"{attribute}>[{number(ci[0], digits)}, {number(ci[1], digits)}]</span>'
 
 
 def deletion_html(deletion: Mapping, source: Source, figures: Mapping[str, str]) -> str:
