@@ -27,18 +27,23 @@ def report_command(
     gallery: int = typer.Option(DEFAULT_GALLERY_SIZE, "--gallery", min=0, help="Thumbnails per gallery (typical, atypical, misclassified) and class."),
     similarity: str = registry_option(DEFAULT_SIMILARITY, "--similarity", SIMILARITIES, "Similarity of an image's map to a template"),
     cmap: str = typer.Option(DEFAULT_CMAP, "--cmap", help="Colour map of the heatmaps (cividis and viridis are colour-blind safe)."),
+    pseudonymise: bool = typer.Option(False, "--pseudonymise", help="Replace image file names by salted hashes (SHA-256 of the salt and the relative path, 12 hex digits) and leave the model path out; text burned into the images stays visible."),
+    salt: str | None = typer.Option(None, "--salt", help="Salt of --pseudonymise's hashes (the same salt gives the same names; default: drawn for this report). Never written into the report."),
     as_json: bool = typer.Option(False, "--json", help="Print the files written and the page weight as JSON."),
 ) -> None:
     """Write a report to browse and share: overview and classifier metrics, templates, strategies, galleries of the most
     typical and atypical members and of misclassified images (click to enlarge), sanity, deletion and localisation
     results when the templates file holds them, and a sortable, filterable table of every image (also as CSV).
-    It opens from disk in any browser: no server, nothing fetched from the network.
+    It opens from disk in any browser: no server, nothing fetched from the network. Paths are shown relative to the
+    data folder and other files by name, never this machine's absolute paths.
 
     Example: hmt report templates_out/templates.h5 --out templates_out/report --single-file
     """
     summary = write_report(templates, out, heatmaps=heatmaps, data=data, single_file=single_file, gallery_size=gallery,
                            similarity=similarity, cmap=cmap, progress=progress_bar(as_json), labels=names(labels),
-                           uncertain=uncertain)
+                           uncertain=uncertain, pseudonymise=pseudonymise, salt=salt)
+    for warning in summary.warnings:  # on stderr, also beside --json
+        typer.echo(f"hmt: warning: {warning}", err=True)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

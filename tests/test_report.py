@@ -1,8 +1,11 @@
 """`hmt report`: a self-contained page whose numbers are the library's, checked in a real browser where one exists."""
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import Browser, BrowserError, find_chromium
 from cli_helpers import assert_user_error, run_hmt
 from prerequisites import missing
 
@@ -104,7 +108,7 @@ def test_rows_equal_what_compare_reports_for_the_same_images(report: dict) -> No
     assert data["columns"] == list(ROW_COLUMNS)
     reader = open_heatmaps(report["store"])
     rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
-    assert [row["path"] for row in rows] == reader.paths
+    assert [os.path.join(report["data"], row["path"]) for row in rows] == reader.paths, "paths relative to the data root"
     run = Comparer(report["templates"], model=report["model"]).compare(reader.paths)
     assert len(run.results) == len(rows)
     for row, result in zip(rows, run.results, strict=True):
@@ -271,6 +275,20 @@ def test_thumbnail_overlay_keeps_the_image_where_the_map_is_low() -> None:
     assert scaled(np.full((4, 4), 3.0)).max() == 0.0
 
 
+def test_the_enlarged_view_is_never_an_upsampled_thumbnail() -> None:
+    import cv2
+
+    from heatmap_templates.present.report.thumbnails import THUMBNAIL_SIDE, colour_table, enlarged_views
+
+    table = colour_table("cividis")
+    for side in (64, 320):
+        image, heatmap = np.random.default_rng(0).random((2, side, side), dtype=np.float32)
+        views = enlarged_views("3-1", 3, image, heatmap, table)
+        sizes = {name: cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR).shape[:2] for name, content in views.items()}
+        assert sizes["3-plain"] == (side, side), "the image without its map at its stored size"
+        assert ("3-1-large" in sizes) == (side > THUMBNAIL_SIDE) and sizes.get("3-1-large", (side, side)) == (side, side)
+
+
 def _browser() -> str | None:
     return next((found for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (found := shutil.which(name))), None)
 
@@ -306,3 +324,180 @@ def test_a_store_of_another_model_is_refused(report: dict, binary_phantom: dict,
                            capsys, monkeypatch)
     assert_user_error(code, err, "was made with another model", "give the store the templates were built from")
     assert not (tmp_path / "r").exists()
+
+
+def _written(folder: Path) -> dict[str, bytes]:
+    """Every file a report wrote, and every data: URI inside one decoded (a single file's CSV and images), by where."""
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        found[str(path.relative_to(folder))] = content
+        for i, match in enumerate(re.finditer(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)", content)):
+            found[f"{path.relative_to(folder)}, data URI {i}"] = base64.b64decode(match.group(1))
+    return found
+
+
+def _leaks(folder: Path, needles: set[str]) -> list[str]:
+    return [f"{needle!r} in {where}" for where, content in _written(folder).items() for needle in sorted(needles)
+            if needle.encode() in content]
+
+
+def test_a_shared_report_shows_no_path_of_the_machine_that_made_it(report: dict, tmp_path: Path, tmp_path_factory, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every written file (page, CSV, report.json; a single file's embedded CSV too): image paths relative to the data
+    root, the model by name only; pseudonymised, no original file name, no model name and never the salt."""
+    from heatmap_templates.present.report import privacy
+
+    machine = {str(tmp_path_factory.getbasetemp()), str(report["root"]), str(report["data"]), str(report["model"]),
+               str(report["store"]), str(report["out"]), str(tmp_path)}
+    machine |= {os.path.realpath(p) for p in machine}
+    assert not _leaks(report["out"], machine)
+    single = write_report(report["templates"], tmp_path / "single", heatmaps=report["store"], gallery_size=2, single_file=True)
+    assert not _leaks(tmp_path / "single", machine) and not single.warnings
+    rows = json.loads(parse(report["out"] / "index.html").rows_json)["rows"]
+    assert rows[0][ROW_COLUMNS.index("path")] == "covid/covid_0000.png"
+    assert "<td>model.keras (sha256" in (report["out"] / "index.html").read_text(encoding="utf-8"), "the model by name"
+
+    names = {Path(path).name for path in open_heatmaps(report["store"]).paths} | {"model.keras"}
+    salt = "pepper-5f1c9e"
+    code, _, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", tmp_path / "p", "--gallery", "2",
+                            "--pseudonymise", "--salt", salt], capsys, monkeypatch)
+    assert code == 0, err
+    assert "hmt: warning:" in err and "burned into the images" in err
+    assert not _leaks(tmp_path / "p", machine | names | {salt})
+    rows = json.loads(parse(tmp_path / "p" / "index.html").rows_json)["rows"]
+    assert rows[0][ROW_COLUMNS.index("path")] == hashlib.sha256((salt + "covid/covid_0000.png").encode()).hexdigest()[:12]
+    recorded = json.loads((tmp_path / "p" / "report.json").read_text())["summary"]
+    assert recorded["pseudonymised"] and "burned into the images" in recorded["warnings"][0]
+    assert "burned into the images" in (tmp_path / "p" / "index.html").read_text(encoding="utf-8")
+
+    monkeypatch.setattr(privacy.secrets, "token_hex", lambda n: "drawnsalt0drawnsalt1")  # the salt drawn for a report
+    drawn = write_report(report["templates"], tmp_path / "ps", heatmaps=report["store"], gallery_size=2, single_file=True,
+                         pseudonymise=True)
+    assert drawn.warnings and not _leaks(tmp_path / "ps", machine | names | {"drawnsalt0drawnsalt1"})
+    code, _, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", tmp_path / "x", "--salt", salt],
+                           capsys, monkeypatch)
+    assert_user_error(code, err, "--salt", "--pseudonymise")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """Headless Chromium driven over its DevTools pipe (tests/browser.py): real mouse and key events."""
+    executable = find_chromium()
+    if executable is None:
+        missing("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
+    try:
+        driver = Browser(executable, tmp_path_factory.mktemp("chromium-profile"))
+    except (BrowserError, OSError) as error:
+        missing(f"Chromium's DevTools pipe does not work here: {error}")
+    yield driver
+    driver.close()
+
+
+def _open(browser: Browser, report: dict, width: int = 1280, height: int = 900) -> None:
+    browser.resize(width, height)
+    browser.open((report["out"] / "index.html").resolve().as_uri())
+
+
+OPEN = "document.getElementById('lightbox').classList.contains('open')"
+FOCUS_IN_BOX = "document.getElementById('lightbox').contains(document.activeElement)"
+
+
+def test_a_real_click_on_a_thumbnail_opens_the_enlarged_view(report: dict, browser: Browser) -> None:
+    """A click lands on the image inside the thumbnail's button; the view keeps focus while open, steps through its
+    gallery, shows the image without its map, and Esc closes it with focus back on the thumbnail that opened it."""
+    _open(browser, report)
+    browser.click(".gallery button[data-thumb] img")
+    assert browser.evaluate(OPEN), "a click on a thumbnail opens the enlarged view"
+    first = "document.querySelectorAll('.gallery')[0].querySelectorAll('button[data-thumb]')"
+    assert browser.evaluate(f"document.getElementById('lightbox-caption').textContent === {first}[0].dataset.caption")
+    assert browser.evaluate("document.querySelector('#lightbox .colourbar').getBoundingClientRect().width > 0"), "a colour bar"
+    for shift in (False,) * 6 + (True,) * 6:
+        browser.press("Tab", shift=shift)
+        assert browser.evaluate(FOCUS_IN_BOX), "focus stays in the open view"
+    browser.press("ArrowRight")
+    assert browser.evaluate(f"document.getElementById('lightbox-caption').textContent === {first}[1].dataset.caption")
+    browser.click("#lightbox-next")
+    assert browser.evaluate(f"document.getElementById('lightbox-caption').textContent === {first}[2].dataset.caption")
+    browser.press("ArrowLeft")
+    assert browser.evaluate(f"document.getElementById('lightbox-caption').textContent === {first}[1].dataset.caption")
+    browser.click("#lightbox-plain")
+    assert browser.evaluate("document.querySelector('#lightbox img').src.endsWith('-plain.jpg')"), "the image without its map"
+    assert browser.evaluate("document.getElementById('lightbox-plain').getAttribute('aria-pressed') === 'true'")
+    browser.press("Escape")
+    assert not browser.evaluate(OPEN)
+    assert browser.evaluate(f"document.activeElement === {first}[0]"), "focus back on the thumbnail that opened the view"
+    browser.click("#image-table button[data-thumb]")  # the table's view button opens the same view
+    assert browser.evaluate(OPEN)
+    browser.press("Escape")
+    assert browser.evaluate("document.activeElement === document.querySelector('#image-table button[data-thumb]')")
+
+
+def _first_row(browser: Browser, column: str) -> str:
+    return browser.evaluate(f"document.querySelector('#image-table tbody tr td[data-col=\"{column}\"]').textContent")
+
+
+def _sorted_by(browser: Browser, column: str) -> tuple[str, str]:
+    return browser.evaluate(f"(function () {{ var th = document.querySelector('#image-table th[data-col=\"{column}\"]');"
+                            " return [th.getAttribute('aria-sort'), th.querySelector('.arrow').textContent]; })()")
+
+
+def test_the_table_sorts_by_click_and_by_keyboard(report: dict, browser: Browser) -> None:
+    _open(browser, report)
+    rows = json.loads(parse(report["out"] / "index.html").rows_json)["rows"]
+    values = {name: [row[ROW_COLUMNS.index(name)] for row in rows] for name in ("probability", "similarity")}
+    assert browser.evaluate("document.querySelector('#image-table th').dataset.col") == "thumbnail", "the view button first"
+    assert browser.evaluate("(a => a.compareDocumentPosition(document.querySelector('.gallery')) & 4)"
+                            "(document.querySelector('.skip a[href=\"#images\"]'))"), "a skip link to the table before the galleries"
+    assert _first_row(browser, "index") == "0" and _sorted_by(browser, "index") == ["ascending", "▲"]
+    browser.click("#image-table th[data-col=probability] button")
+    assert _sorted_by(browser, "probability") == ["ascending", "▲"] and _sorted_by(browser, "index") == ["none", "⇅"]
+    assert float(_first_row(browser, "probability")) == pytest.approx(min(values["probability"]), abs=5e-4)
+    browser.click("#image-table th[data-col=probability] button")
+    assert _sorted_by(browser, "probability") == ["descending", "▼"]
+    assert float(_first_row(browser, "probability")) == pytest.approx(max(values["probability"]), abs=5e-4)
+    browser.click("#filter-text")  # then only the keyboard: Tab to the similarity header, Enter, Space
+    for _ in range(40):
+        browser.press("Tab")
+        if browser.evaluate("document.activeElement.parentNode.dataset.col") == "similarity":
+            break
+    else:
+        pytest.fail("Tab never reached the similarity header")
+    browser.press("Enter")
+    assert _sorted_by(browser, "similarity") == ["ascending", "▲"]
+    assert float(_first_row(browser, "similarity")) == pytest.approx(min(v for v in values["similarity"] if v is not None), abs=5e-4)
+    browser.press(" ")
+    assert _sorted_by(browser, "similarity") == ["descending", "▼"]
+    assert float(_first_row(browser, "similarity")) == pytest.approx(max(v for v in values["similarity"] if v is not None), abs=5e-4)
+
+
+def test_the_table_filters_and_reads_well(report: dict, browser: Browser) -> None:
+    """Typing in the filter narrows the rows; cells show 3 decimals, paths break after separators, rows without a
+    thumbnail say why, optional columns hide, and the page never scrolls sideways at 400 px nor the table at 1920 px."""
+    _open(browser, report)
+    paths = [row[ROW_COLUMNS.index("path")] for row in json.loads(parse(report["out"] / "index.html").rows_json)["rows"]]
+    browser.click("#filter-text")
+    browser.type_text("normal_003")
+    expected = [p for p in paths if "normal_003" in p]
+    assert 0 < len(expected) < len(paths)
+    browser.wait_for(f"document.querySelectorAll('#image-table tbody tr').length === {len(expected)}")
+    assert browser.evaluate("Array.from(document.querySelectorAll('#image-table td.path')).map(td => td.textContent)") == expected
+    assert "filtered from" in browser.evaluate("document.getElementById('table-status').textContent")
+    assert browser.evaluate("document.querySelectorAll('#image-table td.path wbr').length") >= len(expected)
+    assert browser.evaluate("Array.from(document.querySelectorAll('#image-table td[data-col=probability]'))"
+                            ".every(td => /^[0-9]+[.][0-9]{3}$/.test(td.textContent))"), "3 decimals"
+    assert "not in a gallery" in browser.evaluate("Array.from(document.querySelectorAll('#image-table td.reason'))"
+                                                  ".map(td => td.textContent).join()")
+    browser.click("#column-picker summary")
+    browser.click("#column-picker input[data-col=member_of]")
+    assert browser.evaluate("document.querySelector('#image-table th[data-col=member_of]').hidden"
+                            " && document.querySelector('#image-table td[data-col=member_of]').hidden")
+    _open(browser, report, 400, 800)
+    assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "no sideways page scroll at 400 px"
+    _open(browser, report, 1920, 1000)
+    assert browser.evaluate("(s => s.scrollWidth <= s.clientWidth)(document.querySelector('#images .scroll'))"), "table fits at 1920 px"
+    browser.call("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        assert browser.evaluate("getComputedStyle(document.querySelector('#images .scroll')).overflowX") == "visible"
+    finally:
+        browser.call("Emulation.setEmulatedMedia", {"media": ""})

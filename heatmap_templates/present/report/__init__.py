@@ -13,6 +13,7 @@ with ``data`` the model and the templates are evaluated on that labelled set ins
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -34,9 +35,11 @@ from heatmap_templates.present.report.collect import (
     ROW_COLUMNS,
     ReportData,
     collect,
+    common_folder,
     open_store_for,
 )
-from heatmap_templates.present.report.thumbnails import data_uri
+from heatmap_templates.present.report.privacy import BURNED_IN_WARNING, Shown, shown_for
+from heatmap_templates.present.report.thumbnails import colour_table, data_uri, gradient_css
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.hdf5 import jsonable
 
@@ -66,10 +69,20 @@ class ReportSummary:
     images: int  # rows of the table
     thumbnails: int
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a reader of a shared report must know (pseudonymised: burned-in text)
+    pseudonymised: bool = False
 
     def to_dict(self) -> dict:
         return {"out": str(self.out), "index": str(self.index), "files": [str(p) for p in self.files], "page_bytes": self.page_bytes,
-                "total_bytes": self.total_bytes, "images": self.images, "thumbnails": self.thumbnails, "notes": list(self.notes)}
+                "total_bytes": self.total_bytes, "images": self.images, "thumbnails": self.thumbnails, "notes": list(self.notes),
+                "warnings": list(self.warnings), "pseudonymised": self.pseudonymised}
+
+    def shareable(self) -> dict:
+        """What ``report.json`` records of the summary: the files relative to the report, no folder of this machine."""
+        numbers = self.to_dict()
+        del numbers["out"], numbers["index"]
+        numbers["files"] = [p.relative_to(self.out).as_posix() for p in self.files]
+        return numbers
 
 
 REPORT_FILES = ("index.html", REPORT_MARKER, "images.csv")  # a report's own files at its top
@@ -106,12 +119,15 @@ def _rows_csv(data: ReportData) -> str:
     return buffer.getvalue()
 
 
-def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str, template_evaluation: dict | None) -> str:
+def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str, template_evaluation: dict | None,
+              shown: Shown) -> str:
     settings = data.templates.settings
     store = data.store
+    model = ("left out (pseudonymised report)" if shown.pseudonymised else
+             shown.file(settings.model_path) if settings.model_path else "not recorded")
     pairs = [
-        ("templates file", display_path(data.templates.path)), ("heatmap store", f"{display_path(store.path)} ({len(store)} images)"),
-        ("model", f"{settings.model_path} (sha256 {settings.model_sha256[:12]})"),
+        ("templates file", shown.file(data.templates.path)), ("heatmap store", f"{shown.file(store.path)} ({len(store)} images)"),
+        ("model", f"{model} (sha256 {settings.model_sha256[:12]})"),
         ("classes", ", ".join(store.class_names)), ("head", store.settings.head),
         ("input size", " × ".join(str(v) for v in store.settings.input_size)),
         ("CAM", f"{settings.cam_method} at layer {settings.layer}, score {settings.score}"),
@@ -146,79 +162,114 @@ def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str,
     return "".join(parts)
 
 
+def _evaluation(file, data: str | os.PathLike | None, shown: Shown, notes: list[str], **options) -> tuple[dict | None, str, dict | None]:
+    """The classifier's metrics for the overview, where they come from, and the templates' evaluation on ``data``
+    (None without it), every path in them shown as the report shows paths."""
+    if data is None:
+        _, evaluation = model_record(file, notes)
+        return evaluation, ("the test split of the evaluation saved beside the model" if evaluation is not None else
+                            "No evaluation is saved beside the model; give the report a labelled data set "
+                            "(write_report's data, or hmt report --data DIR) to evaluate on it."), None
+    from heatmap_templates.analysis.compare import evaluate_templates
+
+    result = evaluate_templates(file.path, data, **options)
+    template_evaluation = result.to_dict()
+    template_evaluation.update(templates=shown.file(file.path), data=shown.file(data),
+                               skipped=[{"path": shown.image(p.path), "reason": p.reason} for p in result.skipped])
+    notes += [f"{shown.image(p.path)}: {p.reason}" for p in result.skipped]
+    return result.classification, f"evaluated on {shown.file(data)} ({result.n_images} images)", template_evaluation
+
+
+def _shareable(data: ReportData, shown: Shown) -> ReportData:
+    """The report's rows with their paths as the page shows them (relative to the data root, or pseudonyms)."""
+    rows = [dataclasses.replace(row, path=shown.image(row.path)) for row in data.rows]
+    return dataclasses.replace(data, rows=rows, path_root=shown.root_name)
+
+
+def _page(folder: Path, report: ReportData, shown: Shown, overview: str, *, single_file: bool, cmap: str,
+          notes: list[str]) -> tuple[str, str, int]:
+    """Write the figures and the gallery images into ``folder`` and return the page, the CSV and the bytes of the
+    files beside the page (0 for a single file, whose images the page embeds and ``folder`` no longer holds)."""
+    file = report.templates
+    figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")
+    notes += figures_summary.notes
+    figures = {name: f"figures/{paths[0].name}" for name, paths in figures_summary.figures.items()}
+    (folder / "images").mkdir()
+    for key, content in {**report.thumbnails, **report.enlarged}.items():
+        (folder / "images" / f"{key}.jpg").write_bytes(content)
+    rows_csv = shown.text(_rows_csv(report))
+
+    def source(name: str) -> str:
+        if not single_file:
+            return name
+        return data_uri((folder / name).read_bytes(), "image/png" if name.endswith(".png") else "image/jpeg")
+
+    csv_source = data_uri(rows_csv.encode("utf-8"), "text/csv") if single_file else "images.csv"
+    template_html = "".join(html.figure(source, figures[name], caption) for name, caption in FIGURE_CAPTIONS.items()
+                            if name in figures)
+    class_html = "".join(html.class_section(section, report.rows, source, figures, report.enlarged) for section in report.classes)
+    asset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    footer = (f"Written by hmt {escape(__version__)} from {escape(shown.file(file.path))}. Thumbnails: the heatmap of the "
+              "image's class over the registered image (cividis colour map, scaled between the map's 1st and 99th percentiles). "
+              "Page weight: {weight}.")
+    page = html.page(title=f"hmt report: {shown.file(file.path)}", overview=overview, templates=template_html,
+                     classes=[s.name for s in report.classes], class_html=class_html,
+                     checks=html.checks_html(report.checks, source, figures, report.contrasts, report.zones), data=report,
+                     csv_source=csv_source, footer=footer, colour_scale=gradient_css(colour_table(cmap)))
+    page = shown.text(page)
+    page_bytes = len(page.replace("{weight}", "").encode("utf-8"))
+    page = page.replace("{weight}", f"index.html {page_bytes / 1024:.0f} KiB" +
+                        ("" if single_file else f", {(page_bytes + asset_bytes) / 1024:.0f} KiB with its images and figures"))
+    if single_file:
+        for leftover in ("images", "figures"):
+            for path in sorted((folder / leftover).rglob("*"), reverse=True):
+                path.unlink()
+            (folder / leftover).rmdir()
+        return page, rows_csv, 0
+    return page, rows_csv, asset_bytes
+
+
 def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatmaps: str | os.PathLike | None = None,
                  data: str | os.PathLike | None = None, single_file: bool = False, gallery_size: int = DEFAULT_GALLERY_SIZE,
                  similarity: str = DEFAULT_SIMILARITY, cmap: str = DEFAULT_CMAP, batch_size: int = 64,
                  progress: Progress | None = None, labels: Sequence[str] | None = None,
-                 uncertain: str | None = None) -> ReportSummary:
+                 uncertain: str | None = None, pseudonymise: bool = False, salt: str | None = None) -> ReportSummary:
     """Write the report of a templates file (see the module docstring) and return what was written; ``data`` (a
-    multi-label model's CSV: read with ``labels`` and ``uncertain`` given, else as the store recorded)."""
+    multi-label model's CSV: read with ``labels`` and ``uncertain`` given, else as the store recorded).
+
+    The report is made to be shared: paths relative to the data root, other files by name, never this machine's
+    absolute paths. ``pseudonymise`` replaces the image names by salted hashes (``salt``, else one drawn for this
+    report; written nowhere) and leaves the model's name out; text burned into the images stays visible, which the
+    summary's ``warnings`` and the page say (:mod:`.privacy`)."""
+    if salt is not None and not pseudonymise:
+        raise HmtError("$salt salts the names of a pseudonymised report: give $pseudonymise too", parameters=("salt", "pseudonymise"))
     out = Path(out)
     earlier = _check_out(out)
     progress = progress or NullProgress()
     file = read_templates_file(templates)
     reader = open_store_for(file, heatmaps)
+    shown = shown_for(common_folder(reader.paths), [file.path, reader.path, file.settings.model_path, data, out],
+                      pseudonymise=pseudonymise, salt=salt)
     notes: list[str] = []
-    template_evaluation = None
-    evaluation: dict | None
-    if data is not None:
-        from heatmap_templates.analysis.compare import evaluate_templates
-
-        result = evaluate_templates(file.path, data, similarity=similarity, batch_size=batch_size, progress=progress,
-                                    labels=labels, uncertain=uncertain)
-        template_evaluation = result.to_dict()
-        evaluation, evaluation_source = result.classification, f"evaluated on {display_path(data)} ({result.n_images} images)"
-        notes += [f"{p.path}: {p.reason}" for p in result.skipped]
-    else:
-        _, evaluation = model_record(file, notes)
-        evaluation_source = ("the test split of the evaluation saved beside the model" if evaluation is not None else
-                             "No evaluation is saved beside the model; give the report a labelled data set "
-                             "(write_report's data, or hmt report --data DIR) to evaluate on it.")
-    report = collect(file, reader, similarity=similarity, gallery_size=gallery_size, cmap=cmap, batch_size=batch_size, progress=progress)
+    evaluation, evaluation_source, template_evaluation = _evaluation(
+        file, data, shown, notes, similarity=similarity, batch_size=batch_size, progress=progress, labels=labels, uncertain=uncertain)
+    report = _shareable(collect(file, reader, similarity=similarity, gallery_size=gallery_size, cmap=cmap, batch_size=batch_size,
+                                progress=progress), shown)
+    warnings = [BURNED_IN_WARNING] if pseudonymise else []
+    overview = "".join(f"<p class=\"note\"><strong>Warning.</strong> {escape(w)}.</p>" for w in warnings) + _overview(
+        report, evaluation, evaluation_source, template_evaluation, shown)  # its confusion matrix is a table
     with atomic_folder(out, earlier=earlier) as folder:
-        figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")
-        notes += figures_summary.notes
-        figures = {name: f"figures/{paths[0].name}" for name, paths in figures_summary.figures.items()}
-        (folder / "images").mkdir()
-        for key, content in report.thumbnails.items():
-            (folder / "images" / f"{key}.jpg").write_bytes(content)
-        rows_csv = _rows_csv(report)
-
-        def source(name: str) -> str:
-            if not single_file:
-                return name
-            return data_uri((folder / name).read_bytes(), "image/png" if name.endswith(".png") else "image/jpeg")
-
-        csv_source = data_uri(rows_csv.encode("utf-8"), "text/csv") if single_file else "images.csv"
-        template_html = "".join(html.figure(source, figures[name], caption) for name, caption in FIGURE_CAPTIONS.items()
-                                if name in figures)
-        overview = _overview(report, evaluation, evaluation_source, template_evaluation)  # its confusion matrix is a table
-        class_html = "".join(html.class_section(section, report.rows, source, figures, report.path_root) for section in report.classes)
-        asset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        footer = (f"Written by hmt {escape(__version__)} from {escape(display_path(file.path))}. Thumbnails: the heatmap of the "
-                  "image's class over the registered image (cividis colour map, scaled between the map's 1st and 99th percentiles). "
-                  "Page weight: {weight}.")
-        page = html.page(title=f"hmt report: {Path(file.path).name}", overview=overview, templates=template_html,
-                         classes=[s.name for s in report.classes], class_html=class_html,
-                         checks=html.checks_html(report.checks, source, figures, report.contrasts, report.zones), data=report, csv_source=csv_source, footer=footer)
-        page_bytes = len(page.replace("{weight}", "").encode("utf-8"))
-        page = page.replace("{weight}", f"index.html {page_bytes / 1024:.0f} KiB" +
-                            ("" if single_file else f", {(page_bytes + asset_bytes) / 1024:.0f} KiB with its images and figures"))
-        total = len(page.encode("utf-8")) + (0 if single_file else asset_bytes)
-        if single_file:
-            for leftover in ("images", "figures"):
-                for path in sorted((folder / leftover).rglob("*"), reverse=True):
-                    path.unlink()
-                (folder / leftover).rmdir()
-        else:
+        page, rows_csv, asset_bytes = _page(folder, report, shown, overview, single_file=single_file, cmap=cmap, notes=notes)
+        if not single_file:
             (folder / "images.csv").write_text(rows_csv, encoding="utf-8")
         write_text(folder / "index.html", page)
         files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
         summary = ReportSummary(out=out, index=out / "index.html", files=[out / p for p in files] + [out / REPORT_MARKER],
-                                page_bytes=len(page.encode("utf-8")), total_bytes=total, images=len(report.rows),
-                                thumbnails=len(report.thumbnails), notes=notes)
-        numbers = {"hmt_report": __version__, "summary": summary.to_dict(), "evaluation": evaluation,
+                                page_bytes=len(page.encode("utf-8")), total_bytes=len(page.encode("utf-8")) + asset_bytes,
+                                images=len(report.rows), thumbnails=len(report.thumbnails),
+                                notes=[shown.text(note) for note in notes], warnings=warnings, pseudonymised=pseudonymise)
+        numbers = {"hmt_report": __version__, "summary": summary.shareable(), "evaluation": evaluation,
                    "template_evaluation": template_evaluation, "store_metrics": report.store_metrics,
                    "classes": [{k: v for k, v in vars(s).items() if k not in ("galleries",)} for s in report.classes]}
-        (folder / REPORT_MARKER).write_text(json.dumps(jsonable(numbers), indent=1), encoding="utf-8")
+        (folder / REPORT_MARKER).write_text(shown.text(json.dumps(jsonable(numbers), indent=1)), encoding="utf-8")
     return summary

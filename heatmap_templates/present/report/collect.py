@@ -23,7 +23,7 @@ from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.model.heads import is_multi_label
 from heatmap_templates.numeric.bootstrap import mean_interval
 from heatmap_templates.numeric.metrics import classification_report, interval_ci, lung_field_energy, multilabel_report
-from heatmap_templates.present.report.thumbnails import colour_table, jpeg_bytes, overlay_rgb
+from heatmap_templates.present.report.thumbnails import colour_table, enlarged_views, jpeg_bytes, overlay_rgb
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader
 from heatmap_templates.templates.prepare import PreparedMaps, prepare_maps
@@ -108,9 +108,10 @@ class ReportData:
     thumbnails: dict[str, bytes]
     store_metrics: dict | None  # classification over the store's labelled images
     checks: dict[str, dict]
-    path_root: str = ""  # the folder every path starts with, which the page leaves out
+    path_root: str = ""  # the folder every path starts with; once paths are shown relative to it (privacy), its name
     contrasts: dict[str, dict] = field(default_factory=dict)  # hmt contrast results by name
     zones: dict | None = None  # the hmt zones table
+    enlarged: dict[str, bytes] = field(default_factory=dict)  # the enlarged view's images by name (enlarged_views)
 
 
 def _rounded(value, digits: int = 4):
@@ -272,6 +273,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
     rows: list[ImageRow] = []
     energies: dict[str, list[tuple[float, str]]] = {}
     thumbnails: dict[str, bytes] = {}
+    enlarged: dict[str, bytes] = {}
     progress = progress or NullProgress()
     progress.start(len(reader), "scoring the store's images")
     try:
@@ -287,6 +289,7 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
                 for key, k in wanted.get(i, {}).items():
                     assert prepared.images is not None  # prepared with their images
                     thumbnails[key] = jpeg_bytes(overlay_rgb(prepared.images[offset], prepared.maps[offset, k], table))
+                    enlarged.update(enlarged_views(key, i, prepared.images[offset], prepared.maps[offset, k], table))
                 if result.lung_field_energy is not None:
                     energies.setdefault(result.predicted, []).append((result.lung_field_energy, reader.paths[i]))
                 own = f"{i}-{int(predicted[i])}"
@@ -306,5 +309,5 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
         progress.finish()
     _template_numbers(file, sections, energies)
     return ReportData(templates=file, store=reader, similarity=similarity, rows=rows, classes=sections, thumbnails=thumbnails,
-                      store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths),
+                      enlarged=enlarged, store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths),
                       contrasts=read_contrasts(file.path), zones=read_zones(file.path))

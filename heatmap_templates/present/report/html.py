@@ -1,18 +1,20 @@
-"""The report page: one HTML file with its style and script inline, nothing fetched from elsewhere.
+"""The report page: one HTML file with its style and script inline (:mod:`.assets`), nothing fetched from elsewhere.
 
 The page is plain HTML that reads without its script (sections, figures, galleries, numbers); the script adds the
 sortable, filterable, paginated table of every image (rows embedded as JSON) and the enlarged view of a thumbnail,
 then marks ``<body data-ready="true">``. Images load lazily. Colours follow the figures' colour-blind-safe map;
-flags are words and symbols, never colour alone.
+flags are words and symbols, never colour alone. Paths arrive as the report shows them (:mod:`.privacy`).
 """
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 
 from heatmap_templates.analysis.sanity import flagged_of
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE
+from heatmap_templates.present.report.assets import SCRIPT, STYLE
 from heatmap_templates.present.report.collect import (
     GALLERIES,
     ROW_COLUMNS,
@@ -21,6 +23,7 @@ from heatmap_templates.present.report.collect import (
     ImageRow,
     ReportData,
 )
+from heatmap_templates.present.report.thumbnails import enlarged_name, plain_name
 
 PAGE_SIZE = 100  # table rows per page
 GALLERY_TITLES = {
@@ -34,131 +37,10 @@ COLUMN_TITLES = {
     "percentile_rank": "LOO percentile", "strategy": "strategy", "lung_field_energy": "lung energy",
     "registration_quality": "registration", "member_of": "member of", "loo_correlation": "LOO r", "thumbnail": "view",
 }
-
-STYLE = """
-:root { --ink: #1b1b1b; --muted: #555; --line: #d0d0d0; --band: #f4f4f2; --accent: #0a4f8a; --flag: #a63d00; }
-* { box-sizing: border-box; }
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); margin: 0; background: #fff; }
-header, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 16px; }
-header { padding-top: 12px; border-bottom: 1px solid var(--line); }
-nav a { margin-right: 14px; color: var(--accent); }
-h1 { font-size: 1.5em; margin: 0.3em 0; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid var(--line); }
-h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; } .muted { color: var(--muted); } .note { color: var(--muted); font-size: 0.92em; } .ci { color: var(--muted); }
-table { border-collapse: collapse; margin: 0.4em 0 0.8em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: var(--band); } td.num { text-align: right; }
-.settings th { font-weight: 600; width: 13em; }
-figure { margin: 0.6em 0; } figure img.figure { max-width: min(100%, 860px); height: auto; border: 1px solid var(--line); }
-.scroll { overflow-x: auto; } details > summary { cursor: pointer; font-weight: 600; margin: 0.8em 0; }
-figcaption { font-size: 0.88em; color: var(--muted); }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
-.thumb { margin: 0; font-size: 0.8em; overflow-wrap: anywhere; }
-.thumb button { padding: 0; border: 1px solid var(--line); background: none; cursor: zoom-in; display: block; }
-.thumb img { display: block; width: 148px; height: 148px; object-fit: contain; background: #000; }
-.flag { color: var(--flag); font-weight: 600; } .ok { color: var(--accent); }
-#controls { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: end; margin: 0.5em 0; }
-#controls label { display: flex; flex-direction: column; font-size: 0.85em; color: var(--muted); }
-#image-table { width: 100%; font-size: 0.86em; } #image-table th { cursor: pointer; user-select: none; white-space: nowrap; }
-#image-table td.path { overflow-wrap: anywhere; min-width: 14em; max-width: 30em; }
-#pager { display: flex; gap: 10px; align-items: center; }
-#lightbox { position: fixed; inset: 0; background: rgba(0, 0, 0, 0.82); display: none; align-items: center;
-            justify-content: center; flex-direction: column; z-index: 10; color: #fff; }
-#lightbox.open { display: flex; } #lightbox img { width: min(80vh, 90vw); height: auto; image-rendering: auto; background: #000; }
-#lightbox p { max-width: 90vw; text-align: center; } #lightbox button { font-size: 1em; }
-.colourbar { display: inline-block; width: 160px; height: 10px; vertical-align: middle; border: 1px solid var(--line); }
-"""
-
-SCRIPT = """
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("rows-data").textContent);
-  var columns = data.columns, rows = data.rows, pageSize = data.page_size, root = data.path_root;
-  var col = {}; columns.forEach(function (name, i) { col[name] = i; });
-  var state = { sort: col.index, direction: 1, page: 0, view: rows.slice() };
-  var body = document.querySelector("#image-table tbody");
-  var status = document.getElementById("table-status");
-  var filters = { text: document.getElementById("filter-text"), label: document.getElementById("filter-label"),
-                  predicted: document.getElementById("filter-predicted"), atypical: document.getElementById("filter-atypical"),
-                  correct: document.getElementById("filter-correct") };
-  function show(value) {
-    if (value === null || value === undefined) return "";
-    if (value === true) return "yes"; if (value === false) return "no";
-    if (typeof value === "number" && !Number.isInteger(value)) return value.toFixed(3);
-    return String(value);
-  }
-  function matches(row) {
-    var text = filters.text.value.trim().toLowerCase();
-    if (text && row[col.path].toLowerCase().indexOf(text) < 0) return false;
-    if (filters.label.value && row[col.label].split(", ").indexOf(filters.label.value) < 0) return false;
-    if (filters.predicted.value && row[col.predicted].split(", ").indexOf(filters.predicted.value) < 0) return false;
-    if (filters.atypical.value && show(row[col.atypical]) !== filters.atypical.value) return false;
-    if (filters.correct.value && show(row[col.correct]) !== filters.correct.value) return false;
-    return true;
-  }
-  function compare(a, b) {
-    var x = a[state.sort], y = b[state.sort];
-    if (x === y) return a[col.index] - b[col.index];
-    if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
-    return (x < y ? -1 : 1) * state.direction;
-  }
-  function render() {
-    var start = state.page * pageSize, shown = state.view.slice(start, start + pageSize);
-    var fragment = document.createDocumentFragment();
-    shown.forEach(function (row) {
-      var tr = document.createElement("tr");
-      columns.forEach(function (name, i) {
-        var td = document.createElement("td"), value = row[i];
-        if (name === "thumbnail") {
-          var image = value && document.querySelector('img[data-thumb="' + value + '"]');
-          if (image) { var b = document.createElement("button"); b.textContent = "view"; b.dataset.thumb = value;
-                       b.dataset.caption = image.dataset.caption; td.appendChild(b); }
-        } else {
-          td.textContent = name === "path" && root && value.indexOf(root) === 0 ? value.slice(root.length) : show(value);
-          if (typeof value === "number") td.className = "num";
-          if (name === "path") { td.className = "path"; td.title = value; }
-          if ((name === "atypical" && value === true) || (name === "correct" && value === false)) td.className = "flag";
-        }
-        tr.appendChild(td);
-      });
-      fragment.appendChild(tr);
-    });
-    body.replaceChildren(fragment);
-    var pages = Math.max(1, Math.ceil(state.view.length / pageSize));
-    status.textContent = state.view.length ? ("rows " + (start + 1) + "\\u2013" + (start + shown.length) + " of " + state.view.length +
-      (state.view.length < rows.length ? " (filtered from " + rows.length + ")" : "") + ", page " + (state.page + 1) + " of " + pages)
-      : "no row matches the filters";
-    document.getElementById("page-previous").disabled = state.page === 0;
-    document.getElementById("page-next").disabled = state.page >= pages - 1;
-    document.querySelectorAll("#image-table th").forEach(function (th, i) {
-      th.setAttribute("aria-sort", i === state.sort ? (state.direction > 0 ? "ascending" : "descending") : "none");
-    });
-  }
-  function refilter() { state.view = rows.filter(matches); state.view.sort(compare); state.page = 0; render(); }
-  Object.keys(filters).forEach(function (key) { filters[key].addEventListener("input", refilter); });
-  document.querySelectorAll("#image-table th").forEach(function (th, i) {
-    th.addEventListener("click", function () {
-      state.direction = state.sort === i ? -state.direction : 1; state.sort = i; state.view.sort(compare); state.page = 0; render();
-    });
-  });
-  document.getElementById("page-previous").addEventListener("click", function () { state.page -= 1; render(); });
-  document.getElementById("page-next").addEventListener("click", function () { state.page += 1; render(); });
-  var box = document.getElementById("lightbox"), boxImage = box.querySelector("img"), boxText = box.querySelector("p");
-  function open(thumb, caption) {
-    var image = document.querySelector('img[data-thumb="' + thumb + '"]');
-    if (!image) return;
-    boxImage.src = image.currentSrc || image.src; boxImage.alt = image.alt; boxText.textContent = caption; box.classList.add("open");
-    box.querySelector("button").focus();
-  }
-  document.addEventListener("click", function (event) {
-    var target = event.target.closest("[data-thumb]");
-    if (target && target.tagName === "BUTTON") { open(target.dataset.thumb, target.dataset.caption || ""); return; }
-    if (box.classList.contains("open") && (event.target === box || event.target.closest("#lightbox button"))) box.classList.remove("open");
-  });
-  document.addEventListener("keydown", function (event) { if (event.key === "Escape") box.classList.remove("open"); });
-  refilter();
-  document.body.dataset.ready = "true";
-})();
-"""
+OPTIONAL_COLUMNS = ("best_template", "percentile_rank", "strategy", "lung_field_energy", "registration_quality", "member_of",
+                    "loo_correlation")  # the table's columns a reader may hide
+COLUMN_DIGITS = {"probability": 3, "similarity": 3, "lung_field_energy": 3, "registration_quality": 3, "loo_correlation": 3,
+                 "percentile_rank": 1}  # decimals the table shows (a percentile: 1)
 
 Source = Callable[[str], str]  # a file's name in the report folder -> what the page references (a path or a data URI)
 
@@ -187,13 +69,14 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, keys: Iter
         cells = "".join(_cell(value, key) for value, key in zip(rest, row_keys[1:], strict=True))
         body.append(f"<tr><th scope=\"row\">{escape(str(first))}</th>{cells}</tr>")
     caption_html = f"<caption class=\"note\">{escape(caption)}</caption>" if caption else ""
-    return f"<table class=\"{css}\">{caption_html}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f"<div class=\"scroll\"><table class=\"{css}\">{caption_html}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            "</tbody></table></div>")
 
 
 def settings_table(pairs: Sequence[tuple[str, object]]) -> str:
     rows = "".join(f"<tr><th scope=\"row\">{escape(name)}</th><td>{escape('–' if value is None else str(value))}</td></tr>"
                    for name, value in pairs)
-    return f"<table class=\"settings\"><tbody>{rows}</tbody></table>"
+    return f"<div class=\"scroll\"><table class=\"settings\"><tbody>{rows}</tbody></table></div>"
 
 
 def figure(source: Source, name: str, caption: str) -> str:
@@ -263,29 +146,35 @@ def _caption(row: ImageRow, item: GalleryItem | None = None) -> str:
     return "; ".join(parts)
 
 
-def short(path: str, root: str) -> str:
-    """A path without the folder every path of the report starts with."""
-    return path[len(root):] if root and path.startswith(root) else path
+def breakable(text: str) -> str:
+    """Escaped ``text`` that a line may break after ``/``, ``_`` or ``-`` (``<wbr>``), never inside a word."""
+    return re.sub(r"([/_-])", r"\1<wbr>", escape(text))
 
 
-def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Source, kind: str, root: str) -> str:
+def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Source, kind: str, enlarged: Mapping[str, bytes]) -> str:
+    """A gallery's thumbnails: each a button (its image inside) that opens the enlarged view, with the larger overlay
+    and the image without its map when the report has them (``enlarged``: the enlarged views' images by name)."""
     cards = []
     for item in items:
         row = rows[item.row]
-        name = short(row.path, root)
         caption = _caption(row, item)
         value = f"LOO r {number(item.value, 2)} · " if kind != "misclassified" else ""
         verdict = "<span class=\"flag\">&#9650; atypical</span><br>" if row.atypical else ""
+        views = "".join(f" data-{attribute}=\"{escape(source(f'images/{name}.jpg'))}\""
+                        for attribute, name in (("large", enlarged_name(item.thumbnail)), ("plain", plain_name(item.row)))
+                        if name in enlarged)
         cards.append(
             f"<figure class=\"thumb\"><button type=\"button\" data-thumb=\"{escape(item.thumbnail)}\" data-caption=\"{escape(caption)}\""
-            f" aria-label=\"enlarge {escape(row.path)}\"><img data-thumb=\"{escape(item.thumbnail)}\" data-caption=\"{escape(caption)}\""
+            f"{views} aria-label=\"enlarge {escape(row.path)}\"><img data-thumb=\"{escape(item.thumbnail)}\""
             f" src=\"{escape(source(f'images/{item.thumbnail}.jpg'))}\" alt=\"heatmap of {escape(row.path)}\" loading=\"lazy\""
-            f" width=\"148\" height=\"148\"></button><figcaption title=\"{escape(row.path)}\">{escape(name)}<br>{escape(row.label or 'unknown')} &rarr; "
-            f"{escape(row.predicted)} (p {number(row.probability, 2)})<br>{verdict}{value}sim. {number(row.similarity, 2)}</figcaption></figure>")
+            f" width=\"148\" height=\"148\"></button><figcaption title=\"{escape(row.path)}\">{breakable(row.path)}<br>"
+            f"{escape(row.label or 'unknown')} &rarr; {escape(row.predicted)} (p {number(row.probability, 2)})<br>{verdict}{value}"
+            f"sim. {number(row.similarity, 2)}</figcaption></figure>")
     return f"<div class=\"gallery\">{''.join(cards)}</div>"
 
 
-def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Source, figures: Mapping[str, str], root: str) -> str:
+def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Source, figures: Mapping[str, str],
+                  enlarged: Mapping[str, bytes]) -> str:
     anchor = f"class-{_slug(section.name)}"
     parts = [f"<section id=\"{anchor}\"><h2>Class {escape(section.name)}</h2>"]
     if section.members:
@@ -320,7 +209,7 @@ def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Sourc
             continue
         total = section.gallery_totals.get(kind, len(items))
         parts.append(f"<h3>{escape(GALLERY_TITLES[kind])}</h3><p class=\"note\">{len(items)} shown of {total}.</p>")
-        parts.append(gallery(items, rows, source, kind, root) if items else "")
+        parts.append(gallery(items, rows, source, kind, enlarged) if items else "")
     parts.append("</section>")
     return "".join(parts)
 
@@ -372,8 +261,8 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
     return "".join(parts)
 
 
-def rows_json(rows: Sequence[ImageRow], path_root: str) -> str:
-    payload = {"columns": list(ROW_COLUMNS), "page_size": PAGE_SIZE, "path_root": path_root, "rows": [row.values() for row in rows]}
+def rows_json(rows: Sequence[ImageRow]) -> str:
+    payload = {"columns": list(ROW_COLUMNS), "page_size": PAGE_SIZE, "digits": COLUMN_DIGITS, "rows": [row.values() for row in rows]}
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
 
@@ -500,6 +389,14 @@ def contrasts_html(contrasts: Mapping[str, dict], source: Source, figures: Mappi
     return "".join(parts)
 
 
+def _table_head() -> str:
+    """The table's header in display order (the view button first); every column but the view a sort button."""
+    cells = ["<th scope=\"col\" data-col=\"thumbnail\"><span>view</span></th>"]
+    cells += [f"<th scope=\"col\" aria-sort=\"none\" data-col=\"{c}\"><button type=\"button\">{escape(COLUMN_TITLES[c])}"
+              "<span class=\"arrow\" aria-hidden=\"true\">&#8645;</span></button></th>" for c in ROW_COLUMNS if c != "thumbnail"]
+    return "".join(cells)
+
+
 def table_section(data: ReportData, csv_source: str) -> str:
     names = data.store.class_names
 
@@ -507,33 +404,49 @@ def table_section(data: ReportData, csv_source: str) -> str:
         return "<option value=\"\">any</option>" + "".join(f"<option>{escape(v)}</option>" for v in values)
 
     yes_no = "<option value=\"\">any</option><option>yes</option><option>no</option>"
-    head = "".join(f"<th scope=\"col\" aria-sort=\"none\">{escape(COLUMN_TITLES[c])}</th>" for c in ROW_COLUMNS)
+    picker = "".join(f"<label><input type=\"checkbox\" data-col=\"{c}\" checked>{escape(COLUMN_TITLES[c])}</label>"
+                     for c in OPTIONAL_COLUMNS)
     return (
         f"<section id=\"images\"><h2>Every image ({len(data.rows)})</h2>"
-        + (f"<p>Paths are relative to <code>{escape(data.path_root)}</code>.</p>" if data.path_root else "") +
-        f"<p class=\"note\">Click a column to sort; filter below. Similarity is to the predicted class's template ({escape(data.similarity)});"
-        f" atypical: below the {DEFAULT_ATYPICAL_PERCENTILE:g}th percentile of that class's leave-one-out correlations. "
+        + (f"<p>Paths are relative to the data folder <code>{escape(data.path_root)}</code>.</p>" if data.path_root else "") +
+        f"<p class=\"note\">Sort by a column's header (click, or Tab to it and press Enter); filter below. Similarity is to the "
+        f"predicted class's template ({escape(data.similarity)}); atypical: below the {DEFAULT_ATYPICAL_PERCENTILE:g}th percentile "
+        "of that class's leave-one-out correlations. "
         f"<a href=\"{escape(csv_source)}\" download=\"images.csv\">Download as CSV</a>.</p>"
         "<div id=\"controls\"><label>path contains<input id=\"filter-text\" type=\"search\"></label>"
         f"<label>label<select id=\"filter-label\">{options(names)}</select></label>"
         f"<label>predicted<select id=\"filter-predicted\">{options(names)}</select></label>"
         f"<label>atypical<select id=\"filter-atypical\">{yes_no}</select></label>"
         f"<label>correct<select id=\"filter-correct\">{yes_no}</select></label>"
+        f"<details id=\"column-picker\"><summary>columns</summary><div>{picker}</div></details>"
         "<div id=\"pager\"><button type=\"button\" id=\"page-previous\">previous</button><span id=\"table-status\" aria-live=\"polite\">"
         "</span><button type=\"button\" id=\"page-next\">next</button></div></div>"
-        f"<div class=\"scroll\"><table id=\"image-table\"><thead><tr>{head}</tr></thead><tbody></tbody></table></div>"
+        f"<div class=\"scroll\"><table id=\"image-table\"><thead><tr>{_table_head()}</tr></thead><tbody></tbody></table></div>"
         "<noscript><p>The table needs JavaScript; the same rows are in the CSV file.</p></noscript></section>"
     )
 
 
+def lightbox(colour_scale: str) -> str:
+    """The enlarged view (a modal dialog the script opens): image, colour bar, caption and its buttons."""
+    return ("<div id=\"lightbox\" role=\"dialog\" aria-modal=\"true\" aria-labelledby=\"lightbox-caption\"><img alt=\"\">"
+            "<div class=\"scale\"><span>low</span><span class=\"colourbar\" role=\"img\" aria-label=\"colour scale of the map, "
+            f"from its 1st to its 99th percentile\" style=\"background: {escape(colour_scale)}\"></span><span>high</span></div>"
+            "<p id=\"lightbox-caption\"></p><p id=\"lightbox-position\" class=\"note\"></p><div class=\"buttons\">"
+            "<button type=\"button\" id=\"lightbox-previous\">&larr; previous</button>"
+            "<button type=\"button\" id=\"lightbox-next\">next &rarr;</button>"
+            "<button type=\"button\" id=\"lightbox-plain\" aria-pressed=\"false\">plain image</button>"
+            "<button type=\"button\" id=\"lightbox-close\">close (Esc)</button></div></div>")
+
+
 def page(*, title: str, overview: str, templates: str, classes: Sequence[str], class_html: str, checks: str, data: ReportData,
-         csv_source: str, footer: str) -> str:
-    """The whole page."""
+         csv_source: str, footer: str, colour_scale: str) -> str:
+    """The whole page (``colour_scale``: the CSS gradient of the thumbnails' colour map)."""
     nav = "".join([
         "<a href=\"#overview\">overview</a>", "<a href=\"#templates\">templates</a>",
         *[f"<a href=\"#class-{_slug(name)}\">{escape(name)}</a>" for name in classes],
         "<a href=\"#checks\">checks</a>", "<a href=\"#images\">every image</a>",
     ])
+    skip = "<p class=\"skip note\"><a href=\"#images\">Skip the galleries: go to the table of every image</a></p>"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -542,11 +455,9 @@ def page(*, title: str, overview: str, templates: str, classes: Sequence[str], c
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body data-ready=\"false\">"
         f"<header><h1>{escape(title)}</h1><nav>{nav}</nav></header><main>"
         f"<section id=\"overview\"><h2>Overview</h2>{overview}</section>"
-        f"<section id=\"templates\"><h2>Templates</h2>{templates}</section>"
+        f"<section id=\"templates\"><h2>Templates</h2>{templates}</section>{skip}"
         f"{class_html}<section id=\"checks\"><h2>Checks</h2>{checks}</section>{table_section(data, csv_source)}</main>"
-        f"<footer class=\"note\">{footer}</footer>"
-        "<div id=\"lightbox\" role=\"dialog\" aria-modal=\"true\" aria-label=\"enlarged heatmap\"><img alt=\"\"><p></p>"
-        "<button type=\"button\">close (Esc)</button></div>"
-        f"<script type=\"application/json\" id=\"rows-data\">{rows_json(data.rows, data.path_root)}</script><script>{SCRIPT}</script>"
+        f"<footer class=\"note\">{footer}</footer>{lightbox(colour_scale)}"
+        f"<script type=\"application/json\" id=\"rows-data\">{rows_json(data.rows)}</script><script>{SCRIPT}</script>"
         "</body></html>\n"
     )

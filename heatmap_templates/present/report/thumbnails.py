@@ -61,3 +61,31 @@ def jpeg_bytes(rgb: np.ndarray) -> bytes:
 def data_uri(content: bytes, mime: str) -> str:
     """An inline ``data:`` URI, for single-file reports."""
     return f"data:{mime};base64,{base64.b64encode(content).decode('ascii')}"
+
+
+def enlarged_name(key: str) -> str:
+    """The file name (without ``.jpg``) of a gallery image's larger overlay, written when the stored image is larger
+    than a thumbnail."""
+    return f"{key}-large"
+
+
+def plain_name(row: int) -> str:
+    """The file name (without ``.jpg``) of an image without its map, for the enlarged view's "plain image"."""
+    return f"{row}-plain"
+
+
+def enlarged_views(key: str, row: int, image: np.ndarray, heatmap: np.ndarray, table: np.ndarray) -> dict[str, bytes]:
+    """The enlarged view's images of gallery image ``key`` (row ``row``): the overlay at the stored image's own size
+    when that is larger than a thumbnail (never an upsampled thumbnail), and the image without the map at its own
+    size."""
+    side = max(np.shape(image)[:2])
+    views = {plain_name(row): jpeg_bytes(overlay_rgb(image, np.zeros_like(heatmap), table, side=side))}
+    if side > THUMBNAIL_SIDE:
+        views[enlarged_name(key)] = jpeg_bytes(overlay_rgb(image, heatmap, table, side=side))
+    return views
+
+
+def gradient_css(table: np.ndarray, stops: int = 11) -> str:
+    """A CSS ``linear-gradient`` of a colour table (the enlarged view's colour bar), low values on the left."""
+    colours = [table[int(round(i * (len(table) - 1) / (stops - 1)))] for i in range(stops)]
+    return "linear-gradient(to right, " + ", ".join(f"rgb({r}, {g}, {b})" for r, g, b in colours) + ")"
