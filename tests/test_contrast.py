@@ -46,11 +46,12 @@ def test_a_planted_marker_is_found_on_the_marker_and_stored_drawn_and_reported(s
     found = [c for c in record["clusters"] if c["direction"] == "a > b"]
     assert found, record
     share = _marker_share(shortcut_phantom["data"], tuple(record["shape"]))
-    y, x = found[0]["peak"]
     from scipy import ndimage
 
     near_marker = ndimage.maximum_filter(share, size=3)  # a marker cell or its neighbour (one CAM cell of registration)
-    assert near_marker[y, x] >= 0.5 * share.max() > 0 and share[-3:, :].max() == 0  # the marker sits at the top
+    assert share.max() > 0 and share[-3:, :].max() == 0  # the marker sits at the top
+    # a cluster of "tagged > untagged" peaks on the marker (its largest may be elsewhere: normalisation moves the rest)
+    assert any(near_marker[tuple(c["peak"])] >= 0.5 * share.max() for c in found), (found, share.round(2))
     stored = read_contrasts(templates)[record["name"]]
     assert stored["maps"]["t"].shape == tuple(record["shape"]) and stored["clusters"] == record["clusters"]
     assert int((stored["maps"]["p"] < 0.05).sum()) == record["significant_pixels"] == sum(c["pixels"] for c in record["clusters"])
