@@ -90,6 +90,23 @@ def test_a_null_contrast_is_not_flagged_and_the_null_check_reports_its_share(sho
     assert check["share_ci"][0] <= check["share"] <= check["share_ci"][1]
 
 
+def test_a_patient_in_both_groups_is_permuted_image_by_image_with_a_note(shortcut_phantom: dict, templates: Path,
+                                                                       tmp_path: Path) -> None:
+    """One patient with an image in each group: the t-map is still that of the groups asked for (the same as with
+    every image its own patient), the permutations move images, and a note says so."""
+    halves = _halves_csv(shortcut_phantom["data"], tmp_path / "halves.csv")
+    settings = ContrastSettings(permutations=50)
+    separate = run_contrast(templates, "column:half=a@covid", "column:half=b@covid", heatmaps=shortcut_phantom["store"],
+                            columns=halves, settings=settings)
+    rows = halves.read_text().splitlines()
+    rows[1], rows[2] = rows[1].rsplit(",", 1)[0] + ",shared", rows[2].rsplit(",", 1)[0] + ",shared"  # halves a and b
+    halves.write_text("\n".join(rows) + "\n")
+    result = run_contrast(templates, "column:half=a@covid", "column:half=b@covid", heatmaps=shortcut_phantom["store"],
+                          columns=halves, settings=settings)
+    assert not separate.notes and result.notes and "1 patient(s) have images in both groups" in result.notes[0]
+    np.testing.assert_allclose(result.test.t, separate.test.t, rtol=1e-6, atol=1e-9)
+
+
 def test_paired_differences_find_a_change_planted_in_a_second_store(shortcut_phantom: dict, templates: Path,
                                                                     tmp_path: Path) -> None:
     """A second store of the same images whose maps gain a blob in one corner: the paired contrast (first store minus

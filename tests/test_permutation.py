@@ -138,3 +138,10 @@ def test_bad_calls_are_refused_with_one_line() -> None:
         permutation_test(a, b, (2, 2), correction="bonferroni")
     with pytest.raises(HmtError, match="one unit"):
         permutation_test(a, b, (2, 2), units=["x"])
+
+
+def test_a_patient_in_both_groups_is_refused() -> None:
+    """Moving patients whole cannot reach a split that puts one patient in both groups: refused, not mis-tested."""
+    a, b = _groups(7, 3, 3, 4)
+    with pytest.raises(HmtError, match="both groups"):
+        permutation_test(a, b, (2, 2), units=["p1", "p2", "p3", "p3", "p4", "p5"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,17 @@ def name_zones(clusters: list[dict], templates_path) -> list[dict]:
     return [cluster | {"zone": zone_of(atlas, *cluster["peak_frame"])} for cluster in clusters]
 
 
+def _exchangeable_units(a: Group, b: Group) -> tuple[list[str], str | None]:
+    """The units the permutations move whole: patients, unless some patient has images in both groups (then no
+    relabelling that keeps patients whole reaches the observed split): images one by one, with a note saying so."""
+    shared = set(a.patients) & set(b.patients)
+    if not shared:
+        return a.patients + b.patients, None
+    images = [f"a:{row}" for row in a.rows] + [f"b:{row}" for row in b.rows]
+    return images, (f"{len(shared)} patient(s) have images in both groups: permuted image by image, as if their images "
+                    "were independent (p-values may be optimistic); groups of disjoint patients avoid this")
+
+
 def _grid(store_shape: tuple[int, int], frame: tuple[int, int], resolution: int | None) -> tuple[int, int]:
     """The contrast grid: the CAM grid of the store, or ``resolution`` rows (columns in the frame's proportion)."""
     if resolution is None:
@@ -222,12 +234,13 @@ def run_contrast(templates: str | os.PathLike, group_a: str, group_b: str | None
     maps_a = group_maps(reader, a.rows, reader.class_names.index(a.class_name), registrar, normalisation, grid, alignments, progress)
     maps_b = group_maps(reader, b.rows, reader.class_names.index(b.class_name), registrar, normalisation, grid, alignments, progress)
     progress.finish()
-    test = permutation_test(maps_a, maps_b, grid, units=a.patients + b.patients, tail=settings.tail,
+    units, note = _exchangeable_units(a, b)
+    test = permutation_test(maps_a, maps_b, grid, units=units, tail=settings.tail,
                             correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
                             progress=progress)
     result = ContrastResult(name or f"{a.spec.text} vs {b.spec.text}", a.spec.text, b.spec.text, (a.class_name, b.class_name),
                             False, (a.n, b.n), (len(set(a.patients)), len(set(b.patients))), settings, test,
-                            name_zones(significant_clusters(test, settings.alpha), file.path))
+                            name_zones(significant_clusters(test, settings.alpha), file.path), notes=[note] if note else [])
     if settings.null_check:
         result.null_check = _null_check(maps_a, a.patients, grid, settings, progress)
     return result
@@ -260,7 +273,7 @@ def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, regist
     test = permutation_test(first - second, None, grid, paired=True, units=a.patients, tail=settings.tail,
                             correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
                             progress=progress)
-    label = f"{a.spec.text} ({display_path(reader.path)} - {display_path(other.path)})"
+    label = f"{a.spec.text} ({Path(reader.path).name} - {Path(other.path).name})"  # names only: reports are shared
     return ContrastResult(name or label, a.spec.text, spec_b.text if spec_b else None, (a.class_name, other_class), True,
                           (a.n, a.n), (len(set(a.patients)),) * 2, settings, test,
                           name_zones(significant_clusters(test, settings.alpha), file.path), other=display_path(other.path))

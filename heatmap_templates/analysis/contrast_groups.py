@@ -170,7 +170,9 @@ def read_columns(path: str | os.PathLike) -> dict[str, dict[str, str]]:
             if "path" not in (reader.fieldnames or []):
                 raise BadFileError(path, "needs a 'path' column naming each image")
             rows = {}
-            for row in reader:
+            for number, row in enumerate(reader, start=2):
+                if not (row.get("path") or "").strip():
+                    raise BadFileError(path, f"line {number}: no path")
                 image = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
                 rows[str(image.resolve())] = row
     except OSError as error:
@@ -204,7 +206,7 @@ def check_groups(a: Group, b: Group | None, minimum: int = 2) -> None:
     for group in (a, b):
         if group is not None and group.n < minimum:
             raise HmtError(f"group {group.spec.text!r} has {group.n} image(s); a contrast needs at least {minimum} per group")
-    if b is not None and a.class_name == b.class_name:
+    if b is not None:  # the same image in both groups (whatever the class of its map) makes them dependent
         shared = np.intersect1d(a.rows, b.rows)
         if len(shared):
             raise HmtError(f"groups {a.spec.text!r} and {b.spec.text!r} share {len(shared)} image(s); choose disjoint "

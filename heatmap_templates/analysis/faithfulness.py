@@ -201,7 +201,8 @@ def _curve(probabilities: np.ndarray, correct: np.ndarray, original: np.ndarray,
     empty = not len(probabilities)
 
     def column_means(values: np.ndarray) -> list[float | None]:
-        return [None if not count else float(np.nanmean(column)) for column, count in zip(values.T, counts, strict=True)]
+        """Each column's mean over its finite values; None for a column without any (never NaN in the JSON)."""
+        return [float(column[np.isfinite(column)].mean()) if np.isfinite(column).any() else None for column in values.T]
 
     mean = np.array([np.nan if v is None else v for v in column_means(probabilities)]) if not empty else None
     return {"fractions": [float(f) for f in fractions], "probability": None if empty else column_means(probabilities),

@@ -51,8 +51,9 @@ def _rows(shares: np.ndarray, intervals: list, areas: np.ndarray) -> dict:
     for z, name in enumerate(ZONE_NAMES):
         ci = intervals[z]
         scale = 1.0 / areas[z] if areas[z] > 0 else None  # a zone the frame does not have: no enrichment
-        rows[name] = {"share": float(shares[z]), "share_ci": ci, "area": float(areas[z]),
-                      "enrichment": None if scale is None else float(shares[z] * scale),
+        share = float(shares[z]) if np.isfinite(shares[z]) else None  # a map with no positive energy: no share
+        rows[name] = {"share": share, "share_ci": ci, "area": float(areas[z]),
+                      "enrichment": None if scale is None or share is None else share * scale,
                       "enrichment_ci": [None if v is None or scale is None else float(v * scale) for v in ci]}
     return rows
 

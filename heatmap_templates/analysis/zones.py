@@ -165,6 +165,8 @@ def zone_comparison(heatmap: np.ndarray, template: np.ndarray, atlas: ZoneAtlas,
         ranked = [zone for zone in ZONE_NAMES if profile[zone]["enrichment"] == profile[zone]["enrichment"]]  # not NaN
         return sorted(ranked, key=lambda zone: -profile[zone]["enrichment"])[:top]
 
-    return {"image": {zone: round(image[zone]["share"], 6) for zone in ZONE_NAMES},
-            "template": {zone: round(reference[zone]["share"], 6) for zone in ZONE_NAMES},
+    def shares(profile: dict) -> dict[str, float | None]:  # a map with no positive energy has no shares (None, not NaN)
+        return {zone: round(profile[zone]["share"], 6) if np.isfinite(profile[zone]["share"]) else None for zone in ZONE_NAMES}
+
+    return {"image": shares(image), "template": shares(reference),
             "image_most_enriched": leading(image), "template_most_enriched": leading(reference)}

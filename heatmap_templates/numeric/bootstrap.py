@@ -82,6 +82,8 @@ def bootstrap_interval(statistic: Callable[..., float], *samples: np.ndarray | S
     estimate = float(statistic(*arrays))
     if not np.isfinite(estimate):
         return Interval(None, None, None, n, len(members), 0, resamples)
+    if len(members) < 2:  # one image (or patient) has no spread to resample: no interval
+        return Interval(estimate, None, None, n, len(members), 0, resamples)
     rng = np.random.default_rng(seed)
     values = np.empty(resamples)
     for r in range(resamples):

@@ -266,7 +266,12 @@ def permutation_test(a: np.ndarray, b: np.ndarray | None, shape: tuple[int, int]
             raise HmtError(f"each group needs at least 2 maps, got {len(a)} and {len(b)}")
         data = np.concatenate([a, b])
         in_a = np.arange(len(data)) < len(a)
-        blocks, total, exact = _label_blocks(in_a, _units(units, len(data)), permutations, rng)
+        unit = _units(units, len(data))
+        shared = np.intersect1d(unit[in_a], unit[~in_a])
+        if len(shared):
+            raise HmtError(f"{len(shared)} unit(s) (patients) have maps in both groups: a two-group permutation test moves "
+                           "each patient whole, so each must lie in one group")
+        blocks, total, exact = _label_blocks(in_a, unit, permutations, rng)
         effect = cohens_d(a, b)
     values = np.asarray(data, np.float64)
     # Welch's t does not change when every map shifts alike: centred, the sums of squares lose no precision

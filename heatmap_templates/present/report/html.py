@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
+from pathlib import Path
 
 from heatmap_templates.analysis.sanity import flagged_of
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE
@@ -247,7 +248,7 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
         parts.append(deletion_html(deletion, source, figures))
     localisation = checks.get("localisation")
     if localisation:
-        parts.append(f"<h3>Localisation against {escape(str(localisation.get('annotations')))}</h3>")
+        parts.append(f"<h3>Localisation against {escape(Path(str(localisation.get('annotations'))).name)}</h3>")
         images = localisation.get("images") or {}
         measures = [k for k in images if k != "n"]
         if measures:
