@@ -13,7 +13,7 @@ from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.templates.templates_file import save_contrast
 from hmt_cli.choices import registry_option
 from hmt_cli.main import app
-from hmt_cli.output import command_line
+from hmt_cli.output import command_line, interval_text
 from hmt_cli.progress import progress_bar
 
 
@@ -81,9 +81,9 @@ def contrast_lines(record: dict) -> list[str]:
                          f"{cluster.get('zone') or '- (run hmt zones)'}")
     check = record.get("null_check")
     if check:
-        low, high = check["share_ci"]
         lines.append(f"  null check: {check['with_significant_pixels']} of {check['runs']} random halvings of the first group "
-                     f"had a significant pixel ({check['share']:.3f} [{low:.3f}, {high:.3f}]; expected about {check['alpha']:g})")
+                     f"had a significant pixel ({interval_text(check['share'], check['share_ci'])}; expected about "
+                     f"{check['alpha']:g})")
     lines += [f"  note: {note}" for note in record.get("notes", [])]
     return lines
 

@@ -11,7 +11,7 @@ from heatmap_templates.analysis.zones import LUNG_ZONES, ZONE_NAMES
 from heatmap_templates.templates.build import DEFAULT_OUT
 from heatmap_templates.templates.templates_file import read_templates, save_zones
 from hmt_cli.main import app
-from hmt_cli.output import command_line
+from hmt_cli.output import command_line, interval_text
 from hmt_cli.progress import progress_bar
 
 
@@ -48,10 +48,7 @@ def zones_command(
 
 
 def _enrichment(row: dict) -> str:
-    if row["enrichment"] is None:
-        return "-"
-    low, high = row["enrichment_ci"]
-    return f"{row['enrichment']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+    return interval_text(row["enrichment"], row["enrichment_ci"], 2)
 
 
 def zone_lines(record: dict) -> list[str]:
