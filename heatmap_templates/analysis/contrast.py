@@ -44,7 +44,7 @@ from heatmap_templates.numeric.permutation import (
 )
 from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.progress import NullProgress, Progress
-from heatmap_templates.templates.prepare import member_alignment, prepare_maps, registrar_for
+from heatmap_templates.templates.prepare import prepared_rows, registrar_for
 
 
 @dataclass(frozen=True)
@@ -154,17 +154,9 @@ def group_maps(reader, rows: np.ndarray, class_index: int, registrar, normalisat
     """(n, P) maps of ``rows`` for ``class_index``, prepared as the build prepares them (a member's kept registration
     reused), area-downsampled to ``grid``; read in batches so that only the small maps are held."""
     out = np.zeros((len(rows), grid[0] * grid[1]), np.float32)
-    image_shape = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        found = [alignments.get(reader.paths[r]) for r in chunk]
-        kept = [alignment for member in found if member is not None and (alignment := member_alignment(member, image_shape))]
-        if len(kept) == len(chunk):
-            raw = next(reader.iter_raw(len(chunk), chunk))
-            maps = prepare_maps(None, raw[:, class_index], registrar, normalisation, alignments=kept).maps
-        else:
-            (batch,) = reader.iter_batches(len(chunk), chunk)
-            maps = prepare_maps(batch.images, batch.raw[:, class_index], registrar, normalisation).maps
+        maps = prepared_rows(reader, chunk, class_index, registrar, normalisation, [alignments.get(reader.paths[r]) for r in chunk])
         out[start:start + len(chunk)] = downsample(maps, grid).reshape(len(chunk), -1)
         progress.advance(len(chunk))
     return out

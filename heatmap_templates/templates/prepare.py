@@ -108,16 +108,22 @@ def prepared_member_maps(reader, template, registrar: Registrar, normalisation: 
     if missing:
         raise HmtError(f"{reader.path}: holds no maps of {len(missing)} member(s) of class {template.class_name!r} "
                        f"(e.g. {missing[0]}); give the heatmap store the templates were built from")
-    image_shape = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
     for start in range(0, len(template.members), batch_size):
         members = template.members[start:start + batch_size]
         indices = np.array([where[member.path] for member in members])
-        found = [member_alignment(member, image_shape) for member in members]
-        alignments = [alignment for alignment in found if alignment is not None]
-        if len(alignments) == len(found):
-            raw = next(reader.iter_raw(len(indices), indices))
-            maps = prepare_maps(None, raw[:, class_index], registrar, normalisation, alignments=alignments).maps
-        else:
-            (batch,) = reader.iter_batches(len(indices), indices)
-            maps = prepare_maps(batch.images, batch.raw[:, class_index], registrar, normalisation).maps
-        yield np.arange(start, start + len(members)), maps
+        yield np.arange(start, start + len(members)), prepared_rows(reader, indices, class_index, registrar, normalisation, members)
+
+
+def prepared_rows(reader, indices: np.ndarray, class_index: int, registrar: Registrar, normalisation: str,
+                  members: Sequence | None) -> np.ndarray:
+    """The prepared maps (B, H, W) of store rows ``indices`` for ``class_index``: with the registrations a build kept
+    (``members``, one per row or None for a row that is no member) when every row has one, reading only the maps;
+    else the images are registered again."""
+    image_shape = (int(reader.settings.input_size[0]), int(reader.settings.input_size[1]))
+    found = [None if member is None else member_alignment(member, image_shape) for member in (members or [None] * len(indices))]
+    alignments = [alignment for alignment in found if alignment is not None]
+    if len(alignments) == len(indices):
+        raw = next(reader.iter_raw(len(indices), indices))
+        return prepare_maps(None, raw[:, class_index], registrar, normalisation, alignments=alignments).maps
+    (batch,) = reader.iter_batches(len(indices), indices)
+    return prepare_maps(batch.images, batch.raw[:, class_index], registrar, normalisation).maps
