@@ -382,6 +382,25 @@ def read_strategies(path: str | Path) -> dict[str, ClassStrategies]:
     return results
 
 
+# --------------------------------------------------------------------------- stored results: checks, contrasts, zones
+
+
+def _stamp(group: h5py.Group, record: Mapping[str, Any], command: str) -> None:
+    """A stored result's record (JSON), the command that made it and when: the attributes every stored result has."""
+    group.attrs["result"] = json.dumps(jsonable(dict(record)), sort_keys=True)
+    group.attrs["command"] = command
+    group.attrs["created"] = now()
+
+
+def _stamped(group: h5py.Group, path: Path, what: str) -> dict:
+    """A stored result's record with its ``command``; a one-line BadFileError naming ``what`` when it is not JSON."""
+    try:
+        record = json.loads(decode(group.attrs["result"]))
+    except (KeyError, json.JSONDecodeError):
+        raise BadFileError(path, f"damaged {what} (its record is not JSON)") from None
+    return record | {"command": str(decode(group.attrs.get("command", "")))}
+
+
 # --------------------------------------------------------------------------- checks (schema 5)
 
 CHECKS_GROUP = "checks"
@@ -393,10 +412,7 @@ def save_check(path: str | Path, name: str, result: Mapping[str, Any], *, comman
     path = Path(path)
     existing = read_templates(path)
     with _rewritten(path, existing, CHECKS_GROUP, lambda key: key != name) as (_, checks):
-        group = checks.create_group(name)
-        group.attrs["result"] = json.dumps(jsonable(dict(result)), sort_keys=True)
-        group.attrs["command"] = command
-        group.attrs["created"] = now()
+        _stamp(checks.create_group(name), result, command)
     return path
 
 
@@ -410,11 +426,7 @@ def read_checks(path: str | Path) -> dict[str, dict]:
         checks = {}
         for name in handle[CHECKS_GROUP]:
             group = handle[f"{CHECKS_GROUP}/{name}"]
-            try:
-                checks[name] = json.loads(decode(group.attrs["result"])) | {
-                    "command": str(decode(group.attrs.get("command", ""))), "created": str(decode(group.attrs.get("created", "")))}
-            except (KeyError, json.JSONDecodeError):
-                raise BadFileError(path, f"damaged check {name!r} (its result is not JSON)") from None
+            checks[name] = _stamped(group, path, f"check {name!r}") | {"created": str(decode(group.attrs.get("created", "")))}
         return checks
 
 
@@ -442,9 +454,7 @@ def save_contrast(path: str | Path, name: str, record: Mapping[str, Any], maps: 
         for map_name, values in maps.items():
             if values is not None:
                 group.create_dataset(map_name, data=np.asarray(values, np.float32))
-        group.attrs["result"] = json.dumps(jsonable(dict(record) | {"name": name}), sort_keys=True)
-        group.attrs["command"] = command
-        group.attrs["created"] = now()
+        _stamp(group, dict(record) | {"name": name}, command)
     return path
 
 
@@ -459,12 +469,8 @@ def read_contrasts(path: str | Path) -> dict[str, dict]:
         contrasts = {}
         for key in handle[CONTRASTS_GROUP]:
             group = handle[f"{CONTRASTS_GROUP}/{key}"]
-            try:
-                record = json.loads(decode(group.attrs["result"]))
-            except (KeyError, json.JSONDecodeError):
-                raise BadFileError(path, f"damaged contrast {key!r} (its record is not JSON)") from None
+            record = _stamped(group, path, f"contrast {key!r}")
             record["maps"] = {name: group[name][...] for name in CONTRAST_MAPS if name in group}
-            record["command"] = str(decode(group.attrs.get("command", "")))
             contrasts[record.get("name", key)] = record
         return contrasts
 
@@ -501,9 +507,7 @@ def save_zones(path: str | Path, record: Mapping[str, Any], labels: np.ndarray, 
     with _rewritten(path, existing, ZONES_GROUP, lambda key: False) as (_, group):
         group.create_dataset("atlas", data=np.asarray(labels, np.uint8), compression="gzip")
         string_dataset(group, "names", list(names))
-        group.attrs["result"] = json.dumps(jsonable(dict(record)), sort_keys=True)
-        group.attrs["command"] = command
-        group.attrs["created"] = now()
+        _stamp(group, record, command)
     return path
 
 
@@ -516,11 +520,7 @@ def read_zones(path: str | Path) -> dict | None:
         if ZONES_GROUP not in handle or "atlas" not in handle[ZONES_GROUP]:
             return None
         group = handle[ZONES_GROUP]
-        try:
-            record = json.loads(decode(group.attrs["result"]))
-        except (KeyError, json.JSONDecodeError):
-            raise BadFileError(path, "damaged zone table (its record is not JSON)") from None
+        record = _stamped(group, path, "zone table")
         record["atlas_labels"] = group["atlas"][...].astype(np.int64)
         record["names"] = strings(group["names"])
-        record["command"] = str(decode(group.attrs.get("command", "")))
         return record
