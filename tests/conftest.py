@@ -34,15 +34,17 @@ MODEL_KIND_SIZE = 48
 _FINDINGS = ("bacteria", "covid", "virus")
 
 
-def _train_and_template(root: Path, dataset, **config_fields) -> dict:
-    """Train a `small` model on ``dataset``, save it, extract its heatmaps and build every class's templates in
-    the phantom's canonical frame (so they can be scored against the planted lesions)."""
+def _train_and_template(root: Path, dataset, *, size: int = MODEL_KIND_SIZE, classes: list[str] | None = None,
+                        **config_fields) -> dict:
+    """Train a `small` model on ``dataset`` at ``size`` px, save it, extract its heatmaps and build the templates of
+    ``classes`` (default every class) in the phantom's canonical frame (so they can be scored against the planted
+    lesions)."""
     from heatmap_templates.explain.heatmaps import extract_heatmaps
     from heatmap_templates.model.model_file import save_model
     from heatmap_templates.model.training import TrainConfig, train
     from heatmap_templates.templates.build import BuildConfig, build_templates
 
-    config = TrainConfig(backbone="small", input_size=MODEL_KIND_SIZE, epochs=12, batch_size=16, learning_rate=3e-3,
+    config = TrainConfig(backbone="small", input_size=size, epochs=12, batch_size=16, learning_rate=3e-3,
                          val_fraction=0.2, test_fraction=0.2, augment=False, **config_fields)
     result = train(dataset, config)
     model = save_model(result.model, result.info, root / "model.keras")
@@ -50,7 +52,7 @@ def _train_and_template(root: Path, dataset, **config_fields) -> dict:
     extract_heatmaps(model, dataset, store, batch_size=16)
     templates = root / "templates.h5"
     reference = dataset.root / "ground_truth" / "canonical_chest.png"
-    build_templates(store, None, templates, config=BuildConfig(registration="affine", reference=str(reference),
+    build_templates(store, classes, templates, config=BuildConfig(registration="affine", reference=str(reference),
                                                                bootstrap_replicates=4, n_components=2))
     return {"root": root, "data": dataset.root, "dataset": dataset, "model": model, "result": result, "store": store,
             "templates": templates}
@@ -118,22 +120,9 @@ def zone_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model of 12 epochs, its store and the covid and virus templates in the canonical frame; made once per session
     (about half a minute)."""
     from heatmap_templates.data.datasets import load_dataset
-    from heatmap_templates.explain.heatmaps import extract_heatmaps
-    from heatmap_templates.model.model_file import save_model
-    from heatmap_templates.model.training import TrainConfig, train
     from heatmap_templates.synth import synthesize_dataset
-    from heatmap_templates.templates.build import BuildConfig, build_templates
 
     root = tmp_path_factory.mktemp("zone_phantom")
     synthesize_dataset(root / "data", n_per_class=40, size=96, seed=2, classes=("covid", "normal", "virus"), workers=1,
                        probability_samples=16)
-    dataset = load_dataset(root / "data")
-    result = train(dataset, TrainConfig(backbone="small", input_size=96, epochs=12, batch_size=16, learning_rate=3e-3,
-                                        val_fraction=0.2, test_fraction=0.2, augment=False))
-    model = save_model(result.model, result.info, root / "model.keras")
-    store = root / "heatmaps.h5"
-    extract_heatmaps(model, dataset, store, batch_size=32)
-    templates = root / "templates.h5"
-    build_templates(store, ["covid", "virus"], templates, config=BuildConfig(
-        reference=str(root / "data" / "ground_truth" / "canonical_chest.png"), bootstrap_replicates=4, n_components=2))
-    return {"root": root, "data": root / "data", "model": model, "store": store, "templates": templates}
+    return _train_and_template(root, load_dataset(root / "data"), size=96, classes=["covid", "virus"])
