@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,36 +35,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from phantom_model import machine, phantom_files  # benchmarks/, on the path when a benchmark runs as a script
 from scipy import ndimage, stats
 
 from heatmap_templates.analysis.contrast import ContrastSettings, group_maps, run_contrast
-from heatmap_templates.data.datasets import load_dataset
-from heatmap_templates.explain.heatmaps import extract_heatmaps
-from heatmap_templates.model.model_file import save_model
-from heatmap_templates.model.training import TrainConfig, train
 from heatmap_templates.numeric.metrics import pixel_auc
 from heatmap_templates.numeric.permutation import permutation_test
 from heatmap_templates.numeric.resample import downsample
 from heatmap_templates.progress import NullProgress
 from heatmap_templates.store import open_heatmaps
-from heatmap_templates.synth import read_lesion_truth, synthesize_dataset
-from heatmap_templates.templates.build import BuildConfig, build_templates
+from heatmap_templates.synth import read_lesion_truth
 from heatmap_templates.templates.prepare import registrar_for
 from heatmap_templates.templates.templates_file import read_strategies, read_templates
 
 PRIOR_FRACTION = 0.25
-
-
-def phantom_files(root: Path, args: argparse.Namespace) -> dict:
-    data = root / "data"
-    synthesize_dataset(data, n_per_class=args.n_per_class, size=args.size, seed=args.seed)
-    dataset = load_dataset(data)
-    result = train(dataset, TrainConfig(backbone="small", input_size=args.size, batch_size=16, seed=args.seed))
-    model = save_model(result.model, result.info, root / "model.keras")
-    store, templates = root / "heatmaps.h5", root / "templates.h5"
-    extract_heatmaps(model, dataset, store, batch_size=32)
-    build_templates(store, None, templates, config=BuildConfig(reference=str(data / "ground_truth" / "canonical_chest.png")))
-    return {"data": data, "store": store, "templates": templates, "test_accuracy": result.test_report["accuracy"]}
 
 
 def class_maps(files: dict, name: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -199,14 +182,11 @@ def main() -> None:
     parser.add_argument("--cxr4-null-check", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("contrast.json"))
     args = parser.parse_args()
-    import tensorflow as tf
-
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-                                f"{platform.python_version()}, TF {tf.__version__}, numpy {np.__version__}"}
+    results: dict = {"machine": machine()}
     results["speed"] = speed(args)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        files = phantom_files(Path(folder), args)
+        files = phantom_files(Path(folder), size=args.size, n_per_class=args.n_per_class, seed=args.seed)
         results["phantom"] = {"test_accuracy": files["test_accuracy"], "train_seconds": round(time.perf_counter() - started)}
         results["calibration"] = calibration(files, args)
         results["power"] = power(files, args)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,19 +32,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import cv2
 import numpy as np
+from phantom_model import machine, phantom_files  # benchmarks/, on the path when a benchmark runs as a script
 from scipy import stats
 
 from heatmap_templates.analysis.strategies import StrategySettings
 from heatmap_templates.analysis.strategy_search import add_strategies
 from heatmap_templates.analysis.zone_report import run_zones
 from heatmap_templates.analysis.zones import LUNG_ZONES, ZONE_NAMES, zone_profile
-from heatmap_templates.data.datasets import load_dataset
-from heatmap_templates.explain.heatmaps import extract_heatmaps
-from heatmap_templates.model.model_file import save_model
-from heatmap_templates.model.training import TrainConfig, train
-from heatmap_templates.synth import synthesize_dataset
 from heatmap_templates.synth.ground_truth import canonical_anatomy, read_lesion_truth
-from heatmap_templates.templates.build import BuildConfig, build_templates
 from heatmap_templates.templates.geometry import RegistrationError
 from heatmap_templates.templates.lungs import segment_lungs
 from heatmap_templates.templates.templates_file import read_templates
@@ -63,21 +57,15 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def phantom_run(root: Path, args: argparse.Namespace) -> dict:
-    data = root / "data"
-    synthesize_dataset(data, n_per_class=args.n_per_class, size=args.size, seed=args.seed)
-    dataset = load_dataset(data)
-    result = train(dataset, TrainConfig(backbone="small", input_size=args.size, batch_size=16, seed=args.seed))
-    model = save_model(result.model, result.info, root / "model.keras")
-    store, templates = root / "heatmaps.h5", root / "templates.h5"
-    extract_heatmaps(model, dataset, store, batch_size=32)
-    build_templates(store, None, templates, config=BuildConfig(reference=str(data / "ground_truth" / "canonical_chest.png")))
+    files = phantom_files(root, size=args.size, n_per_class=args.n_per_class, seed=args.seed)
+    data, store, templates = files["data"], files["store"], files["templates"]
     add_strategies(templates, store, None, StrategySettings())
     frame = read_templates(templates).reference_image
     assert frame is not None
     lungs, body = canonical_anatomy(data, frame.shape)
     record, atlas = run_zones(templates, store, lungs=lungs, body=body, seed=args.seed)
     truth = read_lesion_truth(data).resized(frame.shape)
-    out = {"test_accuracy": result.test_report["accuracy"], "classes": {}, "strategies": {}}
+    out = {"test_accuracy": files["test_accuracy"], "classes": {}, "strategies": {}}
     for name in ("covid", "virus", "bacteria"):
         prior = zone_profile(truth.probabilities[name], atlas)
         template = record["classes"][name]["zones"]
@@ -139,10 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.size < 96:
         raise SystemExit("--size must be 96 or more: a smaller model's CAM grid cannot resolve lung zones")
-    import tensorflow as tf
-
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-                                f"{platform.python_version()}, TF {tf.__version__}"}
+    results: dict = {"machine": machine()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         results["phantom"] = phantom_run(Path(folder), args)
