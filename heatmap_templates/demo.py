@@ -280,7 +280,8 @@ def _evidence(dataset: Dataset, split: dict[str, list[str]], templates_path: Pat
     evidence: dict = {}
     step("zones: where each template's energy lies")
     lungs = body_mask = None
-    frame = read_templates(templates_path).reference_image
+    built = read_templates(templates_path)
+    frame = built.reference_image
     if phantom is not None and frame is not None:
         from heatmap_templates.synth.ground_truth import canonical_anatomy
 
@@ -290,7 +291,7 @@ def _evidence(dataset: Dataset, split: dict[str, list[str]], templates_path: Pat
     evidence["zones_lung_energy"] = {name: round(sum(entry["zones"][z]["share"] for z in LUNG_ZONES), 3)
                                      for name, entry in record["classes"].items()}
     watch.lap("zones")
-    classes = set(read_templates(templates_path).templates)
+    classes = set(built.templates)
     if {"virus", "normal"} <= {sample.label for sample in dataset.samples} and "virus" in classes:
         step("contrast: virus > normal, pixel by pixel")
         contrast = run_contrast(templates_path, "images:virus", "images:normal", heatmaps=heatmaps_path,
