@@ -134,6 +134,11 @@ class Browser:
             self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left" if kind != "mouseMoved" else "none",
                                                    "clickCount": 1 if kind != "mouseMoved" else 0})
 
+    def hover(self, selector: str) -> None:
+        """A real mouse move onto the element's centre (no button pressed)."""
+        x, y = self.centre(selector)
+        self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y, "button": "none", "clickCount": 0})
+
     def press(self, key: str, *, shift: bool = False) -> None:
         """A real key press (down and up) of ``key``: one of :data:`KEYS`."""
         code, virtual, text = KEYS[key]

@@ -32,6 +32,7 @@ def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> N
     assert summary["comparisons"] and all(item["true"] is not None for item in summary["comparisons"])
     report = Path(summary["report"])
     assert report.name == "index.html" and report.is_file() and (report.parent / "images.csv").is_file()
+    assert report.stat().st_size < 2 * 1024 * 1024, "the page (galleries, strategies' embeddings, table rows) stays under 2 MB"
     evidence = summary["evidence"]
     assert set(evidence["zones_lung_energy"]) == set(summary["template_members"]) and "sanity_flagged" in evidence
     assert evidence["template_vs_smooth"] is None or "ci" in evidence["template_vs_smooth"]

@@ -5,11 +5,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from heatmap_templates.analysis.strategies import ClassStrategies
-from heatmap_templates.present.figures.style import COLUMN_WIDTHS, finite, hide_frame, overlay, value_range
+from heatmap_templates.present.figures.style import (
+    CATEGORICAL_COLOURS,
+    COLUMN_WIDTHS,
+    finite,
+    hide_frame,
+    overlay,
+    value_range,
+)
 from heatmap_templates.templates.templates_file import TemplateFile
 
-# Okabe-Ito: distinguishable with every common colour-vision deficiency (the strategies are at most a few).
-CLUSTER_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+CLUSTER_COLOURS = CATEGORICAL_COLOURS  # the strategies are at most a few; the report's embedding uses the same colours
 THUMBNAILS = 4  # typical members shown per strategy
 
 

@@ -40,6 +40,8 @@ FIGURE_FORMATS = ("pdf", "svg", "png")
 DEFAULT_CMAP = "cividis"  # perceptually uniform and readable with colour-vision deficiency
 DIVERGING_CMAP = "RdBu_r"  # ColorBrewer diverging map, colour-blind safe, centred at 0 by symmetric limits
 OVERLAY_ALPHA = (0.15, 0.8)  # opacity of the lowest and highest heatmap value over the chest image
+# Okabe-Ito: distinguishable with every common colour-vision deficiency; the colours of strategies (figures and report)
+CATEGORICAL_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
 _PUBLICATION_RC = {
     "pdf.fonttype": 42,

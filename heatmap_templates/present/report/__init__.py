@@ -270,6 +270,6 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
                                 notes=[shown.text(note) for note in notes], warnings=warnings, pseudonymised=pseudonymise)
         numbers = {"hmt_report": __version__, "summary": summary.shareable(), "evaluation": evaluation,
                    "template_evaluation": template_evaluation, "store_metrics": report.store_metrics,
-                   "classes": [{k: v for k, v in vars(s).items() if k not in ("galleries",)} for s in report.classes]}
+                   "classes": [{k: v for k, v in vars(s).items() if k not in ("galleries", "embedding")} for s in report.classes]}
         (folder / REPORT_MARKER).write_text(shown.text(json.dumps(jsonable(numbers), indent=1)), encoding="utf-8")
     return summary

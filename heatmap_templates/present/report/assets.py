@@ -4,7 +4,10 @@ The script fills the table of every image from the rows' JSON (sortable by a cli
 buttons, filterable, paginated, optional columns chosen in a picker) and runs the enlarged view of the galleries'
 thumbnails: a modal dialog that keeps focus inside while open, closes with Esc (focus back to the thumbnail that
 opened it), steps through its gallery with buttons or the arrow keys, shows a colour bar and the image without its
-map. It ends by marking ``<body data-ready="true">``.
+map. The strategies' spectral embeddings (:mod:`.embedding`) show a point's thumbnail and numbers in a tooltip on
+hover or focus (Tab reaches one point per plot, the arrow keys move between its points) and, on click or Enter, open
+the enlarged view of a gallery image or go to the point's row in the table. It ends by marking
+``<body data-ready="true">``.
 """
 from __future__ import annotations
 
@@ -58,9 +61,16 @@ figcaption { font-size: 0.88em; color: var(--muted); }
 #lightbox .buttons { display: flex; flex-wrap: wrap; gap: 8px; justify-content: center; }
 #lightbox button { font-size: 1em; } #lightbox button[aria-pressed="true"] { font-weight: 700; }
 #lightbox .scale { display: flex; gap: 6px; align-items: center; font-size: 0.85em; }
+.embedding-figure .plots { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.embedding-figure svg { max-width: 100%; height: auto; } svg.embedding [data-r] { cursor: pointer; }
+svg.embedding [data-r]:hover, svg.embedding [data-r]:focus { stroke: #000; stroke-width: 1.6; outline: none; }
+#embedding-tip { position: fixed; z-index: 5; background: #fff; border: 1px solid var(--line); padding: 6px; max-width: 260px;
+                 font-size: 0.82em; box-shadow: 0 2px 8px rgba(0, 0, 0, 0.25); pointer-events: none; overflow-wrap: break-word; }
+#embedding-tip img { display: block; width: 120px; height: 120px; object-fit: contain; background: #000; margin-bottom: 4px; }
+#image-table tr.highlight td { background: #fff3c4; } #image-table tr.highlight { outline: 2px solid var(--accent); }
 .colourbar { display: inline-block; width: 160px; height: 10px; vertical-align: middle; border: 1px solid var(--line); }
 @media print {
-  nav, .skip, #controls, #lightbox, .thumb button { display: none !important; }
+  nav, .skip, #controls, #lightbox, #embedding-tip, .thumb button { display: none !important; }
   main > section, main > section#images { max-width: none; }
   .scroll { overflow: visible; } table { page-break-inside: auto; } tr, figure { break-inside: avoid; }
   thead { display: table-header-group; } #image-table { font-size: 7.5pt; } #image-table th > button { padding: 1px 3px; }
@@ -80,7 +90,7 @@ _TABLE_SCRIPT = r"""
   var status = document.getElementById("table-status");
   var filters = { text: document.getElementById("filter-text"), label: document.getElementById("filter-label"),
                   predicted: document.getElementById("filter-predicted"), atypical: document.getElementById("filter-atypical"),
-                  correct: document.getElementById("filter-correct") };
+                  correct: document.getElementById("filter-correct"), strategy: document.getElementById("filter-strategy") };
   function show(value, name) {
     if (value === null || value === undefined) return "";
     if (value === true) return "yes"; if (value === false) return "no";
@@ -100,6 +110,7 @@ _TABLE_SCRIPT = r"""
     if (filters.predicted.value && row[col.predicted].split(", ").indexOf(filters.predicted.value) < 0) return false;
     if (filters.atypical.value && show(row[col.atypical]) !== filters.atypical.value) return false;
     if (filters.correct.value && show(row[col.correct]) !== filters.correct.value) return false;
+    if (filters.strategy.value && (show(row[col.strategy]) || "none") !== filters.strategy.value) return false;
     return true;
   }
   function compare(a, b) {
@@ -221,4 +232,73 @@ _VIEW_SCRIPT = r"""
   });
 """
 
-SCRIPT = "\n(function () {\n  \"use strict\";" + _TABLE_SCRIPT + _VIEW_SCRIPT + "  document.body.dataset.ready = \"true\";\n})();\n"
+_EMBEDDING_SCRIPT = r"""
+  var tip = document.createElement("div"); tip.id = "embedding-tip"; tip.setAttribute("role", "tooltip"); tip.hidden = true;
+  document.body.appendChild(tip);
+  function galleryButton(point) {  // the thumbnail of the plot's class's map, else any thumbnail of the row
+    var r = point.dataset.r, k = point.ownerSVGElement.dataset.k, row = rows[r];
+    var own = document.querySelector('.gallery button[data-thumb="' + r + "-" + k + '"]');
+    var other = row && row[col.thumbnail] && document.querySelector('.gallery button[data-thumb="' + row[col.thumbnail] + '"]');
+    return own || other || null;
+  }
+  function line(text) { var div = document.createElement("div"); div.textContent = text; tip.appendChild(div); }
+  function showTip(point) {
+    var row = rows[point.dataset.r], button = galleryButton(point);
+    if (!row) return;
+    tip.replaceChildren();
+    if (button) {
+      var picture = document.createElement("img"), small = button.querySelector("img");
+      picture.src = small.currentSrc || small.src; picture.alt = ""; tip.appendChild(picture);
+    }
+    line(row[col.path].split("/").pop());
+    line("label " + (row[col.label] || "unknown") + " \u2192 predicted " + row[col.predicted] + " (p " + show(row[col.probability], "probability") + ")");
+    line("similarity to the template " + (show(row[col.similarity], "similarity") || "\u2013"));
+    if (row[col.strategy] !== null) line("strategy " + row[col.strategy] + ", similarity to its prototype " +
+                                         (show(row[col.strategy_similarity], "strategy_similarity") || "\u2013"));
+    line(button ? "click or Enter: enlarge" : "click or Enter: its row in the table");
+    tip.hidden = false;
+    var box = point.getBoundingClientRect(), left = box.right + 10, top = box.top - 10;
+    if (left + tip.offsetWidth > window.innerWidth - 4) left = Math.max(4, box.left - 10 - tip.offsetWidth);
+    top = Math.max(4, Math.min(top, window.innerHeight - tip.offsetHeight - 4));
+    tip.style.left = left + "px"; tip.style.top = top + "px";
+    point.setAttribute("aria-describedby", "embedding-tip");
+  }
+  function hideTip() { tip.hidden = true; }
+  function goToRow(index) {  // clear the filters when they hide the row, then its page, the row marked and focused
+    var at = function () { return state.view.findIndex(function (row) { return row[col.index] === index; }); };
+    if (at() < 0) { Object.keys(filters).forEach(function (key) { filters[key].value = ""; }); refilter(); }
+    state.page = Math.floor(at() / pageSize); render();
+    var tr = Array.prototype.find.call(body.rows, function (r) { return r.querySelector('td[data-col="index"]').textContent === String(index); });
+    if (!tr) return;
+    tr.dataset.row = index; tr.classList.add("highlight"); tr.tabIndex = -1; tr.scrollIntoView({ block: "center" }); tr.focus();
+  }
+  function activate(point) {
+    var button = galleryButton(point);
+    hideTip();
+    if (button) open(button.dataset.thumb, point); else goToRow(Number(point.dataset.r));
+  }
+  document.querySelectorAll("svg.embedding").forEach(function (svg) {
+    var points = Array.prototype.slice.call(svg.querySelectorAll("[data-r]"));
+    points.forEach(function (point, i) { point.setAttribute("tabindex", i ? "-1" : "0"); point.setAttribute("role", "button");
+                                         point.setAttribute("aria-label", "member, row " + point.dataset.r); });
+    function move(point, by) {
+      var next = points[(points.indexOf(point) + by + points.length) % points.length];
+      point.setAttribute("tabindex", "-1"); next.setAttribute("tabindex", "0"); next.focus();
+    }
+    svg.addEventListener("mouseover", function (event) { var p = event.target.closest("[data-r]"); if (p) showTip(p); });
+    svg.addEventListener("mouseout", function (event) { if (event.target.closest("[data-r]")) hideTip(); });
+    svg.addEventListener("focusin", function (event) { var p = event.target.closest("[data-r]"); if (p) showTip(p); });
+    svg.addEventListener("focusout", hideTip);
+    svg.addEventListener("click", function (event) { var p = event.target.closest("[data-r]"); if (p) activate(p); });
+    svg.addEventListener("keydown", function (event) {
+      var p = event.target.closest("[data-r]");
+      if (!p) return;
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); activate(p); }
+      else if (event.key === "ArrowRight" || event.key === "ArrowDown") { event.preventDefault(); move(p, 1); }
+      else if (event.key === "ArrowLeft" || event.key === "ArrowUp") { event.preventDefault(); move(p, -1); }
+      else if (event.key === "Escape") hideTip();
+    });
+  });
+"""
+
+SCRIPT = "\n(function () {\n  \"use strict\";" + _TABLE_SCRIPT + _VIEW_SCRIPT + _EMBEDDING_SCRIPT + "  document.body.dataset.ready = \"true\";\n})();\n"

@@ -4,6 +4,9 @@ Every image of the store is scored against the templates by :class:`~heatmap_tem
 the same scoring ``hmt compare`` uses, from the maps the store keeps (no model is needed). Galleries per class:
 the members with the highest and the lowest leave-one-out correlation (most typical, most atypical) and the
 misclassified images (the most confident mistakes first), each a thumbnail of the heatmap over the registered image.
+A class that splits into strategies (:mod:`.strategies`) also has a gallery of each strategy's most typical members,
+and its atypical gallery ranks members by their similarity to their own strategy's prototype; those thumbnails,
+known only once every member is scored, are drawn in a second, short pass over their rows.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_templates.analysis.scoring import TemplateScorer
+from heatmap_templates.analysis.scoring import ImageComparison, TemplateScorer
 from heatmap_templates.analysis.similarity import DEFAULT_SIMILARITY
 from heatmap_templates.analysis.strategy_search import members_store
 from heatmap_templates.data.datasets import Sample, patient_groups, patient_id_from_name
@@ -23,6 +26,17 @@ from heatmap_templates.errors import HmtError, display_path
 from heatmap_templates.model.heads import is_multi_label
 from heatmap_templates.numeric.bootstrap import mean_interval
 from heatmap_templates.numeric.metrics import classification_report, interval_ci, lung_field_energy, multilabel_report
+from heatmap_templates.present.report.strategies import (
+    STRATEGY_GALLERY_SIZE,
+    Labels,
+    Similarities,
+    embedding_points,
+    least_typical,
+    member_labels,
+    most_typical,
+    prototype_similarities,
+    row_strategy,
+)
 from heatmap_templates.present.report.thumbnails import colour_table, enlarged_views, jpeg_bytes, overlay_rgb
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store import HeatmapReader
@@ -31,7 +45,6 @@ from heatmap_templates.templates.templates_file import (
     TemplateFile,
     read_checks,
     read_contrasts,
-    read_strategies,
     read_zones,
     replicate_interval,
 )
@@ -39,7 +52,7 @@ from heatmap_templates.templates.templates_file import (
 DEFAULT_GALLERY_SIZE = 24  # thumbnails per gallery (typical, atypical, misclassified) and class
 GALLERIES = ("typical", "atypical", "misclassified")
 ROW_COLUMNS = ("index", "path", "label", "predicted", "probability", "correct", "best_template", "similarity", "atypical",
-               "percentile_rank", "strategy", "lung_field_energy", "registration_quality", "member_of", "loo_correlation", "thumbnail")
+               "percentile_rank", "strategy", "strategy_similarity", "lung_field_energy", "registration_quality", "member_of", "loo_correlation", "thumbnail")
 
 
 @dataclass
@@ -56,12 +69,14 @@ class ImageRow:
     similarity: float | None  # to the predicted class's template, by the report's similarity
     atypical: bool | None
     percentile_rank: float | None  # within the predicted class's leave-one-out correlations
-    strategy: int | None
+    strategy: int | None  # as a member of a class with K >= 2 strategies: its strategy (1-based); else None
     lung_field_energy: float | None
     registration_quality: float
     member_of: str = ""  # the classes whose template it is a member of
     loo_correlation: float | None = None  # as a member: its correlation with the template built without it
     thumbnail: str | None = None  # name of its thumbnail (the predicted class's map), when a gallery shows it
+    strategy_similarity: float | None = None  # to its strategy's prototype, by the report's similarity
+    strategy_of: str = ""  # the class whose strategy ``strategy`` is
 
     def values(self) -> list:
         """The row in ``ROW_COLUMNS`` order, numbers rounded for the page."""
@@ -94,6 +109,8 @@ class ClassSection:
     strategies: dict | None = None
     galleries: dict[str, list[GalleryItem]] = field(default_factory=dict)
     gallery_totals: dict[str, int] = field(default_factory=dict)  # how many images each gallery could show
+    embedding: list[list] = field(default_factory=list)  # K >= 2: [row or None, x, y, strategy] per clustered member
+    atypical_by_strategy: bool = False  # the atypical gallery ranks by similarity to each member's strategy prototype
 
 
 @dataclass
@@ -189,9 +206,7 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where:
     sections = []
 
     def item(row: int, k: int, value: float | None) -> GalleryItem:
-        key = f"{row}-{k}"
-        wanted.setdefault(row, {})[key] = k
-        return GalleryItem(row, key, names[k], None if value is None else float(value))
+        return _gallery_item(wanted, names, row, k, value)
 
     for k, name in enumerate(names):
         section = ClassSection(name)
@@ -223,12 +238,12 @@ def _plan_galleries(file: TemplateFile, reader: HeatmapReader, size: int, where:
     return sections, wanted
 
 
-def _template_numbers(file: TemplateFile, sections: list[ClassSection], energies: dict[str, list[tuple[float, str]]]) -> None:
+def _template_numbers(file: TemplateFile, sections: list[ClassSection], energies: dict[str, list[tuple[float, str]]],
+                      strategies: dict, where: dict[str, int]) -> None:
     """Consistency, lung-field energy (the template's and the mean of the images predicted as the class, each with its
     95 % interval) and strategies of each class with a template; ``energies``: (energy, path) of each class's images."""
     lungs = np.asarray(file.lung_mask, bool)
-    strategies = read_strategies(file.path)
-    for section in sections:
+    for position, section in enumerate(sections):  # in the store's class order
         template = file.templates.get(section.name)
         if template is None:
             continue
@@ -246,8 +261,140 @@ def _template_numbers(file: TemplateFile, sections: list[ClassSection], energies
         section.predicted_lung_energy_ci = interval_ci(mean_interval(values, groups=groups)) if values else None
         if section.name in strategies:
             result = strategies[section.name]
-            section.strategies = {"k": result.k, "chosen_by": result.chosen_by, "stability": result.stability,
+            section.strategies = {"k": result.k, "chosen_by": result.chosen_by, "stability": result.stability, "class_index": position,
+                                  "eigenvalues": [float(v) for v in result.eigenvalues],
                                   "clusters": [{"size": s.size, "consistency": s.consistency} for s in result.strategies]}
+            section.embedding = embedding_points(file, result, where) if result.k >= 2 else []
+
+
+def _gallery_item(wanted: dict[int, dict[str, int]], names: list[str], row: int, k: int, value: float | None) -> GalleryItem:
+    """A gallery entry showing class ``k``'s map of ``row``, noted in ``wanted`` (row -> {thumbnail: class}) to be drawn."""
+    key = f"{row}-{k}"
+    wanted.setdefault(row, {})[key] = k
+    return GalleryItem(row, key, names[k], None if value is None else float(value))
+
+
+def _plan_strategy_galleries(sections: list[ClassSection], labels: Labels, similarities: Similarities, strategies: dict,
+                             names: list[str], size: int) -> dict[int, dict[str, int]]:
+    """Per class with strategies: a gallery of each strategy's most typical members, and the atypical gallery ranked
+    by each member's similarity to its own strategy's prototype (the one template's leave-one-out correlation mostly
+    ranks the smaller strategy's members lowest); returns the thumbnails they need (row -> {thumbnail: class})."""
+    wanted: dict[int, dict[str, int]] = {}
+    for section in sections:
+        if section.name not in labels:
+            continue
+        k, rows, values = names.index(section.name), labels[section.name], similarities.get(section.name, {})
+        for label in range(strategies[section.name].k):
+            kind = f"strategy-{label + 1}"
+            chosen = most_typical(rows, values, label, min(size, STRATEGY_GALLERY_SIZE))
+            section.galleries[kind] = [_gallery_item(wanted, names, row, k, value) for row, value in chosen]
+            section.gallery_totals[kind] = sum(own == label for own in rows.values())
+        if "atypical" in section.galleries:
+            shown = {item.row for item in section.galleries.get("typical", [])}
+            chosen = least_typical(values, len(section.galleries["atypical"]), shown)
+            section.galleries["atypical"] = [_gallery_item(wanted, names, row, k, value) for row, value in chosen]
+            section.gallery_totals["atypical"] = len(values)
+            section.atypical_by_strategy = True
+    return wanted
+
+
+@dataclass
+class _Pictures:
+    """The thumbnails and enlarged views drawn so far, by name, in one colour table."""
+
+    table: np.ndarray
+    thumbnails: dict[str, bytes] = field(default_factory=dict)
+    enlarged: dict[str, bytes] = field(default_factory=dict)
+
+    def draw(self, keys: dict[str, int], row: int, image: np.ndarray, maps: np.ndarray) -> None:
+        """Draw each thumbnail of ``keys`` ({name: class}) of one row from its registered image and class maps."""
+        for key, k in keys.items():
+            self.thumbnails[key] = jpeg_bytes(overlay_rgb(image, maps[k], self.table))
+            self.enlarged.update(enlarged_views(key, row, image, maps[k], self.table))
+
+
+def _draw_more(reader: HeatmapReader, scorer: TemplateScorer, wanted: dict[int, dict[str, int]], pictures: _Pictures,
+               batch_size: int) -> None:
+    """The thumbnails of ``wanted`` not drawn yet, in a pass over their rows only."""
+    missing = {row: {key: k for key, k in keys.items() if key not in pictures.thumbnails} for row, keys in wanted.items()}
+    order = sorted(row for row, keys in missing.items() if keys)
+    for start, batch in zip(range(0, len(order), batch_size), reader.iter_batches(batch_size, order), strict=True):
+        prepared = prepare_maps(batch.images, batch.raw, scorer.registrar, scorer.normalisation)
+        assert prepared.images is not None  # prepared with their images
+        for offset, row in enumerate(order[start:start + len(batch)]):
+            pictures.draw(missing[row], row, prepared.images[offset], prepared.maps[offset])
+
+
+def _memberships(file: TemplateFile, where: dict[str, int]) -> dict[int, list[tuple[str, float | None]]]:
+    """Per store row, the templates it is a member of, with its leave-one-out correlation in each."""
+    members: dict[int, list[tuple[str, float | None]]] = {}
+    for name, template in file.templates.items():
+        loo = np.asarray(template.loo_correlations, np.float64)
+        for position, member in enumerate(template.members):
+            if member.path in where:
+                members.setdefault(where[member.path], []).append((name, float(loo[position]) if position < loo.size else None))
+    return members
+
+
+@dataclass
+class _Pass:
+    """What one pass over the store needs besides the reader and the scorer, and what it gathers."""
+
+    predicted: np.ndarray
+    wanted: dict[int, dict[str, int]]
+    members: dict[int, list[tuple[str, float | None]]]
+    labels: Labels
+    pictures: _Pictures
+    rows: list[ImageRow] = field(default_factory=list)
+    energies: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    similarities: Similarities = field(default_factory=dict)
+
+
+def _score_store(reader: HeatmapReader, scorer: TemplateScorer, state: _Pass, batch_size: int, progress: Progress) -> None:
+    """Score every image of the store, drawing the planned thumbnails and measuring each member against its
+    strategy's prototype on the way; fills ``state``."""
+    template_columns = [reader.class_names.index(name) for name in scorer.template_classes]
+    predicted = state.predicted
+    progress.start(len(reader), "scoring the store's images")
+    try:
+        start = 0
+        for batch in reader.iter_batches(batch_size):
+            positions = np.arange(start, start + len(batch))
+            prepared = prepare_maps(batch.images, batch.raw, scorer.registrar, scorer.normalisation)
+            assert prepared.images is not None  # prepared with their images
+            for_templates = PreparedMaps(prepared.alignments, prepared.images, prepared.maps[:, template_columns])
+            found = prototype_similarities(prepared.maps, positions, state.labels, scorer.strategies, reader.class_names,
+                                           scorer.similarity, scorer.lung_mask)
+            for name, values in found.items():
+                state.similarities.setdefault(name, {}).update(values)
+            findings = reader.predicted[positions].astype(bool) if is_multi_label(reader.settings.head) else None
+            for offset, result in enumerate(scorer.score_prepared(reader.paths, positions, reader.probabilities[positions],
+                                                                  predicted[positions], for_templates, findings=findings)):
+                i = int(positions[offset])
+                state.pictures.draw(state.wanted.get(i, {}), i, prepared.images[offset], prepared.maps[offset])
+                if result.lung_field_energy is not None:
+                    state.energies.setdefault(result.predicted, []).append((result.lung_field_energy, reader.paths[i]))
+                state.rows.append(_row(reader, i, result, state))
+            start += len(batch)
+            progress.advance(len(batch))
+    finally:
+        progress.finish()
+
+
+def _row(reader: HeatmapReader, i: int, result: ImageComparison, state: _Pass) -> ImageRow:
+    """The table's row of store image ``i`` from its scoring (its thumbnail is chosen once every gallery is drawn)."""
+    k = int(state.predicted[i])
+    membership = state.members.get(i, [])
+    strategy_of, strategy, strategy_similarity = row_strategy(i, reader.class_names[k], state.labels, state.similarities)
+    return ImageRow(
+        index=i, path=reader.paths[i], label=_label_text(reader, i),
+        predicted=", ".join(result.predicted_findings) if result.predicted_findings is not None else result.predicted,
+        probability=float(reader.probabilities[i, k]), correct=_correct(reader, i),
+        best_template=result.best_match, similarity=result.predicted_similarity, atypical=result.atypical,
+        percentile_rank=result.percentile_rank, strategy=strategy, lung_field_energy=result.lung_field_energy,
+        registration_quality=result.registration_quality, member_of=", ".join(name for name, _ in membership),
+        loo_correlation=membership[0][1] if len(membership) == 1 else None,
+        strategy_similarity=strategy_similarity, strategy_of=strategy_of)
 
 
 def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFAULT_SIMILARITY,
@@ -262,52 +409,17 @@ def collect(file: TemplateFile, reader: HeatmapReader, *, similarity: str = DEFA
     where = {path: i for i, path in enumerate(reader.paths)}
     predicted = _predicted_index(reader)
     sections, wanted = _plan_galleries(file, reader, gallery_size, where, predicted)
-    table = colour_table(cmap)
-    template_columns = [reader.class_names.index(name) for name in scorer.template_classes]
-    members: dict[int, list[tuple[str, float | None]]] = {}
-    for name, template in file.templates.items():
-        loo = np.asarray(template.loo_correlations, np.float64)
-        for position, member in enumerate(template.members):
-            if member.path in where:
-                members.setdefault(where[member.path], []).append((name, float(loo[position]) if position < loo.size else None))
-    rows: list[ImageRow] = []
-    energies: dict[str, list[tuple[float, str]]] = {}
-    thumbnails: dict[str, bytes] = {}
-    enlarged: dict[str, bytes] = {}
-    progress = progress or NullProgress()
-    progress.start(len(reader), "scoring the store's images")
-    try:
-        start = 0
-        for batch in reader.iter_batches(batch_size):
-            positions = np.arange(start, start + len(batch))
-            prepared = prepare_maps(batch.images, batch.raw, scorer.registrar, scorer.normalisation)
-            for_templates = PreparedMaps(prepared.alignments, prepared.images, prepared.maps[:, template_columns])
-            findings = reader.predicted[positions].astype(bool) if is_multi_label(reader.settings.head) else None
-            for offset, result in enumerate(scorer.score_prepared(reader.paths, positions, reader.probabilities[positions],
-                                                                  predicted[positions], for_templates, findings=findings)):
-                i = int(positions[offset])
-                for key, k in wanted.get(i, {}).items():
-                    assert prepared.images is not None  # prepared with their images
-                    thumbnails[key] = jpeg_bytes(overlay_rgb(prepared.images[offset], prepared.maps[offset, k], table))
-                    enlarged.update(enlarged_views(key, i, prepared.images[offset], prepared.maps[offset, k], table))
-                if result.lung_field_energy is not None:
-                    energies.setdefault(result.predicted, []).append((result.lung_field_energy, reader.paths[i]))
-                own = f"{i}-{int(predicted[i])}"
-                membership = members.get(i, [])
-                rows.append(ImageRow(
-                    index=i, path=reader.paths[i], label=_label_text(reader, i),
-                    predicted=", ".join(result.predicted_findings) if result.predicted_findings is not None else result.predicted,
-                    probability=float(reader.probabilities[i, int(predicted[i])]), correct=_correct(reader, i),
-                    best_template=result.best_match, similarity=result.predicted_similarity, atypical=result.atypical,
-                    percentile_rank=result.percentile_rank, strategy=result.strategy, lung_field_energy=result.lung_field_energy,
-                    registration_quality=result.registration_quality, member_of=", ".join(name for name, _ in membership),
-                    loo_correlation=membership[0][1] if len(membership) == 1 else None,
-                    thumbnail=own if own in thumbnails else next(iter(wanted.get(i, {})), None)))
-            start += len(batch)
-            progress.advance(len(batch))
-    finally:
-        progress.finish()
-    _template_numbers(file, sections, energies)
-    return ReportData(templates=file, store=reader, similarity=similarity, rows=rows, classes=sections, thumbnails=thumbnails,
-                      enlarged=enlarged, store_metrics=store_metrics(reader), checks=read_checks(file.path), path_root=common_folder(reader.paths),
-                      contrasts=read_contrasts(file.path), zones=read_zones(file.path))
+    state = _Pass(predicted, wanted, _memberships(file, where), member_labels(file, scorer.strategies, where),
+                  _Pictures(colour_table(cmap)))
+    _score_store(reader, scorer, state, batch_size, progress or NullProgress())
+    _template_numbers(file, sections, state.energies, scorer.strategies, where)
+    more = _plan_strategy_galleries(sections, state.labels, state.similarities, scorer.strategies, reader.class_names, gallery_size)
+    _draw_more(reader, scorer, more, state.pictures, batch_size)
+    thumbnails = state.pictures.thumbnails
+    for row in state.rows:  # its own class's map when a gallery shows it, else any of its thumbnails
+        own = f"{row.index}-{int(predicted[row.index])}"
+        drawn = [key for key in [*wanted.get(row.index, {}), *more.get(row.index, {})] if key in thumbnails]
+        row.thumbnail = own if own in thumbnails else next(iter(drawn), None)
+    return ReportData(templates=file, store=reader, similarity=similarity, rows=state.rows, classes=sections, thumbnails=thumbnails,
+                      enlarged=state.pictures.enlarged, store_metrics=store_metrics(reader), checks=read_checks(file.path),
+                      path_root=common_folder(reader.paths), contrasts=read_contrasts(file.path), zones=read_zones(file.path))

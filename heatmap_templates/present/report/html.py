@@ -24,6 +24,7 @@ from heatmap_templates.present.report.collect import (
     ImageRow,
     ReportData,
 )
+from heatmap_templates.present.report.embedding import embedding_block
 from heatmap_templates.present.report.thumbnails import enlarged_name, plain_name
 
 PAGE_SIZE = 100  # table rows per page
@@ -31,16 +32,19 @@ GALLERY_TITLES = {
     "typical": "Most typical members (highest leave-one-out correlation)",
     "atypical": "Most atypical members (lowest leave-one-out correlation)",
     "misclassified": "Misclassified images (most confident first; each shows the map of the class it was given)",
+    "atypical-strategy": "Most atypical members (lowest similarity to their own strategy's prototype)",
+    "strategy": "Strategy {number}: its most typical members (highest similarity to the strategy's prototype)",
 }
 COLUMN_TITLES = {
     "index": "#", "path": "path", "label": "label", "predicted": "predicted", "probability": "probability",
     "correct": "correct", "best_template": "best template", "similarity": "similarity", "atypical": "atypical",
-    "percentile_rank": "LOO percentile", "strategy": "strategy", "lung_field_energy": "lung energy",
+    "percentile_rank": "LOO percentile", "strategy": "strategy", "strategy_similarity": "sim. to strategy prototype",
+    "lung_field_energy": "lung energy",
     "registration_quality": "registration", "member_of": "member of", "loo_correlation": "LOO r", "thumbnail": "view",
 }
-OPTIONAL_COLUMNS = ("best_template", "percentile_rank", "strategy", "lung_field_energy", "registration_quality", "member_of",
+OPTIONAL_COLUMNS = ("best_template", "percentile_rank", "strategy", "strategy_similarity", "lung_field_energy", "registration_quality", "member_of",
                     "loo_correlation")  # the table's columns a reader may hide
-COLUMN_DIGITS = {"probability": 3, "similarity": 3, "lung_field_energy": 3, "registration_quality": 3, "loo_correlation": 3,
+COLUMN_DIGITS = {"probability": 3, "similarity": 3, "strategy_similarity": 3, "lung_field_energy": 3, "registration_quality": 3, "loo_correlation": 3,
                  "percentile_rank": 1}  # decimals the table shows (a percentile: 1)
 
 Source = Callable[[str], str]  # a file's name in the report folder -> what the page references (a path or a data URI)
@@ -142,6 +146,8 @@ def _caption(row: ImageRow, item: GalleryItem | None = None) -> str:
              f"similarity to the {row.predicted} template {number(row.similarity)}"]
     if item is not None and item.map_class != row.predicted:
         parts.append(f"map of class {item.map_class}")
+    if row.strategy is not None:
+        parts.append(f"strategy {row.strategy} of {row.strategy_of} (similarity to its prototype {number(row.strategy_similarity)})")
     if row.atypical:
         parts.append("atypical")
     return "; ".join(parts)
@@ -152,14 +158,17 @@ def breakable(text: str) -> str:
     return re.sub(r"([/_-])", r"\1<wbr>", escape(text))
 
 
-def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Source, kind: str, enlarged: Mapping[str, bytes]) -> str:
+def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Source, kind: str, enlarged: Mapping[str, bytes],
+            value_label: str | None = "LOO r") -> str:
     """A gallery's thumbnails: each a button (its image inside) that opens the enlarged view, with the larger overlay
-    and the image without its map when the report has them (``enlarged``: the enlarged views' images by name)."""
+    and the image without its map when the report has them (``enlarged``: the enlarged views' images by name);
+    ``value_label`` names the value the gallery is sorted by (a misclassified gallery's, the probability, is not shown)."""
     cards = []
     for item in items:
         row = rows[item.row]
         caption = _caption(row, item)
-        value = f"LOO r {number(item.value, 2)} · " if kind != "misclassified" else ""
+        value = f"{value_label} {number(item.value, 2)} · " if kind != "misclassified" and value_label else ""
+        strategy = f"<br>strategy {row.strategy}" if row.strategy is not None else ""
         verdict = "<span class=\"flag\">&#9650; atypical</span><br>" if row.atypical else ""
         views = "".join(f" data-{attribute}=\"{escape(source(f'images/{name}.jpg'))}\""
                         for attribute, name in (("large", enlarged_name(item.thumbnail)), ("plain", plain_name(item.row)))
@@ -170,7 +179,7 @@ def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Sour
             f" src=\"{escape(source(f'images/{item.thumbnail}.jpg'))}\" alt=\"heatmap of {escape(row.path)}\" loading=\"lazy\""
             f" width=\"148\" height=\"148\"></button><figcaption title=\"{escape(row.path)}\">{breakable(row.path)}<br>"
             f"{escape(row.label or 'unknown')} &rarr; {escape(row.predicted)} (p {number(row.probability, 2)})<br>{verdict}{value}"
-            f"sim. {number(row.similarity, 2)}</figcaption></figure>")
+            f"sim. {number(row.similarity, 2)}{strategy}</figcaption></figure>")
     return f"<div class=\"gallery\">{''.join(cards)}</div>"
 
 
@@ -189,29 +198,55 @@ def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Sourc
              interval(section.predicted_lung_energy, section.predicted_lung_energy_ci)),
         ]))
         if section.strategies:
-            s = section.strategies
-            ari = (s.get("stability") or {}).get("mean_ari")
-            spread = (s.get("stability") or {}).get("ari_ci")
-            parts.append(f"<h3>Strategies</h3><p>{s['k']} strateg{'y' if s['k'] == 1 else 'ies'} (K chosen by {escape(s['chosen_by'])};"
-                         f" stability: mean adjusted Rand index over bootstrap resamples {number(ari)}"
-                         f"{ci_span(spread, f'strategy-{_slug(section.name)}-ari-ci', 2)}"
-                         f"{', in brackets the 2.5th to 97.5th percentiles of the resamples' if spread else ''}).</p>")
-            parts.append(table(["strategy", "members", "consistency"],
-                               [[i + 1, c["size"], c["consistency"]] for i, c in enumerate(s["clusters"])],
-                               keys=[[None, f"strategy-{_slug(section.name)}-{i + 1}-size", None] for i in range(len(s["clusters"]))]))
-            name = f"strategies_{section.name}"
-            if name in figures:
-                parts.append(figure(source, figures[name], f"Strategies of {section.name}: prototypes and typical members"))
+            parts.append(strategies_html(section, source, figures))
     else:
         parts.append("<p class=\"note\">This class has no template (no correctly classified image was kept for it).</p>")
-    for kind in GALLERIES:
+    strategy_kinds = [kind for kind in section.galleries if kind.startswith("strategy-")]
+    for kind in [*GALLERIES[:2], *strategy_kinds, *GALLERIES[2:]]:
         items = section.galleries.get(kind)
         if items is None:
             continue
+        by_strategy = kind in strategy_kinds or (kind == "atypical" and section.atypical_by_strategy)
         total = section.gallery_totals.get(kind, len(items))
-        parts.append(f"<h3>{escape(GALLERY_TITLES[kind])}</h3><p class=\"note\">{len(items)} shown of {total}.</p>")
-        parts.append(gallery(items, rows, source, kind, enlarged) if items else "")
+        why = (f" {escape(section.name)} has {(section.strategies or {}).get('k')} strategies, so each member is ranked against "
+               "its own strategy's prototype: the one template's leave-one-out correlation would mostly rank the smaller "
+               "strategy's members lowest." if kind == "atypical" and section.atypical_by_strategy else "")
+        parts.append(f"<h3>{escape(gallery_title(kind, section))}</h3><p class=\"note\">{len(items)} shown of {total}.{why}</p>")
+        parts.append(gallery(items, rows, source, kind, enlarged, "strategy sim." if by_strategy else "LOO r") if items else "")
     parts.append("</section>")
+    return "".join(parts)
+
+
+def gallery_title(kind: str, section: ClassSection) -> str:
+    """A gallery's heading; a class with strategies ranks its atypical members against their own strategy."""
+    if kind.startswith("strategy-"):
+        return GALLERY_TITLES["strategy"].format(number=kind.split("-", 1)[1])
+    if kind == "atypical" and section.atypical_by_strategy:
+        return GALLERY_TITLES["atypical-strategy"]
+    return GALLERY_TITLES[kind]
+
+
+def strategies_html(section: ClassSection, source: Source, figures: Mapping[str, str]) -> str:
+    """A class's strategies: a sentence naming each strategy's size and consistency and how K was chosen, the
+    stability, and for K >= 2 the table, the interactive spectral embedding with its eigenvalues, and the figure."""
+    s, slug = section.strategies or {}, _slug(section.name)
+    how = "given" if s["chosen_by"] == "given" else "chosen by the eigengap of the members' graph Laplacian"
+    if s["k"] < 2:
+        return f"<h3>Strategies</h3><p>The members of {escape(section.name)} form one strategy (K = 1, {how}).</p>"
+    ari, spread = (s.get("stability") or {}).get("mean_ari"), (s.get("stability") or {}).get("ari_ci")
+    clusters = ", ".join(f"{i + 1} ({c['size']} members, consistency {number(c['consistency'], 2)})" for i, c in enumerate(s["clusters"]))
+    parts = [f"<h3>Strategies</h3><p><span data-key=\"strategy-{slug}-sentence\">{escape(section.name)} has {s['k']} strategies: "
+             f"{escape(clusters)}; K {how}.</span> Stability: mean adjusted Rand index over bootstrap resamples {number(ari)}"
+             f"{ci_span(spread, f'strategy-{slug}-ari-ci', 2)}"
+             f"{' (in brackets the 2.5th to 97.5th percentiles of the resamples)' if spread else ''}.</p>",
+             table(["strategy", "members", "consistency"], [[i + 1, c["size"], c["consistency"]] for i, c in enumerate(s["clusters"])],
+                   keys=[[None, f"strategy-{slug}-{i + 1}-size", None] for i in range(len(s["clusters"]))])]
+    if section.embedding:
+        parts.append(embedding_block(section.name, s["class_index"], section.embedding, s["k"], s.get("eigenvalues") or [],
+                                     s["chosen_by"]))
+    name = f"strategies_{section.name}"
+    if name in figures:
+        parts.append(figure(source, figures[name], f"Strategies of {section.name}: prototypes and typical members"))
     return "".join(parts)
 
 
@@ -372,7 +407,9 @@ def contrasts_html(contrasts: Mapping[str, dict], source: Source, figures: Mappi
         parts.append(f"<h4>{escape(name)}</h4><p>{groups}: {record['n_a']} and {record['n_b']} maps "
                      f"({record['patients_a']} and {record['patients_b']} patients), {escape(settings['tail'])}, "
                      f"{escape(settings['correction'])}, {record['permutations']} permutations"
-                     f"{' (every relabelling)' if record.get('exact') else ''}, alpha {settings['alpha']:g}: "
+                     f"{' (every relabelling)' if record.get('exact') else ''}"
+                     + (f", significant only beyond a difference of {settings['min_difference']:g} (TREAT)"
+                        if settings.get("min_difference") else "") + f", alpha {settings['alpha']:g}: "
                      f"<span data-key=\"contrast-{escape(key)}-clusters\">{len(record['clusters'])}</span> significant cluster(s).</p>")
         if record["clusters"]:
             rows = [[str(number), c["direction"], c["extent_percent"], f"({c['peak_frame'][0]:.2f}, {c['peak_frame'][1]:.2f})",
@@ -405,6 +442,7 @@ def table_section(data: ReportData, csv_source: str) -> str:
         return "<option value=\"\">any</option>" + "".join(f"<option>{escape(v)}</option>" for v in values)
 
     yes_no = "<option value=\"\">any</option><option>yes</option><option>no</option>"
+    strategies = [str(n) for n in sorted({row.strategy for row in data.rows if row.strategy is not None})] + ["none"]
     picker = "".join(f"<label><input type=\"checkbox\" data-col=\"{c}\" checked>{escape(COLUMN_TITLES[c])}</label>"
                      for c in OPTIONAL_COLUMNS)
     return (
@@ -419,6 +457,7 @@ def table_section(data: ReportData, csv_source: str) -> str:
         f"<label>predicted<select id=\"filter-predicted\">{options(names)}</select></label>"
         f"<label>atypical<select id=\"filter-atypical\">{yes_no}</select></label>"
         f"<label>correct<select id=\"filter-correct\">{yes_no}</select></label>"
+        f"<label>strategy<select id=\"filter-strategy\">{options(strategies)}</select></label>"
         f"<details id=\"column-picker\"><summary>columns</summary><div>{picker}</div></details>"
         "<div id=\"pager\"><button type=\"button\" id=\"page-previous\">previous</button><span id=\"table-status\" aria-live=\"polite\">"
         "</span><button type=\"button\" id=\"page-next\">next</button></div></div>"
