@@ -90,7 +90,8 @@ def calibration(files: dict, args: argparse.Namespace) -> dict:
 def power(files: dict, args: argparse.Namespace) -> dict:
     """virus > normal: where the significant pixels lie against the planted virus prior, and the t-map's pixel AUC;
     with each group's own class map (the default: virus images' virus map against normal images' normal map), and with
-    the virus map of both groups (``column:label=...@virus``: where the model's virus evidence differs)."""
+    the virus map of both groups (``column:label=...@virus``: where the model's virus evidence differs); each for
+    "not equal" and for "more than ``--min-difference``" (the interval null), and a sweep of the margin (maxT)."""
     file = read_templates(files["templates"])
     assert file.reference_image is not None  # every build keeps its reference
     truth = read_lesion_truth(files["data"]).resized(file.reference_image.shape)
@@ -98,25 +99,30 @@ def power(files: dict, args: argparse.Namespace) -> dict:
     positive = prior >= PRIOR_FRACTION * prior.max()
     manifest = files["data"] / "manifest.csv"
     out = {}
-    for maps, groups in (("own class maps", ("images:virus", "images:normal")),
-                         ("virus map of both", ("column:label=virus@virus", "column:label=normal@virus"))):
-        for correction in ("maxt", "tfce"):
-            result = run_contrast(files["templates"], *groups, heatmaps=files["store"], columns=manifest,
-                                  settings=ContrastSettings(tail="greater", correction=correction, permutations=args.permutations,
-                                                            seed=args.seed))
-            grid = result.test.t.shape
-            cell = file.reference_image.shape[0] / grid[0]
-            dilated = ndimage.binary_dilation(positive, iterations=int(round(2 * cell)))
-            inside = downsample(dilated.astype(np.float64), grid) >= 0.5
-            significant = result.test.p < 0.05
-            key = f"{maps}, {correction}"
-            out[key] = {
-                "groups": list(groups), "n": list(result.n), "significant_cells": int(significant.sum()), "cells": int(significant.size),
-                "share_inside_prior_dilated": float(inside[significant].mean()) if significant.any() else None,
-                "t_pixel_auc_vs_prior": pixel_auc(result.test.t, downsample(positive.astype(np.float64), grid)),
-                "clusters": result.clusters[:5],
-            }
-            print(f"power {key}: {out[key]['share_inside_prior_dilated']}, AUC {out[key]['t_pixel_auc_vs_prior']}", flush=True)
+    runs = [(maps, groups, correction, margin)
+            for maps, groups in (("own class maps", ("images:virus", "images:normal")),
+                                 ("virus map of both", ("column:label=virus@virus", "column:label=normal@virus")))
+            for margin in (0.0, args.min_difference) for correction in ("maxt", "tfce")]
+    runs += [("virus map of both", ("column:label=virus@virus", "column:label=normal@virus"), "maxt", margin)
+             for margin in args.margin_sweep if margin not in (0.0, args.min_difference)]
+    for maps, groups, correction, margin in runs:
+        result = run_contrast(files["templates"], *groups, heatmaps=files["store"], columns=manifest,
+                              settings=ContrastSettings(tail="greater", correction=correction, permutations=args.permutations,
+                                                        seed=args.seed, min_difference=margin))
+        grid = result.test.t.shape
+        cell = file.reference_image.shape[0] / grid[0]
+        dilated = ndimage.binary_dilation(positive, iterations=int(round(2 * cell)))
+        inside = downsample(dilated.astype(np.float64), grid) >= 0.5
+        significant = result.test.p < 0.05
+        key = f"{maps}, {correction}, min difference {margin:g}"
+        out[key] = {
+            "groups": list(groups), "n": list(result.n), "correction": correction, "min_difference": margin,
+            "significant_cells": int(significant.sum()), "cells": int(significant.size),
+            "share_inside_prior_dilated": float(inside[significant].mean()) if significant.any() else None,
+            "t_pixel_auc_vs_prior": pixel_auc(result.test.t, downsample(positive.astype(np.float64), grid)),
+            "clusters": result.clusters[:5],
+        }
+        print(f"power {key}: {out[key]['share_inside_prior_dilated']}, AUC {out[key]['t_pixel_auc_vs_prior']}", flush=True)
     return out
 
 
@@ -178,6 +184,9 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=5000)
     parser.add_argument("--speed-maps", type=int, default=1000)
     parser.add_argument("--speed-permutations", type=int, default=5000)
+    parser.add_argument("--min-difference", type=float, default=0.25,
+                        help="the interval null's margin of the second power rows (a quarter of the map range, as the prior's 0.25)")
+    parser.add_argument("--margin-sweep", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4, 0.5])
     parser.add_argument("--cxr4", type=Path, default=None)
     parser.add_argument("--cxr4-null-check", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("contrast.json"))

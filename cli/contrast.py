@@ -30,6 +30,7 @@ def contrast_command(
     correction: str = registry_option("maxt", "--correction", CORRECTIONS, "Multiple-comparison correction"),
     alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Significance level of the corrected p-values."),
     resolution: int | None = typer.Option(None, "--resolution", help="Rows of the contrast grid (default: the CAM grid)."),
+    min_difference: float = typer.Option(0.0, "--min-difference", help="Significant only where the group means differ by more than this (TREAT's interval null), in the prepared maps' units (minmax: a share of each map's range); 0 tests 'not equal'."),
     null_check: int = typer.Option(0, "--null-check", min=0, help="Also run N random halvings of the first group against itself: the share with any significant pixel should be close to alpha."),
     seed: int = typer.Option(0, "--seed", help="Seed of the permutations."),
     name: str | None = typer.Option(None, "--name", help="Name the contrast is stored under (default: 'A vs B')."),
@@ -41,9 +42,12 @@ def contrast_command(
     file (hmt figures and hmt report show it).
 
     Example: hmt contrast templates_out/templates.h5 class:covid class:normal --tail greater --null-check 20
+
+    With large groups almost any difference is significant; --min-difference 0.25 asks where the maps differ by more
+    than a quarter of their range.
     """
     settings = ContrastSettings(tail=tail, correction=correction, permutations=permutations, alpha=alpha, resolution=resolution,
-                                null_check=null_check, seed=seed)
+                                null_check=null_check, seed=seed, min_difference=min_difference)
     result = run_contrast(templates, group_a, group_b, heatmaps=heatmaps, other=other, columns=columns, settings=settings,
                           name=name, progress=progress_bar(as_json))
     test = result.test
@@ -63,10 +67,12 @@ def contrast_lines(record: dict) -> list[str]:
     settings = record["settings"]
     kind = "paired (per-image differences, sign flips)" if record["paired"] else "Welch's t, labels shuffled"
     exact = "every relabelling" if record["exact"] else f"{record['permutations']} permutations"
+    margin = settings.get("min_difference") or 0.0  # contrasts stored before the interval null lack it
+    null = f"H0: |difference| <= {margin:g} (TREAT)" if margin else "H0: no difference"
     lines = [f"{record['name']}: {record['group_a']} ({record['n_a']} maps, {record['patients_a']} patients, {record['classes'][0]} map)"
              + ("" if record["paired"] else f" vs {record['group_b']} ({record['n_b']} maps, {record['patients_b']} patients, "
                                              f"{record['classes'][1]} map)"),
-             f"  {kind}, {settings['tail']}, {settings['correction']} correction, {exact}, grid {record['shape'][0]} x "
+             f"  {kind}, {settings['tail']}, {null}, {settings['correction']} correction, {exact}, grid {record['shape'][0]} x "
              f"{record['shape'][1]}; smallest p {record['min_p']:.4f}, max |t| {record['max_abs_t']:.2f}"]
     clusters = record["clusters"]
     if not clusters:

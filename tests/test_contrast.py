@@ -161,3 +161,23 @@ def test_a_rebuild_drops_the_contrasts_of_the_templates_it_replaces(shortcut_pha
     build_templates(shortcut_phantom["store"], ["covid"], templates, config=BuildConfig(
         reference=str(shortcut_phantom["data"] / "ground_truth" / "canonical_chest.png"), bootstrap_replicates=4, n_components=2))
     assert read_contrasts(templates) == {}  # its numbers described the templates it was run on
+
+
+def test_a_minimum_difference_narrows_significance_to_a_subset_and_is_recorded(shortcut_phantom: dict, templates: Path,
+                                                                              capsys, monkeypatch) -> None:
+    manifest = shortcut_phantom["data"] / "manifest.csv"
+    common = ["contrast", templates, TAGGED, UNTAGGED, "--columns", manifest, "--heatmaps", shortcut_phantom["store"],
+              "--permutations", "300", "--tail", "greater"]
+    code, _, err = run_hmt(common + ["--name", "plain"], capsys, monkeypatch)
+    assert code == 0, err
+    code, out, err = run_hmt(common + ["--name", "beyond", "--min-difference", "0.2"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "H0: |difference| <= 0.2 (TREAT)" in out
+    stored = read_contrasts(templates)
+    plain, beyond = stored["plain"], stored["beyond"]
+    assert beyond["settings"]["min_difference"] == 0.2 and plain["settings"]["min_difference"] == 0.0
+    np.testing.assert_allclose(beyond["maps"]["t"], plain["maps"]["t"])  # the t-map is the data's, not the shifted test's
+    narrowed, everywhere = beyond["maps"]["p"] < 0.05, plain["maps"]["p"] < 0.05
+    assert not (narrowed & ~everywhere).any() and narrowed.sum() < everywhere.sum()
+    code, _, err = run_hmt(common + ["--min-difference", "-0.1"], capsys, monkeypatch)
+    assert code == 2 and "--min-difference" in err and len(err.strip().splitlines()) == 1

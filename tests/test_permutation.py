@@ -145,3 +145,60 @@ def test_a_patient_in_both_groups_is_refused() -> None:
     a, b = _groups(7, 3, 3, 4)
     with pytest.raises(HmtError, match="both groups"):
         permutation_test(a, b, (2, 2), units=["p1", "p2", "p3", "p3", "p4", "p5"])
+
+
+def _brute_interval_max_t(a: np.ndarray, b: np.ndarray, margin: float, tail: str) -> np.ndarray:
+    """TREAT max-T p-values by brute force: every relabelling of (a - margin, b) for ``greater``, of (a + margin, b)
+    for ``less``; two-sided: twice the smaller of the two sides' p (Bonferroni), at most 1."""
+    def side(shift: float, sign: int) -> np.ndarray:
+        data = np.concatenate([a.astype(np.float64) - shift, b.astype(np.float64)])
+        observed = sign * stats.ttest_ind(data[:len(a)], data[len(a):], equal_var=False).statistic
+        maxima = []
+        for chosen in itertools.combinations(range(len(data)), len(a)):
+            mask = np.isin(np.arange(len(data)), chosen)
+            maxima.append((sign * stats.ttest_ind(data[mask], data[~mask], equal_var=False).statistic).max())
+        return np.array([(np.array(maxima) >= value - 1e-9).mean() for value in observed])
+    if tail == "greater":
+        return side(margin, 1)
+    if tail == "less":
+        return side(-margin, -1)
+    return np.minimum(1.0, 2.0 * np.minimum(side(margin, 1), side(-margin, -1)))
+
+
+@pytest.mark.parametrize("tail", ["two-sided", "greater", "less"])
+def test_an_interval_null_equals_a_brute_force_enumeration_of_the_shifted_groups(tail: str) -> None:
+    a, b = _groups(7, 3, 4, 5, shift=2.5)
+    a[:, 2:4] -= 5.0  # some pixels far below b, for the lower side
+    result = permutation_test(a, b, (1, 5), tail=tail, permutations=100, margin=0.75)
+    np.testing.assert_allclose(result.p.ravel(), _brute_interval_max_t(a, b, 0.75, tail), atol=1e-12)
+    plain = stats.ttest_ind(a.astype(np.float64), b.astype(np.float64), equal_var=False).statistic
+    np.testing.assert_allclose(result.t.ravel(), plain, rtol=1e-5)  # the t-map and d stay the unshifted data's
+    np.testing.assert_allclose(result.effect, cohens_d(a, b).reshape(1, 5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("correction", ["maxt", "tfce"])
+def test_an_interval_null_keeps_a_large_difference_and_drops_a_small_broad_one(correction: str) -> None:
+    """A small difference everywhere (0.15) and a large one in a square (0.6), 150 maps a group: 'not equal' flags the
+    whole frame; 'more than 0.3' only the square."""
+    rng = np.random.default_rng(8)
+    shape = (8, 8)
+    planted = np.zeros(shape)
+    planted[2:5, 3:6] = 1.0
+    a = (rng.normal(0, 0.2, (150, 64)) + 0.15 + 0.45 * planted.ravel()).astype(np.float32)
+    b = rng.normal(0, 0.2, (150, 64)).astype(np.float32)
+    everywhere = permutation_test(a, b, shape, tail="greater", correction=correction, permutations=300, seed=1)
+    assert (everywhere.p < 0.05).mean() > 0.9
+    beyond = permutation_test(a, b, shape, tail="greater", correction=correction, permutations=300, seed=1, margin=0.3)
+    significant = beyond.p < 0.05
+    near = np.zeros(shape, bool)
+    near[1:6, 2:7] = True
+    assert significant[planted > 0].all() and not significant[~near].any()
+    boundary = permutation_test(b + 0.3, b[::-1].copy(), shape, tail="greater", correction=correction, permutations=300,
+                                seed=2, margin=0.3)  # a difference of exactly the margin is not beyond it
+    assert not (boundary.p < 0.05).any()
+
+
+def test_a_negative_minimum_difference_is_refused() -> None:
+    a, b = _groups(9, 3, 3, 4)
+    with pytest.raises(HmtError, match="min_difference.* must be 0 or more"):
+        permutation_test(a, b, (2, 2), margin=-0.1)

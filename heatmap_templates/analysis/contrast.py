@@ -7,7 +7,10 @@ which registration and normalisation put in one frame. Two groups of a templates
 (registered, normalised at input size) and area-downsampled to the CAM grid (or ``resolution``), are compared
 pixel by pixel (:func:`heatmap_templates.numeric.permutation.permutation_test`): Welch's t, or with a second store
 of the same images (another model or CAM method) the one-sample t of per-image differences (paired); patients move
-whole in the permutations. The output: t-map, corrected p-map, Cohen's d map and a table of significant clusters;
+whole in the permutations. With ``min_difference`` Δ > 0 a pixel is significant only when the difference of the
+means is significantly beyond Δ (an interval null, TREAT: "more than Δ", not "not zero"), in the prepared maps'
+units (minmax: a share of each map's range), so that with large groups significance marks where the maps differ by
+a difference that matters rather than wherever they differ at all. The output: t-map, corrected p-map, Cohen's d map and a table of significant clusters;
 with ``null_check`` N, N random halvings of the first group against itself check the procedure on the user's own
 maps (the share with any significant pixel should be close to alpha).
 
@@ -58,12 +61,15 @@ class ContrastSettings:
     resolution: int | None = None  # rows of the contrast grid (None: the CAM grid)
     null_check: int = 0
     seed: int = 0
+    min_difference: float = 0.0  # > 0: significant only beyond this difference of means (an interval null, TREAT)
 
     def validate(self) -> None:
         if not 0.0 < self.alpha < 1.0:
             raise HmtError(f"$alpha must lie in (0, 1), got {self.alpha}", parameters=("alpha",))
         if self.resolution is not None and self.resolution < 2:
             raise HmtError(f"$resolution must be at least 2 pixels, got {self.resolution}", parameters=("resolution",))
+        if not self.min_difference >= 0.0:
+            raise HmtError(f"$min_difference must be 0 or more, got {self.min_difference}", parameters=("min_difference",))
         if self.null_check < 0:
             raise HmtError(f"$null_check must be 0 or more, got {self.null_check}", parameters=("null_check",))
 
@@ -165,7 +171,9 @@ def group_maps(reader, rows: np.ndarray, class_index: int, registrar, normalisat
 def _null_check(maps: np.ndarray, patients: list[str], shape: tuple[int, int], settings: ContrastSettings,
                 progress: Progress) -> dict:
     """``settings.null_check`` random halvings of one group against itself (by patient): the share with any
-    significant pixel, with its binomial 95 % interval; close to alpha when the procedure holds on these maps."""
+    significant pixel, with its binomial 95 % interval; close to alpha when the procedure holds on these maps. Without
+    ``min_difference``: halves of one group differ by nothing, inside any interval null, so with it the check could
+    only pass."""
     rng = np.random.default_rng(settings.seed + 7919)
     units = sorted(set(patients))
     if len(units) < 4:
@@ -229,6 +237,7 @@ def run_contrast(templates: str | os.PathLike, group_a: str, group_b: str | None
     units, note = _exchangeable_units(a, b)
     test = permutation_test(maps_a, maps_b, grid, units=units, tail=settings.tail,
                             correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
+                            margin=settings.min_difference,
                             progress=progress)
     result = ContrastResult(name or f"{a.spec.text} vs {b.spec.text}", a.spec.text, b.spec.text, (a.class_name, b.class_name),
                             False, (a.n, b.n), (len(set(a.patients)), len(set(b.patients))), settings, test,
@@ -264,6 +273,7 @@ def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, regist
     progress.finish()
     test = permutation_test(first - second, None, grid, paired=True, units=a.patients, tail=settings.tail,
                             correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
+                            margin=settings.min_difference,
                             progress=progress)
     label = f"{a.spec.text} ({Path(reader.path).name} - {Path(other.path).name})"  # names only: reports are shared
     return ContrastResult(name or label, a.spec.text, spec_b.text if spec_b else None, (a.class_name, other_class), True,

@@ -111,7 +111,9 @@ def contrast_figure(record: dict, reference: np.ndarray | None, width: str) -> F
         axes[0].annotate(str(number), (x + 0.5, y + 0.5), color="black", fontsize=7, ha="center", va="center",
                          bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white", "linewidth": 0.5})
     groups = record["group_a"] + (f" vs {record['group_b']}" if record.get("group_b") and not record.get("paired") else "")
-    axes[0].set_title(f"{textwrap.fill(groups, 48)}\n{record['settings']['correction']}, p < {alpha:g}: {len(record.get('clusters', []))} cluster(s)",
+    margin = record["settings"].get("min_difference") or 0.0
+    beyond = f", |diff| > {margin:g}" if margin else ""
+    axes[0].set_title(f"{textwrap.fill(groups, 48)}\n{record['settings']['correction']}{beyond}, p < {alpha:g}: {len(record.get('clusters', []))} cluster(s)",
                       fontsize=7)
     axes[1].set_title(f"n = {record['n_a']}" + ("" if record.get("paired") else f" vs {record['n_b']}"), fontsize=7)
     return figure
