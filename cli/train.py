@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from heatmap_templates.analysis.prior_masks import LungMasks
 from heatmap_templates.data.datasets import UNCERTAIN, load_dataset
 from heatmap_templates.data.decode import INTENSITIES
 from heatmap_templates.errors import HmtError, display_path, problems_json
 from heatmap_templates.files import write_text
+from heatmap_templates.model.attention_prior import ATTENTION_PRIORS
 from heatmap_templates.model.backbones import BACKBONES
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_SPLIT, load_dataset_for, write_predictions
 from heatmap_templates.model.evaluation import evaluate as evaluate_model
@@ -141,6 +143,10 @@ def train(
     shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Train on randomly permuted labels: a model for the data-randomisation check (hmt sanity --shuffled-model)."),
     memory_budget: float = typer.Option(TrainConfig.memory_budget_gb, "--memory-budget", help="GB of decoded images to hold in memory; a larger data set streams from a disk cache (same split and result)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Folder for that disk cache (default: the system's temporary folder); removed after training."),
+    attention_prior: str | None = typer.Option(None, "--attention-prior", help="lungs[:WEIGHT]: penalise every class's explanation outside each training image's lung fields (--prior-penalty); without WEIGHT, 0.3, 1 and 3 are tried and the validation split chooses (three trainings). Recorded."),
+    prior_penalty: str = registry_option(TrainConfig.prior_penalty, "--prior-penalty", ATTENTION_PRIORS, "Penalty of --attention-prior"),
+    prior_masks: Path | None = typer.Option(None, "--prior-masks", help="Folder of lung masks named like the images (relative paths under DATA; non-zero = lung, at each image's size); default: hmt's lung segmentation, the reference's lungs moved back where it declines."),
+    outside_lungs_augment: float = typer.Option(TrainConfig.outside_lungs_augment, "--outside-lungs-augment", min=0.0, max=1.0, help="Probability that a training image's pixels outside the lungs are removed (ROAD's noisy linear imputation, computed once per image), without a penalty. Recorded."),
     project_dir: Path = typer.Option(DEFAULT_PROJECT_FOLDER, "--project-dir", help="Where to record this model and data set for later commands."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (epoch lines stay on stderr)."),
 ) -> None:
@@ -158,12 +164,16 @@ def train(
         average_last=average_last, label_smoothing=label_smoothing, weight_decay=weight_decay, val_fraction=val_fraction, test_fraction=test_fraction,
         patient_regex=patient_regex, strict=strict, intensity=intensity, binary=binary, uncertain=uncertain,
         memory_budget_gb=memory_budget, cache_dir=str(cache_dir) if cache_dir else None, shuffle_labels=shuffle_labels,
+        attention_prior=attention_prior, prior_penalty=prior_penalty, outside_lungs_augment=outside_lungs_augment,
     )
     config.validate()
     _check_outputs_and_labels(out, multi_label, labels)
     dataset = load_dataset(data, labels=labels.split(",") if labels else None, uncertain=uncertain, patient_regex=patient_regex,
                            strict=strict)
-    result = train_model(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line)
+    if prior_masks is not None and not config.uses_masks:
+        raise HmtError("--prior-masks are the masks of --attention-prior or --outside-lungs-augment; give one of them")
+    masks = LungMasks(dataset.root, prior_masks) if config.uses_masks else None
+    result = train_model(dataset, config, progress=progress_bar(as_json), on_epoch=_epoch_line, masks=masks)
     model_path = save_model(result.model, result.info, out)
     written = {"model": model_path, **save_training_outputs(result, model_path), **training_figures(result, model_path)}
     written["project"] = record_project(model=model_path, data=data, folder=project_dir)
@@ -194,6 +204,7 @@ def _training_json(result: TrainResult, written: dict[str, Path]) -> dict:
         "test_accuracy": None if result.test_report is None else result.test_report.get("accuracy"),
         "test_report": result.test_report,
         "skipped": problems_json(result.problems),
+        "attention_prior": result.info.training.get("attention_prior"),
     }
 
 
@@ -204,6 +215,13 @@ def _echo_training(result: TrainResult, written: dict[str, Path], *, backbone: s
     for key, path in written.items():
         typer.echo(f"  {key:<10} {display_path(path)}")
     echo_skipped(result.problems)
+    prior = result.info.training.get("attention_prior")
+    if prior is not None:
+        counts = "; ".join(f"{label} " + ", ".join(f"{count} {source}" for source, count in by_source.items() if count)
+                           for label, by_source in prior["mask_counts"].items())
+        what = f"{prior['penalty']} penalty, weight {prior['weight']:g}" if prior["penalty"] else "no penalty"
+        typer.echo(f"attention prior: {what}, outside-lungs augmentation {prior['outside_lungs_augment']:g}; "
+                   f"masks ({prior['masks']}): {counts}")
     if result.val_report is not None:
         typer.echo(_headline(result.val_report, "validation"))
     if result.test_report is None:

@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     # registries: every option that grows
     "INTENSITIES": "data.decode", "UNCERTAIN": "data.datasets", "PREPROCESSING": "data.preprocess",
     "BACKBONES": "model.backbones", "HEADS": "model.heads", "SCHEDULES": "model.recipe",
+    "ATTENTION_PRIORS": "model.attention_prior",
     "METHODS": "explain.cam_methods", "SCORES": "explain.scores", "REGISTRATIONS": "templates.registration",
     "NORMALISATIONS": "templates.normalisation", "STATISTICS": "templates.statistics", "INCLUDES": "templates.members",
     "SIMILARITIES": "analysis.similarity", "VARIANTS": "analysis.sanity", "RANKINGS": "analysis.faithfulness",
@@ -103,6 +104,7 @@ if TYPE_CHECKING:  # what the type checker and editors see; nothing of this runs
     from heatmap_templates.explain.engine_choice import engine_for
     from heatmap_templates.explain.heatmaps import extract, extract_heatmaps
     from heatmap_templates.explain.scores import SCORES
+    from heatmap_templates.model.attention_prior import ATTENTION_PRIORS
     from heatmap_templates.model.backbones import BACKBONES
     from heatmap_templates.model.evaluation import evaluate
     from heatmap_templates.model.heads import HEADS

@@ -16,7 +16,7 @@ from heatmap_templates.data import preprocess
 from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.data.preprocess import to_model_input
 from heatmap_templates.errors import BadFileError, HmtError
-from heatmap_templates.model import backbones, model_file, objectives, training
+from heatmap_templates.model import backbones, input_pipeline, model_file, objectives, training
 from heatmap_templates.model import evaluation as evaluation_module
 from heatmap_templates.model import layers as model_layers
 from heatmap_templates.model.model_file import ModelInfo
@@ -248,7 +248,7 @@ def test_augmentation_stays_in_range_and_varies() -> None:
 
     batch = np.zeros((4, 32, 32), np.float32)
     batch[:, 12:20, 12:20] = 1.0
-    out = training._augment(tf.constant(batch), tf.constant([3, 0], tf.int64)).numpy()
+    out = input_pipeline.augment_images(tf.constant(batch), tf.constant([3, 0], tf.int64)).numpy()
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert not np.allclose(out[0], out[1])
     square_mass = (out - np.median(out, axis=(1, 2), keepdims=True)).clip(0).sum(axis=(1, 2))

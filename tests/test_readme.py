@@ -68,6 +68,7 @@ README_CHOICES = {
     "--similarity": "heatmap_templates.analysis.similarity:SIMILARITIES",
     "--preprocessing": "heatmap_templates.data.preprocess:PREPROCESSING",
     "--schedule": "heatmap_templates.model.recipe:SCHEDULES",
+    "--prior-penalty": "heatmap_templates.model.attention_prior:ATTENTION_PRIORS",
     "--head": "heatmap_templates.model.heads:HEADS",
     "--uncertain": "heatmap_templates.data.datasets:UNCERTAIN",
     "--correction": "heatmap_templates.numeric.permutation:CORRECTIONS",

@@ -21,6 +21,7 @@ from heatmap_templates.errors import HmtError, OptionError
 from heatmap_templates.explain.cam import CamEngine
 from heatmap_templates.explain.cam_methods import METHODS
 from heatmap_templates.explain.scores import SCORES
+from heatmap_templates.model.attention_prior import ATTENTION_PRIORS
 from heatmap_templates.model.backbones import BACKBONES
 from heatmap_templates.model.heads import HEADS, detect_head, probabilities_of, reads_logits
 from heatmap_templates.model.recipe import SCHEDULES
@@ -32,7 +33,8 @@ from heatmap_templates.templates.registration import REGISTRATIONS, Reference, R
 from heatmap_templates.templates.statistics import STATISTICS, StatisticsConfig
 
 REGISTRIES = [BACKBONES, METHODS, HEADS, INCLUDES, NORMALISATIONS, PREPROCESSING, REGISTRATIONS, SCORES, SIMILARITIES,
-              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES, SHORTCUTS, REMOVALS, RANKINGS, VARIANTS]
+              STATISTICS, LESIONS, SCHEDULES, UNCERTAIN, INTENSITIES, SHORTCUTS, REMOVALS, RANKINGS, VARIANTS,
+              ATTENTION_PRIORS]
 
 # (command and its required arguments, flag, registry): every CLI choice that comes from a registry.
 CLI_CHOICES = [
@@ -47,6 +49,7 @@ CLI_CHOICES = [
     (["heatmaps", "m.keras", "data"], "--head", HEADS),
     (["heatmaps", "m.keras", "data"], "--uncertain", UNCERTAIN),
     (["train", "data"], "--schedule", SCHEDULES),
+    (["train", "data"], "--prior-penalty", ATTENTION_PRIORS),
     (["train", "data"], "--uncertain", UNCERTAIN),
     (["train", "data"], "--intensity", INTENSITIES),
     (["build-templates", "m.keras", "data", "--all-classes"], "--intensity", INTENSITIES),
@@ -266,7 +269,7 @@ def test_class_vs_rest_by_hand() -> None:
 
 # Each method a paper can cite says which: a "Reference:" line with a link in its docstring (the entry's own function or
 # class; for a record such as CamMethod, the callables it holds).
-CITED = [METHODS, SIMILARITIES, REGISTRATIONS, STATISTICS]
+CITED = [METHODS, SIMILARITIES, REGISTRATIONS, STATISTICS, ATTENTION_PRIORS]
 
 
 def _own_docstrings(entry: object) -> str:

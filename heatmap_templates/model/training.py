@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,8 +34,21 @@ from heatmap_templates.data.datasets import (
 )
 from heatmap_templates.data.decode import DEFAULT_INTENSITY, INTENSITIES
 from heatmap_templates.data.disk_arrays import DiskArray
-from heatmap_templates.data.preprocess import input_from_unit, load_images, unit_pixels
+from heatmap_templates.data.preprocess import load_images
 from heatmap_templates.errors import BadFileError, HmtError, Problem, SkipLog, display_path
+from heatmap_templates.model.attention_prior import (
+    ATTENTION_PRIORS,
+    DEFAULT_PRIOR_PENALTY,
+    MaskSource,
+    PriorRun,
+    choose_weight,
+    fresh_copy,
+    parse_attention_prior,
+    prior_model,
+    prior_record,
+    prior_rows,
+    validation_judge,
+)
 from heatmap_templates.model.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -46,6 +59,7 @@ from heatmap_templates.model.backbones import (
     resolve_weights,
 )
 from heatmap_templates.model.evaluation import DEFAULT_BATCH_SIZE, predict_in_batches, predict_probabilities
+from heatmap_templates.model.input_pipeline import image_pipeline, prior_pipeline, rows_dataset
 from heatmap_templates.model.layers import default_cam_layer, find_base, unfreeze_last_blocks
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.model.objectives import Objective, objective_for
@@ -98,6 +112,14 @@ class TrainConfig:
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB  # decoded images (and features) beyond it stream from disk
     shuffle_labels: bool = False  # train on randomly permuted training labels: the data-randomisation sanity check
     cache_dir: str | None = None  # where streamed images are cached during training (default: the system's temp folder)
+    attention_prior: str | None = None  # "lungs[:WEIGHT]": penalise every class's explanation outside each image's lungs
+    prior_penalty: str = DEFAULT_PRIOR_PENALTY  # attention_prior.ATTENTION_PRIORS
+    outside_lungs_augment: float = 0.0  # probability that a training image's pixels outside the lungs are removed
+
+    @property
+    def uses_masks(self) -> bool:
+        """Training needs each training image's lung mask (the attention prior or outside-lungs augmentation)."""
+        return self.attention_prior is not None or self.outside_lungs_augment > 0
 
     def validate(self) -> None:
         """Raise :class:`HmtError` for settings that cannot work."""
@@ -132,6 +154,19 @@ class TrainConfig:
             raise HmtError("dropout must be in [0, 1) and dense units at least 1")
         if not self.memory_budget_gb > 0:
             raise HmtError(f"the memory budget must be positive, got {self.memory_budget_gb} GB")
+        self._validate_prior(spec)
+
+    def _validate_prior(self, spec: BackboneSpec) -> None:
+        if self.attention_prior is not None:
+            parse_attention_prior(self.attention_prior)
+        ATTENTION_PRIORS.check(self.prior_penalty)
+        if not 0 <= self.outside_lungs_augment <= 1:
+            raise HmtError(f"$outside_lungs_augment is a probability in [0, 1], got {self.outside_lungs_augment}",
+                           parameters=("outside_lungs_augment",))
+        if self.uses_masks and self.cache_features and spec.application is not None and not self.augment:
+            raise HmtError("cached-feature training (a frozen pretrained base, no augmentation) sees pooled features only, "
+                           "not where they came from; $attention_prior and $outside_lungs_augment train on images: add $augment",
+                           parameters=("attention_prior", "outside_lungs_augment", "augment"))
 
 
 @dataclass(frozen=True)
@@ -163,99 +198,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- training
-
-
-def rows_dataset(rows: np.ndarray | DiskArray, targets: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
-    """tf.data of (rows, targets) batches, in a seeded shuffled order when ``shuffle_seed`` is given: from memory, or
-    read batch by batch from a :class:`DiskArray` (the same order for the same seed, so the same training)."""
-    import tensorflow as tf
-
-    targets = np.asarray(targets, dtype=np.float32)
-    if isinstance(rows, np.ndarray):
-        dataset = tf.data.Dataset.from_tensor_slices((rows, targets))
-        if shuffle_seed is not None:
-            dataset = dataset.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch_size)
-    dataset = tf.data.Dataset.range(len(rows))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
-
-    def read(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return rows[indices], targets[indices]
-
-    @tf.autograph.experimental.do_not_convert
-    def read_graph(indices):
-        values, batch_targets = tf.numpy_function(read, [indices], (tf.as_dtype(rows.dtype), tf.float32), stateful=False)
-        values.set_shape((None, *rows.row_shape))
-        batch_targets.set_shape((None, *targets.shape[1:]))
-        return values, batch_targets
-
-    return dataset.batch(batch_size).map(read_graph, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def image_pipeline(images: np.ndarray | DiskArray, targets: np.ndarray, info: ModelInfo, batch_size: int, *,
-                    shuffle_seed: int | None = None, augment_seed: int | None = None):
-    """tf.data over in-memory uint8 images: shuffle, batch, to [0, 1], augment (optional, training only), preprocess."""
-    import tensorflow as tf
-
-    @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
-    def to_unit(x, y):
-        return unit_pixels(x), y
-
-    dataset = rows_dataset(images, targets, batch_size, shuffle_seed=shuffle_seed).map(to_unit, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment_seed is not None:
-        @tf.autograph.experimental.do_not_convert
-        def augment_batch(batch, random):
-            return _augment(batch[0], tf.stack([random, augment_seed])), batch[1]
-
-        randoms = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip((dataset, randoms)).map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
-
-    @tf.autograph.experimental.do_not_convert
-    def to_input(x, y):
-        return input_from_unit(x, info.channels, info.preprocessing), y
-
-    return dataset.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-AUGMENT_MAX_ROTATION_DEG = 7.0
-AUGMENT_MAX_SHIFT = 0.05  # fraction of the image side
-AUGMENT_MAX_ZOOM = 0.08  # scale in [1 - z, 1 + z]
-AUGMENT_MAX_BRIGHTNESS = 0.08  # added to [0, 1] pixels
-
-
-def _augment(batch, seed):
-    """Random small rotation, shift, zoom and brightness for a (B, h, w) batch in [0, 1].
-
-    Stateless random ops keyed by ``seed`` (one per batch, drawn from a seeded stream), so the
-    augmentation is reproducible; one affine map per image, edges replicated.
-    """
-    import tensorflow as tf
-
-    size = tf.shape(batch)[0]
-    height = tf.cast(tf.shape(batch)[1], tf.float32)
-    width = tf.cast(tf.shape(batch)[2], tf.float32)
-    params = tf.random.stateless_uniform((size, 5), seed=seed, minval=-1.0, maxval=1.0)
-    angle = params[:, 0] * (AUGMENT_MAX_ROTATION_DEG * math.pi / 180.0)
-    shift_x = params[:, 1] * AUGMENT_MAX_SHIFT * width
-    shift_y = params[:, 2] * AUGMENT_MAX_SHIFT * height
-    inverse_zoom = 1.0 / (1.0 + params[:, 3] * AUGMENT_MAX_ZOOM)
-    brightness = params[:, 4] * AUGMENT_MAX_BRIGHTNESS
-    center_x, center_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    cos, sin = tf.cos(angle) * inverse_zoom, tf.sin(angle) * inverse_zoom
-    # Output pixel (x, y) samples input center + R(-angle) / zoom * ((x, y) - center - shift).
-    source_x, source_y = center_x + shift_x, center_y + shift_y
-    transforms = tf.stack(
-        [cos, sin, center_x - cos * source_x - sin * source_y,
-         -sin, cos, center_y + sin * source_x - cos * source_y,
-         tf.zeros_like(cos), tf.zeros_like(cos)],
-        axis=1,
-    )
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=batch[..., None], transforms=transforms, output_shape=tf.shape(batch)[1:3],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST",
-    )[..., 0]
-    return tf.clip_by_value(warped + brightness[:, None, None], 0.0, 1.0)
 
 
 def _epoch_callback(phase: str, epochs: int, history: list[dict], on_epoch: Callable[[EpochLog], None] | None):
@@ -404,17 +346,22 @@ def seeded(seed: int, deterministic: bool = True) -> Iterator[None]:
 
 
 def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Progress | None = None,
-          on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochLog], None] | None = None, masks: MaskSource | None = None) -> TrainResult:
     """Split ``dataset`` by patient, train a classifier as ``config`` says, and evaluate it on the test split.
 
     Steps: seeded patient-grouped split; decode into memory (bad files skipped and reported);
     build the model; with a frozen base and no augmentation, cache pooled base features and fit
     the head on them, otherwise fit the full model through tf.data; optional fine-tuning of the
     last base blocks at a smaller learning rate; finally the test-split report. ``on_epoch``
-    receives each finished epoch (the CLI prints it); ``progress`` sees decoding and feature passes.
+    receives each finished epoch (the CLI prints it); ``progress`` sees decoding and feature passes. ``masks`` gives
+    each training image's lung mask when the config's attention prior or outside-lungs augmentation asks for them
+    (:mod:`heatmap_templates.model.attention_prior`; ``heatmap_templates.analysis.prior_masks`` builds one).
     """
     config = config or TrainConfig()
     config.validate()
+    if config.uses_masks and masks is None:
+        raise HmtError("$attention_prior and $outside_lungs_augment need each training image's lung mask: pass a mask "
+                       "source (train's masks argument)", parameters=("attention_prior", "outside_lungs_augment"))
     started = time.perf_counter()
     spec = BACKBONES[config.backbone]
     weights = resolve_weights(config.backbone, config.weights)
@@ -427,7 +374,7 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Prog
     objective = objective_for(dataset, config.binary)
     size = as_size(config.input_size or spec.default_input_side)
     with seeded(config.seed, config.deterministic), _cache_folder(dataset, size, config) as cache:
-        return _train_seeded(dataset, config, spec, weights, objective, size, progress, on_epoch, started, cache)
+        return _train_seeded(dataset, config, spec, weights, objective, size, progress, on_epoch, started, cache, masks)
 
 
 @contextmanager
@@ -450,7 +397,7 @@ def _cache_folder(dataset: Dataset, size: tuple[int, int], config: TrainConfig) 
 
 def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, weights: str, objective: Objective,
                   size: tuple[int, int], progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None,
-                  started: float, cache: Path | None) -> TrainResult:
+                  started: float, cache: Path | None, masks: MaskSource | None = None) -> TrainResult:
     """The body of :func:`train`, run with seeds set; the model is built first, so a weights problem stops it early.
     With a ``cache`` folder, decoded images (and pooled features) live in files there instead of memory."""
     class_names = objective.class_names
@@ -471,8 +418,24 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     history: list[dict] = []
     augment = _augments(config, spec, len(images["train"]))
     cached = config.cache_features and spec.application is not None and not augment
-    phases = _fit_phases(model, info, images, targets, config, spec, augment=augment, cached=cached, loss=loss,
-                         class_weight=class_weight, history=history, progress=progress, on_epoch=on_epoch, cache=cache)
+    prior = _prior_run(config, masks, kept["train"], images["train"], cache)
+
+    def fit(weight: float | None) -> tuple:
+        run = None if prior is None else replace(prior, weight=weight)
+        fitted, runs = (model, history) if weight is None or weight == weight_given else (fresh_copy(model, config.seed), [])
+        phases = _fit_phases(fitted, info, images, targets, config, spec, augment=augment, cached=cached, loss=loss,
+                             class_weight=class_weight, history=runs, progress=progress, on_epoch=on_epoch, cache=cache,
+                             prior=run)
+        return fitted, phases, runs
+
+    weight_given = None if prior is None else prior.weight
+    if prior is not None and prior.penalty is not None and prior.weight is None:
+        judge = validation_judge(info, loss[0], images["val"], targets["val"], masks, kept["val"], batch_size=config.batch_size,
+                                 seed=config.seed)
+        weight, (model, phases, history), prior.summary["weight_choice"] = choose_weight(fit, judge)
+        prior.weight = weight
+    else:
+        _, phases, _ = fit(weight_given)
 
     # The model as delivered: the last epoch's validation numbers in the history predate the weight averaging, so the
     # validation split is scored again; that, not the test split, is what a recipe or a setting is chosen on.
@@ -497,6 +460,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
         "data": display_path(dataset.root),
         "streamed_from_disk": cache is not None,
         "shuffled_labels": config.shuffle_labels,
+        **({} if prior is None else {"attention_prior": prior_record(prior)}),
         **({"uncertain": config.uncertain} if dataset.multi_label else {}),
     }
     return TrainResult(model=model, info=info, history=history, test_report=test_report, val_report=val_report,
@@ -529,7 +493,8 @@ def _decode_splits(dataset: Dataset, config: TrainConfig, objective: Objective, 
 
 def _fit_phases(model, info: ModelInfo, images: dict, targets: dict, config: TrainConfig, spec: BackboneSpec, *,
                 augment: bool, cached: bool, loss: tuple[object, list], class_weight: dict | None, history: list[dict],
-                progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None, cache: Path | None) -> list[dict]:
+                progress: Progress | None, on_epoch: Callable[[EpochLog], None] | None, cache: Path | None,
+                prior: PriorRun | None = None) -> list[dict]:
     """Fit the head (on cached pooled features when ``cached``, else on images), then fine-tune the base's last blocks
     when asked; the phases' records, in order (``history`` gets every epoch)."""
     phases = []
@@ -544,11 +509,11 @@ def _fit_phases(model, info: ModelInfo, images: dict, targets: dict, config: Tra
             recipe=config, loss=loss, class_weight=class_weight, history=history, on_epoch=on_epoch))
     else:
         phases.append(_fit_full(model, info, images, targets, config, augment, config.epochs, config.learning_rate,
-                                "head" if spec.application else "train", loss, class_weight, history, on_epoch))
+                                "head" if spec.application else "train", loss, class_weight, history, on_epoch, prior))
     if config.fine_tune_blocks and config.fine_tune_epochs:
         unfreeze_last_blocks(model, config.fine_tune_blocks)
         phases.append(_fit_full(model, info, images, targets, config, augment, config.fine_tune_epochs,
-                                config.fine_tune_learning_rate, "fine-tune", loss, class_weight, history, on_epoch))
+                                config.fine_tune_learning_rate, "fine-tune", loss, class_weight, history, on_epoch, prior))
         find_base(model).trainable = False  # saved models come back frozen; the weights keep the fine-tuning
     return phases
 
@@ -573,15 +538,36 @@ def _augments(config: TrainConfig, spec: BackboneSpec, train_images: int) -> boo
 
 def _fit_full(model, info: ModelInfo, images: dict, targets: dict, config: TrainConfig, augment: bool, epochs: int,
               learning_rate: float, phase: str, loss: tuple[object, list], class_weight: dict | None, history: list[dict],
-              on_epoch) -> dict:
+              on_epoch, prior: PriorRun | None = None) -> dict:
     """Fit the whole model on images through tf.data (augmenting the training batches when asked); the plain
-    training images re-estimate batch-norm statistics after weight averaging."""
-    train_data = image_pipeline(images["train"], targets["train"], info, config.batch_size, shuffle_seed=config.seed,
-                                 augment_seed=config.seed if augment else None)
+    training images re-estimate batch-norm statistics after weight averaging. With a ``prior``, the training rows carry
+    the masks (and the outside-removed images) and, when penalised, a wrapper's training step adds the penalty."""
+    fitted = model
+    if prior is None:
+        train_data = image_pipeline(images["train"], targets["train"], info, config.batch_size, shuffle_seed=config.seed,
+                                    augment_seed=config.seed if augment else None)
+    else:
+        train_data = prior_pipeline(prior.rows, targets["train"], info, config.batch_size, seed=config.seed, augment=augment,
+                                    outside_probability=config.outside_lungs_augment, with_masks=prior.penalised)
+        if prior.penalised:
+            fitted = prior_model(model, str(prior.penalty), float(prior.weight or 0), str(info.head), info.cam_layer)
     calibration = image_pipeline(images["train"], targets["train"], info, config.batch_size).map(lambda x, y: x)
     val_data = None
     if len(images["val"]):
         val_data = image_pipeline(images["val"], targets["val"], info, config.batch_size)
-    return _fit(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate, recipe=config,
+    return _fit(fitted, train_data, val_data, epochs=epochs, learning_rate=learning_rate, recipe=config,
                 steps_per_epoch=math.ceil(len(images["train"]) / config.batch_size), loss=loss, class_weight=class_weight,
                 phase=phase, history=history, on_epoch=on_epoch, calibration=calibration)
+
+
+def _prior_run(config: TrainConfig, masks: MaskSource | None, samples: Sequence[Sample], images: np.ndarray | DiskArray,
+               cache: Path | None) -> PriorRun | None:
+    """The training rows with their masks, when the config asks for the prior or the outside-lungs augmentation."""
+    if not config.uses_masks or masks is None:
+        return None
+    setting = None if config.attention_prior is None else parse_attention_prior(config.attention_prior)
+    rows = prior_rows(samples, images, masks, impute=config.outside_lungs_augment > 0, seed=config.seed,
+                      to_disk=None if cache is None else cache / "train_prior.u8")
+    return PriorRun(rows, None if setting is None else config.prior_penalty, None if setting is None else setting.weight,
+                    config.outside_lungs_augment, masks.summary())
+

@@ -1,0 +1,137 @@
+"""The lung masks that training's attention prior and outside-lungs augmentation need, computed here (above the
+model wing, which knows no segmentation) and handed down to :func:`heatmap_templates.model.training.train` as a
+:class:`~heatmap_templates.model.attention_prior.MaskSource`.
+
+Each training image's mask, at the model's input size, comes from:
+
+- the user's mask folder when given (``folder``): for an image at ``<data>/<relative path>``, the mask is
+  ``<folder>/<relative path>`` (or the same name with ``.png``), non-zero = lung, in the image's own pixels (a mask of
+  another size than its image is refused, as is a missing one: one line naming the file);
+- else hmt's lung segmentation (:func:`heatmap_templates.templates.lungs.segment_lungs`) of the image at input size;
+  where it declines (about a quarter of cxr4, mostly pediatric images, so which images fall back depends on the image,
+  never on its class), the lung mask of a reference built from the training images
+  (:func:`~heatmap_templates.templates.registration.build_reference`) moved back into the image with its affine
+  registration: the rule of the deletion test's lung region (``faithfulness.image_lungs``).
+
+The counts per class and source are recorded in the model's metadata. Outside-lungs augmentation removes the pixels
+outside the mask with a removal of :data:`~heatmap_templates.analysis.faithfulness.REMOVALS` (ROAD's noisy linear
+imputation by default), once per training image before training.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, REMOVALS
+from heatmap_templates.data.datasets import Sample
+from heatmap_templates.errors import BadFileError, HmtError, display_path
+from heatmap_templates.templates.geometry import RegistrationError
+from heatmap_templates.templates.lungs import segment_lungs
+from heatmap_templates.templates.registration import Reference, Registrar, build_reference
+
+SOURCES = ("user", "segmented", "reference")
+REFERENCE_IMAGES = 256  # training images the fallback reference is built from, at most
+
+
+class LungMasks:
+    """A :class:`~heatmap_templates.model.attention_prior.MaskSource` of lung fields (module docstring): the user's masks
+    in ``folder`` (images under ``root``), or segmentation with the reference's lungs as the fallback."""
+
+    def __init__(self, root: str | Path, folder: str | Path | None = None, *, removal: str = DEFAULT_REMOVAL) -> None:
+        self.root = Path(root)
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None and not self.folder.is_dir():
+            raise BadFileError(self.folder, "not a folder of masks ($prior_masks)", parameters=("prior_masks",))
+        self.removal = REMOVALS.check(removal)
+        self._reference: Reference | None = None
+        self._counts: dict[str, Counter] = {}
+
+    def masks(self, samples: Sequence[Sample], images: np.ndarray) -> np.ndarray:
+        """(n, H, W) bool lung masks of one chunk of training images (n, H, W) uint8."""
+        out = np.zeros(images.shape, dtype=bool)
+        declined = []
+        for index, (sample, image) in enumerate(zip(samples, images, strict=True)):
+            if self.folder is not None:
+                out[index] = self._user_mask(sample, image.shape)
+                self._count(sample, "user")
+                continue
+            try:
+                out[index] = segment_lungs(image.astype(np.float32) / 255.0)
+                self._count(sample, "segmented")
+            except RegistrationError:
+                declined.append(index)
+        if declined:
+            registrar = Registrar("affine", self._reference_from(images))
+            for index in declined:
+                pixels = images[index].astype(np.float32) / 255.0
+                alignment = registrar.estimate(pixels, quality=False)
+                out[index] = registrar.unwarp(registrar.reference.lung_mask, alignment) >= 0.5
+                self._count(samples[index], "reference")
+        return out
+
+    def remove_outside(self, image: np.ndarray, outside: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The image with its pixels outside the lungs removed by the chosen removal."""
+        return REMOVALS[self.removal](image, outside, rng)
+
+    def summary(self) -> dict:
+        """Where the masks came from: the kind, the folder, the removal and the counts per class and source."""
+        return {"masks": "user" if self.folder is not None else "segmentation",
+                "masks_folder": None if self.folder is None else display_path(self.folder),
+                "removal": self.removal,
+                "mask_counts": {label: {source: counts[source] for source in SOURCES}
+                                for label, counts in sorted(self._counts.items())}}
+
+    def _count(self, sample: Sample, source: str) -> None:
+        self._counts.setdefault(sample.label, Counter())[source] += 1
+
+    def _reference_from(self, images: np.ndarray) -> Reference:
+        """The fallback frame, built once from (at most :data:`REFERENCE_IMAGES` of) the training images."""
+        if self._reference is None:
+            pictures = [image.astype(np.float32) / 255.0 for image in images[:REFERENCE_IMAGES]]
+            try:
+                self._reference = build_reference(pictures, method="affine")
+            except RegistrationError:
+                raise HmtError("lung segmentation declined on the training images and on their mean, so there is no "
+                               "lung mask for $attention_prior; give the masks ($prior_masks)",
+                               parameters=("attention_prior", "prior_masks")) from None
+        return self._reference
+
+    def _user_mask(self, sample: Sample, size: tuple[int, int]) -> np.ndarray:
+        """The user's mask of one image, checked against the image's own size, at input size."""
+        assert self.folder is not None
+        try:
+            relative = Path(sample.path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            relative = Path(Path(sample.path).name)
+        candidates = [self.folder / relative, self.folder / relative.with_suffix(".png")]
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            raise BadFileError(candidates[0], f"no mask for the training image {relative.as_posix()} in $prior_masks "
+                                              "(one mask per image, with the image's name)", parameters=("prior_masks",))
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise BadFileError(path, "cannot read the mask (not an image OpenCV reads)")
+        height, width = _image_size(Path(sample.path))
+        if mask.shape != (height, width):
+            raise BadFileError(path, f"the mask is {mask.shape[1]}x{mask.shape[0]} px but its image {relative.as_posix()} "
+                                     f"is {width}x{height} px")
+        resized = cv2.resize((mask > 0).astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        return resized >= 0.5
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header where possible."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:
+        from heatmap_templates.data.decode import decode_image
+
+        height, width = decode_image(path).pixels.shape[:2]
+        return int(height), int(width)
