@@ -65,6 +65,7 @@ from sklearn.metrics import adjusted_rand_score
 from heatmap_templates.analysis.contrast import ContrastSettings, run_contrast
 from heatmap_templates.analysis.deletion_regions import smooth_random_region
 from heatmap_templates.analysis.faithfulness import REMOVALS
+from heatmap_templates.analysis.prior_masks import LungMasks
 from heatmap_templates.analysis.strategies import MIN_STRATEGY_MEMBERS, StrategySettings, find_strategies
 from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.data.preprocess import load_model_image, quantise, unit_pixels
@@ -177,19 +178,22 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 # --------------------------------------------------------------------------- one level: data, model, templates
 
 
-def train_level(row: Row, folder: Path, args: argparse.Namespace) -> Trained:
-    """Phantoms with the marker on ``row.percent`` % of covid, the `small` model, its heatmaps and templates."""
+def train_level(row: Row, folder: Path, args: argparse.Namespace, *, attention_prior: str | None = None,
+                method: str | None = None) -> Trained:
+    """Phantoms with the marker on ``row.percent`` % of covid, the `small` model (with ``attention_prior``: trained
+    against explanations outside each image's segmented lungs), its heatmaps (CAM ``method``) and templates."""
     started = time.perf_counter()
     data = folder / "data"
     shortcuts = {TAGGED: row.percent / 100.0} if row.percent else {}
     synthesize_dataset(data, n_per_class=args.n_per_class, size=args.size, seed=args.seed, classes=CLASSES,
                        shortcuts=shortcuts, shortcut_style=args.style, shortcut_lesions=row.lesions)
     dataset = load_dataset(data)
-    result = train(dataset, TrainConfig(backbone="small", input_size=args.size, batch_size=args.batch_size,
-                                        epochs=args.epochs, seed=args.seed))
+    config = TrainConfig(backbone="small", input_size=args.size, batch_size=args.batch_size, epochs=args.epochs,
+                         seed=args.seed, attention_prior=attention_prior)
+    result = train(dataset, config, masks=LungMasks(data) if config.uses_masks else None)
     model_path = save_model(result.model, result.info, folder / "model.keras")
     store, templates = folder / "heatmaps.h5", folder / "templates.h5"
-    extract_heatmaps(model_path, dataset, store)
+    extract_heatmaps(model_path, dataset, store, method=method)
     build_templates(store, None, templates,
                     config=BuildConfig(reference=str(data / GROUND_TRUTH_DIR / CANONICAL_CHEST_FILE)))
     accuracy = (result.test_report or {}).get("accuracy")
