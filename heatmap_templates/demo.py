@@ -319,11 +319,16 @@ def _evidence(dataset: Dataset, split: dict[str, list[str]], templates_path: Pat
 
 
 def _score_ground_truth(templates_path: Path, data_dir: Path, *, step: Callable[[str], None]) -> dict[str, dict]:
-    """How well each template finds the phantom's known lesions (pixel ROC AUC per class): the demo's own check."""
-    from heatmap_templates.synth import ground_truth_localisation
+    """How well each template finds the phantom's known lesions (pixel ROC AUC per class): the demo's own check,
+    stored in the templates file with the lesion maps at the templates' size, so the report shows each template beside
+    the lesions it should find (the report reads the file, never the phantom)."""
+    from heatmap_templates.synth import GROUND_TRUTH_CHECK, ground_truth_check
+    from heatmap_templates.templates.templates_file import save_check
 
     step("scoring the templates against the phantom's ground-truth lesion maps")
-    return ground_truth_localisation(templates_path, data_dir)
+    record, maps = ground_truth_check(templates_path, data_dir)
+    save_check(templates_path, GROUND_TRUTH_CHECK, record, maps=maps, command="hmt demo")
+    return {name: {key: entry.get(key) for key in ("members", "auc_frame", "auc_lungs")} for name, entry in record["classes"].items()}
 
 
 def _compare_test_images(dataset: Dataset, split: dict[str, list[str]], templates_path: Path, model_path: Path,

@@ -37,5 +37,5 @@ def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> N
     assert set(evidence["zones_lung_energy"]) == set(summary["template_members"]) and "sanity_flagged" in evidence
     assert evidence["template_vs_smooth"] is None or "ci" in evidence["template_vs_smooth"]
     page = report.read_text()
-    for section in ("<h3>Zones</h3>", "Model randomisation", "<h3>Deletion"):
+    for section in ("<h3>Zones</h3>", "Model randomisation", "<h3>Deletion", 'id="ground-truth"', "figures/ground_truth.png"):
         assert section in page, section  # every check the demo ran is in its report

@@ -118,7 +118,7 @@ def test_galleries_rank_members_against_their_own_strategy(split: dict) -> None:
         assert shown and all(rows[r]["strategy"] == label + 1 for r in shown)
         assert [similarity[r] for r in shown] == own[:len(shown)]
     typical = set(_gallery_rows(text, "Most typical members"))
-    atypical = _gallery_rows(text, "Most atypical members (lowest similarity to their own strategy")
+    atypical = _gallery_rows(text, "Most atypical members (lowest strategy similarity")
     assert len(atypical) == min(GALLERY, len(similarity) - len(typical))
     assert [similarity[r] for r in atypical] == sorted(v for r, v in similarity.items() if r not in typical)[:len(atypical)]
     assert "ranked against its own strategy's prototype" in text

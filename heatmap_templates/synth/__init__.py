@@ -31,7 +31,9 @@ from heatmap_templates.synth.dataset import (
     synthesize_multi_label,
 )
 from heatmap_templates.synth.ground_truth import (
+    GROUND_TRUTH_CHECK,
     LesionTruth,
+    ground_truth_check,
     ground_truth_localisation,
     mass_share,
     read_lesion_truth,
@@ -58,6 +60,7 @@ from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS,
 __all__ = [
     "DEFAULT_N_PER_CLASS", "DEFAULT_PREVALENCE", "DEFAULT_SIZE", "MULTI_LABEL_FOLDER", "DEFAULT_PREVIEW_EXAMPLES", "DEFAULT_POSE_SPREAD", "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",
     "MARKER_FILE", "SynthSummary", "read_poses", "synthesize_dataset", "synthesize_multi_label", "LesionTruth", "ground_truth_localisation",
+    "GROUND_TRUTH_CHECK", "ground_truth_check",
     "read_lesion_truth", "CLASSES", "LESIONS", "write_preview_grid", "DEFAULT_PROBABILITY_SAMPLES", "LESION_THRESHOLD",
     "MAX_POSE_SPREAD", "Phantom", "Pose", "canonical_lesion_probability", "phantom_seed", "pose_matrix", "render_phantom",
     "DEFAULT_SHORTCUT_STYLE", "SHORTCUTS", "carries_shortcut", "read_shortcuts", "shortcut_mask", "shortcut_region", "mass_share",

@@ -117,6 +117,42 @@ def ground_truth_localisation(templates_path: str | os.PathLike, data_dir: str |
     return results
 
 
+GROUND_TRUTH_CHECK = "ground_truth"  # the name of the stored check (templates file /checks/<name>) the demo writes
+
+
+def ground_truth_check(templates_path: str | os.PathLike, data_dir: str | os.PathLike, *,
+                       threshold_fraction: float = 0.25) -> tuple[dict, dict[str, np.ndarray]]:
+    """The ground-truth check as the templates file stores it (:func:`~heatmap_templates.templates.templates_file.save_check`)
+    for the report to show without reading the phantom: the record (per class :func:`ground_truth_localisation`'s
+    numbers, with ``auc_frame_ci`` and ``auc_lungs_ci``, the 2.5th and 97.5th percentiles over the template's bootstrap
+    replicates where the file keeps them) and the maps: each class's planted lesion probability at the template's
+    size (``lesion_<class>``) and the lungs they were scored in (``lungs``)."""
+    from heatmap_templates.templates.templates_file import read_templates, replicate_interval
+
+    scores = ground_truth_localisation(templates_path, data_dir, threshold_fraction=threshold_fraction)
+    truth = read_lesion_truth(data_dir)
+    built = read_templates(templates_path)
+    maps: dict[str, np.ndarray] = {}
+    for name, entry in scores.items():
+        template = built.templates.get(name)
+        if template is None:
+            continue
+        here = truth.resized(np.shape(template.mean))
+        maps[f"lesion_{name}"] = here.probabilities[name]
+        maps.setdefault("lungs", here.lungs.astype(np.float32))
+        for key in ("auc_frame", "auc_lungs"):
+            if entry.get(key) is None:
+                continue
+
+            def measure(means: np.ndarray, key: str = key, lesion: np.ndarray = maps[f"lesion_{name}"],
+                        lungs: np.ndarray = here.lungs) -> list[float | None]:
+                return [localisation_auc(m, lesion, lungs, threshold_fraction=threshold_fraction)[key] for m in means]
+
+            entry[f"{key}_ci"], entry["replicates"] = replicate_interval(built.path, name, measure)
+    record = {"classes": scores, "threshold_fraction": threshold_fraction}
+    return record, maps
+
+
 def read_shortcuts(data_dir: str | os.PathLike) -> dict[str, bool]:
     """Which images of an `hmt synth` output carry a planted shortcut: relative path -> bool (all False for a set
     made without shortcuts or before they existed)."""

@@ -406,18 +406,24 @@ def _stamped(group: h5py.Group, path: Path, what: str) -> dict:
 CHECKS_GROUP = "checks"
 
 
-def save_check(path: str | Path, name: str, result: Mapping[str, Any], *, command: str = "") -> Path:
-    """Store one check's result (JSON: `hmt sanity`, deletion faithfulness, localisation) under /checks/<name>,
+def save_check(path: str | Path, name: str, result: Mapping[str, Any], *, command: str = "",
+               maps: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Store one check's result (JSON: `hmt sanity`, deletion faithfulness, localisation, the demo's ground truth)
+    under /checks/<name>, with its ``maps`` (name -> array, e.g. the ground truth's lesion maps) as datasets beside it,
     atomically, replacing an earlier one of that name; the rest of the file is copied as it is."""
     path = Path(path)
     existing = read_templates(path)
     with _rewritten(path, existing, CHECKS_GROUP, lambda key: key != name) as (_, checks):
-        _stamp(checks.create_group(name), result, command)
+        group = checks.create_group(name)
+        for map_name, values in (maps or {}).items():
+            compressed(group, map_name, np.asarray(values, np.float32))
+        _stamp(group, result, command)
     return path
 
 
 def read_checks(path: str | Path) -> dict[str, dict]:
-    """The checks stored in a templates file by name (empty for files without them or of schema < 5)."""
+    """The checks stored in a templates file by name, each with its stored maps under ``maps`` when it has any (empty
+    for files without checks or of schema < 5)."""
     path = Path(path)
     with open_h5(path) as handle:
         read_root(handle, path, TEMPLATES)
@@ -427,6 +433,9 @@ def read_checks(path: str | Path) -> dict[str, dict]:
         for name in handle[CHECKS_GROUP]:
             group = handle[f"{CHECKS_GROUP}/{name}"]
             checks[name] = _stamped(group, path, f"check {name!r}") | {"created": str(decode(group.attrs.get("created", "")))}
+            stored = {key: group[key][...] for key in group if isinstance(group[key], h5py.Dataset)}
+            if stored:
+                checks[name]["maps"] = stored
         return checks
 
 

@@ -46,7 +46,7 @@ def strategies_figure(file: TemplateFile, result: ClassStrategies, width: str, c
         axis = axes[0, number]
         image = overlay(axis, values, file.reference_image, cmap=cmap, vmin=vmin, vmax=vmax)
         consistency = "n/a" if strategy.consistency is None else f"{strategy.consistency:.2f}"
-        axis.set_title(f"strategy {number + 1}\nn = {strategy.size}, $\\bar{{r}}$ = {consistency}", color=strategy_colour(number))
+        axis.set_title(f"strategy {number + 1} (n = {strategy.size})\nconsistency {consistency}", color=strategy_colour(number))
     if image is not None:  # one scale for prototypes and members, one bar for the whole figure
         figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, aspect=30).set_label("normalised heatmap")
     scatter = axes[0, k]

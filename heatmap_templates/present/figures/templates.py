@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from heatmap_templates.analysis.strategy_search import typical_members
@@ -19,6 +20,7 @@ from heatmap_templates.errors import BadFileError, HmtError
 from heatmap_templates.files import atomic_folder
 from heatmap_templates.present.figures.checks import contrast_figure, deletion_figure, sanity_figure, zones_figure
 from heatmap_templates.present.figures.classifier import draw_confusion, draw_training_curves
+from heatmap_templates.present.figures.ground_truth import ground_truth_figure, shown_classes
 from heatmap_templates.present.figures.strategies import THUMBNAILS, strategies_figure
 from heatmap_templates.present.figures.style import (
     COLOUR_BAR_INCHES,
@@ -81,7 +83,7 @@ class FiguresSummary:
 
 # The figures `template_figures` draws (strategies_<class> one per class), each as <name>.<format>.
 FIGURE_NAMES = ("template_means", "template_std", "eigen_heatmaps", "similarity", "loo_correlations", "confusion_matrix",
-                "training_curves", "sanity", "deletion", "zones")
+                "training_curves", "sanity", "deletion", "zones", "ground_truth")
 
 
 def check_figures_folder(out_dir: Path, classes: Sequence[str], contrasts: Sequence[str] = ()) -> list[str]:
@@ -142,7 +144,7 @@ def _draw_class_maps(figure: Figure, axes: np.ndarray, maps: dict[str, np.ndarra
 def _template_means(file: TemplateFile, width: str, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
     names = list(file.templates)
     maps = {name: finite(file.templates[name].mean) for name in names}
-    titles = {name: f"{name}\nn = {t.count}, $\\bar{{r}}$ = {_pairwise_text(t.mean_pairwise_correlation)}"
+    titles = {name: f"{name} (n = {t.count})\nconsistency {_pairwise_text(t.mean_pairwise_correlation)}"
               for name, t in file.templates.items()}
     rows, columns = panel_grid(len(names), width)
     shape = next(iter(maps.values())).shape
@@ -212,26 +214,37 @@ def _matrix_height(names: Sequence[str]) -> float:
     return min(MATRIX_WIDTH - 1.5, 0.5 * len(names)) + 0.55 + 0.04 * longest
 
 
-def _matrix_text_colour(value: float, limit: float) -> str:
-    return "white" if abs(value) > 0.6 * limit else "black"
+def similarity_scale(values: np.ndarray) -> tuple[float, float]:
+    """The similarity figure's colour limits: the lowest and highest correlation between two different templates
+    (the diagonal's 1 would squeeze them into a sliver of a fixed -1..1 scale), widened to at least 0.05."""
+    off_diagonal = values[~np.eye(len(values), dtype=bool)]
+    low, high = (float(off_diagonal.min()), float(off_diagonal.max())) if off_diagonal.size else (0.0, 1.0)
+    if high - low < 0.05:
+        middle = (low + high) / 2
+        low, high = middle - 0.025, middle + 0.025
+    return low, high
 
 
-def _similarity(file: TemplateFile) -> Figure:
-    """Pearson correlation between class templates, annotated, on a fixed -1..1 diverging scale."""
+def _similarity(file: TemplateFile, cmap: str) -> tuple[Figure, dict[str, tuple[float, float]]]:
+    """Pearson correlation between class templates, annotated, on the colour scale of the off-diagonal values (the
+    range stated in the title; the diagonal's 1 drawn in gray), so that their differences show."""
     names = list(file.similarity_classes)
     values = finite(file.similarity)
-    figure = Figure(figsize=(MATRIX_WIDTH, _matrix_height(names)), layout="constrained")
+    low, high = similarity_scale(values)
+    figure = Figure(figsize=(MATRIX_WIDTH, _matrix_height(names) + 0.15), layout="constrained")
     axis = figure.subplots()
-    image = axis.imshow(values, cmap=DIVERGING_CMAP, vmin=-1.0, vmax=1.0, aspect="auto")
+    shown = np.ma.masked_array(values, mask=np.eye(len(names), dtype=bool))
+    colours = colormaps[cmap].with_extremes(bad="0.85")
+    image = axis.imshow(shown, cmap=colours, vmin=low, vmax=high, aspect="auto")
     for row in range(len(names)):
         for column in range(len(names)):
-            axis.text(column, row, f"{values[row, column]:.2f}", ha="center", va="center",
-                      color=_matrix_text_colour(values[row, column], 1.0))
+            dark = row != column and (values[row, column] - low) < 0.5 * (high - low)  # the dark end of cividis
+            axis.text(column, row, f"{values[row, column]:.2f}", ha="center", va="center", color="white" if dark else "black")
     axis.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
     axis.set_yticks(range(len(names)), labels=names)
-    axis.set_title("template similarity")
+    axis.set_title(f"template similarity\n(colour scale {low:.2f} to {high:.2f}: the range between templates)")
     figure.colorbar(image, ax=axis, shrink=0.9, label="Pearson r")
-    return figure
+    return figure, {"matrix": (low, high)}
 
 
 def _loo_correlations(file: TemplateFile) -> Figure:
@@ -268,14 +281,13 @@ def model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | Non
     model_path = Path(recorded)
     history_path = model_path.with_name(f"{model_path.stem}.history.csv")
     evaluation_path = model_path.with_name(f"{model_path.stem}.evaluation.json")
-    history = None
-    if history_path.is_file():
-        history = _read_history(history_path)
-        if not history:
+    history = recorded_history(model_path)  # the model file's own record first, else its CSV companion
+    if history is None and history_path.is_file():
+        history = _read_history(history_path) or None
+        if history is None:
             notes.append(f"{history_path} has no epochs: training curves skipped")
-            history = None
-    else:
-        notes.append(f"no training history beside the model ({history_path}): training curves skipped")
+    elif history is None:
+        notes.append(f"no training history in the model file or beside it ({history_path}): training curves skipped")
     evaluation = None
     if evaluation_path.is_file():
         try:
@@ -289,6 +301,32 @@ def model_record(file: TemplateFile, notes: list[str]) -> tuple[list[dict] | Non
     else:
         notes.append(f"no evaluation beside the model ({evaluation_path}): confusion matrix skipped")
     return history, evaluation
+
+
+def recorded_history(model_path: Path) -> list[dict] | None:
+    """The per-epoch history the model file records (``info.training["history"]``: loss, accuracy, val_*), read
+    without loading the model; None when the file is absent, is not hmt's, or records no epochs."""
+    from heatmap_templates.model.model_file import read_model_info
+
+    if not model_path.is_file():
+        return None
+    try:
+        info = read_model_info(model_path)
+    except HmtError:
+        return None
+    history = (info.training or {}).get("history") if info is not None else None
+    if not isinstance(history, list) or not history:
+        return None
+    return [{"phase": row.get("phase", ""), **{key: _finite(row.get(key)) for key in ("loss", "accuracy", "val_loss", "val_accuracy")}}
+            for row in history if isinstance(row, dict)] or None
+
+
+def _finite(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -372,7 +410,7 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
                 summary.notes.append("no class has eigen-heatmaps (too few members): eigen-heatmaps skipped")
                 progress.advance()
             if len(file.similarity_classes) > 1:
-                write("similarity", lambda: _similarity(file))
+                write("similarity", lambda: _similarity(file, cmap))
             else:
                 summary.notes.append("one class only: similarity matrix skipped")
                 progress.advance()
@@ -391,15 +429,17 @@ def template_figures(templates: str | os.PathLike | TemplateFile, out_dir: str |
                 progress.advance()
             for name, result in read_strategies(file.path).items():
                 write(f"strategies_{name}", functools.partial(_strategies, file, result, width, cmap, summary.notes))
-            _stored_results(file, write, width)
+            _stored_results(file, write, width, cmap)
     finally:
         progress.finish()
     return summary
 
 
-def _stored_results(file: TemplateFile, write: Callable, width: str) -> None:
+def _stored_results(file: TemplateFile, write: Callable, width: str, cmap: str) -> None:
     """The figures of the checks and contrasts stored in the file."""
     checks = read_checks(file.path)
+    if "ground_truth" in checks and shown_classes(checks["ground_truth"], file):
+        write("ground_truth", lambda: ground_truth_figure(checks["ground_truth"], file, width, cmap))
     if "sanity" in checks:
         write("sanity", lambda: sanity_figure(checks["sanity"], width))
     if "faithfulness" in checks:

@@ -17,7 +17,7 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -38,8 +38,15 @@ from heatmap_templates.present.report.collect import (
     common_folder,
     open_store_for,
 )
+from heatmap_templates.present.report.ground_truth import ground_truth_html
 from heatmap_templates.present.report.privacy import BURNED_IN_WARNING, Shown, shown_for
-from heatmap_templates.present.report.thumbnails import colour_table, data_uri, gradient_css
+from heatmap_templates.present.report.thumbnails import (
+    OVERLAY_OPACITY,
+    SCALE_NOTE,
+    colour_table,
+    data_uri,
+    gradient_css,
+)
 from heatmap_templates.progress import NullProgress, Progress
 from heatmap_templates.store.hdf5 import jsonable
 
@@ -50,9 +57,10 @@ FIGURE_CAPTIONS = {
     "template_std": "Standard deviation of the members' maps",
     "eigen_heatmaps": "Eigen-heatmaps: the main directions in which members differ from the template",
     "similarity": "Similarity of the templates to each other",
-    "loo_correlations": "Leave-one-out correlation of each member with the template built without it",
-    "training_curves": "Training curves",
+    "loo_correlations": "LOO r: each member's correlation with the template built without it",
 }
+TRAINING_CAPTION = "Training curves: loss and accuracy per epoch, as the model file records them"
+FIGURE_FORMATS = ("png", "pdf")  # the report's own figures: PNG on the page, PDF linked beside it (PNG only in a single file)
 
 __all__ = ["DEFAULT_GALLERY_SIZE", "ReportSummary", "write_report"]
 
@@ -120,7 +128,9 @@ def _rows_csv(data: ReportData) -> str:
 
 
 def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str, template_evaluation: dict | None,
-              shown: Shown) -> str:
+              shown: Shown, training: str = "") -> str:
+    """The overview: settings, the classifier (its metrics and ``training``, the training curves' figure) and the
+    templates' evaluation."""
     settings = data.templates.settings
     store = data.store
     model = ("left out (pseudonymised report)" if shown.pseudonymised else
@@ -144,6 +154,7 @@ def _overview(data: ReportData, evaluation: dict | None, evaluation_source: str,
         parts.append(f"<h3>Classifier: {escape(evaluation_source)}</h3>" + html.classification_html(evaluation, "eval"))
     else:
         parts.append(f"<p class=\"note\">{escape(evaluation_source)}</p>")
+    parts.append(training)
     if template_evaluation is not None:
         match = template_evaluation["template_match"]
         separation = template_evaluation["correct_vs_misclassified"]
@@ -186,36 +197,66 @@ def _shareable(data: ReportData, shown: Shown) -> ReportData:
     return dataclasses.replace(data, rows=rows, path_root=shown.root_name)
 
 
-def _page(folder: Path, report: ReportData, shown: Shown, overview: str, *, single_file: bool, cmap: str,
+@dataclass(frozen=True)
+class _Files:
+    """How the page references a file of the report folder (its name, or a data URI in a single file) and which vector
+    versions of the figures the folder holds (:func:`html.figure` links to them)."""
+
+    folder: Path
+    single_file: bool
+    vectors: frozenset[str]
+
+    def __call__(self, name: str) -> str:
+        if not self.single_file:
+            return name
+        return data_uri((self.folder / name).read_bytes(), "image/png" if name.endswith(".png") else "image/jpeg")
+
+
+def _template_figures(report: ReportData, folder: Path, *, single_file: bool, cmap: str,
+                      notes: list[str]) -> tuple[dict[str, str], _Files, dict]:
+    """Draw the figures into ``folder``/figures: the page's PNG by name, how the page references files, the colour limits."""
+    formats = ("png",) if single_file else FIGURE_FORMATS
+    summary = template_figures(report.templates, folder / "figures", formats=formats, dpi=FIGURE_DPI, cmap=cmap, width="double")
+    notes += summary.notes
+    figures = {name: f"figures/{paths[formats.index('png')].name}" for name, paths in summary.figures.items()}
+    vectors = frozenset(f"figures/{path.name}" for paths in summary.figures.values() for path in paths if path.suffix != ".png")
+    return figures, _Files(folder, single_file, vectors), summary.colour_scales
+
+
+def _template_html(source: _Files, figures: dict[str, str], scales: dict) -> str:
+    """The templates section's figures; the similarity's caption states its colour scale (the data's range)."""
+    captions = dict(FIGURE_CAPTIONS)
+    low, high = scales.get("similarity", {}).get("matrix", (None, None))
+    if low is not None:
+        captions["similarity"] += f" (Pearson r; colour scale {low:.2f} to {high:.2f}, the range between different templates)"
+    return "".join(html.figure(source, figures[name], caption) for name, caption in captions.items() if name in figures)
+
+
+def _page(folder: Path, report: ReportData, shown: Shown, overview: Callable[[str], str], *, single_file: bool, cmap: str,
           notes: list[str]) -> tuple[str, str, int]:
     """Write the figures and the gallery images into ``folder`` and return the page, the CSV and the bytes of the
-    files beside the page (0 for a single file, whose images the page embeds and ``folder`` no longer holds)."""
+    files beside the page (0 for a single file, whose images the page embeds and ``folder`` no longer holds);
+    ``overview`` makes the overview given the training curves' figure."""
     file = report.templates
-    figures_summary = template_figures(file, folder / "figures", formats=("png",), dpi=FIGURE_DPI, cmap=cmap, width="double")
-    notes += figures_summary.notes
-    figures = {name: f"figures/{paths[0].name}" for name, paths in figures_summary.figures.items()}
+    figures, source, scales = _template_figures(report, folder, single_file=single_file, cmap=cmap, notes=notes)
     (folder / "images").mkdir()
     for key, content in {**report.thumbnails, **report.enlarged}.items():
         (folder / "images" / f"{key}.jpg").write_bytes(content)
     rows_csv = shown.text(_rows_csv(report))
-
-    def source(name: str) -> str:
-        if not single_file:
-            return name
-        return data_uri((folder / name).read_bytes(), "image/png" if name.endswith(".png") else "image/jpeg")
-
     csv_source = data_uri(rows_csv.encode("utf-8"), "text/csv") if single_file else "images.csv"
-    template_html = "".join(html.figure(source, figures[name], caption) for name, caption in FIGURE_CAPTIONS.items()
-                            if name in figures)
-    class_html = "".join(html.class_section(section, report.rows, source, figures, report.enlarged) for section in report.classes)
+    colour_scale = gradient_css(colour_table(cmap))
+    scale = html.gallery_scale(colour_scale, SCALE_NOTE.format(opacity=OVERLAY_OPACITY))
+    class_html = "".join(html.class_section(section, report.rows, source, figures, report.enlarged, scale) for section in report.classes)
+    training = html.figure(source, figures["training_curves"], TRAINING_CAPTION) if "training_curves" in figures else ""
+    checks = ground_truth_html(report.checks, source, figures) + html.checks_html(report.checks, source, figures, report.contrasts,
+                                                                                  report.zones)
     asset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     footer = (f"Written by hmt {escape(__version__)} from {escape(shown.file(file.path))}. Thumbnails: the heatmap of the "
-              "image's class over the registered image (cividis colour map, scaled between the map's 1st and 99th percentiles). "
-              "Page weight: {weight}.")
-    page = html.page(title=f"hmt report: {shown.file(file.path)}", overview=overview, templates=template_html,
-                     classes=[s.name for s in report.classes], class_html=class_html,
-                     checks=html.checks_html(report.checks, source, figures, report.contrasts, report.zones), data=report,
-                     csv_source=csv_source, footer=footer, colour_scale=gradient_css(colour_table(cmap)))
+              f"image's class over the registered image ({escape(cmap)} colour map, each map scaled between its own 1st and "
+              "99th percentiles). Page weight: {weight}.")
+    page = html.page(title=f"hmt report: {shown.file(file.path)}", overview=overview(training),
+                     templates=_template_html(source, figures, scales), classes=[s.name for s in report.classes],
+                     class_html=class_html, checks=checks, data=report, csv_source=csv_source, footer=footer, colour_scale=colour_scale)
     page = shown.text(page)
     page_bytes = len(page.replace("{weight}", "").encode("utf-8"))
     page = page.replace("{weight}", f"index.html {page_bytes / 1024:.0f} KiB" +
@@ -256,8 +297,11 @@ def write_report(templates: str | os.PathLike, out: str | os.PathLike, *, heatma
     report = _shareable(collect(file, reader, similarity=similarity, gallery_size=gallery_size, cmap=cmap, batch_size=batch_size,
                                 progress=progress), shown)
     warnings = [BURNED_IN_WARNING] if pseudonymise else []
-    overview = "".join(f"<p class=\"note\"><strong>Warning.</strong> {escape(w)}.</p>" for w in warnings) + _overview(
-        report, evaluation, evaluation_source, template_evaluation, shown)  # its confusion matrix is a table
+    warning = "".join(f"<p class=\"note\"><strong>Warning.</strong> {escape(w)}.</p>" for w in warnings)
+
+    def overview(training: str) -> str:  # its confusion matrix is a table; the training curves' figure is drawn later
+        return warning + _overview(report, evaluation, evaluation_source, template_evaluation, shown, training)
+
     with atomic_folder(out, earlier=earlier) as folder:
         page, rows_csv, asset_bytes = _page(folder, report, shown, overview, single_file=single_file, cmap=cmap, notes=notes)
         if not single_file:

@@ -69,6 +69,11 @@ svg.embedding [data-r]:hover, svg.embedding [data-r]:focus { stroke: #000; strok
 #embedding-tip img { display: block; width: 120px; height: 120px; object-fit: contain; background: #000; margin-bottom: 4px; }
 #image-table tr.highlight td { background: #fff3c4; } #image-table tr.highlight { outline: 2px solid var(--accent); }
 .colourbar { display: inline-block; width: 160px; height: 10px; vertical-align: middle; border: 1px solid var(--line); }
+.gallery-scale .scale { display: flex; gap: 6px; align-items: center; font-size: 0.85em; flex-wrap: wrap; }
+.gallery-scale p { margin: 0.2em 0; }
+dl.glossary { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; } dl.glossary dt { font-weight: 600; }
+dl.glossary dd { margin: 0; } .figure-links { font-size: 0.85em; } th[title] { text-decoration: underline dotted; }
+@media (max-width: 600px) { dl.glossary { grid-template-columns: 1fr; } dl.glossary dd { margin-left: 1em; } }
 @media print {
   nav, .skip, #controls, #lightbox, #embedding-tip, .thumb button { display: none !important; }
   main > section, main > section#images { max-width: none; }
@@ -253,7 +258,7 @@ _EMBEDDING_SCRIPT = r"""
     line(row[col.path].split("/").pop());
     line("label " + (row[col.label] || "unknown") + " \u2192 predicted " + row[col.predicted] + " (p " + show(row[col.probability], "probability") + ")");
     line("similarity to the template " + (show(row[col.similarity], "similarity") || "\u2013"));
-    if (row[col.strategy] !== null) line("strategy " + row[col.strategy] + ", similarity to its prototype " +
+    if (row[col.strategy] !== null) line("strategy " + row[col.strategy] + ", strategy similarity " +
                                          (show(row[col.strategy_similarity], "strategy_similarity") || "\u2013"));
     line(button ? "click or Enter: enlarge" : "click or Enter: its row in the table");
     tip.hidden = false;
@@ -264,6 +269,12 @@ _EMBEDDING_SCRIPT = r"""
     point.setAttribute("aria-describedby", "embedding-tip");
   }
   function hideTip() { tip.hidden = true; }
+  var mouseAt = null, keyedAt = null;  // where the mouse was, and where it was when a key last moved the focus
+  document.addEventListener("mousemove", function (event) { mouseAt = [event.pageX, event.pageY]; }, true);
+  function moved(event) {
+    if (keyedAt && event.pageX === keyedAt[0] && event.pageY === keyedAt[1]) return false;
+    keyedAt = null; return true;
+  }
   function goToRow(index) {  // clear the filters when they hide the row, then its page, the row marked and focused
     var at = function () { return state.view.findIndex(function (row) { return row[col.index] === index; }); };
     if (at() < 0) { Object.keys(filters).forEach(function (key) { filters[key].value = ""; }); refilter(); }
@@ -285,14 +296,18 @@ _EMBEDDING_SCRIPT = r"""
       var next = points[(points.indexOf(point) + by + points.length) % points.length];
       point.setAttribute("tabindex", "-1"); next.setAttribute("tabindex", "0"); next.focus();
     }
-    svg.addEventListener("mouseover", function (event) { var p = event.target.closest("[data-r]"); if (p) showTip(p); });
-    svg.addEventListener("mouseout", function (event) { if (event.target.closest("[data-r]")) hideTip(); });
+    // the keyboard wins until the mouse really moves: a view closing or a layout change makes the browser send
+    // mouseover/mouseout (without movement) for the point under a resting mouse, which must not replace the tooltip
+    // of the point the arrow keys reached
+    svg.addEventListener("mouseover", function (event) { var p = event.target.closest("[data-r]"); if (p && moved(event)) showTip(p); });
+    svg.addEventListener("mouseout", function (event) { if (event.target.closest("[data-r]") && moved(event)) hideTip(); });
     svg.addEventListener("focusin", function (event) { var p = event.target.closest("[data-r]"); if (p) showTip(p); });
     svg.addEventListener("focusout", hideTip);
     svg.addEventListener("click", function (event) { var p = event.target.closest("[data-r]"); if (p) activate(p); });
     svg.addEventListener("keydown", function (event) {
       var p = event.target.closest("[data-r]");
       if (!p) return;
+      keyedAt = mouseAt;
       if (event.key === "Enter" || event.key === " ") { event.preventDefault(); activate(p); }
       else if (event.key === "ArrowRight" || event.key === "ArrowDown") { event.preventDefault(); move(p, 1); }
       else if (event.key === "ArrowLeft" || event.key === "ArrowUp") { event.preventDefault(); move(p, -1); }

@@ -25,20 +25,21 @@ from heatmap_templates.present.report.collect import (
     ReportData,
 )
 from heatmap_templates.present.report.embedding import embedding_block
+from heatmap_templates.present.report.glossary import CONSISTENCY, glossary_html, header_title
 from heatmap_templates.present.report.thumbnails import enlarged_name, plain_name
 
 PAGE_SIZE = 100  # table rows per page
 GALLERY_TITLES = {
-    "typical": "Most typical members (highest leave-one-out correlation)",
-    "atypical": "Most atypical members (lowest leave-one-out correlation)",
+    "typical": "Most typical members (highest LOO r)",
+    "atypical": "Most atypical members (lowest LOO r)",
     "misclassified": "Misclassified images (most confident first; each shows the map of the class it was given)",
-    "atypical-strategy": "Most atypical members (lowest similarity to their own strategy's prototype)",
-    "strategy": "Strategy {number}: its most typical members (highest similarity to the strategy's prototype)",
+    "atypical-strategy": "Most atypical members (lowest strategy similarity)",
+    "strategy": "Strategy {number}: its most typical members (highest strategy similarity)",
 }
 COLUMN_TITLES = {
     "index": "#", "path": "path", "label": "label", "predicted": "predicted", "probability": "probability",
     "correct": "correct", "best_template": "best template", "similarity": "similarity", "atypical": "atypical",
-    "percentile_rank": "LOO percentile", "strategy": "strategy", "strategy_similarity": "sim. to strategy prototype",
+    "percentile_rank": "LOO percentile", "strategy": "strategy", "strategy_similarity": "strategy similarity",
     "lung_field_energy": "lung energy",
     "registration_quality": "registration", "member_of": "member of", "loo_correlation": "LOO r", "thumbnail": "view",
 }
@@ -48,6 +49,7 @@ COLUMN_DIGITS = {"probability": 3, "similarity": 3, "strategy_similarity": 3, "l
                  "percentile_rank": 1}  # decimals the table shows (a percentile: 1)
 
 Source = Callable[[str], str]  # a file's name in the report folder -> what the page references (a path or a data URI)
+VECTOR_FORMATS = ("pdf", "svg")  # a figure's vector versions the page links to where the report folder holds them
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -67,7 +69,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, keys: Iter
     """An HTML table; ``keys`` name cells (``data-key``) so that scripts and tests can find a number."""
     rows = list(rows)
     keys = list(keys) if keys is not None else [[None] * len(row) for row in rows]
-    head = "".join(f"<th scope=\"col\">{escape(str(h))}</th>" for h in header)
+    head = "".join(f"<th scope=\"col\"{_title(str(h))}>{escape(str(h))}</th>" for h in header)
     body = []
     for row, row_keys in zip(rows, keys, strict=True):
         first, *rest = row
@@ -78,15 +80,27 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, keys: Iter
             "</tbody></table></div>")
 
 
+def _title(header: str) -> str:
+    """A header's ``title`` attribute: its glossary definition ('' for a header that names no glossary term)."""
+    title = header_title(header)
+    return "" if title is None else f" title=\"{escape(title)}\""
+
+
 def settings_table(pairs: Sequence[tuple[str, object]]) -> str:
-    rows = "".join(f"<tr><th scope=\"row\">{escape(name)}</th><td>{escape('–' if value is None else str(value))}</td></tr>"
+    rows = "".join(f"<tr><th scope=\"row\"{_title(name)}>{escape(name)}</th><td>{escape('–' if value is None else str(value))}</td></tr>"
                    for name, value in pairs)
     return f"<div class=\"scroll\"><table class=\"settings\"><tbody>{rows}</tbody></table></div>"
 
 
 def figure(source: Source, name: str, caption: str) -> str:
+    """A figure of the report folder with its caption and links to its vector versions (relative links to the files
+    beside it; a ``source`` with a ``vectors`` attribute, the set of such files, tells which exist)."""
+    vectors: frozenset[str] = getattr(source, "vectors", frozenset())
+    stem = name.rsplit(".", 1)[0]
+    links = [f"<a href=\"{escape(f'{stem}.{kind}')}\">{kind.upper()}</a>" for kind in VECTOR_FORMATS if f"{stem}.{kind}" in vectors]
+    more = f" <span class=\"figure-links\">(vector: {', '.join(links)})</span>" if links else ""
     return (f"<figure><img class=\"figure\" src=\"{escape(source(name))}\" alt=\"{escape(caption)}\" loading=\"lazy\">"
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+            f"<figcaption>{escape(caption)}{more}</figcaption></figure>")
 
 
 def classification_html(report: Mapping, prefix: str) -> str:
@@ -147,7 +161,7 @@ def _caption(row: ImageRow, item: GalleryItem | None = None) -> str:
     if item is not None and item.map_class != row.predicted:
         parts.append(f"map of class {item.map_class}")
     if row.strategy is not None:
-        parts.append(f"strategy {row.strategy} of {row.strategy_of} (similarity to its prototype {number(row.strategy_similarity)})")
+        parts.append(f"strategy {row.strategy} of {row.strategy_of} (strategy similarity {number(row.strategy_similarity)})")
     if row.atypical:
         parts.append("atypical")
     return "; ".join(parts)
@@ -167,7 +181,7 @@ def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Sour
     for item in items:
         row = rows[item.row]
         caption = _caption(row, item)
-        value = f"{value_label} {number(item.value, 2)} · " if kind != "misclassified" and value_label else ""
+        value = f"{value_label} {number(item.value, 2)}<br>" if kind != "misclassified" and value_label else ""
         strategy = f"<br>strategy {row.strategy}" if row.strategy is not None else ""
         verdict = "<span class=\"flag\">&#9650; atypical</span><br>" if row.atypical else ""
         views = "".join(f" data-{attribute}=\"{escape(source(f'images/{name}.jpg'))}\""
@@ -179,19 +193,20 @@ def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Sour
             f" src=\"{escape(source(f'images/{item.thumbnail}.jpg'))}\" alt=\"heatmap of {escape(row.path)}\" loading=\"lazy\""
             f" width=\"148\" height=\"148\"></button><figcaption title=\"{escape(row.path)}\">{breakable(row.path)}<br>"
             f"{escape(row.label or 'unknown')} &rarr; {escape(row.predicted)} (p {number(row.probability, 2)})<br>{verdict}{value}"
-            f"sim. {number(row.similarity, 2)}{strategy}</figcaption></figure>")
+            f"similarity {number(row.similarity, 2)}{strategy}</figcaption></figure>")
     return f"<div class=\"gallery\">{''.join(cards)}</div>"
 
 
 def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Source, figures: Mapping[str, str],
-                  enlarged: Mapping[str, bytes]) -> str:
+                  enlarged: Mapping[str, bytes], scale: str = "") -> str:
+    """A class's numbers, strategies and galleries; ``scale``: the galleries' scaling note with its colour bar."""
     anchor = f"class-{_slug(section.name)}"
     parts = [f"<section id=\"{anchor}\"><h2>Class {escape(section.name)}</h2>"]
     if section.members:
         low, high = section.loo_range or (None, None)
         parts.append(settings_table([
-            ("members", section.members), ("mean pairwise correlation", number(section.mean_pairwise_correlation)),
-            ("leave-one-out r, median (range)", f"{number(section.loo_median)} ({number(low)} to {number(high)})"),
+            ("members", section.members), (CONSISTENCY, number(section.mean_pairwise_correlation)),
+            ("LOO r, median (range)", f"{number(section.loo_median)} ({number(low)} to {number(high)})"),
             ("lung-field energy of the template [95 % CI over its bootstrap replicates]",
              interval(section.template_lung_energy, section.template_lung_energy_ci)),
             ("mean lung-field energy of images predicted " + section.name + " [95 % CI]",
@@ -202,6 +217,8 @@ def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Sourc
     else:
         parts.append("<p class=\"note\">This class has no template (no correctly classified image was kept for it).</p>")
     strategy_kinds = [kind for kind in section.galleries if kind.startswith("strategy-")]
+    if section.galleries:
+        parts.append(scale)
     for kind in [*GALLERIES[:2], *strategy_kinds, *GALLERIES[2:]]:
         items = section.galleries.get(kind)
         if items is None:
@@ -209,10 +226,10 @@ def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Sourc
         by_strategy = kind in strategy_kinds or (kind == "atypical" and section.atypical_by_strategy)
         total = section.gallery_totals.get(kind, len(items))
         why = (f" {escape(section.name)} has {(section.strategies or {}).get('k')} strategies, so each member is ranked against "
-               "its own strategy's prototype: the one template's leave-one-out correlation would mostly rank the smaller "
+               "its own strategy's prototype: the one template's LOO r would mostly rank the smaller "
                "strategy's members lowest." if kind == "atypical" and section.atypical_by_strategy else "")
         parts.append(f"<h3>{escape(gallery_title(kind, section))}</h3><p class=\"note\">{len(items)} shown of {total}.{why}</p>")
-        parts.append(gallery(items, rows, source, kind, enlarged, "strategy sim." if by_strategy else "LOO r") if items else "")
+        parts.append(gallery(items, rows, source, kind, enlarged, "strategy similarity" if by_strategy else "LOO r") if items else "")
     parts.append("</section>")
     return "".join(parts)
 
@@ -430,7 +447,7 @@ def contrasts_html(contrasts: Mapping[str, dict], source: Source, figures: Mappi
 def _table_head() -> str:
     """The table's header in display order (the view button first); every column but the view a sort button."""
     cells = ["<th scope=\"col\" data-col=\"thumbnail\"><span>view</span></th>"]
-    cells += [f"<th scope=\"col\" aria-sort=\"none\" data-col=\"{c}\"><button type=\"button\">{escape(COLUMN_TITLES[c])}"
+    cells += [f"<th scope=\"col\" aria-sort=\"none\" data-col=\"{c}\"{_title(COLUMN_TITLES[c])}><button type=\"button\">{escape(COLUMN_TITLES[c])}"
               "<span class=\"arrow\" aria-hidden=\"true\">&#8645;</span></button></th>" for c in ROW_COLUMNS if c != "thumbnail"]
     return "".join(cells)
 
@@ -450,7 +467,7 @@ def table_section(data: ReportData, csv_source: str) -> str:
         + (f"<p>Paths are relative to the data folder <code>{escape(data.path_root)}</code>.</p>" if data.path_root else "") +
         f"<p class=\"note\">Sort by a column's header (click, or Tab to it and press Enter); filter below. Similarity is to the "
         f"predicted class's template ({escape(data.similarity)}); atypical: below the {DEFAULT_ATYPICAL_PERCENTILE:g}th percentile "
-        "of that class's leave-one-out correlations. "
+        "of that class's LOO r values (see the glossary). "
         f"<a href=\"{escape(csv_source)}\" download=\"images.csv\">Download as CSV</a>.</p>"
         "<div id=\"controls\"><label>path contains<input id=\"filter-text\" type=\"search\"></label>"
         f"<label>label<select id=\"filter-label\">{options(names)}</select></label>"
@@ -466,11 +483,22 @@ def table_section(data: ReportData, csv_source: str) -> str:
     )
 
 
+def colour_bar(colour_scale: str) -> str:
+    """The thumbnails' colour bar (``colour_scale``: its CSS gradient, :func:`~.thumbnails.gradient_css`), low to high."""
+    return ("<span>low (1st percentile)</span><span class=\"colourbar\" role=\"img\" aria-label=\"colour scale of the "
+            f"map over the image, from its 1st to its 99th percentile\" style=\"background: {escape(colour_scale)}\"></span>"
+            "<span>high (99th)</span>")
+
+
+def gallery_scale(colour_scale: str, note: str) -> str:
+    """The galleries' scaling note beside its colour bar."""
+    return f"<div class=\"gallery-scale note\"><p>{escape(note)}</p><div class=\"scale\">{colour_bar(colour_scale)}</div></div>"
+
+
 def lightbox(colour_scale: str) -> str:
     """The enlarged view (a modal dialog the script opens): image, colour bar, caption and its buttons."""
     return ("<div id=\"lightbox\" role=\"dialog\" aria-modal=\"true\" aria-labelledby=\"lightbox-caption\"><img alt=\"\">"
-            "<div class=\"scale\"><span>low</span><span class=\"colourbar\" role=\"img\" aria-label=\"colour scale of the map, "
-            f"from its 1st to its 99th percentile\" style=\"background: {escape(colour_scale)}\"></span><span>high</span></div>"
+            f"<div class=\"scale\">{colour_bar(colour_scale)}</div>"
             "<p id=\"lightbox-caption\"></p><p id=\"lightbox-position\" class=\"note\"></p><div class=\"buttons\">"
             "<button type=\"button\" id=\"lightbox-previous\">&larr; previous</button>"
             "<button type=\"button\" id=\"lightbox-next\">next &rarr;</button>"
@@ -484,7 +512,7 @@ def page(*, title: str, overview: str, templates: str, classes: Sequence[str], c
     nav = "".join([
         "<a href=\"#overview\">overview</a>", "<a href=\"#templates\">templates</a>",
         *[f"<a href=\"#class-{_slug(name)}\">{escape(name)}</a>" for name in classes],
-        "<a href=\"#checks\">checks</a>", "<a href=\"#images\">every image</a>",
+        "<a href=\"#checks\">checks</a>", "<a href=\"#images\">every image</a>", "<a href=\"#glossary\">glossary</a>",
     ])
     skip = "<p class=\"skip note\"><a href=\"#images\">Skip the galleries: go to the table of every image</a></p>"
     return (
@@ -496,7 +524,7 @@ def page(*, title: str, overview: str, templates: str, classes: Sequence[str], c
         f"<header><h1>{escape(title)}</h1><nav>{nav}</nav></header><main>"
         f"<section id=\"overview\"><h2>Overview</h2>{overview}</section>"
         f"<section id=\"templates\"><h2>Templates</h2>{templates}</section>{skip}"
-        f"{class_html}<section id=\"checks\"><h2>Checks</h2>{checks}</section>{table_section(data, csv_source)}</main>"
+        f"{class_html}<section id=\"checks\"><h2>Checks</h2>{checks}</section>{table_section(data, csv_source)}{glossary_html()}</main>"
         f"<footer class=\"note\">{footer}</footer>{lightbox(colour_scale)}"
         f"<script type=\"application/json\" id=\"rows-data\">{rows_json(data.rows)}</script><script>{SCRIPT}</script>"
         "</body></html>\n"

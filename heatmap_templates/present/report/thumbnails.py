@@ -16,6 +16,10 @@ from heatmap_templates.present.figures.style import DEFAULT_CMAP, check_cmap
 THUMBNAIL_SIDE = 192  # pixels: shown at 96 CSS px in galleries (sharp on high-density screens) and larger when opened
 JPEG_QUALITY = 85
 OVERLAY_OPACITY = 0.65  # opacity of the colour at the map's top value
+OVERLAY_GRAY = 0.5  # the gray level of the chest under the colour bar's blend (mid-gray lung tissue)
+SCALE_NOTE = ("Each thumbnail's map is scaled on its own, from its 1st percentile (low) to its 99th (high), and blended "
+              "over the registered image, more opaque as the value rises (up to {opacity:.0%}): the colour bar shows that "
+              "scale over mid-gray. A thumbnail shows where its own map is high, not how high it is against another's.")
 
 
 def colour_table(cmap: str = DEFAULT_CMAP) -> np.ndarray:
@@ -35,13 +39,18 @@ def scaled(values: np.ndarray) -> np.ndarray:
     return np.clip((finite - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
+def blend(gray: np.ndarray, weight: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(..., 3) float RGB in [0, 1]: the colour of ``weight`` (scaled map values in [0, 1]) over ``gray``, opaque in
+    proportion to the weight (up to ``OVERLAY_OPACITY``); what a thumbnail shows, and what its colour bar shows."""
+    colour = table[np.round(np.asarray(weight) * 255).astype(np.uint8)].astype(np.float32) / 255.0
+    alpha = (OVERLAY_OPACITY * np.asarray(weight, np.float32))[..., None]
+    blended: np.ndarray = (1.0 - alpha) * np.asarray(gray, np.float32)[..., None] + alpha * colour
+    return blended
+
+
 def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, table: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     """(side', side'', 3) uint8 RGB: ``heatmap`` (H, W) over the gray ``image`` (H, W) in [0, 1], longest side ``side``."""
-    gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-    weight = scaled(heatmap)
-    colour = table[np.round(weight * 255).astype(np.uint8)].astype(np.float32) / 255.0
-    alpha = (OVERLAY_OPACITY * weight)[..., None]
-    blended: np.ndarray = (1.0 - alpha) * gray[..., None] + alpha * colour
+    blended = blend(np.clip(np.asarray(image, np.float32), 0.0, 1.0), scaled(heatmap), table)
     height, width = blended.shape[:2]
     factor = side / max(height, width)
     if factor != 1.0:
@@ -85,7 +94,12 @@ def enlarged_views(key: str, row: int, image: np.ndarray, heatmap: np.ndarray, t
     return views
 
 
-def gradient_css(table: np.ndarray, stops: int = 11) -> str:
-    """A CSS ``linear-gradient`` of a colour table (the enlarged view's colour bar), low values on the left."""
-    colours = [table[int(round(i * (len(table) - 1) / (stops - 1)))] for i in range(stops)]
+def gradient_css(table: np.ndarray, stops: int = 11, over: float | None = OVERLAY_GRAY) -> str:
+    """A CSS ``linear-gradient`` of a colour table, low values on the left: as the overlays show it over a chest of
+    gray level ``over`` (:func:`blend`: the colour more opaque as the value rises), or the bare colour map (None)."""
+    positions = np.linspace(0.0, 1.0, stops)
+    if over is None:
+        colours = [table[int(round(p * (len(table) - 1)))] for p in positions]
+    else:
+        colours = list(np.round(np.clip(blend(np.full(stops, over), positions, table), 0.0, 1.0) * 255).astype(np.uint8))
     return "linear-gradient(to right, " + ", ".join(f"rgb({r}, {g}, {b})" for r, g, b in colours) + ")"
