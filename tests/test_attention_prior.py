@@ -110,12 +110,15 @@ def test_the_mask_channel_follows_the_image_through_the_augmentation() -> None:
 
 
 def test_the_weight_is_chosen_on_the_validation_split() -> None:
-    from heatmap_templates.model.attention_prior import choose_weight
+    from heatmap_templates.model.attention_prior import choose_weight, validation_accuracy
 
-    numbers = {0.3: (1.00, 0.50), 1.0: (1.05, 0.30), 3.0: (1.50, 0.10)}  # (val loss, val outside share)
+    numbers = {0.3: (0.03, 0.50, 1.00), 1.0: (0.05, 0.30, 0.99), 3.0: (0.30, 0.10, 0.95)}  # val loss, outside share, accuracy
     weight, trained, table = choose_weight(lambda w: f"model {w}", lambda m: numbers[float(m.split()[1])])
-    assert weight == 1.0 and trained == "model 1.0"  # 3.0 lowers the share more but costs 50 % validation loss
+    assert weight == 1.0 and trained == "model 1.0"  # 3.0 lowers the share more but costs 5 points of accuracy
     assert [row["weight"] for row in table] == [0.3, 1.0, 3.0] and table[2]["val_outside_share"] == 0.10
+    assert table[1]["val_accuracy"] == 0.99
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert validation_accuracy(probabilities, np.eye(2)[[0, 1, 1, 1]], "softmax") == 0.75  # the third is wrong
 
 
 def test_streaming_training_keeps_working_with_the_prior(phantom: dict) -> None:

@@ -38,7 +38,7 @@ from heatmap_templates.data.datasets import Sample
 from heatmap_templates.data.disk_arrays import DiskArray
 from heatmap_templates.errors import HmtError
 from heatmap_templates.model.evaluation import predict_probabilities
-from heatmap_templates.model.heads import HEADS
+from heatmap_templates.model.heads import HEADS, predicted_classes
 from heatmap_templates.model.input_pipeline import MASK, image_pipeline
 from heatmap_templates.model.layers import output_layer, resolve_layer
 from heatmap_templates.model.model_file import ModelInfo
@@ -334,7 +334,7 @@ def outside_of(rows: np.ndarray | DiskArray) -> np.ndarray:
 # --------------------------------------------------------------------------- the training run's prior
 
 
-LOSS_TOLERANCE = 0.1  # a weight is acceptable while its validation loss is within this share of the grid's best
+ACCURACY_TOLERANCE = 0.02  # a weight is acceptable while its validation accuracy is within 2 points of the grid's best
 
 
 @dataclass
@@ -353,22 +353,36 @@ class PriorRun:
         return self.penalty is not None and bool(self.weight)
 
 
-def choose_weight(fit: Callable[[float], Any], judge: Callable[[Any], tuple[float, float]],
+def choose_weight(fit: Callable[[float], Any], judge: Callable[[Any], tuple[float, float, float]],
                   grid: Sequence[float] = WEIGHT_GRID) -> tuple[float, Any, list[dict]]:
     """Train with each weight of ``grid`` (``fit(weight) -> trained``) and keep the one whose validation outside-lungs
-    CAM share (``judge(trained) -> (val loss, val share)``) is lowest among those whose validation loss is within
-    :data:`LOSS_TOLERANCE` of the grid's best: the strongest prior the validation split says costs no accuracy.
-    Returns (weight, its trained result, every weight's numbers)."""
+    CAM share (``judge(trained) -> (val loss, val share, val accuracy)``) is lowest among those whose validation
+    accuracy is within :data:`ACCURACY_TOLERANCE` of the grid's best: the strongest prior the validation split says
+    costs at most 2 points of accuracy (the issue's budget). Accuracy, not loss: near-perfect models have validation
+    losses of a few hundredths, whose relative differences say nothing about what a prior costs. Returns (weight, its
+    trained result, every weight's numbers)."""
     results = []
     for weight in grid:
         trained = fit(weight)
-        val_loss, val_share = judge(trained)
-        results.append({"weight": weight, "val_loss": val_loss, "val_outside_share": val_share, "trained": trained})
-    best_loss = min(row["val_loss"] for row in results)
-    acceptable = [row for row in results if row["val_loss"] <= best_loss * (1 + LOSS_TOLERANCE) + 1e-12]
+        val_loss, val_share, val_accuracy = judge(trained)
+        results.append({"weight": weight, "val_loss": val_loss, "val_outside_share": val_share, "val_accuracy": val_accuracy,
+                        "trained": trained})
+    best = max(row["val_accuracy"] for row in results)
+    acceptable = [row for row in results if row["val_accuracy"] >= best - ACCURACY_TOLERANCE - 1e-12]
     chosen = min(acceptable, key=lambda row: (row["val_outside_share"], row["val_loss"]))
     table = [{key: value for key, value in row.items() if key != "trained"} for row in results]
     return chosen["weight"], chosen["trained"], table
+
+
+def validation_accuracy(probabilities: np.ndarray, targets: np.ndarray, head: str) -> float:
+    """Share of validation images (or, multi-label, of known findings) decided right."""
+    predicted = predicted_classes(probabilities, head)
+    targets = np.asarray(targets)
+    if predicted.ndim == 1:  # one class per image
+        truth = targets.argmax(axis=1) if targets.ndim == 2 and targets.shape[1] > 1 else (targets.reshape(len(targets), -1)[:, 0] >= 0.5)
+        return float((predicted == truth).mean())
+    known = targets >= 0
+    return float((predicted == (targets >= 0.5))[known].mean())
 
 
 def prior_record(prior: PriorRun) -> dict:
@@ -389,7 +403,7 @@ def fresh_copy(model, seed: int):
 
 def validation_judge(info: ModelInfo, loss: object, images: np.ndarray | DiskArray, targets: np.ndarray,
                      masks: MaskSource | None, samples: Sequence[Sample], *, batch_size: int, seed: int):
-    """``judge(trained) -> (validation loss, validation outside-lungs CAM share)`` for :func:`choose_weight`."""
+    """``judge(trained) -> (validation loss, outside-lungs CAM share, accuracy)`` for :func:`choose_weight`."""
     import keras
 
     if not len(images) or masks is None:
@@ -399,10 +413,11 @@ def validation_judge(info: ModelInfo, loss: object, images: np.ndarray | DiskArr
     inputs = np.concatenate([x for x, _ in image_pipeline(images, targets, info, batch_size).as_numpy_iterator()])
     loss_function = keras.losses.get(loss)
 
-    def judge(trained: tuple) -> tuple[float, float]:
+    def judge(trained: tuple) -> tuple[float, float, float]:
         model = trained[0]
         probabilities = predict_probabilities(model, info, images, batch_size=batch_size)
         val_loss = float(keras.ops.mean(loss_function(targets.astype(np.float32), probabilities.astype(np.float32))))
-        return val_loss, penalty_on(model, "cam", str(info.head), info.cam_layer, inputs, outside, batch_size=batch_size)
+        share = penalty_on(model, "cam", str(info.head), info.cam_layer, inputs, outside, batch_size=batch_size)
+        return val_loss, share, validation_accuracy(probabilities, targets, str(info.head))
 
     return judge
