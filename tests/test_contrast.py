@@ -127,6 +127,9 @@ def test_paired_differences_find_a_change_planted_in_a_second_store(shortcut_pha
     same = run_contrast(templates, "class:covid", heatmaps=shortcut_phantom["store"], other=shortcut_phantom["store"],
                         settings=ContrastSettings(permutations=50))
     assert not same.test.t.any() and same.clusters == []
+    store = Path(shortcut_phantom["store"])
+    assert result.name == f"class:covid ({store.name} - other.h5)"  # file names only: reports are shared
+    assert same.name == f"class:covid ({store.parent.name}/{store.name} - {store.parent.name}/{store.name})"  # alike: with folders
 
 
 @pytest.mark.parametrize(("groups", "message"), [

@@ -247,6 +247,14 @@ def run_contrast(templates: str | os.PathLike, group_a: str, group_b: str | None
     return result
 
 
+def _store_names(first: Path, second: Path) -> tuple[str, str]:
+    """Two stores as a shared report may show them: by file name, with its folder's name when the names are alike
+    (after/heatmaps.h5 - before/heatmaps.h5); never a whole path."""
+    if first.name != second.name:
+        return first.name, second.name
+    return f"{first.parent.name}/{first.name}", f"{second.parent.name}/{second.name}"
+
+
 def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, registrar, normalisation: str,
             grid: tuple[int, int], alignments: dict, settings: ContrastSettings, name: str | None,
             progress: Progress) -> ContrastResult:
@@ -275,7 +283,8 @@ def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, regist
                             correction=settings.correction, permutations=settings.permutations, seed=settings.seed,
                             margin=settings.min_difference,
                             progress=progress)
-    label = f"{a.spec.text} ({Path(reader.path).name} - {Path(other.path).name})"  # names only: reports are shared
+    first_name, second_name = _store_names(Path(reader.path), Path(other.path))
+    label = f"{a.spec.text} ({first_name} - {second_name})"
     return ContrastResult(name or label, a.spec.text, spec_b.text if spec_b else None, (a.class_name, other_class), True,
                           (a.n, a.n), (len(set(a.patients)),) * 2, settings, test,
                           name_zones(significant_clusters(test, settings.alpha), file.path), other=display_path(other.path))
