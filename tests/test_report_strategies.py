@@ -19,7 +19,7 @@ from heatmap_templates.analysis.scoring import TemplateScorer
 from heatmap_templates.analysis.strategies import StrategySettings
 from heatmap_templates.analysis.strategy_search import add_strategies
 from heatmap_templates.present.report import write_report
-from heatmap_templates.present.report.embedding import INSET, PLOT, embedding_svg
+from heatmap_templates.present.report.embedding import FAN_STEP, INSET, PLOT, embedding_svg
 from heatmap_templates.store import open_heatmaps
 from heatmap_templates.templates.templates_file import read_strategies, read_templates
 
@@ -139,10 +139,15 @@ def test_the_embedding_has_one_point_per_clustered_member_at_its_coordinates(spl
     assert sorted(position[int(use.get("data-r"))] for _, use in points) == list(np.flatnonzero(clustered))
     assert all(number == result.labels[position[int(use.get("data-r"))]] + 1 for number, use in points)
     drawn = np.asarray([[float(use.get("x")), float(use.get("y"))] for _, use in points])
+    expected = np.zeros_like(drawn)
     for axis, (low, high) in ((0, (PLOT[0] + INSET, PLOT[2] - INSET)), (1, (PLOT[3] - INSET, PLOT[1] + INSET))):
         values = stored[:, axis]  # their range onto the plot's (y up), drawn to 1 decimal
-        expected = low + (values - values.min()) / (values.max() - values.min()) * (high - low)
-        assert np.abs(expected - drawn[:, axis]).max() <= 0.05 + 1e-9
+        expected[:, axis] = low + (values - values.min()) / (values.max() - values.min()) * (high - low)
+    crowded = (np.hypot(*(expected[:, None, :] - expected[None, :, :]).transpose(2, 0, 1)) < 0.5).sum(axis=1) > 1
+    assert np.abs(expected[~crowded] - drawn[~crowded]).max(initial=0.0) <= 0.05 + 1e-9  # a point alone: at its place
+    if crowded.any():  # points at one place: fanned out around it, each distinct, none far
+        assert len({(x, y) for x, y in drawn[crowded]}) == int(crowded.sum())
+        assert np.hypot(*(expected[crowded] - drawn[crowded]).T).max() <= FAN_STEP * np.sqrt(crowded.sum()) + 1.0
     assert drawn[:, 0].min() >= PLOT[0] and drawn[:, 0].max() <= PLOT[2] and drawn[:, 1].min() >= PLOT[1] and drawn[:, 1].max() <= PLOT[3]
     colours = {g.get("data-s"): g.get("fill") for g in svg.iter("g") if g.get("data-s")}
     markers = {g.get("data-s"): {use.get("href") for use in g.iter("use")} for g in svg.iter("g") if g.get("data-s")}
@@ -152,6 +157,18 @@ def test_the_embedding_has_one_point_per_clustered_member_at_its_coordinates(spl
     spectrum = ET.fromstring(re.search(r'<svg class="spectrum".*?</svg>', split["text"], re.DOTALL).group(0))
     bars = [rect for rect in spectrum.iter("rect") if rect.find("title") is not None]
     assert len(bars) == len(result.eigenvalues) and f"K = {result.k} (eigengap)" in "".join(spectrum.itertext())
+
+
+def test_points_at_one_place_are_fanned_out_and_single_points_stay() -> None:
+    from heatmap_templates.present.report.embedding import fan_out
+
+    xs = np.array([50.0] * 30 + [100.0, 200.0])
+    ys = np.array([60.0] * 30 + [100.0, 150.0])
+    fanned_x, fanned_y = fan_out(xs, ys, (0.0, 0.0, 400.0, 300.0))
+    assert len({(round(x, 1), round(y, 1)) for x, y in zip(fanned_x[:30], fanned_y[:30], strict=True)}) == 30
+    distances = np.hypot(fanned_x[:30] - 50.0, fanned_y[:30] - 60.0)
+    assert distances[0] == 0.0 and distances.max() <= FAN_STEP * np.sqrt(29) + 1e-9
+    assert (fanned_x[30:] == xs[30:]).all() and (fanned_y[30:] == ys[30:]).all()
 
 
 def test_the_embedding_stays_small_and_the_report_light() -> None:

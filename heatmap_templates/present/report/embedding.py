@@ -54,6 +54,30 @@ def scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return low + (values - lowest) / (highest - lowest) * (high - low)
 
 
+FAN_STEP = 3.4  # px: coincident points fan out on a sunflower spiral, the i-th at FAN_STEP * sqrt(i) from their place
+GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
+
+
+def fan_out(xs: np.ndarray, ys: np.ndarray, box: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Points drawn at one place (within half a pixel) fanned out around it on a sunflower spiral (Vogel 1979), in
+    their order, inside ``box`` (left, top, right, bottom); single points stay. Members that the graph joins only to
+    each other share their spectral coordinates (an eigenvector is constant on a component), and stacked points could
+    not be hovered one by one."""
+    xs, ys = np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64)
+    places: dict[tuple[int, int], list[int]] = {}
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        places.setdefault((int(round(x * 2)), int(round(y * 2))), []).append(i)
+    for members in places.values():
+        if len(members) < 2:
+            continue
+        steps = np.arange(len(members))
+        radius, angle = FAN_STEP * np.sqrt(steps), steps * GOLDEN_ANGLE
+        centre_x, centre_y = xs[members[0]], ys[members[0]]
+        xs[members] = np.clip(centre_x + radius * np.cos(angle), box[0], box[2])
+        ys[members] = np.clip(centre_y + radius * np.sin(angle), box[1], box[3])
+    return xs, ys
+
+
 def _defs(prefix: str, k: int) -> str:
     """Each strategy's marker, named ``prefix`` + its number (ids unique in the page: one embedding per class)."""
     return "<defs>" + "".join(MARKERS[j % len(MARKERS)].format(f"{prefix}{j + 1}") for j in range(k)) + "</defs>"
@@ -78,6 +102,7 @@ def embedding_svg(name: str, class_index: int, points: Sequence[Sequence], k: in
     data = np.asarray([[p[1], p[2]] for p in points], dtype=np.float64).reshape(-1, 2)
     xs = scale(data[:, 0], PLOT[0] + INSET, PLOT[2] - INSET)
     ys = scale(data[:, 1], PLOT[3] - INSET, PLOT[1] + INSET)  # up is larger, as in the strategies figure
+    xs, ys = fan_out(xs, ys, (PLOT[0] + INSET, PLOT[1] + INSET, PLOT[2] - INSET, PLOT[3] - INSET))
     groups: list[list[str]] = [[] for _ in range(k)]
     for (row, _, _, label), x, y in zip(points, xs, ys, strict=True):
         reference = "" if row is None else f' data-r="{int(row)}"'
@@ -130,6 +155,6 @@ def embedding_block(name: str, class_index: int, points: Sequence[Sequence], k: 
     return (f'<figure class="embedding-figure"><div class="plots">{embedding_svg(name, class_index, points, k)}'
             f"{spectrum_svg(name, eigenvalues, k, chosen_by) if len(eigenvalues) else ''}</div>"
             f"<figcaption>Left: the {len(points)} clustered members of {escape(name)} at their spectral coordinates (colour and "
-            f"shape: strategy). Right: the smallest eigenvalues of the members' graph Laplacian; K = {k} {how}. Hover or "
+            f"shape: strategy; members at one place are fanned out around it). Right: the smallest eigenvalues of the members' graph Laplacian; K = {k} {how}. Hover or "
             "focus a point (Tab to the plot, then the arrow keys) for its image and numbers; click or Enter enlarges an "
             "image shown in a gallery, or goes to its row in the table.</figcaption></figure>")
