@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from heatmap_templates.analysis.contrast import ContrastSettings, run_contrast
+from heatmap_templates.analysis.contrast import ContrastSettings, run_contrast, treat_null
 from heatmap_templates.analysis.contrast_groups import FORMS
 from heatmap_templates.numeric.permutation import CORRECTIONS, DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, TAILS
 from heatmap_templates.templates.build import DEFAULT_OUT
@@ -68,7 +68,7 @@ def contrast_lines(record: dict) -> list[str]:
     kind = "paired (per-image differences, sign flips)" if record["paired"] else "Welch's t, labels shuffled"
     exact = "every relabelling" if record["exact"] else f"{record['permutations']} permutations"
     margin = settings.get("min_difference") or 0.0  # contrasts stored before the interval null lack it
-    null = f"H0: |difference| <= {margin:g} (TREAT)" if margin else "H0: no difference"
+    null = f"H0: {treat_null(settings['tail'], margin)} (TREAT)" if margin else "H0: no difference"
     lines = [f"{record['name']}: {record['group_a']} ({record['n_a']} maps, {record['patients_a']} patients, {record['classes'][0]} map)"
              + ("" if record["paired"] else f" vs {record['group_b']} ({record['n_b']} maps, {record['patients_b']} patients, "
                                              f"{record['classes'][1]} map)"),

@@ -196,3 +196,23 @@ def test_where_segmentation_declines_the_reference_lungs_are_moved_back(phantom:
     counts = source.summary()["mask_counts"]
     assert sum(by["reference"] for by in counts.values()) == 2
     assert sum(by["segmented"] for by in counts.values()) == 10
+
+
+def test_lungs_without_a_weight_trains_each_weight_and_delivers_the_chosen_one(phantom: dict) -> None:
+    """`lungs` alone: each weight of the grid is trained from the same start and judged on the validation split; the
+    model delivered is the chosen weight's (its validation accuracy is the one recorded for that weight)."""
+    from heatmap_templates.analysis.prior_masks import LungMasks
+    from heatmap_templates.model.attention_prior import WEIGHT_GRID
+    from heatmap_templates.model.training import train
+
+    result = train(phantom["dataset"], phantom["config"](attention_prior="lungs", epochs=2),
+                   masks=LungMasks(phantom["root"], phantom["lungs"]))
+    record = result.info.training["attention_prior"]
+    table = record["weight_choice"]
+    assert [row["weight"] for row in table] == list(WEIGHT_GRID) and record["weight"] in WEIGHT_GRID
+    chosen = next(row for row in table if row["weight"] == record["weight"])
+    best = max(row["val_accuracy"] for row in table)
+    assert chosen["val_accuracy"] >= best - 0.02
+    assert all(chosen["val_outside_share"] <= row["val_outside_share"] for row in table if row["val_accuracy"] >= best - 0.02)
+    assert result.val_report is not None and result.val_report["accuracy"] == pytest.approx(chosen["val_accuracy"])
+    assert len({row["val_outside_share"] for row in table}) == len(table)  # three models, not one trained on

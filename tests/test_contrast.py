@@ -175,7 +175,7 @@ def test_a_minimum_difference_narrows_significance_to_a_subset_and_is_recorded(s
     assert code == 0, err
     code, out, err = run_hmt(common + ["--name", "beyond", "--min-difference", "0.2"], capsys, monkeypatch)
     assert code == 0, err
-    assert "H0: |difference| <= 0.2 (TREAT)" in out
+    assert "H0: difference <= 0.2 (TREAT)" in out  # one-sided: greater
     stored = read_contrasts(templates)
     plain, beyond = stored["plain"], stored["beyond"]
     assert beyond["settings"]["min_difference"] == 0.2 and plain["settings"]["min_difference"] == 0.0

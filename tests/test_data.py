@@ -396,3 +396,19 @@ def test_cli_check_missing_dataset_exits_2_with_one_line(tmp_path: Path) -> None
     result = _hmt("check", str(tmp_path / "missing"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"hmt: error: {tmp_path / 'missing'}: data set path does not exist"]
+
+
+def test_image_size_reads_the_header_as_decoding_turns_it(tmp_path) -> None:
+    """A JPEG whose EXIF orientation turns it (6: 90 degrees) has the decoded image's sides, not the header's."""
+    import numpy as np
+    from PIL import Image
+
+    from heatmap_templates.data.decode import decode_image, image_size
+
+    picture = Image.fromarray((np.arange(40 * 60).reshape(40, 60) % 251).astype("uint8"))
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    picture.save(tmp_path / "turned.jpg", exif=exif)
+    picture.save(tmp_path / "plain.png")
+    assert image_size(tmp_path / "turned.jpg") == decode_image(tmp_path / "turned.jpg").pixels.shape[:2] == (60, 40)
+    assert image_size(tmp_path / "plain.png") == (40, 60)

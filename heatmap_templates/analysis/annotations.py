@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from heatmap_templates.data.decode import image_size
 from heatmap_templates.errors import BadFileError, HmtError, display_path
 from heatmap_templates.numeric.metrics import localisation_scores
 
@@ -44,19 +45,6 @@ class Annotations:
 
     def __len__(self) -> int:
         return len(self.masks)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header where possible."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except Exception:
-        from heatmap_templates.data.decode import decode_image
-
-        return tuple(decode_image(path).pixels.shape)
 
 
 def read_annotations(source: str | os.PathLike, images: Sequence[tuple[str, str, Path]], size: tuple[int, int]) -> Annotations:
@@ -109,7 +97,7 @@ def _read_box_csv(path: Path, images: Sequence[tuple[str, str, Path]], size: tup
                 if width <= 0 or height <= 0:
                     raise BadFileError(path, f"line {number}: a box needs a positive width and height")
                 if key not in sizes:
-                    sizes[key] = _image_size(image)
+                    sizes[key] = image_size(image)
                 original_height, original_width = sizes[key]
                 scale_x, scale_y = size[1] / original_width, size[0] / original_height
                 mask = masks.setdefault(key, {}).setdefault(row["label"].strip(), np.zeros(size, bool))

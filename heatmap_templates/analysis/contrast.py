@@ -103,6 +103,11 @@ class ContrastResult:
                 "clusters": self.clusters, "null_check": self.null_check, "notes": list(self.notes)}
 
 
+def treat_null(tail: str, margin: float) -> str:
+    """The interval null a margin tests, in words, for ``tail``."""
+    return {"greater": f"difference <= {margin:g}", "less": f"difference >= -{margin:g}"}.get(tail, f"|difference| <= {margin:g}")
+
+
 def significant_clusters(result: PermutationResult, alpha: float) -> list[dict]:
     """4-connected clusters of significant pixels of one sign: peak (row, column at the contrast grid and as shares of
     the frame), extent as % of the frame, mean Cohen's d, smallest p; largest first."""
@@ -252,7 +257,7 @@ def _store_names(first: Path, second: Path) -> tuple[str, str]:
     (after/heatmaps.h5 - before/heatmaps.h5); never a whole path."""
     if first.name != second.name:
         return first.name, second.name
-    return f"{first.parent.name}/{first.name}", f"{second.parent.name}/{second.name}"
+    return f"{first.absolute().parent.name}/{first.name}", f"{second.absolute().parent.name}/{second.name}"
 
 
 def _paired(file, reader, other, a: Group, spec_b, context: GroupContext, registrar, normalisation: str,

@@ -28,6 +28,7 @@ import numpy as np
 
 from heatmap_templates.analysis.faithfulness import DEFAULT_REMOVAL, REMOVALS
 from heatmap_templates.data.datasets import Sample
+from heatmap_templates.data.decode import image_size
 from heatmap_templates.errors import BadFileError, HmtError, display_path
 from heatmap_templates.templates.geometry import RegistrationError
 from heatmap_templates.templates.lungs import segment_lungs
@@ -115,23 +116,9 @@ class LungMasks:
         mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise BadFileError(path, "cannot read the mask (not an image OpenCV reads)")
-        height, width = _image_size(Path(sample.path))
+        height, width = image_size(Path(sample.path))
         if mask.shape != (height, width):
             raise BadFileError(path, f"the mask is {mask.shape[1]}x{mask.shape[0]} px but its image {relative.as_posix()} "
                                      f"is {width}x{height} px")
         resized = cv2.resize((mask > 0).astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
         return resized >= 0.5
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header where possible."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except Exception:
-        from heatmap_templates.data.decode import decode_image
-
-        height, width = decode_image(path).pixels.shape[:2]
-        return int(height), int(width)

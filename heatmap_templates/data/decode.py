@@ -467,3 +467,18 @@ def _dicom_pixel_spacing(dataset) -> tuple[float, float] | None:
             if row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col):
                 return row, col
     return None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as :func:`decode_image` gives it: from the header where PIL reads one, sides
+    swapped for a JPEG whose EXIF orientation (5-8) turns it, else by decoding."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            height, width = image.height, image.width
+            turned = image.format == "JPEG" and image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            return (width, height) if turned else (height, width)
+    except Exception:
+        height, width = decode_image(path).pixels.shape[:2]
+        return int(height), int(width)

@@ -5,10 +5,13 @@ lungs do in a data set, and the templates show it. Training with ``attention_pri
 objective's loss, ``WEIGHT`` times a penalty (registry :data:`ATTENTION_PRIORS`) on the explanations of *every*
 class (not only the true one, so the choice never depends on the label) outside the image's mask:
 
-- ``cam``: the share of each class's Grad-CAM mass at the CAM layer (``relu(sum_k mean(dS_c/dA_k) A_k)``, ``S_c``
-  the class logit, as ``hmt heatmaps`` computes it) that lies outside the mask, averaged over images and classes: the
-  very number the templates and ``lung_field_energy`` read, in [0, 1], and scale-free, so a model cannot lower it by
-  shrinking its maps. Its second derivatives run only through the head, so a step costs little more than a plain one.
+- ``cam``: the share of each class's *absolute* Grad-CAM mass at the CAM layer (``|sum_k mean(dS_c/dA_k) A_k|``,
+  ``S_c`` the class logit) that lies outside the mask, averaged over images and classes, in [0, 1] and scale-free, so a
+  model cannot lower it by shrinking its maps. Absolute, not the positive part that ``hmt heatmaps`` and
+  ``lung_field_energy`` read (``relu``): with the positive part a model escaped the penalty by turning its maps
+  negative (94 % of maps all-negative in a trial), while the absolute mass counts evidence against a class outside
+  the lungs too; the instruments that verify it (templates, Score-CAM, deletion) read the usual maps. Its second
+  derivatives run only through the head, so a step costs little more than a plain one.
 - ``rrr``: Right for the Right Reasons, the squared input gradient of the summed log-probabilities outside the mask
   (per image, summed over pixels); its second derivatives run through the whole network (about three times a plain
   step) and its scale depends on the input's.
@@ -97,7 +100,7 @@ def parse_attention_prior(text: str) -> PriorSetting:
 
 
 def outside_share(cams, outside):
-    """Share of each class's positive map mass outside the mask: cams (N, K, h, w) >= 0, outside (N, h, w) in [0, 1]
+    """Share of each class's map mass outside the mask: cams (N, K, h, w) >= 0 (absolute CAMs), outside (N, h, w) in [0, 1]
     (the part of each cell outside the mask) -> (N, K); 0 for a map without mass."""
     import tensorflow as tf
 
@@ -185,7 +188,7 @@ def _logit_recorder(layer, into: list) -> Callable[[Callable], Callable]:
 
 
 def cam_energy_penalty(tap: ModelTap, images, outside, training: bool = True):
-    """Outside-mask share of every class's Grad-CAM mass at the CAM layer, averaged: (outputs, penalty).
+    """Outside-mask share of every class's absolute Grad-CAM mass at the CAM layer, averaged: (outputs, penalty).
 
     Reference: P. Schramowski et al. 2020, "Making deep neural networks right for the right scientific reasons by
     interacting with their explanations", https://arxiv.org/abs/2001.05371 (RRR on Grad-CAM); Grad-CAM: Selvaraju et

@@ -381,7 +381,9 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *, progress: Prog
 def _cache_folder(dataset: Dataset, size: tuple[int, int], config: TrainConfig) -> Iterator[Path | None]:
     """A temporary folder for decoded images when the data set's images at input size exceed the memory budget
     (removed afterwards), else None: training then holds them in memory."""
-    needed = len(dataset.samples) * size[0] * size[1]  # uint8 gray, what training keeps per image
+    # uint8 gray, what training keeps per image, and with the attention prior its rows' mask and removed copy too
+    channels = 1 + (config.uses_masks + (config.outside_lungs_augment > 0) if config.uses_masks else 0)
+    needed = len(dataset.samples) * size[0] * size[1] * channels
     if needed <= config.memory_budget_gb * 2**30:
         yield None
         return

@@ -373,4 +373,6 @@ def observed_t(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     if b is None:
         return _one_sample(a.sum(axis=0), (a * a).sum(axis=0), len(a))
     b = np.asarray(b, np.float64)
+    shift = np.concatenate([a, b]).mean(axis=0)  # Welch's t ignores a common shift; centred, no precision is lost
+    a, b = a - shift, b - shift
     return _welch(a.sum(axis=0), (a * a).sum(axis=0), np.float64(len(a)), b.sum(axis=0), (b * b).sum(axis=0), np.float64(len(b)))

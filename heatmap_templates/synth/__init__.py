@@ -31,7 +31,6 @@ from heatmap_templates.synth.dataset import (
     synthesize_multi_label,
 )
 from heatmap_templates.synth.ground_truth import (
-    GROUND_TRUTH_CHECK,
     LesionTruth,
     ground_truth_check,
     ground_truth_localisation,
@@ -56,6 +55,9 @@ from heatmap_templates.synth.render import (
     render_phantom,
 )
 from heatmap_templates.synth.shortcuts import DEFAULT_SHORTCUT_STYLE, SHORTCUTS, carries_shortcut
+from heatmap_templates.templates.templates_file import (
+    GROUND_TRUTH_CHECK,  # the check ground_truth_check's record is stored as
+)
 
 __all__ = [
     "DEFAULT_N_PER_CLASS", "DEFAULT_PREVALENCE", "DEFAULT_SIZE", "MULTI_LABEL_FOLDER", "DEFAULT_PREVIEW_EXAMPLES", "DEFAULT_POSE_SPREAD", "MAX_SIZE", "MIN_SIZE", "canonical_lung_mask", "CANONICAL_CHEST_FILE", "CANONICAL_LUNGS_FILE", "GROUND_TRUTH_DIR",

@@ -117,7 +117,6 @@ def ground_truth_localisation(templates_path: str | os.PathLike, data_dir: str |
     return results
 
 
-GROUND_TRUTH_CHECK = "ground_truth"  # the name of the stored check (templates file /checks/<name>) the demo writes
 
 
 def ground_truth_check(templates_path: str | os.PathLike, data_dir: str | os.PathLike, *,

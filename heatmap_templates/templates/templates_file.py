@@ -404,6 +404,7 @@ def _stamped(group: h5py.Group, path: Path, what: str) -> dict:
 # --------------------------------------------------------------------------- checks (schema 5)
 
 CHECKS_GROUP = "checks"
+GROUND_TRUTH_CHECK = "ground_truth"  # the stored check of a phantom's templates against its planted lesions (the demo writes it)
 
 
 def save_check(path: str | Path, name: str, result: Mapping[str, Any], *, command: str = "",

@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from heatmap_templates.analysis.contrast import treat_null
 from heatmap_templates.present.figures.strategies import strategy_colour
 from heatmap_templates.present.figures.style import COLUMN_WIDTHS
 
@@ -112,7 +113,7 @@ def contrast_figure(record: dict, reference: np.ndarray | None, width: str) -> F
                          bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white", "linewidth": 0.5})
     groups = record["group_a"] + (f" vs {record['group_b']}" if record.get("group_b") and not record.get("paired") else "")
     margin = record["settings"].get("min_difference") or 0.0
-    beyond = f", |diff| > {margin:g}" if margin else ""
+    beyond = f", H0: {treat_null(record['settings']['tail'], margin)}" if margin else ""
     axes[0].set_title(f"{textwrap.fill(groups, 48)}\n{record['settings']['correction']}{beyond}, p < {alpha:g}: {len(record.get('clusters', []))} cluster(s)",
                       fontsize=7)
     axes[1].set_title(f"n = {record['n_a']}" + ("" if record.get("paired") else f" vs {record['n_b']}"), fontsize=7)

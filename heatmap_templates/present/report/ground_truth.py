@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from heatmap_templates.present.report.html import Source, figure, interval, table
+from heatmap_templates.present.report.html import Source, figure, interval, slug, table
+from heatmap_templates.templates.templates_file import GROUND_TRUTH_CHECK
 
-GROUND_TRUTH_CHECK = "ground_truth"  # the check's name in the templates file (synth.GROUND_TRUTH_CHECK writes it)
 CAPTION = "Each template (left, over the reference chest) beside its class's planted lesion probability (right), in the same frame"
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
 def ground_truth_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str, str]) -> str:
@@ -29,8 +25,8 @@ def ground_truth_html(checks: Mapping[str, dict], source: Source, figures: Mappi
     for name, entry in classes.items():
         rows.append([name, entry.get("members"), entry.get("auc_frame"), interval(entry.get("auc_frame"), entry.get("auc_frame_ci")),
                      entry.get("auc_lungs"), interval(entry.get("auc_lungs"), entry.get("auc_lungs_ci"))])
-        keys.append([None, None, f"ground-truth-{_slug(name)}-auc-frame", f"ground-truth-{_slug(name)}-auc-frame-ci",
-                     f"ground-truth-{_slug(name)}-auc-lungs", f"ground-truth-{_slug(name)}-auc-lungs-ci"])
+        keys.append([None, None, f"ground-truth-{slug(name)}-auc-frame", f"ground-truth-{slug(name)}-auc-frame-ci",
+                     f"ground-truth-{slug(name)}-auc-lungs", f"ground-truth-{slug(name)}-auc-lungs-ci"])
     replicates = max((int(entry.get("replicates") or 0) for entry in classes.values()), default=0)
     parts = ["<h3 id=\"ground-truth\">Ground truth: templates against the planted lesions</h3>",
              "<p>The phantom's lesions are known. Each template is scored as a pixel classifier of its class's planted "

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path
 
+from heatmap_templates.analysis.contrast import treat_null
 from heatmap_templates.analysis.sanity import flagged_of
 from heatmap_templates.analysis.scoring import DEFAULT_ATYPICAL_PERCENTILE
 from heatmap_templates.present.report.assets import SCRIPT, STYLE
@@ -200,7 +201,7 @@ def gallery(items: Sequence[GalleryItem], rows: Sequence[ImageRow], source: Sour
 def class_section(section: ClassSection, rows: Sequence[ImageRow], source: Source, figures: Mapping[str, str],
                   enlarged: Mapping[str, bytes], scale: str = "") -> str:
     """A class's numbers, strategies and galleries; ``scale``: the galleries' scaling note with its colour bar."""
-    anchor = f"class-{_slug(section.name)}"
+    anchor = f"class-{slug(section.name)}"
     parts = [f"<section id=\"{anchor}\"><h2>Class {escape(section.name)}</h2>"]
     if section.members:
         low, high = section.loo_range or (None, None)
@@ -246,18 +247,18 @@ def gallery_title(kind: str, section: ClassSection) -> str:
 def strategies_html(section: ClassSection, source: Source, figures: Mapping[str, str]) -> str:
     """A class's strategies: a sentence naming each strategy's size and consistency and how K was chosen, the
     stability, and for K >= 2 the table, the interactive spectral embedding with its eigenvalues, and the figure."""
-    s, slug = section.strategies or {}, _slug(section.name)
+    s, key = section.strategies or {}, slug(section.name)
     how = "given" if s["chosen_by"] == "given" else "chosen by the eigengap of the members' graph Laplacian"
     if s["k"] < 2:
         return f"<h3>Strategies</h3><p>The members of {escape(section.name)} form one strategy (K = 1, {how}).</p>"
     ari, spread = (s.get("stability") or {}).get("mean_ari"), (s.get("stability") or {}).get("ari_ci")
     clusters = ", ".join(f"{i + 1} ({c['size']} members, consistency {number(c['consistency'], 2)})" for i, c in enumerate(s["clusters"]))
-    parts = [f"<h3>Strategies</h3><p><span data-key=\"strategy-{slug}-sentence\">{escape(section.name)} has {s['k']} strategies: "
+    parts = [f"<h3>Strategies</h3><p><span data-key=\"strategy-{key}-sentence\">{escape(section.name)} has {s['k']} strategies: "
              f"{escape(clusters)}; K {how}.</span> Stability: mean adjusted Rand index over bootstrap resamples {number(ari)}"
-             f"{ci_span(spread, f'strategy-{slug}-ari-ci', 2)}"
+             f"{ci_span(spread, f'strategy-{key}-ari-ci', 2)}"
              f"{' (in brackets the 2.5th to 97.5th percentiles of the resamples)' if spread else ''}.</p>",
              table(["strategy", "members", "consistency"], [[i + 1, c["size"], c["consistency"]] for i, c in enumerate(s["clusters"])],
-                   keys=[[None, f"strategy-{slug}-{i + 1}-size", None] for i in range(len(s["clusters"]))])]
+                   keys=[[None, f"strategy-{key}-{i + 1}-size", None] for i in range(len(s["clusters"]))])]
     if section.embedding:
         parts.append(embedding_block(section.name, s["class_index"], section.embedding, s["k"], s.get("eigenvalues") or [],
                                      s["chosen_by"]))
@@ -267,7 +268,8 @@ def strategies_html(section: ClassSection, source: Source, figures: Mapping[str,
     return "".join(parts)
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """``name`` as an HTML id fragment: letters and digits kept, the rest '-'."""
     return "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
@@ -291,7 +293,7 @@ def checks_html(checks: Mapping[str, dict], source: Source, figures: Mapping[str
                      f" Flagged (|Spearman| &ge; {sanity['flag_spearman']:g} to the end): "
                      f"<strong>{escape(', '.join(flagged_of(sanity)) or 'none')}</strong>.</p>")
         rows = [[name, *[entry.get("spearman") for entry in entries]] for name, entries in sanity["similarity"].items()]
-        parts.append(table(["class", *steps], rows, keys=[[None] + [f"sanity-{_slug(name)}-{i}" for i in range(len(steps))]
+        parts.append(table(["class", *steps], rows, keys=[[None] + [f"sanity-{slug(name)}-{i}" for i in range(len(steps))]
                                                           for name in sanity["similarity"]]))
         if "sanity" in figures:
             parts.append(figure(source, figures["sanity"], "Template similarity as the model is randomised"))
@@ -398,7 +400,7 @@ def zones_html(zones: Mapping, source: Source, figures: Mapping[str, str]) -> st
     for zone in names:
         rows.append([zone.replace("_", " "), zones["atlas"]["areas"][zone],
                      *[interval(entry["zones"][zone]["enrichment"], entry["zones"][zone]["enrichment_ci"], 2) for entry in columns.values()]])
-        keys.append([None, f"zones-area-{zone}", *[f"zones-{_slug(name)}-{zone}" for name in columns]])
+        keys.append([None, f"zones-area-{zone}", *[f"zones-{slug(name)}-{zone}" for name in columns]])
     parts = ["<h3>Zones</h3>",
              f"<p>Each zone's enrichment: its share of the map's positive energy over its share of the frame (1: what a "
              f"uniform map puts there), with a 95 % interval ({escape(zones['atlas']['source'])} atlas; the patient's right "
@@ -425,7 +427,8 @@ def contrasts_html(contrasts: Mapping[str, dict], source: Source, figures: Mappi
                      f"({record['patients_a']} and {record['patients_b']} patients), {escape(settings['tail'])}, "
                      f"{escape(settings['correction'])}, {record['permutations']} permutations"
                      f"{' (every relabelling)' if record.get('exact') else ''}"
-                     + (f", significant only beyond a difference of {settings['min_difference']:g} (TREAT)"
+                     + (f", significant only beyond a difference of {settings['min_difference']:g} (TREAT, H0: "
+                        f"{escape(treat_null(settings['tail'], settings['min_difference']))})"
                         if settings.get("min_difference") else "") + f", alpha {settings['alpha']:g}: "
                      f"<span data-key=\"contrast-{escape(key)}-clusters\">{len(record['clusters'])}</span> significant cluster(s).</p>")
         if record["clusters"]:
@@ -511,7 +514,7 @@ def page(*, title: str, overview: str, templates: str, classes: Sequence[str], c
     """The whole page (``colour_scale``: the CSS gradient of the thumbnails' colour map)."""
     nav = "".join([
         "<a href=\"#overview\">overview</a>", "<a href=\"#templates\">templates</a>",
-        *[f"<a href=\"#class-{_slug(name)}\">{escape(name)}</a>" for name in classes],
+        *[f"<a href=\"#class-{slug(name)}\">{escape(name)}</a>" for name in classes],
         "<a href=\"#checks\">checks</a>", "<a href=\"#images\">every image</a>", "<a href=\"#glossary\">glossary</a>",
     ])
     skip = "<p class=\"skip note\"><a href=\"#images\">Skip the galleries: go to the table of every image</a></p>"
