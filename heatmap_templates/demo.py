@@ -234,6 +234,7 @@ def _extract_held_in(dataset: Dataset, split: dict[str, list[str]], model_path: 
     held_in = set(split.get("train", [])) | set(split.get("val", []))
     manifest = _write_manifest(dataset, held_in, out_dir / "templates_manifest.csv")
     heatmaps_path = out_dir / "heatmaps.h5"
+    heatmaps_path.unlink(missing_ok=True)  # a fresh demo run trains a new model: an earlier run's maps are not its maps
     extraction = extract_heatmaps(model_path, manifest, heatmaps_path, batch_size=settings.batch_size, progress=progress)
     return heatmaps_path, extraction
 

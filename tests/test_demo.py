@@ -13,6 +13,8 @@ import pytest
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reports_where_things_are(tmp_path: Path) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "heatmaps.h5").write_bytes(b"an earlier run's store")  # a rerun replaces what it remade
     done = subprocess.run(
         [sys.executable, "-c", "from hmt_cli.main import run; run()", "demo", "--out", str(tmp_path / "demo"),
          "--n-per-class", "12", "--size", "64", "--epochs", "2", "--json"],
