@@ -179,7 +179,7 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def train_level(row: Row, folder: Path, args: argparse.Namespace, *, attention_prior: str | None = None,
-                method: str | None = None) -> Trained:
+                outside_lungs_augment: float = 0.0, method: str | None = None) -> Trained:
     """Phantoms with the marker on ``row.percent`` % of covid, the `small` model (with ``attention_prior``: trained
     against explanations outside each image's segmented lungs), its heatmaps (CAM ``method``) and templates."""
     started = time.perf_counter()
@@ -189,7 +189,7 @@ def train_level(row: Row, folder: Path, args: argparse.Namespace, *, attention_p
                        shortcuts=shortcuts, shortcut_style=args.style, shortcut_lesions=row.lesions)
     dataset = load_dataset(data)
     config = TrainConfig(backbone="small", input_size=args.size, batch_size=args.batch_size, epochs=args.epochs,
-                         seed=args.seed, attention_prior=attention_prior)
+                         seed=args.seed, attention_prior=attention_prior, outside_lungs_augment=outside_lungs_augment)
     result = train(dataset, config, masks=LungMasks(data) if config.uses_masks else None)
     model_path = save_model(result.model, result.info, folder / "model.keras")
     store, templates = folder / "heatmaps.h5", folder / "templates.h5"

@@ -21,7 +21,7 @@ declines). For each model, with hmt's own instruments:
    with the marker and the very same images without it (bench_contamination's detector 5).
 
     .venv/bin/python benchmarks/bench_mitigation.py [--size 96 --n-per-class 120 --epochs 20 --percent 50]
-        [--attention-prior lungs] [--work DIR] [--out mitigation.json]
+        [--attention-prior lungs] [--outside-lungs-augment 0.5] [--work DIR] [--out mitigation.json]
 
 Smoke test: ``--size 48 --n-per-class 16 --epochs 2 --test-per-class 10 --fresh 10 --deletion-n 4 --attention-prior lungs:1``.
 """
@@ -113,7 +113,8 @@ def run_model(name: str, prior: str | None, work: Path, args: argparse.Namespace
     folder = work / name
     folder.mkdir(parents=True, exist_ok=False)
     started = time.perf_counter()
-    trained = train_level(Row(args.percent, 1.0), folder, args, attention_prior=prior)
+    trained = train_level(Row(args.percent, 1.0), folder, args, attention_prior=prior,
+                          outside_lungs_augment=args.outside_lungs_augment if prior else 0.0)
     raw_side = next(open_heatmaps(trained.store).iter_raw(1)).shape[-1]
     cell = max(1, int(trained.info.input_size[0]) // raw_side)
     record: dict = {"attention_prior": prior, "training": {k: trained.info.training.get(k) for k in ("attention_prior", "seconds")},
@@ -157,6 +158,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--percent", type=int, default=50, help="share of covid images tagged (%)")
     parser.add_argument("--attention-prior", default="lungs", help="lungs (weight chosen on validation) or lungs:WEIGHT")
+    parser.add_argument("--outside-lungs-augment", type=float, default=0.0,
+                        help="with the prior, also remove the pixels outside the lungs of a training image with this probability")
     parser.add_argument("--style", default=DEFAULT_SHORTCUT_STYLE)
     parser.add_argument("--marker-dilation", type=int, default=1)
     parser.add_argument("--test-per-class", type=int, default=100, help="fresh test phantoms per class")
