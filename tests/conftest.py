@@ -126,3 +126,20 @@ def zone_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
     synthesize_dataset(root / "data", n_per_class=40, size=96, seed=2, classes=("covid", "normal", "virus"), workers=1,
                        probability_samples=16)
     return _train_and_template(root, load_dataset(root / "data"), size=96, classes=["covid", "virus"])
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """Headless Chromium driven over its DevTools pipe (tests/browser.py): real mouse and key events; one per test
+    module that asks for it."""
+    from browser import Browser, BrowserError, find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        missing("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
+    try:
+        driver = Browser(executable, tmp_path_factory.mktemp("chromium-profile"))
+    except (BrowserError, OSError) as error:
+        missing(f"Chromium's DevTools pipe does not work here: {error}")
+    yield driver
+    driver.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import Browser, BrowserError, find_chromium
+from browser import Browser, find_chromium
 from cli_helpers import assert_user_error, run_hmt
 from prerequisites import missing
 
@@ -289,13 +289,9 @@ def test_the_enlarged_view_is_never_an_upsampled_thumbnail() -> None:
         assert ("3-1-large" in sizes) == (side > THUMBNAIL_SIDE) and sizes.get("3-1-large", (side, side)) == (side, side)
 
 
-def _browser() -> str | None:
-    return next((found for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (found := shutil.which(name))), None)
-
-
 def test_the_report_runs_in_a_real_browser(report: dict, tmp_path: Path) -> None:
     """Headless Chromium opens the report from disk: the script marks the page ready and fills the table."""
-    browser = _browser()
+    browser = find_chromium()
     if browser is None:
         missing("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
     flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
@@ -378,20 +374,6 @@ def test_a_shared_report_shows_no_path_of_the_machine_that_made_it(report: dict,
     code, _, err = run_hmt(["report", report["templates"], "--heatmaps", report["store"], "--out", tmp_path / "x", "--salt", salt],
                            capsys, monkeypatch)
     assert_user_error(code, err, "--salt", "--pseudonymise")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
-    """Headless Chromium driven over its DevTools pipe (tests/browser.py): real mouse and key events."""
-    executable = find_chromium()
-    if executable is None:
-        missing("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
-    try:
-        driver = Browser(executable, tmp_path_factory.mktemp("chromium-profile"))
-    except (BrowserError, OSError) as error:
-        missing(f"Chromium's DevTools pipe does not work here: {error}")
-    yield driver
-    driver.close()
 
 
 def _open(browser: Browser, report: dict, width: int = 1280, height: int = 900) -> None:

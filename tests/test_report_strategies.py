@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import Browser, BrowserError, find_chromium
-from prerequisites import missing
+from browser import Browser
 from test_report import parse
 
 from heatmap_templates.analysis.scoring import TemplateScorer
@@ -186,20 +185,6 @@ def test_the_report_page_stays_under_two_megabytes(split: dict) -> None:
 
 
 # --------------------------------------------------------------------------- in a real browser
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
-    """Headless Chromium driven over its DevTools pipe (tests/browser.py): real mouse and key events."""
-    executable = find_chromium()
-    if executable is None:
-        missing("no Chromium here: `.ci/run` installs Debian's chromium package; install it to run this test")
-    try:
-        driver = Browser(executable, tmp_path_factory.mktemp("chromium-profile"))
-    except (BrowserError, OSError) as error:
-        missing(f"Chromium's DevTools pipe does not work here: {error}")
-    yield driver
-    driver.close()
 
 
 # The first point (in a gallery or not) that no other point covers, scrolled into view: the one a mouse reaches.

@@ -38,7 +38,7 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.explain.cam_methods import DEFAULT_METHOD, METHODS, Inputs, MaskedScores
 from heatmap_templates.explain.scores import DEFAULT_SCORE, SCORES
 from heatmap_templates.model.heads import DEFAULT_THRESHOLD, HEADS, check_threshold, detect_head, reads_logits
-from heatmap_templates.model.layers import default_cam_layer, output_layer, output_rank, resolve_layer
+from heatmap_templates.model.layers import default_cam_layer, output_layer, output_rank, resolve_layer, wrapped_call
 
 PREDICTED = "predicted"
 
@@ -53,21 +53,6 @@ class CamResult:
     raw: np.ndarray  # (N, h, w) float32; (N, K, h, w) from all_classes
     upsampled: np.ndarray  # (N, H, W) float32; (N, K, H, W) from all_classes
     targets: np.ndarray  # (N,) int32
-
-
-@contextmanager
-def _wrapped_call(layer: keras.layers.Layer, wrapper_factory: Callable[[Callable], Callable]) -> Iterator[None]:
-    """Temporarily replace ``layer.call`` by ``wrapper_factory(original_call)``; always restore it."""
-    had_instance_call = "call" in layer.__dict__
-    original = layer.call
-    layer.call = wrapper_factory(original)
-    try:
-        yield
-    finally:
-        if had_instance_call:
-            layer.call = original
-        else:
-            del layer.call
 
 
 @contextmanager
@@ -271,9 +256,9 @@ class CamEngine:
 
             return call
 
-        with _wrapped_call(self._layer, capture_activations):
+        with wrapped_call(self._layer, capture_activations):
             if self._captures_logits:
-                with _wrapped_call(self._output_layer, capture_logits):
+                with wrapped_call(self._output_layer, capture_logits):
                     yield
             else:
                 yield

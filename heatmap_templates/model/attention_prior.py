@@ -29,8 +29,8 @@ Machine Intelligence 2020, https://arxiv.org/abs/2001.05371 (RRR on Grad-CAM).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +43,7 @@ from heatmap_templates.errors import HmtError
 from heatmap_templates.model.evaluation import predict_probabilities
 from heatmap_templates.model.heads import HEADS, predicted_classes
 from heatmap_templates.model.input_pipeline import MASK, image_pipeline
-from heatmap_templates.model.layers import output_layer, resolve_layer
+from heatmap_templates.model.layers import output_layer, resolve_layer, wrapped_call
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.registry import Registry
 
@@ -132,26 +132,12 @@ class ModelTap:
         """(activations A, logits (N, units), outputs (N, units)) of one forward pass; ``tape`` watches A."""
         record: dict[str, list] = {"activations": [], "logits": []}
         with ExitStack() as stack:
-            stack.enter_context(_wrapped(self.layer, _recorder(record["activations"], tape)))
-            stack.enter_context(_wrapped(self.output, _logit_recorder(self.output, record["logits"])))
+            stack.enter_context(wrapped_call(self.layer, _recorder(record["activations"], tape)))
+            stack.enter_context(wrapped_call(self.output, _logit_recorder(self.output, record["logits"])))
             outputs = self.model(images, training=training)
         if len(record["activations"]) != 1:
             raise HmtError("the CAM layer must run once per forward pass for the attention prior")
         return record["activations"][0], record["logits"][0], outputs
-
-
-@contextmanager
-def _wrapped(layer, factory: Callable[[Callable], Callable]) -> Iterator[None]:
-    had_own = "call" in layer.__dict__
-    original = layer.call
-    layer.call = factory(original)
-    try:
-        yield
-    finally:
-        if had_own:
-            layer.call = original
-        else:
-            del layer.call
 
 
 def _recorder(into: list, tape) -> Callable[[Callable], Callable]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from heatmap_templates.errors import HmtError
@@ -125,3 +126,19 @@ def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
         if layer.trainable and layer.weights:
             names.append(layer.name)
     return names
+
+
+@contextmanager
+def wrapped_call(layer: Any, wrapper_factory: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Temporarily replace ``layer.call`` by ``wrapper_factory(original_call)``; always restore it (the CAM engine and
+    the attention prior read a layer's activations this way during one forward pass)."""
+    had_instance_call = "call" in layer.__dict__
+    original = layer.call
+    layer.call = wrapper_factory(original)
+    try:
+        yield
+    finally:
+        if had_instance_call:
+            layer.call = original
+        else:
+            del layer.call
