@@ -13,7 +13,7 @@ One command, one run (results in benchmarks/RESULTS.md):
    with each phantom image's true lung fields (``ground_truth/lungs/``), and the reference's (the canonical chest
    against ``canonical_lungs.png``); images where it declines are counted.
 3. **cxr4** (``--cxr4 DIR``, the output folder of benchmarks/real_data_report.py): the zone table of each class and
-   strategy (atlas from the reference's segmentation and Otsu body), with intervals over members.
+   strategy (atlas from the reference's segmentation and Otsu body), with intervals over patients.
 
     .venv/bin/python benchmarks/bench_zones.py [--size 96 --n-per-class 120] [--cxr4 /tmp/hmt_runs/cxr4_4class]
 """

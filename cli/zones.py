@@ -18,7 +18,7 @@ from hmt_cli.progress import progress_bar
 @app.command("zones")
 def zones_command(
     templates: Path = typer.Argument(DEFAULT_OUT, help="Templates file from `hmt build-templates`."),
-    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from: intervals over members, and the strategies' zones (without it: intervals from the templates' bootstrap replicates)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Heatmap store the templates were built from: intervals over patients, and the strategies' zones (without it: intervals from the templates' bootstrap replicates)."),
     truth: Path | None = typer.Option(None, "--truth", help="A phantom set (`hmt synth` output) whose canonical frame the templates are in: zones from its exact anatomy instead of the reference's segmentation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print the zone table as JSON on stdout."),
@@ -69,5 +69,5 @@ def zone_lines(record: dict) -> list[str]:
         top = max(lung, key=lambda zone: lung[zone]["enrichment"]) if lung else None
         energy = sum(entry["zones"][zone]["share"] for zone in LUNG_ZONES)
         lines.append(f"  {name}: {energy:.2f} of the energy in the lungs; most enriched lung zone {top} ({entry['members']} members;"
-                     f" intervals: {entry.get('interval', 'bootstrap over members')})")
+                     f" intervals: {entry.get('interval', 'bootstrap over images')})")
     return lines

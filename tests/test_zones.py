@@ -111,7 +111,7 @@ def test_hmt_zones_stores_draws_and_reports_its_table(shortcut_phantom: dict, tm
     assert code == 0, err
     record = json.loads(out)
     covid = record["classes"]["covid"]
-    assert record["atlas"]["source"] == "phantom" and covid["interval"] == "bootstrap over members"
+    assert record["atlas"]["source"] == "phantom" and covid["interval"].startswith("bootstrap over patients")
     assert sum(row["share"] for row in covid["zones"].values()) == pytest.approx(1.0)
     for row in covid["zones"].values():
         if row["enrichment"] is not None:
@@ -167,3 +167,23 @@ def test_a_trained_models_templates_read_as_the_planted_lesions_do(zone_phantom:
         rho = stats.spearmanr(template, [prior[z]["enrichment"] for z in LUNG_ZONES]).statistic
         assert rho >= 0.5, (label, rho)
         assert LUNG_ZONES[int(np.argmax(template))].endswith(depth), (label, template)
+
+
+@pytest.mark.parametrize("shift", [0.0, -0.05], ids=["minmax maps", "maps with negative values"])
+def test_zone_intervals_draw_a_patients_images_together(atlas: ZoneAtlas, shift: float) -> None:
+    """Three copies of each of 12 patients' maps: drawn by patient, the interval is exactly that of the 12 maps once
+    each (a resample's three copies weigh alike); drawn image by image, it is narrower, as if there were 36 patients."""
+    from heatmap_templates.analysis.zone_report import member_bootstrap
+
+    rng = np.random.default_rng(3)
+    distinct = rng.random((12, *atlas.labels.shape)) ** 4 + shift
+    copies = np.repeat(distinct, 3, axis=0)
+    patients = [f"p{i}" for i in range(12) for _ in range(3)]
+    _, once = member_bootstrap(distinct, atlas, seed=5)
+    shares, by_patient = member_bootstrap(copies, atlas, patients=patients, seed=5)
+    _, by_image = member_bootstrap(copies, atlas, seed=5)
+    assert np.allclose(np.array(by_patient, float), np.array(once, float), equal_nan=True)
+    width = np.nanmean(np.diff(np.array(by_patient, float), axis=1))
+    assert np.nanmean(np.diff(np.array(by_image, float), axis=1)) < 0.75 * width
+    with pytest.raises(HmtError, match="one patient per member"):
+        member_bootstrap(copies, atlas, patients=patients[:-1])

@@ -1,17 +1,19 @@
 """The zone table of a templates file (`hmt zones`): each class template's and strategy's zone profile with intervals.
 
 For each template: every zone's share of the positive energy of its mean map, its area share and the enrichment
-(share / area), with a 95 % interval: over members (percentile bootstrap of the members' mean map) when the heatmap
-store is at hand, else from the template's stored bootstrap replicates. Strategies (when the file has them) need the
+(share / area), with a 95 % interval: over patients (percentile bootstrap of the members' mean map, a patient's images
+drawn together) when the heatmap store is at hand, else from the template's stored bootstrap replicates. Strategies (when the file has them) need the
 store: their members' maps are prepared again. The atlas (:mod:`heatmap_templates.analysis.zones`) comes from the
 templates' reference (lung segmentation, Otsu body) or from given masks (a phantom's exact canonical anatomy).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
+from heatmap_templates.analysis.contrast_groups import patient_of
 from heatmap_templates.analysis.deletion_regions import body_mask
 from heatmap_templates.analysis.zones import ZONE_NAMES, ZoneAtlas, zone_atlas, zone_shares
 from heatmap_templates.errors import HmtError
@@ -58,8 +60,12 @@ def _rows(shares: np.ndarray, intervals: list, areas: np.ndarray) -> dict:
     return rows
 
 
-def member_bootstrap(maps: np.ndarray, atlas: ZoneAtlas, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[np.ndarray, list]:
-    """Zone shares of the members' mean map and their percentile-bootstrap interval over members.
+def member_bootstrap(maps: np.ndarray, atlas: ZoneAtlas, *, patients: Sequence[str] | None = None,
+                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[np.ndarray, list]:
+    """Zone shares of the members' mean map and their percentile-bootstrap interval over patients (``patients``: one
+    id per member; without them, each member is its own patient): a patient's images are drawn together, so a
+    patient with many images does not narrow the interval as if they were independent (cluster bootstrap: Davison &
+    Hinkley 1997, Bootstrap Methods and their Application, section 3.8).
 
     Non-negative maps (minmax normalisation): a resample's share is its weighted zone sums over its weighted totals,
     exact and cheap; maps with negative values (z-scores) recompute the resampled mean map's positive part (fewer
@@ -67,18 +73,38 @@ def member_bootstrap(maps: np.ndarray, atlas: ZoneAtlas, *, resamples: int = DEF
     flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
     shares = zone_shares(flat.mean(axis=0)[None], atlas)[0]
     rng = np.random.default_rng(seed)
-    n = len(flat)
+    unit = _units(patients, len(flat))
+    units = int(unit.max()) + 1 if len(unit) else 0
+
+    def weights() -> np.ndarray:  # how often each member is drawn in one resample: its patient's count
+        return np.bincount(rng.integers(0, units, units), minlength=units)[unit].astype(np.float64)
+
     if (flat >= 0).all():
         onehot = np.zeros((atlas.labels.size, len(ZONE_NAMES)))
         onehot[np.arange(atlas.labels.size), atlas.labels.ravel()] = 1.0
         per_member = flat @ onehot  # (n, Z) energy of each member in each zone
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
+        counts = np.stack([weights() for _ in range(resamples)])
         zone_sums = counts @ per_member
         with np.errstate(invalid="ignore", divide="ignore"):
             resampled = zone_sums / zone_sums.sum(axis=1, keepdims=True)
     else:
-        resampled = np.stack([zone_shares(flat[rng.integers(0, n, n)].mean(axis=0)[None], atlas)[0] for _ in range(200)])
+        resampled = np.stack([zone_shares((weights() @ flat)[None], atlas)[0] for _ in range(200)])
     return shares, _percentiles(resampled)
+
+
+def _units(patients: Sequence[str] | None, n: int) -> np.ndarray:
+    """Each member's resampling unit (0..U-1): its patient, or itself without patients."""
+    if patients is None:
+        return np.arange(n)
+    if len(patients) != n:
+        raise HmtError(f"zone intervals need one patient per member: {len(patients)} for {n} members")
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(p, len(index)) for p in patients], dtype=np.int64)
+
+
+def member_patients(paths: Sequence[str]) -> list[str]:
+    """Each member's patient from its file name's rules (an image of unknown patient is its own)."""
+    return [patient_of(path, None) for path in paths]
 
 
 def template_zones(file, atlas: ZoneAtlas, store=None, *, seed: int = 0, progress: Progress | None = None) -> dict:
@@ -97,8 +123,9 @@ def template_zones(file, atlas: ZoneAtlas, store=None, *, seed: int = 0, progres
         if store is not None:
             index = store.class_names.index(name)
             maps = np.concatenate([m for _, m in prepared_member_maps(store, template, registrar, file.settings.normalisation, index)])
-            shares, intervals = member_bootstrap(maps, atlas, seed=seed)
-            how = "bootstrap over members"
+            patients = member_patients([member.path for member in template.members])
+            shares, intervals = member_bootstrap(maps, atlas, patients=patients, seed=seed)
+            how = f"bootstrap over patients ({len(set(patients))} for {len(patients)} members)"
         else:
             maps = None
             shares = zone_shares(np.asarray(template.mean)[None], atlas)[0]
@@ -107,19 +134,23 @@ def template_zones(file, atlas: ZoneAtlas, store=None, *, seed: int = 0, progres
             how = "the template's bootstrap replicates" if replicates is not None else "none (no replicates kept)"
         record["classes"][name] = {"members": template.count, "interval": how, "zones": _rows(shares, intervals, areas)}
         if name in strategies:
-            record["strategies"][name] = _strategy_zones(strategies[name], maps, atlas, areas, seed)
+            record["strategies"][name] = _strategy_zones(strategies[name], maps, None if maps is None else patients, atlas,
+                                                         areas, seed)
         progress.advance()
     progress.finish()
     return record
 
 
-def _strategy_zones(result, maps: np.ndarray | None, atlas: ZoneAtlas, areas: np.ndarray, seed: int) -> dict:
-    """Each strategy's zone rows: from its members' maps with intervals, or its prototype alone without the store."""
+def _strategy_zones(result, maps: np.ndarray | None, patients: list[str] | None, atlas: ZoneAtlas, areas: np.ndarray,
+                    seed: int) -> dict:
+    """Each strategy's zone rows: from its members' maps with intervals over patients, or its prototype alone without
+    the store."""
     out = {}
     for number, strategy in enumerate(result.strategies, start=1):
-        if maps is not None:
-            members = maps[np.asarray(result.labels) == number - 1]
-            shares, intervals = member_bootstrap(members, atlas, seed=seed)
+        if maps is not None and patients is not None:
+            inside = np.asarray(result.labels) == number - 1
+            shares, intervals = member_bootstrap(maps[inside], atlas, patients=[p for p, i in zip(patients, inside, strict=True) if i],
+                                                 seed=seed)
         else:
             shares = zone_shares(np.asarray(strategy.mean)[None], atlas)[0]
             intervals = [[None, None]] * len(ZONE_NAMES)
