@@ -42,7 +42,7 @@ from heatmap_templates.data.disk_arrays import DiskArray
 from heatmap_templates.errors import HmtError
 from heatmap_templates.model.evaluation import predict_probabilities
 from heatmap_templates.model.heads import HEADS, predicted_classes
-from heatmap_templates.model.input_pipeline import MASK, image_pipeline
+from heatmap_templates.model.input_pipeline import prior_pipeline
 from heatmap_templates.model.layers import output_layer, resolve_layer, wrapped_call
 from heatmap_templates.model.model_file import ModelInfo
 from heatmap_templates.registry import Registry
@@ -269,19 +269,19 @@ def prior_model(model, penalty: str, weight: float, head: str, cam_layer: str | 
     return PriorModel()
 
 
-def penalty_on(model, penalty: str, head: str, cam_layer: str | None, images: np.ndarray, outside: np.ndarray,
-               *, batch_size: int = 32) -> float:
-    """The mean penalty of ``model`` (inference mode) on model inputs (N, H, W, C) with their outside shares (N, H, W):
-    how a weight is judged on the validation split."""
+def penalty_on(model, penalty: str, head: str, cam_layer: str | None, batches) -> float:
+    """The mean penalty of ``model`` (inference mode) over ``batches`` of ((model input (B, H, W, C), outside share
+    (B, H, W)), target), one batch in memory at a time: how a weight is judged on the validation split."""
+    import tensorflow as tf
+
     tap = ModelTap(model, cam_layer, head)
     compute = ATTENTION_PRIORS[penalty].penalty
-    values = []
-    for start in range(0, len(images), batch_size):
-        import tensorflow as tf
-
-        batch = tf.convert_to_tensor(images[start:start + batch_size], tf.float32)
-        values.append(float(compute(tap, batch, tf.convert_to_tensor(outside[start:start + batch_size]), False)[1]) * len(batch))
-    return sum(values) / max(1, len(images))
+    total, count = 0.0, 0
+    for (inputs, outside), _ in batches:
+        value = compute(tap, tf.cast(inputs, tf.float32), tf.cast(outside, tf.float32), False)[1]
+        total += float(value) * int(inputs.shape[0])
+        count += int(inputs.shape[0])
+    return total / max(1, count)
 
 
 def prior_rows(samples: Sequence[Sample], images: np.ndarray | DiskArray, source: MaskSource, *, impute: bool,
@@ -313,11 +313,6 @@ def _removed(picture: np.ndarray, mask: np.ndarray, source: MaskSource, seed: in
     rng = np.random.default_rng([seed, index])
     removed = source.remove_outside(picture.astype(np.float32) / 255.0, ~mask, rng)
     return np.clip(np.rint(removed * 255.0), 0, 255).astype(np.uint8)
-
-
-def outside_of(rows: np.ndarray | DiskArray) -> np.ndarray:
-    """The outside share (N, H, W) float32 of prior rows (1 outside the mask)."""
-    return 1.0 - np.asarray(rows[:])[..., MASK].astype(np.float32) / 255.0
 
 
 # --------------------------------------------------------------------------- the training run's prior
@@ -391,22 +386,25 @@ def fresh_copy(model, seed: int):
 
 
 def validation_judge(info: ModelInfo, loss: object, images: np.ndarray | DiskArray, targets: np.ndarray,
-                     masks: MaskSource | None, samples: Sequence[Sample], *, batch_size: int, seed: int):
-    """``judge(trained) -> (validation loss, outside-lungs CAM share, accuracy)`` for :func:`choose_weight`."""
+                     masks: MaskSource | None, samples: Sequence[Sample], *, batch_size: int, seed: int,
+                     to_disk: Path | None = None):
+    """``judge(trained) -> (validation loss, outside-lungs CAM share, accuracy)`` for :func:`choose_weight`. The
+    validation rows with their masks are made once (in a file at ``to_disk`` when given) and read a batch at a time."""
     import keras
 
     if not len(images) or masks is None:
         raise HmtError("choosing the weight of $attention_prior needs a validation split; give the weight (lungs:WEIGHT)",
                        parameters=("attention_prior",))
-    outside = outside_of(prior_rows(samples, images, masks, impute=False, seed=seed, to_disk=None))
-    inputs = np.concatenate([x for x, _ in image_pipeline(images, targets, info, batch_size).as_numpy_iterator()])
+    rows = prior_rows(samples, images, masks, impute=False, seed=seed, to_disk=to_disk)
     loss_function = keras.losses.get(loss)
 
     def judge(trained: tuple) -> tuple[float, float, float]:
         model = trained[0]
         probabilities = predict_probabilities(model, info, images, batch_size=batch_size)
         val_loss = float(keras.ops.mean(loss_function(targets.astype(np.float32), probabilities.astype(np.float32))))
-        share = penalty_on(model, "cam", str(info.head), info.cam_layer, inputs, outside, batch_size=batch_size)
+        batches = prior_pipeline(rows, targets, info, batch_size, seed=seed, augment=False, outside_probability=0.0,
+                                 with_masks=True)
+        share = penalty_on(model, "cam", str(info.head), info.cam_layer, batches)
         return val_loss, share, validation_accuracy(probabilities, targets, str(info.head))
 
     return judge

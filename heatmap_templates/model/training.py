@@ -433,7 +433,7 @@ def _train_seeded(dataset: Dataset, config: TrainConfig, spec: BackboneSpec, wei
     weight_given = None if prior is None else prior.weight
     if prior is not None and prior.penalty is not None and prior.weight is None:
         judge = validation_judge(info, loss[0], images["val"], targets["val"], masks, kept["val"], batch_size=config.batch_size,
-                                 seed=config.seed)
+                                 seed=config.seed, to_disk=None if cache is None else cache / "val_prior.u8")
         weight, (model, phases, history), prior.summary["weight_choice"] = choose_weight(fit, judge)
         prior.weight = weight
     else:
