@@ -123,9 +123,8 @@ def test_the_weight_is_chosen_on_the_validation_split() -> None:
 
 def test_streaming_training_keeps_working_with_the_prior(phantom: dict) -> None:
     from heatmap_templates.analysis.prior_masks import LungMasks
-    from heatmap_templates.model.training import train
-
     from heatmap_templates.model.attention_prior import WEIGHT_GRID
+    from heatmap_templates.model.training import train
 
     config = phantom["config"](attention_prior="lungs", memory_budget_gb=1e-6, epochs=1)  # the weight chosen, from disk
     result = train(phantom["dataset"], config, masks=LungMasks(phantom["root"], phantom["lungs"]))
