@@ -14,7 +14,8 @@ that weight, saying so, to spend a third of the time). For each model:
 - **covid accuracy with the lungs removed against an equal-area region outside them removed** (the trust issue's
   deletion test on the covid test images, by patient);
 - **4-class test accuracy and covid-vs-rest AUC** with their intervals (the training's test report);
-- the masks' sources per class (segmented, or the reference's lungs where segmentation declines).
+- the masks' sources per class (segmentation united with the reference's lungs moved back, or the moved reference
+  alone where segmentation declines).
 
 Per seed, a **paired contrast** of the two models' covid maps on the same covid training images (`hmt contrast
 images:covid --other`, max-T, two-sided; clusters named by zone). The goal the issue sets: covid lung-field energy at

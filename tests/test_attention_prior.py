@@ -72,7 +72,7 @@ def test_the_prior_is_recorded_with_its_masks_per_class(phantom: dict) -> None:
     assert record["penalty"] == "cam" and record["weight"] == 1.0 and record["outside_lungs_augment"] == 0.0
     assert record["masks"] == "user" and record["masks_folder"].endswith("lungs")
     train_counts = training["split_counts"]["train"]
-    assert record["mask_counts"] == {label: {"user": count, "segmented": 0, "reference": 0}
+    assert record["mask_counts"] == {label: {"user": count, "segmentation+reference": 0, "segmentation": 0, "reference": 0}
                                      for label, count in train_counts.items()}
     assert "attention_prior" not in phantom["plain"].info.training
     assert all("prior_penalty" not in row for row in training["history"])  # the history keeps its columns
@@ -143,9 +143,9 @@ def test_outside_lungs_augmentation_trains_from_the_cli_and_is_recorded(phantom:
     assert code == 0, err
     record = json.loads(out)["attention_prior"]
     assert record["penalty"] is None and record["outside_lungs_augment"] == 0.5 and record["removal"] == "road"
-    assert record["masks"] == "segmentation"  # hmt's segmentation, the reference's lungs where it declines
+    assert record["masks"] == "segmentation"  # hmt's segmentation with the reference's lungs moved back
     counts = json.loads(out)["split_counts"]["train"]
-    assert {label: by["segmented"] + by["reference"] for label, by in record["mask_counts"].items()} == counts
+    assert {label: by["segmentation+reference"] + by["reference"] for label, by in record["mask_counts"].items()} == counts
 
 
 def test_cached_feature_training_refuses_the_prior_in_one_line(capsys: pytest.CaptureFixture,
@@ -198,7 +198,7 @@ def test_where_segmentation_declines_the_reference_lungs_are_moved_back(phantom:
     assert masks.shape == images.shape and all(0.1 < mask.mean() < 0.6 for mask in masks)
     counts = source.summary()["mask_counts"]
     assert sum(by["reference"] for by in counts.values()) == 2
-    assert sum(by["segmented"] for by in counts.values()) == 10
+    assert sum(by["segmentation+reference"] for by in counts.values()) == 10
 
 
 def test_lungs_without_a_weight_trains_each_weight_and_delivers_the_chosen_one(phantom: dict) -> None:

@@ -124,6 +124,29 @@ def test_segment_lungs_finds_two_lungs_on_phantoms() -> None:
             assert (mask & truth).sum() / truth.sum() > 0.75  # and it finds most of the lungs
 
 
+def test_lung_fields_keep_the_consolidation_segmentation_leaves_out(phantom_reference) -> None:
+    """Segmentation finds aerated lung, so a dense bacterial consolidation falls outside it; the lung fields (united
+    with the reference's lungs moved back by affine registration) hold it, and stay the phantom's true lung fields."""
+    from heatmap_templates.templates.lungs import lung_fields
+
+    registrar = Registrar("affine", phantom_reference)
+    left_out, kept, dice = [], [], []
+    for index in range(6):
+        sample = synth.render_phantom(index, "bacteria", SIZE)
+        moved = registrar.unwarp(phantom_reference.lung_mask.astype(np.float32), registrar.estimate(sample.image))
+        fields, source = lung_fields(sample.image, moved)
+        assert source == "segmentation+reference" and fields is not None
+        lesion = sample.lesion_mask
+        left_out.append((lesion & ~segment_lungs(sample.image)).sum() / lesion.sum())
+        kept.append((lesion & fields).sum() / lesion.sum())
+        dice.append(2 * (fields & sample.lung_mask).sum() / (fields.sum() + sample.lung_mask.sum()))
+    assert np.mean(left_out) > 0.5, "the case this rule is for: segmentation leaves most of a consolidation out"
+    assert np.mean(kept) > 0.9 and min(dice) > 0.9, (kept, dice)
+    fields, source = lung_fields(np.full((SIZE, SIZE), 0.5, np.float32), moved)  # segmentation declines: the reference
+    assert source == "reference" and fields is not None and np.array_equal(fields, moved >= 0.5)
+    assert lung_fields(np.full((SIZE, SIZE), 0.5, np.float32), None) == (None, "none")
+
+
 def test_segment_lungs_raises_without_lungs() -> None:
     with pytest.raises(RegistrationError) as caught:
         segment_lungs(np.full((SIZE, SIZE), 0.5, np.float32))

@@ -17,8 +17,9 @@ ranked region itself moved to a random place inside the body (fractions up to 0.
 :mod:`heatmap_templates.analysis.deletion_regions` makes them. Only ``smooth`` and ``moved`` compare a region with
 a region.
 
-Fixed regions, one point each: everything outside the lungs, the lungs (the image's own lung segmentation where it
-succeeds, else the reference lung mask moved back), and, like for like with the lungs, random smooth regions of
+Fixed regions, one point each: everything outside the lungs, the lungs (the image's lung fields,
+:func:`~heatmap_templates.templates.lungs.lung_fields`: its own lung segmentation united with the reference lung mask
+moved back, so that an opacity segmentation reads as tissue is removed with the lungs), and, like for like with the lungs, random smooth regions of
 the lungs' area inside the body and outside the lungs (``lungs_vs_elsewhere``: the difference of the drops).
 
 Removal (registry :data:`REMOVALS`) is by noisy linear imputation by default (ROAD, Rong et al. 2022:
@@ -51,8 +52,7 @@ from heatmap_templates.model.heads import HEADS, predicted_classes
 from heatmap_templates.numeric.bootstrap import mean_interval, ratio_of_means_interval
 from heatmap_templates.numeric.resample import upsample_maps
 from heatmap_templates.registry import Registry
-from heatmap_templates.templates.geometry import RegistrationError
-from heatmap_templates.templates.lungs import segment_lungs
+from heatmap_templates.templates.lungs import lung_fields
 
 DEFAULT_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 DEFAULT_REMOVAL = "road"
@@ -415,14 +415,6 @@ def _fixed_regions(result: DeletionResult, scorer: _Scorer, lungs: Sequence[np.n
                                                              seed=seed).to_dict()
 
 
-def image_lungs(image: np.ndarray, reference_lungs_in_image: np.ndarray | None) -> np.ndarray | None:
-    """The image's own lung segmentation where it succeeds, else the reference lung mask moved into the image."""
-    try:
-        return segment_lungs(image)
-    except RegistrationError:
-        return None if reference_lungs_in_image is None else reference_lungs_in_image >= 0.5
-
-
 def heatmap_at_image_size(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A class's layer-resolution map upsampled to the image (the store's upsampler)."""
     return upsample_maps(raw, shape)
@@ -470,7 +462,7 @@ def run_deletion(comparer, paths: Sequence[str], labels: np.ndarray, *, sample: 
                 predicted.append(target)
                 kept_labels.append(int(labels[index]))
                 kept_groups.append(None if groups is None else groups[index])
-                lungs.append(image_lungs(image, registrar.unwarp(comparer.lung_mask.astype(np.float32), alignment)))
+                lungs.append(lung_fields(image, registrar.unwarp(comparer.lung_mask.astype(np.float32), alignment))[0])
         progress.advance(batch_size)
     progress.finish()
     if not cases:

@@ -7,11 +7,13 @@ Each training image's mask, at the model's input size, comes from:
 - the user's mask folder when given (``folder``): for an image at ``<data>/<relative path>``, the mask is
   ``<folder>/<relative path>`` (or the same name with ``.png``), non-zero = lung, in the image's own pixels (a mask of
   another size than its image is refused, as is a missing one: one line naming the file);
-- else hmt's lung segmentation (:func:`heatmap_templates.templates.lungs.segment_lungs`) of the image at input size;
-  where it declines (about a quarter of cxr4, mostly pediatric images, so which images fall back depends on the image,
-  never on its class), the lung mask of a reference built from the training images
-  (:func:`~heatmap_templates.templates.registration.build_reference`) moved back into the image with its affine
-  registration: the rule of the deletion test's lung region (``faithfulness.image_lungs``).
+- else the image's lung fields (:func:`heatmap_templates.templates.lungs.lung_fields`, the deletion test's lung region
+  too): hmt's lung segmentation of the image at input size united with the lung mask of a reference built from the
+  training images (:func:`~heatmap_templates.templates.registration.build_reference`) moved back into the image with
+  its affine registration. Segmentation alone would leave out the opacities a class is about (a dense consolidation
+  reads as soft tissue), and the prior would then penalise looking at them; where segmentation declines (about a
+  quarter of cxr4, mostly pediatric images, so which images fall back depends on the image, never on its class), the
+  moved reference alone.
 
 The counts per class and source are recorded in the model's metadata. Outside-lungs augmentation removes the pixels
 outside the mask with a removal of :data:`~heatmap_templates.analysis.faithfulness.REMOVALS` (ROAD's noisy linear
@@ -31,10 +33,10 @@ from heatmap_templates.data.datasets import Sample
 from heatmap_templates.data.decode import image_size
 from heatmap_templates.errors import BadFileError, HmtError, display_path
 from heatmap_templates.templates.geometry import RegistrationError
-from heatmap_templates.templates.lungs import segment_lungs
+from heatmap_templates.templates.lungs import LUNG_FIELD_SOURCES, lung_fields
 from heatmap_templates.templates.registration import Reference, Registrar, build_reference
 
-SOURCES = ("user", "segmented", "reference")
+SOURCES = ("user", *LUNG_FIELD_SOURCES[:3])
 REFERENCE_IMAGES = 256  # training images the fallback reference is built from, at most
 
 
@@ -54,24 +56,19 @@ class LungMasks:
     def masks(self, samples: Sequence[Sample], images: np.ndarray) -> np.ndarray:
         """(n, H, W) bool lung masks of one chunk of training images (n, H, W) uint8."""
         out = np.zeros(images.shape, dtype=bool)
-        declined = []
-        for index, (sample, image) in enumerate(zip(samples, images, strict=True)):
-            if self.folder is not None:
+        if self.folder is not None:
+            for index, (sample, image) in enumerate(zip(samples, images, strict=True)):
                 out[index] = self._user_mask(sample, image.shape)
                 self._count(sample, "user")
-                continue
-            try:
-                out[index] = segment_lungs(image.astype(np.float32) / 255.0)
-                self._count(sample, "segmented")
-            except RegistrationError:
-                declined.append(index)
-        if declined:
-            registrar = Registrar("affine", self._reference_from(images))
-            for index in declined:
-                pixels = images[index].astype(np.float32) / 255.0
-                alignment = registrar.estimate(pixels, quality=False)
-                out[index] = registrar.unwarp(registrar.reference.lung_mask, alignment) >= 0.5
-                self._count(samples[index], "reference")
+            return out
+        registrar = Registrar("affine", self._reference_from(images))
+        for index, (sample, image) in enumerate(zip(samples, images, strict=True)):
+            pixels = image.astype(np.float32) / 255.0
+            alignment = registrar.estimate(pixels, quality=False)
+            mask, source = lung_fields(pixels, registrar.unwarp(registrar.reference.lung_mask.astype(np.float32), alignment))
+            assert mask is not None  # the moved reference is always at hand
+            out[index] = mask
+            self._count(sample, source)
         return out
 
     def remove_outside(self, image: np.ndarray, outside: np.ndarray, rng: np.random.Generator) -> np.ndarray:
