@@ -145,6 +145,10 @@ def test_lung_fields_keep_the_consolidation_segmentation_leaves_out(phantom_refe
     fields, source = lung_fields(np.full((SIZE, SIZE), 0.5, np.float32), moved)  # segmentation declines: the reference
     assert source == "reference" and fields is not None and np.array_equal(fields, moved >= 0.5)
     assert lung_fields(np.full((SIZE, SIZE), 0.5, np.float32), None) == (None, "none")
+    # registration fell back to none: an unaligned reference is kept out of a segmentation, used only where it declines
+    fields, source = lung_fields(sample.image, moved, aligned=False)
+    assert source == "segmentation" and fields is not None and np.array_equal(fields, segment_lungs(sample.image))
+    assert lung_fields(np.full((SIZE, SIZE), 0.5, np.float32), moved, aligned=False)[1] == "unaligned reference"
 
 
 def test_segment_lungs_raises_without_lungs() -> None:

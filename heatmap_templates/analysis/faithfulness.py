@@ -462,7 +462,8 @@ def run_deletion(comparer, paths: Sequence[str], labels: np.ndarray, *, sample: 
                 predicted.append(target)
                 kept_labels.append(int(labels[index]))
                 kept_groups.append(None if groups is None else groups[index])
-                lungs.append(lung_fields(image, registrar.unwarp(comparer.lung_mask.astype(np.float32), alignment))[0])
+                lungs.append(lung_fields(image, registrar.unwarp(comparer.lung_mask.astype(np.float32), alignment),
+                                         aligned=alignment.method != "none")[0])
         progress.advance(batch_size)
     progress.finish()
     if not cases:

@@ -36,13 +36,14 @@ from heatmap_templates.templates.geometry import RegistrationError
 from heatmap_templates.templates.lungs import LUNG_FIELD_SOURCES, lung_fields
 from heatmap_templates.templates.registration import Reference, Registrar, build_reference
 
-SOURCES = ("user", *LUNG_FIELD_SOURCES[:3])
+SOURCES = ("user", *LUNG_FIELD_SOURCES[:4])
 REFERENCE_IMAGES = 256  # training images the fallback reference is built from, at most
 
 
 class LungMasks:
     """A :class:`~heatmap_templates.model.attention_prior.MaskSource` of lung fields (module docstring): the user's masks
-    in ``folder`` (images under ``root``), or segmentation with the reference's lungs as the fallback."""
+    in ``folder`` (images under ``root``), or each image's lung fields (segmentation united with the reference's lungs
+    moved back)."""
 
     def __init__(self, root: str | Path, folder: str | Path | None = None, *, removal: str = DEFAULT_REMOVAL) -> None:
         self.root = Path(root)
@@ -65,7 +66,8 @@ class LungMasks:
         for index, (sample, image) in enumerate(zip(samples, images, strict=True)):
             pixels = image.astype(np.float32) / 255.0
             alignment = registrar.estimate(pixels, quality=False)
-            mask, source = lung_fields(pixels, registrar.unwarp(registrar.reference.lung_mask.astype(np.float32), alignment))
+            mask, source = lung_fields(pixels, registrar.unwarp(registrar.reference.lung_mask.astype(np.float32), alignment),
+                                       aligned=alignment.method != "none")
             assert mask is not None  # the moved reference is always at hand
             out[index] = mask
             self._count(sample, source)
@@ -77,7 +79,7 @@ class LungMasks:
 
     def summary(self) -> dict:
         """Where the masks came from: the kind, the folder, the removal and the counts per class and source."""
-        return {"masks": "user" if self.folder is not None else "segmentation",
+        return {"masks": "user" if self.folder is not None else "lung_fields",
                 "masks_folder": None if self.folder is None else display_path(self.folder),
                 "removal": self.removal,
                 "mask_counts": {label: {source: counts[source] for source in SOURCES}

@@ -17,8 +17,8 @@ class (not only the true one, so the choice never depends on the label) outside 
   step) and its scale depends on the input's.
 
 The mask comes from above (the model wing knows no segmentation): a :class:`MaskSource` gives each training image's
-mask (``heatmap_templates.analysis.prior_masks``: hmt's lung segmentation, the reference's lungs moved back where it
-declines, or the user's mask files) and the image with its outside removed, for ``outside_lungs_augment``. The masks
+mask (``heatmap_templates.analysis.prior_masks``: each image's lung fields, hmt's lung segmentation united with the
+reference's lungs moved back, or the user's mask files) and the image with its outside removed, for ``outside_lungs_augment``. The masks
 travel as a channel of the training rows, so the augmentation moves them with their images
 (:func:`heatmap_templates.model.input_pipeline.prior_pipeline`).
 

@@ -8,6 +8,10 @@ candidate that reaches the image edge without a brighter chest wall in between i
 One plausible field is required on each side (size, height, position, balance). Raises
 ``RegistrationError`` (an ``HmtError``) when there is none. Real CXRs: it declines on about a
 quarter of cxr4 (tightly cropped pediatric images mostly); the ``lungs`` method then falls back.
+
+``lung_fields(image, reference lungs moved into it)``: "the lungs" of an image wherever hmt needs them (the deletion
+test's lung region, the attention prior's masks): segmentation, which finds aerated lung and so leaves dense opacities
+out, united with the registered reference's lung fields.
 """
 from __future__ import annotations
 
@@ -155,13 +159,16 @@ def segment_lungs(image: np.ndarray) -> np.ndarray:
     return left | right
 
 
-LUNG_FIELD_SOURCES = ("segmentation+reference", "segmentation", "reference", "none")
+LUNG_FIELD_SOURCES = ("segmentation+reference", "segmentation", "reference", "unaligned reference", "none")
 
 
-def lung_fields(image: np.ndarray, reference_lungs_in_image: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+def lung_fields(image: np.ndarray, reference_lungs_in_image: np.ndarray | None, *,
+                aligned: bool = True) -> tuple[np.ndarray | None, str]:
     """An image's lung fields and where they came from (:data:`LUNG_FIELD_SOURCES`): its segmented lungs united with
     the reference's lung mask moved into the image (``reference_lungs_in_image``, values >= 0.5 inside; None when not
-    at hand); either alone where the other is missing or segmentation declines.
+    at hand); either alone where the other is missing or segmentation declines. ``aligned=False`` (the registration
+    fell back to ``none``: the reference only resized) keeps an unaligned reference out of a segmentation's mask and
+    uses it, said so, only where segmentation declines.
 
     Why the union: segmentation finds the *aerated* lung, and a dense opacity reads as soft tissue, so the lesion a
     class is about falls outside it (on the phantom: 89 % of a bacterial consolidation's pixels, 25-31 % of covid's and
@@ -172,8 +179,10 @@ def lung_fields(image: np.ndarray, reference_lungs_in_image: np.ndarray | None) 
     try:
         segmented = segment_lungs(image)
     except RegistrationError:
-        return reference, "none" if reference is None else "reference"
-    if reference is None:
+        if reference is None:
+            return None, "none"
+        return reference, "reference" if aligned else "unaligned reference"
+    if reference is None or not aligned:
         return segmented, "segmentation"
     return segmented | reference, "segmentation+reference"
 
