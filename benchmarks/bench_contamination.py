@@ -181,7 +181,7 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 def train_level(row: Row, folder: Path, args: argparse.Namespace, *, attention_prior: str | None = None,
                 outside_lungs_augment: float = 0.0, method: str | None = None) -> Trained:
     """Phantoms with the marker on ``row.percent`` % of covid, the `small` model (with ``attention_prior``: trained
-    against explanations outside each image's segmented lungs), its heatmaps (CAM ``method``) and templates."""
+    against explanations outside each image's lung fields), its heatmaps (CAM ``method``) and templates."""
     started = time.perf_counter()
     data = folder / "data"
     shortcuts = {TAGGED: row.percent / 100.0} if row.percent else {}

@@ -69,5 +69,5 @@ def zone_lines(record: dict) -> list[str]:
         top = max(lung, key=lambda zone: lung[zone]["enrichment"]) if lung else None
         energy = sum(entry["zones"][zone]["share"] for zone in LUNG_ZONES)
         lines.append(f"  {name}: {energy:.2f} of the energy in the lungs; most enriched lung zone {top} ({entry['members']} members;"
-                     f" intervals: {entry.get('interval', 'bootstrap over images')})")
+                     f" intervals: {entry.get('interval', 'unknown')})")
     return lines

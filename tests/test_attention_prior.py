@@ -220,3 +220,33 @@ def test_lungs_without_a_weight_trains_each_weight_and_delivers_the_chosen_one(p
     assert all(chosen["val_outside_share"] <= row["val_outside_share"] for row in table if row["val_accuracy"] >= best - 0.02)
     assert result.val_report is not None and result.val_report["accuracy"] == pytest.approx(chosen["val_accuracy"])
     assert len({row["val_outside_share"] for row in table}) == len(table)  # three models, not one trained on
+
+
+def test_the_validation_judge_reads_the_share_of_the_masks_it_was_given(phantom: dict) -> None:
+    """The judge streams (input, outside share) batches from the mask rows; its share equals the penalty computed at
+    once on every image with ``1 - mask`` (a judge that read the mask channel as the outside share, or mixed up rows,
+    would differ), and its accuracy is the model's own on those images."""
+    import tensorflow as tf
+
+    from heatmap_templates.analysis.prior_masks import LungMasks
+    from heatmap_templates.data.preprocess import load_model_image, to_model_input
+    from heatmap_templates.model.attention_prior import ModelTap, cam_energy_penalty, validation_judge
+
+    result = phantom["prior"]
+    model, info = result.model, result.info
+    samples = phantom["dataset"].samples[:20]
+    images = np.stack([load_model_image(sample.path, (SIZE, SIZE)) for sample in samples])
+    targets = np.eye(2, dtype=np.float32)[[info.class_names.index(sample.label) for sample in samples]]
+    source = LungMasks(phantom["root"], phantom["lungs"])
+    judge = validation_judge(info, "categorical_crossentropy", images, targets, source, samples, batch_size=7, seed=0)
+    _, share, accuracy = judge((model,))
+    masks = LungMasks(phantom["root"], phantom["lungs"]).masks(samples, images)
+    inputs = tf.convert_to_tensor(to_model_input(images, info.channels, info.preprocessing))
+    _, expected = cam_energy_penalty(ModelTap(model, info.cam_layer, str(info.head)), inputs,
+                                     tf.convert_to_tensor(1.0 - masks.astype(np.float32)), False)
+    assert share == pytest.approx(float(expected), rel=1e-4)
+    _, inside = cam_energy_penalty(ModelTap(model, info.cam_layer, str(info.head)), inputs,
+                                   tf.convert_to_tensor(masks.astype(np.float32)), False)
+    assert abs(share - float(inside)) > 0.05  # the two readings of the mask channel are told apart
+    predicted = np.argmax(model.predict(inputs, verbose=0), axis=1)
+    assert accuracy == pytest.approx(float((predicted == targets.argmax(axis=1)).mean()))

@@ -103,8 +103,13 @@ def _units(patients: Sequence[str] | None, n: int) -> np.ndarray:
 
 
 def member_patients(paths: Sequence[str]) -> list[str]:
-    """Each member's patient from its file name's rules (an image of unknown patient is its own)."""
+    """Each member's patient from its file name's rules (an image of unknown patient is its own): the templates file
+    keeps no patient ids, so a CSV's ``patient_id`` column or ``--patient-regex`` do not reach here."""
     return [patient_of(path, None) for path in paths]
+
+
+def _patients_note(patients: Sequence[str]) -> str:
+    return f"bootstrap over patients ({len(set(patients))} for {len(patients)} members; patients from file names)"
 
 
 def template_zones(file, atlas: ZoneAtlas, store=None, *, seed: int = 0, progress: Progress | None = None) -> dict:
@@ -125,7 +130,7 @@ def template_zones(file, atlas: ZoneAtlas, store=None, *, seed: int = 0, progres
             maps = np.concatenate([m for _, m in prepared_member_maps(store, template, registrar, file.settings.normalisation, index)])
             patients = member_patients([member.path for member in template.members])
             shares, intervals = member_bootstrap(maps, atlas, patients=patients, seed=seed)
-            how = f"bootstrap over patients ({len(set(patients))} for {len(patients)} members)"
+            how = _patients_note(patients)
         else:
             maps = None
             shares = zone_shares(np.asarray(template.mean)[None], atlas)[0]
@@ -149,12 +154,14 @@ def _strategy_zones(result, maps: np.ndarray | None, patients: list[str] | None,
     for number, strategy in enumerate(result.strategies, start=1):
         if maps is not None and patients is not None:
             inside = np.asarray(result.labels) == number - 1
-            shares, intervals = member_bootstrap(maps[inside], atlas, patients=[p for p, i in zip(patients, inside, strict=True) if i],
-                                                 seed=seed)
+            own = [p for p, i in zip(patients, inside, strict=True) if i]
+            shares, intervals = member_bootstrap(maps[inside], atlas, patients=own, seed=seed)
+            how = _patients_note(own)
         else:
             shares = zone_shares(np.asarray(strategy.mean)[None], atlas)[0]
             intervals = [[None, None]] * len(ZONE_NAMES)
-        out[str(number)] = {"members": strategy.size, "zones": _rows(shares, intervals, areas)}
+            how = "none (the prototype alone; give the heatmap store)"
+        out[str(number)] = {"members": strategy.size, "interval": how, "zones": _rows(shares, intervals, areas)}
     return out
 
 
