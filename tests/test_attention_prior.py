@@ -250,3 +250,21 @@ def test_the_validation_judge_reads_the_share_of_the_masks_it_was_given(phantom:
     assert abs(share - float(inside)) > 0.05  # the two readings of the mask channel are told apart
     predicted = np.argmax(model.predict(inputs, verbose=0), axis=1)
     assert accuracy == pytest.approx(float((predicted == targets.argmax(axis=1)).mean()))
+
+
+def test_the_reference_is_built_from_across_the_training_images(phantom: dict) -> None:
+    """A split ordered so that its first images have no lungs to register to (flat here; one class in a class-ordered
+    split): `prepare` builds the reference from an even sample of every image, so even a chunk of those first images
+    gets masks; from the first chunk alone there is no reference."""
+    from heatmap_templates.analysis.prior_masks import LungMasks
+    from heatmap_templates.data.preprocess import load_model_image
+
+    samples = phantom["dataset"].samples[:12]
+    images = np.stack([load_model_image(sample.path, (SIZE, SIZE)) for sample in samples])
+    images[:4] = 128
+    with pytest.raises(HmtError, match="no lung mask"):
+        LungMasks(phantom["root"]).masks(samples[:4], images[:4])
+    source = LungMasks(phantom["root"])
+    source.prepare(images)
+    masks = source.masks(samples[:4], images[:4])
+    assert all(0.1 < mask.mean() < 0.6 for mask in masks)

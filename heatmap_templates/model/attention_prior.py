@@ -58,6 +58,11 @@ CHUNK = 256  # images per mask chunk
 class MaskSource(Protocol):
     """Each training image's mask, computed above the model wing and handed down as data."""
 
+    def prepare(self, images: np.ndarray | DiskArray) -> None:
+        """See every training image (N, H, W) uint8 once before the chunks: e.g. a reference frame built from an
+        even sample of all of them rather than from the first chunk, which a class-ordered split fills with one class."""
+        ...
+
     def masks(self, samples: Sequence[Sample], images: np.ndarray) -> np.ndarray:
         """(n, H, W) bool masks (True inside) of one chunk of ``images`` (n, H, W) uint8 at input size, in order."""
         ...
@@ -292,6 +297,7 @@ def prior_rows(samples: Sequence[Sample], images: np.ndarray | DiskArray, source
     rows: np.ndarray | DiskArray
     rows = DiskArray(to_disk, (*images.shape[1:], channels), np.uint8) if to_disk is not None else \
         np.zeros((len(images), *images.shape[1:], channels), np.uint8)
+    source.prepare(images)
     for start in range(0, len(images), CHUNK):
         pictures = np.asarray(images[start:start + CHUNK])
         masks = np.asarray(source.masks(samples[start:start + CHUNK], pictures), dtype=bool)
