@@ -8,9 +8,9 @@ Each training image's mask, at the model's input size, comes from:
   ``<folder>/<relative path>`` (or the same name with ``.png``), non-zero = lung, in the image's own pixels (a mask of
   another size than its image is refused, as is a missing one: one line naming the file);
 - else the image's lung fields (:func:`heatmap_templates.templates.lungs.lung_fields`, the deletion test's lung region
-  too): hmt's lung segmentation of the image at input size united with the lung mask of a reference built from the
-  training images (:func:`~heatmap_templates.templates.registration.build_reference`) moved back into the image with
-  its affine registration. Segmentation alone would leave out the opacities a class is about (a dense consolidation
+  too): hmt's lung segmentation of the image at input size united with the lung mask of a reference built from an
+  even sample of the training images (:func:`~heatmap_templates.templates.registration.build_reference`) moved back
+  into the image with its affine registration (segmentation alone where that registration fails). Segmentation alone would leave out the opacities a class is about (a dense consolidation
   reads as soft tissue), and the prior would then penalise looking at them; where segmentation declines (about a
   quarter of cxr4, mostly pediatric images, so which images fall back depends on the image, never on its class), the
   moved reference alone.
