@@ -3,8 +3,8 @@ fields of `templates.lungs.lung_fields`, which the attention prior and the delet
 true lung fields and lesion masks.
 
 One command, one run (results in benchmarks/RESULTS.md). Phantoms of the four classes (``--size`` 96 px,
-``--n-per-class`` 60); the reference is built as the attention prior builds it (`LungMasks`: affine, from at most 256
-of the images); each image's masks at its own size. Per class and mask: Dice with the true lung fields, the share of
+``--n-per-class`` 60); the reference is the attention prior's own (`LungMasks.prepare`: affine, from an even
+sample of at most 256 of the images); each image's masks at its own size. Per class and mask: Dice with the true lung fields, the share of
 the mask outside them, and the share of lesion pixels outside the mask (what a penalty on "outside the lungs" would
 punish the model for looking at).
 
@@ -26,12 +26,12 @@ import cv2
 import numpy as np
 from phantom_model import machine
 
-from heatmap_templates.analysis.prior_masks import REFERENCE_IMAGES
+from heatmap_templates.analysis.prior_masks import LungMasks
 from heatmap_templates.data.datasets import load_dataset
 from heatmap_templates.synth import synthesize_dataset
 from heatmap_templates.templates.geometry import RegistrationError
 from heatmap_templates.templates.lungs import lung_fields, segment_lungs
-from heatmap_templates.templates.registration import Registrar, build_reference
+from heatmap_templates.templates.registration import Registrar
 
 MASKS = ("segmentation", "reference moved back", "lung fields (union)")
 
@@ -39,7 +39,10 @@ MASKS = ("segmentation", "reference moved back", "lung fields (union)")
 def measure(root: Path) -> dict:
     dataset = load_dataset(root)
     pictures = {s.path: cv2.imread(str(s.path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 for s in dataset.samples}
-    reference = build_reference(list(pictures.values())[:REFERENCE_IMAGES], method="affine")
+    masks = LungMasks(root)  # the prior's own reference: an even sample of the images
+    masks.prepare(np.stack([np.rint(picture * 255).astype(np.uint8) for picture in pictures.values()]))
+    reference = masks.reference
+    assert reference is not None
     registrar = Registrar("affine", reference)
     rows: dict = {}
     for sample in dataset.samples:
@@ -47,12 +50,13 @@ def measure(root: Path) -> dict:
         relative = Path(sample.path).relative_to(root)
         truth = cv2.imread(str(root / "ground_truth" / "lungs" / relative), cv2.IMREAD_GRAYSCALE) > 0
         lesion = cv2.imread(str(root / "ground_truth" / "masks" / relative), cv2.IMREAD_GRAYSCALE) > 0
-        moved = registrar.unwarp(reference.lung_mask.astype(np.float32), registrar.estimate(image, quality=False)) >= 0.5
+        alignment = registrar.estimate(image, quality=False)
+        moved = registrar.unwarp(reference.lung_mask.astype(np.float32), alignment) >= 0.5
         try:
             segmented = segment_lungs(image)
         except RegistrationError:
             segmented = None
-        union, _ = lung_fields(image, moved)
+        union, _ = lung_fields(image, moved, aligned=alignment.method != "none")
         entry = rows.setdefault(sample.label, {name: {"dice": [], "outside_truth": [], "lesion_outside": []} for name in MASKS})
         entry.setdefault("declined", 0)
         entry["declined"] += segmented is None

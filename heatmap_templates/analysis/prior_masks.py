@@ -83,6 +83,11 @@ class LungMasks:
         picks = np.unique(np.linspace(0, len(images) - 1, min(len(images), REFERENCE_IMAGES)).astype(np.int64))
         self._reference_from(np.stack([np.asarray(images[int(i)]) for i in picks]))
 
+    @property
+    def reference(self) -> Reference | None:
+        """The reference the lung fields are moved back from (None before :meth:`prepare` or a first chunk)."""
+        return self._reference
+
     def remove_outside(self, image: np.ndarray, outside: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The image with its pixels outside the lungs removed by the chosen removal."""
         return REMOVALS[self.removal](image, outside, rng)

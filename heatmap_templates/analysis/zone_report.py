@@ -132,15 +132,14 @@ def template_zones(file, atlas: ZoneAtlas, store=None, *, seed: int = 0, progres
             shares, intervals = member_bootstrap(maps, atlas, patients=patients, seed=seed)
             how = _patients_note(patients)
         else:
-            maps = None
+            maps, patients = None, None
             shares = zone_shares(np.asarray(template.mean)[None], atlas)[0]
             replicates = bootstrap_replicate_means(file.path, name)
             intervals = _percentiles(zone_shares(replicates, atlas)) if replicates is not None else [[None, None]] * len(ZONE_NAMES)
             how = "the template's bootstrap replicates" if replicates is not None else "none (no replicates kept)"
         record["classes"][name] = {"members": template.count, "interval": how, "zones": _rows(shares, intervals, areas)}
         if name in strategies:
-            record["strategies"][name] = _strategy_zones(strategies[name], maps, None if maps is None else patients, atlas,
-                                                         areas, seed)
+            record["strategies"][name] = _strategy_zones(strategies[name], maps, patients, atlas, areas, seed)
         progress.advance()
     progress.finish()
     return record
